@@ -1,0 +1,31 @@
+"""The CSK60xx backend's hook implementations (entry point ``lnn:csk60xx``). Only @hookimpl here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lnn_core import hookimpl
+
+from .target import TARGET_ID, load_target
+
+
+@hookimpl
+def lnn_register_targets(registry: Any) -> None:
+    registry.add(load_target())
+
+
+@hookimpl
+def lnn_op_rules(op_type: str, target: str) -> list[Any] | None:
+    if target != TARGET_ID:
+        return None
+    from .rules import rules_for
+
+    return rules_for(op_type)
+
+
+@hookimpl
+def lnn_register_commands(registry: Any) -> None:
+    from . import demo
+
+    registry.add("demo", "run the whole flow on the bundled digits data and print float vs int8 accuracy",
+                 demo.configure, demo.run)

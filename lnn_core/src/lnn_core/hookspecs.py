@@ -1,0 +1,146 @@
+"""Every hook specification of lnn, grouped by phase. Nothing else lives here.
+
+Plugins implement these with ``@lnn_core.hookimpl``; an implementation may accept fewer arguments
+than its specification (pluggy's opt-in arguments). Hooks are never renamed: a replacement is
+added beside the old one and the old one is deprecated with ``warn_on_impl``.
+
+Hooks marked firstresult: "Stops at first non-None result, see firstresult".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # annotations only: loading the specs imports nothing of lnn's internals
+    from .graph import Graph
+    from .plugins import PluginHost
+    from .registry import (
+        CommandRegistry,
+        ExporterRegistry,
+        OpRegistry,
+        RecipeRegistry,
+        SimKernelRegistry,
+        TargetRegistry,
+    )
+    from .rules import Rule
+
+hookspec = pluggy.HookspecMarker("lnn")
+
+# ---------------------------------------------------------------------------------------------
+# Initialization hooks
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def lnn_configure(host: PluginHost) -> None:
+    """Called once per host after all plugins are registered, and replayed for late registrations.
+
+    :param host: the plugin host being configured.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration hooks (registrar pattern): each receives a registry and calls its ``add`` methods.
+# The host calls every implementation separately so that a conflict names both plugins.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def lnn_register_ops(registry: OpRegistry) -> None:
+    """Register operator families (float module/function/method -> constrain and quantized module).
+
+    :param registry: call ``registry.add(OpFamily(...))`` for each family.
+    """
+
+
+@hookspec
+def lnn_register_recipes(registry: RecipeRegistry) -> None:
+    """Register quantization recipes by name.
+
+    :param registry: call ``registry.add(recipe)``.
+    """
+
+
+@hookspec
+def lnn_register_targets(registry: TargetRegistry) -> None:
+    """Register deployment targets (chips): limits as data, recipe, planner and packer defaults.
+
+    :param registry: call ``registry.add(Target(...))``.
+    """
+
+
+@hookspec
+def lnn_register_exporters(registry: ExporterRegistry) -> None:
+    """Register ONNX dialect writers and readers.
+
+    :param registry: call ``registry.add_writer(name, fn)`` / ``registry.add_reader(name, fn)``, and
+        ``registry.add_node_writer(dialect, op_type, fn)`` to teach a dialect a new IR op.
+    """
+
+
+@hookspec
+def lnn_register_sim_kernels(registry: SimKernelRegistry) -> None:
+    """Register simulator kernels for IR op types that the C simulator does not implement itself.
+
+    :param registry: call ``registry.add(op_type, kernel)``.
+    """
+
+
+@hookspec
+def lnn_register_commands(registry: CommandRegistry) -> None:
+    """Contribute subcommands to the ``lnn`` command line.
+
+    :param registry: call ``registry.add(name, help, configure, run)``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Conformance hooks
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def lnn_op_rules(op_type: str, target: str) -> list[Rule] | None:
+    """Return the hardware rules that apply to ``op_type`` on ``target``.
+
+    Every implementation is called and the results are concatenated, so a backend and a
+    third-party op package can both contribute rules for the same pair.
+
+    :param op_type: the op id (``builtin.Conv2d``) or IR op type (``Conv2dInt``).
+    :param target: the target id, e.g. ``csk60xx``.
+    :return: a list of :class:`lnn_core.rules.Rule`, or None.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile pipeline hooks (packing). Called in this order by a target's packer:
+#   1. lnn_plan_memory(graph, target, options)   -> a memory plan
+#   2. lnn_pack(graph, plan, target, options)    -> the packed bytes
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def lnn_plan_memory(graph: Graph, target: str, options: dict[str, Any]) -> Any:
+    """Plan the memory of ``graph`` on ``target``.
+
+    Stops at first non-None result, see firstresult.
+
+    :param graph: the IR after graph passes.
+    :param target: target id.
+    :param options: planner options (region sizes, ...).
+    """
+
+
+@hookspec(firstresult=True)
+def lnn_pack(graph: Graph, plan: Any, target: str, options: dict[str, Any]) -> bytes | None:
+    """Serialise ``graph`` with its memory ``plan`` into the target's model file.
+
+    Stops at first non-None result, see firstresult.
+
+    :param graph: the IR after graph passes.
+    :param plan: the result of :func:`lnn_plan_memory`.
+    :param target: target id.
+    :param options: packer options.
+    """

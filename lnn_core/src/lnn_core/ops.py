@@ -1,0 +1,71 @@
+"""Operator families: what an op package registers through ``lnn_register_ops``. Torch-free.
+
+An :class:`OpFamily` says which float spellings it claims (module types, functions, tensor
+methods) and how ``lnn.init`` / ``lnn.constrain`` handle them:
+
+``compute``
+    replaced by a quantized module with its own output scale (conv, linear, add, cat, ...).
+``stateless``
+    replaced by a quantized module whose output keeps the input scale (ReLU6/clamp, avg-pool).
+``passthrough``
+    left as it is: the op is exact on the integer grid and the output keeps the input scale
+    (ReLU, max-pool, reshape/view/flatten/transpose/permute/squeeze/unsqueeze, dropout).
+
+``build(ctx)`` returns ``(module, tensor_inputs)``: the module to call and the graph values it is
+called with, in order (``ctx`` is a :class:`lnn_core.quant.rewrite.BuildContext`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+__all__ = ["OpFamily", "KINDS"]
+
+KINDS = ("compute", "stateless", "passthrough")
+
+
+def _kind(inst: OpFamily, attribute: attrs.Attribute, value: str) -> None:
+    if value not in KINDS:
+        raise ValueError(f"op family {inst.id!r}: kind must be one of {KINDS}, not {value!r}")
+
+
+def _id(inst: OpFamily, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or "." not in value:
+        raise ValueError(f"op family id {value!r} must be namespaced, e.g. 'acme.GatedConv1d'")
+
+
+@attrs.frozen
+class OpFamily:
+    """One operator family.
+
+    :param id: namespaced id, ``builtin.Conv2d`` or ``acme.HardSwish``.
+    :param kind: ``compute``, ``stateless`` or ``passthrough``.
+    :param modules: float ``nn.Module`` types it replaces.
+    :param functions: functions it replaces (``torch.add``, ``operator.add``, ``F.conv2d``).
+    :param methods: tensor method names it replaces (``"add"``, ``"transpose"``).
+    :param build: ``build(ctx) -> (module, tensor_inputs)`` for compute/stateless families.
+    :param relu: the op is a ReLU (its producer then observes only the positive range).
+    :param fuses_bn: a directly following ``foldable`` op (BatchNorm) is folded into this op.
+    :param foldable: this op (BatchNorm) can be folded into a preceding ``fuses_bn`` op.
+    :param describe: ``describe(ctx) -> attrs`` for passthrough ops that hardware rules judge.
+    :param description: one line for ``lnn plugins`` and the docs.
+    """
+
+    id: str = attrs.field(validator=_id)
+    kind: str = attrs.field(validator=_kind)
+    modules: tuple[type, ...] = ()
+    functions: tuple[Any, ...] = ()
+    methods: tuple[str, ...] = ()
+    build: Callable[[Any], tuple[Any, list[Any]]] | None = None
+    relu: bool = False
+    fuses_bn: bool = False
+    foldable: bool = False
+    describe: Callable[[Any], dict[str, Any]] | None = None
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind != "passthrough" and self.build is None:
+            raise ValueError(f"op family {self.id!r} ({self.kind}) needs a build function")

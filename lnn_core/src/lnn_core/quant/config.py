@@ -1,0 +1,132 @@
+"""Configuration objects for ``lnn.init`` and ``lnn.constrain`` (attrs, validated, frozen).
+
+Bad values raise :class:`~lnn_core.errors.ConfigError` at construction, naming the option, the
+valid values and the actual value. Torch-free.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigError
+
+__all__ = ["LayerConfig", "QuantConfig", "ConstrainConfig"]
+
+_BITS = (4, 8, 16, 32)
+
+
+def _bits(inst: Any, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _BITS:
+        raise ConfigError(
+            f"{type(inst).__name__}: {attribute.name}={value!r} is not a supported bit width",
+            {"option": attribute.name, "valid": ", ".join(map(str, _BITS)), "actual": repr(value)},
+            "use 8 (the chip's native width) unless the target documents another",
+            option=attribute.name, value=value, valid=_BITS)
+
+
+def _positive_or_none(inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(
+            f"{type(inst).__name__}: {attribute.name}={value!r} must be a positive number or None",
+            {"option": attribute.name, "actual": repr(value)},
+            "pass None to switch this clamp off", option=attribute.name, value=value, valid="> 0 or None")
+
+
+@attrs.frozen
+class LayerConfig:
+    """Overrides for some layers (by op type or module path).
+
+    :param act_bits: output activation bits.
+    :param weight_bits: weight bits.
+    :param float: keep these layers in float (same as ``lnn.disable_quant``).
+    """
+
+    act_bits: int | None = attrs.field(default=None, validator=_bits)
+    weight_bits: int | None = attrs.field(default=None, validator=_bits)
+    float: bool = False
+
+
+def _layer_map(value: Mapping[Any, Any] | None) -> dict[str, LayerConfig]:
+    out: dict[str, LayerConfig] = {}
+    for key, cfg in (value or {}).items():
+        if isinstance(key, type):
+            key = key.__name__
+        if isinstance(cfg, Mapping):
+            try:
+                cfg = LayerConfig(**cfg)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"QuantConfig: override for {key!r} has an unknown field",
+                    {"cause": str(exc), "valid": "act_bits, weight_bits, float"},
+                    "spell the fields as LayerConfig names them", option=str(key), value=cfg,
+                    valid=("act_bits", "weight_bits", "float")) from exc
+        if not isinstance(cfg, LayerConfig):
+            raise ConfigError(
+                f"QuantConfig: override for {key!r} is a {type(cfg).__name__}, not a LayerConfig",
+                {"actual": repr(cfg)}, "pass LayerConfig(...) or a dict of its fields",
+                option=str(key), value=cfg, valid="LayerConfig")
+        out[str(key)] = cfg
+    return out
+
+
+@attrs.frozen
+class QuantConfig:
+    """What ``lnn.init`` quantizes and how.
+
+    :param recipe: recipe name; None takes the target's default recipe.
+    :param act_bits: default activation bits.
+    :param weight_bits: default weight bits.
+    :param act_rule: override the recipe's activation statistics rule (``ema_max``/``ema_threshold``).
+    :param by_type: overrides per op type: keys are op ids (``builtin.Conv2d``) or float class names
+        (``Conv2d``, ``Linear``).
+    :param by_path: overrides per module path; keys may use shell wildcards (``backbone.*.conv``).
+    :param strict: unsupported ops on quantized tensors are errors instead of warnings.
+    """
+
+    recipe: str | None = None
+    act_bits: int = attrs.field(default=8, validator=_bits)
+    weight_bits: int = attrs.field(default=8, validator=_bits)
+    act_rule: str | None = None
+    by_type: dict[str, LayerConfig] = attrs.field(factory=dict, converter=_layer_map)
+    by_path: dict[str, LayerConfig] = attrs.field(factory=dict, converter=_layer_map)
+    strict: bool = False
+
+    def for_layer(self, path: str, op_id: str, float_type: str | None) -> LayerConfig:
+        """Resolve the settings of one layer: path overrides beat type overrides beat defaults."""
+        act, wbits, flt = self.act_bits, self.weight_bits, False
+        layers: list[LayerConfig] = []
+        short = op_id.split(".", 1)[-1]
+        for key in (op_id, short, float_type):
+            if key and key in self.by_type:
+                layers.append(self.by_type[key])
+                break
+        for pattern, cfg in self.by_path.items():
+            if path == pattern or fnmatch.fnmatchcase(path, pattern):
+                layers.append(cfg)
+        for cfg in layers:
+            act = cfg.act_bits if cfg.act_bits is not None else act
+            wbits = cfg.weight_bits if cfg.weight_bits is not None else wbits
+            flt = flt or cfg.float
+        return LayerConfig(act_bits=act, weight_bits=wbits, float=flt)
+
+
+@attrs.frozen
+class ConstrainConfig:
+    """Stage-1 clamps (spec section 6.2). Each may be None (off).
+
+    :param weight_factor: clip weights at ``factor * mean|w|`` (never above ``max|w|``); default 7.
+    :param bias: clip biases to ``[-bias, bias]``; default 8.
+    :param activation: clip op outputs to ``[-activation, activation]``; default 8.
+    """
+
+    weight_factor: float | None = attrs.field(default=7.0, validator=_positive_or_none)
+    bias: float | None = attrs.field(default=8.0, validator=_positive_or_none)
+    activation: float | None = attrs.field(default=8.0, validator=_positive_or_none)

@@ -1,0 +1,176 @@
+"""Base class of every quantized module, and the Quant stub placed where float data enters.
+
+A quantized module does not own the exponent of its inputs: the producer of each input does.
+``lnn.init`` wires every module to the quantizers that define its inputs (``bind_inputs``), so a
+module reads ``n_x`` from its producer instead of re-quantizing, exactly as the chip graph does.
+The references are kept in a plain tuple, so they are not submodules and add no state_dict keys.
+
+Stages: ``constrain`` (float forward with clamps, observers warm up the statistics) and ``quant``
+(fake-quant with straight-through gradients in training, exact integers in eval).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .config import ConstrainConfig
+from .functional import qrange, requant
+from .quantizers import ActQuantizer
+from .recipes import Recipe
+
+__all__ = ["QModule", "QuantStub", "STAGES", "set_stage"]
+
+STAGES = ("constrain", "quant")
+
+
+class QModule(nn.Module):
+    """Common machinery of quantized modules.
+
+    Subclasses set ``op_id`` (``builtin.Conv2d``) and implement ``forward``; ops with their own
+    output scale create ``self.out_q``. ``op_attrs()`` describes the op for hardware rules in the
+    vocabulary of the chip's ONNX dialect (``kernel_shape``, ``strides``, ``pads``, ...).
+    """
+
+    op_id: ClassVar[str] = ""
+
+    def __init__(self, recipe: Recipe, *, act_bits: int = 8, weight_bits: int = 8,
+                 stage: str = "quant", clamps: tuple[str, ...] = ("weight", "bias", "act")) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.act_bits = act_bits
+        self.weight_bits = weight_bits
+        self.stage = stage
+        self._inputs: tuple[ActQuantizer | None, ...] = ()
+        # the stage-1 clamps travel with the checkpoint so stage 2 applies the same function
+        self.clamps = clamps
+        for which in clamps:
+            self.register_buffer(f"clamp_{which}", torch.zeros((), dtype=torch.float32))
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def bind_inputs(self, providers: Sequence[ActQuantizer | None]) -> None:
+        self._inputs = tuple(providers)
+
+    @property
+    def input_quantizers(self) -> tuple[ActQuantizer | None, ...]:
+        return self._inputs
+
+    def in_exponent(self, i: int = 0) -> int:
+        q = self._inputs[i] if i < len(self._inputs) else None
+        if q is None:
+            raise RuntimeError(f"{type(self).__name__}: input {i} has no quantizer bound")
+        return q.current()
+
+    def in_bits(self, i: int = 0) -> int:
+        q = self._inputs[i] if i < len(self._inputs) else None
+        return q.bits if q is not None else 32
+
+    @property
+    def quantizing(self) -> bool:
+        return self.stage == "quant"
+
+    def set_constraints(self, cfg: ConstrainConfig | None) -> None:
+        cfg = cfg or ConstrainConfig(None, None, None)
+        values = {"weight": cfg.weight_factor, "bias": cfg.bias, "act": cfg.activation}
+        for which in self.clamps:
+            getattr(self, f"clamp_{which}").fill_(values[which] or 0.0)
+
+    def op_attrs(self) -> dict[str, Any]:
+        """Attributes that hardware rules judge. Subclasses extend it."""
+        attrs: dict[str, Any] = {"data_bits": self.in_bits(0) if self._inputs else self.act_bits,
+                                 "o_bits": self.act_bits}
+        if hasattr(self, "weight") or getattr(self, "has_weight", False):
+            attrs["parameter_bits"] = self.weight_bits
+        return attrs
+
+    # -- shared numerics ------------------------------------------------------------------------
+    def constrain_weight(self, w: torch.Tensor) -> torch.Tensor:
+        f = float(self.clamp_weight) if "weight" in self.clamps else 0.0
+        if f > 0.0:
+            a = w.detach().abs()
+            c = min(f * float(a.mean()), float(a.max()))
+            w = w.clamp(-c, c)
+        return w
+
+    def constrain_bias(self, b: torch.Tensor | None) -> torch.Tensor | None:
+        c = float(self.clamp_bias) if "bias" in self.clamps else 0.0
+        return b.clamp(-c, c) if (b is not None and c > 0.0) else b
+
+    def constrain_act(self, y: torch.Tensor) -> torch.Tensor:
+        c = float(self.clamp_act) if "act" in self.clamps else 0.0
+        return y.clamp(-c, c) if c > 0.0 else y
+
+    def act_clip_int(self, n: int) -> tuple[int, int] | None:
+        """Integer bounds of the activation clamp at exponent ``n`` (None when it cannot bind)."""
+        c = float(self.clamp_act) if "act" in self.clamps else 0.0
+        if c <= 0.0:
+            return None
+        lo, hi = qrange(self.act_bits)
+        clo = int(torch.floor(torch.tensor(-c * 2.0**n, dtype=torch.float64) + 0.5))
+        chi = int(torch.floor(torch.tensor(c * 2.0**n, dtype=torch.float64) + 0.5))
+        if clo <= lo and chi >= hi:
+            return None
+        return max(clo, lo), min(chi, hi)
+
+    def out_exponent(self, z: torch.Tensor, cap: int | None = None) -> int:
+        """Exponent of this op's output for this forward (observing ``z`` when training)."""
+        if self.training and self.out_q.observe:
+            return self.out_q.update(z, cap)
+        return self.out_q.eval_exponent(cap)
+
+    def out_bounds(self, n: int) -> tuple[int, int]:
+        """Integer bounds of the output at exponent ``n``: saturation and the activation clamp."""
+        clip = self.act_clip_int(n)
+        return clip if clip is not None else qrange(self.act_bits)
+
+    def finish_train(self, y: torch.Tensor, cap: int | None = None) -> torch.Tensor:
+        """Training tail of an op with its own output scale: clamp, observe, fake-quantize."""
+        y = self.constrain_act(y)
+        return self.out_q(y, cap)
+
+    def finish_exact(self, acc: torch.Tensor, acc_exponent: int, cap: int | None = None) -> torch.Tensor:
+        """Eval tail: ``RQ(acc, n_acc - n_o)`` with the activation clamp in the integer domain.
+
+        :param acc: exact accumulator (float64 integers) at exponent ``acc_exponent``.
+        :return: float32 tensor ``q / 2**n_o``.
+        """
+        n_o = self.out_q.eval_exponent(cap)
+        q = requant(acc, acc_exponent - n_o, self.act_bits)
+        clip = self.act_clip_int(n_o)
+        if clip is not None:
+            q = q.clamp(*clip)
+        return (q * 2.0**-n_o).float()
+
+
+class QuantStub(QModule):
+    """Quantizes float data entering the quantized graph (graph inputs, float-island outputs).
+
+    Exported as the chip's ``Quant`` op: ``q = SAT_8(R(x * 2**n))`` evaluated in float32.
+    """
+
+    op_id = "core.Quant"
+
+    def __init__(self, recipe: Recipe, *, act_bits: int = 8, stage: str = "quant") -> None:
+        super().__init__(recipe, act_bits=act_bits, stage=stage, clamps=())
+        self.out_q = ActQuantizer(act_bits, recipe)
+
+    def op_attrs(self) -> dict[str, Any]:
+        return {"data_bits": self.act_bits, "o_bits": self.act_bits}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_q(x)
+
+
+def set_stage(model: nn.Module, stage: str) -> None:
+    """Switch every quantized module and quantizer of ``model`` to ``stage``."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
+    for m in model.modules():
+        if isinstance(m, QModule):
+            m.stage = stage
+        elif isinstance(m, ActQuantizer):
+            m.observe = True
+            m.quant = stage == "quant"

@@ -1,0 +1,534 @@
+"""Model rewriting behind ``lnn.init`` and ``lnn.constrain``.
+
+The float model is traced with ``torch.fx`` (nothing of torch is patched). Every node is matched
+against the op families the plugins registered, by module type, function or tensor method, so
+``nn.Conv2d`` and ``F.conv2d``, ``x + y``, ``torch.add`` and ``x.add(y)`` all end in the same
+quantized module. Then:
+
+1. a ``fuses_bn`` op followed only by a ``foldable`` op (BatchNorm) takes that BatchNorm in; the
+   BatchNorm module stays at its path, so its state_dict keys do not move;
+2. each ``compute``/``stateless`` node becomes a call of the family's quantized module; modules
+   replacing a float module keep its path (and parameter keys), modules replacing a function or
+   method are added beside it as ``<owner>.q_<op>[_k]``;
+3. every quantized module is bound to the quantizers that define its inputs; float data entering
+   the quantized graph (graph inputs, outputs of float islands) passes a ``QuantStub``;
+4. an op the toolkit does not know that runs on quantized data is reported by name and call site
+   (warning, or error with ``strict=True``); it stays a float island;
+5. an op whose every user is a ReLU observes only its positive range ("ahead-relu");
+6. the target's hardware rules judge every op, and ALL violations are raised at once.
+
+The stage-1 (constrain) and stage-2 (quant) models are built by the same pass, so they have the
+same state_dict keys: a stage-1 checkpoint loads strictly into the stage-2 model.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import ConfigError, TraceError, UnsupportedOpError
+from ..rules import OpView, RuleReport
+from .config import ConstrainConfig, LayerConfig, QuantConfig
+from .qmodule import QModule, QuantStub, set_stage
+from .quantizers import ActQuantizer
+from .recipes import Recipe
+
+__all__ = ["prepare", "BuildContext", "Built", "LnnInfo", "QuantizedModel", "UnsupportedOpWarning",
+           "disable_quant", "FLOAT_ATTR"]
+
+FLOAT_ATTR = "_lnn_keep_float"
+
+_META_METHODS = frozenset({"size", "dim", "numel", "type", "element_size", "nelement", "ndimension",
+                           "get_device", "is_contiguous", "stride", "data_ptr", "tolist", "item"})
+_META_FUNCTIONS = frozenset({getattr, len, torch.numel, isinstance})
+
+
+class UnsupportedOpWarning(UserWarning):
+    """A float op runs on quantized data; the text names the op and its call site."""
+
+
+class _Kind:
+    """Sentinels for values that are not quantized tensors."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+FLOAT = _Kind("FLOAT")  # a float tensor (or an unknown value)
+META = _Kind("META")  # a python value derived from shapes (sizes, dims, dtypes)
+
+
+def disable_quant(module: nn.Module) -> nn.Module:
+    """Keep ``module`` (and everything inside it) in float when the model is prepared.
+
+    Call before ``lnn.init``/``lnn.constrain``. Data entering it is dequantized and data leaving
+    it is re-quantized by a ``QuantStub``; the export writes explicit Dequant/Quant nodes there.
+    """
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"disable_quant() expects an nn.Module, got {type(module).__name__}",
+            {"actual": repr(module)[:80]}, "pass a submodule, e.g. lnn.disable_quant(model.head)",
+            option="module", value=module, valid="nn.Module")
+    setattr(module, FLOAT_ATTR, True)
+    return module
+
+
+@attrs.define
+class BuildContext:
+    """Everything a family's ``build`` needs to make its quantized module.
+
+    :param path: module path of the module to be made.
+    :param node: the fx node being replaced (its ``args``/``kwargs`` hold constants and fx nodes).
+    :param module: the float module being replaced (call_module nodes), else None.
+    :param layer: resolved bits for this layer.
+    :param recipe: the quantization recipe.
+    :param stage: ``constrain`` or ``quant``.
+    :param bn: a BatchNorm module folded into this op, else None.
+    :param folded_into: for a foldable op (BatchNorm) being folded: the node of the op it folds into.
+    """
+
+    path: str
+    node: fx.Node
+    module: nn.Module | None
+    layer: LayerConfig
+    recipe: Recipe
+    stage: str
+    bn: nn.Module | None = None
+    folded_into: fx.Node | None = None
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return self.node.args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.node.kwargs)
+
+    def bind(self, signature: Any) -> dict[str, Any]:
+        """Bind the node's args/kwargs to a python signature (a function), defaults applied."""
+        import inspect
+
+        bound = inspect.signature(signature).bind(*self.node.args, **self.node.kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+
+@attrs.define
+class Built:
+    """What ``build`` returns: the module, its activation inputs, and extra (parameter) inputs."""
+
+    module: nn.Module
+    act_inputs: list[Any]
+    param_inputs: list[Any] = attrs.field(factory=list)
+
+
+@attrs.define
+class LnnInfo:
+    """Kept on the prepared model as ``model.lnn``: how it was prepared and what was found."""
+
+    stage: str
+    target: str
+    recipe: Recipe
+    config: QuantConfig
+    constrain: ConstrainConfig | None
+    unsupported: list[tuple[str, str, str]] = attrs.field(factory=list)  # (node, op, call site)
+    islands: list[str] = attrs.field(factory=list)
+    folded: dict[str, str] = attrs.field(factory=dict)  # bn path -> op path
+    ops: dict[str, str] = attrs.field(factory=dict)  # module path -> op id
+    passthrough: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # node -> {op, attrs}
+    report: RuleReport | None = None
+
+
+class QuantizedModel(fx.GraphModule):
+    """The model ``lnn.init``/``lnn.constrain`` return: a GraphModule that keeps ``.lnn`` on copies."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QuantizedModel:
+        res = super().__deepcopy__(memo)
+        if hasattr(self, "lnn"):
+            res.lnn = copy.deepcopy(self.lnn, memo)
+        return res
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, by_module: dict[type, Any]) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+        self._by_module = by_module
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if getattr(m, FLOAT_ATTR, False) or type(m) in self._by_module:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _op_name(node: fx.Node, gm: nn.Module) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    if mod in ("_operator", "operator"):
+        mod = "operator"
+    elif mod.startswith("torch") and hasattr(torch, name):
+        mod = "torch"
+    return f"{mod}.{name}" if mod else name
+
+
+def _call_site(node: fx.Node) -> str:
+    trace = node.stack_trace or ""
+    frames: list[str] = []
+    lines = trace.strip().splitlines()
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line.startswith('File "'):
+            path = line.split('"')[1]
+            if "/torch/" in path or "/lnn_core/" in path:
+                continue
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            loc = line.split(",")
+            lineno = loc[1].strip().replace("line ", "") if len(loc) > 1 else "?"
+            frames.append(f"{path}:{lineno}: {code}")
+    return frames[-1] if frames else "<unknown call site>"
+
+
+def _flat_nodes(args: Iterable[Any]) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    for a in args:
+        if isinstance(a, fx.Node):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(_flat_nodes(a))
+        elif isinstance(a, dict):
+            out.extend(_flat_nodes(a.values()))
+        elif isinstance(a, slice):
+            out.extend(_flat_nodes((a.start, a.stop, a.step)))
+    return out
+
+
+def _owner(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    last = next(reversed(stack.values()))
+    return last[0] if isinstance(last, tuple) else str(last)
+
+
+class _Rewriter:
+    def __init__(self, gm: fx.GraphModule, host: Any, recipe: Recipe, config: QuantConfig,
+                 stage: str, info: LnnInfo) -> None:
+        self.gm = gm
+        self.graph = gm.graph
+        self.host = host
+        self.ops = host.ops
+        self.recipe = recipe
+        self.config = config
+        self.stage = stage
+        self.info = info
+        self.prov: dict[fx.Node, Any] = {}
+        self.stubs: dict[fx.Node, fx.Node] = {}
+        self.names: dict[str, int] = {}
+        self.bn_of: dict[fx.Node, fx.Node] = {}
+        self.replaced: dict[fx.Node, Any] = {}  # new call_module node -> family
+
+    # -- lookups -----------------------------------------------------------------------------------
+    def family(self, node: fx.Node) -> Any:
+        if node.op == "call_module":
+            return self.ops.by_module.get(type(self.gm.get_submodule(node.target)))
+        if node.op == "call_function":
+            try:
+                return self.ops.by_function.get(node.target)
+            except TypeError:  # unhashable target
+                return None
+        if node.op == "call_method":
+            return self.ops.by_method.get(node.target)
+        return None
+
+    def is_float_module(self, node: fx.Node) -> bool:
+        return node.op == "call_module" and bool(getattr(self.gm.get_submodule(node.target), FLOAT_ATTR, False))
+
+    def path_for(self, node: fx.Node, base: str) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        owner = _owner(node)
+        stem = f"{owner}.q_{base}" if owner else f"q_{base}"
+        k = self.names.get(stem, 0)
+        self.names[stem] = k + 1
+        return stem if k == 0 else f"{stem}_{k}"
+
+    def layer_for(self, path: str, family: Any, node: fx.Node) -> LayerConfig:
+        float_type = type(self.gm.get_submodule(node.target)).__name__ if node.op == "call_module" else None
+        layer = self.config.for_layer(path, family.id, float_type)
+        for bits, allowed, what in ((layer.act_bits, self.recipe.act_bits_allowed, "act_bits"),
+                                    (layer.weight_bits, self.recipe.weight_bits_allowed, "weight_bits")):
+            if bits not in allowed:
+                raise ConfigError(
+                    f"layer {path!r} ({family.id}): {what}={bits} is not supported by recipe "
+                    f"{self.recipe.name!r}", {"valid": ", ".join(map(str, allowed)), "actual": bits},
+                    f"set {what} to one of {', '.join(map(str, allowed))} for this layer",
+                    option=what, value=bits, valid=allowed)
+        return layer
+
+    # -- passes ------------------------------------------------------------------------------------
+    def fold_bn(self) -> None:
+        """Pair each ``fuses_bn`` op with a directly following ``foldable`` op (BatchNorm).
+
+        The BatchNorm node stays in the graph, calling the module its family builds for the folded
+        case (same path, same parameters, identity forward); the op reads the BatchNorm's
+        parameters from it. Keeping the node keeps the module referenced by the graph, so copies
+        and pickles of the model keep it too.
+        """
+        for node in list(self.graph.nodes):
+            fam = self.family(node)
+            if fam is None or not fam.fuses_bn or self.is_float_module(node) or len(node.users) != 1:
+                continue
+            user = next(iter(node.users))
+            ufam = self.family(user)
+            if ufam is None or not ufam.foldable or self.is_float_module(user) or user.op != "call_module":
+                continue
+            if _flat_nodes((user.args, user.kwargs)) != [node]:
+                continue
+            path = str(user.target)
+            ctx = BuildContext(path, user, self.gm.get_submodule(path), LayerConfig(), self.recipe,
+                               self.stage, folded_into=node)
+            built = ufam.build(ctx)
+            self.gm.add_submodule(path, built.module)
+            self.bn_of[node] = user
+            self.info.folded[path] = str(node.target) if node.op == "call_module" else node.name
+
+    def stub_for(self, src: fx.Node) -> fx.Node:
+        """A QuantStub after float value ``src`` (one per source, shared by all consumers)."""
+        if src in self.stubs:
+            return self.stubs[src]
+        base = "input" if src.op == "placeholder" else "quant"
+        path = f"q_input_{src.name}" if src.op == "placeholder" else self.path_for(src, base)
+        stub = QuantStub(self.recipe, act_bits=self.config.act_bits, stage=self.stage)
+        self.gm.add_submodule(path, stub)
+        with self.graph.inserting_after(src):
+            new = self.graph.call_module(path, (src,))
+        self.stubs[src] = new
+        self.prov[new] = stub.out_q
+        self.info.ops[path] = stub.op_id
+        if src.op != "placeholder":
+            self.info.islands.append(src.name)
+        return new
+
+    def run(self) -> None:
+        self.fold_bn()
+        self.folded_nodes = set(self.bn_of.values())
+        unsupported = self.unsupported = []
+        for node in list(self.graph.nodes):
+            if node in self.prov:  # a stub inserted by this pass
+                continue
+            if node.op == "placeholder":
+                self.prov[node] = FLOAT
+                continue
+            if node.op == "get_attr":
+                self.prov[node] = FLOAT
+                continue
+            if node.op == "output":
+                continue
+            if node in self.folded_nodes:
+                self.prov[node] = self.prov.get(node.args[0], FLOAT)
+                continue
+            ins = _flat_nodes((node.args, node.kwargs))
+            provs = [self.prov.get(i, FLOAT) for i in ins]
+            quantized_in = any(isinstance(p, ActQuantizer) for p in provs)
+            if (node.op == "call_method" and node.target in _META_METHODS) or (
+                    node.op == "call_function" and node.target in _META_FUNCTIONS):
+                self.prov[node] = META
+                continue
+            if ins and all(p is META for p in provs) and node.op != "call_module":
+                self.prov[node] = META
+                continue
+            if node.op == "call_function" and node.target is operator.getitem and provs and provs[0] is META:
+                self.prov[node] = META
+                continue
+            fam = self.family(node)
+            if fam is None:
+                if self.is_float_module(node):
+                    self.info.islands.append(node.name)
+                elif quantized_in:
+                    unsupported.append(node)
+                self.prov[node] = FLOAT
+                continue
+            if self.is_float_module(node):
+                self.info.islands.append(node.name)
+                self.prov[node] = FLOAT
+                continue
+            if fam.kind == "passthrough":
+                first = next((p for p in provs if p is not META), FLOAT)
+                self.prov[node] = first
+                if isinstance(first, ActQuantizer):
+                    attrs_ = {}
+                    if fam.describe is not None:
+                        ctx = BuildContext(str(node.target) if node.op == "call_module" else node.name, node,
+                                           self.gm.get_submodule(node.target) if node.op == "call_module" else None,
+                                           LayerConfig(first.bits, self.config.weight_bits), self.recipe, self.stage)
+                        attrs_ = fam.describe(ctx)
+                    self.info.passthrough[node.name] = {"op": fam.id, "attrs": attrs_,
+                                                        "path": ctx.path if fam.describe else node.name}
+                continue
+            self.replace(node, fam)
+        self.report_unsupported(unsupported)
+        self.mark_ahead_relu()
+        self.graph.lint()
+        self.gm.recompile()
+
+    def replace(self, node: fx.Node, fam: Any) -> None:
+        base = fam.id.split(".", 1)[-1].lower()
+        path = self.path_for(node, base)
+        layer = self.layer_for(path, fam, node)
+        if layer.float:
+            self.info.islands.append(node.name)
+            self.prov[node] = FLOAT
+            return
+        module = self.gm.get_submodule(node.target) if node.op == "call_module" else None
+        bn_node = self.bn_of.get(node)
+        bn = self.gm.get_submodule(str(bn_node.target)) if bn_node is not None else None
+        ctx = BuildContext(path, node, module, layer, self.recipe, self.stage, bn)
+        built = fam.build(ctx)
+        if built is None:  # the family has no quantized form for this particular call
+            if any(isinstance(self.prov.get(i), ActQuantizer) for i in _flat_nodes((node.args, node.kwargs))):
+                self.unsupported.append(node)
+            self.prov[node] = FLOAT
+            return
+        if not isinstance(built, Built):
+            raise TypeError(f"op family {fam.id}: build() must return lnn_core.quant.rewrite.Built or None")
+        act_inputs = []
+        providers = []
+        for src in built.act_inputs:
+            p = self.prov.get(src, FLOAT) if isinstance(src, fx.Node) else FLOAT
+            if not isinstance(p, ActQuantizer):
+                src = self.stub_for(src)
+                p = self.prov[src]
+            act_inputs.append(src)
+            providers.append(p)
+        qmod = built.module
+        if isinstance(qmod, QModule):
+            qmod.bind_inputs(providers)
+        self.gm.add_submodule(path, qmod)
+        with self.graph.inserting_before(node):
+            new = self.graph.call_module(path, tuple(act_inputs) + tuple(built.param_inputs))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        self.graph.erase_node(node)
+        self.replaced[new] = fam
+        self.info.ops[path] = fam.id
+        out_q = getattr(qmod, "out_q", None)
+        self.prov[new] = out_q if isinstance(out_q, ActQuantizer) else (providers[0] if providers else FLOAT)
+
+    def report_unsupported(self, nodes: list[fx.Node]) -> None:
+        if not nodes:
+            return
+        found = [(n.name, _op_name(n, self.gm), _call_site(n)) for n in nodes]
+        self.info.unsupported.extend(found)
+        lines = "\n".join(f"{op} (node {name!r}) at {site}" for name, op, site in found)
+        if self.config.strict:
+            raise UnsupportedOpError(
+                f"{len(found)} op(s) without a quantized form run on quantized data: "
+                + ", ".join(sorted({op for _, op, _ in found})),
+                {"ops": lines, "rule": "strict=True refuses float islands inside the quantized graph"},
+                "replace the op with a supported one, keep the surrounding layer in float with "
+                "lnn.disable_quant(...), or install a plugin that provides it",
+                op=found[0][1], call_site=found[0][2], ops=found)
+        for name, op, site in found:
+            warnings.warn(
+                f"op {op} (node {name!r}) has no quantized form and runs in float on quantized data\n"
+                f"  call site: {site}\n"
+                "  hint: it is kept as a float island (Dequant -> float op -> Quant); pass strict=True to "
+                "make this an error", UnsupportedOpWarning, stacklevel=4)
+
+    def mark_ahead_relu(self) -> None:
+        def consumers(node: fx.Node) -> list[fx.Node]:
+            out: list[fx.Node] = []
+            for u in node.users:
+                out.extend(consumers(u) if u in self.folded_nodes else [u])
+            return out
+
+        for node in self.graph.nodes:
+            if node.op != "call_module" or node in self.folded_nodes:
+                continue
+            qmod = self.gm.get_submodule(node.target)
+            out_q = getattr(qmod, "out_q", None)
+            if not isinstance(out_q, ActQuantizer) or isinstance(qmod, QuantStub):
+                continue
+            users = consumers(node)
+            if users and all((f := self.family(u)) is not None and f.relu for u in users):
+                out_q.positive = True
+
+
+def _rules_report(gm: fx.GraphModule, info: LnnInfo, host: Any, target: Any) -> RuleReport:
+    views = []
+    for path, op_id in info.ops.items():
+        mod = gm.get_submodule(path)
+        views.append(OpView(path, op_id, mod.op_attrs() if isinstance(mod, QModule) else {}))
+    for entry in info.passthrough.values():
+        views.append(OpView(entry["path"], entry["op"], entry["attrs"]))
+    report = RuleReport(target.id)
+    return report.check_ops(views, lambda op_type: host.rules_for(op_type, target.id), target.limits)
+
+
+def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: QuantConfig | None = None,
+            constrain: ConstrainConfig | None = None, check_rules: bool = True) -> fx.GraphModule:
+    """Trace ``model`` and return a new GraphModule for ``stage`` (the input model is not modified)."""
+    config = config or QuantConfig()
+    if not isinstance(config, QuantConfig):
+        raise ConfigError(f"config must be a lnn_core.QuantConfig, not {type(config).__name__}",
+                          {"actual": repr(config)[:80]}, "build one with lnn.QuantConfig(...)",
+                          option="config", value=config, valid="QuantConfig")
+    tgt = host.targets[target]
+    recipe = host.recipes[config.recipe or tgt.recipe]
+    if config.act_rule is not None:
+        recipe = attrs.evolve(recipe, act_rule=config.act_rule)
+    info_existing = getattr(model, "lnn", None)
+    if isinstance(info_existing, LnnInfo):
+        return _restage(model, stage, info_existing, constrain)
+    model = copy.deepcopy(model)
+    tracer = _Tracer(host.ops.by_module)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        raise TraceError(
+            f"model {type(model).__name__!r} could not be traced into a graph",
+            {"cause": f"{type(exc).__name__}: {exc}"},
+            "data-dependent control flow cannot be traced: move it into a submodule and keep that "
+            "submodule float with lnn.disable_quant(model.<submodule>)",
+            module=type(model).__name__, cause=exc) from exc
+    gm = QuantizedModel(tracer.root, graph, type(model).__name__)
+    info = LnnInfo(stage, tgt.id, recipe, config, constrain)
+    _Rewriter(gm, host, recipe, config, stage, info).run()
+    set_stage(gm, stage)
+    if stage == "constrain":
+        for m in gm.modules():
+            if isinstance(m, QModule):
+                m.set_constraints(constrain or ConstrainConfig())
+    gm.lnn = info
+    if check_rules:
+        info.report = _rules_report(gm, info, host, tgt)
+        info.report.raise_if_errors()
+    return gm
+
+
+def _restage(model: nn.Module, stage: str, info: LnnInfo, constrain: ConstrainConfig | None) -> nn.Module:
+    """A model prepared before is switched to ``stage`` (on a copy) instead of traced again."""
+    new = copy.deepcopy(model)
+    set_stage(new, stage)
+    if stage == "constrain":
+        for m in new.modules():
+            if isinstance(m, QModule):
+                m.set_constraints(constrain or ConstrainConfig())
+    new.lnn = attrs.evolve(info, stage=stage)
+    return new

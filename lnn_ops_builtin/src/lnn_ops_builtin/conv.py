@@ -1,0 +1,305 @@
+"""Convolution family: Conv1d/Conv2d (groups and depthwise included), ConvTranspose1d/2d, Linear.
+
+Integer semantics (spec/int8-ops.md 3.4-3.7)::
+
+    acc = sum(x_q * w_q) + b_q              exact (float64 holding integers, or int64)
+    y_q = RQ_8(acc, n_x + n_w - n_o)        n_o <= n_x + n_w (the chip's shift is unsigned)
+
+with ``n_w`` from the floor rule on the weights and ``b_q = SAT_32(R(b * 2**(n_x + n_w)))``.
+A BatchNorm directly after a conv or linear is folded into it: ``w' = w * g / sqrt(var + eps)``,
+``b' = beta + (b - mean) * g / sqrt(var + eps)`` with the running statistics. The forward uses the
+folded weights (one conv, quantized once, as on the chip); gradients flow to the conv weight and
+to the BatchNorm's gamma and beta separately ("forward fused, backward unfused"). In stage 1
+(constrain) the BatchNorm runs unfused with batch statistics, so its running statistics are
+learned there; stage 2 keeps them frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from lnn_core.ops import OpFamily
+from lnn_core.quant.functional import fake_quant
+from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight, quantize_bias, quantize_weight
+from lnn_core.quant.rewrite import BuildContext, Built
+
+__all__ = ["QConv", "FAMILIES"]
+
+
+def _ntuple(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1 and n > 1:
+            return tuple(int(v[0]) for _ in range(n))
+        return tuple(int(i) for i in v)
+    return tuple(int(v) for _ in range(n))
+
+
+_FN = {
+    ("conv", 1): F.conv1d,
+    ("conv", 2): F.conv2d,
+    ("deconv", 1): F.conv_transpose1d,
+    ("deconv", 2): F.conv_transpose2d,
+    ("linear", 0): None,
+}
+
+
+class QConv(QModule):
+    """Quantized convolution, transposed convolution or linear layer (one class for all dims).
+
+    Called as ``m(x)`` when built from a module (it owns ``weight``/``bias`` under the same
+    names), or ``m(x, weight[, bias])`` when built from ``F.conv2d``/``F.linear`` calls.
+    """
+
+    def __init__(self, op_id: str, kind: str, dims: int, *, weight: nn.Parameter | None,
+                 bias: nn.Parameter | None, has_bias: bool, stride: Sequence[int] = (), padding: Sequence[int] = (),
+                 dilation: Sequence[int] = (), groups: int = 1, output_padding: Sequence[int] = (),
+                 padding_mode: str = "zeros", weight_shape: Sequence[int] | None = None, bn: nn.Module | None = None,
+                 recipe: Any, act_bits: int, weight_bits: int, stage: str) -> None:
+        super().__init__(recipe, act_bits=act_bits, weight_bits=weight_bits, stage=stage)
+        self.op_id = op_id  # type: ignore[misc]
+        self.kind, self.dims = kind, dims
+        self.owns_weight = weight is not None
+        if weight is not None:
+            self.weight = weight
+            if bias is not None:
+                self.bias = bias
+            else:
+                self.register_parameter("bias", None)
+        self.has_bias = has_bias
+        self.has_weight = True
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.groups, self.output_padding, self.padding_mode = groups, tuple(output_padding), padding_mode
+        self.weight_shape = tuple(weight.shape) if weight is not None else (tuple(weight_shape) if weight_shape else None)
+        self._bn: tuple[nn.Module, ...] = (bn,) if bn is not None else ()
+        self.out_q = ActQuantizer(act_bits, recipe)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def bn(self) -> nn.Module | None:
+        return self._bn[0] if self._bn else None
+
+    def extra_repr(self) -> str:
+        parts = [self.op_id, f"stride={self.stride}", f"padding={self.padding}"] if self.kind != "linear" else [self.op_id]
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.bn is not None:
+            parts.append("bn=folded")
+        return ", ".join(parts) + f", stage={self.stage}"
+
+    def _apply(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, w, b)
+        fn = _FN[(self.kind, self.dims)]
+        if self.kind == "conv":
+            if self.padding_mode != "zeros":
+                pad = [p for p in reversed(self.padding) for _ in range(2)]
+                x = F.pad(x, pad, mode=self.padding_mode)
+                return fn(x, w, b, self.stride, 0, self.dilation, self.groups)
+            return fn(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return fn(x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+
+    def _params(self, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.owns_weight:
+            return self.weight, self.bias
+        w = params[0]
+        b = params[1] if len(params) > 1 else None
+        return w, b
+
+    def folded_weight_bias(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clamp (stage-1 settings), fold the BatchNorm (running statistics), clamp the bias."""
+        w = self.constrain_weight(w)
+        bn = self.bn
+        if bn is not None:
+            inv = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                inv = inv * bn.weight
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            w = w * inv.reshape(shape)
+            base = -bn.running_mean * inv
+            if bn.bias is not None:
+                base = base + bn.bias
+            b = base + b * inv if b is not None else base
+        return w, self.constrain_bias(b)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        w, b = self._params(params)
+        if not self.quantizing:
+            return self._forward_float(x, w, b)
+        if self.training:
+            return self._forward_train(x, w, b)
+        return self._forward_exact(x, w, b)
+
+    def _forward_float(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        w = self.constrain_weight(w)
+        b = self.constrain_bias(b)
+        y = self._apply(x, w, b)
+        bn = self.bn
+        if bn is not None:
+            y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                             self.training and bn.track_running_stats, bn.momentum if bn.momentum is not None else 0.1,
+                             bn.eps)
+        y = self.constrain_act(y)
+        return self.out_q(y)
+
+    def _forward_train(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        n_x = self.in_exponent(0)
+        w, b = self.folded_weight_bias(w, b)
+        w_q, n_w = fake_quant_weight(w, self.weight_bits, self.recipe)
+        b_q = fake_quant(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
+        y = self._apply(x, w_q, b_q)
+        return self.finish_train(y, cap=n_x + n_w)
+
+    @torch.no_grad()
+    def _forward_exact(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        n_x = self.in_exponent(0)
+        w, b = self.folded_weight_bias(w, b)
+        w_i, n_w = quantize_weight(w, self.weight_bits, self.recipe)
+        b_i = quantize_bias(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
+        acc = self._apply(x.double() * 2.0**n_x, w_i, b_i)
+        return self.finish_exact(acc, n_x + n_w, cap=n_x + n_w)
+
+    # -- what export and rules read ------------------------------------------------------------
+    def integer_params(self, *params: torch.Tensor) -> dict[str, Any]:
+        """The frozen integers the eval forward uses: ``w_q``, ``n_w``, ``b_q`` (int32), ``n_o``."""
+        w, b = self._params(params)
+        n_x = self.in_exponent(0)
+        w, b = self.folded_weight_bias(w.detach(), b.detach() if b is not None else None)
+        w_i, n_w = quantize_weight(w, self.weight_bits, self.recipe)
+        b_i = quantize_bias(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
+        return {"weight": w_i.to(torch.int64), "n_w": n_w, "bias": None if b_i is None else b_i.to(torch.int64),
+                "n_x": n_x, "n_o": self.out_q.eval_exponent(cap=n_x + n_w)}
+
+    def op_attrs(self) -> dict[str, Any]:
+        attrs = super().op_attrs()
+        ws = self.weight_shape
+        attrs["has_bias"] = self.has_bias or self.bn is not None
+        if self.kind == "linear":
+            if ws:
+                attrs.update(out_features=ws[0], in_features=ws[1])
+            return attrs
+        k = tuple(ws[2:]) if ws else ()
+        attrs.update(kernel_shape=list(k), strides=list(self.stride), pads=list(self.padding) * 2,
+                     dilations=list(self.dilation), group=self.groups, padding_mode=self.padding_mode)
+        if ws:
+            if self.kind == "conv":
+                attrs.update(out_channels=ws[0], in_channels=ws[1] * self.groups)
+            else:
+                attrs.update(in_channels=ws[0], out_channels=ws[1] * self.groups,
+                             output_padding=list(self.output_padding))
+        return attrs
+
+
+# -- building -----------------------------------------------------------------------------------
+
+
+def _same_padding(kernel: Sequence[int], dilation: Sequence[int], path: str) -> tuple[int, ...]:
+    pads = []
+    for k, d in zip(kernel, dilation):
+        total = d * (k - 1)
+        if total % 2:
+            from lnn_core.errors import ConfigError
+
+            raise ConfigError(
+                f"layer {path!r}: padding='same' with kernel {k} and dilation {d} needs asymmetric padding",
+                {"rule": "the chip pads both sides equally", "actual": f"total padding {total}"},
+                "use an odd kernel size, or pad explicitly with F.pad before the conv",
+                option="padding", value="same", valid="symmetric padding")
+        pads.append(total // 2)
+    return tuple(pads)
+
+
+def _get_tensor(ctx: BuildContext, node: Any) -> torch.Tensor | None:
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        root = ctx.node.graph.owning_module
+        obj: Any = root
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part, None)
+        return obj if isinstance(obj, torch.Tensor) else None
+    return None
+
+
+def _build_module(op_id: str, kind: str, dims: int):
+    def build(ctx: BuildContext) -> Built:
+        m = ctx.module
+        common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, weight_bits=ctx.layer.weight_bits,
+                      stage=ctx.stage, bn=ctx.bn)
+        if kind == "linear":
+            q = QConv(op_id, "linear", 0, weight=m.weight, bias=m.bias, has_bias=m.bias is not None, **common)
+        else:
+            k = tuple(m.kernel_size)
+            dil = tuple(m.dilation)
+            pad = m.padding
+            if isinstance(pad, str):
+                pad = (0,) * dims if pad == "valid" else _same_padding(k, dil, ctx.path)
+            q = QConv(op_id, kind, dims, weight=m.weight, bias=m.bias, has_bias=m.bias is not None,
+                      stride=tuple(m.stride), padding=tuple(pad), dilation=dil, groups=m.groups,
+                      output_padding=tuple(getattr(m, "output_padding", ())), padding_mode=m.padding_mode, **common)
+        return Built(q, [ctx.node.args[0]])
+
+    return build
+
+
+def _conv_sig(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """Signature of F.convNd."""
+
+
+def _deconv_sig(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):  # noqa: A002
+    """Signature of F.conv_transposeNd."""
+
+
+def _linear_sig(input, weight, bias=None):  # noqa: A002
+    """Signature of F.linear."""
+
+
+def _build_function(op_id: str, kind: str, dims: int):
+    def build(ctx: BuildContext) -> Built:
+        sig = {"conv": _conv_sig, "deconv": _deconv_sig, "linear": _linear_sig}[kind]
+        a = ctx.bind(sig)
+        w_t = _get_tensor(ctx, a["weight"])
+        params = [a["weight"]] + ([a["bias"]] if a["bias"] is not None else [])
+        common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, weight_bits=ctx.layer.weight_bits,
+                      stage=ctx.stage, bn=ctx.bn, weight_shape=None if w_t is None else tuple(w_t.shape))
+        if kind == "linear":
+            q = QConv(op_id, "linear", 0, weight=None, bias=None, has_bias=a["bias"] is not None, **common)
+        else:
+            k = tuple(w_t.shape[2:]) if w_t is not None else (1,) * dims
+            dil = _ntuple(a["dilation"], dims)
+            pad = a["padding"]
+            if isinstance(pad, str):
+                pad = (0,) * dims if pad == "valid" else _same_padding(k, dil, ctx.path)
+            q = QConv(op_id, kind, dims, weight=None, bias=None, has_bias=a["bias"] is not None,
+                      stride=_ntuple(a["stride"], dims), padding=_ntuple(pad, dims), dilation=dil,
+                      groups=int(a["groups"]), output_padding=_ntuple(a.get("output_padding", 0), dims), **common)
+        return Built(q, [a["input"]], params)
+
+    return build
+
+
+def _family(op_id: str, kind: str, dims: int, module: type, function: Any, description: str) -> OpFamily:
+    build_m = _build_module(op_id, kind, dims)
+    build_f = _build_function(op_id, kind, dims)
+
+    def build(ctx: BuildContext) -> Built:
+        return build_m(ctx) if ctx.module is not None else build_f(ctx)
+
+    return OpFamily(id=op_id, kind="compute", modules=(module,), functions=(function,), build=build,
+                    fuses_bn=kind in ("conv", "linear"), description=description)
+
+
+FAMILIES = [
+    _family("builtin.Conv1d", "conv", 1, nn.Conv1d, F.conv1d, "1-D convolution (groups, depthwise), BN folded"),
+    _family("builtin.Conv2d", "conv", 2, nn.Conv2d, F.conv2d, "2-D convolution (groups, depthwise), BN folded"),
+    _family("builtin.ConvTranspose1d", "deconv", 1, nn.ConvTranspose1d, F.conv_transpose1d,
+            "1-D transposed convolution"),
+    _family("builtin.ConvTranspose2d", "deconv", 2, nn.ConvTranspose2d, F.conv_transpose2d,
+            "2-D transposed convolution"),
+    _family("builtin.Linear", "linear", 0, nn.Linear, F.linear, "fully connected layer, BN1d folded"),
+]

@@ -1,0 +1,146 @@
+"""BatchNorm1d/2d: standalone (``BatchNorm2dInt``) or folded into the preceding conv/linear.
+
+Standalone integer semantics (spec 3.8)::
+
+    alpha = gamma / sqrt(running_var + eps)          one per-tensor exponent n_w (floor rule)
+    beta' = beta - running_mean * alpha              b_q = SAT_32(R(beta' * 2**(n_x + n_w)))
+    y_q   = RQ_8(x_q * alpha_q[c] + b_q[c], n_x + n_w - n_o)
+
+Stage 1 trains the BatchNorm as usual (batch statistics, running statistics updated); stage 2
+uses the running statistics, frozen, exactly as the chip will.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lnn_core.errors import ConfigError
+from lnn_core.ops import OpFamily
+from lnn_core.quant.functional import fake_quant
+from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight, quantize_bias, quantize_weight
+from lnn_core.quant.rewrite import BuildContext, Built
+
+__all__ = ["QBatchNorm", "QFoldedBatchNorm", "FAMILIES"]
+
+_STATE = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _adopt(dst: nn.Module, bn: nn.Module) -> None:
+    """Register ``bn``'s parameters and buffers on ``dst`` under the same names (same objects)."""
+    for name in ("weight", "bias"):
+        p = getattr(bn, name, None)
+        if p is not None:
+            setattr(dst, name, p)
+        else:
+            dst.register_parameter(name, None)
+    for name in _STATE:
+        dst.register_buffer(name, getattr(bn, name, None))
+    dst.eps = bn.eps
+    dst.momentum = bn.momentum
+    dst.num_features = bn.num_features
+    dst.track_running_stats = bn.track_running_stats
+
+
+def _needs_running_stats(bn: nn.Module, path: str) -> None:
+    if getattr(bn, "running_var", None) is None:
+        raise ConfigError(
+            f"BatchNorm {path!r} has track_running_stats=False, so it has no fixed integer form",
+            {"rule": "the chip applies a fixed per-channel scale and offset (running statistics)"},
+            "construct the BatchNorm with track_running_stats=True", option="track_running_stats",
+            value=False, valid=True)
+
+
+class QFoldedBatchNorm(nn.Module):
+    """A BatchNorm folded into the op before it: keeps its parameters at its path; identity forward."""
+
+    op_id = "builtin.BatchNorm.folded"
+
+    def __init__(self, bn: nn.Module) -> None:
+        super().__init__()
+        _adopt(self, bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _alpha_beta(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = torch.rsqrt(m.running_var + m.eps)
+    alpha = m.weight * inv if m.weight is not None else inv
+    beta = -m.running_mean * alpha
+    if m.bias is not None:
+        beta = beta + m.bias
+    return alpha, beta
+
+
+class QBatchNorm(QModule):
+    """Standalone quantized BatchNorm (channel axis 1, any rank >= 2)."""
+
+    op_id = "builtin.BatchNorm"
+
+    def __init__(self, bn: nn.Module, *, op_id: str, recipe: Any, act_bits: int, weight_bits: int,
+                 stage: str) -> None:
+        super().__init__(recipe, act_bits=act_bits, weight_bits=weight_bits, stage=stage, clamps=("act",))
+        self.op_id = op_id  # type: ignore[misc]
+        _adopt(self, bn)
+        self.has_weight = True
+        self.out_q = ActQuantizer(act_bits, recipe)
+
+    def _shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (1, -1) + (1,) * (x.dim() - 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantizing:
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                             self.training and self.track_running_stats,
+                             self.momentum if self.momentum is not None else 0.1, self.eps)
+            return self.out_q(self.constrain_act(y))
+        alpha, beta = _alpha_beta(self)
+        n_x = self.in_exponent(0)
+        if self.training:
+            a_q, n_w = fake_quant_weight(alpha, self.weight_bits, self.recipe)
+            b_q = fake_quant(beta, n_x + n_w, self.recipe.bias_bits)
+            y = x * a_q.reshape(self._shape(x)) + b_q.reshape(self._shape(x))
+            return self.finish_train(y, cap=n_x + n_w)
+        with torch.no_grad():
+            a_i, n_w = quantize_weight(alpha, self.weight_bits, self.recipe)
+            b_i = quantize_bias(beta, n_x + n_w, self.recipe.bias_bits)
+            acc = (x.double() * 2.0**n_x) * a_i.reshape(self._shape(x)) + b_i.reshape(self._shape(x))
+            return self.finish_exact(acc, n_x + n_w, cap=n_x + n_w)
+
+    def integer_params(self) -> dict[str, Any]:
+        alpha, beta = _alpha_beta(self)
+        n_x = self.in_exponent(0)
+        a_i, n_w = quantize_weight(alpha.detach(), self.weight_bits, self.recipe)
+        b_i = quantize_bias(beta.detach(), n_x + n_w, self.recipe.bias_bits)
+        return {"weight": a_i.to(torch.int64), "n_w": n_w, "bias": b_i.to(torch.int64), "n_x": n_x,
+                "n_o": self.out_q.eval_exponent(cap=n_x + n_w)}
+
+    def op_attrs(self) -> dict[str, Any]:
+        attrs = super().op_attrs()
+        attrs["num_features"] = self.num_features
+        return attrs
+
+
+def _build(op_id: str):
+    def build(ctx: BuildContext) -> Built:
+        bn = ctx.module
+        _needs_running_stats(bn, ctx.path)
+        if ctx.folded_into is not None:
+            return Built(QFoldedBatchNorm(bn), [ctx.node.args[0]])
+        return Built(QBatchNorm(bn, op_id=op_id, recipe=ctx.recipe, act_bits=ctx.layer.act_bits,
+                                weight_bits=ctx.layer.weight_bits, stage=ctx.stage), [ctx.node.args[0]])
+
+    return build
+
+
+FAMILIES = [
+    OpFamily(id="builtin.BatchNorm1d", kind="compute", modules=(nn.BatchNorm1d,), build=_build("builtin.BatchNorm1d"),
+             foldable=True, description="batch norm over (N, C) or (N, C, L); folded into a preceding conv/linear"),
+    OpFamily(id="builtin.BatchNorm2d", kind="compute", modules=(nn.BatchNorm2d,), build=_build("builtin.BatchNorm2d"),
+             foldable=True, description="batch norm over (N, C, H, W); folded into a preceding conv"),
+]

@@ -1,0 +1,167 @@
+"""Pooling: MaxPool1d/2d (exact on the integer grid: a passthrough), AvgPool1d/2d and global
+average pooling (``AdaptiveAvgPool`` to 1).
+
+Average pooling keeps the input exponent (``n_o = n_x``, required by the chip for power-of-two
+windows and kept for all) and rounds half-up (spec 3.10)::
+
+    s = window sum (zero padding, count_include_pad=True);   A = window area
+    y = SAT_8(R(s / A)) = SAT_8(floor((2 s + A) / (2 A)))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lnn_core.ops import OpFamily
+from lnn_core.quant.functional import fake_quant, qrange
+from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.rewrite import BuildContext, Built
+
+__all__ = ["QAvgPool", "FAMILIES"]
+
+
+def _nt(v: Any, n: int) -> list[int]:
+    if isinstance(v, (list, tuple)):
+        return [int(i) for i in v] if len(v) == n else [int(v[0])] * n
+    return [int(v)] * n
+
+
+class QAvgPool(QModule):
+    """Average pooling with ``n_o = n_x``; ``kernel=None`` means global (adaptive to 1)."""
+
+    def __init__(self, op_id: str, dims: int, kernel: list[int] | None, stride: list[int] | None,
+                 padding: list[int] | None, *, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None, keepdim: bool = True, recipe: Any, act_bits: int,
+                 stage: str) -> None:
+        super().__init__(recipe, act_bits=act_bits, stage=stage, clamps=())
+        self.op_id = op_id  # type: ignore[misc]
+        self.dims, self.kernel, self.stride, self.padding = dims, kernel, stride, padding
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
+
+    def _float(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        fn = F.avg_pool1d if self.dims == 1 else F.avg_pool2d
+        kw = {} if self.dims == 1 else {"divisor_override": self.divisor_override}
+        return fn(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad, **kw)
+
+    def _sum_area(self, xi: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if self.kernel is None:
+            area = 1
+            for d in xi.shape[2:]:
+                area *= int(d)
+            return xi.sum(dim=tuple(range(2, xi.dim())), keepdim=True), area
+        area = 1
+        for k in self.kernel:
+            area *= k
+        if self.dims == 1:
+            s = F.avg_pool1d(xi, self.kernel, self.stride, self.padding, self.ceil_mode, True) * area
+            s = torch.floor(s + 0.5)  # float64 sum/area*area: recover the exact integer sum
+        else:
+            s = F.avg_pool2d(xi, self.kernel, self.stride, self.padding, self.ceil_mode, True, divisor_override=1)
+        return s, area
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._float(x)
+        if not self.quantizing:
+            return y
+        n = self.in_exponent(0)
+        if self.training:
+            return fake_quant(y, n, self.act_bits)
+        with torch.no_grad():
+            s, area = self._sum_area(x.double() * 2.0**n)
+            lo, hi = qrange(self.act_bits)
+            q = torch.floor((2.0 * s + area) / (2.0 * area)).clamp(lo, hi)
+            return (q * 2.0**-n).float()
+
+    def op_attrs(self) -> dict[str, Any]:
+        attrs = super().op_attrs()
+        if self.kernel is None:
+            attrs["global"] = True
+            return attrs
+        attrs.update(kernel_shape=list(self.kernel), strides=list(self.stride), pads=list(self.padding) * 2,
+                     ceil_mode=int(self.ceil_mode), count_include_pad=int(self.count_include_pad),
+                     divisor_override=self.divisor_override)
+        return attrs
+
+
+def _avg_sig(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,  # noqa: A002
+             divisor_override=None):
+    """Signature of F.avg_poolNd."""
+
+
+def _adaptive_sig(input, output_size):  # noqa: A002
+    """Signature of F.adaptive_avg_poolNd."""
+
+
+def _build_avg(op_id: str, dims: int):
+    def build(ctx: BuildContext) -> Built | None:
+        kw = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, stage=ctx.stage)
+        if ctx.module is not None:
+            m = ctx.module
+            if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+                return _adaptive(op_id, dims, m.output_size, ctx, kw)
+            k = _nt(m.kernel_size, dims)
+            q = QAvgPool(op_id, dims, k, _nt(m.stride if m.stride is not None else m.kernel_size, dims),
+                         _nt(m.padding, dims), ceil_mode=bool(m.ceil_mode),
+                         count_include_pad=bool(m.count_include_pad),
+                         divisor_override=getattr(m, "divisor_override", None), **kw)
+            return Built(q, [ctx.node.args[0]])
+        if ctx.node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
+            a = ctx.bind(_adaptive_sig)
+            return _adaptive(op_id, dims, a["output_size"], ctx, kw)
+        a = ctx.bind(_avg_sig)
+        k = _nt(a["kernel_size"], dims)
+        stride = a["stride"] if a["stride"] not in (None, []) else a["kernel_size"]
+        q = QAvgPool(op_id, dims, k, _nt(stride, dims), _nt(a["padding"], dims), ceil_mode=bool(a["ceil_mode"]),
+                     count_include_pad=bool(a["count_include_pad"]), divisor_override=a["divisor_override"], **kw)
+        return Built(q, [a["input"]])
+
+    return build
+
+
+def _adaptive(op_id: str, dims: int, output_size: Any, ctx: BuildContext, kw: dict[str, Any]) -> Built | None:
+    sizes = output_size if isinstance(output_size, (list, tuple)) else [output_size]
+    if any(s != 1 for s in sizes):
+        return None  # only global pooling has a fixed integer form without knowing the input size
+    return Built(QAvgPool(op_id, dims, None, None, None, **kw), [ctx.node.args[0]])
+
+
+def _max_sig(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,  # noqa: A002
+             return_indices=False):
+    """Signature of F.max_poolNd."""
+
+
+def _describe_max(dims: int):
+    def describe(ctx: BuildContext) -> dict[str, Any]:
+        if ctx.module is not None:
+            m = ctx.module
+            k, s, p, d, c = m.kernel_size, m.stride if m.stride is not None else m.kernel_size, m.padding, \
+                m.dilation, m.ceil_mode
+        else:
+            a = ctx.bind(_max_sig)
+            k, s, p, d, c = a["kernel_size"], a["stride"] or a["kernel_size"], a["padding"], a["dilation"], \
+                a["ceil_mode"]
+        return {"kernel_shape": _nt(k, dims), "strides": _nt(s, dims), "pads": _nt(p, dims) * 2,
+                "dilations": _nt(d, dims), "ceil_mode": int(bool(c)), "data_bits": ctx.layer.act_bits,
+                "o_bits": ctx.layer.act_bits}
+
+    return describe
+
+
+FAMILIES = [
+    OpFamily(id="builtin.MaxPool1d", kind="passthrough", modules=(nn.MaxPool1d,), functions=(F.max_pool1d,),
+             describe=_describe_max(1), description="max pooling, exact on int8 (scale passes through)"),
+    OpFamily(id="builtin.MaxPool2d", kind="passthrough", modules=(nn.MaxPool2d,), functions=(F.max_pool2d,),
+             describe=_describe_max(2), description="max pooling, exact on int8 (scale passes through)"),
+    OpFamily(id="builtin.AvgPool1d", kind="stateless", modules=(nn.AvgPool1d, nn.AdaptiveAvgPool1d),
+             functions=(F.avg_pool1d, F.adaptive_avg_pool1d), build=_build_avg("builtin.AvgPool1d", 1),
+             description="average pooling with half-up rounding; adaptive only to output size 1"),
+    OpFamily(id="builtin.AvgPool2d", kind="stateless", modules=(nn.AvgPool2d, nn.AdaptiveAvgPool2d),
+             functions=(F.avg_pool2d, F.adaptive_avg_pool2d), build=_build_avg("builtin.AvgPool2d", 2),
+             description="average pooling with half-up rounding; adaptive only to output size 1"),
+]
