@@ -130,7 +130,8 @@ def check_deconv_kernel_for_stride(op: OpView, limits: Mapping[str, Any]) -> Fin
     table = {2: tuple(limits["deconv.kernels_stride_2"]), 4: tuple(limits["deconv.kernels_stride_4"])}
     for ki, si in zip(k, s):
         if si in table and ki not in table[si]:
-            return Finding(actual=f"kernel {_fmt(k)} with stride {_fmt(s)}", limit=f"stride {si}: kernel in {table[si]}",
+            return Finding(actual=f"kernel {_fmt(k)} with stride {_fmt(s)}",
+                           limit=f"stride {si}: kernel in {table[si]}",
                            hint=f"use a kernel of {table[si][0]}..{table[si][-1]} for stride {si}")
     return None
 

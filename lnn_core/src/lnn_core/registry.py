@@ -179,7 +179,7 @@ class Command:
     """One ``lnn`` subcommand.
 
     :param name: the subcommand name.
-    :param help: one-line help.
+    :param help: one-line help (``add`` takes it as ``help_text``).
     :param configure: ``configure(parser)`` adds arguments to an argparse parser.
     :param run: ``run(args, host) -> int`` executes it and returns the exit code.
     """
@@ -193,6 +193,6 @@ class Command:
 class CommandRegistry(Registry[Command]):
     kind = "command"
 
-    def add(self, name: str, help: str, configure: Callable[[Any], None],
+    def add(self, name: str, help_text: str, configure: Callable[[Any], None],
             run: Callable[[Any, Any], int]) -> Command:
-        return self._add(name, Command(name, help, configure, run))
+        return self._add(name, Command(name, help_text, configure, run))

@@ -76,7 +76,8 @@ class QConv(QModule):
         self.has_weight = True
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
         self.groups, self.output_padding, self.padding_mode = groups, tuple(output_padding), padding_mode
-        self.weight_shape = tuple(weight.shape) if weight is not None else (tuple(weight_shape) if weight_shape else None)
+        shape = weight.shape if weight is not None else weight_shape
+        self.weight_shape = tuple(shape) if shape is not None else None
         self._bn: tuple[nn.Module, ...] = (bn,) if bn is not None else ()
         self.out_q = ActQuantizer(act_bits, recipe)
 
@@ -86,7 +87,9 @@ class QConv(QModule):
         return self._bn[0] if self._bn else None
 
     def extra_repr(self) -> str:
-        parts = [self.op_id, f"stride={self.stride}", f"padding={self.padding}"] if self.kind != "linear" else [self.op_id]
+        parts = [self.op_id]
+        if self.kind != "linear":
+            parts += [f"stride={self.stride}", f"padding={self.padding}"]
         if self.groups != 1:
             parts.append(f"groups={self.groups}")
         if self.bn is not None:
