@@ -29,3 +29,11 @@ def lnn_register_commands(registry: Any) -> None:
 
     registry.add("demo", "run the whole flow on the bundled digits data and print float vs int8 accuracy",
                  demo.configure, demo.run)
+
+
+@hookimpl
+def lnn_register_exporters(registry: Any) -> None:
+    from .dialect import read_onnx, write_onnx
+
+    registry.add_writer(TARGET_ID, write_onnx)
+    registry.add_reader(TARGET_ID, read_onnx)

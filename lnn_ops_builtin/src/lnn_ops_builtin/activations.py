@@ -103,3 +103,24 @@ FAMILIES = [
              functions=(torch.clamp, torch.clip, F.hardtanh), methods=("clamp", "clip", "clamp_", "clip_"),
              build=_build_clip("builtin.Clip"), description="clamp with number bounds at the input scale"),
 ]
+
+
+# -- IR ----------------------------------------------------------------------------------------------
+
+
+def write_relu(ctx: Any) -> str:
+    n = ctx.exponent(0)
+    info = ctx.info(0)
+    y = ctx.tensor(n, info.dtype)
+    ctx.add("Relu", ctx.inputs[:1], [y], domain="")
+    return y
+
+
+def write_clip(ctx: Any) -> str:
+    """Clip with int8 scalar bounds quantized at the input exponent (the linger 1 ReLU6 form)."""
+    m: QClip = ctx.module
+    lo, hi = m.int_bounds(ctx.exponent(0))
+    return ctx.clip(ctx.inputs[0], lo, hi, suffix="")
+
+
+WRITERS = {"builtin.ReLU": write_relu, "builtin.ReLU6": write_clip, "builtin.Clip": write_clip}

@@ -306,3 +306,70 @@ FAMILIES = [
             "2-D transposed convolution"),
     _family("builtin.Linear", "linear", 0, nn.Linear, F.linear, "fully connected layer, BN1d folded"),
 ]
+
+
+# -- IR (CSK60xx dialect vocabulary) ----------------------------------------------------------------
+
+OBITS_DTYPE = {8: "int8", 16: "int16", 32: "int32"}
+_PLATFORM = {"platform_quant": "luna_quant"}
+
+
+def write_ir(ctx: Any) -> str:
+    """Conv1dInt / Conv2dInt / ConvTranspose2dInt / LinearInt with int8 weights and int32 bias.
+
+    ConvTranspose1d is written as Unsqueeze -> ConvTranspose2dInt (kernel 1 x k) -> Squeeze.
+    A binding activation clamp becomes a Clip with int8 bounds after the op.
+    """
+    import numpy as np
+
+    from lnn_core.errors import ExportError
+
+    m: QConv = ctx.module
+    p = m.integer_params(*ctx.params)
+    n_x, n_w, n_o = p["n_x"], p["n_w"], p["n_o"]
+    if n_x != ctx.exponent(0):
+        raise ExportError(f"op {ctx.path!r}: input exponent {ctx.exponent(0)} != the module's {n_x}", {},
+                          "this is a bug in lnn's graph wiring; please report it", node=ctx.path, dialect="ir")
+    w = p["weight"].numpy().astype(np.int8)
+    x = ctx.inputs[0]
+    qbits = {"data_bits": 8, "o_bits": m.act_bits, "parameter_bits": m.weight_bits}
+    one_d_deconv = m.kind == "deconv" and m.dims == 1
+    if one_d_deconv:
+        w = w[:, :, None, :]
+        shape = ctx.shape(0)
+        sq = ctx.tensor(n_x, "int8", None if shape is None else (*shape[:2], 1, shape[2]), suffix=".unsqueeze")
+        ctx.add("Unsqueeze", [x], [sq], {"axes": [2]}, domain="", suffix=".unsqueeze")
+        x = sq
+    inputs = [x, ctx.initializer("weight", w, n_w)]
+    if p["bias"] is not None:
+        inputs.append(ctx.initializer("bias", p["bias"].numpy().astype(np.int32), n_x + n_w))
+    if m.kind == "linear":
+        op, attrs = "LinearInt", {**qbits, **_PLATFORM}
+    else:
+        dims = 2 if one_d_deconv else m.dims
+        lift = (lambda v, fill: [fill] + list(v)) if one_d_deconv else (lambda v, fill: list(v))
+        k = list(w.shape[2:])
+        pads = lift(m.padding, 0)
+        attrs = {"kernel_shape": k, "strides": lift(m.stride, 1), "pads": pads + pads,
+                 "dilations": lift(m.dilation, 1), "group": m.groups, **qbits, **_PLATFORM}
+        if m.kind == "conv":
+            op = "Conv2dInt" if dims == 2 else "Conv1dInt"
+            if dims == 2:
+                attrs["castor_mode"] = "luna"
+        else:
+            op = "ConvTranspose2dInt"
+            attrs["output_padding"] = lift(m.output_padding, 0)
+    out_shape = ctx.out_shape
+    if one_d_deconv and out_shape is not None:
+        out_shape = (*out_shape[:2], 1, out_shape[2])
+    y = ctx.tensor(n_o, OBITS_DTYPE[m.act_bits], out_shape, suffix=".out" if one_d_deconv else "")
+    ctx.add(op, inputs, [y], attrs)
+    if one_d_deconv:
+        y2 = ctx.tensor(n_o, OBITS_DTYPE[m.act_bits])
+        ctx.add("Squeeze", [y], [y2], {"axes": [2]}, domain="", suffix=".squeeze")
+        y = y2
+    clip = m.act_clip_int(n_o)
+    return ctx.clip(y, *clip) if clip is not None else y
+
+
+WRITERS = {f.id: write_ir for f in FAMILIES}

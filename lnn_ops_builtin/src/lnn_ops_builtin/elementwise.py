@@ -182,3 +182,51 @@ FAMILIES = [
     OpFamily(id="builtin.Cat", kind="compute", functions=(torch.cat, torch.concat), methods=(),
              build=_build_cat, description="concatenation along one axis with per-input rescaling (iqCat)"),
 ]
+
+
+# -- IR ----------------------------------------------------------------------------------------------
+
+
+def _finish(ctx: Any, m: QModule, y: str, n_o: int) -> str:
+    clip = m.act_clip_int(n_o)
+    return ctx.clip(y, *clip) if clip is not None else y
+
+
+def write_add(ctx: Any) -> str:
+    """iqAdd / iqSub: scales from the tensors' exponents."""
+    m: QAdd = ctx.module
+    n_o = m.out_q.eval_exponent(min(ctx.exponent(0), ctx.exponent(1)))
+    y = ctx.tensor(n_o)
+    ctx.add("iqAdd" if m.sign > 0 else "iqSub", ctx.inputs[:2], [y],
+            {"platform_quant": "luna_quant", "mode": "Non_t710_mode"})
+    return _finish(ctx, m, y, n_o)
+
+
+def write_mul(ctx: Any) -> str:
+    """iqMul; a python-number operand is an int8 0-d initializer at its own exponent."""
+    import numpy as np
+
+    m: QMul = ctx.module
+    if m.const is not None:
+        n_y = m.const_exponent
+        other = ctx.initializer("const", np.array(m.const_q, dtype=np.int8), n_y)
+    else:
+        n_y, other = ctx.exponent(1), ctx.inputs[1]
+    n_o = m.out_q.eval_exponent(ctx.exponent(0) + n_y)
+    y = ctx.tensor(n_o)
+    ctx.add("iqMul", [ctx.inputs[0], other], [y], {"platform_quant": "luna_quant"})
+    return _finish(ctx, m, y, n_o)
+
+
+def write_cat(ctx: Any) -> str:
+    """iqCat with per-input scales (from the inputs' exponents) and ``dim``."""
+    m: QCat = ctx.module
+    n_o = m.out_q.eval_exponent()
+    y = ctx.tensor(n_o)
+    shape = ctx.shape(0)
+    dim = m.dim + len(shape) if (m.dim < 0 and shape is not None) else m.dim
+    ctx.add("iqCat", ctx.inputs, [y], {"dim": dim, "platform_quant": "luna_quant"})
+    return _finish(ctx, m, y, n_o)
+
+
+WRITERS = {"builtin.Add": write_add, "builtin.Sub": write_add, "builtin.Mul": write_mul, "builtin.Cat": write_cat}

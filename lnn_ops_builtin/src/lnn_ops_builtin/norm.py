@@ -144,3 +144,36 @@ FAMILIES = [
     OpFamily(id="builtin.BatchNorm2d", kind="compute", modules=(nn.BatchNorm2d,), build=_build("builtin.BatchNorm2d"),
              foldable=True, description="batch norm over (N, C, H, W); folded into a preceding conv"),
 ]
+
+
+def write_ir(ctx: Any) -> str:
+    """BatchNorm2dInt ``[x, alpha int8 [C], beta int32 [C]]``; 2-D/3-D inputs are lifted to 4-D."""
+    import numpy as np
+
+    m: QBatchNorm = ctx.module
+    p = m.integer_params()
+    n_x, n_w, n_o = p["n_x"], p["n_w"], p["n_o"]
+    x = ctx.inputs[0]
+    shape = ctx.shape(0)
+    rank = len(shape) if shape is not None else 4
+    axes = [2, 3] if rank == 2 else [3] if rank == 3 else []
+    if axes:
+        lifted = None if shape is None else tuple(shape) + (1,) * len(axes)
+        x4 = ctx.tensor(n_x, "int8", lifted, suffix=".unsqueeze")
+        ctx.add("Unsqueeze", [x], [x4], {"axes": axes}, domain="", suffix=".unsqueeze")
+        x = x4
+    w = ctx.initializer("weight", p["weight"].numpy().astype(np.int8), n_w)
+    b = ctx.initializer("bias", p["bias"].numpy().astype(np.int32), n_x + n_w)
+    out4 = None if ctx.out_shape is None else tuple(ctx.out_shape) + (1,) * len(axes)
+    y = ctx.tensor(n_o, "int8", out4, suffix=".out" if axes else "")
+    ctx.add("BatchNorm2dInt", [x, w, b], [y], {"data_bits": 8, "parameter_bits": m.weight_bits, "o_bits": 8,
+                                               "platform_quant": "luna_quant"})
+    if axes:
+        y2 = ctx.tensor(n_o, "int8")
+        ctx.add("Squeeze", [y], [y2], {"axes": axes}, domain="", suffix=".squeeze")
+        y = y2
+    clip = m.act_clip_int(n_o)
+    return ctx.clip(y, *clip) if clip is not None else y
+
+
+WRITERS = {"builtin.BatchNorm1d": write_ir, "builtin.BatchNorm2d": write_ir}

@@ -8,9 +8,18 @@ from lnn_core import hookimpl
 
 from . import activations, conv, elementwise, norm, pool, shape
 
+_FAMILY_MODULES = (conv, norm, elementwise, pool, activations, shape)
+
 
 @hookimpl
 def lnn_register_ops(registry: Any) -> None:
-    for module in (conv, norm, elementwise, pool, activations, shape):
+    for module in _FAMILY_MODULES:
         for family in module.FAMILIES:
             registry.add(family)
+
+
+@hookimpl
+def lnn_register_exporters(registry: Any) -> None:
+    for module in _FAMILY_MODULES:
+        for op_id, writer in module.WRITERS.items():
+            registry.add_node_writer("ir", op_id, writer)

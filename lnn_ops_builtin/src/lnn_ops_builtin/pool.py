@@ -165,3 +165,75 @@ FAMILIES = [
              functions=(F.avg_pool2d, F.adaptive_avg_pool2d), build=_build_avg("builtin.AvgPool2d", 2),
              description="average pooling with half-up rounding; adaptive only to output size 1"),
 ]
+
+
+# -- IR ----------------------------------------------------------------------------------------------
+
+
+def _lift(ctx: Any, x: str, rank1: bool) -> str:
+    """(N, C, L) -> (N, C, 1, L): 1-D pooling runs as 2-D pooling over one row."""
+    if not rank1:
+        return x
+    shape = ctx.shape(0)
+    info = ctx.graph.tensors[x]
+    y = ctx.tensor(info.exponent, info.dtype, None if shape is None else (*shape[:2], 1, shape[2]),
+                   suffix=".unsqueeze")
+    ctx.add("Unsqueeze", [x], [y], {"axes": [2]}, domain="", suffix=".unsqueeze")
+    return y
+
+
+def _drop(ctx: Any, y: str, rank1: bool) -> str:
+    if not rank1:
+        return y
+    info = ctx.graph.tensors[y]
+    out = ctx.tensor(info.exponent, info.dtype)
+    ctx.add("Squeeze", [y], [out], {"axes": [2]}, domain="", suffix=".squeeze")
+    return out
+
+
+def _out4(ctx: Any, rank1: bool) -> Any:
+    s = ctx.out_shape
+    return (*s[:2], 1, s[2]) if (rank1 and s is not None) else s
+
+
+def write_avg(ctx: Any) -> str:
+    """AvgPool2dInt (n_o = n_x); global pooling uses the whole input as the window."""
+    m: QAvgPool = ctx.module
+    rank1 = m.dims == 1
+    n = ctx.exponent(0)
+    x = _lift(ctx, ctx.inputs[0], rank1)
+    if m.kernel is None:
+        shape = ctx.graph.tensors[x].shape
+        k, s, p = [int(shape[2]), int(shape[3])], [1, 1], [0, 0]
+    else:
+        lift = (lambda v, fill: [fill] + list(v)) if rank1 else (lambda v, fill: list(v))
+        k, s, p = lift(m.kernel, 1), lift(m.stride, 1), lift(m.padding, 0)
+    y = ctx.tensor(n, "int8", _out4(ctx, rank1), suffix=".out" if rank1 else "")
+    ctx.add("AvgPool2dInt", [x], [y], {"kernel_shape": k, "strides": s, "pads": p + p, "ceil_mode": 0,
+                                       "data_bits": 8, "o_bits": 8, "platform_quant": "luna_quant"})
+    return _drop(ctx, y, rank1)
+
+
+def write_max(ctx: Any) -> str:
+    """Standard MaxPool (scale passes through; padding never wins)."""
+    fam_dims = 1 if (isinstance(ctx.module, nn.MaxPool1d) or ctx.node.target is F.max_pool1d) else 2
+    from lnn_core.quant.config import LayerConfig
+    from lnn_core.quant.rewrite import BuildContext
+
+    bctx = BuildContext(ctx.path, ctx.node, ctx.module, LayerConfig(8, 8), None, "quant")
+    d = _describe_max(fam_dims)(bctx)
+    rank1 = fam_dims == 1
+    lift = (lambda v, fill: [fill] + list(v)) if rank1 else (lambda v, fill: list(v))
+    x = _lift(ctx, ctx.inputs[0], rank1)
+    n = ctx.exponent(0)
+    half = len(d["pads"]) // 2
+    y = ctx.tensor(n, "int8", _out4(ctx, rank1), suffix=".out" if rank1 else "")
+    pads = lift(d["pads"][:half], 0)
+    ctx.add("MaxPool", [x], [y], {"kernel_shape": lift(d["kernel_shape"], 1), "strides": lift(d["strides"], 1),
+                                  "pads": pads + pads, "dilations": lift(d["dilations"], 1),
+                                  "ceil_mode": d["ceil_mode"], "auto_pad": "NOTSET", "storage_order": 0}, domain="")
+    return _drop(ctx, y, rank1)
+
+
+WRITERS = {"builtin.AvgPool1d": write_avg, "builtin.AvgPool2d": write_avg, "builtin.MaxPool1d": write_max,
+           "builtin.MaxPool2d": write_max}

@@ -1,0 +1,249 @@
+/*
+ * lnn_sim.h - the one public header of the lnn CSK60xx (VENUS) int8 simulator.
+ *
+ * Two layers:
+ *   1. Reference kernels: pure functions lnn_sim_<op>_s8(params, shapes, pointers) returning a
+ *      status. No state, no allocation; scratch memory is passed in by the caller.
+ *   2. The model runtime: lnn_sim_load() validates a model.bin image completely (every count,
+ *      index, offset, size and attribute against the file length and the memory plan) before
+ *      anything runs, allocates one arena per memory region at the planned size, and places
+ *      every activation tensor at its planned offset. Weights are read in place from the loaded
+ *      image ("flash").
+ *
+ * Arithmetic (spec/int8-ops.md section 1.2), on exact int64 values:
+ *   SHR(v, s) = floor(v / 2^s + 0.5) for s > 0 (ties toward +inf), v for s = 0, v * 2^-s for s < 0
+ *   SAT_b(v)  = clamp(v, -2^(b-1), 2^(b-1) - 1)
+ *   RQ_b(v,s) = SAT_b(SHR(v, s))      -- the one requantizer; saturation happens once, at the output
+ *
+ * C99. The model.bin layout is documented in the package README ("model.bin format").
+ */
+#ifndef LNN_SIM_H
+#define LNN_SIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status codes ------------------------------------------------------------------------ */
+typedef int32_t lnn_sim_status;
+#define LNN_SIM_OK 0
+#define LNN_SIM_E_ARG 1          /* bad argument from the caller (NULL, index out of range)    */
+#define LNN_SIM_E_NOMEM 2        /* an arena could not be allocated                            */
+#define LNN_SIM_E_TRUNCATED 3    /* the image is shorter than its header or a section claims   */
+#define LNN_SIM_E_MAGIC 4        /* not a model.bin image                                       */
+#define LNN_SIM_E_VERSION 5      /* unsupported format version or header size                  */
+#define LNN_SIM_E_TARGET 6       /* written for another target                                 */
+#define LNN_SIM_E_CRC 7          /* payload CRC32 mismatch                                      */
+#define LNN_SIM_E_SECTION 8      /* section table invalid (missing, repeated, out of bounds)   */
+#define LNN_SIM_E_STRING 9       /* string reference out of bounds or unterminated             */
+#define LNN_SIM_E_TENSOR 10      /* tensor record invalid (dtype, rank, dims, size, placement) */
+#define LNN_SIM_E_OP 11          /* op record invalid (type, input/output indices)             */
+#define LNN_SIM_E_ATTR 12        /* op attribute invalid                                        */
+#define LNN_SIM_E_SHAPE 13       /* tensor shapes/dtypes do not fit the op                     */
+#define LNN_SIM_E_PLAN 14        /* memory plan invalid (region size, tensor outside its arena) */
+#define LNN_SIM_E_LIMIT 15       /* a simulator limit (LNN_SIM_MAX_*) is exceeded              */
+#define LNN_SIM_E_INPUT 16       /* run-time input does not match the model                    */
+
+/* ---- limits -------------------------------------------------------------------------------- */
+#define LNN_SIM_MAX_RANK 6
+#define LNN_SIM_MAX_ATTRS 16
+#define LNN_SIM_MAX_TENSORS 65536
+#define LNN_SIM_MAX_OPS 65536
+#define LNN_SIM_MAX_OP_INPUTS 64
+#define LNN_SIM_MAX_GRAPH_IO 64
+#define LNN_SIM_MAX_REGION_BYTES (256u * 1024u * 1024u)
+#define LNN_SIM_MAX_TENSOR_BYTES (256u * 1024u * 1024u)
+#define LNN_SIM_MAX_SCRATCH_BYTES (256u * 1024u * 1024u)
+#define LNN_SIM_MAX_EXPONENT 64  /* |exponent| of any tensor */
+#define LNN_SIM_MAX_MSG 512      /* error message buffer the caller should provide */
+
+/* ---- model.bin constants --------------------------------------------------------------------- */
+#define LNN_SIM_FORMAT_VERSION 1
+#define LNN_SIM_HEADER_BYTES 64
+#define LNN_SIM_TARGET_CSK60XX 0x6000
+#define LNN_SIM_ALIGN 64
+#define LNN_SIM_NO_EXPONENT (-2147483647 - 1)
+
+/* sections */
+#define LNN_SIM_SEC_STRINGS 1
+#define LNN_SIM_SEC_TENSORS 2
+#define LNN_SIM_SEC_OPS 3
+#define LNN_SIM_SEC_IOIDX 4
+#define LNN_SIM_SEC_WEIGHTS 5
+#define LNN_SIM_SEC_PLAN 6
+#define LNN_SIM_SEC_GRAPH 7
+#define LNN_SIM_NUM_SECTIONS 7
+#define LNN_SIM_SECTION_ENTRY_BYTES 16
+#define LNN_SIM_TENSOR_RECORD_BYTES 48
+#define LNN_SIM_OP_RECORD_BYTES 96
+#define LNN_SIM_PLAN_RECORD_BYTES 16
+
+/* memory regions (the chip toolchain's memory classes) */
+#define LNN_SIM_REGION_FLASH 0
+#define LNN_SIM_REGION_PSRAM 1
+#define LNN_SIM_REGION_SHARE 2
+#define LNN_SIM_NUM_REGIONS 3
+
+/* tensor dtypes */
+#define LNN_SIM_DT_FLOAT32 1
+#define LNN_SIM_DT_INT8 2
+#define LNN_SIM_DT_UINT8 3
+#define LNN_SIM_DT_INT16 4
+#define LNN_SIM_DT_INT32 5
+#define LNN_SIM_DT_INT64 6
+
+/* tensor flags */
+#define LNN_SIM_TF_INPUT 1
+#define LNN_SIM_TF_OUTPUT 2
+#define LNN_SIM_TF_CONST 4
+
+/* op types (attribute vectors are listed in the README) */
+#define LNN_SIM_OP_QUANT 1
+#define LNN_SIM_OP_DEQUANT 2
+#define LNN_SIM_OP_REQUANT 3
+#define LNN_SIM_OP_CONV2D 4
+#define LNN_SIM_OP_CONV1D 5
+#define LNN_SIM_OP_DECONV2D 6
+#define LNN_SIM_OP_LINEAR 7
+#define LNN_SIM_OP_BATCHNORM2D 8
+#define LNN_SIM_OP_AVGPOOL2D 9
+#define LNN_SIM_OP_MAXPOOL2D 10
+#define LNN_SIM_OP_RELU 11
+#define LNN_SIM_OP_CLIP 12
+#define LNN_SIM_OP_ADD 13
+#define LNN_SIM_OP_SUB 14
+#define LNN_SIM_OP_MUL 15
+#define LNN_SIM_OP_CAT 16
+#define LNN_SIM_OP_RESHAPE 17
+#define LNN_SIM_OP_FLATTEN 18
+#define LNN_SIM_OP_TRANSPOSE 19
+#define LNN_SIM_OP_SQUEEZE 20
+#define LNN_SIM_OP_UNSQUEEZE 21
+#define LNN_SIM_NUM_OP_TYPES 22
+
+/* ---- kernels ------------------------------------------------------------------------------- */
+typedef struct {
+    int32_t n, c, h, w;
+} lnn_sim_shape4;
+
+/* Scratch for accumulating kernels: acc32 and acc64 each hold at least out.h * out.w entries;
+ * col holds at least lnn_sim_conv_col_bytes() bytes (the im2col matrix of one group). */
+typedef struct {
+    int32_t *acc32;
+    int64_t *acc64;
+    int8_t *col;
+} lnn_sim_scratch;
+
+/* Conv2dInt / Conv1dInt (h = 1): y[n,m,i,j] = RQ_out(sum x * w + b[m], shift), shift = n_x + n_w - n_o. */
+typedef struct {
+    int32_t kh, kw, sh, sw, pt, pl, dh, dw, groups;
+    int32_t shift;
+    int32_t out_dtype; /* LNN_SIM_DT_INT8 / INT16 / INT32 */
+} lnn_sim_conv_params;
+
+/* Bytes of im2col scratch lnn_sim_conv2d_s8 needs (0 when it convolves directly). */
+int64_t lnn_sim_conv_col_bytes(const lnn_sim_conv_params *p, int32_t cin_per_group, const lnn_sim_shape4 *out);
+
+lnn_sim_status lnn_sim_conv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_shape4 *in, const int8_t *x,
+                                 const lnn_sim_shape4 *wshape, const int8_t *w, const int32_t *bias,
+                                 const lnn_sim_shape4 *out, void *y, const lnn_sim_scratch *scratch);
+
+/* ConvTranspose2dInt: exact transposed convolution (scatter form), weight [C_in, C_out/g, kh, kw];
+ * pt/pl are the begin paddings that crop the full output. */
+lnn_sim_status lnn_sim_deconv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_shape4 *in, const int8_t *x,
+                                   const lnn_sim_shape4 *wshape, const int8_t *w, const int32_t *bias,
+                                   const lnn_sim_shape4 *out, void *y, const lnn_sim_scratch *scratch);
+
+/* LinearInt: y[r, n] = RQ_out(sum_k x[r, k] * w[n, k] + b[n], shift). */
+typedef struct {
+    int32_t shift;
+    int32_t out_dtype;
+} lnn_sim_linear_params;
+
+lnn_sim_status lnn_sim_linear_s8(const lnn_sim_linear_params *p, int64_t rows, int32_t k, int32_t n,
+                                 const int8_t *x, const int8_t *w, const int32_t *bias, void *y);
+
+/* BatchNorm2dInt: y[n,c,i,j] = RQ_8(x * a[c] + b[c], shift). */
+lnn_sim_status lnn_sim_batchnorm2d_s8(const lnn_sim_linear_params *p, const lnn_sim_shape4 *shape,
+                                      const int8_t *x, const int8_t *a, const int32_t *b, void *y);
+
+/* AvgPool2dInt: s = zero-padded window sum, A = kh * kw, d = n_o - n_x:
+ *   y = SAT_out(floor(s * 2^d / A + 0.5)) evaluated exactly. */
+typedef struct {
+    int32_t kh, kw, sh, sw, pt, pl, dh, dw;
+    int32_t shift_up; /* d = n_o - n_x */
+    int32_t out_dtype;
+} lnn_sim_pool_params;
+
+lnn_sim_status lnn_sim_avgpool2d_s8(const lnn_sim_pool_params *p, const lnn_sim_shape4 *in, const int8_t *x,
+                                    const lnn_sim_shape4 *out, void *y);
+
+/* MaxPool: max over the window; padded cells never win. dtype is the element type of x and y. */
+lnn_sim_status lnn_sim_maxpool2d_s8(const lnn_sim_pool_params *p, int32_t dtype, const lnn_sim_shape4 *in,
+                                    const void *x, const lnn_sim_shape4 *out, void *y);
+
+/* iqAdd / iqSub: y = SAT_8(SHR(x, n_x - n_o) +/- SHR(y, n_y - n_o)).
+ * iqMul:         y = SAT_8(SHR(x * y, n_x + n_y - n_o)); y broadcast per channel or as a scalar. */
+typedef struct {
+    int32_t shift_x, shift_y; /* add/sub: n_x - n_o, n_y - n_o; mul: shift_x = n_x + n_y - n_o */
+    int32_t op;               /* LNN_SIM_OP_ADD / SUB / MUL */
+    int64_t y_period;         /* mul broadcast: element i uses y[(i / y_inner) % y_period] */
+    int64_t y_inner;
+} lnn_sim_eltwise_params;
+
+lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count, const int8_t *x,
+                                  const int8_t *y, int8_t *out);
+
+/* Quant: q = SAT_8(floorf(2^n * x + 0.5f)) in float32; NaN gives 0. */
+lnn_sim_status lnn_sim_quant_s8(int32_t exponent, int64_t count, const float *x, int8_t *y);
+/* Dequant: y = q * 2^-n in float32. */
+lnn_sim_status lnn_sim_dequant_s8(int32_t exponent, int32_t in_dtype, int64_t count, const void *x, float *y);
+/* Requant and iqCat's per-input rescale: y = SAT_out(SHR(q, shift)), shift = n_in - n_out. */
+lnn_sim_status lnn_sim_rescale_s8(int32_t shift, int32_t out_dtype, int64_t count, const int8_t *x, void *y);
+/* Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32. */
+lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y);
+/* Transpose of a rank <= LNN_SIM_MAX_RANK tensor of elem_size-byte elements. */
+lnn_sim_status lnn_sim_transpose(int32_t rank, const int32_t *dims, const int32_t *perm, int32_t elem_size,
+                                 const void *x, void *y);
+
+/* ---- model runtime --------------------------------------------------------------------------- */
+typedef struct lnn_sim_model lnn_sim_model;
+
+typedef struct {
+    const char *name;
+    int32_t dtype, rank, region, flags, exponent;
+    int32_t dims[LNN_SIM_MAX_RANK];
+    uint32_t offset, size;
+} lnn_sim_tensor_desc;
+
+/* Validate a model.bin image and build a runnable model; the image is copied. On failure *out is
+ * NULL and msg (msg_size bytes, LNN_SIM_MAX_MSG recommended) holds a one-line reason. */
+lnn_sim_status lnn_sim_load(const uint8_t *image, size_t size, lnn_sim_model **out, char *msg, size_t msg_size);
+void lnn_sim_free(lnn_sim_model *model);
+
+int32_t lnn_sim_num_tensors(const lnn_sim_model *model);
+int32_t lnn_sim_num_ops(const lnn_sim_model *model);
+int32_t lnn_sim_num_inputs(const lnn_sim_model *model);
+int32_t lnn_sim_num_outputs(const lnn_sim_model *model);
+int32_t lnn_sim_input_index(const lnn_sim_model *model, int32_t i);
+int32_t lnn_sim_output_index(const lnn_sim_model *model, int32_t i);
+lnn_sim_status lnn_sim_tensor_info(const lnn_sim_model *model, int32_t t, lnn_sim_tensor_desc *out);
+/* tensor indices written by op i (n returned through *count, at most max entries copied) */
+lnn_sim_status lnn_sim_op_outputs(const lnn_sim_model *model, int32_t op, int32_t *indices, int32_t max,
+                                  int32_t *count);
+const char *lnn_sim_op_name(const lnn_sim_model *model, int32_t op);
+uint32_t lnn_sim_region_size(const lnn_sim_model *model, int32_t region);
+
+lnn_sim_status lnn_sim_set_tensor(lnn_sim_model *model, int32_t t, const void *data, size_t nbytes);
+lnn_sim_status lnn_sim_get_tensor(const lnn_sim_model *model, int32_t t, void *data, size_t nbytes);
+/* run all ops in order / one op; msg receives the failing op's name and reason */
+lnn_sim_status lnn_sim_invoke(lnn_sim_model *model, char *msg, size_t msg_size);
+lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *model, int32_t op, char *msg, size_t msg_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LNN_SIM_H */

@@ -1,0 +1,514 @@
+"""The CSK60xx ONNX dialect (linger 1.x / thinker): reader into the IR and writer back out.
+
+Files in this dialect hold ``thinker``-domain ops (``Quant``, ``Conv2dInt``, ``iqAdd`` ...) next
+to standard ONNX shape ops, int8 weights and int32 biases as initializers, and every
+quantization scale as a float attribute that must be a power of two (``scale_x = 2**n_x``).
+
+In the IR the scales live on the tensors, not on the nodes: ``Conv2dInt(scale_x, scale_w,
+scale_o)`` becomes exponents ``n_x`` on the input, ``n_w`` on the weight initializer, ``n_o`` on
+the output, and ``n_x + n_w`` on the bias. The reader checks that every scale attribute agrees
+with the exponent the tensor already has (from its producer); the writer turns exponents back
+into ``2.0 ** n`` attributes. Everything each op accepts is data: :data:`OP_SCHEMAS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from lnn_core.errors import ExportError, ModelFileError
+from lnn_core.graph import DTYPES, Graph, Node, TensorInfo, exponent_from_scale
+
+from .passes import infer_node
+
+__all__ = ["AttrSpec", "OpSchema", "OP_SCHEMAS", "DOMAIN", "read_onnx", "write_onnx"]
+
+log = logging.getLogger("lnn.backend.dialect")
+
+DOMAIN = "thinker"
+DEFAULT_OPSET = 12
+THINKER_OPSET = 1
+PLATFORM_QUANT = "luna_quant"
+
+_ONNX_DTYPE = {
+    TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.INT8: "int8",
+    TensorProto.UINT8: "uint8", TensorProto.INT16: "int16", TensorProto.INT32: "int32",
+    TensorProto.INT64: "int64", TensorProto.BOOL: "bool",
+}
+_DTYPE_ONNX = {v: k for k, v in _ONNX_DTYPE.items()}
+
+_KIND_TYPES = {
+    "int": (AttributeProto.INT,),
+    "float": (AttributeProto.FLOAT, AttributeProto.INT),
+    "ints": (AttributeProto.INTS,),
+    "str": (AttributeProto.STRING,),
+}
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One attribute of an op: its kind, whether it is required, its default and allowed values.
+
+    :param kind: ``"int"``, ``"float"``, ``"ints"`` or ``"str"``.
+    :param length: for ``ints``: the required number of elements (None: any).
+    :param choices: allowed values (None: any).
+    :param minimum: lower bound of an ``int`` or of every element of ``ints``.
+    """
+
+    kind: str
+    required: bool = False
+    default: Any = None
+    length: int | None = None
+    choices: tuple[Any, ...] | None = None
+    minimum: int | None = None
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    """What the dialect allows for one op type.
+
+    :param domain: ``"thinker"`` or ``""`` (standard ONNX).
+    :param inputs: (minimum, maximum) number of inputs; maximum None = variadic.
+    :param attrs: attribute name -> :class:`AttrSpec` (scale attributes excluded).
+    :param scales: scale attribute -> ``("in" | "out", index)``: the tensor that carries its exponent.
+    :param variadic_scale: format of per-input scale names of variadic ops (``"scale_x_{i}"``).
+    :param bias_input: input index of an int32 bias at exponent ``n(input 0) + n(input 1)``.
+    """
+
+    domain: str
+    inputs: tuple[int, int | None]
+    attrs: Mapping[str, AttrSpec] = field(default_factory=dict)
+    scales: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    variadic_scale: str | None = None
+    bias_input: int | None = None
+
+
+_BITS = (8, 16, 32)
+_PLATFORM = {"platform_quant": AttrSpec("str", default=PLATFORM_QUANT, choices=(PLATFORM_QUANT,))}
+_XWO = {"scale_x": ("in", 0), "scale_w": ("in", 1), "scale_o": ("out", 0)}
+_XYO = {"scale_x": ("in", 0), "scale_y": ("in", 1), "scale_o": ("out", 0)}
+_XO = {"scale_x": ("in", 0), "scale_o": ("out", 0)}
+_QBITS = {
+    "data_bits": AttrSpec("int", default=8, choices=(8,)),
+    "parameter_bits": AttrSpec("int", default=8, choices=(8,)),
+    "o_bits": AttrSpec("int", default=8, choices=_BITS),
+}
+
+
+def _geometry(n: int, *, dilations: bool = True) -> dict[str, AttrSpec]:
+    out = {
+        "kernel_shape": AttrSpec("ints", required=True, length=n, minimum=1),
+        "strides": AttrSpec("ints", default=[1] * n, length=n, minimum=1),
+        "pads": AttrSpec("ints", default=[0] * (2 * n), length=2 * n, minimum=0),
+    }
+    if dilations:
+        out["dilations"] = AttrSpec("ints", default=[1] * n, length=n, minimum=1)
+    return out
+
+
+#: Every op the CSK60xx dialect reader accepts, as data.
+OP_SCHEMAS: dict[str, OpSchema] = {
+    "Quant": OpSchema(DOMAIN, (1, 1), {"data_bits": AttrSpec("int", default=8, choices=(8,)), **_PLATFORM},
+                      {"scale_x": ("out", 0)}),
+    "Dequant": OpSchema(DOMAIN, (1, 1), {}, {"scale_o": ("in", 0)}),
+    "Requant": OpSchema(DOMAIN, (1, 1), {"data_bits": AttrSpec("int", default=8, choices=(8,)),
+                                         "o_bits": AttrSpec("int", required=True, choices=_BITS), **_PLATFORM}, _XO),
+    "Conv2dInt": OpSchema(DOMAIN, (2, 3), {**_geometry(2), "group": AttrSpec("int", default=1, minimum=1), **_QBITS,
+                                           **_PLATFORM, "castor_mode": AttrSpec("str", default="luna")},
+                          _XWO, bias_input=2),
+    "Conv1dInt": OpSchema(DOMAIN, (2, 3), {**_geometry(1), "group": AttrSpec("int", default=1, minimum=1), **_QBITS,
+                                           **_PLATFORM}, _XWO, bias_input=2),
+    "ConvTranspose2dInt": OpSchema(DOMAIN, (2, 3), {
+        **_geometry(2), "group": AttrSpec("int", default=1, minimum=1),
+        "output_padding": AttrSpec("ints", default=[0, 0], length=2, minimum=0), **_QBITS, **_PLATFORM},
+        _XWO, bias_input=2),
+    "LinearInt": OpSchema(DOMAIN, (2, 3), {**_QBITS, **_PLATFORM}, _XWO, bias_input=2),
+    "BatchNorm2dInt": OpSchema(DOMAIN, (3, 5), {**_QBITS, "o_bits": AttrSpec("int", default=8, choices=(8,)),
+                                                **_PLATFORM}, _XWO, bias_input=2),
+    "AvgPool2dInt": OpSchema(DOMAIN, (1, 1), {
+        **_geometry(2, dilations=False), "ceil_mode": AttrSpec("int", default=0, choices=(0,)),
+        "data_bits": AttrSpec("int", default=8, choices=(8,)), "o_bits": AttrSpec("int", default=8, choices=(8, 16)),
+        **_PLATFORM}, _XO),
+    "MaxPool": OpSchema("", (1, 1), {**_geometry(2), "ceil_mode": AttrSpec("int", default=0, choices=(0, 1)),
+                                     "auto_pad": AttrSpec("str", default="NOTSET", choices=("NOTSET",)),
+                                     "storage_order": AttrSpec("int", default=0, choices=(0,))}),
+    "Relu": OpSchema("", (1, 1)),
+    "Clip": OpSchema("", (1, 3)),
+    "iqAdd": OpSchema(DOMAIN, (2, 2), {**_PLATFORM, "mode": AttrSpec("str", default="Non_t710_mode")}, _XYO),
+    "iqSub": OpSchema(DOMAIN, (2, 2), {**_PLATFORM, "mode": AttrSpec("str", default="Non_t710_mode")}, _XYO),
+    "iqMul": OpSchema(DOMAIN, (2, 2), {**_PLATFORM}, _XYO),
+    "iqCat": OpSchema(DOMAIN, (1, None), {"dim": AttrSpec("int", required=True), **_PLATFORM},
+                      {"scale_o": ("out", 0)}, variadic_scale="scale_x_{i}"),
+    "Reshape": OpSchema("", (2, 2), {"allowzero": AttrSpec("int", choices=(0,))}),
+    "Flatten": OpSchema("", (1, 1), {"axis": AttrSpec("int", default=1)}),
+    "Transpose": OpSchema("", (1, 1), {"perm": AttrSpec("ints")}),
+    "Squeeze": OpSchema("", (1, 2), {"axes": AttrSpec("ints")}),
+    "Unsqueeze": OpSchema("", (1, 2), {"axes": AttrSpec("ints")}),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def fail(self, what: str, details: dict[str, Any] | None = None, hint: str | None = None, *,
+             node: Node | None = None, onnx_node: onnx.NodeProto | None = None) -> ModelFileError:
+        name = node.name if node is not None else (onnx_node.name if onnx_node is not None else None)
+        op = node.op_type if node is not None else (onnx_node.op_type if onnx_node is not None else None)
+        where = f" in '{self.path}'" if self.path else ""
+        subject = f"node {name!r} ({op})" if name is not None else "the model"
+        return ModelFileError(f"{subject}{where}: {what}", details,
+                              hint or "re-export the model with linger 1.x or lnn export",
+                              path=self.path, node=name)
+
+    # -- tensors ------------------------------------------------------------------------------
+    def array(self, tensor: TensorProto, owner: str) -> np.ndarray:
+        try:
+            arr = numpy_helper.to_array(tensor)
+        except Exception as exc:  # onnx raises several types for damaged tensor payloads
+            raise self.fail(f"{owner} {tensor.name!r} cannot be decoded: {exc}") from exc
+        if arr.dtype not in DTYPES.values():
+            raise self.fail(f"{owner} {tensor.name!r} has unsupported dtype {arr.dtype}",
+                            {"supported": ", ".join(DTYPES)})
+        return np.ascontiguousarray(arr)
+
+    def value_info(self, vi: onnx.ValueInfoProto, role: str,
+                   override: Mapping[str, tuple[int, ...]] | None) -> TensorInfo:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tt.elem_type not in _ONNX_DTYPE:
+            raise self.fail(f"graph {role} {vi.name!r} is not a tensor of a supported dtype",
+                            {"elem_type": tt.elem_type if vi.type.HasField("tensor_type") else None})
+        dtype = _ONNX_DTYPE[tt.elem_type]
+        if override and vi.name in override:
+            return TensorInfo(vi.name, dtype, tuple(int(d) for d in override[vi.name]))
+        if not tt.HasField("shape"):
+            return TensorInfo(vi.name, dtype, None)
+        dims: list[Any] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or "?")
+        return TensorInfo(vi.name, dtype, tuple(dims))
+
+    # -- attributes -------------------------------------------------------------------------------
+    def attribute(self, a: AttributeProto, spec: AttrSpec | None, onnx_node: onnx.NodeProto) -> Any:
+        if spec is not None and a.type not in _KIND_TYPES[spec.kind]:
+            raise self.fail(f"attribute {a.name!r} has the wrong type",
+                            {"expected": spec.kind, "actual": AttributeProto.AttributeType.Name(a.type)},
+                            onnx_node=onnx_node)
+        try:
+            value = helper.get_attribute_value(a)
+        except Exception as exc:  # malformed attribute payload
+            raise self.fail(f"attribute {a.name!r} cannot be decoded: {exc}", onnx_node=onnx_node) from exc
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise self.fail(f"attribute {a.name!r} is not UTF-8 text", onnx_node=onnx_node) from exc
+        elif isinstance(value, (list, tuple)):
+            value = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+        if spec is None:
+            if isinstance(value, (TensorProto, onnx.GraphProto)) or (
+                    isinstance(value, list) and value and not isinstance(value[0], (int, float, str))):
+                raise self.fail(f"attribute {a.name!r} holds a tensor or graph, which the dialect does not use",
+                                onnx_node=onnx_node)
+            return value
+        if spec.kind == "float":
+            value = float(value)
+        if spec.kind == "ints":
+            value = [int(v) for v in value]
+            if spec.length is not None and len(value) != spec.length:
+                raise self.fail(f"attribute {a.name!r} has {len(value)} values",
+                                {"expected": spec.length, "actual": value}, onnx_node=onnx_node)
+        items = value if spec.kind == "ints" else [value]
+        if spec.minimum is not None and any(v < spec.minimum for v in items):
+            raise self.fail(f"attribute {a.name!r} is below its minimum",
+                            {"minimum": spec.minimum, "actual": value}, onnx_node=onnx_node)
+        if spec.choices is not None and value not in spec.choices:
+            raise self.fail(f"attribute {a.name!r}={value!r} is not supported",
+                            {"allowed": ", ".join(map(str, spec.choices)), "actual": value}, onnx_node=onnx_node)
+        return value
+
+    def node(self, n: onnx.NodeProto, index: int, consts: dict[str, np.ndarray],
+             default_opset: int) -> tuple[Node, dict[str, int]]:
+        """Convert one ONNX node; returns the IR node and its scale exponents by attribute name."""
+        if not n.name:
+            n = onnx.NodeProto.FromString(n.SerializeToString())
+            n.name = f"{n.op_type}_{index}"
+        schema = OP_SCHEMAS.get(n.op_type)
+        domain = "" if n.domain == "ai.onnx" else n.domain
+        if schema is None or domain != schema.domain:
+            known = ", ".join(sorted(OP_SCHEMAS))
+            hint = ("this is a linger 3.x (domain 'linger') file; export with the linger 1.x dialect"
+                    if domain == "linger" else "only the CSK60xx dialect ops can be read")
+            raise self.fail(f"unknown op '{n.domain + '::' if n.domain else ''}{n.op_type}'",
+                            {"supported": known}, hint, onnx_node=n)
+        inputs = list(n.input)
+        lo, hi = schema.inputs
+        attrs: dict[str, Any] = {}
+        scales: dict[str, int] = {}
+        scale_names = set(schema.scales)
+        if schema.variadic_scale:
+            scale_names |= {schema.variadic_scale.format(i=i) for i in range(len(inputs))}
+        for a in n.attribute:
+            if a.name in attrs or a.name in scales:
+                raise self.fail(f"attribute {a.name!r} appears twice", onnx_node=n)
+            if a.name in scale_names:
+                value = self.attribute(a, AttrSpec("float"), n)
+                try:
+                    scales[a.name] = exponent_from_scale(value, what=a.name)
+                except ValueError as exc:
+                    raise self.fail(f"attribute {a.name}={value!r} is not a power of two",
+                                    {"rule": "every scale is 2**n with integer n (|log2 - n| <= 1e-6)",
+                                     "cause": str(exc)}, onnx_node=n) from exc
+                continue
+            spec = schema.attrs.get(a.name)
+            if spec is None:
+                log.warning("node %r (%s): attribute %r is not part of the dialect; kept unchecked",
+                            n.name, n.op_type, a.name)
+            attrs[a.name] = self.attribute(a, spec, n)
+        # opset >= 13 passes Squeeze/Unsqueeze axes as an input
+        if n.op_type in ("Squeeze", "Unsqueeze") and len(inputs) == 2:
+            if "axes" in attrs or inputs[1] not in consts:
+                raise self.fail("axes must be given once, as a constant", onnx_node=n)
+            attrs["axes"] = [int(v) for v in np.asarray(consts[inputs[1]]).reshape(-1)]
+            inputs = inputs[:1]
+        elif n.op_type in ("Squeeze", "Unsqueeze") and len(inputs) != 1:
+            raise self.fail("too many inputs", {"inputs": inputs}, onnx_node=n)
+        if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+            raise self.fail(f"has {len(inputs)} inputs",
+                            {"expected": f"{lo}..{hi if hi is not None else 'any'}", "inputs": inputs},
+                            onnx_node=n)
+        if n.op_type == "Unsqueeze" and "axes" not in attrs:
+            raise self.fail("required attribute 'axes' is missing", onnx_node=n)
+        for name, spec in schema.attrs.items():
+            if name not in attrs:
+                if spec.required:
+                    raise self.fail(f"required attribute {name!r} is missing",
+                                    {"expected": spec.kind}, onnx_node=n)
+                if spec.default is not None:
+                    attrs[name] = list(spec.default) if isinstance(spec.default, list) else spec.default
+        for name in sorted(scale_names):
+            if name not in scales:
+                raise self.fail(f"required scale attribute {name!r} is missing",
+                                {"rule": "every quantized tensor carries a power-of-two scale"}, onnx_node=n)
+        if len(n.output) != 1 or not n.output[0]:
+            raise self.fail(f"has {len(n.output)} outputs", {"expected": 1}, onnx_node=n)
+        return Node(n.name, n.op_type, inputs, list(n.output), attrs, domain), scales
+
+
+def _scale_targets(node: Node) -> dict[str, tuple[str, int]]:
+    schema = OP_SCHEMAS[node.op_type]
+    targets = dict(schema.scales)
+    if schema.variadic_scale:
+        for i in range(len(node.inputs)):
+            targets[schema.variadic_scale.format(i=i)] = ("in", i)
+    return targets
+
+
+def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
+              input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Graph:
+    """Read a CSK60xx-dialect ONNX file (linger 1.x, domain ``thinker``) into a :class:`Graph`.
+
+    Every attribute is checked against :data:`OP_SCHEMAS`, scale attributes become tensor exponents
+    (``scale = 2**n``), ``Constant`` nodes become initializers, and the shape, dtype and exponent of
+    every tensor are inferred (:mod:`.passes`).
+
+    :param source: a path or an already loaded ``onnx.ModelProto``.
+    :param input_shapes: fixed shapes for graph inputs whose shape is symbolic in the file.
+    :raises ModelFileError: with ``.path`` and ``.node`` for any defect (unreadable file, unknown op,
+        missing/ill-typed attribute, non-power-of-two scale, dangling input, cycle, scale conflict,
+        shape that cannot be inferred).
+    """
+    path = None if isinstance(source, onnx.ModelProto) else os.fspath(source)
+    r = _Reader(path)
+    if isinstance(source, onnx.ModelProto):
+        model = source
+    else:
+        try:
+            model = onnx.load(path)
+        except FileNotFoundError as exc:
+            raise ModelFileError(f"cannot read ONNX file '{path}': it does not exist", {},
+                                 "check the path", path=path, node=None) from exc
+        except Exception as exc:  # protobuf DecodeError, OSError, onnx ValidationError
+            raise ModelFileError(f"cannot read ONNX file '{path}': it is not a valid ONNX protobuf",
+                                 {"cause": f"{type(exc).__name__}: {exc}"},
+                                 "check that the file was written by torch.onnx / lnn export and copied completely",
+                                 path=path, node=None) from exc
+    default_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
+    g = model.graph
+    graph = Graph(name=g.name or "graph")
+    graph.meta.update({"producer": model.producer_name, "producer_version": model.producer_version,
+                       "opset": default_opset, "source": path})
+
+    consts: dict[str, np.ndarray] = {}
+    for t in g.initializer:
+        if not t.name or t.name in consts:
+            raise r.fail(f"initializer {t.name!r} is unnamed or defined twice")
+        consts[t.name] = r.array(t, "initializer")
+    const_nodes = []
+    for i, n in enumerate(g.node):
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            value = [a for a in n.attribute if a.name == "value" and a.type == AttributeProto.TENSOR]
+            if len(value) != 1 or len(n.attribute) != 1 or len(n.output) != 1:
+                raise r.fail("only Constant nodes with one tensor 'value' are supported", onnx_node=n)
+            if n.output[0] in consts:
+                raise r.fail(f"constant {n.output[0]!r} is defined twice", onnx_node=n)
+            consts[n.output[0]] = r.array(value[0].t, "constant")
+            const_nodes.append(i)
+    for name, arr in consts.items():
+        graph.add_initializer(name, arr)
+
+    for vi in g.input:
+        if vi.name in consts:
+            continue  # older exporters list initializers as graph inputs too
+        info = r.value_info(vi, "input", input_shapes)
+        if info.name in graph.tensors:
+            raise r.fail(f"graph input {info.name!r} is declared twice")
+        graph.tensors[info.name] = info
+        graph.inputs.append(info.name)
+    declared_outputs = {vi.name: r.value_info(vi, "output", None) for vi in g.output}
+    graph.outputs = [vi.name for vi in g.output]
+    if len(set(graph.outputs)) != len(graph.outputs) or not graph.outputs:
+        raise r.fail("graph outputs are missing or repeated", {"outputs": graph.outputs})
+
+    scales_of: dict[str, dict[str, int]] = {}
+    for i, n in enumerate(g.node):
+        if i in const_nodes:
+            continue
+        node, scales = r.node(n, i, consts, default_opset)
+        if any(m.name == node.name for m in graph.nodes):
+            raise r.fail("two nodes have the same name", node=node)
+        graph.add_node(node)
+        scales_of[node.name] = scales
+    # drop initializers that only fed Squeeze/Unsqueeze axes inputs and nothing else
+    used = {t for node in graph.nodes for t in node.inputs} | set(graph.outputs)
+    for name in [k for k in graph.initializers if k not in used]:
+        del graph.initializers[name]
+        del graph.tensors[name]
+
+    graph.toposort(path=path)
+    for node in graph.nodes:
+        _assign_input_exponents(r, graph, node, scales_of[node.name])
+        for info in infer_node(graph, node, path=path):
+            scale_out = [k for k, (kind, _) in _scale_targets(node).items() if kind == "out"]
+            if scale_out:
+                info.exponent = scales_of[node.name][scale_out[0]]
+            graph.tensors[info.name] = info
+    for node in graph.nodes:
+        for name in [*node.inputs, *node.outputs]:
+            info = graph.tensors.get(name) if name else None
+            if info is not None and info.dtype in ("int8", "int16", "int32") and info.exponent is None:
+                raise r.fail(f"tensor {name!r} is an integer tensor without a scale",
+                             {"rule": "every int8/int16/int32 tensor needs a power-of-two scale from an attribute"},
+                             node=node)
+    for name in graph.outputs:
+        info, declared = graph.tensors[name], declared_outputs[name]
+        shape_ok = declared.shape is None or not all(isinstance(d, int) for d in declared.shape) \
+            or declared.shape == info.shape
+        if declared.dtype != info.dtype or not shape_ok:
+            raise r.fail(f"graph output {name!r} is declared as {declared.dtype} {declared.shape} "
+                         f"but computes {info.dtype} {info.shape}")
+    log.info("read %s: %d nodes, %d initializers", path or "<ModelProto>", len(graph.nodes), len(graph.initializers))
+    return graph
+
+
+def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[str, int]) -> None:
+    """Give input tensors the exponents of the node's scale attributes, or check that they agree."""
+    targets = _scale_targets(node)
+    for attr, (kind, index) in targets.items():
+        if kind != "in":
+            continue
+        exp = scales[attr]
+        name = node.inputs[index] if index < len(node.inputs) else ""
+        if not name:
+            raise r.fail(f"{attr} describes input {index}, which is missing", node=node)
+        _set_exponent(r, graph, node, name, exp, attr)
+    schema = OP_SCHEMAS[node.op_type]
+    if schema.bias_input is not None and len(node.inputs) > schema.bias_input and node.inputs[schema.bias_input]:
+        name = node.inputs[schema.bias_input]
+        if name not in graph.initializers:
+            raise r.fail(f"bias {name!r} must be an initializer", node=node)
+        exp = graph.tensors[node.inputs[0]].exponent + graph.tensors[node.inputs[1]].exponent
+        _set_exponent(r, graph, node, name, exp, "bias (n_x + n_w)")
+    for i in (1, 2):  # Clip bounds are integers at the input's scale
+        if node.op_type == "Clip" and len(node.inputs) > i and node.inputs[i] in graph.initializers:
+            src = graph.tensors[node.inputs[0]].exponent
+            if src is not None:
+                _set_exponent(r, graph, node, node.inputs[i], src, "Clip bound")
+
+
+def _set_exponent(r: _Reader, graph: Graph, node: Node, name: str, exp: int, what: str) -> None:
+    info = graph.tensors.get(name)
+    if info is None:
+        raise r.fail(f"input {name!r} is unknown", node=node)
+    if info.exponent is None:
+        if info.dtype == "float32" or info.dtype == "float64":
+            raise r.fail(f"{what} is given for float tensor {name!r}",
+                         {"rule": "quantized ops read integer tensors; add a Quant node"}, node=node)
+        info.exponent = exp
+    elif info.exponent != exp:
+        raise r.fail(f"{what} = 2**{exp} disagrees with tensor {name!r}, which has scale 2**{info.exponent}",
+                     {"rule": "a tensor has one scale; consumers must declare the producer's scale"}, node=node)
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------------
+
+def _value_info(info: TensorInfo) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(info.name, _DTYPE_ONNX[info.dtype],
+                                         list(info.shape) if info.shape is not None else None)
+
+
+def write_onnx(graph: Graph) -> onnx.ModelProto:
+    """Write ``graph`` in the CSK60xx dialect: domain ``thinker`` (opset 1), default opset 12.
+
+    Scale attributes are written from the tensor exponents as ``2.0 ** n``; other attributes as
+    stored on the nodes (the reader fills defaults, so ``platform_quant="luna_quant"`` is always
+    present). Initializers keep their integer dtypes.
+
+    :raises ExportError: an op outside :data:`OP_SCHEMAS`, or a scaled tensor without exponent.
+    """
+    nodes = []
+    for node in graph.nodes:
+        schema = OP_SCHEMAS.get(node.op_type)
+        if schema is None:
+            raise ExportError(f"node {node.name!r} ({node.op_type}) has no form in the CSK60xx dialect",
+                              {"supported": ", ".join(sorted(OP_SCHEMAS))}, "remove or replace the op",
+                              node=node.name, dialect="csk60xx")
+        attrs: dict[str, Any] = {}
+        for key, (kind, index) in _scale_targets(node).items():
+            names = node.inputs if kind == "in" else node.outputs
+            info = graph.tensors.get(names[index]) if index < len(names) else None
+            if info is None or info.exponent is None:
+                raise ExportError(f"node {node.name!r} ({node.op_type}): {key} has no exponent to write",
+                                  {"tensor": names[index] if index < len(names) else None},
+                                  "run shape inference or set the tensor's exponent", node=node.name,
+                                  dialect="csk60xx")
+            attrs[key] = float(2.0 ** info.exponent)
+        attrs.update(node.attrs)
+        if "platform_quant" in schema.attrs:
+            attrs.setdefault("platform_quant", PLATFORM_QUANT)
+        nodes.append(helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name,
+                                      domain=schema.domain, **dict(sorted(attrs.items()))))
+    inits = [numpy_helper.from_array(arr, name) for name, arr in graph.initializers.items()]
+    g = helper.make_graph(nodes, graph.name, [_value_info(graph.tensors[n]) for n in graph.inputs],
+                          [_value_info(graph.tensors[n]) for n in graph.outputs], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET),
+                                                helper.make_opsetid(DOMAIN, THINKER_OPSET)],
+                              producer_name="lnn")
+    model.ir_version = 7
+    return model

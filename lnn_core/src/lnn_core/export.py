@@ -1,0 +1,434 @@
+"""From a quantized model to the IR, and from the IR to ONNX in a registered dialect.
+
+``to_ir`` walks the graph of a model made by ``lnn.init`` with frozen eval semantics: every
+quantized op is written by the IR writer its op family registered (``lnn_register_exporters``,
+``registry.add_node_writer("ir", op_id, fn)``), with exactly the integer exponents the eval
+forward uses. Float data entering the quantized graph gets a ``Quant`` node, quantized data
+leaving it (graph outputs, float islands) a ``Dequant`` node (spec 1.5). A float op between
+quantized ops is written as an explicit Dequant -> float op -> Quant island and listed in a
+warning; ``strict=True`` refuses and lists them all. Float ops are written by torch's own ONNX
+exporter and spliced in.
+
+The model is left as it was found: mode, buffers and parameters are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import ConfigError, ExportError
+from .graph import Graph, Node, TensorInfo
+from .plugins import PluginHost
+from .quant.qmodule import QModule, QuantStub
+from .quant.rewrite import LnnInfo, _flat_nodes, _op_name
+
+__all__ = ["ExportContext", "FloatIslandWarning", "to_ir", "export", "CUSTOM_DOMAIN"]
+
+CUSTOM_DOMAIN = "thinker"
+_TORCH_DTYPE = {torch.float32: "float32", torch.float64: "float64", torch.int64: "int64", torch.int32: "int32",
+                torch.int8: "int8", torch.bool: "bool"}
+
+
+class FloatIslandWarning(UserWarning):
+    """Float ops were exported between Dequant and Quant nodes; the text lists them."""
+
+
+@attrs.define
+class _Builder:
+    graph: Graph
+    used: set[str] = attrs.field(factory=set)
+
+    def fresh(self, base: str) -> str:
+        base = base or "t"
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+
+@attrs.define
+class ExportContext:
+    """What an IR writer gets for one op.
+
+    :param module: the quantized (or float) module being written; None for function nodes.
+    :param node: the fx node.
+    :param path: the module path (or node name): used for node and tensor names.
+    :param inputs: IR tensor names of the op's inputs, in the order the module takes them.
+    :param out_shape: output shape as run on the example inputs (batch axis symbolic if dynamic).
+    :param params: parameter tensors passed to a functional op (``F.conv2d(x, self.w)``).
+    """
+
+    builder: _Builder
+    module: nn.Module | None
+    node: fx.Node
+    path: str
+    inputs: list[str]
+    out_shape: tuple[Any, ...] | None
+    dynamic_batch: bool
+    params: list[torch.Tensor] = attrs.field(factory=list)
+
+    @property
+    def graph(self) -> Graph:
+        return self.builder.graph
+
+    def info(self, i: int = 0) -> TensorInfo:
+        return self.graph.tensors[self.inputs[i]]
+
+    def exponent(self, i: int = 0) -> int:
+        n = self.info(i).exponent
+        if n is None:
+            raise ExportError(f"op {self.path!r}: input {i} is not quantized", {}, "this is a bug in the op's writer",
+                              node=self.path, dialect="ir")
+        return n
+
+    def shape(self, i: int = 0) -> tuple[Any, ...] | None:
+        return self.info(i).shape
+
+    def initializer(self, suffix: str, array: np.ndarray, exponent: int | None = None) -> str:
+        name = self.builder.fresh(f"{self.path}.{suffix}")
+        self.graph.add_initializer(name, np.ascontiguousarray(array), exponent)
+        return name
+
+    def tensor(self, exponent: int | None, dtype: str = "int8", shape: Sequence[Any] | None = None,
+               suffix: str = "") -> str:
+        name = self.builder.fresh(f"{self.path}{suffix}" if suffix else self.node.name)
+        self.graph.add_tensor(name, dtype, tuple(shape) if shape is not None else self.out_shape, exponent)
+        return name
+
+    def add(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], attrs: dict[str, Any] | None = None,
+            *, domain: str = CUSTOM_DOMAIN, suffix: str = "") -> Node:
+        name = self.builder.fresh(f"{self.path}{suffix}")
+        return self.graph.add_node(Node(name, op_type, list(inputs), list(outputs), dict(attrs or {}), domain))
+
+    def clip(self, src: str, lo: int, hi: int, *, suffix: str = ".clip") -> str:
+        """``Clip(x, lo, hi)`` with int8 scalar bounds (the linger 1 ReLU6 form); keeps the exponent."""
+        info = self.graph.tensors[src]
+        lo_t = self.initializer(f"{suffix.strip('.')}_min", np.array(lo, dtype=np.int8))
+        hi_t = self.initializer(f"{suffix.strip('.')}_max", np.array(hi, dtype=np.int8))
+        out = self.tensor(info.exponent, info.dtype, info.shape, suffix=suffix)
+        self.add("Clip", [src, lo_t, hi_t], [out], domain="", suffix=suffix)
+        return out
+
+
+def _shape(node: fx.Node, dynamic_batch: bool) -> tuple[Any, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    shape = tuple(int(d) for d in meta.shape)
+    if dynamic_batch and shape:
+        shape = ("N",) + shape[1:]
+    return shape
+
+
+def _dtype(node: fx.Node) -> str:
+    meta = node.meta.get("tensor_meta")
+    return _TORCH_DTYPE.get(getattr(meta, "dtype", torch.float32), "float32")
+
+
+class _Exporter:
+    def __init__(self, model: fx.GraphModule, info: LnnInfo, host: PluginHost, *, dynamic_batch: bool,
+                 strict: bool) -> None:
+        self.model, self.info, self.host = model, info, host
+        self.dynamic_batch, self.strict = dynamic_batch, strict
+        self.b = _Builder(Graph(name=type(model).__name__))
+        self.tmap: dict[fx.Node, Any] = {}  # fx node -> IR tensor name (or python value for META)
+        self.float_cache: dict[str, str] = {}  # quantized IR tensor -> its Dequant output
+        self.islands: list[tuple[str, str]] = []
+        self.op_of: dict[str, str] = dict(info.ops)
+        for entry in info.passthrough.values():
+            self.op_of.setdefault(entry["path"], entry["op"])
+
+    @property
+    def g(self) -> Graph:
+        return self.b.graph
+
+    def dequant(self, name: str) -> str:
+        """A float view of an IR tensor (a Dequant node for quantized tensors)."""
+        info = self.g.tensors[name]
+        if info.exponent is None:
+            return name
+        if name not in self.float_cache:
+            out = self.b.fresh(f"{name}.float")
+            self.g.add_tensor(out, "float32", info.shape, None)
+            self.g.add_node(Node(self.b.fresh(f"{name}.dequant"), "Dequant", [name], [out], {}, CUSTOM_DOMAIN))
+            self.float_cache[name] = out
+        return self.float_cache[name]
+
+    def family_of(self, node: fx.Node) -> Any:
+        ops = self.host.ops
+        if node.op == "call_module":
+            mod = self.model.get_submodule(str(node.target))
+            op_id = self.info.ops.get(str(node.target))
+            if op_id is not None:
+                return ops.get(op_id) if op_id in ops else op_id
+            return ops.by_module.get(type(mod))
+        if node.op == "call_function":
+            try:
+                return ops.by_function.get(node.target)
+            except TypeError:
+                return None
+        if node.op == "call_method":
+            return ops.by_method.get(node.target)
+        return None
+
+    def run(self, input_names: Sequence[str] | None, output_names: Sequence[str] | None) -> Graph:
+        placeholders = [n for n in self.model.graph.nodes if n.op == "placeholder"]
+        if input_names is not None and len(input_names) != len(placeholders):
+            raise ConfigError(
+                f"export: {len(input_names)} input names for {len(placeholders)} model inputs",
+                {"inputs": ", ".join(p.name for p in placeholders)}, "pass one name per forward() argument",
+                option="input_names", value=list(input_names), valid=len(placeholders))
+        for i, node in enumerate(placeholders):
+            name = self.b.fresh(input_names[i] if input_names else node.name)
+            self.g.add_tensor(name, _dtype(node), _shape(node, self.dynamic_batch), None)
+            self.g.inputs.append(name)
+            self.tmap[node] = name
+        for node in self.model.graph.nodes:
+            if node.op in ("placeholder", "output"):
+                continue
+            self.visit(node)
+        out_node = next(n for n in self.model.graph.nodes if n.op == "output")
+        outs = _flat_nodes(out_node.args)
+        if output_names is not None and len(output_names) != len(outs):
+            raise ConfigError(
+                f"export: {len(output_names)} output names for {len(outs)} model outputs", {},
+                "pass one name per output tensor", option="output_names", value=list(output_names), valid=len(outs))
+        for i, node in enumerate(outs):
+            src = self.tmap[node]
+            want = output_names[i] if output_names else f"output_{i}" if len(outs) > 1 else "output"
+            info = self.g.tensors[src]
+            name = self.b.fresh(want)
+            if info.exponent is not None:
+                self.g.add_tensor(name, "float32", info.shape, None)
+                self.g.add_node(Node(self.b.fresh(f"{src}.dequant"), "Dequant", [src], [name], {}, CUSTOM_DOMAIN))
+            else:
+                self.g.add_tensor(name, info.dtype, info.shape, None)
+                self.g.add_node(Node(self.b.fresh(f"{src}.identity"), "Identity", [src], [name], {}, ""))
+            self.g.outputs.append(name)
+        if self.islands:
+            listing = "\n".join(f"{op} (node {n!r})" for n, op in self.islands)
+            if self.strict:
+                raise ExportError(
+                    f"{len(self.islands)} float op(s) inside the quantized graph; strict export refuses them",
+                    {"ops": listing, "rule": "strict=True: every op between Quant and Dequant must be an int8 op"},
+                    "replace them with supported ops, or export without strict to get Dequant/float/Quant islands",
+                    node=self.islands[0][0], dialect="ir", ops=self.islands)
+            warnings.warn(f"exported {len(self.islands)} float island(s) (Dequant -> float op -> Quant):\n{listing}",
+                          FloatIslandWarning, stacklevel=3)
+        self.g.toposort()
+        return self.g
+
+    def visit(self, node: fx.Node) -> None:
+        ins = _flat_nodes((node.args, node.kwargs))
+        if node.op == "get_attr":
+            self.tmap[node] = ("get_attr", node)
+            return
+        if node.op == "call_module":
+            mod = self.model.get_submodule(str(node.target))
+            if isinstance(mod, QuantStub):
+                self.quant_stub(node, mod)
+                return
+        fam = self.family_of(node)
+        tensor_ins = [i for i in ins if isinstance(self.tmap.get(i), str)]
+        quantized = any(self.g.tensors[self.tmap[i]].exponent is not None for i in tensor_ins)
+        path = str(node.target) if node.op == "call_module" else node.name
+        op_id = fam if isinstance(fam, str) else getattr(fam, "id", None)
+        writer = self.host.exporters.node_writer("ir", op_id) if op_id else None
+        if node.op == "call_module" and path in self.info.folded:  # folded BatchNorm: an alias
+            self.tmap[node] = self.tmap[node.args[0]]
+            return
+        if writer is not None and (quantized or isinstance(self.model.get_submodule(path) if node.op == "call_module"
+                                                           else None, QModule)):
+            module = self.model.get_submodule(path) if node.op == "call_module" else None
+            if isinstance(module, QModule):
+                srcs = list(node.args)
+            else:
+                srcs = [i for i in ins if isinstance(self.tmap.get(i), str)][:1]
+            ir_inputs = [self.tmap[s] for s in srcs if isinstance(self.tmap.get(s), str)]
+            params = [self.load_attr(s) for s in srcs if isinstance(s, fx.Node) and s.op == "get_attr"]
+            ctx = ExportContext(self.b, module, node, path, ir_inputs, _shape(node, self.dynamic_batch),
+                                self.dynamic_batch, params)
+            out = writer(ctx)
+            self.tmap[node] = out
+            return
+        if not tensor_ins and all(not isinstance(self.tmap.get(i), str) for i in ins):
+            self.tmap[node] = ("meta", node)  # sizes, dims: python values
+            return
+        self.float_op(node, tensor_ins, quantized)
+
+    def load_attr(self, node: fx.Node) -> torch.Tensor:
+        obj: Any = self.model
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def quant_stub(self, node: fx.Node, mod: QuantStub) -> None:
+        src = self.dequant(self.tmap[node.args[0]])
+        n = mod.out_q.eval_exponent()
+        out = self.b.fresh(str(node.target))
+        self.g.add_tensor(out, "int8", self.g.tensors[src].shape, n)
+        self.g.add_node(Node(self.b.fresh(str(node.target)), "Quant", [src], [out],
+                             {"data_bits": mod.act_bits, "platform_quant": "luna_quant"}, CUSTOM_DOMAIN))
+        self.tmap[node] = out
+
+    def float_op(self, node: fx.Node, tensor_ins: list[fx.Node], quantized: bool) -> None:
+        """Write a float op with torch's ONNX exporter and splice its nodes in."""
+        if quantized:
+            self.islands.append((node.name, _op_name(node, self.model)))
+        args_in = [self.dequant(self.tmap[i]) for i in tensor_ins]
+        sub = _single_node_module(self.model, node, tensor_ins)
+        examples = tuple(torch.zeros(_concrete(self.g.tensors[a].shape), dtype=torch.float32) for a in args_in)
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(sub, examples, buf, dynamo=False, opset_version=13,
+                                  input_names=[f"in{i}" for i in range(len(examples))], output_names=["out"])
+            except Exception as exc:
+                raise ExportError(
+                    f"float op {_op_name(node, self.model)} (node {node.name!r}) cannot be written to ONNX",
+                    {"cause": f"{type(exc).__name__}: {exc}"},
+                    "replace the op, or keep it out of the exported part of the model", node=node.name,
+                    dialect="onnx") from exc
+        import onnx
+        from onnx import numpy_helper
+
+        proto = onnx.load_from_string(buf.getvalue())
+        rename = {f"in{i}": a for i, a in enumerate(args_in)}
+        prefix = node.name
+        for init in proto.graph.initializer:
+            rename[init.name] = self.b.fresh(f"{prefix}.{init.name}")
+            self.g.add_initializer(rename[init.name], numpy_helper.to_array(init))
+        out_name = self.b.fresh(node.name)
+        rename["out"] = out_name
+        for n in proto.graph.node:
+            for o in n.output:
+                if o not in rename:
+                    rename[o] = self.b.fresh(f"{prefix}.{o.strip('/').replace('/', '.')}")
+                    self.g.add_tensor(rename[o], "float32", None, None)
+            attrs_ = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            for k, v in list(attrs_.items()):
+                if isinstance(v, onnx.TensorProto):
+                    attrs_[k] = numpy_helper.to_array(v)
+                elif isinstance(v, bytes):
+                    attrs_[k] = v.decode()
+            self.g.add_node(Node(self.b.fresh(f"{prefix}.{n.op_type}"), n.op_type,
+                                 [rename.get(i, i) for i in n.input], [rename[o] for o in n.output], attrs_, n.domain))
+        self.g.add_tensor(out_name, _dtype(node), _shape(node, self.dynamic_batch), None)
+        self.tmap[node] = out_name
+
+
+class _Call(nn.Module):
+    def __init__(self, fn: Any, build: Any) -> None:
+        super().__init__()
+        self.fn, self.build = fn, build
+
+    def forward(self, *xs: torch.Tensor) -> Any:
+        args, kwargs = self.build(xs)
+        return self.fn(*args, **kwargs)
+
+
+def _single_node_module(model: fx.GraphModule, node: fx.Node, tensor_ins: list[fx.Node]) -> nn.Module:
+    """A module computing just ``node`` from its tensor inputs (constants and parameters baked in)."""
+
+    def build(xs: tuple[torch.Tensor, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        env = dict(zip(tensor_ins, xs))
+
+        def load(a: Any) -> Any:
+            if a.op == "get_attr":
+                obj: Any = model
+                for part in str(a.target).split("."):
+                    obj = getattr(obj, part)
+                return obj
+            if a in env:
+                return env[a]
+            meta = a.meta.get("tensor_meta")
+            raise ExportError(f"node {node.name!r} depends on a value only known at run time ({a.name!r})",
+                              {"meta": str(meta)}, "compute shapes from constants", node=node.name, dialect="onnx")
+
+        return fx.node.map_arg(node.args, load), fx.node.map_arg(node.kwargs, load)
+
+    if node.op == "call_module":
+        fn: Any = model.get_submodule(str(node.target))
+    elif node.op == "call_method":
+        method = str(node.target)
+
+        def fn(self_: Any, *a: Any, **k: Any) -> Any:
+            return getattr(self_, method)(*a, **k)
+    else:
+        fn = node.target
+    return _Call(fn, build)
+
+
+def _concrete(shape: Sequence[Any] | None) -> tuple[int, ...]:
+    if shape is None:
+        raise ExportError("a float op's input shape is unknown", {}, "export with example inputs of fixed shape",
+                          node=None, dialect="onnx")
+    return tuple(1 if isinstance(d, str) else int(d) for d in shape)
+
+
+def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] | None = None,
+          output_names: Sequence[str] | None = None, dynamic_batch: bool = False, strict: bool = False,
+          host: PluginHost | None = None) -> Graph:
+    """The IR of a model prepared by ``lnn.init``, with the exponents its eval forward uses."""
+    info = getattr(model, "lnn", None)
+    if not isinstance(info, LnnInfo) or not isinstance(model, fx.GraphModule):
+        raise ExportError(
+            f"export needs a model prepared by lnn.init, got {type(model).__name__}", {},
+            "call model = lnn.init(model) first (and train it)", node=None, dialect="ir")
+    if info.stage != "quant":
+        raise ExportError("export needs the stage-2 (lnn.init) model, got a stage-1 (lnn.constrain) model",
+                          {"stage": info.stage}, "build the stage-2 model with lnn.init and load this checkpoint",
+                          node=None, dialect="ir")
+    host = host or PluginHost()
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    was_training = model.training
+    saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            from torch.fx.passes.shape_prop import ShapeProp
+
+            ShapeProp(model).propagate(*inputs)
+            graph = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict).run(
+                input_names, output_names)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for k, v in model.state_dict(keep_vars=True).items():
+                v.copy_(saved[k])
+    graph.meta["producer"] = "lnn"
+    graph.meta["target"] = info.target
+    return graph
+
+
+def export(model: nn.Module, example_inputs: Any, path: str | None = None, *, dialect: str = "csk60xx",
+           input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+           dynamic_batch: bool = False, strict: bool = False, host: PluginHost | None = None) -> Any:
+    """Export a quantized model to ONNX in ``dialect`` (``csk60xx`` or ``qdq``); returns the ModelProto.
+
+    :param path: where to save the file (None: only return the ModelProto).
+    :param dynamic_batch: make the first axis of inputs and outputs symbolic (``N``).
+    :param strict: refuse float islands instead of writing Dequant -> float op -> Quant.
+    """
+    host = host or PluginHost()
+    writer = host.exporters[dialect]
+    graph = to_ir(model, example_inputs, input_names=input_names, output_names=output_names,
+                  dynamic_batch=dynamic_batch, strict=strict, host=host)
+    proto = writer(graph)
+    if path is not None:
+        import onnx
+
+        onnx.save(proto, str(path))
+    return proto
