@@ -1,7 +1,9 @@
 """``lnn demo``: the whole flow on scikit-learn's bundled handwritten digits (no download).
 
-float training -> stage 1 (lnn.constrain) -> stage 2 (lnn.init, QAT) -> eval-mode int8 accuracy.
-Needs the ``demo`` extra (torch, scikit-learn, lnn-ops-builtin).
+float training -> stage 1 (lnn.constrain) -> stage 2 (lnn.init, QAT) -> export (CSK60xx dialect
+and QDQ) -> pack (memory plan, model.bin) -> the C int8 simulator on every test image ->
+``lnn.verify`` (every intermediate tensor). Needs the ``demo`` extra (torch, scikit-learn,
+lnn-ops-builtin).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["build_model", "load_digits_split", "run_demo", "configure", "run"]
@@ -91,8 +94,11 @@ def accuracy(model: Any, x: Any, y: Any) -> float:
 
 
 def run_demo(*, epochs: int = 30, qat_epochs: int = 8, seed: int = 0, progress: bool = True,
-             host: Any = None) -> dict[str, Any]:
-    """Run the flow and return the figures (accuracies in percent, seconds)."""
+             host: Any = None, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the flow and return the figures (accuracies in percent, seconds).
+
+    :param out_dir: where the ONNX files, model.bin and the checkpoint are written (None: not kept).
+    """
     torch = _torch()
     import lnn_core as lnn
 
@@ -114,6 +120,7 @@ def run_demo(*, epochs: int = 30, qat_epochs: int = 8, seed: int = 0, progress: 
     qmodel.load_state_dict(stage1.state_dict(), strict=True)
     _train(qmodel, xtr, ytr, qat_epochs, 3e-4, seed + 2, "stage 2: QAT", progress)
     int8_acc = accuracy(qmodel, xte, yte)
+    deploy = _deploy(qmodel, xte, yte, host, out_dir, progress)
     return {
         "dataset": f"sklearn digits: {len(xtr)} train / {len(xte)} test images, 1x8x8",
         "float_accuracy": round(float_acc, 2),
@@ -121,8 +128,50 @@ def run_demo(*, epochs: int = 30, qat_epochs: int = 8, seed: int = 0, progress: 
         "int8_accuracy": round(int8_acc, 2),
         "int8_minus_float": round(int8_acc - float_acc, 2),
         "quantized_ops": len(qmodel.lnn.ops),
+        **deploy,
         "seconds": round(time.perf_counter() - t0, 1),
         "model": qmodel,
+    }
+
+
+def _deploy(qmodel: Any, xte: Any, yte: Any, host: Any, out_dir: str | Path | None, progress: bool) -> dict[str, Any]:
+    """Export, pack, run every test image through the simulator and verify every tensor."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    import lnn_core as lnn
+
+    from .dialect import read_onnx
+    from .pipeline import pack_graph
+    from .simulator import Simulator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(out_dir) if out_dir is not None else Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        onnx_path = out / "digits.onnx"
+        lnn.export(qmodel, xte[:1], onnx_path, host=host)
+        lnn.export(qmodel, xte[:1], out / "digits.qdq.onnx", dialect="qdq", dynamic_batch=True, host=host)
+        packed = pack_graph(read_onnx(onnx_path))
+        (out / "digits.bin").write_bytes(packed.blob)
+        torch.save(qmodel.state_dict(), out / "digits_qat.pt")
+    sim = Simulator(packed.blob)
+    qmodel.eval()
+    with torch.no_grad():
+        eval_out = qmodel(xte).numpy()
+    sim_out = np.stack([sim.run([xte[i:i + 1].numpy()])[0][0]
+                        for i in tqdm(range(len(xte)), desc="simulator", disable=not progress, leave=False)])
+    report = lnn.verify(qmodel, xte[:1], host=host)
+    regions = {name: {"used": r.size, "limit": r.limit} for name, r in packed.plan.regions.items()}
+    return {
+        "simulator_accuracy": round(float((sim_out.argmax(1) == yte.numpy()).mean()) * 100.0, 2),
+        "simulator_outputs_equal_eval": bool(np.array_equal(sim_out, eval_out)),
+        "bit_exact": report.ok,
+        "tensors_verified": len(report.tensors),
+        "memory": {**regions, "model_bin_bytes": len(packed.blob)},
+        "files": str(out) if out_dir is not None else None,
     }
 
 
@@ -139,11 +188,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=30, help="float training epochs (default 30)")
     p.add_argument("--qat-epochs", type=int, default=8, help="quantization-aware training epochs (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="lnn-demo", help="where to write the ONNX files, model.bin and the "
+                   "checkpoint (default ./lnn-demo)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
 def run(args: argparse.Namespace, host: Any) -> int:
-    res = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed, progress=not args.json, host=host)
+    res = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed, progress=not args.json, host=host,
+                   out_dir=args.out_dir)
     res.pop("model")
     if args.json:
         print(json.dumps(res, indent=2))
@@ -152,5 +204,12 @@ def run(args: argparse.Namespace, host: Any) -> int:
     print(f"  float accuracy            {res['float_accuracy']:6.2f} %")
     print(f"  stage 1 (constrained)     {res['constrained_accuracy']:6.2f} %")
     print(f"  int8 accuracy (eval, QAT) {res['int8_accuracy']:6.2f} %   ({res['int8_minus_float']:+.2f} points)")
-    print(f"  quantized ops: {res['quantized_ops']}; time {res['seconds']} s")
-    return 0
+    print(f"  simulator accuracy        {res['simulator_accuracy']:6.2f} %   (C int8 simulator, every test image)")
+    print(f"  bit-exact                 {'yes' if res['bit_exact'] else 'NO'}"
+          f"       ({res['tensors_verified']} tensors verified; simulator outputs "
+          f"{'equal' if res['simulator_outputs_equal_eval'] else 'DIFFER from'} eval mode on all test images)")
+    mem = res["memory"]
+    regions = ", ".join(f"{k} {v['used']:,} of {v['limit']:,} B" for k, v in mem.items() if isinstance(v, dict))
+    print(f"  memory                    {regions}; model.bin {mem['model_bin_bytes']:,} B")
+    print(f"  quantized ops: {res['quantized_ops']}; files in {res['files']}; time {res['seconds']} s")
+    return 0 if res["bit_exact"] and res["simulator_outputs_equal_eval"] else 1

@@ -37,3 +37,16 @@ def lnn_register_exporters(registry: Any) -> None:
 
     registry.add_writer(TARGET_ID, write_onnx)
     registry.add_reader(TARGET_ID, read_onnx)
+
+
+@hookimpl
+def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, Any]) -> Any:
+    """Read the dialect file, pack it and run the C simulator with every tensor dumped."""
+    if target != TARGET_ID:
+        return None
+    from .dialect import read_onnx
+    from .pipeline import pack_graph
+    from .simulator import Simulator
+
+    packed = pack_graph(read_onnx(model), share_mem=options.get("share_mem"), psram=options.get("psram"))
+    return Simulator(packed.blob).run(inputs, dump=True)

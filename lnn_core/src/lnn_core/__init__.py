@@ -60,6 +60,10 @@ __all__ = [
     "init",
     "constrain",
     "disable_quant",
+    "export",
+    "to_ir",
+    "verify",
+    "check",
     "QuantConfig",
     "LayerConfig",
     "ConstrainConfig",
@@ -80,6 +84,10 @@ _LAZY = {
     "init": ("lnn_core.api", "init"),
     "constrain": ("lnn_core.api", "constrain"),
     "disable_quant": ("lnn_core.quant.rewrite", "disable_quant"),
+    "export": ("lnn_core.exporter", "export"),
+    "to_ir": ("lnn_core.exporter", "to_ir"),
+    "verify": ("lnn_core.verifier", "verify"),
+    "check": ("lnn_core.verifier", "check"),
 }
 
 

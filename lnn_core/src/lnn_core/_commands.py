@@ -44,7 +44,51 @@ def _rules_run(args: argparse.Namespace, host: Any) -> int:
     return 0
 
 
+def _export_configure(p: argparse.ArgumentParser) -> None:
+    from ._model_args import add_model_args
+
+    add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="the ONNX file to write")
+    p.add_argument("--dialect", default="csk60xx", help="csk60xx (chip toolchain) or qdq (standard ONNX)")
+    p.add_argument("--dynamic-batch", action="store_true", help="make the first axis symbolic")
+    p.add_argument("--strict", action="store_true", help="refuse float islands")
+
+
+def _export_run(args: argparse.Namespace, host: Any) -> int:
+    import lnn_core as lnn
+
+    from ._model_args import build_quantized
+
+    model, inputs = build_quantized(args, host)
+    lnn.export(model, inputs, args.output, dialect=args.dialect, dynamic_batch=args.dynamic_batch,
+               strict=args.strict, host=host)
+    print(f"wrote {args.output} ({args.dialect} dialect)")
+    return 0
+
+
+def _verify_configure(p: argparse.ArgumentParser) -> None:
+    from ._model_args import add_model_args
+
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _verify_run(args: argparse.Namespace, host: Any) -> int:
+    import lnn_core as lnn
+
+    from ._model_args import build_quantized
+
+    model, inputs = build_quantized(args, host)
+    report = lnn.verify(model, inputs, target=args.target, host=host)
+    print(report.to_json() if args.json else report.table())
+    return 0 if report.ok else 1
+
+
 def register(registry: Any) -> None:
+    registry.add("export", "export a quantized model (package.module:factory + checkpoint) to ONNX",
+                 _export_configure, _export_run)
+    registry.add("verify", "export, pack and simulate a model and compare every tensor with the training side",
+                 _verify_configure, _verify_run)
     registry.add("plugins", "list installed plugins, their versions and the hooks each implements",
                  _plugins_configure, _plugins_run)
     registry.add("rules", "list the hardware rules of every target (--markdown: docs/SUPPORTED_OPS.md)",

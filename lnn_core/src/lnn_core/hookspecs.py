@@ -122,6 +122,35 @@ def lnn_op_rules(op_type: str, target: str) -> list[Rule] | None:
 
 
 @hookspec(firstresult=True)
+def lnn_check_graph(graph: Graph, target: str, options: dict[str, Any]) -> Any:
+    """Judge an IR graph for ``target`` at pack time: rules, graph passes and memory fit.
+
+    Stops at first non-None result, see firstresult.
+
+    :param graph: the IR (as exported, before passes).
+    :param target: target id.
+    :param options: region sizes and other packer options.
+    :return: a report with ``violations`` (list of :class:`lnn_core.rules.Violation`), ``ok`` and
+        ``memory`` (a dict summary), or None when the target is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
+def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, Any]) -> Any:
+    """Pack ``model`` (an ONNX ModelProto in the target's dialect) and run the target's simulator.
+
+    Stops at first non-None result, see firstresult.
+
+    :param model: the ONNX model as the target's dialect writer wrote it.
+    :param inputs: one numpy array per graph input.
+    :param target: target id.
+    :param options: region sizes and other packer options.
+    :return: ``(outputs, tensors)``: output arrays, and every intermediate tensor by IR name as
+        integers (quantized tensors) or floats; None when the target is not this plugin's.
+    """
+
+
+@hookspec(firstresult=True)
 def lnn_plan_memory(graph: Graph, target: str, options: dict[str, Any]) -> Any:
     """Plan the memory of ``graph`` on ``target``.
 

@@ -16,6 +16,7 @@ float tensors, with straight-through gradients.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -29,6 +30,13 @@ __all__ = [
     "fake_quant",
     "ste_round",
     "weight_exponent",
+    "exponent_for_absmax",
+    "tensor_bounds",
+    "absmax",
+    "exact_grid",
+    "cannot_saturate",
+    "fake_quant_forward",
+    "fake_quant_backward",
 ]
 
 
@@ -70,33 +78,103 @@ def quantize(x: torch.Tensor, n: int, bits: int) -> torch.Tensor:
     return saturate(round_half_up(x.detach().double() * (2.0 ** n)), bits)
 
 
+def exact_grid(dtype: torch.dtype, bits: int) -> bool:
+    """Whether ``dtype`` holds every integer of ``[lo - 1, hi + 1]`` exactly (``(lo, hi) = qrange(bits)``), with
+    margin: true for float32 up to 23 bits, float64 up to 52 bits, float16 up to 10 bits; false for bfloat16
+    at 8 bits and for 32-bit biases in float32.
+    """
+    return (1 << (bits - 1)) + 1 <= 1.0 / torch.finfo(dtype).eps  # 1 / eps = 2**(digits - 1)
+
+
+def cannot_saturate(bounds: tuple[float, float] | None, n: int, bits: int) -> bool:
+    """Whether no element of a tensor whose ``(min, max)`` is ``bounds`` saturates in ``SAT_b(R(x * 2**n))``.
+
+    The test is ``lo <= min * 2**n`` and ``max * 2**n <= hi - 1`` (exact: python floats hold these products
+    of float32/float16 values by a power of two exactly; NaN answers False). Then every ``x * 2**n + 0.5``
+    lies in ``[lo + 0.5, hi - 0.5]``; rounding it to the tensor's dtype is monotone and ``lo``, ``hi`` are
+    integers, so its floor lies in ``[lo, hi]`` as the dtype holds them: the clamp is the identity and the
+    clipping mask all true, in every dtype. Sufficient, not necessary: the slow path computes the same.
+    """
+    if bounds is None:
+        return False
+    lo, hi = qrange(bits)
+    s = 2.0**n
+    return lo <= bounds[0] * s and bounds[1] * s <= hi - 1
+
+
+def fake_quant_forward(ctx: Any, x: torch.Tensor, n: int, bits: int,
+                       bounds: tuple[float, float] | None) -> torch.Tensor:
+    """Forward of the fake-quant autograd functions: ``SAT_b(R(x * 2**n)) / 2**n`` in ``x.dtype``.
+
+    Stores on ``ctx`` what :func:`fake_quant_backward` needs. ``bounds`` are ``(min, max)`` of ``x``
+    (computed here when None). Three paths compute the same function:
+
+    - nothing saturates (:func:`cannot_saturate`, the common case; always for weights, whose floor-rule
+      exponent never clips): ``R`` and the rescale only, and an identity gradient (the mask is all true);
+    - the dtype holds the integers exactly (:func:`exact_grid`): ``R``, ``SAT``, rescale; the unclamped
+      integers ``q`` are kept, and the backward zeroes the gradient outside ``lo <= q <= hi`` in one fused
+      kernel (hardtanh's backward with the thresholds ``lo - 1`` and ``hi + 1``: ``q`` holds integers);
+    - otherwise (bfloat16, 32-bit biases in float32): an explicit boolean mask compared in ``x.dtype``.
+
+    ``x * 2**n + 0.5`` is one pass (``rsub`` with ``alpha = -2**n``). Scaling by a power of two is exact,
+    so a fused multiply-add gives the same bits as the product rounded first and 0.5 added after.
+    """
+    if bounds is None:
+        bounds = tensor_bounds(x)
+    scale = 2.0**n
+    q = torch.rsub(x, 0.5, alpha=-scale).floor_()
+    if cannot_saturate(bounds, n, bits):
+        ctx.ste = None
+        return q.mul_(1.0 / scale)
+    lo, hi = qrange(bits)
+    out = q.clamp(lo, hi).mul_(1.0 / scale)
+    if exact_grid(x.dtype, bits):
+        ctx.ste = (lo - 1.0, hi + 1.0)
+        ctx.save_for_backward(q)
+    else:
+        ctx.ste = "mask"
+        ctx.save_for_backward((q >= lo) & (q <= hi))
+    return out
+
+
+def fake_quant_backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    """Straight-through gradient of :func:`fake_quant_forward`: ``grad`` where ``lo <= q <= hi``, else 0."""
+    if ctx.ste is None:
+        return grad
+    (saved,) = ctx.saved_tensors
+    if ctx.ste == "mask":
+        return grad * saved
+    t_lo, t_hi = ctx.ste
+    return torch.ops.aten.hardtanh_backward(grad, saved, t_lo, t_hi)
+
+
 class _FakeQuant(torch.autograd.Function):
     """``SAT_b(R(x * 2**n)) / 2**n`` with the straight-through estimator: the gradient passes where
     the value was not saturated and is zero where it was (the usual clipping mask)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float, lo: float, hi: float) -> torch.Tensor:  # type: ignore[override]
-        q = torch.mul(x, scale).add_(0.5).floor_()
-        mask = (q >= lo) & (q <= hi)
-        ctx.save_for_backward(mask)
-        return q.clamp_(lo, hi).mul_(1.0 / scale)
+    def forward(ctx, x: torch.Tensor, n: int, bits: int,  # type: ignore[override]
+                bounds: tuple[float, float] | None) -> torch.Tensor:
+        return fake_quant_forward(ctx, x, n, bits, bounds)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None
+        return fake_quant_backward(ctx, grad), None, None, None
 
 
-def fake_quant(x: torch.Tensor, n: int, bits: int) -> torch.Tensor:
-    """Training form of :func:`quantize`: returns ``q / 2**n`` as ``x.dtype``, STE gradient."""
-    lo, hi = qrange(bits)
-    return _FakeQuant.apply(x, 2.0 ** n, float(lo), float(hi))
+def fake_quant(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, float] | None = None) -> torch.Tensor:
+    """Training form of :func:`quantize`: returns ``q / 2**n`` as ``x.dtype``, STE gradient.
+
+    :param bounds: ``(min, max)`` of ``x`` when the caller already has them (an observer does); else they
+        are computed. They only choose among equivalent code paths: the result does not depend on them.
+    """
+    return _FakeQuant.apply(x, n, bits, bounds)
 
 
 class _SteRound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return torch.floor(v + 0.5)
+        return torch.add(v, 0.5).floor_()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
@@ -108,12 +186,19 @@ def ste_round(v: torch.Tensor) -> torch.Tensor:
     return _SteRound.apply(v)
 
 
-def weight_exponent(w: torch.Tensor, bits: int, lo: int, hi: int) -> int:
-    """The floor rule for weights: ``n = floor(log2((2**(b-1) - 1) / max|w|))``, clamped to [lo, hi].
+def tensor_bounds(x: torch.Tensor) -> tuple[float, float] | None:
+    """``(min, max)`` of ``x`` as python floats (one pass, no autograd); None for an empty tensor."""
+    if x.numel() == 0:
+        return None
+    mn, mx = torch.aminmax(x.detach())
+    return mn.item(), mx.item()
 
-    The largest weight is never clipped. An all-zero tensor gets ``hi``.
+
+def exponent_for_absmax(m: float, bits: int, lo: int, hi: int) -> int:
+    """The floor rule on a known ``m = max|w|``: ``n = floor(log2((2**(b-1) - 1) / m))``, clamped to [lo, hi].
+
+    ``m * 2**n <= 2**(b-1) - 1``: the largest value is never clipped. ``m`` zero, NaN or infinite gets ``hi``.
     """
-    m = float(w.detach().abs().max()) if w.numel() else 0.0
     if not m > 0.0 or not math.isfinite(m):
         return hi
     top = (1 << (bits - 1)) - 1
@@ -123,3 +208,21 @@ def weight_exponent(w: torch.Tensor, bits: int, lo: int, hi: int) -> int:
     while m * 2.0 ** (n + 1) <= top:
         n += 1
     return max(lo, min(hi, n))
+
+
+def absmax(bounds: tuple[float, float] | None) -> float:
+    """``max|x|`` from ``(min, max)`` (NaN when either is NaN, 0.0 for an empty tensor)."""
+    if bounds is None:
+        return 0.0
+    mn, mx = bounds
+    if math.isnan(mn) or math.isnan(mx):
+        return math.nan
+    return max(-mn, mx)
+
+
+def weight_exponent(w: torch.Tensor, bits: int, lo: int, hi: int) -> int:
+    """The floor rule for weights: ``n = floor(log2((2**(b-1) - 1) / max|w|))``, clamped to [lo, hi].
+
+    The largest weight is never clipped. An all-zero tensor gets ``hi``.
+    """
+    return exponent_for_absmax(absmax(tensor_bounds(w)), bits, lo, hi)

@@ -145,6 +145,7 @@ class _Exporter:
         self.tmap: dict[fx.Node, Any] = {}  # fx node -> IR tensor name (or python value for META)
         self.float_cache: dict[str, str] = {}  # quantized IR tensor -> its Dequant output
         self.islands: list[tuple[str, str]] = []
+        self.sources: dict[str, str] = {}  # IR tensor -> fx node whose eval value it holds
         self.op_of: dict[str, str] = dict(info.ops)
         for entry in info.passthrough.values():
             self.op_of.setdefault(entry["path"], entry["op"])
@@ -227,6 +228,7 @@ class _Exporter:
             warnings.warn(f"exported {len(self.islands)} float island(s) (Dequant -> float op -> Quant):\n{listing}",
                           FloatIslandWarning, stacklevel=3)
         self.g.toposort()
+        self.g.meta["sources"] = dict(self.sources)
         return self.g
 
     def visit(self, node: fx.Node) -> None:
@@ -261,6 +263,7 @@ class _Exporter:
                                 self.dynamic_batch, params)
             out = writer(ctx)
             self.tmap[node] = out
+            self.sources.setdefault(out, node.name)
             return
         if not tensor_ins and all(not isinstance(self.tmap.get(i), str) for i in ins):
             self.tmap[node] = ("meta", node)  # sizes, dims: python values
@@ -281,6 +284,7 @@ class _Exporter:
         self.g.add_node(Node(self.b.fresh(str(node.target)), "Quant", [src], [out],
                              {"data_bits": mod.act_bits, "platform_quant": "luna_quant"}, CUSTOM_DOMAIN))
         self.tmap[node] = out
+        self.sources[out] = node.name
 
     def float_op(self, node: fx.Node, tensor_ins: list[fx.Node], quantized: bool) -> None:
         """Write a float op with torch's ONNX exporter and splice its nodes in."""

@@ -1,0 +1,240 @@
+"""``lnn.verify`` and ``lnn.check``: the proof of bit-exactness, and the conformance check that runs
+on a randomly initialised model before any training.
+
+``verify`` exports the model in the target's dialect, reads it back, packs it, runs the target's
+simulator (``lnn_simulate`` hook) and compares EVERY quantized tensor the two sides share, not
+only the outputs: the training side's eval-mode value times ``2**n`` against the simulator's
+integers. Any difference is a bug, never a tolerance; the report shows the first one.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import LnnError, format_message
+from .exporter import FloatIslandWarning, to_ir
+from .plugins import PluginHost
+from .quant.rewrite import LnnInfo, prepare
+from .rules import RuleReport, Violation
+
+__all__ = ["TensorCheck", "VerifyReport", "CheckReport", "verify", "check", "VerifyError"]
+
+
+class VerifyError(LnnError):
+    """The simulator and the training side disagree. Attributes: ``report``, ``tensor``."""
+
+
+@attrs.frozen
+class TensorCheck:
+    """One compared tensor: equal, or where it first differs."""
+
+    name: str
+    shape: tuple[int, ...]
+    exponent: int | None
+    equal: bool
+    mismatches: int = 0
+    first_index: tuple[int, ...] | None = None
+    expected: Any = None  # training side (integer)
+    actual: Any = None  # simulator (integer)
+
+
+@attrs.define
+class VerifyReport:
+    """The result of :func:`verify`: every compared tensor in graph order."""
+
+    target: str
+    tensors: list[TensorCheck] = attrs.field(factory=list)
+    outputs_equal: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.outputs_equal and all(t.equal for t in self.tensors)
+
+    @property
+    def first_mismatch(self) -> TensorCheck | None:
+        return next((t for t in self.tensors if not t.equal), None)
+
+    def table(self) -> str:
+        bad = self.first_mismatch
+        head = (f"bit-exact: {len(self.tensors)} tensors identical (target {self.target})" if self.ok else
+                f"NOT bit-exact: {sum(not t.equal for t in self.tensors)} of {len(self.tensors)} tensors differ")
+        if bad is None:
+            return head
+        return head + "\n" + format_message(
+            f"first differing tensor {bad.name!r}",
+            {"shape": "x".join(map(str, bad.shape)), "scale": f"2^-{bad.exponent}" if bad.exponent is not None else
+             "float", "elements differing": bad.mismatches, "first index": bad.first_index,
+             "training side": bad.expected, "simulator": bad.actual})
+
+    def to_json(self) -> str:
+        return json.dumps({"target": self.target, "ok": self.ok, "outputs_equal": self.outputs_equal,
+                           "tensors": [attrs.asdict(t) for t in self.tensors]}, default=str, indent=2)
+
+    def raise_if_mismatch(self) -> None:
+        bad = self.first_mismatch
+        if self.ok or bad is None:
+            if not self.ok:
+                raise VerifyError("the simulator's outputs differ from the training side", {},
+                                  "report this with the model; lnn verify should be bit-exact",
+                                  report=self, tensor=None)
+            return
+        raise VerifyError(
+            f"tensor {bad.name!r} differs between the training side and the {self.target} simulator",
+            {"shape": bad.shape, "first index": bad.first_index, "training side": bad.expected,
+             "simulator": bad.actual, "elements differing": bad.mismatches},
+            "this is a bug in lnn (an op's integer semantics); report it with the model",
+            report=self, tensor=bad.name)
+
+
+class _Capture(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.values[n.name] = out.detach()
+        return out
+
+
+def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, host: PluginHost | None = None,
+           options: dict[str, Any] | None = None) -> VerifyReport:
+    """Export, pack and simulate ``model`` and compare every shared tensor with eval mode.
+
+    :param model: a model prepared by ``lnn.init`` (trained or not).
+    :param example_inputs: a tensor or tuple of tensors (any batch size the target supports).
+    :return: a :class:`VerifyReport`; ``report.ok`` is the verdict, ``report.table()`` explains it.
+    """
+    host = host or PluginHost()
+    info: LnnInfo = getattr(model, "lnn", None)
+    target = target or (info.target if info is not None else "csk60xx")
+    inputs = _as_inputs(example_inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FloatIslandWarning)
+        graph = to_ir(model, inputs, host=host)
+    writer = host.exporters[target]
+    proto = writer(graph)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            cap = _Capture(model)
+            cap.run(*inputs)
+    finally:
+        model.train(was_training)
+    np_inputs = [x.detach().cpu().numpy().astype(np.float32) for x in inputs]
+    result = host.hook.lnn_simulate(model=proto, inputs=np_inputs, target=target, options=options or {})
+    if result is None:
+        raise LnnError(f"no installed plugin simulates target {target!r}", {},
+                       "install the target's backend (e.g. lnn-backend-csk60xx)")
+    outputs, tensors = result
+    report = VerifyReport(target)
+    sources: dict[str, str] = graph.meta.get("sources", {})
+    for node in graph.nodes:
+        for name in node.outputs:
+            src = sources.get(name)
+            info_t = graph.tensors.get(name)
+            if src is None or name not in tensors or info_t is None or info_t.exponent is None:
+                continue
+            expected = np.round(cap.values[src].cpu().double().numpy() * 2.0**info_t.exponent).astype(np.int64)
+            actual = np.asarray(tensors[name]).astype(np.int64).reshape(expected.shape)
+            diff = expected != actual
+            if diff.any():
+                idx = tuple(int(i) for i in np.argwhere(diff)[0])
+                report.tensors.append(TensorCheck(name, expected.shape, info_t.exponent, False, int(diff.sum()), idx,
+                                                  int(expected[idx]), int(actual[idx])))
+            else:
+                report.tensors.append(TensorCheck(name, expected.shape, info_t.exponent, True))
+    out_node = next(n for n in model.graph.nodes if n.op == "output")
+    torch_outs = _outputs(out_node, cap)
+    report.outputs_equal = len(torch_outs) == len(outputs) and all(
+        np.array_equal(t.cpu().numpy().astype(np.float32), np.asarray(o, dtype=np.float32).reshape(t.shape))
+        for t, o in zip(torch_outs, outputs))
+    return report
+
+
+def _outputs(out_node: fx.Node, cap: _Capture) -> list[torch.Tensor]:
+    from .quant.rewrite import _flat_nodes
+
+    return [cap.values[n.name] for n in _flat_nodes(out_node.args)]
+
+
+@attrs.define
+class CheckReport:
+    """The result of :func:`check`: every problem found, before any training."""
+
+    target: str
+    violations: list[Violation] = attrs.field(factory=list)
+    problems: list[str] = attrs.field(factory=list)  # export problems, unsupported ops, float islands
+    memory: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not [v for v in self.violations if v.severity == "error"] and not self.problems
+
+    def table(self) -> str:
+        rep = RuleReport(self.target, list(self.violations))
+        lines = [rep.table()]
+        lines += [f"problem: {p}" for p in self.problems]
+        if self.memory:
+            lines.append("memory: " + ", ".join(f"{k} {v}" for k, v in self.memory.items()))
+        lines.append("fits: yes" if self.ok else "fits: NO")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({"target": self.target, "ok": self.ok, "problems": self.problems, "memory": self.memory,
+                           "violations": [v.to_dict() for v in self.violations]}, indent=2, default=str)
+
+
+def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", host: PluginHost | None = None,
+          calibration_steps: int = 2, options: dict[str, Any] | None = None) -> CheckReport:
+    """Judge a float (e.g. randomly initialised) model for ``target`` before any training.
+
+    Runs the op-level rules, calibrates the quantizers on ``example_inputs`` so that an export is
+    possible, exports, and asks the target's backend for pack-time rules and the memory fit. All
+    problems are collected; nothing is raised for a model that does not fit.
+    """
+    host = host or PluginHost()
+    report = CheckReport(target)
+    inputs = _as_inputs(example_inputs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qmodel = prepare(model, stage="quant", host=host, target=target, check_rules=False)
+        info: LnnInfo = qmodel.lnn
+        from .quant.rewrite import _rules_report
+
+        op_report = _rules_report(qmodel, info, host, host.targets[target])
+        report.violations.extend(op_report.violations)
+        qmodel.train()
+        with torch.no_grad():
+            for _ in range(max(1, calibration_steps)):
+                qmodel(*inputs)
+        try:
+            graph = to_ir(qmodel, inputs, host=host)
+        except LnnError as exc:
+            report.problems.append(str(exc).splitlines()[0])
+            graph = None
+    for name, op, site in info.unsupported:
+        report.problems.append(f"unsupported op {op} (node {name!r}) at {site}")
+    report.problems.extend(str(w.message).splitlines()[0] for w in caught
+                           if issubclass(w.category, FloatIslandWarning))
+    if graph is not None:
+        pack_report = host.hook.lnn_check_graph(graph=graph, target=target, options=options or {})
+        if pack_report is not None:
+            seen = {(v.op_name, v.rule_id) for v in report.violations}
+            report.violations.extend(v for v in pack_report.violations if (v.op_name, v.rule_id) not in seen)
+            report.memory = dict(getattr(pack_report, "memory", {}) or {})
+    return report
