@@ -1,0 +1,200 @@
+"""PReLU: ``nn.PReLU`` (one slope, or one per channel), ``F.prelu`` / ``torch.prelu`` and ``Tensor.prelu``.
+
+Integer semantics (channel axis 1; the output keeps the input's exponent ``n_x`` and width ``b``)::
+
+    a_q, n_a = floor rule on the slopes        per tensor: n_a = floor(log2((2**(wb-1) - 1) / max|a|))
+    y_q = x_q                                  if x_q >= 0
+    y_q = SAT_b(SHR(x_q * a_q[c], n_a))        otherwise
+
+``SHR`` is the half-up shift of spec/int8-ops.md 1.2 (``s <= 0`` shifts left, exactly); ``b`` is the
+width of the input tensor (8 on CSK60xx, see the rule ``csk60xx.prelu.bits``), ``wb`` the layer's
+weight bits. A single slope (``num_parameters=1``) applies to every channel.
+
+Training (stage 2) computes the same values on the fake-quant grid, with straight-through
+gradients to ``x`` and ``a``::
+
+    y = where(x >= 0, x, fake_quant(x * fake_quant(a, n_a), n_x))
+
+The slope is fake-quantized in float64, so it equals the eval integers bit for bit; the product of
+two values on 8-bit grids is exact in float32, so training and eval agree exactly. Stage 1
+(constrain) is the plain float ``F.prelu``. The slopes stay where the float model keeps them
+(``<path>.weight`` for ``nn.PReLU``), so a stage-1 checkpoint loads strictly into stage 2.
+
+:meth:`QPReLU.integer_params` returns the frozen integers the eval forward uses, for exporters and
+simulator kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from lnn_core.errors import ConfigError
+from lnn_core.ops import OpFamily
+from lnn_core.quant.functional import fake_quant, requant, weight_exponent
+from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.quantizers import quantize_weight
+from lnn_core.quant.recipes import Recipe
+from lnn_core.quant.rewrite import BuildContext, Built
+
+__all__ = ["OP_ID", "QPReLU", "FAMILY"]
+
+OP_ID = "example.PReLU"
+
+
+def _per_channel(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a`` shaped to broadcast along axis 1 of ``x`` (a single slope broadcasts everywhere)."""
+    if a.numel() == 1:
+        return a.reshape(())
+    return a.reshape((1, a.numel()) + (1,) * (x.dim() - 2))
+
+
+class QPReLU(QModule):
+    """Quantized PReLU; the output keeps the input's exponent (no output quantizer).
+
+    Called as ``m(x)`` when built from ``nn.PReLU`` (it owns ``weight`` under the same name), or
+    ``m(x, weight)`` when built from ``F.prelu``/``Tensor.prelu`` calls.
+
+    :param weight: the slopes of the replaced ``nn.PReLU``; None for the function form.
+    :param num_parameters: number of slopes, when known before the first forward.
+    :param channels: channel count (axis 1) of the input, when known before the first forward.
+    :param path: module path in the model, for error messages.
+    """
+
+    op_id: ClassVar[str] = OP_ID
+
+    def __init__(self, *, weight: nn.Parameter | None, num_parameters: int | None, channels: int | None,
+                 path: str, recipe: Recipe, act_bits: int, weight_bits: int, stage: str) -> None:
+        super().__init__(recipe, act_bits=act_bits, weight_bits=weight_bits, stage=stage, clamps=())
+        self.owns_weight = weight is not None
+        if weight is not None:
+            self.weight = weight
+        self.has_weight = True
+        self.num_parameters = num_parameters
+        self.channels = channels
+        self.path = path
+
+    def extra_repr(self) -> str:
+        return f"{self.op_id}, num_parameters={self.num_parameters}, stage={self.stage}"
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _slope(self, params: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.weight if self.owns_weight else params[0]
+
+    def _check_channels(self, x: torch.Tensor, a: torch.Tensor) -> None:
+        slopes = a.numel()
+        channels = x.shape[1] if x.dim() >= 2 else 1
+        if slopes != 1 and slopes != channels:
+            raise ConfigError(
+                f"PReLU {self.path!r} ({self.op_id}) has {slopes} slopes but its input has {channels} channels",
+                {"rule": "num_parameters must be 1 or the channel count of the input (axis 1)",
+                 "input shape": tuple(x.shape)},
+                f"construct it as nn.PReLU(num_parameters=1) or nn.PReLU(num_parameters={channels})",
+                option="num_parameters", value=slopes, valid=(1, channels))
+
+    def _integers(self, a: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(a_q, n_a)``: the slopes as float64 integers by the floor rule, and their exponent."""
+        return quantize_weight(a, self.weight_bits, self.recipe)
+
+    def _fake_slope(self, a: torch.Tensor) -> torch.Tensor:
+        """``a_q / 2**n_a`` with a straight-through gradient, computed in float64 so that it equals
+        :meth:`_integers` exactly (a float32 ``+ 0.5`` can round up just below a tie)."""
+        lo, hi = self.recipe.weight_exponent_range
+        n_a = weight_exponent(a, self.weight_bits, lo, hi)
+        return fake_quant(a.double(), n_a, self.weight_bits).to(a.dtype)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        a = self._slope(params)
+        self._check_channels(x, a)
+        if not self.quantizing:
+            return F.prelu(x, a)
+        if self.training:
+            return self._forward_train(x, a)
+        return self._forward_exact(x, a)
+
+    def _forward_train(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        n_x = self.in_exponent(0)
+        neg = fake_quant(x * _per_channel(self._fake_slope(a), x), n_x, self.in_bits(0))
+        return torch.where(x >= 0, x, neg)
+
+    @torch.no_grad()
+    def _forward_exact(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        n_x = self.in_exponent(0)
+        a_i, n_a = self._integers(a)
+        x_i = torch.floor(x.double() * 2.0**n_x + 0.5)
+        neg = requant(x_i * _per_channel(a_i, x_i), n_a, self.in_bits(0))
+        return (torch.where(x_i >= 0, x_i, neg) * 2.0**-n_x).float()
+
+    # -- what export and rules read ------------------------------------------------------------
+    def integer_params(self, *params: torch.Tensor) -> dict[str, Any]:
+        """The frozen integers the eval forward uses.
+
+        :return: ``slope`` (int64, one per slope), ``n_a`` (slope exponent, the shift), ``n_x`` and
+            ``n_o`` (equal: the output keeps the input exponent), ``bits`` (saturation width).
+        """
+        a_i, n_a = self._integers(self._slope(params).detach())
+        n_x = self.in_exponent(0)
+        return {"slope": a_i.to(torch.int64), "n_a": n_a, "n_x": n_x, "n_o": n_x, "bits": self.in_bits(0)}
+
+    def op_attrs(self) -> dict[str, Any]:
+        attrs = super().op_attrs()
+        attrs.update(o_bits=attrs["data_bits"], num_parameters=self.num_parameters, channels=self.channels)
+        return attrs
+
+
+# -- building -----------------------------------------------------------------------------------
+
+
+def _prelu_sig(input, weight):  # noqa: A002
+    """Signature of F.prelu / Tensor.prelu."""
+
+
+def _channels_of(ctx: BuildContext, src: fx.Node) -> int | None:
+    """Channel count of ``src`` when its producer states it (a conv or a BatchNorm), else None."""
+    if src.op != "call_module":
+        return None
+    producer = ctx.node.graph.owning_module.get_submodule(str(src.target))
+    attrs = producer.op_attrs() if isinstance(producer, QModule) else {}
+    for key in ("out_channels", "num_features"):
+        value = attrs.get(key, getattr(producer, key, None))
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _weight_numel(ctx: BuildContext, node: fx.Node) -> int | None:
+    """Number of slopes when the weight is a tensor attribute of the model (a get_attr node)."""
+    if node.op != "get_attr":
+        return None
+    obj: Any = ctx.node.graph.owning_module
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part, None)
+    return obj.numel() if isinstance(obj, torch.Tensor) else None
+
+
+def build(ctx: BuildContext) -> Built | None:
+    common = dict(path=ctx.path, recipe=ctx.recipe, act_bits=ctx.layer.act_bits,
+                  weight_bits=ctx.layer.weight_bits, stage=ctx.stage)
+    if ctx.module is not None:
+        src = ctx.node.args[0] if ctx.node.args else ctx.node.kwargs["input"]
+        channels = _channels_of(ctx, src) if isinstance(src, fx.Node) else None
+        q = QPReLU(weight=ctx.module.weight, num_parameters=ctx.module.num_parameters, channels=channels, **common)
+        return Built(q, [src])
+    a = ctx.bind(_prelu_sig)
+    src, weight = a["input"], a["weight"]
+    if not isinstance(src, fx.Node) or not isinstance(weight, fx.Node):
+        return None
+    q = QPReLU(weight=None, num_parameters=_weight_numel(ctx, weight), channels=_channels_of(ctx, src), **common)
+    return Built(q, [src], [weight])
+
+
+# F.prelu is torch.prelu (one object), so one entry claims both spellings
+FAMILY = OpFamily(
+    id=OP_ID, kind="stateless", modules=(nn.PReLU,), functions=(F.prelu,), methods=("prelu",),
+    build=build, description="PReLU with one slope or one per channel; keeps the input scale (int8 slopes)",
+)
