@@ -34,6 +34,11 @@ class QClip(QModule):
         self.op_id = op_id  # type: ignore[misc]
         self.lo, self.hi = lo, hi
 
+    @property
+    def drops_negative(self) -> bool:
+        """No negative output: a producer feeding only this op observes its positive range."""
+        return self.lo is not None and self.lo >= 0
+
     def int_bounds(self, n: int) -> tuple[int, int]:
         qlo, qhi = qrange(self.act_bits)
         lo = qlo if self.lo is None else max(qlo, min(qhi, math.floor(self.lo * 2.0**n + 0.5)))

@@ -116,8 +116,10 @@ class QConv(QModule):
         return w, b
 
     def folded_weight_bias(self, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Clamp (stage-1 settings), fold the BatchNorm (running statistics), clamp the bias."""
+        """Clamp weight and bias (stage-1 settings, as stage 1 applies them: before the BatchNorm),
+        then fold the BatchNorm with its running statistics."""
         w = self.constrain_weight(w)
+        b = self.constrain_bias(b)
         bn = self.bn
         if bn is not None:
             inv = torch.rsqrt(bn.running_var + bn.eps)
@@ -129,7 +131,7 @@ class QConv(QModule):
             if bn.bias is not None:
                 base = base + bn.bias
             b = base + b * inv if b is not None else base
-        return w, self.constrain_bias(b)
+        return w, b
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
@@ -146,9 +148,9 @@ class QConv(QModule):
         y = self._apply(x, w, b)
         bn = self.bn
         if bn is not None:
-            y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                             self.training and bn.track_running_stats, bn.momentum if bn.momentum is not None else 0.1,
-                             bn.eps)
+            from .norm import train_batch_norm
+
+            y = train_batch_norm(y, bn, self.training)
         y = self.constrain_act(y)
         return self.out_q(y)
 

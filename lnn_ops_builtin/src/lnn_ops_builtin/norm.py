@@ -25,7 +25,7 @@ from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight, quantize_bias, quantize_weight
 from lnn_core.quant.rewrite import BuildContext, Built
 
-__all__ = ["QBatchNorm", "QFoldedBatchNorm", "FAMILIES"]
+__all__ = ["QBatchNorm", "QFoldedBatchNorm", "FAMILIES", "train_batch_norm"]
 
 _STATE = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -44,6 +44,18 @@ def _adopt(dst: nn.Module, bn: nn.Module) -> None:
     dst.momentum = bn.momentum
     dst.num_features = bn.num_features
     dst.track_running_stats = bn.track_running_stats
+
+
+def train_batch_norm(x: torch.Tensor, bn: nn.Module, training: bool) -> torch.Tensor:
+    """``F.batch_norm`` with ``bn``'s parameters and nn.BatchNorm's bookkeeping: in training the
+    batch counter advances and ``momentum=None`` means a cumulative average."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    use_batch = training and bn.track_running_stats
+    if use_batch and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, use_batch, momentum, bn.eps)
 
 
 def _needs_running_stats(bn: nn.Module, path: str) -> None:
@@ -95,9 +107,7 @@ class QBatchNorm(QModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantizing:
-            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                             self.training and self.track_running_stats,
-                             self.momentum if self.momentum is not None else 0.1, self.eps)
+            y = train_batch_norm(x, self, self.training)
             return self.out_q(self.constrain_act(y))
         alpha, beta = _alpha_beta(self)
         n_x = self.in_exponent(0)

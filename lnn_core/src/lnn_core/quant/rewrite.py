@@ -173,17 +173,19 @@ class _Tracer(fx.Tracer):
 
 
 def _op_name(node: fx.Node, gm: nn.Module) -> str:
+    """The name a user wrote: ``torch.sigmoid``, ``F.gelu``, ``Tensor.softmax``, ``operator.pow``, ``GELU``."""
     if node.op == "call_module":
         return type(gm.get_submodule(node.target)).__name__
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     target = node.target
+    name = getattr(target, "__name__", None) or repr(target)
+    for prefix, namespace in (("torch", torch), ("F", torch.nn.functional)):
+        if getattr(namespace, name, None) is target:
+            return f"{prefix}.{name}"
     mod = getattr(target, "__module__", None) or ""
-    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
     if mod in ("_operator", "operator"):
         mod = "operator"
-    elif mod.startswith("torch") and hasattr(torch, name):
-        mod = "torch"
     return f"{mod}.{name}" if mod else name
 
 
@@ -312,8 +314,14 @@ class _Rewriter:
         """A QuantStub after float value ``src`` (one per source, shared by all consumers)."""
         if src in self.stubs:
             return self.stubs[src]
-        base = "input" if src.op == "placeholder" else "quant"
-        path = f"q_input_{src.name}" if src.op == "placeholder" else self.path_for(src, base)
+        if src.op == "placeholder":
+            path = f"q_input_{src.name}"
+        else:  # beside the float op, never at its path (a module there would be replaced)
+            owner = str(src.target).rpartition(".")[0] if src.op == "call_module" else _owner(src)
+            stem = f"{owner}.q_quant" if owner else "q_quant"
+            k = self.names.get(stem, 0)
+            self.names[stem] = k + 1
+            path = stem if k == 0 else f"{stem}_{k}"
         stub = QuantStub(self.recipe, act_bits=self.config.act_bits, stage=self.stage)
         self.gm.add_submodule(path, stub)
         with self.graph.inserting_after(src):
@@ -449,7 +457,7 @@ class _Rewriter:
                 f"op {op} (node {name!r}) has no quantized form and runs in float on quantized data\n"
                 f"  call site: {site}\n"
                 "  hint: it is kept as a float island (Dequant -> float op -> Quant); pass strict=True to "
-                "make this an error", UnsupportedOpWarning, stacklevel=4)
+                "make this an error", UnsupportedOpWarning, stacklevel=5)
 
     def mark_ahead_relu(self) -> None:
         def consumers(node: fx.Node) -> list[fx.Node]:
@@ -466,8 +474,18 @@ class _Rewriter:
             if not isinstance(out_q, ActQuantizer) or isinstance(qmod, QuantStub):
                 continue
             users = consumers(node)
-            if users and all((f := self.family(u)) is not None and f.relu for u in users):
+            if users and all(self.keeps_positive_only(u) for u in users):
                 out_q.positive = True
+
+    def keeps_positive_only(self, node: fx.Node) -> bool:
+        """Whether ``node`` discards negative values (a ReLU, or a clip with a lower bound >= 0)."""
+        fam = self.replaced.get(node) or self.family(node)
+        if fam is not None and fam.relu:
+            return True
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(str(node.target))
+            return bool(getattr(mod, "drops_negative", False))
+        return False
 
 
 def _rules_report(gm: fx.GraphModule, info: LnnInfo, host: Any, target: Any) -> RuleReport:
@@ -490,7 +508,14 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
                           {"actual": repr(config)[:80]}, "build one with lnn.QuantConfig(...)",
                           option="config", value=config, valid="QuantConfig")
     tgt = host.targets[target]
-    recipe = host.recipes[config.recipe or tgt.recipe]
+    recipe_name = config.recipe or tgt.recipe
+    if recipe_name not in host.recipes:
+        raise ConfigError(
+            f"unknown quantization recipe {recipe_name!r}" + ("" if config.recipe else f" (target {tgt.id})"),
+            {"option": "recipe", "registered": ", ".join(host.recipes) or "none", "actual": recipe_name},
+            "use one of the registered recipes (`lnn plugins` lists them)", option="recipe", value=recipe_name,
+            valid=tuple(host.recipes))
+    recipe = host.recipes[recipe_name]
     if config.act_rule is not None:
         recipe = attrs.evolve(recipe, act_rule=config.act_rule)
     info_existing = getattr(model, "lnn", None)
