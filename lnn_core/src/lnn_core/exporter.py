@@ -30,7 +30,7 @@ from .errors import ConfigError, ExportError
 from .graph import Graph, Node, TensorInfo
 from .plugins import PluginHost
 from .quant.qmodule import QModule, QuantStub
-from .quant.rewrite import LnnInfo, _flat_nodes, _op_name
+from .quant.rewrite import _META_FUNCTIONS, _META_METHODS, LnnInfo, _flat_nodes, _op_name
 
 __all__ = ["ExportContext", "FloatIslandWarning", "to_ir", "export", "CUSTOM_DOMAIN"]
 
@@ -97,7 +97,7 @@ class ExportContext:
 
     def initializer(self, suffix: str, array: np.ndarray, exponent: int | None = None) -> str:
         name = self.builder.fresh(f"{self.path}.{suffix}")
-        self.graph.add_initializer(name, np.ascontiguousarray(array), exponent)
+        self.graph.add_initializer(name, np.asarray(array), exponent)
         return name
 
     def tensor(self, exponent: int | None, dtype: str = "int8", shape: Sequence[Any] | None = None,
@@ -241,6 +241,11 @@ class _Exporter:
             if isinstance(mod, QuantStub):
                 self.quant_stub(node, mod)
                 return
+        if (node.op == "call_method" and node.target in _META_METHODS) or (
+                node.op == "call_function" and node.target in _META_FUNCTIONS) or (
+                ins and all(isinstance(self.tmap.get(i), tuple) and self.tmap[i][0] == "meta" for i in ins)):
+            self.tmap[node] = ("meta", node)  # sizes, dims, shapes: python values, no IR
+            return
         fam = self.family_of(node)
         tensor_ins = [i for i in ins if isinstance(self.tmap.get(i), str)]
         quantized = any(self.g.tensors[self.tmap[i]].exponent is not None for i in tensor_ins)
@@ -292,7 +297,8 @@ class _Exporter:
             self.islands.append((node.name, _op_name(node, self.model)))
         args_in = [self.dequant(self.tmap[i]) for i in tensor_ins]
         sub = _single_node_module(self.model, node, tensor_ins)
-        examples = tuple(torch.zeros(_concrete(self.g.tensors[a].shape), dtype=torch.float32) for a in args_in)
+        examples = tuple(torch.zeros(_concrete(self.g.tensors[a].shape, node.name), dtype=torch.float32)
+                         for a in args_in)
         buf = io.BytesIO()
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -375,10 +381,10 @@ def _single_node_module(model: fx.GraphModule, node: fx.Node, tensor_ins: list[f
     return _Call(fn, build)
 
 
-def _concrete(shape: Sequence[Any] | None) -> tuple[int, ...]:
+def _concrete(shape: Sequence[Any] | None, node: str) -> tuple[int, ...]:
     if shape is None:
-        raise ExportError("a float op's input shape is unknown", {}, "export with example inputs of fixed shape",
-                          node=None, dialect="onnx")
+        raise ExportError(f"float op {node!r}: the shape of its input is unknown", {},
+                          "export with example inputs of fixed shape", node=node, dialect="onnx")
     return tuple(1 if isinstance(d, str) else int(d) for d in shape)
 
 

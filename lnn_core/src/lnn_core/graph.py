@@ -144,7 +144,7 @@ class Graph:
         return info
 
     def add_initializer(self, name: str, array: np.ndarray, exponent: int | None = None) -> str:
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # keeps 0-d arrays 0-d (ascontiguousarray does not)
         dtype = next((k for k, v in DTYPES.items() if v == array.dtype), None)
         if dtype is None:
             raise ValueError(f"initializer {name!r} has unsupported dtype {array.dtype}")

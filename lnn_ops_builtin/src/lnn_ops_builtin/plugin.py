@@ -23,3 +23,6 @@ def lnn_register_exporters(registry: Any) -> None:
     for module in _FAMILY_MODULES:
         for op_id, writer in module.WRITERS.items():
             registry.add_node_writer("ir", op_id, writer)
+    from .onnx_qdq import write_qdq
+
+    registry.add_writer("qdq", write_qdq)

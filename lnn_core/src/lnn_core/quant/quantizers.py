@@ -20,7 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .functional import fake_quant, qrange, weight_exponent
+from .functional import (
+    absmax,
+    exponent_for_absmax,
+    fake_quant,
+    fake_quant_backward,
+    fake_quant_forward,
+    qrange,
+    tensor_bounds,
+    weight_exponent,
+)
 from .recipes import Recipe
 
 __all__ = ["ActQuantizer", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias"]
@@ -31,7 +40,11 @@ def _r(v: float) -> int:
 
 
 def _dist_max(value: float) -> float:
-    """Max over all ranks when running under torch.distributed (keeps every rank's state identical)."""
+    """Max over all ranks when running under torch.distributed (keeps every rank's state identical).
+
+    Every rank calls it once per observed tensor, in the same order, whatever its data (an empty batch
+    contributes 0.0), so the collectives always match up.
+    """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         t = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -79,17 +92,18 @@ class ActQuantizer(nn.Module):
         top = (1 << (self.bits - 1)) if self.rule == "ema_max" else (1 << (self.bits - 1)) - 1
         return _r(math.log2(top / r))
 
-    def _batch_stat(self, x: torch.Tensor) -> float:
-        if x.numel() == 0:
-            return 0.0
-        lo, hi = torch.aminmax(x.detach())
-        m = max(float(hi), 0.0) if self.positive else max(-float(lo), float(hi))
+    def _batch_stat(self, bounds: tuple[float, float] | None) -> float:
+        """The statistic of one batch, ``max|x|`` (``max(x, 0)`` when positive), max-reduced over ranks."""
+        if bounds is None:
+            m = 0.0
+        else:
+            lo, hi = bounds
+            m = max(hi, 0.0) if self.positive else max(-lo, hi)
         return _dist_max(m)
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor, cap: int | None = None) -> int:
-        """Observe one training batch and return the exponent this step uses."""
-        m = self._batch_stat(x)
+    def observe_bounds(self, bounds: tuple[float, float] | None, cap: int | None = None) -> int:
+        """Observe one training batch given its ``(min, max)`` (None when empty); return the exponent it uses."""
+        m = self._batch_stat(bounds)
         first = int(self.num_batches) == 0
         if self.rule == "ema_max":
             r = m if first else (1.0 - self.momentum) * float(self.running) + self.momentum * m
@@ -103,6 +117,11 @@ class ActQuantizer(nn.Module):
         self.num_batches.add_(1)
         self.exponent.fill_(n)
         return n
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, cap: int | None = None) -> int:
+        """Observe one training batch and return the exponent this step uses."""
+        return self.observe_bounds(tensor_bounds(x), cap)
 
     def eval_exponent(self, cap: int | None = None) -> int:
         """The frozen exponent: a function of ``running`` (and the op's cap) only."""
@@ -120,17 +139,38 @@ class ActQuantizer(nn.Module):
         """Observe/fake-quantize in training; quantize exactly (float32 arithmetic, as the chip's
         Quant op) in eval."""
         if self.training:
+            if not self.quant:
+                if self.observe:
+                    self.update(x, cap)
+                return x
             if self.observe:
-                n = self.update(x, cap)
-            else:
-                n = self.eval_exponent(cap)
-            return fake_quant(x, n, self.bits) if self.quant else x
+                return _ObservedFakeQuant.apply(x, self, cap)
+            return fake_quant(x, self.eval_exponent(cap), self.bits)
         if not self.quant:
             return x
         n = self.eval_exponent(cap)
         lo, hi = qrange(self.bits)
         q = torch.floor(x.float() * (2.0**n) + 0.5).clamp_(lo, hi)
         return q.mul_(2.0**-n).to(x.dtype)
+
+
+class _ObservedFakeQuant(torch.autograd.Function):
+    """Observe + fake-quantize in one autograd node: the training step of an observing ActQuantizer.
+
+    The forward runs with autograd off, so the statistics pass (one ``aminmax``) records nothing, and its
+    ``(min, max)`` serve twice: for the running statistic, and to prove that nothing saturates (then the
+    fake-quant skips the clamp and the gradient mask). Same result as ``update`` then ``fake_quant``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, quantizer: ActQuantizer, cap: int | None) -> torch.Tensor:  # type: ignore[override]
+        bounds = tensor_bounds(x)
+        n = quantizer.observe_bounds(bounds, cap)
+        return fake_quant_forward(ctx, x, n, quantizer.bits, bounds)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return fake_quant_backward(ctx, grad), None, None
 
 
 def quantize_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
@@ -148,10 +188,17 @@ def quantize_bias(b: torch.Tensor, n: int, bits: int) -> torch.Tensor:
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
+    """``(w_q, n)``: fake-quantized weights (STE) at the floor-rule exponent ``n``.
+
+    One ``aminmax`` pass gives both ``max|w|`` for the exponent and the bounds that let the fake-quant
+    skip the clamp (the floor rule never clips, unless the exponent range forces it).
+    """
     lo, hi = recipe.weight_exponent_range
-    n = weight_exponent(w, bits, lo, hi)
-    return fake_quant(w, n, bits), n
+    bounds = tensor_bounds(w)
+    n = exponent_for_absmax(absmax(bounds), bits, lo, hi)
+    return fake_quant(w, n, bits, bounds), n
 
 
 def fake_quant_bias(b: torch.Tensor, n: int, bits: int) -> torch.Tensor:
+    """Training form of :func:`quantize_bias` (STE)."""
     return fake_quant(b, n, bits)
