@@ -8,6 +8,7 @@
  *   Quant: q = SAT_8(floorf(2^n * x + 0.5f)) in float32 (2^n * x is exact; NaN maps to 0)
  *   Dequant: y = q * 2^-n in float32
  *   rescale (Requant, iqCat inputs): y = SAT_out(SHR(q, n_in - n_out))
+ *   Slice: y[i...] = x[start + i * step ...] (pure data movement; dtype and scale unchanged)
  */
 #include "lnn_sim_internal.h"
 
@@ -112,6 +113,42 @@ lnn_sim_status lnn_sim_transpose(int32_t rank, const int32_t *dims, const int32_
             src += step[d];
             if (++idx[d] < out_dims[d]) break;
             src -= step[d] * out_dims[d];
+            idx[d] = 0;
+        }
+    }
+    return LNN_SIM_OK;
+}
+
+lnn_sim_status lnn_sim_slice(int32_t rank, const int32_t *in_dims, const int32_t *out_dims, const int32_t *starts,
+                             const int32_t *steps, int32_t elem_size, const void *x, void *y) {
+    int64_t in_stride[LNN_SIM_MAX_RANK], idx[LNN_SIM_MAX_RANK], rows = 1, r, src;
+    int32_t d;
+    const uint8_t *xs = (const uint8_t *)x;
+    uint8_t *ys = (uint8_t *)y;
+    const int32_t last = rank - 1;
+    if (rank < 1 || rank > LNN_SIM_MAX_RANK || elem_size < 1) return LNN_SIM_E_SHAPE;
+    in_stride[last] = 1;
+    for (d = last - 1; d >= 0; --d) in_stride[d] = in_stride[d + 1] * in_dims[d + 1];
+    src = 0;
+    for (d = 0; d < rank; ++d) {
+        idx[d] = 0;
+        src += (int64_t)starts[d] * in_stride[d];
+        if (d < last) rows *= out_dims[d];
+    }
+    /* one run along the last axis per output row; an odometer walks the leading axes */
+    for (r = 0; r < rows; ++r) {
+        uint8_t *dst = ys + r * (int64_t)out_dims[last] * elem_size;
+        if (steps[last] == 1) {
+            memcpy(dst, xs + src * elem_size, (size_t)out_dims[last] * (size_t)elem_size);
+        } else {
+            int64_t j;
+            for (j = 0; j < out_dims[last]; ++j)
+                memcpy(dst + j * elem_size, xs + (src + j * steps[last]) * elem_size, (size_t)elem_size);
+        }
+        for (d = last - 1; d >= 0; --d) {
+            src += steps[d] * in_stride[d];
+            if (++idx[d] < out_dims[d]) break;
+            src -= (int64_t)steps[d] * in_stride[d] * out_dims[d];
             idx[d] = 0;
         }
     }

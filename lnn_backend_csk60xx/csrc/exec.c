@@ -27,7 +27,7 @@ static const char *const k_op_names[LNN_SIM_NUM_OP_TYPES] = {
     "?",       "Quant",          "Dequant",      "Requant", "Conv2dInt", "Conv1dInt", "ConvTranspose2dInt",
     "LinearInt", "BatchNorm2dInt", "AvgPool2dInt", "MaxPool", "Relu",      "Clip",      "iqAdd",
     "iqSub",   "iqMul",          "iqCat",        "Reshape", "Flatten",   "Transpose", "Squeeze",
-    "Unsqueeze"};
+    "Unsqueeze", "Slice",        "External"};
 
 static int same_dims(const lnn_tensor *a, const lnn_tensor *b) {
     int32_t d;
@@ -55,7 +55,7 @@ static int64_t window_out(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t 
 static lnn_sim_status prep_conv(const struct lnn_sim_model *m, lnn_op *op, int64_t *scratch, int64_t *col, char *msg,
                                 size_t n) {
     const int deconv = op->type == LNN_SIM_OP_DECONV2D, conv1d = op->type == LNN_SIM_OP_CONV1D;
-    const int32_t rank = conv1d ? 3 : 4, want_attrs = deconv ? 13 : 11;
+    const int32_t rank = conv1d ? 3 : 4, want_attrs = deconv ? 13 : 11; /* + 1 optional: fused activation */
     const int32_t *a = op->attrs;
     const lnn_tensor *x, *w, *b = NULL, *y;
     int32_t i;
@@ -65,7 +65,12 @@ static lnn_sim_status prep_conv(const struct lnn_sim_model *m, lnn_op *op, int64
     w = &m->tensors[op->in[1]];
     y = &m->tensors[op->out[0]];
     if (op->n_in == 3 && op->in[2] >= 0) b = &m->tensors[op->in[2]];
-    if (op->n_attrs != want_attrs) FAIL(LNN_SIM_E_ATTR, "op '%s': %d attributes, expected %d", op->name, op->n_attrs, want_attrs);
+    if (op->n_attrs != want_attrs && op->n_attrs != want_attrs + 1)
+        FAIL(LNN_SIM_E_ATTR, "op '%s': %d attributes, expected %d or %d", op->name, op->n_attrs, want_attrs,
+             want_attrs + 1);
+    op->act = op->n_attrs > want_attrs ? a[want_attrs] : LNN_SIM_ACT_NONE;
+    if (op->act != LNN_SIM_ACT_NONE && op->act != LNN_SIM_ACT_RELU)
+        FAIL(LNN_SIM_E_ATTR, "op '%s': activation %d is not supported (0 none, 1 relu)", op->name, op->act);
     for (i = 0; i < 11; ++i) {
         const int32_t lo = (i >= 4 && i < 8) ? 0 : 1;
         if (!in_range(a[i], lo, i == 10 ? 65536 : DIM_LIMIT))
@@ -292,15 +297,18 @@ static lnn_sim_status prep_cat(const struct lnn_sim_model *m, lnn_op *op, char *
     const lnn_tensor *o = &m->tensors[op->out[0]];
     int32_t axis, i, d;
     int64_t sum = 0;
-    if (op->n_attrs != 1 || o->dtype != LNN_SIM_DT_INT8 || o->rank < 1)
-        FAIL(LNN_SIM_E_OP, "op '%s': iqCat needs one attribute (axis) and an int8 output", op->name);
+    if (op->n_attrs != 1 || !is_int(o->dtype) || o->rank < 1)
+        FAIL(LNN_SIM_E_OP, "op '%s': iqCat needs one attribute (axis) and an integer output", op->name);
     axis = op->attrs[0];
     if (axis < 0 || axis >= o->rank) FAIL(LNN_SIM_E_ATTR, "op '%s': axis %d out of range", op->name, axis);
     for (i = 0; i < op->n_in; ++i) {
         const lnn_tensor *x;
         if (op->in[i] < 0) FAIL(LNN_SIM_E_OP, "op '%s': input %d is missing", op->name, i);
         x = &m->tensors[op->in[i]];
-        if (x->dtype != LNN_SIM_DT_INT8 || x->rank != o->rank) FAIL(LNN_SIM_E_SHAPE, "op '%s': input %d must be int8 of rank %d", op->name, i, o->rank);
+        if (x->dtype != o->dtype || x->rank != o->rank) FAIL(LNN_SIM_E_SHAPE, "op '%s': input %d must be of the output's dtype and rank %d", op->name, i, o->rank);
+        /* int8 inputs are rescaled to the output exponent; wider ones are copied, so they must share it */
+        if (o->dtype != LNN_SIM_DT_INT8 && x->exponent != o->exponent)
+            FAIL(LNN_SIM_E_SHAPE, "op '%s': int16/int32 input %d must have the output's exponent", op->name, i);
         for (d = 0; d < o->rank; ++d)
             if (d != axis && x->dims[d] != o->dims[d]) FAIL(LNN_SIM_E_SHAPE, "op '%s': input %d differs off the axis", op->name, i);
         sum += x->dims[axis];
@@ -311,6 +319,38 @@ static lnn_sim_status prep_cat(const struct lnn_sim_model *m, lnn_op *op, char *
     op->p.cat.inner = 1;
     for (d = 0; d < axis; ++d) op->p.cat.outer *= o->dims[d];
     for (d = axis + 1; d < o->rank; ++d) op->p.cat.inner *= o->dims[d];
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status prep_slice(const struct lnn_sim_model *m, lnn_op *op, char *msg, size_t n) {
+    const lnn_tensor *x, *y;
+    int32_t d;
+    if (op->n_in != 1 || op->in[0] < 0) FAIL(LNN_SIM_E_OP, "op '%s': Slice needs exactly one input", op->name);
+    x = &m->tensors[op->in[0]];
+    y = &m->tensors[op->out[0]];
+    if (x->rank < 1 || y->rank != x->rank || y->dtype != x->dtype || y->exponent != x->exponent ||
+        op->n_attrs != 2 * x->rank)
+        FAIL(LNN_SIM_E_SHAPE, "op '%s': Slice keeps rank, dtype and scale and takes a start and a step per axis",
+             op->name);
+    for (d = 0; d < x->rank; ++d) {
+        const int32_t start = op->attrs[2 * d], step = op->attrs[2 * d + 1];
+        if (start < 0 || step < 1 || (int64_t)start + (int64_t)(y->dims[d] - 1) * step >= x->dims[d])
+            FAIL(LNN_SIM_E_ATTR, "op '%s': axis %d: start %d, step %d and %d outputs leave the input (%d)", op->name,
+                 d, start, step, y->dims[d], x->dims[d]);
+    }
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status prep_external(const struct lnn_sim_model *m, lnn_op *op, char *msg, size_t n) {
+    int32_t i;
+    if (op->n_attrs != 2 || op->attrs[0] < 0 || (uint32_t)op->attrs[0] >= m->strings_size || op->attrs[1] < 0 ||
+        (uint32_t)op->attrs[1] >= m->strings_size)
+        FAIL(LNN_SIM_E_ATTR, "op '%s': an external op needs two string references (op type, attributes)", op->name);
+    op->p.ext.op_type = m->strings + op->attrs[0];
+    op->p.ext.attrs_json = m->strings + op->attrs[1];
+    if (op->p.ext.op_type[0] == '\0') FAIL(LNN_SIM_E_ATTR, "op '%s': external op type is empty", op->name);
+    for (i = 0; i < op->n_in; ++i)
+        if (op->in[i] < 0) FAIL(LNN_SIM_E_OP, "op '%s': input %d of an external op is missing", op->name, i);
     return LNN_SIM_OK;
 }
 
@@ -338,11 +378,26 @@ lnn_sim_status lnn_prepare_op(const struct lnn_sim_model *m, lnn_op *op, int64_t
     case LNN_SIM_OP_SUB:
     case LNN_SIM_OP_MUL: return prep_binary(m, op, msg, n);
     case LNN_SIM_OP_CAT: return prep_cat(m, op, msg, n);
+    case LNN_SIM_OP_SLICE: return prep_slice(m, op, msg, n);
+    case LNN_SIM_OP_EXTERNAL: return prep_external(m, op, msg, n);
     default: return prep_unary(m, op, msg, n);
     }
 }
 
 /* ---- execution ------------------------------------------------------------------------------- */
+
+/* The window matrix built for op `prev` serves op `op` when both read the same tensor with the same geometry
+ * (one image, one group: what the split pass produces). */
+static int same_windows(const lnn_sim_model *m, const lnn_op *op) {
+    const lnn_op *prev;
+    if (m->col_op < 0 || m->col_tensor != op->in[0]) return 0;
+    prev = &m->ops[m->col_op];
+    return prev->type == op->type && op->s_in.n == 1 && op->p.conv.groups == 1 && prev->p.conv.groups == 1 &&
+           prev->s_w.c == op->s_w.c && prev->s_out.h == op->s_out.h && prev->s_out.w == op->s_out.w &&
+           prev->p.conv.kh == op->p.conv.kh && prev->p.conv.kw == op->p.conv.kw && prev->p.conv.sh == op->p.conv.sh &&
+           prev->p.conv.sw == op->p.conv.sw && prev->p.conv.pt == op->p.conv.pt && prev->p.conv.pl == op->p.conv.pl &&
+           prev->p.conv.dh == op->p.conv.dh && prev->p.conv.dw == op->p.conv.dw;
+}
 
 static lnn_sim_status run_op(lnn_sim_model *m, const lnn_op *op) {
     const lnn_tensor *x = &m->tensors[op->in[0]];
@@ -353,6 +408,7 @@ static lnn_sim_status run_op(lnn_sim_model *m, const lnn_op *op) {
     scratch.acc32 = m->acc32;
     scratch.acc64 = m->acc64;
     scratch.col = m->col;
+    scratch.col_ready = 0;
     switch (op->type) {
     case LNN_SIM_OP_QUANT: return lnn_sim_quant_s8(y->exponent, x->numel, (const float *)x->data, (int8_t *)y->data);
     case LNN_SIM_OP_DEQUANT: return lnn_sim_dequant_s8(x->exponent, x->dtype, x->numel, x->data, (float *)y->data);
@@ -360,11 +416,24 @@ static lnn_sim_status run_op(lnn_sim_model *m, const lnn_op *op) {
         return lnn_sim_rescale_s8(op->p.rq.shift, op->p.rq.out_dtype, x->numel, (const int8_t *)x->data, y->data);
     case LNN_SIM_OP_CONV2D:
     case LNN_SIM_OP_CONV1D:
-        return lnn_sim_conv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
-                                 bias, &op->s_out, y->data, &scratch);
-    case LNN_SIM_OP_DECONV2D:
-        return lnn_sim_deconv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
-                                   bias, &op->s_out, y->data, &scratch);
+    case LNN_SIM_OP_DECONV2D: {
+        const int uses_col = op->type != LNN_SIM_OP_DECONV2D && lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out) > 0;
+        lnn_sim_status st;
+        if (uses_col) {
+            scratch.col_ready = same_windows(m, op);
+            m->col_op = (int32_t)(op - m->ops);
+            m->col_tensor = op->in[0];
+        }
+        st =
+            op->type == LNN_SIM_OP_DECONV2D
+                ? lnn_sim_deconv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w,
+                                      (const int8_t *)w->data, bias, &op->s_out, y->data, &scratch)
+                : lnn_sim_conv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w,
+                                    (const int8_t *)w->data, bias, &op->s_out, y->data, &scratch);
+        /* the fused ReLU acts on the requantized integers, exactly as a separate Relu op would */
+        if (st != LNN_SIM_OK || op->act == LNN_SIM_ACT_NONE) return st;
+        return lnn_sim_clip(y->dtype, 0, lnn_dtype_max(y->dtype), y->numel, y->data, y->data);
+    }
     case LNN_SIM_OP_LINEAR:
         return lnn_sim_linear_s8(&op->p.lin, op->rows, op->k, op->n, (const int8_t *)x->data, (const int8_t *)w->data,
                                  bias, y->data);
@@ -384,17 +453,30 @@ static lnn_sim_status run_op(lnn_sim_model *m, const lnn_op *op) {
     case LNN_SIM_OP_CAT: {
         int64_t o, pos = 0;
         int32_t i;
-        const int32_t axis = op->p.cat.axis;
+        const int32_t axis = op->p.cat.axis, esize = lnn_dtype_size(y->dtype);
         for (o = 0; o < op->p.cat.outer; ++o) {
             for (i = 0; i < op->n_in; ++i) {
                 const lnn_tensor *xi = &m->tensors[op->in[i]];
                 const int64_t block = (int64_t)xi->dims[axis] * op->p.cat.inner;
-                lnn_sim_rescale_s8(xi->exponent - y->exponent, LNN_SIM_DT_INT8, block,
-                                   (const int8_t *)xi->data + o * block, (int8_t *)y->data + pos);
+                const uint8_t *src = xi->data + o * block * esize;
+                uint8_t *dst = y->data + pos * esize;
                 pos += block;
+                if (src == dst && xi->exponent == y->exponent) continue; /* planned in place: nothing to move */
+                if (y->dtype == LNN_SIM_DT_INT8)
+                    lnn_sim_rescale_s8(xi->exponent - y->exponent, LNN_SIM_DT_INT8, block, (const int8_t *)src, dst);
+                else
+                    memmove(dst, src, (size_t)(block * esize));
             }
         }
         return LNN_SIM_OK;
+    }
+    case LNN_SIM_OP_SLICE: {
+        int32_t starts[LNN_SIM_MAX_RANK], steps[LNN_SIM_MAX_RANK], d;
+        for (d = 0; d < x->rank; ++d) {
+            starts[d] = op->attrs[2 * d];
+            steps[d] = op->attrs[2 * d + 1];
+        }
+        return lnn_sim_slice(x->rank, x->dims, y->dims, starts, steps, lnn_dtype_size(x->dtype), x->data, y->data);
     }
     case LNN_SIM_OP_TRANSPOSE:
         return lnn_sim_transpose(x->rank, x->dims, op->attrs, lnn_dtype_size(x->dtype), x->data, y->data);
@@ -404,10 +486,28 @@ static lnn_sim_status run_op(lnn_sim_model *m, const lnn_op *op) {
     }
 }
 
+static lnn_sim_status run_external(lnn_sim_model *m, int32_t i, char *msg, size_t n) {
+    const lnn_op *op = &m->ops[i];
+    char reason[LNN_SIM_MAX_MSG];
+    lnn_sim_status st;
+    if (m->external == NULL)
+        FAIL(LNN_SIM_E_EXTERNAL, "op '%s' (%s) is an external op and no kernel is attached", op->name,
+             op->p.ext.op_type);
+    reason[0] = '\0';
+    st = m->external(m->external_user, m, i, reason, sizeof reason);
+    reason[sizeof reason - 1] = '\0';
+    if (st != LNN_SIM_OK)
+        FAIL(LNN_SIM_E_EXTERNAL, "op '%s' (%s) failed: %s", op->name, op->p.ext.op_type,
+             reason[0] ? reason : "the kernel returned an error");
+    return LNN_SIM_OK;
+}
+
 lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *m, int32_t i, char *msg, size_t n) {
     lnn_sim_status st;
     if (msg != NULL && n > 0) msg[0] = '\0';
     if (m == NULL || i < 0 || i >= m->n_ops) FAIL(LNN_SIM_E_ARG, "op index %d out of range", i);
+    if (i == 0) m->col_op = -1; /* a new run: inputs may differ */
+    if (m->ops[i].type == LNN_SIM_OP_EXTERNAL) return run_external(m, i, msg, n);
     st = run_op(m, &m->ops[i]);
     if (st != LNN_SIM_OK)
         FAIL(st, "op '%s' (%s) failed with status %d", m->ops[i].name, k_op_names[m->ops[i].type], (int)st);
@@ -417,6 +517,7 @@ lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *m, int32_t i, char *msg, size_t 
 lnn_sim_status lnn_sim_invoke(lnn_sim_model *m, char *msg, size_t n) {
     int32_t i;
     if (m == NULL) FAIL(LNN_SIM_E_ARG, "NULL model");
+    m->col_op = -1;
     for (i = 0; i < m->n_ops; ++i) {
         const lnn_sim_status st = lnn_sim_invoke_op(m, i, msg, n);
         if (st != LNN_SIM_OK) return st;
@@ -457,6 +558,32 @@ lnn_sim_status lnn_sim_tensor_info(const lnn_sim_model *m, int32_t t, lnn_sim_te
     return LNN_SIM_OK;
 }
 
+lnn_sim_status lnn_sim_set_external(lnn_sim_model *m, lnn_sim_external_fn fn, void *user) {
+    if (m == NULL) return LNN_SIM_E_ARG;
+    m->external = fn;
+    m->external_user = user;
+    return LNN_SIM_OK;
+}
+
+int32_t lnn_sim_op_type(const lnn_sim_model *m, int32_t i) { return m && i >= 0 && i < m->n_ops ? m->ops[i].type : 0; }
+
+lnn_sim_status lnn_sim_op_inputs(const lnn_sim_model *m, int32_t i, int32_t *indices, int32_t max, int32_t *count) {
+    int32_t k;
+    if (m == NULL || count == NULL || i < 0 || i >= m->n_ops || (indices == NULL && max > 0)) return LNN_SIM_E_ARG;
+    *count = m->ops[i].n_in;
+    for (k = 0; k < m->ops[i].n_in && k < max; ++k) indices[k] = m->ops[i].in[k];
+    return LNN_SIM_OK;
+}
+
+lnn_sim_status lnn_sim_op_external(const lnn_sim_model *m, int32_t i, const char **op_type, const char **attrs_json) {
+    if (m == NULL || op_type == NULL || attrs_json == NULL || i < 0 || i >= m->n_ops ||
+        m->ops[i].type != LNN_SIM_OP_EXTERNAL)
+        return LNN_SIM_E_ARG;
+    *op_type = m->ops[i].p.ext.op_type;
+    *attrs_json = m->ops[i].p.ext.attrs_json;
+    return LNN_SIM_OK;
+}
+
 lnn_sim_status lnn_sim_op_outputs(const lnn_sim_model *m, int32_t i, int32_t *indices, int32_t max, int32_t *count) {
     int32_t k;
     if (m == NULL || count == NULL || i < 0 || i >= m->n_ops || (indices == NULL && max > 0)) return LNN_SIM_E_ARG;
@@ -470,6 +597,7 @@ lnn_sim_status lnn_sim_set_tensor(lnn_sim_model *m, int32_t t, const void *data,
     if (m->tensors[t].region == LNN_SIM_REGION_FLASH) return LNN_SIM_E_ARG;
     if (nbytes != m->tensors[t].size) return LNN_SIM_E_INPUT;
     memcpy(m->tensors[t].data, data, nbytes);
+    m->col_op = -1; /* the bytes under a cached window matrix may have changed */
     return LNN_SIM_OK;
 }
 

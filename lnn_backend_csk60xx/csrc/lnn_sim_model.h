@@ -40,7 +40,11 @@ typedef struct {
             int32_t axis;
             int64_t outer, inner;
         } cat;
+        struct {
+            const char *op_type, *attrs_json;
+        } ext;
     } p;
+    int32_t act; /* LNN_SIM_ACT_*: fused activation of conv ops */
     int64_t rows;
     int32_t k, n;
 } lnn_op;
@@ -62,6 +66,12 @@ struct lnn_sim_model {
     int32_t *acc32;
     int64_t *acc64;
     int8_t *col;
+    lnn_sim_external_fn external; /* callback running LNN_SIM_OP_EXTERNAL ops (NULL: none attached) */
+    void *external_user;
+    /* what the im2col scratch holds: the window matrix of tensor col_tensor for op col_op's geometry
+     * (col_op < 0: nothing reusable). Consecutive conv pieces of one split op read the same tensor with
+     * the same geometry and reuse it; setting a tensor or starting a run forgets it. */
+    int32_t col_op, col_tensor;
 };
 
 /* exec.c: validate one op against its tensors and fill its prepared fields; returns the scratch

@@ -405,6 +405,7 @@ lnn_sim_status lnn_sim_load(const uint8_t *image, size_t size, lnn_sim_model **o
     *out = NULL;
     m = (struct lnn_sim_model *)calloc(1, sizeof *m);
     if (m == NULL) return fail(msg, msg_size, LNN_SIM_E_NOMEM, "out of memory");
+    m->col_op = -1;
     st = load(m, image, size, msg, msg_size);
     if (st != LNN_SIM_OK) {
         lnn_sim_free(m);

@@ -78,3 +78,38 @@ def conv2d_ref(x, w, b, stride, pads, dil, group, shift, bits=8):
     if b is not None:
         out += b.astype(np.int64)[None, :, None, None]
     return sat(shr(out, shift), bits)
+
+
+def ir_graph(name: str = "g"):
+    """An empty IR graph (built directly, without ONNX)."""
+    from lnn_core.graph import Graph
+
+    return Graph(name=name)
+
+
+def ir_conv_graph(x_shape, w, b=None, *, stride=(1, 1), pads=(1, 1, 1, 1), group=1, n_x=4, n_w=7, n_o=3,
+                  relu=False, name="conv"):
+    """x (float) -> Quant(n_x) -> Conv2dInt [-> Relu] -> Dequant: an IR graph with the given int8 weights."""
+    from lnn_core.graph import Node
+
+    g = ir_graph()
+    g.add_tensor("x", "float32", x_shape)
+    g.inputs = ["x"]
+    g.add_initializer("w", w, n_w)
+    inputs = ["q", "w"]
+    if b is not None:
+        g.add_initializer("b", b, n_x + n_w)
+        inputs.append("b")
+    g.add_node(Node("quant", "Quant", ["x"], ["q"], {"data_bits": 8}, "thinker"))
+    g.add_tensor("q", "int8", None, n_x)
+    g.add_node(Node(name, "Conv2dInt", inputs, ["c"], {"kernel_shape": list(w.shape[2:]), "strides": list(stride),
+                                                       "pads": list(pads), "dilations": [1, 1], "group": group},
+                    "thinker"))
+    g.add_tensor("c", "int8", None, n_o)
+    last = "c"
+    if relu:
+        g.add_node(Node("relu", "Relu", ["c"], ["r"], {}, ""))
+        last = "r"
+    g.add_node(Node("deq", "Dequant", [last], ["y"], {}, "thinker"))
+    g.outputs = ["y"]
+    return g

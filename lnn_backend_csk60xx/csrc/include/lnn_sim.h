@@ -46,6 +46,7 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_E_PLAN 14        /* memory plan invalid (region size, tensor outside its arena) */
 #define LNN_SIM_E_LIMIT 15       /* a simulator limit (LNN_SIM_MAX_*) is exceeded              */
 #define LNN_SIM_E_INPUT 16       /* run-time input does not match the model                    */
+#define LNN_SIM_E_EXTERNAL 17    /* an external op has no kernel attached, or its kernel failed */
 
 /* ---- limits -------------------------------------------------------------------------------- */
 #define LNN_SIM_MAX_RANK 6
@@ -122,7 +123,14 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_TRANSPOSE 19
 #define LNN_SIM_OP_SQUEEZE 20
 #define LNN_SIM_OP_UNSQUEEZE 21
-#define LNN_SIM_NUM_OP_TYPES 22
+#define LNN_SIM_OP_SLICE 22
+#define LNN_SIM_OP_EXTERNAL 23  /* an op contributed by a plugin; runs through lnn_sim_set_external() */
+#define LNN_SIM_NUM_OP_TYPES 24
+
+/* Conv2dInt / Conv1dInt / ConvTranspose2dInt take an optional trailing attribute: the fused activation
+ * applied to the requantized output (the chip's act_type). */
+#define LNN_SIM_ACT_NONE 0
+#define LNN_SIM_ACT_RELU 1
 
 /* ---- kernels ------------------------------------------------------------------------------- */
 typedef struct {
@@ -130,11 +138,14 @@ typedef struct {
 } lnn_sim_shape4;
 
 /* Scratch for accumulating kernels: acc32 and acc64 each hold at least out.h * out.w entries;
- * col holds at least lnn_sim_conv_col_bytes() bytes (the im2col matrix of one group). */
+ * col holds at least lnn_sim_conv_col_bytes() bytes (the im2col matrix of one group).
+ * col_ready = 1 tells lnn_sim_conv2d_s8 that col already holds the window matrix of this very x for these
+ * parameters (the caller guarantees it; honoured for one image and one group), so it is not rebuilt. */
 typedef struct {
     int32_t *acc32;
     int64_t *acc64;
     int8_t *col;
+    int32_t col_ready;
 } lnn_sim_scratch;
 
 /* Conv2dInt / Conv1dInt (h = 1): y[n,m,i,j] = RQ_out(sum x * w + b[m], shift), shift = n_x + n_w - n_o. */
@@ -208,6 +219,10 @@ lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count
 /* Transpose of a rank <= LNN_SIM_MAX_RANK tensor of elem_size-byte elements. */
 lnn_sim_status lnn_sim_transpose(int32_t rank, const int32_t *dims, const int32_t *perm, int32_t elem_size,
                                  const void *x, void *y);
+/* Slice with unit or positive steps: y[i0, i1, ...] = x[start0 + i0*step0, start1 + i1*step1, ...]. The caller
+ * guarantees start_d + (out_dims_d - 1) * step_d < in_dims_d. */
+lnn_sim_status lnn_sim_slice(int32_t rank, const int32_t *in_dims, const int32_t *out_dims, const int32_t *starts,
+                             const int32_t *steps, int32_t elem_size, const void *x, void *y);
 
 /* ---- model runtime --------------------------------------------------------------------------- */
 typedef struct lnn_sim_model lnn_sim_model;
@@ -239,6 +254,21 @@ uint32_t lnn_sim_region_size(const lnn_sim_model *model, int32_t region);
 
 lnn_sim_status lnn_sim_set_tensor(lnn_sim_model *model, int32_t t, const void *data, size_t nbytes);
 lnn_sim_status lnn_sim_get_tensor(const lnn_sim_model *model, int32_t t, void *data, size_t nbytes);
+/* External ops (LNN_SIM_OP_EXTERNAL, attributes: string references of the op type and of its attributes as
+ * JSON) run through a callback the host attaches. The callback reads the op's inputs and writes its output
+ * with lnn_sim_op_inputs / lnn_sim_get_tensor / lnn_sim_set_tensor, so the output lands at its planned
+ * offset in the arena. It returns LNN_SIM_OK or an error status and may fill msg (msg_size bytes). */
+typedef lnn_sim_status (*lnn_sim_external_fn)(void *user, lnn_sim_model *model, int32_t op, char *msg,
+                                              size_t msg_size);
+lnn_sim_status lnn_sim_set_external(lnn_sim_model *model, lnn_sim_external_fn fn, void *user);
+int32_t lnn_sim_op_type(const lnn_sim_model *model, int32_t op);
+/* tensor indices read by op i (-1 = omitted optional input), as lnn_sim_op_outputs */
+lnn_sim_status lnn_sim_op_inputs(const lnn_sim_model *model, int32_t op, int32_t *indices, int32_t max,
+                                 int32_t *count);
+/* op type name and attribute JSON of an external op (both NUL-terminated, inside the loaded image) */
+lnn_sim_status lnn_sim_op_external(const lnn_sim_model *model, int32_t op, const char **op_type,
+                                   const char **attrs_json);
+
 /* run all ops in order / one op; msg receives the failing op's name and reason */
 lnn_sim_status lnn_sim_invoke(lnn_sim_model *model, char *msg, size_t msg_size);
 lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *model, int32_t op, char *msg, size_t msg_size);

@@ -12,8 +12,15 @@ Build variants (environment variables):
     memory errors in the loader and kernels; load the result with ``LD_PRELOAD=$(gcc
     -print-file-name=libasan.so)`` when the Python interpreter itself is not instrumented.
 
+``LNN_SIM_NO_SIMD=1``
+    leave out the AVX2 convolution kernel (the portable C loop runs everywhere; the integers are
+    identical, which is how the AVX2 kernel is checked).
+
 Otherwise the simulator is built with ``-O3`` (single thread, no OpenMP) and
-``-ffp-contract=off``, so that ``Quant``'s ``floorf(2^n * x + 0.5f)`` is never fused into an FMA.
+``-ffp-contract=off``, so that ``Quant``'s ``floorf(2^n * x + 0.5f)`` is never fused into an FMA. On
+x86 with GCC or Clang the convolution's dot products also have an AVX2 version (a function-level
+``target("avx2")`` attribute, chosen at run time with ``__builtin_cpu_supports``), so the binary runs on
+any x86-64 CPU.
 """
 
 from __future__ import annotations
@@ -47,8 +54,10 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_E_PLAN ...
 #define LNN_SIM_E_LIMIT ...
 #define LNN_SIM_E_INPUT ...
+#define LNN_SIM_E_EXTERNAL ...
 #define LNN_SIM_MAX_RANK ...
 #define LNN_SIM_MAX_ATTRS ...
+#define LNN_SIM_MAX_OP_INPUTS ...
 #define LNN_SIM_MAX_MSG ...
 #define LNN_SIM_FORMAT_VERSION ...
 #define LNN_SIM_HEADER_BYTES ...
@@ -76,6 +85,10 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_TRANSPOSE ...
 #define LNN_SIM_OP_SQUEEZE ...
 #define LNN_SIM_OP_UNSQUEEZE ...
+#define LNN_SIM_OP_SLICE ...
+#define LNN_SIM_OP_EXTERNAL ...
+#define LNN_SIM_ACT_NONE ...
+#define LNN_SIM_ACT_RELU ...
 #define LNN_SIM_DT_FLOAT32 ...
 #define LNN_SIM_DT_INT8 ...
 #define LNN_SIM_DT_UINT8 ...
@@ -110,17 +123,29 @@ uint32_t lnn_sim_region_size(const lnn_sim_model *model, int32_t region);
 lnn_sim_status lnn_sim_set_tensor(lnn_sim_model *model, int32_t t, const void *data, size_t nbytes);
 lnn_sim_status lnn_sim_get_tensor(const lnn_sim_model *model, int32_t t, void *data, size_t nbytes);
 lnn_sim_status lnn_sim_invoke(lnn_sim_model *model, char *msg, size_t msg_size);
+typedef lnn_sim_status (*lnn_sim_external_fn)(void *user, lnn_sim_model *model, int32_t op, char *msg,
+                                              size_t msg_size);
+lnn_sim_status lnn_sim_set_external(lnn_sim_model *model, lnn_sim_external_fn fn, void *user);
+int32_t lnn_sim_op_type(const lnn_sim_model *model, int32_t op);
+lnn_sim_status lnn_sim_op_inputs(const lnn_sim_model *model, int32_t op, int32_t *indices, int32_t max,
+                                 int32_t *count);
+lnn_sim_status lnn_sim_op_external(const lnn_sim_model *model, int32_t op, const char **op_type,
+                                   const char **attrs_json);
+/* the Python side of external ops (simulator.py, @ffi.def_extern) */
+extern "Python" lnn_sim_status lnn_sim_py_external(void *user, lnn_sim_model *model, int32_t op, char *msg,
+                                                   size_t msg_size);
 lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *model, int32_t op, char *msg, size_t msg_size);
 """
 
 
 def _flags() -> tuple[list[str], list[str]]:
+    no_simd = ["-DLNN_SIM_NO_SIMD"] if os.environ.get("LNN_SIM_NO_SIMD") == "1" else []
     if os.environ.get("LNN_SIM_DEBUG") == "1":
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-        return ["-std=c99", "-O0", "-g", *san], san
+        return ["-std=c99", "-O0", "-g", *san, *no_simd], san
     if sys.platform == "win32":
         return ["/O2", "/fp:precise"], []
-    return ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing"], []
+    return ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", *no_simd], []
 
 
 def _builder(build_dir: Path) -> FFI:

@@ -9,15 +9,23 @@ scale_o)`` becomes exponents ``n_x`` on the input, ``n_w`` on the weight initial
 the output, and ``n_x + n_w`` on the bias. The reader checks that every scale attribute agrees
 with the exponent the tensor already has (from its producer); the writer turns exponents back
 into ``2.0 ** n`` attributes. Everything each op accepts is data: :data:`OP_SCHEMAS`.
+
+Ops contributed by plugins: a plugin teaches this dialect a new IR op by registering its
+:class:`OpSchema` (with its shape rule in ``infer``) through ``lnn_register_exporters``::
+
+    registry.add_node_writer("csk60xx", "TestNeg", OpSchema("lnn.test", (1, 1), scales=..., infer=...))
+
+:class:`~.extensions.PluginOps` collects those schemas from a plugin host; pass it as ``ops=`` to
+:func:`read_onnx` and :func:`write_onnx` (the ``lnn`` commands do).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -26,7 +34,10 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from lnn_core.errors import ExportError, ModelFileError
 from lnn_core.graph import DTYPES, Graph, Node, TensorInfo, exponent_from_scale
 
-from .passes import infer_node
+from .passes import InferContext, infer_node
+
+if TYPE_CHECKING:
+    from .extensions import PluginOps
 
 __all__ = ["AttrSpec", "OpSchema", "OP_SCHEMAS", "DOMAIN", "read_onnx", "write_onnx"]
 
@@ -80,6 +91,8 @@ class OpSchema:
     :param scales: scale attribute -> ``("in" | "out", index)``: the tensor that carries its exponent.
     :param variadic_scale: format of per-input scale names of variadic ops (``"scale_x_{i}"``).
     :param bias_input: input index of an int32 bias at exponent ``n(input 0) + n(input 1)``.
+    :param infer: plugin ops only: the shape rule ``infer(ctx: InferContext) -> list[TensorInfo]``
+        (built-in ops have theirs in :data:`.passes.SHAPE_RULES`).
     """
 
     domain: str
@@ -88,6 +101,7 @@ class OpSchema:
     scales: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     variadic_scale: str | None = None
     bias_input: int | None = None
+    infer: Callable[[InferContext], list[TensorInfo]] | None = None
 
 
 _BITS = (8, 16, 32)
@@ -113,6 +127,10 @@ def _geometry(n: int, *, dilations: bool = True) -> dict[str, AttrSpec]:
     return out
 
 
+#: ``act_type`` is written by the Relu-fusion pass only (1 = ReLU on the requantized output, as tpacker's
+#: CR_fusion); files exported for the vendor's tools never carry it.
+_ACT = {"act_type": AttrSpec("int", choices=(0, 1))}
+
 #: Every op the CSK60xx dialect reader accepts, as data.
 OP_SCHEMAS: dict[str, OpSchema] = {
     "Quant": OpSchema(DOMAIN, (1, 1), {"data_bits": AttrSpec("int", default=8, choices=(8,)), **_PLATFORM},
@@ -121,13 +139,13 @@ OP_SCHEMAS: dict[str, OpSchema] = {
     "Requant": OpSchema(DOMAIN, (1, 1), {"data_bits": AttrSpec("int", default=8, choices=(8,)),
                                          "o_bits": AttrSpec("int", required=True, choices=_BITS), **_PLATFORM}, _XO),
     "Conv2dInt": OpSchema(DOMAIN, (2, 3), {**_geometry(2), "group": AttrSpec("int", default=1, minimum=1), **_QBITS,
-                                           **_PLATFORM, "castor_mode": AttrSpec("str", default="luna")},
+                                           **_PLATFORM, "castor_mode": AttrSpec("str", default="luna"), **_ACT},
                           _XWO, bias_input=2),
     "Conv1dInt": OpSchema(DOMAIN, (2, 3), {**_geometry(1), "group": AttrSpec("int", default=1, minimum=1), **_QBITS,
-                                           **_PLATFORM}, _XWO, bias_input=2),
+                                           **_PLATFORM, **_ACT}, _XWO, bias_input=2),
     "ConvTranspose2dInt": OpSchema(DOMAIN, (2, 3), {
         **_geometry(2), "group": AttrSpec("int", default=1, minimum=1),
-        "output_padding": AttrSpec("ints", default=[0, 0], length=2, minimum=0), **_QBITS, **_PLATFORM},
+        "output_padding": AttrSpec("ints", default=[0, 0], length=2, minimum=0), **_QBITS, **_PLATFORM, **_ACT},
         _XWO, bias_input=2),
     "LinearInt": OpSchema(DOMAIN, (2, 3), {**_QBITS, **_PLATFORM}, _XWO, bias_input=2),
     "BatchNorm2dInt": OpSchema(DOMAIN, (3, 5), {**_QBITS, "o_bits": AttrSpec("int", default=8, choices=(8,)),
@@ -151,7 +169,13 @@ OP_SCHEMAS: dict[str, OpSchema] = {
     "Transpose": OpSchema("", (1, 1), {"perm": AttrSpec("ints")}),
     "Squeeze": OpSchema("", (1, 2), {"axes": AttrSpec("ints")}),
     "Unsqueeze": OpSchema("", (1, 2), {"axes": AttrSpec("ints")}),
+    "Slice": OpSchema("", (3, 5)),
 }
+
+
+def _schemas(ops: PluginOps | None) -> Mapping[str, OpSchema]:
+    """Built-in schemas, plus those of plugin ops when ``ops`` is given."""
+    return {**OP_SCHEMAS, **ops.schemas} if ops is not None and ops.schemas else OP_SCHEMAS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,8 +183,9 @@ OP_SCHEMAS: dict[str, OpSchema] = {
 # ------------------------------------------------------------------------------------------------
 
 class _Reader:
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, schemas: Mapping[str, OpSchema]) -> None:
         self.path = path
+        self.schemas = schemas
 
     def fail(self, what: str, details: dict[str, Any] | None = None, hint: str | None = None, *,
              node: Node | None = None, onnx_node: onnx.NodeProto | None = None) -> ModelFileError:
@@ -247,12 +272,14 @@ class _Reader:
         if not n.name:
             n = onnx.NodeProto.FromString(n.SerializeToString())
             n.name = f"{n.op_type}_{index}"
-        schema = OP_SCHEMAS.get(n.op_type)
+        schema = self.schemas.get(n.op_type)
         domain = "" if n.domain == "ai.onnx" else n.domain
         if schema is None or domain != schema.domain:
-            known = ", ".join(sorted(OP_SCHEMAS))
+            known = ", ".join(sorted(self.schemas))
             hint = ("this is a linger 3.x (domain 'linger') file; export with the linger 1.x dialect"
-                    if domain == "linger" else "only the CSK60xx dialect ops can be read")
+                    if domain == "linger" else
+                    "only the CSK60xx dialect ops and the ops of installed plugins can be read (`lnn plugins` "
+                    "lists them; from Python pass ops=PluginOps.from_host(host))")
             raise self.fail(f"unknown op '{n.domain + '::' if n.domain else ''}{n.op_type}'",
                             {"supported": known}, hint, onnx_node=n)
         inputs = list(n.input)
@@ -309,8 +336,8 @@ class _Reader:
         return Node(n.name, n.op_type, inputs, list(n.output), attrs, domain), scales
 
 
-def _scale_targets(node: Node) -> dict[str, tuple[str, int]]:
-    schema = OP_SCHEMAS[node.op_type]
+def _scale_targets(node: Node, schemas: Mapping[str, OpSchema]) -> dict[str, tuple[str, int]]:
+    schema = schemas[node.op_type]
     targets = dict(schema.scales)
     if schema.variadic_scale:
         for i in range(len(node.inputs)):
@@ -319,7 +346,7 @@ def _scale_targets(node: Node) -> dict[str, tuple[str, int]]:
 
 
 def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
-              input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Graph:
+              input_shapes: Mapping[str, tuple[int, ...]] | None = None, ops: PluginOps | None = None) -> Graph:
     """Read a CSK60xx-dialect ONNX file (linger 1.x, domain ``thinker``) into a :class:`Graph`.
 
     Every attribute is checked against :data:`OP_SCHEMAS`, scale attributes become tensor exponents
@@ -328,12 +355,15 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
 
     :param source: a path or an already loaded ``onnx.ModelProto``.
     :param input_shapes: fixed shapes for graph inputs whose shape is symbolic in the file.
+    :param ops: plugin ops (schemas and shape rules) accepted besides the built-in ones.
     :raises ModelFileError: with ``.path`` and ``.node`` for any defect (unreadable file, unknown op,
         missing/ill-typed attribute, non-power-of-two scale, dangling input, cycle, scale conflict,
         shape that cannot be inferred).
     """
     path = None if isinstance(source, onnx.ModelProto) else os.fspath(source)
-    r = _Reader(path)
+    schemas = _schemas(ops)
+    shape_rules = ops.shape_rules if ops is not None else None
+    r = _Reader(path, schemas)
     if isinstance(source, onnx.ModelProto):
         model = source
     else:
@@ -402,8 +432,8 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
     graph.toposort(path=path)
     for node in graph.nodes:
         _assign_input_exponents(r, graph, node, scales_of[node.name])
-        for info in infer_node(graph, node, path=path):
-            scale_out = [k for k, (kind, _) in _scale_targets(node).items() if kind == "out"]
+        for info in infer_node(graph, node, path=path, rules=shape_rules):
+            scale_out = [k for k, (kind, _) in _scale_targets(node, schemas).items() if kind == "out"]
             if scale_out:
                 info.exponent = scales_of[node.name][scale_out[0]]
             graph.tensors[info.name] = info
@@ -427,7 +457,7 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
 
 def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[str, int]) -> None:
     """Give input tensors the exponents of the node's scale attributes, or check that they agree."""
-    targets = _scale_targets(node)
+    targets = _scale_targets(node, r.schemas)
     for attr, (kind, index) in targets.items():
         if kind != "in":
             continue
@@ -436,7 +466,7 @@ def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[s
         if not name:
             raise r.fail(f"{attr} describes input {index}, which is missing", node=node)
         _set_exponent(r, graph, node, name, exp, attr)
-    schema = OP_SCHEMAS[node.op_type]
+    schema = r.schemas[node.op_type]
     if schema.bias_input is not None and len(node.inputs) > schema.bias_input and node.inputs[schema.bias_input]:
         name = node.inputs[schema.bias_input]
         if name not in graph.initializers:
@@ -473,24 +503,30 @@ def _value_info(info: TensorInfo) -> onnx.ValueInfoProto:
                                          list(info.shape) if info.shape is not None else None)
 
 
-def write_onnx(graph: Graph) -> onnx.ModelProto:
+def write_onnx(graph: Graph, *, ops: PluginOps | None = None) -> onnx.ModelProto:
     """Write ``graph`` in the CSK60xx dialect: domain ``thinker`` (opset 1), default opset 12.
 
     Scale attributes are written from the tensor exponents as ``2.0 ** n``; other attributes as
     stored on the nodes (the reader fills defaults, so ``platform_quant="luna_quant"`` is always
-    present). Initializers keep their integer dtypes.
+    present). Initializers keep their integer dtypes. Plugin ops (``ops``) are written in their
+    schema's domain, which is then imported at opset 1.
 
-    :raises ExportError: an op outside :data:`OP_SCHEMAS`, or a scaled tensor without exponent.
+    :raises ExportError: an op outside :data:`OP_SCHEMAS` (and ``ops``), or a scaled tensor without exponent.
     """
+    schemas = _schemas(ops)
     nodes = []
+    extra_domains: set[str] = set()
     for node in graph.nodes:
-        schema = OP_SCHEMAS.get(node.op_type)
+        schema = schemas.get(node.op_type)
         if schema is None:
             raise ExportError(f"node {node.name!r} ({node.op_type}) has no form in the CSK60xx dialect",
-                              {"supported": ", ".join(sorted(OP_SCHEMAS))}, "remove or replace the op",
+                              {"supported": ", ".join(sorted(schemas))},
+                              "remove or replace the op, or install the plugin that provides it",
                               node=node.name, dialect="csk60xx")
+        if schema.domain not in ("", DOMAIN):
+            extra_domains.add(schema.domain)
         attrs: dict[str, Any] = {}
-        for key, (kind, index) in _scale_targets(node).items():
+        for key, (kind, index) in _scale_targets(node, schemas).items():
             names = node.inputs if kind == "in" else node.outputs
             info = graph.tensors.get(names[index]) if index < len(names) else None
             if info is None or info.exponent is None:
@@ -508,7 +544,8 @@ def write_onnx(graph: Graph) -> onnx.ModelProto:
     g = helper.make_graph(nodes, graph.name, [_value_info(graph.tensors[n]) for n in graph.inputs],
                           [_value_info(graph.tensors[n]) for n in graph.outputs], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET),
-                                                helper.make_opsetid(DOMAIN, THINKER_OPSET)],
+                                                helper.make_opsetid(DOMAIN, THINKER_OPSET)]
+                              + [helper.make_opsetid(d, 1) for d in sorted(extra_domains)],
                               producer_name="lnn")
     model.ir_version = 7
     return model

@@ -5,16 +5,22 @@ indices), writes one record per tensor (dtype, shape, exponent, region, offset, 
 (initializers, 64-byte aligned, read in place as "flash"), the memory plan and the graph
 inputs/outputs, then a header with the payload's CRC32 (``zlib.crc32``). Everything is
 little-endian. The output depends only on the graph and the plan: packing is deterministic.
+
+An op contributed by a plugin (its schema in :class:`~.extensions.PluginOps`) is written as an
+external op (``EXTERNAL_OP_CODE``): all its inputs, and two attributes that are string references,
+its op type and its non-scale attributes as canonical JSON (sorted keys). The simulator runs it
+through the kernel the plugin registered.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,8 +29,11 @@ from lnn_core.graph import Graph, Node
 
 from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan
 
-__all__ = ["pack", "describe", "OP_CODES", "DTYPE_CODES", "REGION_CODES", "FORMAT_VERSION", "TARGET_CSK60XX", "MAGIC",
-           "HEADER_BYTES", "SECTION_KINDS"]
+if TYPE_CHECKING:
+    from .extensions import PluginOps
+
+__all__ = ["pack", "describe", "OP_CODES", "EXTERNAL_OP_CODE", "DTYPE_CODES", "REGION_CODES", "FORMAT_VERSION",
+           "TARGET_CSK60XX", "MAGIC", "HEADER_BYTES", "SECTION_KINDS"]
 
 log = logging.getLogger("lnn.backend.packer")
 
@@ -50,8 +59,10 @@ OP_CODES = {
     "Quant": 1, "Dequant": 2, "Requant": 3, "Conv2dInt": 4, "Conv1dInt": 5, "ConvTranspose2dInt": 6,
     "LinearInt": 7, "BatchNorm2dInt": 8, "AvgPool2dInt": 9, "MaxPool": 10, "Relu": 11, "Clip": 12,
     "iqAdd": 13, "iqSub": 14, "iqMul": 15, "iqCat": 16, "Reshape": 17, "Flatten": 18, "Transpose": 19,
-    "Squeeze": 20, "Unsqueeze": 21,
+    "Squeeze": 20, "Unsqueeze": 21, "Slice": 22,
 }
+#: simulator op code of plugin ops (LNN_SIM_OP_EXTERNAL)
+EXTERNAL_OP_CODE = 23
 
 
 @dataclass
@@ -69,18 +80,24 @@ def _geom2d(node: Node) -> list[int]:
     return [k[0], k[1], s[0], s[1], p[0], p[1], p[2], p[3], d[0], d[1]]
 
 
+def _act(node: Node) -> list[int]:
+    """The optional trailing attribute of conv ops: the fused activation (written only when set)."""
+    act = int(node.attrs.get("act_type", 0) or 0)
+    return [act] if act else []
+
+
 def _lower_conv(node: Node, graph: Graph) -> list[int]:
-    return [*_geom2d(node), node.attrs.get("group", 1)]
+    return [*_geom2d(node), node.attrs.get("group", 1), *_act(node)]
 
 
 def _lower_conv1d(node: Node, graph: Graph) -> list[int]:
     k, s = node.attrs["kernel_shape"][0], node.attrs.get("strides", [1])[0]
     p, d = node.attrs.get("pads", [0, 0]), node.attrs.get("dilations", [1])[0]
-    return [1, k, 1, s, 0, p[0], 0, p[1], 1, d, node.attrs.get("group", 1)]
+    return [1, k, 1, s, 0, p[0], 0, p[1], 1, d, node.attrs.get("group", 1), *_act(node)]
 
 
 def _lower_deconv(node: Node, graph: Graph) -> list[int]:
-    return [*_lower_conv(node, graph), *node.attrs.get("output_padding", [0, 0])]
+    return [*_geom2d(node), node.attrs.get("group", 1), *node.attrs.get("output_padding", [0, 0]), *_act(node)]
 
 
 def _lower_avgpool(node: Node, graph: Graph) -> list[int]:
@@ -112,6 +129,13 @@ def _lower_transpose(node: Node, graph: Graph) -> list[int]:
     return list(node.attrs.get("perm") or range(rank)[::-1])
 
 
+def _lower_slice(node: Node, graph: Graph) -> list[int]:
+    from .passes import InferContext, slice_params
+
+    starts, steps, _ = slice_params(InferContext(graph, node, graph.meta.get("source")))
+    return [v for pair in zip(starts, steps) for v in pair]
+
+
 def _no_attrs(node: Node, graph: Graph) -> list[int]:
     return []
 
@@ -125,14 +149,28 @@ _LOWERING: dict[str, tuple[int | None, Callable[[Node, Graph], list[int]]]] = {
     "Relu": (1, _no_attrs), "Clip": (1, _lower_clip),
     "iqAdd": (2, _no_attrs), "iqSub": (2, _no_attrs), "iqMul": (2, _no_attrs), "iqCat": (None, _lower_cat),
     "Reshape": (1, _no_attrs), "Flatten": (1, _no_attrs), "Squeeze": (1, _no_attrs), "Unsqueeze": (1, _no_attrs),
-    "Transpose": (1, _lower_transpose),
+    "Transpose": (1, _lower_transpose), "Slice": (1, _lower_slice),
 }
 
 
-def _lower(node: Node, graph: Graph) -> _Lowered:
+def _lower_external(node: Node, graph: Graph, strings: _Strings) -> _Lowered:
+    try:
+        text = json.dumps(node.attrs, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"node {node.name!r} ({node.op_type}) has attributes that cannot be stored as JSON",
+                             {"attributes": node.attrs, "cause": str(exc)},
+                             "plugin ops may carry ints, floats, strings and lists of them",
+                             path=graph.meta.get("source"), node=node.name) from exc
+    return _Lowered(EXTERNAL_OP_CODE, list(node.inputs), [strings.ref(node.op_type), strings.ref(text)])
+
+
+def _lower(node: Node, graph: Graph, strings: _Strings, ops: PluginOps | None) -> _Lowered:
     if node.op_type not in _LOWERING:
+        if ops is not None and node.op_type in ops.schemas:
+            return _lower_external(node, graph, strings)
         raise ModelFileError(f"node {node.name!r} ({node.op_type}) cannot be packed: the simulator has no such op",
-                             {"supported": ", ".join(sorted(_LOWERING))}, "remove or replace the op",
+                             {"supported": ", ".join(sorted(_LOWERING))},
+                             "remove or replace the op, or install the plugin that provides it",
                              path=graph.meta.get("source"), node=node.name)
     keep, build = _LOWERING[node.op_type]
     inputs = list(node.inputs if keep is None else node.inputs[:keep])
@@ -160,13 +198,15 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def pack(graph: Graph, plan: MemoryPlan, *, target_id: int = TARGET_CSK60XX) -> bytes:
+def pack(graph: Graph, plan: MemoryPlan, *, target_id: int = TARGET_CSK60XX, ops: PluginOps | None = None) -> bytes:
     """Write ``graph`` (shapes inferred, topologically sorted) with its memory ``plan`` as model.bin bytes.
 
+    :param ops: plugin ops, written as external ops.
     :raises ModelFileError: an op the simulator does not have, or a tensor the plan does not place.
     """
     path = graph.meta.get("source")
-    lowered = [(node, _lower(node, graph)) for node in graph.nodes]
+    strings = _Strings()
+    lowered = [(node, _lower(node, graph, strings, ops)) for node in graph.nodes]
 
     # tensor table: graph inputs, then every tensor in op order (inputs before outputs), then outputs
     order: dict[str, int] = {}
@@ -179,7 +219,6 @@ def pack(graph: Graph, plan: MemoryPlan, *, target_id: int = TARGET_CSK60XX) -> 
     for name in graph.outputs:
         order.setdefault(name, len(order))
 
-    strings = _Strings()
     weights = bytearray()
     tensor_records = bytearray()
     for name in order:

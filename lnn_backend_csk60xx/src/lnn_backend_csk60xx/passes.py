@@ -1,7 +1,11 @@
-"""Graph passes shared by the dialect reader and the packer: per-op shape, dtype and exponent inference.
+"""Shape, dtype and exponent inference, shared by the dialect reader and the packer (the first graph pass).
 
-Every supported op has one rule ``(graph, node) -> list[TensorInfo]`` in :data:`SHAPE_RULES` that
-checks its inputs (rank, dtype, matching dimensions) and returns the output tensors. A rule
+The other graph passes, and the order in which the packer runs them, are in :mod:`.graph_passes`.
+
+Every supported op has one rule ``(ctx) -> list[TensorInfo]`` in :data:`SHAPE_RULES` (``ctx`` is an
+:class:`InferContext` bound to the node) that checks its inputs (rank, dtype, matching dimensions) and
+returns the output tensors. Ops contributed by plugins bring their rule with their dialect schema
+(:class:`~.dialect.OpSchema` ``infer``) and reach :func:`infer_node` through ``rules``. A rule
 returns ``exponent=None`` for an output whose exponent is not derived from the inputs (a conv's
 output exponent comes from its ``scale_o``); :func:`infer_shapes` then keeps the exponent already
 stored on the tensor. Pass-through ops (Relu, MaxPool, Clip and the shape ops) copy the input's
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +34,7 @@ import numpy as np
 from lnn_core.errors import ModelFileError
 from lnn_core.graph import Graph, Node, TensorInfo
 
-__all__ = ["SHAPE_RULES", "infer_node", "infer_shapes", "ALIAS_OPS", "OBITS_DTYPE"]
+__all__ = ["SHAPE_RULES", "InferContext", "infer_node", "infer_shapes", "ALIAS_OPS", "OBITS_DTYPE", "slice_params"]
 
 log = logging.getLogger("lnn.backend.passes")
 
@@ -43,8 +47,9 @@ OBITS_DTYPE = {8: "int8", 16: "int16", 32: "int32"}
 INT_DTYPES = frozenset({"int8", "int16", "int32"})
 
 
-class _Ctx:
-    """Error helper bound to one node: raises :class:`ModelFileError` naming node and file."""
+class InferContext:
+    """What a shape rule sees: the graph, one node, and helpers that raise :class:`ModelFileError`
+    naming the node and the file (``info``, ``dtype``, ``rank``, ``const``, ``attr``, ``out``, ``fail``)."""
 
     def __init__(self, graph: Graph, node: Node, path: str | None) -> None:
         self.graph = graph
@@ -101,14 +106,14 @@ class _Ctx:
         return TensorInfo(self.node.outputs[index], dtype, tuple(int(d) for d in shape), exponent)
 
 
-def _obits(c: _Ctx, key: str = "o_bits") -> str:
+def _obits(c: InferContext, key: str = "o_bits") -> str:
     bits = c.attr(key, 8)
     if bits not in OBITS_DTYPE:
         raise c.fail(f"{key}={bits} is not supported", {"rule": f"{key} must be 8, 16 or 32", "actual": bits})
     return OBITS_DTYPE[bits]
 
 
-def _window(c: _Ctx, size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool, axis: str) -> int:
+def _window(c: InferContext, size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool, axis: str) -> int:
     if k < 1 or s < 1 or d < 1 or p0 < 0 or p1 < 0:
         raise c.fail(f"invalid window along {axis}", {"kernel": k, "stride": s, "pads": (p0, p1), "dilation": d})
     span = size + p0 + p1 - d * (k - 1) - 1
@@ -121,7 +126,7 @@ def _window(c: _Ctx, size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: 
     return out
 
 
-def _conv_geometry(c: _Ctx, spatial: int) -> tuple[list[int], list[int], list[int], list[int]]:
+def _conv_geometry(c: InferContext, spatial: int) -> tuple[list[int], list[int], list[int], list[int]]:
     k = list(c.attr("kernel_shape"))
     s = list(c.attr("strides", [1] * spatial))
     d = list(c.attr("dilations", [1] * spatial))
@@ -132,7 +137,7 @@ def _conv_geometry(c: _Ctx, spatial: int) -> tuple[list[int], list[int], list[in
     return k, s, d, p
 
 
-def _conv(c: _Ctx, spatial: int) -> list[TensorInfo]:
+def _conv(c: InferContext, spatial: int) -> list[TensorInfo]:
     x = c.info(0)
     w = c.info(1)
     c.rank(x, [2 + spatial], "input")
@@ -159,15 +164,15 @@ def _conv(c: _Ctx, spatial: int) -> list[TensorInfo]:
     return [c.out(_obits(c), [n, m, *out], None)]
 
 
-def _conv2d(c: _Ctx) -> list[TensorInfo]:
+def _conv2d(c: InferContext) -> list[TensorInfo]:
     return _conv(c, 2)
 
 
-def _conv1d(c: _Ctx) -> list[TensorInfo]:
+def _conv1d(c: InferContext) -> list[TensorInfo]:
     return _conv(c, 1)
 
 
-def _deconv2d(c: _Ctx) -> list[TensorInfo]:
+def _deconv2d(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     w = c.info(1)
     c.rank(x, [4], "input")
@@ -200,7 +205,7 @@ def _deconv2d(c: _Ctx) -> list[TensorInfo]:
     return [c.out(_obits(c), [n, m, *out], None)]
 
 
-def _linear(c: _Ctx) -> list[TensorInfo]:
+def _linear(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     w = c.info(1)
     c.dtype(x, ["int8"], "input")
@@ -219,7 +224,7 @@ def _linear(c: _Ctx) -> list[TensorInfo]:
     return [c.out(_obits(c), [*x.shape[:-1], w.shape[0]], None)]
 
 
-def _batchnorm(c: _Ctx) -> list[TensorInfo]:
+def _batchnorm(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     w = c.info(1)
     b = c.info(2)
@@ -232,7 +237,7 @@ def _batchnorm(c: _Ctx) -> list[TensorInfo]:
     return [c.out(_obits(c), x.shape, None)]
 
 
-def _pool(c: _Ctx, *, avg: bool) -> list[TensorInfo]:
+def _pool(c: InferContext, *, avg: bool) -> list[TensorInfo]:
     x = c.info(0)
     c.rank(x, [4], "input")
     c.dtype(x, ["int8"] if avg else ["int8", "int16", "int32"], "input")
@@ -244,21 +249,21 @@ def _pool(c: _Ctx, *, avg: bool) -> list[TensorInfo]:
     return [c.out(x.dtype, [*x.shape[:2], *out], x.exponent)]
 
 
-def _avgpool(c: _Ctx) -> list[TensorInfo]:
+def _avgpool(c: InferContext) -> list[TensorInfo]:
     return _pool(c, avg=True)
 
 
-def _maxpool(c: _Ctx) -> list[TensorInfo]:
+def _maxpool(c: InferContext) -> list[TensorInfo]:
     return _pool(c, avg=False)
 
 
-def _passthrough(c: _Ctx) -> list[TensorInfo]:
+def _passthrough(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     c.dtype(x, sorted(INT_DTYPES), "input")
     return [c.out(x.dtype, x.shape, x.exponent)]
 
 
-def _clip(c: _Ctx) -> list[TensorInfo]:
+def _clip(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     c.dtype(x, sorted(INT_DTYPES), "input")
     for i in (1, 2):
@@ -271,7 +276,7 @@ def _clip(c: _Ctx) -> list[TensorInfo]:
     return [c.out(x.dtype, x.shape, x.exponent)]
 
 
-def _quant(c: _Ctx) -> list[TensorInfo]:
+def _quant(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     c.dtype(x, ["float32"], "input")
     if c.attr("data_bits", 8) != 8:
@@ -279,13 +284,13 @@ def _quant(c: _Ctx) -> list[TensorInfo]:
     return [c.out("int8", x.shape, None)]
 
 
-def _dequant(c: _Ctx) -> list[TensorInfo]:
+def _dequant(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     c.dtype(x, ["int8", "uint8", "int16", "int32"], "input")
     return [c.out("float32", x.shape, None)]
 
 
-def _requant(c: _Ctx) -> list[TensorInfo]:
+def _requant(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     c.dtype(x, ["int8"], "input")
     if c.attr("data_bits", 8) != 8:
@@ -293,36 +298,68 @@ def _requant(c: _Ctx) -> list[TensorInfo]:
     return [c.out(_obits(c), x.shape, None)]
 
 
-def _add_sub(c: _Ctx) -> list[TensorInfo]:
+def _eltwise(c: InferContext) -> list[TensorInfo]:
+    """iqAdd / iqSub / iqMul: the output has the broadcast shape of the operands.
+
+    Which broadcast forms the chip runs (iqAdd/iqSub: none; iqMul: ``[N, C, 1, 1]`` or a scalar second
+    operand) is a hardware rule (``csk60xx.add.equal_shapes``, ``csk60xx.mul.broadcast``), checked with all
+    other rules; the simulator's loader refuses the other forms.
+    """
     x = c.info(0)
     y = c.info(1)
     c.dtype(x, ["int8"], "input x")
     c.dtype(y, ["int8"], "input y")
-    if x.shape != y.shape:
-        raise c.fail("operands have different shapes", {"rule": f"{c.node.op_type} needs equal shapes",
-                                                        "x": x.shape, "y": y.shape})
-    return [c.out("int8", x.shape, None)]
+    try:
+        shape = np.broadcast_shapes(x.shape, y.shape)
+    except ValueError:
+        raise c.fail("operand shapes cannot be broadcast", {"x": x.shape, "y": y.shape}) from None
+    return [c.out("int8", shape, None)]
 
 
-def _mul(c: _Ctx) -> list[TensorInfo]:
+def slice_params(c: InferContext) -> tuple[list[int], list[int], list[int]]:
+    """Normalised Slice parameters of ``c.node``: per-axis ``(starts, steps, output dims)`` of its input.
+
+    ONNX clamping: negative starts/ends count from the end, ends beyond the axis are clamped; only
+    positive steps are accepted.
+    """
     x = c.info(0)
-    y = c.info(1)
-    c.dtype(x, ["int8"], "input x")
-    c.dtype(y, ["int8"], "input y")
-    per_channel = len(x.shape) == 4 and y.shape == (x.shape[0], x.shape[1], 1, 1)
-    scalar = int(np.prod(y.shape)) == 1
-    if not (x.shape == y.shape or per_channel or scalar):
-        raise c.fail("operand shapes cannot be broadcast",
-                     {"rule": "iqMul needs equal shapes, y of shape [N, C, 1, 1] against 4-D x, or a scalar y",
-                      "x": x.shape, "y": y.shape})
-    return [c.out("int8", x.shape, None)]
+    rank = len(x.shape)
+    consts = [c.const(i) if i < len(c.node.inputs) and c.node.inputs[i] else None for i in range(1, 5)]
+    starts_in, ends_in, axes_in, steps_in = consts
+    if starts_in is None or ends_in is None:
+        raise c.fail("starts and ends must be constant inputs")
+    arrays = [np.asarray(a).reshape(-1) for a in (starts_in, ends_in)]
+    n = arrays[0].size
+    axes = [int(a) for a in np.asarray(axes_in).reshape(-1)] if axes_in is not None else list(range(n))
+    steps = [int(a) for a in np.asarray(steps_in).reshape(-1)] if steps_in is not None else [1] * n
+    if arrays[1].size != n or len(axes) != n or len(steps) != n:
+        raise c.fail("starts, ends, axes and steps have different lengths",
+                     {"starts": arrays[0].tolist(), "ends": arrays[1].tolist(), "axes": axes, "steps": steps})
+    if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) != len(axes):
+        raise c.fail("axes are out of range or repeat", {"axes": axes, "rank": rank})
+    if any(s < 1 for s in steps):
+        raise c.fail("only positive steps are supported", {"steps": steps})
+    out_starts, out_steps, dims = [0] * rank, [1] * rank, list(x.shape)
+    for a, b, e, s in zip(axes, arrays[0].tolist(), arrays[1].tolist(), steps):
+        a %= rank
+        size = x.shape[a]
+        b = max(0, min(size, b + size if b < 0 else b))
+        e = max(0, min(size, e + size if e < 0 else e))
+        out_starts[a], out_steps[a], dims[a] = b, s, max(0, -(-(e - b) // s))
+    return out_starts, out_steps, dims
 
 
-def _cat(c: _Ctx) -> list[TensorInfo]:
+def _slice(c: InferContext) -> list[TensorInfo]:
+    x = c.info(0)
+    _, _, dims = slice_params(c)
+    return [c.out(x.dtype, dims, x.exponent)]
+
+
+def _cat(c: InferContext) -> list[TensorInfo]:
     infos = [c.info(i) for i in range(len(c.node.inputs))]
     first = infos[0]
     for info in infos:
-        c.dtype(info, ["int8"], "input")
+        c.dtype(info, [first.dtype] if first.dtype in INT_DTYPES else ["int8"], "input")
         if len(info.shape) != len(first.shape):
             raise c.fail("inputs have different ranks", {"shapes": [i.shape for i in infos]})
     rank = len(first.shape)
@@ -336,10 +373,13 @@ def _cat(c: _Ctx) -> list[TensorInfo]:
                          {"dim": axis, "shapes": [i.shape for i in infos]})
     shape = list(first.shape)
     shape[axis] = sum(i.shape[axis] for i in infos)
-    return [c.out("int8", shape, None)]
+    # int8 inputs are rescaled to the output's exponent; wider ones are copied and keep a common one
+    if first.dtype != "int8" and any(i.exponent != first.exponent for i in infos):
+        raise c.fail("int16/int32 inputs must share one exponent", {"exponents": [i.exponent for i in infos]})
+    return [c.out(first.dtype, shape, None if first.dtype == "int8" else first.exponent)]
 
 
-def _reshape(c: _Ctx) -> list[TensorInfo]:
+def _reshape(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     target = c.const(1)
     if target.dtype != np.int64 or target.ndim != 1:
@@ -365,7 +405,7 @@ def _reshape(c: _Ctx) -> list[TensorInfo]:
     return [c.out(x.dtype, shape, x.exponent)]
 
 
-def _flatten(c: _Ctx) -> list[TensorInfo]:
+def _flatten(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     rank = len(x.shape)
     axis = c.attr("axis", 1)
@@ -375,7 +415,7 @@ def _flatten(c: _Ctx) -> list[TensorInfo]:
     return [c.out(x.dtype, [math.prod(x.shape[:axis]), math.prod(x.shape[axis:])], x.exponent)]
 
 
-def _transpose(c: _Ctx) -> list[TensorInfo]:
+def _transpose(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     rank = len(x.shape)
     perm = list(c.attr("perm", list(range(rank))[::-1]))
@@ -384,7 +424,7 @@ def _transpose(c: _Ctx) -> list[TensorInfo]:
     return [c.out(x.dtype, [x.shape[i] for i in perm], x.exponent)]
 
 
-def _squeeze(c: _Ctx) -> list[TensorInfo]:
+def _squeeze(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     rank = len(x.shape)
     axes = c.attr("axes")
@@ -398,7 +438,7 @@ def _squeeze(c: _Ctx) -> list[TensorInfo]:
     return [c.out(x.dtype, [d for i, d in enumerate(x.shape) if i not in norm], x.exponent)]
 
 
-def _unsqueeze(c: _Ctx) -> list[TensorInfo]:
+def _unsqueeze(c: InferContext) -> list[TensorInfo]:
     x = c.info(0)
     axes = c.attr("axes")
     rank = len(x.shape) + len(axes)
@@ -412,7 +452,7 @@ def _unsqueeze(c: _Ctx) -> list[TensorInfo]:
 
 
 #: op type -> inference rule
-SHAPE_RULES: dict[str, Callable[[_Ctx], list[TensorInfo]]] = {
+SHAPE_RULES: dict[str, Callable[[InferContext], list[TensorInfo]]] = {
     "Quant": _quant,
     "Dequant": _dequant,
     "Requant": _requant,
@@ -425,28 +465,34 @@ SHAPE_RULES: dict[str, Callable[[_Ctx], list[TensorInfo]]] = {
     "MaxPool": _maxpool,
     "Relu": _passthrough,
     "Clip": _clip,
-    "iqAdd": _add_sub,
-    "iqSub": _add_sub,
-    "iqMul": _mul,
+    "iqAdd": _eltwise,
+    "iqSub": _eltwise,
+    "iqMul": _eltwise,
     "iqCat": _cat,
     "Reshape": _reshape,
     "Flatten": _flatten,
     "Transpose": _transpose,
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
+    "Slice": _slice,
 }
 
 
-def infer_node(graph: Graph, node: Node, *, path: str | None = None) -> list[TensorInfo]:
+def infer_node(graph: Graph, node: Node, *, path: str | None = None,
+               rules: Mapping[str, Callable[[InferContext], list[TensorInfo]]] | None = None) -> list[TensorInfo]:
     """Check ``node``'s inputs and return its output tensors (shape, dtype, exponent or None).
 
-    Raises :class:`ModelFileError` (attributes ``node`` and ``path``) when the op is unknown, an
-    input is missing or ill-shaped, or an output dimension would be smaller than 1.
+    :param rules: shape rules of plugin ops (``op type -> rule``), consulted after :data:`SHAPE_RULES`.
+    :raises ModelFileError: (attributes ``node`` and ``path``) when the op is unknown, an input is
+        missing or ill-shaped, or an output dimension would be smaller than 1.
     """
-    c = _Ctx(graph, node, path)
-    rule = SHAPE_RULES.get(node.op_type)
+    c = InferContext(graph, node, path)
+    rule = SHAPE_RULES.get(node.op_type) or (rules or {}).get(node.op_type)
     if rule is None:
-        raise c.fail(f"op type {node.op_type!r} has no shape rule", {"supported": ", ".join(sorted(SHAPE_RULES))})
+        known = sorted(set(SHAPE_RULES) | set(rules or {}))
+        raise c.fail(f"op type {node.op_type!r} has no shape rule", {"supported": ", ".join(known)},
+                     "if a plugin provides this op, install it and pack through `lnn pack` (or pass "
+                     "ops=PluginOps.from_host(host))")
     if len(node.outputs) != 1 or not node.outputs[0]:
         raise c.fail("the op must have exactly one output", {"outputs": node.outputs})
     try:
@@ -456,21 +502,22 @@ def infer_node(graph: Graph, node: Node, *, path: str | None = None) -> list[Ten
         raise c.fail(f"attributes cannot be interpreted: {exc}", {"attributes": node.attrs}) from exc
 
 
-def infer_shapes(graph: Graph, *, path: str | None = None) -> Graph:
+def infer_shapes(graph: Graph, *, path: str | None = None,
+                 rules: Mapping[str, Callable[[InferContext], list[TensorInfo]]] | None = None) -> Graph:
     """Fill shape, dtype and (for pass-through ops) exponent of every node output, in place.
 
     ``graph`` is first sorted topologically (:meth:`Graph.toposort`). An output exponent already
     stored on the tensor is kept when the rule does not derive one; an integer output without any
-    exponent is an error. Returns ``graph``.
+    exponent is an error. ``rules`` adds the shape rules of plugin ops. Returns ``graph``.
     """
     graph.toposort(path=path)
     for node in graph.nodes:
-        for info in infer_node(graph, node, path=path):
+        for info in infer_node(graph, node, path=path, rules=rules):
             old = graph.tensors.get(info.name)
             if info.exponent is None and old is not None:
                 info.exponent = old.exponent
             if info.exponent is None and info.dtype != "float32":
-                raise _Ctx(graph, node, path).fail(
+                raise InferContext(graph, node, path).fail(
                     f"output {info.name!r} has no scale exponent",
                     {"rule": "every integer tensor carries a power-of-two exponent"})
             graph.tensors[info.name] = info

@@ -17,30 +17,44 @@ Two layers, as in TensorFlow Lite Micro:
 
 * :func:`plan_memory` — builds the buffers of a :class:`~lnn_core.graph.Graph`: op ``i`` runs at
   step ``i``; a tensor lives from the step of the op that writes it (graph inputs: step 0) to the
-  step of the last op that reads it (graph outputs: the last step). Reshape-like ops
-  (:data:`~.passes.ALIAS_OPS`) alias their input: the two tensors form one buffer with the union
-  of their lifetimes and share one offset. Everything is planned into share-memory first; while
-  that plan is larger than share-memory, the buffer that is cheapest to keep in PSRAM is moved
-  there and the plan is redone. "Cheapest" = fewest accesses (one write plus one per reading op)
-  per byte of share-memory freed, among the buffers live where the share plan overflows; ties go
-  to the larger buffer, then the name. Only when the PSRAM plan overflows too does planning fail
-  (:class:`~lnn_core.errors.HardwareLimitError`).
+  step of the last op that reads it (graph outputs: the last step).
+
+  - Reshape-like ops (:data:`~.passes.ALIAS_OPS`) alias their input: the two tensors form one buffer
+    with the union of their lifetimes and share one offset.
+  - In-place concatenation: an ``iqCat`` whose inputs have the output's dtype and exponent (no
+    rescale), along an axis with only size-1 dimensions before it, gets each input placed *inside*
+    the output buffer at its byte offset (when that offset is aligned and the input is an ordinary
+    op output read by nothing that needs it elsewhere); the simulator then finds source and
+    destination equal and moves nothing. The split pass (:mod:`.graph_passes`) produces such joins.
+  - Per-op buffers in share-memory (sizes in docs/memory.md, "Scratch and prefetch"): a
+    *weight prefetch* buffer for every op with weights (the weights live in flash and are DMA'd in,
+    live from ``prefetch_lookahead`` ops before the op through the op), and a *workspace* for every
+    operand that lives in PSRAM when the op's engine reads share-memory only.
+
+  Everything is planned into share-memory first; while that plan is larger than share-memory, the
+  activation buffer that is cheapest to keep in PSRAM is moved there (which may add workspaces) and
+  the plan is redone. "Cheapest" = fewest accesses (one write plus one per reading op) per byte,
+  among the buffers whose move lowers share-memory at a step where the plan overflows; ties go to the
+  larger buffer, then the name. Planning fails (:class:`~lnn_core.errors.HardwareLimitError`) only
+  when nothing is left to move, or when the PSRAM plan overflows too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from lnn_core.errors import HardwareLimitError, ModelFileError
-from lnn_core.graph import Graph
+from lnn_core.graph import Graph, Node
 
 from .passes import ALIAS_OPS
+from .sizes import align as _align_up
+from .sizes import packed_weight_bytes
 
-__all__ = ["GreedyPlanner", "MemoryConfig", "TensorPlacement", "RegionPlan", "MemoryPlan", "plan_memory",
-           "REGION_SHARE", "REGION_PSRAM"]
+__all__ = ["GreedyPlanner", "MemoryConfig", "TensorPlacement", "ScratchPlacement", "RegionPlan", "MemoryPlan",
+           "plan_memory", "REGION_SHARE", "REGION_PSRAM", "WEIGHT_OPS", "NO_WORKSPACE_OPS"]
 
 log = logging.getLogger("lnn.backend.planner")
 
@@ -144,26 +158,50 @@ class GreedyPlanner:
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """Region sizes and alignment; defaults come from the target data file (targets/csk60xx.toml)."""
+    """Region sizes, alignment and the per-op buffer model; defaults come from targets/csk60xx.toml.
+
+    :param share_mem: share-memory bytes available.
+    :param psram: PSRAM bytes available.
+    :param alignment: every buffer starts at a multiple of this.
+    :param scratch: plan the weight-prefetch and workspace buffers (False: activations only).
+    :param prefetch_align: the bias of a DMA'd weight blob starts at this alignment after the weights.
+    :param prefetch_lookahead: a weight DMA starts this many ops before its op.
+    :param workspace_max: largest copy-through workspace of a PSRAM operand.
+    :param prefetch_max: largest packed-weight part of a prefetch buffer (the engine's weight buffer; an op
+        whose weights are larger is split by the passes or reported by the rules).
+    """
 
     share_mem: int
     psram: int
     alignment: int = 64
+    scratch: bool = True
+    prefetch_align: int = 16
+    prefetch_lookahead: int = 1
+    workspace_max: int = 65536
+    prefetch_max: int = 32768
 
     @classmethod
     def from_target(cls, *, share_mem: int | None = None, psram: int | None = None,
-                    alignment: int | None = None) -> MemoryConfig:
+                    alignment: int | None = None, scratch: bool = True) -> MemoryConfig:
         from .target import load_target
 
         limits = load_target().limits
         return cls(share_mem=int(share_mem if share_mem is not None else limits["memory.share_mem_bytes"]),
                    psram=int(psram if psram is not None else limits["memory.psram_bytes"]),
-                   alignment=int(alignment if alignment is not None else limits["memory.align_bytes"]))
+                   alignment=int(alignment if alignment is not None else limits["memory.align_bytes"]),
+                   scratch=scratch, prefetch_align=int(limits["memory.prefetch_align"]),
+                   prefetch_lookahead=int(limits["memory.prefetch_lookahead"]),
+                   workspace_max=int(limits["memory.workspace_bytes_max"]),
+                   prefetch_max=int(limits["conv.weight_bytes_max"]))
 
 
 @dataclass
 class TensorPlacement:
-    """Where one activation tensor lives; ``alias_of`` names the tensor whose buffer it shares."""
+    """Where one activation tensor lives.
+
+    ``alias_of`` names the tensor whose buffer it shares (reshape alias or in-place concatenation);
+    ``offset`` is its own start (the buffer's offset plus its place inside the buffer).
+    """
 
     name: str
     region: str
@@ -175,13 +213,31 @@ class TensorPlacement:
 
 
 @dataclass
+class ScratchPlacement:
+    """A per-op buffer in share-memory: ``kind`` is ``prefetch`` (DMA'd weights) or ``workspace``."""
+
+    name: str
+    kind: str
+    op: str
+    region: str
+    offset: int
+    size: int
+    first_use: int
+    last_use: int
+    detail: str = ""
+
+
+@dataclass
 class RegionPlan:
     """The plan of one region.
 
     :param size: arena bytes (``peak`` rounded up to the alignment).
-    :param peak: highest end offset of any tensor in the plan.
-    :param lower_bound: largest sum of tensors live at one step.
-    :param total: sum of all tensor sizes in the region (what no reuse would need).
+    :param peak: highest end offset of any buffer in the plan.
+    :param lower_bound: largest sum of buffers live at one step (no placement can need less).
+    :param total: sum of all activation tensor sizes in the region (what no reuse would need).
+    :param activation_lower_bound: the same lower bound over activation buffers only.
+    :param prefetch_total: bytes of weight-prefetch buffers (sum; they are reused like tensors).
+    :param workspace_total: bytes of PSRAM-operand workspaces (sum).
     """
 
     name: str
@@ -191,17 +247,46 @@ class RegionPlan:
     lower_bound: int = 0
     total: int = 0
     tensors: list[str] = field(default_factory=list)
+    scratch: list[str] = field(default_factory=list)
+    activation_lower_bound: int = 0
+    prefetch_total: int = 0
+    workspace_total: int = 0
 
 
 @dataclass
 class MemoryPlan:
-    """Result of :func:`plan_memory`: placements per tensor, plans per region, tensors moved to PSRAM."""
+    """Result of :func:`plan_memory`: placements per tensor and per scratch buffer, plans per region,
+    the tensors moved to PSRAM, and the live bytes per step (``timeline``)."""
 
     placements: dict[str, TensorPlacement]
     regions: dict[str, RegionPlan]
     spilled: list[str]
     alignment: int
     num_steps: int
+    scratch: dict[str, ScratchPlacement] = field(default_factory=dict)
+    op_names: list[str] = field(default_factory=list)
+
+    def live_bytes(self, region: str) -> dict[str, list[int]]:
+        """Per step, the bytes live in ``region`` by kind: ``activations``, ``prefetch``, ``workspace``."""
+        out = {"activations": [0] * self.num_steps, "prefetch": [0] * self.num_steps,
+               "workspace": [0] * self.num_steps}
+        for p, size in self.buffers(region):
+            for t in range(p.first_use, min(p.last_use, self.num_steps - 1) + 1):
+                out["activations"][t] += _align(size, self.alignment)
+        for sp in self.scratch.values():
+            if sp.region == region:
+                for t in range(sp.first_use, min(sp.last_use, self.num_steps - 1) + 1):
+                    out[sp.kind][t] += _align(sp.size, self.alignment)
+        return out
+
+    def buffers(self, region: str) -> list[tuple[TensorPlacement, int]]:
+        """The activation buffers of ``region``: each root tensor with the bytes its buffer spans."""
+        roots = {name: p for name, p in self.placements.items() if p.region == region and p.alias_of is None}
+        end = {name: p.offset + p.size for name, p in roots.items()}
+        for p in self.placements.values():
+            if p.alias_of in end:
+                end[p.alias_of] = max(end[p.alias_of], p.offset + p.size)
+        return [(p, end[name] - p.offset) for name, p in roots.items()]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -209,97 +294,248 @@ class MemoryPlan:
             "steps": self.num_steps,
             "spilled_to_psram": list(self.spilled),
             "regions": {k: {"limit": r.limit, "size": r.size, "peak": r.peak, "lower_bound": r.lower_bound,
-                            "total": r.total, "tensors": list(r.tensors)} for k, r in self.regions.items()},
+                            "total": r.total, "activation_lower_bound": r.activation_lower_bound,
+                            "prefetch_total": r.prefetch_total, "workspace_total": r.workspace_total,
+                            "tensors": list(r.tensors), "scratch": list(r.scratch)}
+                        for k, r in self.regions.items()},
             "tensors": {k: {"region": p.region, "offset": p.offset, "size": p.size, "first_use": p.first_use,
                             "last_use": p.last_use, "alias_of": p.alias_of} for k, p in self.placements.items()},
+            "scratch": {k: {"kind": s.kind, "op": s.op, "region": s.region, "offset": s.offset, "size": s.size,
+                            "first_use": s.first_use, "last_use": s.last_use, "detail": s.detail}
+                        for k, s in self.scratch.items()},
         }
+
+
+#: ops whose weights (constant inputs 1 and 2) are DMA'd from flash into a share-memory prefetch buffer
+WEIGHT_OPS = frozenset({"Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt", "BatchNorm2dInt"})
+#: ops that need no share-memory workspace for PSRAM operands: CPU ops (Quant, Dequant), pure data
+#: movement by DMA (Slice, reshape-like aliases) and plugin ops (run on the CPU)
+NO_WORKSPACE_OPS = frozenset({"Quant", "Dequant", "Slice"}) | ALIAS_OPS
+#: ops whose engine reads the operand from share-memory only, so its workspace is the whole tensor
+_FULL_WORKSPACE = {"Conv1dInt": (0,), "ConvTranspose2dInt": (0, "out")}
 
 
 @dataclass
 class _Group:
     root: str
     members: list[str]
+    rel: dict[str, int]
     size: int
     first: int
     last: int
     accesses: int
+    steps: set[int] = field(default_factory=set)
 
 
-def _groups(graph: Graph) -> tuple[list[_Group], dict[str, str]]:
-    """Activation buffers: one per tensor, merged across reshape-like ops; returns groups and alias map."""
+def _inplace_concats(graph: Graph, produced_by: dict[str, Node], alignment: int) -> dict[str, tuple[str, int]]:
+    """Inputs of no-rescale concatenations that can live inside the output buffer: input -> (output, byte offset)."""
+    out: dict[str, tuple[str, int]] = {}
+    claimed: set[str] = set()
+    for node in graph.nodes:
+        if node.op_type != "iqCat" or not node.outputs:
+            continue
+        y = graph.tensors.get(node.outputs[0])
+        if y is None or y.shape is None:
+            continue
+        rank = len(y.shape)
+        axis = node.attrs.get("dim", 0) % rank
+        if math.prod(y.shape[:axis]) != 1 or len(set(node.inputs)) != len(node.inputs):
+            continue
+        item = y.nbytes // max(math.prod(y.shape), 1)
+        inner = math.prod(y.shape[axis + 1:])
+        pos = 0
+        for name in node.inputs:
+            x = graph.tensors[name]
+            offset = pos * inner * item
+            pos += x.shape[axis]
+            prod = produced_by.get(name)
+            if (x.dtype != y.dtype or x.exponent != y.exponent or offset % alignment or prod is None
+                    or prod.op_type in ALIAS_OPS or name in graph.outputs or name in claimed):
+                continue
+            claimed.add(name)
+            out[name] = (y.name, offset)
+    return out
+
+
+def _groups(graph: Graph, alignment: int) -> tuple[list[_Group], dict[str, str]]:
+    """Activation buffers: one per tensor, merged across reshape-like ops and in-place concatenations;
+    returns the groups and ``tensor -> root`` ."""
     n_steps = len(graph.nodes)
-    root: dict[str, str] = {}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     accesses: dict[str, int] = {}
+    steps: dict[str, set[int]] = {}
+    parent: dict[str, tuple[str, int]] = {}
+    produced_by: dict[str, Node] = {}
     for name in graph.inputs:
-        root[name], first[name], last[name], accesses[name] = name, 0, 0, 1
+        first[name], last[name], accesses[name], steps[name] = 0, 0, 1, {0}
     for step, node in enumerate(graph.nodes):
         for t in node.inputs:
-            if t and t in root:
+            if t and t in first:
                 last[t] = max(last[t], step)
                 accesses[t] += 1
+                steps[t].add(step)
         for t in node.outputs:
             src = node.inputs[0] if node.inputs else ""
-            alias = node.op_type in ALIAS_OPS and src in root
-            root[t] = root[src] if alias else t
-            first[t], last[t], accesses[t] = step, step, 1
+            if node.op_type in ALIAS_OPS and src in first:
+                parent[t] = (src, 0)
+            first[t], last[t], accesses[t], steps[t] = step, step, 1, {step}
+            produced_by[t] = node
     for t in graph.outputs:
         if t in last:
             last[t] = max(last[t], n_steps - 1, 0)
+    for name, target in _inplace_concats(graph, produced_by, alignment).items():
+        parent.setdefault(name, target)
+
+    def resolve(name: str) -> tuple[str, int]:
+        rel = 0
+        while name in parent:
+            name, off = parent[name]
+            rel += off
+        return name, rel
+
     groups: dict[str, _Group] = {}
-    for name, r in root.items():
+    root_of: dict[str, str] = {}
+    for name in first:
         info = graph.tensors.get(name)
         size = info.nbytes if info is not None else None
         if size is None:
             raise ModelFileError(f"tensor {name!r} has no known size, so it cannot be planned", {},
                                  "run shape inference before planning", path=graph.meta.get("source"), node=None)
-        g = groups.get(r)
+        root, rel = resolve(name)
+        root_of[name] = root
+        g = groups.get(root)
         if g is None:
-            groups[r] = _Group(r, [name], size, first[name], last[name], accesses[name])
-        else:
-            g.members.append(name)
-            g.size = max(g.size, size)
-            g.first, g.last = min(g.first, first[name]), max(g.last, last[name])
-            g.accesses += accesses[name]
-    return list(groups.values()), root
+            g = groups[root] = _Group(root, [], {}, 0, first[name], last[name], 0)
+        g.members.append(name)
+        g.rel[name] = rel
+        g.size = max(g.size, rel + size)
+        g.first, g.last = min(g.first, first[name]), max(g.last, last[name])
+        g.accesses += accesses[name]
+        g.steps |= steps[name]
+    return list(groups.values()), root_of
 
 
-def _plan_region(groups: Iterable[_Group], alignment: int) -> tuple[GreedyPlanner, list[_Group]]:
+@dataclass
+class _Scratch:
+    name: str
+    kind: str
+    op: str
+    size: int
+    first: int
+    last: int
+    detail: str
+
+
+def _prefetch_buffers(graph: Graph, cfg: MemoryConfig) -> list[_Scratch]:
+    out = []
+    for step, node in enumerate(graph.nodes):
+        if node.op_type not in WEIGHT_OPS or len(node.inputs) < 2 or node.inputs[1] not in graph.initializers:
+            continue
+        weights = min(packed_weight_bytes(graph, node), cfg.prefetch_max)
+        extra = [graph.tensors[t].nbytes for t in node.inputs[2:] if t and t in graph.initializers]
+        size = _align_up(weights, cfg.prefetch_align) + sum(extra)
+        out.append(_Scratch(f"prefetch:{node.name}", "prefetch", node.name, size,
+                            max(0, step - cfg.prefetch_lookahead), step,
+                            f"{node.op_type} weights {weights} B (packed), then {sum(extra)} B of bias at "
+                            f"ALIGN{cfg.prefetch_align}"))
+    return out
+
+
+def _workspace_buffers(graph: Graph, cfg: MemoryConfig, spilled_tensors: set[str],
+                       known_ops: frozenset[str]) -> list[_Scratch]:
+    out = []
+    for step, node in enumerate(graph.nodes):
+        if node.op_type in NO_WORKSPACE_OPS or node.op_type not in known_ops:
+            continue
+        full = _FULL_WORKSPACE.get(node.op_type, ())
+        operands = [(i, t) for i, t in enumerate(node.inputs) if t] + [("out", t) for t in node.outputs]
+        if node.op_type == "iqCat":  # only rescaled inputs pass through the engine
+            y_exp = graph.tensors[node.outputs[0]].exponent
+            operands = [(i, t) for i, t in operands if i != "out" and graph.tensors[t].exponent != y_exp]
+        for where, t in operands:
+            if t not in spilled_tensors:
+                continue
+            size = graph.tensors[t].nbytes
+            ws = size if where in full else min(size, cfg.workspace_max)
+            out.append(_Scratch(f"workspace:{node.name}:{t}", "workspace", node.name, ws, step, step,
+                                f"{node.op_type} {'output' if where == 'out' else 'input'} {t!r} lives in PSRAM"))
+    return out
+
+
+def _workspace_cost(graph: Graph, cfg: MemoryConfig, g: _Group, step: int, known_ops: frozenset[str]) -> int:
+    """Workspace bytes moving ``g`` to PSRAM adds at ``step`` (its share-memory saving there is size - this)."""
+    node = graph.nodes[step] if step < len(graph.nodes) else None
+    if node is None or step not in g.steps or node.op_type in NO_WORKSPACE_OPS or node.op_type not in known_ops:
+        return 0
+    full = _FULL_WORKSPACE.get(node.op_type, ())
+    cost = 0
+    for where, t in [(i, t) for i, t in enumerate(node.inputs) if t] + [("out", t) for t in node.outputs]:
+        if t in g.rel:
+            size = graph.tensors[t].nbytes
+            cost += size if where in full else min(size, cfg.workspace_max)
+    return cost
+
+
+def _plan_share(groups: list[_Group], scratch: list[_Scratch], alignment: int) -> GreedyPlanner:
     planner = GreedyPlanner(alignment)
-    gs = list(groups)
-    for g in gs:
+    for g in groups:
         planner.add_buffer(g.size, g.first, g.last)
-    return planner, gs
+    for sc in scratch:
+        planner.add_buffer(sc.size, sc.first, sc.last)
+    return planner
 
 
 def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None = None,
-                config: MemoryConfig | None = None) -> MemoryPlan:
-    """Plan every activation tensor of ``graph`` (graph inputs and node outputs; not initializers).
+                config: MemoryConfig | None = None, scratch: bool = True) -> MemoryPlan:
+    """Plan every activation tensor of ``graph`` (graph inputs and node outputs; not initializers), and
+    the per-op prefetch and workspace buffers in share-memory.
 
     ``graph`` must be topologically sorted with known shapes (:func:`~.passes.infer_shapes`).
-    ``share_mem`` / ``psram`` override the target's region sizes in bytes.
+    ``share_mem`` / ``psram`` override the target's region sizes in bytes; ``scratch=False`` plans the
+    activations only.
 
-    :raises HardwareLimitError: when the tensors do not fit share-memory and PSRAM together.
+    :raises HardwareLimitError: when the buffers do not fit share-memory and PSRAM together.
     """
-    cfg = config or MemoryConfig.from_target(share_mem=share_mem, psram=psram)
-    groups, root = _groups(graph)
+    cfg = config or MemoryConfig.from_target(share_mem=share_mem, psram=psram, scratch=scratch)
+    from .packer import OP_CODES  # the ops the chip runs; anything else is a plugin (CPU) op
+
+    known_ops = frozenset(OP_CODES)
+    groups, root = _groups(graph, cfg.alignment)
+    prefetch = _prefetch_buffers(graph, cfg) if cfg.scratch else []
     share = list(groups)
     spilled: list[_Group] = []
     while True:
-        planner, share = _plan_region(share, cfg.alignment)
+        spilled_tensors = {m for g in spilled for m in g.members}
+        work = _workspace_buffers(graph, cfg, spilled_tensors, known_ops) if cfg.scratch else []
+        planner = _plan_share(share, prefetch + work, cfg.alignment)
         if planner.max_size <= cfg.share_mem:
             break
         offsets = planner.offsets
-        hot_steps = {t for i, g in enumerate(share) if offsets[i] + g.size > cfg.share_mem
-                     for t in range(g.first, g.last + 1)}
-        candidates = [g for g in share if any(g.first <= t <= g.last for t in hot_steps)]
+        sizes = [g.size for g in share] + [sc.size for sc in prefetch + work]
+        spans = [(g.first, g.last) for g in share] + [(sc.first, sc.last) for sc in prefetch + work]
+        hot_steps = {t for i, (a, b) in enumerate(spans) if offsets[i] + sizes[i] > cfg.share_mem
+                     for t in range(a, b + 1)}
+        candidates = [g for g in share if any(
+            g.first <= t <= g.last and g.size > (_workspace_cost(graph, cfg, g, t, known_ops) if cfg.scratch else 0)
+            for t in hot_steps)]
+        if not candidates:
+            raise HardwareLimitError(
+                f"graph {graph.name!r} does not fit the share-memory of target csk60xx",
+                {"rule": f"csk60xx.memory.share_mem_bytes: share-memory holds {cfg.share_mem} bytes",
+                 "actual": f"{planner.max_size} bytes needed with {len(spilled)} tensors already in PSRAM; "
+                           "what is left (weight prefetch, workspaces, tensors the ops at the overflowing "
+                           "steps read or write) cannot move",
+                 "steps": ", ".join(graph.nodes[t].name for t in sorted(hot_steps)[:5] if t < len(graph.nodes))},
+                "pass a larger --share-mem, or shrink the layers at these steps",
+                target="csk60xx", rule_id="csk60xx.memory.share_mem_bytes", limit=cfg.share_mem,
+                actual=planner.max_size, op_name=None, violations=[])
         victim = min(candidates, key=lambda g: (g.accesses / max(g.size, 1), -g.size, g.root))
         share.remove(victim)
         spilled.append(victim)
         log.info("share-memory plan needs %d bytes > %d: moving %r (%d bytes, %d accesses) to PSRAM",
                  planner.max_size, cfg.share_mem, victim.root, victim.size, victim.accesses)
-    psram_planner, spilled = _plan_region(spilled, cfg.alignment)
+    psram_planner = _plan_share(spilled, [], cfg.alignment)
     if psram_planner.max_size > cfg.psram:
         biggest = sorted(groups, key=lambda g: -g.size)[:3]
         raise HardwareLimitError(
@@ -314,19 +550,30 @@ def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None
 
     placements: dict[str, TensorPlacement] = {}
     regions: dict[str, RegionPlan] = {}
-    for region, pl, gs, limit in ((REGION_SHARE, planner, share, cfg.share_mem),
-                                  (REGION_PSRAM, psram_planner, spilled, cfg.psram)):
+    scratch_out: dict[str, ScratchPlacement] = {}
+    for region, pl, gs, extra, limit in ((REGION_SHARE, planner, share, prefetch + work, cfg.share_mem),
+                                         (REGION_PSRAM, psram_planner, spilled, [], cfg.psram)):
+        act_lb = _plan_share(gs, [], cfg.alignment).lower_bound()
         rp = RegionPlan(region, limit, _align(pl.max_size, cfg.alignment), pl.max_size, pl.lower_bound(),
-                        sum(g.size for g in gs))
+                        sum(g.size for g in gs), activation_lower_bound=act_lb,
+                        prefetch_total=sum(sc.size for sc in extra if sc.kind == "prefetch"),
+                        workspace_total=sum(sc.size for sc in extra if sc.kind == "workspace"))
+        offsets = pl.offsets
         for i, g in enumerate(gs):
             for name in g.members:
-                size = graph.tensors[name].nbytes
-                placements[name] = TensorPlacement(name, region, pl.offset(i), size, g.first, g.last,
-                                                   None if name == g.root else g.root)
+                placements[name] = TensorPlacement(name, region, offsets[i] + g.rel[name], graph.tensors[name].nbytes,
+                                                   g.first, g.last, None if name == g.root else g.root)
                 rp.tensors.append(name)
+        for j, sc in enumerate(extra):
+            scratch_out[sc.name] = ScratchPlacement(sc.name, sc.kind, sc.op, region, offsets[len(gs) + j], sc.size,
+                                                    sc.first, sc.last, sc.detail)
+            rp.scratch.append(sc.name)
         regions[region] = rp
     # keep the graph's tensor order in the placement table (deterministic output)
     placements = {name: placements[name] for name in root}
-    log.info("memory plan: share-memory %d bytes (lower bound %d), PSRAM %d bytes, %d tensors moved",
-             regions[REGION_SHARE].peak, regions[REGION_SHARE].lower_bound, regions[REGION_PSRAM].peak, len(spilled))
-    return MemoryPlan(placements, regions, [g.root for g in spilled], cfg.alignment, len(graph.nodes))
+    log.info("memory plan: share-memory %d bytes (lower bound %d; prefetch %d, workspace %d), PSRAM %d bytes, "
+             "%d tensors moved", regions[REGION_SHARE].peak, regions[REGION_SHARE].lower_bound,
+             regions[REGION_SHARE].prefetch_total, regions[REGION_SHARE].workspace_total,
+             regions[REGION_PSRAM].peak, len(spilled))
+    return MemoryPlan(placements, regions, [g.root for g in spilled], cfg.alignment, len(graph.nodes),
+                      scratch_out, [n.name for n in graph.nodes])

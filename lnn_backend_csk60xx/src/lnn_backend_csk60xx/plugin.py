@@ -25,10 +25,16 @@ def lnn_op_rules(op_type: str, target: str) -> list[Any] | None:
 
 @hookimpl
 def lnn_register_commands(registry: Any) -> None:
-    from . import demo
+    from . import commands, demo
 
     registry.add("demo", "run the whole flow on the bundled digits data and print float vs int8 accuracy",
                  demo.configure, demo.run)
+    registry.add("pack", "check, split, plan and pack a CSK60xx ONNX file into model.bin (+ memory report)",
+                 commands.configure_pack, commands.run_pack)
+    registry.add("run", "run model.bin in the int8 simulator on .npy/.bin inputs (every tensor with --dump)",
+                 commands.configure_run, commands.run_run)
+    registry.add("check", "list every hardware-rule violation of a CSK60xx ONNX file and whether it fits memory",
+                 commands.configure_check, commands.run_check)
 
 
 @hookimpl
@@ -48,5 +54,17 @@ def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, 
     from .pipeline import pack_graph
     from .simulator import Simulator
 
-    packed = pack_graph(read_onnx(model), share_mem=options.get("share_mem"), psram=options.get("psram"))
+    # verification compares every tensor: keep each one (no Relu fusion) and pack what the simulator runs
+    packed = pack_graph(read_onnx(model), share_mem=options.get("share_mem"), psram=options.get("psram"),
+                        check=False, fuse_relu=False)
     return Simulator(packed.blob).run(inputs, dump=True)
+
+
+@hookimpl
+def lnn_check_graph(graph: Any, target: str, options: dict[str, Any]) -> Any:
+    """Rules, graph passes and the memory plan of an IR graph (see :func:`.check.check_graph`)."""
+    if target != TARGET_ID:
+        return None
+    from .check import check_graph
+
+    return check_graph(graph, share_mem=options.get("share_mem"), psram=options.get("psram"))

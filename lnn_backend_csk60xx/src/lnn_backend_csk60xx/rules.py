@@ -4,6 +4,12 @@ Each rule judges an :class:`lnn_core.rules.OpView` whose attributes use the chip
 (``kernel_shape``, ``strides``, ``pads``, ``dilations``, ``group``, ``data_bits``, ...), so the same
 rule judges a PyTorch module at ``lnn.init`` and an ONNX node at pack time. The numbers come from
 ``targets/csk60xx.toml`` and are formatted into the rule text, so docs cannot drift from code.
+
+The second half holds the pack-time rules: they apply to IR op types only and read what
+:func:`.check.op_view` adds to a node's attributes (``input_shapes``, ``input_dtypes``,
+``input_exponents``, ``output_shapes``, ``output_dtypes``, ``output_exponents``). The buffer rules
+share their arithmetic with the split pass (:mod:`.sizes`): a rule fires exactly when the pass
+cannot make the op fit.
 """
 
 from __future__ import annotations
@@ -11,9 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from lnn_core.rules import Finding, OpView, Rule, rule
 
-__all__ = ["RULES", "rules_for"]
+from .sizes import fit
+
+__all__ = ["RULES", "PACK_RULES", "rules_for", "check_op_supported"]
 
 CONV = ("builtin.Conv1d", "builtin.Conv2d", "Conv1dInt", "Conv2dInt")
 DECONV = ("builtin.ConvTranspose1d", "builtin.ConvTranspose2d", "ConvTranspose2dInt")
@@ -229,6 +239,265 @@ def check_sub_unverified(op: OpView, limits: Mapping[str, Any]) -> Finding | Non
                    "or validate this layer on a board with lnn verify")
 
 
+# ================================================================================================
+# Pack-time rules (IR nodes with shapes, dtypes and exponents)
+# ================================================================================================
+
+IR_CONV = ("Conv1dInt", "Conv2dInt")
+
+
+def _shapes(op: OpView, key: str) -> tuple[Any, ...]:
+    return tuple(op.attrs.get(key) or ())
+
+
+def _at(values: Sequence[Any], i: int) -> Any:
+    return values[i] if i < len(values) else None
+
+
+def _buffer_rule(rule_id: str, ops: tuple[str, ...], text: str, **limit_keys: str) -> Rule:
+    def check(op: OpView, limits: Mapping[str, Any]) -> list[Finding] | None:
+        plan = fit(op.op_type, op.attrs, _shapes(op, "input_shapes"), _shapes(op, "output_shapes"), limits)
+        if plan is None:
+            return None
+        found = [Finding(actual=p.actual, limit=p.limit, hint=p.hint) for p in plan.problems if p.rule_id == rule_id]
+        return found or None
+
+    check.__doc__ = text
+    return rule(rule_id, ops=ops, **limit_keys)(check)
+
+
+BUFFER_RULES: tuple[Rule, ...] = (
+    _buffer_rule("csk60xx.conv.input_bytes", ("Conv2dInt",),
+                 "Conv input A8(C_in)*H*A_(8*s_w)(W) above {max} bytes is split along H into equal row slices; "
+                 "the input rows of one output row must fit {max} bytes.", max="conv.input_bytes_max"),
+    _buffer_rule("csk60xx.conv.weight_bytes", IR_CONV,
+                 "Conv weights A8(C_in)*kh*kw*A2(C_out) above {max} bytes are split into even chunks of output "
+                 "channels; two output channels must fit {max} bytes.", max="conv.weight_bytes_max"),
+    _buffer_rule("csk60xx.conv.weight_and_input", IR_CONV,
+                 "A conv may exceed the {w} byte weight buffer or the {i} byte input buffer, not both at once.",
+                 w="conv.weight_bytes_max", i="conv.input_bytes_max"),
+    _buffer_rule("csk60xx.conv.depthwise_weight_bytes", IR_CONV,
+                 "Depthwise conv weights A16(C)*kh*kw must be at most {max} bytes (not split).",
+                 max="conv.depthwise_weight_bytes_max"),
+    _buffer_rule("csk60xx.conv.group_weight_bytes", IR_CONV,
+                 "Grouped conv weights per group A8(C_in/g)*kh*kw*A2(C_out/g) must be at most {max} bytes.",
+                 max="conv.weight_bytes_max"),
+    _buffer_rule("csk60xx.deconv.weight_bytes", ("ConvTranspose2dInt",),
+                 "Transposed conv weights A8(C_in)*A2(C_out)*kh*kw and A8(C_out)*A2(C_in)*kh*kw must be at most "
+                 "{max} bytes (not split).", max="deconv.weight_bytes_max"),
+    _buffer_rule("csk60xx.deconv.input_bytes", ("ConvTranspose2dInt",),
+                 "Transposed conv input A8(C_in)*H*A8(W) must be at most {max} bytes (not split).",
+                 max="deconv.input_bytes_max"),
+    _buffer_rule("csk60xx.linear.weight_bytes", ("LinearInt",),
+                 "Linear weights A8(K)*A4(N) above {max} bytes are split into equal parts of N; some equal part "
+                 "must fit {max} bytes.", max="linear.right_bytes_max"),
+    _buffer_rule("csk60xx.linear.input_bytes", ("LinearInt",),
+                 "Linear input A4(M)*A8(K) above {max} bytes is split into equal row slices (rows on the "
+                 "second-to-last axis, size-1 axes before it); some slice must fit {max} bytes.",
+                 max="linear.left_bytes_max"),
+    _buffer_rule("csk60xx.pool.input_bytes", ("MaxPool",),
+                 "MaxPool on an input above 64 KB runs by rows: A8(C)*kh*A_(8*s_w)(W) must be at most {max} bytes.",
+                 max="pool.row_bytes_max"),
+)
+
+
+def _exp_rule(rule_id: str, ops: tuple[str, ...], text: str, second: str) -> Rule:
+    def check(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+        ins, outs = _shapes(op, "input_exponents"), _shapes(op, "output_exponents")
+        n_x, n_w, n_o = _at(ins, 0), _at(ins, 1), _at(outs, 0)
+        if n_x is None or n_w is None or n_o is None or n_o <= n_x + n_w:
+            return None
+        return Finding(actual=f"n_o {n_o} > n_x {n_x} + {second} {n_w}", limit=f"n_o <= {n_x + n_w}",
+                       hint=f"choose an output scale of at most 2^{n_x + n_w} (the requantizing shift "
+                            f"n_x + {second} - n_o is unsigned on the chip)")
+
+    check.__doc__ = text
+    return rule(rule_id, ops=ops)(check)
+
+
+EXPONENT_RULES: tuple[Rule, ...] = (
+    _exp_rule("csk60xx.conv.out_exponent", IR_CONV, "Conv output exponent n_o must be at most n_x + n_w.", "n_w"),
+    _exp_rule("csk60xx.deconv.out_exponent", ("ConvTranspose2dInt",),
+              "Transposed conv output exponent n_o must be at most n_x + n_w.", "n_w"),
+    _exp_rule("csk60xx.linear.out_exponent", ("LinearInt",), "Linear output exponent n_o must be at most n_x + n_w.",
+              "n_w"),
+    _exp_rule("csk60xx.batchnorm.out_exponent", ("BatchNorm2dInt",),
+              "BatchNorm output exponent n_o must be at most n_x + n_w.", "n_w"),
+    _exp_rule("csk60xx.mul.out_exponent", ("iqMul",), "iqMul output exponent n_o must be at most n_x + n_y.", "n_y"),
+)
+
+
+@rule("csk60xx.add.out_exponent", ops=("iqAdd", "iqSub"))
+def check_add_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """iqAdd / iqSub output exponent n_o must be at most min(n_x, n_y) (each operand is shifted right)."""
+    ins, outs = _shapes(op, "input_exponents"), _shapes(op, "output_exponents")
+    n_x, n_y, n_o = _at(ins, 0), _at(ins, 1), _at(outs, 0)
+    if None in (n_x, n_y, n_o) or n_o <= min(n_x, n_y):
+        return None
+    return Finding(actual=f"n_o {n_o} with n_x {n_x}, n_y {n_y}", limit=f"n_o <= {min(n_x, n_y)}",
+                   hint="cap the output scale at the smaller input scale (lnn does this when it quantizes an add)")
+
+
+@rule("csk60xx.avgpool.out_exponent", ops=("AvgPool2dInt",))
+def check_avgpool_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """AvgPool2dInt: a power-of-two window needs n_o = n_x (the chip shifts by log2 of the area); other
+    windows need n_o >= n_x."""
+    ins, outs = _shapes(op, "input_exponents"), _shapes(op, "output_exponents")
+    n_x, n_o = _at(ins, 0), _at(outs, 0)
+    k = _list(op, "kernel_shape")
+    if n_x is None or n_o is None or not k:
+        return None
+    area = k[0] * (k[1] if len(k) > 1 else 1)
+    pow2 = area & (area - 1) == 0
+    if pow2 and n_o != n_x:
+        return Finding(actual=f"window {_fmt(k)} (area {area}), n_o {n_o}, n_x {n_x}", limit="n_o = n_x",
+                       hint="give the pooling output the input's scale")
+    if not pow2 and n_o < n_x:
+        return Finding(actual=f"window {_fmt(k)}, n_o {n_o} < n_x {n_x}", limit="n_o >= n_x",
+                       hint="give the pooling output at least the input's scale")
+    return None
+
+
+@rule("csk60xx.quant.exponent", ops=("Quant",), emin="quant.exponent_min")
+def check_quant_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """Quant output exponent n must be at least {emin} (the chip computes 1 << n)."""
+    n = _at(_shapes(op, "output_exponents"), 0)
+    if n is not None and n < limits["quant.exponent_min"]:
+        return Finding(actual=f"n {n} (scale 2^{n})", limit=f"n >= {limits['quant.exponent_min']}",
+                       hint="the input range is above 127; normalise the input (divide by a power of two) "
+                            "before it enters the model")
+    return None
+
+
+@rule("csk60xx.add.equal_shapes", ops=("iqAdd", "iqSub"))
+def check_add_equal_shapes(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """iqAdd / iqSub operands must have equal shapes (the chip does not broadcast them)."""
+    shapes = _shapes(op, "input_shapes")
+    if len(shapes) >= 2 and None not in shapes[:2] and tuple(shapes[0]) != tuple(shapes[1]):
+        return Finding(actual=f"x {tuple(shapes[0])}, y {tuple(shapes[1])}", limit="equal shapes",
+                       hint="expand the smaller operand explicitly (e.g. a 1x1 conv or a repeat) before the add")
+    return None
+
+
+@rule("csk60xx.mul.broadcast", ops=("iqMul",))
+def check_mul_broadcast(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """iqMul operands must have equal shapes, or y must be [N, C, 1, 1] against a 4-D x, or a scalar."""
+    shapes = _shapes(op, "input_shapes")
+    if len(shapes) < 2 or None in shapes[:2]:
+        return None
+    x, y = tuple(shapes[0]), tuple(shapes[1])
+    per_channel = len(x) == 4 and y == (x[0], x[1], 1, 1)
+    if x == y or per_channel or int(np.prod(y)) == 1:
+        return None
+    return Finding(actual=f"x {x}, y {y}", limit="y == x, [N, C, 1, 1] or scalar",
+                   hint="reshape y to [N, C, 1, 1], or swap the operands when x is the broadcast one")
+
+
+@rule("csk60xx.cat.inputs", ops=("iqCat",))
+def check_cat_inputs(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """iqCat needs at least 2 inputs."""
+    n = len(_shapes(op, "input_shapes"))
+    if n < 2:
+        return Finding(actual=f"{n} input", limit=">= 2 inputs", hint="remove the single-input concatenation")
+    return None
+
+
+@rule("csk60xx.slice.single_axis", ops=("Slice",))
+def check_slice_single_axis(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """Slice must cut one axis with step 1 (the chip reads the first start, end and axis and ignores steps)."""
+    ins, outs = _shapes(op, "input_shapes"), _shapes(op, "output_shapes")
+    steps = op.attrs.get("slice_steps") or ()
+    if not ins or not outs or ins[0] is None or outs[0] is None:
+        return None
+    cut = [d for d, (a, b) in enumerate(zip(ins[0], outs[0])) if a != b]
+    if len(cut) > 1 or any(s != 1 for s in steps):
+        return Finding(actual=f"axes {cut}, steps {list(steps)}", limit="one axis, step 1",
+                       hint="slice one axis at a time; flip or subsample with a conv instead of a step")
+    return None
+
+
+@rule("csk60xx.transpose.rank", ops=("Transpose",), rmax="transpose.max_rank")
+def check_transpose_rank(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """Transpose supports at most {rmax} axes; a 4-D transpose must keep axis 0 in place (perm[0] = 0)."""
+    shapes = _shapes(op, "input_shapes")
+    if not shapes or shapes[0] is None:
+        return None
+    rank = len(shapes[0])
+    perm = list(op.attrs.get("perm") or range(rank)[::-1])
+    if rank > limits["transpose.max_rank"]:
+        return Finding(actual=f"rank {rank}", limit=f"<= {limits['transpose.max_rank']} axes",
+                       hint="merge axes with a Reshape before transposing")
+    if rank == 4 and perm[0] != 0:
+        return Finding(actual=f"perm {perm}", limit="4-D: perm[0] = 0", hint="keep the batch axis first")
+    return None
+
+
+_INT = ("int8", "int16", "int32")
+#: family -> (op types, allowed dtypes per input position (None: not checked here), allowed output dtypes).
+#: Positions the bits rules already judge (conv/linear/pool/eltwise data, weight and output bits) are None.
+DTYPE_TABLE: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...] | None, ...], tuple[str, ...] | None]] = {
+    "quant": (("Quant",), (("float32",),), ("int8",)),
+    "dequant": (("Dequant",), (("int8", "uint8"),), ("float32",)),
+    "requant": (("Requant",), (("int8",),), _INT),
+    "conv": (IR_CONV, (None, None, ("int32", "int16")), None),
+    "deconv": (("ConvTranspose2dInt",), (("int8",), ("int8",), ("int32",)), None),
+    "linear": (("LinearInt",), (None, None, ("int32",)), None),
+    "batchnorm": (("BatchNorm2dInt",), (("int8",), ("int8",), ("int32",)), ("int8",)),
+    "eltwise": (("iqAdd", "iqSub", "iqMul"), (None, ("int8",)), None),
+    "relu": (("Relu",), (_INT,), _INT),
+    "clip": (("Clip",), (("int8",),), ("int8",)),
+}
+
+
+def _dtype_rule(family: str) -> Rule:
+    op_types, ins_allowed, out_allowed = DTYPE_TABLE[family]
+
+    def check(op: OpView, limits: Mapping[str, Any]) -> list[Finding] | None:
+        dtypes, out = _shapes(op, "input_dtypes"), _shapes(op, "output_dtypes")
+        found = []
+        for i, allowed in enumerate(ins_allowed):
+            d = _at(dtypes, i)
+            if allowed is not None and d is not None and d not in allowed:
+                found.append(Finding(actual=f"input {i} {d}", limit=f"input {i} in {allowed}",
+                                     hint=f"{op.op_type} on the chip takes {' or '.join(allowed)} at input {i}"))
+        d = _at(out, 0)
+        if out_allowed is not None and d is not None and d not in out_allowed:
+            found.append(Finding(actual=f"output {d}", limit=f"output in {out_allowed}",
+                                 hint=f"{op.op_type} on the chip writes {' or '.join(out_allowed)}"))
+        return found or None
+
+    check.__doc__ = (f"{' / '.join(op_types)} dtypes (spec section 4): inputs "
+                     + ", ".join("as the bits rule" if a is None else "/".join(a) for a in ins_allowed)
+                     + f"; output {'as the bits rule' if out_allowed is None else '/'.join(out_allowed)}.")
+    return rule(f"csk60xx.{family}.dtype", ops=op_types)(check)
+
+
+@rule("csk60xx.cat.dtype", ops=("iqCat",))
+def check_cat_dtype(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """iqCat inputs and output share one dtype: int8 (rescaled to the output scale), or int16/int32 at one scale."""
+    dtypes, out = _shapes(op, "input_dtypes"), _at(_shapes(op, "output_dtypes"), 0)
+    if out is None or not dtypes:
+        return None
+    if out not in _INT or any(d != out for d in dtypes):
+        return Finding(actual=f"inputs {list(dtypes)} -> {out}", limit="one integer dtype",
+                       hint="requantize the inputs to one dtype before the concatenation")
+    return None
+
+
+@rule("csk60xx.graph.op_supported", ops=())
+def check_op_supported(op: OpView, limits: Mapping[str, Any]) -> Finding:
+    """Every op must be a CSK60xx op or an op whose plugin is installed (schema and simulator kernel)."""
+    return Finding(actual=f"op type {op.op_type!r}", limit="CSK60xx dialect ops and installed plugin ops",
+                   hint="replace the op, or install the plugin that provides it (`lnn plugins` lists them)")
+
+
+PACK_RULES: tuple[Rule, ...] = (
+    *BUFFER_RULES, *EXPONENT_RULES, check_add_out_exponent, check_avgpool_out_exponent, check_quant_exponent,
+    check_add_equal_shapes, check_mul_broadcast, check_cat_inputs, check_slice_single_axis, check_transpose_rank,
+    *(_dtype_rule(family) for family in DTYPE_TABLE), check_cat_dtype,
+)
+
+
 RULES: tuple[Rule, ...] = (
     check_kernel_size, check_stride, check_pad, check_kernel_ge_stride, check_dilation, check_padding_mode,
     check_groups, check_deconv_kernel_for_stride, check_deconv_groups, check_deconv_out_bits,
@@ -241,4 +510,5 @@ RULES: tuple[Rule, ...] = (
 
 
 def rules_for(op_type: str) -> list[Rule]:
-    return [r for r in RULES if r.applies_to(op_type)]
+    """Every CSK60xx rule for ``op_type``: op rules (module and IR names) and pack-time rules (IR names)."""
+    return [r for r in (*RULES, *PACK_RULES) if r.applies_to(op_type)]

@@ -4,13 +4,23 @@
 inputs against the model (count, shape, dtype) before calling C, and turns C status codes into
 exceptions: damaged or inconsistent files raise :class:`~lnn_core.errors.ModelFileError`, run-time
 failures :class:`~lnn_core.errors.SimulatorError`, both carrying the C message and ``.status``.
+
+Plugin ops (external ops in model.bin) run through kernels registered with
+``lnn_register_sim_kernels`` (``registry.add(op_type, kernel)``), passed here as ``kernels``. The C
+executor runs the whole graph; at an external op it calls :func:`lnn_sim_py_external` (a cffi
+``extern "Python"`` function) with a handle to the :class:`Simulator`, which reads the op's inputs
+from their planned places in the arenas, calls ``kernel(call: KernelCall) -> np.ndarray``, checks
+the result's shape and dtype, and writes it at the output's planned offset. A kernel that raises
+stops the run with a :class:`SimulatorError` chained to the kernel's exception.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +28,7 @@ from lnn_core.errors import ModelFileError, SimulatorError
 
 from ._sim import ffi, lib
 
-__all__ = ["Simulator", "TensorSpec", "STATUS_NAMES"]
+__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES"]
 
 log = logging.getLogger("lnn.backend.simulator")
 
@@ -30,6 +40,7 @@ _REGIONS = {lib.LNN_SIM_REGION_FLASH: "flash", lib.LNN_SIM_REGION_PSRAM: "psram"
 
 #: status code -> name (``LNN_SIM_E_<REASON>``)
 STATUS_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("LNN_SIM_E_") or n == "LNN_SIM_OK"}
+_MAX_IO = lib.LNN_SIM_MAX_OP_INPUTS
 _FILE_ERRORS = {lib.LNN_SIM_E_TRUNCATED, lib.LNN_SIM_E_MAGIC, lib.LNN_SIM_E_VERSION, lib.LNN_SIM_E_TARGET,
                 lib.LNN_SIM_E_CRC, lib.LNN_SIM_E_SECTION, lib.LNN_SIM_E_STRING, lib.LNN_SIM_E_TENSOR,
                 lib.LNN_SIM_E_OP, lib.LNN_SIM_E_ATTR, lib.LNN_SIM_E_SHAPE, lib.LNN_SIM_E_PLAN, lib.LNN_SIM_E_LIMIT}
@@ -49,16 +60,51 @@ class TensorSpec:
     size: int
 
 
+@dataclass(frozen=True)
+class KernelCall:
+    """What a plugin's simulator kernel receives for one run of its op.
+
+    :param inputs: the input tensors (read-only copies, in the op's input order).
+    :param input_specs: dtype, shape and exponent of each input.
+    :param output: the tensor the kernel must return (exactly this shape and dtype).
+    :param attrs: the node's attributes as packed (scales are the tensors' exponents).
+    """
+
+    op_name: str
+    op_type: str
+    attrs: Mapping[str, Any]
+    inputs: tuple[np.ndarray, ...]
+    input_specs: tuple[TensorSpec, ...]
+    output: TensorSpec
+
+
+@dataclass(frozen=True)
+class _External:
+    op_type: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@ffi.def_extern()
+def lnn_sim_py_external(user: Any, model: Any, op: int, msg: Any, msg_size: int) -> int:
+    """The C executor's call into Python for an external op (see the module docstring)."""
+    sim = ffi.from_handle(user)
+    return sim._run_external(int(op), msg, int(msg_size))
+
+
 class Simulator:
     """The C int8 simulator on one model.bin image.
 
     :param model: the model.bin bytes (copied by the loader).
     :param path: file name used in error messages.
+    :param kernels: ``op type -> kernel(call: KernelCall) -> np.ndarray`` for the model's plugin ops
+        (``host.sim_kernels`` or :attr:`~.extensions.PluginOps.kernels`).
     :raises ModelFileError: the image is damaged or inconsistent (``.status`` holds the C code).
     """
 
-    def __init__(self, model: bytes | bytearray | memoryview, *, path: str | None = None) -> None:
+    def __init__(self, model: bytes | bytearray | memoryview, *, path: str | None = None,
+                 kernels: Mapping[str, Callable[[KernelCall], np.ndarray]] | None = None) -> None:
         self.path = path
+        self.kernels = dict(kernels or {})
         data = bytes(model)
         out = ffi.new("lnn_sim_model **")
         msg = ffi.new("char[]", lib.LNN_SIM_MAX_MSG)
@@ -75,13 +121,99 @@ class Simulator:
                         for i in range(lib.lnn_sim_num_outputs(self._model))]
         self.op_names = [ffi.string(lib.lnn_sim_op_name(self._model, i)).decode("utf-8", "replace")
                          for i in range(lib.lnn_sim_num_ops(self._model))]
-        self._op_outputs = []
-        idx = ffi.new("int32_t[8]")
+        self.op_types = [int(lib.lnn_sim_op_type(self._model, i)) for i in range(len(self.op_names))]
+        self._op_outputs: list[list[int]] = []
+        self._op_inputs: list[list[int]] = []
+        idx = ffi.new("int32_t[]", _MAX_IO)
         count = ffi.new("int32_t *")
         for i in range(len(self.op_names)):
-            lib.lnn_sim_op_outputs(self._model, i, idx, 8, count)
-            self._op_outputs.append([idx[k] for k in range(min(count[0], 8))])
+            lib.lnn_sim_op_outputs(self._model, i, idx, _MAX_IO, count)
+            self._op_outputs.append([idx[k] for k in range(min(count[0], _MAX_IO))])
+            lib.lnn_sim_op_inputs(self._model, i, idx, _MAX_IO, count)
+            self._op_inputs.append([idx[k] for k in range(min(count[0], _MAX_IO))])
+        self.region_sizes = {"share_mem": int(lib.lnn_sim_region_size(self._model, lib.LNN_SIM_REGION_SHARE)),
+                             "psram": int(lib.lnn_sim_region_size(self._model, lib.LNN_SIM_REGION_PSRAM)),
+                             "flash": int(lib.lnn_sim_region_size(self._model, lib.LNN_SIM_REGION_FLASH))}
+        self._externals = self._read_externals()
+        self._pending: BaseException | None = None
+        if self._externals:
+            self._handle = ffi.new_handle(self)
+            lib.lnn_sim_set_external(self._model, lib.lnn_sim_py_external, self._handle)
         log.debug("loaded %d ops, %d tensors", len(self.op_names), len(self.tensors))
+
+    # -- plugin ops ------------------------------------------------------------------------------
+    def _read_externals(self) -> dict[int, _External]:
+        out: dict[int, _External] = {}
+        type_p, attrs_p = ffi.new("const char **"), ffi.new("const char **")
+        for i, code in enumerate(self.op_types):
+            if code != lib.LNN_SIM_OP_EXTERNAL:
+                continue
+            lib.lnn_sim_op_external(self._model, i, type_p, attrs_p)
+            op_type = ffi.string(type_p[0]).decode("utf-8", "replace")
+            text = ffi.string(attrs_p[0]).decode("utf-8", "replace")
+            try:
+                attrs = json.loads(text)
+            except ValueError as exc:
+                raise ModelFileError(f"op {self.op_names[i]!r} ({op_type}) in the packed model{self._where()} "
+                                     "has attributes that are not JSON", {"attributes": text[:200]},
+                                     "re-run `lnn pack`", path=self.path, node=self.op_names[i],
+                                     status=lib.LNN_SIM_E_ATTR) from exc
+            if not isinstance(attrs, dict):
+                raise ModelFileError(f"op {self.op_names[i]!r} ({op_type}) in the packed model{self._where()} "
+                                     "has attributes that are not a JSON object", {"attributes": text[:200]},
+                                     "re-run `lnn pack`", path=self.path, node=self.op_names[i],
+                                     status=lib.LNN_SIM_E_ATTR)
+            out[i] = _External(op_type, attrs)
+        return out
+
+    @property
+    def external_ops(self) -> dict[str, str]:
+        """Plugin ops of the model: op name -> op type."""
+        return {self.op_names[i]: ext.op_type for i, ext in self._externals.items()}
+
+    @property
+    def missing_kernels(self) -> list[str]:
+        """Op types of plugin ops that have no kernel in :attr:`kernels` (sorted)."""
+        return sorted({ext.op_type for ext in self._externals.values() if ext.op_type not in self.kernels})
+
+    def _run_external(self, op: int, msg: Any, msg_size: int) -> int:
+        """Run one external op (called from C through :func:`lnn_sim_py_external`); never raises."""
+        try:
+            self._call_kernel(op)
+        except BaseException as exc:  # an exception must not unwind through C: kept, re-raised by _check
+            self._pending = exc
+            text = f"{type(exc).__name__}: {exc}".splitlines()[0].encode("utf-8", "replace")[: max(msg_size - 1, 0)]
+            ffi.memmove(msg, text + b"\0", len(text) + 1)
+            return lib.LNN_SIM_E_EXTERNAL
+        return lib.LNN_SIM_OK
+
+    def _call_kernel(self, op: int) -> None:
+        ext = self._externals[op]
+        kernel = self.kernels.get(ext.op_type)
+        name = self.op_names[op]
+        if kernel is None:
+            raise SimulatorError(
+                f"op {name!r} ({ext.op_type}) of the model{self._where()} has no simulator kernel",
+                {"kernels": ", ".join(sorted(self.kernels)) or "none"},
+                f"install the plugin that provides {ext.op_type!r} and run through `lnn run`, or pass "
+                "kernels=host.sim_kernels", status=lib.LNN_SIM_E_EXTERNAL, op_name=name)
+        specs = tuple(self.tensors[t] for t in self._op_inputs[op])
+        out_spec = self.tensors[self._op_outputs[op][0]]
+        arrays = []
+        for spec in specs:
+            arr = self._read(spec)
+            arr.flags.writeable = False
+            arrays.append(arr)
+        call = KernelCall(name, ext.op_type, ext.attrs, tuple(arrays), specs, out_spec)
+        result = np.asarray(kernel(call))
+        if result.shape != out_spec.shape or result.dtype != out_spec.dtype:
+            raise SimulatorError(
+                f"the kernel of op {name!r} ({ext.op_type}) returned the wrong tensor",
+                {"expected": f"{out_spec.dtype} {out_spec.shape}", "actual": f"{result.dtype} {result.shape}"},
+                "return exactly call.output's shape and dtype (np.asarray(y, dtype=call.output.dtype))",
+                status=lib.LNN_SIM_E_EXTERNAL, op_name=name)
+        result = np.ascontiguousarray(result)
+        lib.lnn_sim_set_tensor(self._model, out_spec.index, ffi.from_buffer(result), result.nbytes)
 
     def _where(self) -> str:
         return f" '{self.path}'" if self.path else ""
@@ -107,16 +239,76 @@ class Simulator:
         lib.lnn_sim_get_tensor(self._model, spec.index, ffi.from_buffer(out), out.nbytes)
         return out
 
-    def run(self, inputs: Sequence[np.ndarray], *, dump: bool = False
+    # -- integer boundary ---------------------------------------------------------------------------
+    def _consumers(self, tensor: int) -> list[int]:
+        return [i for i, ins in enumerate(self._op_inputs) if tensor in ins]
+
+    def _boundary(self) -> tuple[dict[int, TensorSpec], dict[int, TensorSpec]]:
+        """Quant ops fed by graph inputs (op -> its int8 output) and Dequant ops writing graph outputs
+        (op -> its integer input), for :meth:`run` with ``integer=True``."""
+        quants: dict[int, TensorSpec] = {}
+        for spec in self.inputs:
+            users = self._consumers(spec.index)
+            if len(users) != 1 or self.op_types[users[0]] != lib.LNN_SIM_OP_QUANT:
+                raise SimulatorError(
+                    f"graph input {spec.name!r} of the model{self._where()} is not quantized by one Quant op, so "
+                    "it has no integer form", {"read by": ", ".join(self.op_names[u] for u in users) or "nothing"},
+                    "feed the float input (without --int)", status=lib.LNN_SIM_E_INPUT, op_name=None)
+            quants[users[0]] = self.tensors[self._op_outputs[users[0]][0]]
+        dequants: dict[int, TensorSpec] = {}
+        for spec in self.outputs:
+            for i, outs in enumerate(self._op_outputs):
+                if spec.index in outs and self.op_types[i] == lib.LNN_SIM_OP_DEQUANT:
+                    dequants[i] = self.tensors[self._op_inputs[i][0]]
+        return quants, dequants
+
+    @property
+    def int_inputs(self) -> list[TensorSpec]:
+        """The integer tensors :meth:`run` takes with ``integer=True`` (the graph's Quant outputs)."""
+        quants, _ = self._boundary()
+        return [quants[op] for op in sorted(quants, key=lambda o: [s.index for s in self.inputs].index(
+            self._op_inputs[o][0]))]
+
+    @property
+    def int_outputs(self) -> list[TensorSpec]:
+        """The tensors :meth:`run` returns with ``integer=True``: each graph output, or the integer
+        input of the Dequant op that writes it."""
+        _, dequants = self._boundary()
+        by_output = {self._op_outputs[op][0]: spec for op, spec in dequants.items()}
+        return [by_output.get(spec.index, spec) for spec in self.outputs]
+
+    def _check_inputs(self, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+        if len(inputs) != len(specs):
+            raise SimulatorError(f"the model{self._where()} takes {len(specs)} {what}inputs, got {len(inputs)}",
+                                 {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in specs)},
+                                 "pass one array per graph input", status=lib.LNN_SIM_E_INPUT, op_name=None)
+        out = []
+        for spec, value in zip(specs, inputs):
+            arr = np.asarray(value)
+            if arr.shape != spec.shape or arr.dtype != spec.dtype:
+                raise SimulatorError(
+                    f"{what}input {spec.name!r} of the model{self._where()} does not match",
+                    {"expected": f"{spec.dtype} {spec.shape}", "actual": f"{arr.dtype} {arr.shape}"},
+                    f"convert with np.asarray(x, dtype=np.{spec.dtype.name}).reshape{spec.shape}",
+                    status=lib.LNN_SIM_E_INPUT, op_name=None)
+            out.append(np.ascontiguousarray(arr))
+        return out
+
+    def run(self, inputs: Sequence[np.ndarray], *, dump: bool = False, integer: bool = False
             ) -> list[np.ndarray] | tuple[list[np.ndarray], dict[str, np.ndarray]]:
         """Run the model once.
 
-        :param inputs: one array per graph input, with exactly the model's shape and dtype.
+        :param inputs: one array per graph input, with exactly the model's shape and dtype; with
+            ``integer=True`` one array per :attr:`int_inputs` entry instead.
         :param dump: also return ``{tensor name: array}`` of the graph inputs and of every op output,
             captured right after the op ran (integers as int8/16/32 arrays, float tensors as float32).
+        :param integer: skip the graph's input Quant and output Dequant ops: take the int8 tensors the
+            Quant ops would write, return the integer tensors the Dequant ops would read.
         :returns: the outputs, or ``(outputs, dump)`` with ``dump=True``.
         :raises SimulatorError: wrong input count, shape or dtype, or an op failed.
         """
+        if integer:
+            return self._run_integer(inputs, dump)
         if len(inputs) != len(self.inputs):
             raise SimulatorError(f"the model{self._where()} takes {len(self.inputs)} inputs, got {len(inputs)}",
                                  {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in self.inputs)},
@@ -145,7 +337,36 @@ class Simulator:
         outputs = [self._read(spec) for spec in self.outputs]
         return (outputs, dumped) if dump else outputs
 
+    def _run_integer(self, inputs: Sequence[np.ndarray], dump: bool
+                     ) -> list[np.ndarray] | tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        quants, dequants = self._boundary()
+        int_inputs = self.int_inputs
+        arrays = dict(zip((s.index for s in int_inputs), self._check_inputs(int_inputs, inputs, "integer ")))
+        captured: dict[int, np.ndarray] = {}
+        dumped: dict[str, np.ndarray] = {}
+        for i, name in enumerate(self.op_names):
+            if i in quants:  # the Quant's output is written now, where its lifetime starts
+                spec = quants[i]
+                arr = arrays[spec.index]
+                lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+            elif i in dequants:  # read before a later op reuses the Dequant input's bytes
+                captured[self._op_outputs[i][0]] = self._read(dequants[i])
+            else:
+                self._check(lib.lnn_sim_invoke_op(self._model, i, self._msg, lib.LNN_SIM_MAX_MSG), name)
+            if dump:
+                for t in self._op_outputs[i]:
+                    if i not in dequants:
+                        dumped[self.tensors[t].name] = self._read(self.tensors[t])
+        outputs = [captured[s.index] if s.index in captured else self._read(s) for s in self.outputs]
+        return (outputs, dumped) if dump else outputs
+
     def _check(self, status: int, op_name: str | None) -> None:
+        pending, self._pending = self._pending, None
         if status != lib.LNN_SIM_OK:
             text = ffi.string(self._msg).decode("utf-8", "replace")
-            raise self._error(status, f"the simulator failed on the model{self._where()}: {text}", op_name)
+            if isinstance(pending, SimulatorError) or (pending is not None and not isinstance(pending, Exception)):
+                raise pending  # the kernel's own SimulatorError, or KeyboardInterrupt / SystemExit
+            err = self._error(status, f"the simulator failed on the model{self._where()}: {text}", op_name)
+            if pending is not None:
+                raise err from pending
+            raise err

@@ -1,0 +1,342 @@
+"""The backend's ``lnn`` subcommands: ``pack``, ``run`` and ``check`` (registered in :mod:`.plugin`).
+
+Exit codes (``lnn_core.cli``): 0 success; 1 the command ran and found a problem (rule violations, a
+model that does not fit the memory); 2 bad arguments or unreadable files (raised as
+:class:`~lnn_core.errors.LnnError` and printed by the ``lnn`` command).
+
+Plugin ops work everywhere: each command builds :class:`~.extensions.PluginOps` from the host, so the
+dialect reader accepts the plugins' op types, rules include the plugins' rules, and ``lnn run`` runs
+their simulator kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnn_core.errors import ConfigError, HardwareLimitError, ModelFileError, SimulatorError
+from lnn_core.rules import RuleReport
+
+from .target import TARGET_ID
+
+__all__ = ["configure_pack", "run_pack", "configure_run", "run_run", "configure_check", "run_check", "parse_bytes",
+           "parse_input_shapes"]
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "MIB": 1024 ** 2}
+
+
+def parse_bytes(text: str, *, option: str = "--share-mem") -> int:
+    """``655360``, ``640K``, ``8M`` (K/M are 1024-based) -> bytes; raises ConfigError otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).upper() if m else ""
+    if m is None or unit not in _UNITS or int(m.group(1)) <= 0:
+        raise ConfigError(f"option {option} has an invalid size {text!r}", {"expected": "a positive byte count, "
+                          "optionally with K or M (1024-based)"}, f"write e.g. {option} 655360 or {option} 640K",
+                          option=option, value=text, valid="bytes")
+    return int(m.group(1)) * _UNITS[unit]
+
+
+def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["x=1,3,32,32", ...]`` -> ``{"x": (1, 3, 32, 32)}``; raises ConfigError on a malformed item."""
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, _, dims = item.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not name or not shape or any(d < 1 for d in shape):
+            raise ConfigError(f"option --input-shape has an invalid value {item!r}",
+                              {"expected": "NAME=D1,D2,... with positive integers"},
+                              "write e.g. --input-shape input=1,3,32,32", option="--input-shape", value=item,
+                              valid="NAME=D1,D2,...")
+        out[name] = shape
+    return out
+
+
+def _common(p: argparse.ArgumentParser, *, sizes: bool = True) -> None:
+    if sizes:
+        p.add_argument("--share-mem", metavar="BYTES", help="share-memory size (default 655360; K/M suffixes allowed)")
+        p.add_argument("--psram", metavar="BYTES", help="PSRAM size (default 8388608)")
+        p.add_argument("--input-shape", action="append", metavar="NAME=D1,D2,...",
+                       help="fix the shape of a graph input whose shape is symbolic in the file (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+@contextmanager
+def _progress(total: int, desc: str) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=None, leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _plugin_ops(host: Any) -> Any:
+    from .extensions import PluginOps
+
+    return PluginOps.from_host(host)
+
+
+def _rules_for(host: Any) -> Any:
+    return lambda op_type: host.rules_for(op_type, TARGET_ID)
+
+
+def _read(path: str, host: Any, shapes: dict[str, tuple[int, ...]]) -> tuple[Any, Any]:
+    from .dialect import read_onnx
+
+    ops = _plugin_ops(host)
+    return read_onnx(path, input_shapes=shapes, ops=ops), ops
+
+
+def _sizes(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    share = parse_bytes(args.share_mem, option="--share-mem") if args.share_mem else None
+    psram = parse_bytes(args.psram, option="--psram") if getattr(args, "psram", None) else None
+    return share, psram
+
+
+# -- lnn pack ----------------------------------------------------------------------------------------
+
+
+def configure_pack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="CSK60xx-dialect ONNX file (lnn export or linger 1.x)")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL_BIN", help="model.bin to write")
+    p.add_argument("--report-dir", metavar="DIR", help="write memory.txt, memory.json and memory.png here")
+    _common(p)
+
+
+def run_pack(args: argparse.Namespace, host: Any) -> int:
+    from .pipeline import pack_graph
+    from .report import memory_dict, memory_table, write_reports
+
+    share, psram = _sizes(args)
+    shapes = parse_input_shapes(args.input_shape)
+    stages = ["read", "rules", "passes", "plan", "pack", "write"]
+    with _progress(len(stages), f"lnn pack {Path(args.model).name}") as bar:
+        def step(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+
+        step("read")
+        graph, ops = _read(args.model, host, shapes)
+        try:
+            res = pack_graph(graph, share_mem=share, psram=psram, ops=ops, rules_for=_rules_for(host), progress=step)
+        except HardwareLimitError as exc:
+            bar.close()
+            return _refuse(args, exc)
+        step("write")
+        out = Path(args.output)
+        try:
+            out.write_bytes(res.blob)
+            reports = ([str(f) for f in write_reports(res.plan, args.report_dir, passes=res.passes,
+                                                      title=Path(args.model).name)] if args.report_dir else [])
+        except OSError as exc:
+            raise ConfigError(f"cannot write the packed model or its reports: {exc.strerror}",
+                              {"path": exc.filename}, "check the output folder exists and is writable",
+                              option="-o", value=str(exc.filename), valid="a writable path") from exc
+    warnings = [v for v in (res.rules.violations if res.rules else []) if v.severity != "error"]
+    share_rp, psram_rp = res.plan.regions["share_mem"], res.plan.regions["psram"]
+    if args.json:
+        summary = {"model": str(out), "bytes": len(res.blob), "memory": memory_dict(res.plan, res.passes)["regions"],
+                   "spilled_to_psram": res.plan.spilled, "splits": [s.to_dict() for s in res.passes.splits],
+                   "fused_relu": len(res.passes.fused), "warnings": [v.to_dict() for v in warnings],
+                   "reports": reports}
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"wrote {out} ({len(res.blob)} bytes, {len(res.graph.nodes)} ops)")
+    print(f"share-memory: {share_rp.size} of {share_rp.limit} bytes (lower bound {share_rp.lower_bound}); "
+          f"PSRAM: {psram_rp.size} of {psram_rp.limit} bytes")
+    if res.plan.spilled:
+        print("moved to PSRAM: " + ", ".join(res.plan.spilled))
+    for s in res.passes.splits:
+        print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}")
+    if res.passes.fused:
+        print(f"fused {len(res.passes.fused)} Relu ops into convolutions")
+    for v in warnings:
+        print(f"warning: {v.op_name} ({v.op_type}): {v.rule_id}: {v.actual}; hint: {v.hint}")
+    for f in reports:
+        print(f"report: {f}")
+    if not reports:
+        print("\n".join(memory_table(res.plan).splitlines()[:3]))
+    return 0
+
+
+def _refuse(args: argparse.Namespace, exc: HardwareLimitError) -> int:
+    violations = list(getattr(exc, "violations", []) or [])
+    if args.json:
+        print(json.dumps({"ok": False, "error": exc.headline, "rule_id": getattr(exc, "rule_id", None),
+                          "limit": getattr(exc, "limit", None), "actual": getattr(exc, "actual", None),
+                          "violations": [v.to_dict() for v in violations]}, indent=2, default=str))
+    else:
+        if violations:
+            print(RuleReport(TARGET_ID, violations).table())
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
+
+# -- lnn run -----------------------------------------------------------------------------------------
+
+
+def configure_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model.bin written by lnn pack")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="one .npy or raw .bin file per graph input")
+    p.add_argument("-o", "--output", action="append", required=True, metavar="OUTPUT",
+                   help="output file (.npy or raw .bin); once per graph output, or once for all (name_<i>)")
+    p.add_argument("--int", action="store_true", dest="integer",
+                   help="feed and return the integer tensors (skip the graph's input Quant and output Dequant)")
+    p.add_argument("--dump", metavar="DIR", help="write every tensor as DIR/<name>.npy (index.json lists them)")
+    p.add_argument("--share-mem", metavar="BYTES",
+                   help="share-memory of the board; refused when the model's plan needs more")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def _status(name: str) -> int:
+    from ._sim import lib
+
+    return int(getattr(lib, name))
+
+
+def _load_input(path: str, spec: Any) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"cannot read input '{path}': it does not exist", {}, "check the path", path=path,
+                             node=None)
+    if p.suffix.lower() == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ModelFileError(f"cannot read input '{path}': it is not a .npy array", {"cause": str(exc)},
+                                 "write inputs with numpy.save", path=path, node=None) from exc
+    if p.suffix.lower() == ".bin":
+        data = p.read_bytes()
+        want = int(np.prod(spec.shape)) * spec.dtype.itemsize
+        if len(data) != want:
+            raise SimulatorError(f"raw input '{path}' has {len(data)} bytes; input {spec.name!r} needs {want}",
+                                 {"expected": f"{spec.dtype} {spec.shape}, little-endian, C order",
+                                  "actual": f"{len(data)} bytes"},
+                                 "write it with array.astype('<f4' or the dtype above).tofile(path)",
+                                 status=_status("LNN_SIM_E_INPUT"), op_name=None)
+        return np.frombuffer(data, dtype=spec.dtype.newbyteorder("<")).astype(spec.dtype).reshape(spec.shape)
+    raise ConfigError(f"input '{path}' is neither .npy nor .bin", {"expected": ".npy or raw .bin"},
+                      "save the input with numpy.save, or as raw little-endian bytes with a .bin suffix",
+                      option="INPUT", value=path, valid=".npy, .bin")
+
+
+def _output_paths(outputs: list[str], count: int) -> list[Path]:
+    if len(outputs) == count:
+        return [Path(o) for o in outputs]
+    if len(outputs) == 1:
+        base = Path(outputs[0])
+        return [base.with_name(f"{base.stem}_{i}{base.suffix}") for i in range(count)]
+    raise ConfigError(f"{len(outputs)} output files for {count} model outputs", {"outputs": ", ".join(outputs)},
+                      "give -o once per model output, or once to number them", option="-o", value=outputs,
+                      valid=f"1 or {count} files")
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    if path.suffix.lower() == ".bin":
+        path.write_bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
+    elif path.suffix.lower() == ".npy":
+        np.save(path, arr)
+    else:
+        raise ConfigError(f"output '{path}' is neither .npy nor .bin", {}, "name the output file *.npy or *.bin",
+                          option="-o", value=str(path), valid=".npy, .bin")
+
+
+def _dump(folder: Path, tensors: dict[str, np.ndarray], specs: dict[str, Any]) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {}
+    used: set[str] = set()
+    for name, arr in tensors.items():
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "tensor"
+        file, k = f"{stem}.npy", 1
+        while file in used:
+            file, k = f"{stem}~{k}.npy", k + 1
+        used.add(file)
+        np.save(folder / file, arr)
+        spec = specs.get(name)
+        index[file] = {"tensor": name, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                       "exponent": spec.exponent if spec is not None else None}
+    (folder / "index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return len(index)
+
+
+def run_run(args: argparse.Namespace, host: Any) -> int:
+    from .simulator import Simulator
+
+    path = Path(args.model)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read packed model '{path}': {exc.strerror}", {}, "check the path",
+                             path=str(path), node=None) from exc
+    sim = Simulator(blob, path=str(path), kernels=dict(host.sim_kernels.items()))
+    if sim.missing_kernels:
+        raise SimulatorError(f"packed model '{path}' uses plugin ops that no installed plugin runs",
+                             {"ops": ", ".join(sim.missing_kernels),
+                              "kernels": ", ".join(sorted(sim.kernels)) or "none"},
+                             "install the plugin that provides these ops (`lnn plugins` lists what is installed)",
+                             status=_status("LNN_SIM_E_EXTERNAL"), op_name=None)
+    if args.share_mem:
+        board = parse_bytes(args.share_mem, option="--share-mem")
+        need = sim.region_sizes["share_mem"]
+        if board < need:
+            raise ConfigError(f"packed model '{path}' needs {need} bytes of share-memory, more than --share-mem "
+                              f"{board}", {"needed": f"{need} bytes (its memory plan)", "given": f"{board} bytes"},
+                              f"re-pack for this board: lnn pack MODEL.onnx -o {path.name} --share-mem {board}",
+                              option="--share-mem", value=board, valid=f">= {need}")
+    specs = sim.int_inputs if args.integer else sim.inputs
+    if len(args.inputs) != len(specs):
+        raise SimulatorError(f"packed model '{path}' takes {len(specs)} inputs, got {len(args.inputs)} files",
+                             {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in specs)},
+                             "pass one file per graph input, in this order", status=_status("LNN_SIM_E_INPUT"),
+                             op_name=None)
+    arrays = [_load_input(f, spec) for f, spec in zip(args.inputs, specs)]
+    result = sim.run(arrays, dump=bool(args.dump), integer=args.integer)
+    outputs, dumped = result if args.dump else (result, {})
+    out_specs = sim.int_outputs if args.integer else sim.outputs
+    paths = _output_paths(args.output, len(out_specs))
+    for p, arr in zip(paths, outputs):
+        _save(p, arr)
+    n_dumped = _dump(Path(args.dump), dumped, {s.name: s for s in sim.tensors}) if args.dump else 0
+    if args.json:
+        print(json.dumps({"outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape)}
+                                      for p, s, a in zip(paths, out_specs, outputs)],
+                          "dumped": n_dumped, "dump_dir": args.dump}, indent=2))
+        return 0
+    for p, s, a in zip(paths, out_specs, outputs):
+        print(f"wrote {p}: {s.name} {a.dtype} {tuple(a.shape)}")
+    if args.dump:
+        print(f"dumped {n_dumped} tensors to {args.dump} (index.json lists them)")
+    return 0
+
+
+# -- lnn check ---------------------------------------------------------------------------------------
+
+
+def configure_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="CSK60xx-dialect ONNX file")
+    _common(p)
+
+
+def run_check(args: argparse.Namespace, host: Any) -> int:
+    from .check import check_graph
+
+    share, psram = _sizes(args)
+    with _progress(2, f"lnn check {Path(args.model).name}") as bar:
+        graph, ops = _read(args.model, host, parse_input_shapes(args.input_shape))
+        bar.update(1)
+        report = check_graph(graph, share_mem=share, psram=psram, rules_for=_rules_for(host), ops=ops)
+        bar.update(1)
+    print(report.to_json() if args.json else report.table())
+    return 0 if report.ok else 1

@@ -1,0 +1,288 @@
+"""The packer's graph passes, in the order they run (:func:`run_passes` is the one entry point).
+
+1. **Shape inference** (:func:`.passes.infer_shapes`): shape, dtype and exponent of every tensor; the
+   rules (:mod:`.rules`) judge the graph right after it, under the names the user wrote.
+2. **Relu fusion** (:func:`fuse_relu`): a ``Relu`` whose input is written by a Conv1dInt, Conv2dInt or
+   ConvTranspose2dInt, and read by nothing else (nor a graph output), becomes the conv's ``act_type=1``
+   (tpacker's CR_fusion). The simulator clamps the conv's requantized integers at 0, which is exactly
+   what the Relu op computed, so no result changes; the conv now writes the Relu's output tensor and
+   the conv's own output tensor disappears. ``Clip`` is never fused (the chip drops it, spec 3.13).
+3. **Splits** (:func:`split_large_ops`): ops whose buffers exceed the engine limits are cut as the
+   vendor's packer cuts them (the decisions are made once, in :mod:`.sizes`):
+
+   - Conv weight above 32 KB (``A8(C_in)*kh*kw*A2(C_out)``): C_out in chunks of
+     ``floor(32768 / (A8(C_in)*kh*kw))`` rounded down to even; each piece is a Conv with the slice of the
+     weights and bias;
+   - Conv2dInt input above 64 KB: the output rows in equal parts; each piece reads a ``Slice`` of the
+     input rows (kernel halo included) with the top/bottom padding trimmed to what the slice needs;
+   - LinearInt weight above 32 KB (``A8(K)*A4(N)``): N in equal parts; rows above 64 KB
+     (``A4(M)*A8(K)``): a ``Slice`` of the rows per piece.
+
+   The pieces' outputs are joined by an ``iqCat`` whose inputs and output share one exponent and one
+   dtype, so the join moves bytes and never rescales: the split graph computes the same integers as the
+   original. Every piece output is a new tensor ``<output>/part<k>``; the join writes the original
+   output tensor, so consumers and graph outputs are untouched. When the pieces are contiguous slices
+   of the joined tensor (leading dimensions 1, 64-byte aligned byte offsets), the memory planner places
+   them *inside* the joined buffer (:func:`.planner.plan_memory`, "in-place concatenation") and the
+   join costs neither memory nor time.
+4. **Aliasing** (:mod:`.planner`): reshape-like ops (:data:`.passes.ALIAS_OPS`) share their input's
+   buffer. This is part of memory planning, not a rewrite.
+
+What cannot be made to fit is not touched here; the rules report it (``csk60xx.conv.weight_and_input``,
+``csk60xx.conv.depthwise_weight_bytes``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lnn_core.graph import Graph, Node, TensorInfo
+
+from .passes import infer_shapes
+from .sizes import fit_node, row_slices
+
+__all__ = ["FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops", "run_passes", "CONV_OPS"]
+
+log = logging.getLogger("lnn.backend.graph_passes")
+
+CONV_OPS = ("Conv1dInt", "Conv2dInt", "ConvTranspose2dInt")
+
+
+@dataclass(frozen=True)
+class FusedRelu:
+    """A Relu folded into the conv before it."""
+
+    conv: str
+    relu: str
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """One op cut into pieces.
+
+    :param node: the original node name (its pieces are ``<node>/part<k>``).
+    :param axis: ``out_channels``, ``rows``, ``out_features`` or ``in_rows``.
+    :param parts: sizes of the pieces along that axis.
+    :param reason: the limit that made the split necessary, with the actual aligned size.
+    """
+
+    node: str
+    op_type: str
+    axis: str
+    parts: tuple[int, ...]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "op_type": self.op_type, "axis": self.axis, "parts": list(self.parts),
+                "reason": self.reason}
+
+
+@dataclass
+class PassReport:
+    """What the passes changed."""
+
+    fused: list[FusedRelu] = field(default_factory=list)
+    splits: list[SplitRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fused_relu": [{"conv": f.conv, "relu": f.relu} for f in self.fused],
+                "splits": [s.to_dict() for s in self.splits]}
+
+
+def fuse_relu(graph: Graph) -> list[FusedRelu]:
+    """Fold each Relu into a directly preceding conv that nothing else reads (pass 2); in place."""
+    consumers = graph.consumers()
+    producers = graph.producers()
+    fused: list[FusedRelu] = []
+    drop: set[str] = set()
+    for node in graph.nodes:
+        if node.op_type != "Relu" or not node.inputs or node.inputs[0] not in producers:
+            continue
+        conv = producers[node.inputs[0]]
+        mid = node.inputs[0]
+        if (conv.op_type not in CONV_OPS or conv.attrs.get("act_type") or len(consumers.get(mid, [])) != 1
+                or mid in graph.outputs or conv.name in drop):
+            continue
+        conv.attrs["act_type"] = 1
+        conv.outputs = [node.outputs[0]]
+        del graph.tensors[mid]
+        drop.add(node.name)
+        fused.append(FusedRelu(conv.name, node.name))
+    graph.nodes = [n for n in graph.nodes if n.name not in drop]
+    if fused:
+        log.info("fused %d Relu ops into the convolutions before them", len(fused))
+    return fused
+
+
+class _Names:
+    """Fresh tensor/node names that collide with nothing in the graph."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.used = set(graph.tensors) | {n.name for n in graph.nodes}
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}~{k}", k + 1
+        self.used.add(name)
+        return name
+
+
+def _const(graph: Graph, names: _Names, base: str, array: np.ndarray, exponent: int | None) -> str:
+    return graph.add_initializer(names(base), np.ascontiguousarray(array), exponent)
+
+
+def _slice_node(graph: Graph, names: _Names, node: Node, k: int, src: str, axis: int, start: int,
+                length: int) -> tuple[Node, str]:
+    info = graph.tensors[src]
+    out = names(f"{src}/{node.name}/slice{k}")
+    shape = list(info.shape)
+    shape[axis] = length
+    graph.tensors[out] = TensorInfo(out, info.dtype, tuple(shape), info.exponent)
+    inputs = [src, _const(graph, names, f"{out}/starts", np.array([start], np.int64), None),
+              _const(graph, names, f"{out}/ends", np.array([start + length], np.int64), None),
+              _const(graph, names, f"{out}/axes", np.array([axis], np.int64), None)]
+    return Node(names(f"{node.name}/slice{k}"), "Slice", inputs, [out], {}, ""), out
+
+
+def _piece_output(graph: Graph, names: _Names, node: Node, k: int, axis: int, length: int) -> str:
+    y = graph.tensors[node.outputs[0]]
+    out = names(f"{y.name}/part{k}")
+    shape = list(y.shape)
+    shape[axis] = length
+    graph.tensors[out] = TensorInfo(out, y.dtype, tuple(shape), y.exponent)
+    return out
+
+
+def _join(graph: Graph, names: _Names, node: Node, pieces: list[str], axis: int) -> Node:
+    return Node(names(f"{node.name}/cat"), "iqCat", pieces, [node.outputs[0]], {"dim": axis}, "thinker")
+
+
+def _split_conv_channels(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
+    w = graph.initializers[node.inputs[1]]
+    w_exp = graph.tensors[node.inputs[1]].exponent
+    has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
+    out, pieces, c0 = [], [], 0
+    for k, size in enumerate(parts):
+        inputs = [node.inputs[0], _const(graph, names, f"{node.inputs[1]}/{node.name}/part{k}", w[c0:c0 + size],
+                                         w_exp)]
+        if has_bias:
+            b_info = graph.tensors[node.inputs[2]]
+            inputs.append(_const(graph, names, f"{node.inputs[2]}/{node.name}/part{k}",
+                                 graph.initializers[node.inputs[2]][c0:c0 + size], b_info.exponent))
+        y = _piece_output(graph, names, node, k, 1, size)
+        out.append(Node(names(f"{node.name}/part{k}"), node.op_type, inputs, [y], dict(node.attrs), node.domain))
+        pieces.append(y)
+        c0 += size
+    return [*out, _join(graph, names, node, pieces, 1)]
+
+
+def _split_conv_rows(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
+    out, pieces = [], []
+    for k, (start, length, top, bottom) in enumerate(row_slices(graph, node, len(parts))):
+        sl, x_k = _slice_node(graph, names, node, k, node.inputs[0], 2, start, length)
+        attrs = dict(node.attrs)
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        attrs["pads"] = [top, pads[1], bottom, pads[3]]
+        y = _piece_output(graph, names, node, k, 2, parts[k])
+        out += [sl, Node(names(f"{node.name}/part{k}"), node.op_type, [x_k, *node.inputs[1:]], [y], attrs,
+                         node.domain)]
+        pieces.append(y)
+    return [*out, _join(graph, names, node, pieces, 2)]
+
+
+def _split_linear_features(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
+    w = graph.initializers[node.inputs[1]]
+    w_exp = graph.tensors[node.inputs[1]].exponent
+    has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
+    rank = len(graph.tensors[node.outputs[0]].shape)
+    out, pieces, n0 = [], [], 0
+    for k, size in enumerate(parts):
+        inputs = [node.inputs[0], _const(graph, names, f"{node.inputs[1]}/{node.name}/part{k}", w[n0:n0 + size],
+                                         w_exp)]
+        if has_bias:
+            inputs.append(_const(graph, names, f"{node.inputs[2]}/{node.name}/part{k}",
+                                 graph.initializers[node.inputs[2]][n0:n0 + size],
+                                 graph.tensors[node.inputs[2]].exponent))
+        y = _piece_output(graph, names, node, k, rank - 1, size)
+        out.append(Node(names(f"{node.name}/part{k}"), node.op_type, inputs, [y], dict(node.attrs), node.domain))
+        pieces.append(y)
+        n0 += size
+    return [*out, _join(graph, names, node, pieces, rank - 1)]
+
+
+def _split_linear_rows(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
+    rank = len(graph.tensors[node.inputs[0]].shape)
+    out, pieces, r0 = [], [], 0
+    for k, size in enumerate(parts):
+        sl, x_k = _slice_node(graph, names, node, k, node.inputs[0], rank - 2, r0, size)
+        y = _piece_output(graph, names, node, k, rank - 2, size)
+        out += [sl, Node(names(f"{node.name}/part{k}"), node.op_type, [x_k, *node.inputs[1:]], [y],
+                         dict(node.attrs), node.domain)]
+        pieces.append(y)
+        r0 += size
+    return [*out, _join(graph, names, node, pieces, rank - 2)]
+
+
+_SPLITTERS: dict[str, Callable[[Graph, _Names, Node, tuple[int, ...]], list[Node]]] = {
+    "out_channels": _split_conv_channels,
+    "rows": _split_conv_rows,
+    "out_features": _split_linear_features,
+    "in_rows": _split_linear_rows,
+}
+
+def split_large_ops(graph: Graph, limits: Mapping[str, Any]) -> list[SplitRecord]:
+    """Cut the ops whose buffers exceed the engine limits (pass 3); in place. Pieces are re-examined,
+    so a LinearInt split by rows is then split by features when its weight is too large as well."""
+    names = _Names(graph)
+    records: list[SplitRecord] = []
+    work = list(graph.nodes)
+    done: list[Node] = []
+    while work:
+        node = work.pop(0)
+        fit = fit_node(graph, node, limits)
+        if fit is None or fit.action is None or not _has_constant_weights(graph, node):
+            done.append(node)
+            continue
+        new = _SPLITTERS[fit.action](graph, names, node, fit.parts)
+        size_key = "weight_bytes" if fit.action == "out_channels" else (
+            "input_bytes" if fit.action == "rows" else "right_bytes" if fit.action == "out_features" else "left_bytes")
+        records.append(SplitRecord(node.name, node.op_type, fit.action, fit.parts,
+                                   f"{size_key} {fit.sizes.get(size_key)} > {fit.limit_key} "
+                                   f"{limits.get(fit.limit_key)}"))
+        log.info("split %s (%s) along %s into %s", node.name, node.op_type, fit.action, list(fit.parts))
+        work = new + work
+    graph.nodes = done
+    used = {t for n in graph.nodes for t in n.inputs if t}
+    for name in [k for k in graph.initializers if k not in used]:
+        del graph.initializers[name]
+        del graph.tensors[name]
+    return records
+
+
+def _has_constant_weights(graph: Graph, node: Node) -> bool:
+    return len(node.inputs) > 1 and node.inputs[1] in graph.initializers and (
+        len(node.inputs) < 3 or not node.inputs[2] or node.inputs[2] in graph.initializers)
+
+
+def run_passes(graph: Graph, limits: Mapping[str, Any], *, fuse: bool = True, split: bool = True,
+               shape_rules: Mapping[str, Callable[..., Any]] | None = None) -> PassReport:
+    """Run passes 2 and 3 on ``graph`` (shapes already inferred), in place, then re-infer shapes.
+
+    :param fuse: fold Relu into convs (off when every tensor of the original graph must stay visible,
+        e.g. for ``lnn verify``).
+    :param split: cut ops that exceed the engine buffers.
+    :param shape_rules: shape rules of plugin ops, for the final re-inference.
+    """
+    report = PassReport()
+    if fuse:
+        report.fused = fuse_relu(graph)
+    if split:
+        report.splits = split_large_ops(graph, limits)
+    infer_shapes(graph, path=graph.meta.get("source"), rules=shape_rules)
+    return report
