@@ -325,14 +325,44 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
 
 
 def configure_check(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="CSK60xx-dialect ONNX file")
+    p.add_argument("model", help="a CSK60xx-dialect ONNX file, or a PyTorch model as package.module:factory "
+                                 "(checked randomly initialised, before any training; needs torch)")
+    p.add_argument("--checkpoint", help="for a PyTorch model: a state_dict to load first")
     _common(p)
+
+
+def _is_factory(spec: str) -> bool:
+    return ":" in spec and not spec.lower().endswith(".onnx") and not Path(spec).exists()
+
+
+def _check_factory(args: argparse.Namespace, host: Any, share: int | None, psram: int | None) -> Any:
+    """``lnn.check`` on a PyTorch model: op rules, calibration on random inputs, export, pack rules, memory."""
+    import torch
+
+    import lnn_core as lnn
+    from lnn_core._model_args import load_factory, parse_shape
+
+    if not args.input_shape:
+        raise ConfigError(f"checking model {args.model!r} needs the shape of its inputs", {},
+                          "add --input-shape 1,1,8,8 (once per forward() argument)", option="--input-shape",
+                          value=None, valid="D1,D2,...")
+    model = load_factory(args.model)()
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True), strict=False)
+    gen = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.rand(parse_shape(s.partition("=")[2] or s), generator=gen) for s in args.input_shape)
+    options = {k: v for k, v in (("share_mem", share), ("psram", psram)) if v is not None}
+    return lnn.check(model, inputs, target=TARGET_ID, host=host, options=options)
 
 
 def run_check(args: argparse.Namespace, host: Any) -> int:
     from .check import check_graph
 
     share, psram = _sizes(args)
+    if _is_factory(args.model):
+        report = _check_factory(args, host, share, psram)
+        print(report.to_json() if args.json else report.table())
+        return 0 if report.ok else 1
     with _progress(2, f"lnn check {Path(args.model).name}") as bar:
         graph, ops = _read(args.model, host, parse_input_shapes(args.input_shape))
         bar.update(1)

@@ -180,13 +180,14 @@ class CheckReport:
     violations: list[Violation] = attrs.field(factory=list)
     problems: list[str] = attrs.field(factory=list)  # export problems, unsupported ops, float islands
     memory: dict[str, Any] = attrs.field(factory=dict)
+    checked: int = 0
 
     @property
     def ok(self) -> bool:
         return not [v for v in self.violations if v.severity == "error"] and not self.problems
 
     def table(self) -> str:
-        rep = RuleReport(self.target, list(self.violations))
+        rep = RuleReport(self.target, list(self.violations), self.checked)
         lines = [rep.table()]
         lines += [f"problem: {p}" for p in self.problems]
         if self.memory:
@@ -218,6 +219,7 @@ def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", hos
 
         op_report = _rules_report(qmodel, info, host, host.targets[target])
         report.violations.extend(op_report.violations)
+        report.checked = op_report.checked
         qmodel.train()
         with torch.no_grad():
             for _ in range(max(1, calibration_steps)):

@@ -37,6 +37,7 @@ __all__ = [
     "cannot_saturate",
     "fake_quant_forward",
     "fake_quant_backward",
+    "fake_quant_sum",
 ]
 
 
@@ -107,7 +108,8 @@ def fake_quant_forward(ctx: Any, x: torch.Tensor, n: int, bits: int,
     """Forward of the fake-quant autograd functions: ``SAT_b(R(x * 2**n)) / 2**n`` in ``x.dtype``.
 
     Stores on ``ctx`` what :func:`fake_quant_backward` needs. ``bounds`` are ``(min, max)`` of ``x``
-    (computed here when None). Three paths compute the same function:
+    (found here when None and ``x`` is on the CPU; on a GPU that would cost a host sync). Three paths
+    compute the same function:
 
     - nothing saturates (:func:`cannot_saturate`, the common case; always for weights, whose floor-rule
       exponent never clips): ``R`` and the rescale only, and an identity gradient (the mask is all true);
@@ -119,7 +121,7 @@ def fake_quant_forward(ctx: Any, x: torch.Tensor, n: int, bits: int,
     ``x * 2**n + 0.5`` is one pass (``rsub`` with ``alpha = -2**n``). Scaling by a power of two is exact,
     so a fused multiply-add gives the same bits as the product rounded first and 0.5 added after.
     """
-    if bounds is None:
+    if bounds is None and x.device.type == "cpu":  # on CPU the mask kernels cost more than finding the bounds
         bounds = tensor_bounds(x)
     scale = 2.0**n
     q = torch.rsub(x, 0.5, alpha=-scale).floor_()
@@ -165,10 +167,49 @@ class _FakeQuant(torch.autograd.Function):
 def fake_quant(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Training form of :func:`quantize`: returns ``q / 2**n`` as ``x.dtype``, STE gradient.
 
-    :param bounds: ``(min, max)`` of ``x`` when the caller already has them (an observer does); else they
-        are computed. They only choose among equivalent code paths: the result does not depend on them.
+    :param bounds: ``(min, max)`` of ``x`` when the caller already has them (an observer does). They only
+        choose among equivalent code paths: the result does not depend on them.
     """
     return _FakeQuant.apply(x, n, bits, bounds)
+
+
+class _FakeQuantSum(torch.autograd.Function):
+    """Training form of iqAdd/iqSub, see :func:`fake_quant_sum`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, n: int, sign: int, lo: int, hi: int,  # type: ignore[override]
+                bits: int) -> torch.Tensor:
+        scale = 2.0**n
+        t = torch.rsub(x, 0.5, alpha=-scale).floor_()  # R(x * 2**n), as in fake_quant_forward
+        qy = torch.rsub(y, 0.5, alpha=-scale).floor_()
+        t = t.add_(qy) if sign > 0 else t.sub_(qy)
+        out = t.clamp(lo, hi).mul_(1.0 / scale)
+        ctx.sign = sign
+        if exact_grid(x.dtype, bits):
+            ctx.ste = (lo - 1.0, hi + 1.0)
+            ctx.save_for_backward(t)
+        else:
+            ctx.ste = "mask"
+            ctx.save_for_backward((t >= lo) & (t <= hi))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        g = fake_quant_backward(ctx, grad)
+        return g, (g if ctx.sign > 0 else -g), None, None, None, None, None
+
+
+def fake_quant_sum(x: torch.Tensor, y: torch.Tensor, n: int, sign: int, lo: int, hi: int, bits: int) -> torch.Tensor:
+    """Training form of iqAdd (``sign`` 1) and iqSub (``sign`` -1): ``clamp(R(x*2**n) +- R(y*2**n), lo, hi) / 2**n``.
+
+    Each operand is rounded on its own, then summed exactly and saturated once, as the chip does.
+    ``(lo, hi)`` are the integer output bounds (``qrange(bits)`` narrowed by an activation clip). The
+    gradient is the clipping mask of the integer sum, to ``x`` and (with the sign) to ``y``.
+
+    Same values and gradients as ``(ste_round(x * s) + ste_round(y * s)).clamp(lo, hi) / s``, with seven
+    elementwise passes instead of nine and one fused backward kernel instead of seven (four boolean).
+    """
+    return _FakeQuantSum.apply(x, y, n, sign, lo, hi, bits)
 
 
 class _SteRound(torch.autograd.Function):
@@ -191,7 +232,10 @@ def tensor_bounds(x: torch.Tensor) -> tuple[float, float] | None:
     if x.numel() == 0:
         return None
     mn, mx = torch.aminmax(x.detach())
-    return mn.item(), mx.item()
+    if x.device.type == "cpu":
+        return mn.item(), mx.item()
+    lo, hi = torch.stack((mn, mx)).tolist()  # one device-to-host copy
+    return lo, hi
 
 
 def exponent_for_absmax(m: float, bits: int, lo: int, hi: int) -> int:

@@ -104,7 +104,8 @@ class ActQuantizer(nn.Module):
     def observe_bounds(self, bounds: tuple[float, float] | None, cap: int | None = None) -> int:
         """Observe one training batch given its ``(min, max)`` (None when empty); return the exponent it uses."""
         m = self._batch_stat(bounds)
-        first = int(self.num_batches) == 0
+        seen = int(self.num_batches)
+        first = seen == 0
         if self.rule == "ema_max":
             r = m if first else (1.0 - self.momentum) * float(self.running) + self.momentum * m
             n = self._clamp(self._from_running(r), cap)
@@ -114,7 +115,7 @@ class ActQuantizer(nn.Module):
             r = (1.0 - self.momentum) * float(self.running) + self.momentum * (top / 2.0**nb)
             n = nb
         self.running.fill_(r)
-        self.num_batches.add_(1)
+        self.num_batches.fill_(seen + 1)
         self.exponent.fill_(n)
         return n
 

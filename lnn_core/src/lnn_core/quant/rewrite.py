@@ -380,20 +380,71 @@ class _Rewriter:
                 first = next((p for p in provs if p is not META), FLOAT)
                 self.prov[node] = first
                 if isinstance(first, ActQuantizer):
-                    attrs_ = {}
-                    if fam.describe is not None:
-                        ctx = BuildContext(str(node.target) if node.op == "call_module" else node.name, node,
-                                           self.gm.get_submodule(node.target) if node.op == "call_module" else None,
-                                           LayerConfig(first.bits, self.config.weight_bits), self.recipe, self.stage)
-                        attrs_ = fam.describe(ctx)
-                    self.info.passthrough[node.name] = {"op": fam.id, "attrs": attrs_,
-                                                        "path": ctx.path if fam.describe else node.name}
+                    self.record_passthrough(node, fam, first)
                 continue
             self.replace(node, fam)
         self.report_unsupported(unsupported)
+        self.hoist_stubs()
         self.mark_ahead_relu()
         self.graph.lint()
         self.gm.recompile()
+
+    def record_passthrough(self, node: fx.Node, fam: Any, provider: ActQuantizer) -> None:
+        """Remember a passthrough op on quantized data, with the attributes its rules judge."""
+        path = str(node.target) if node.op == "call_module" else node.name
+        attrs_: dict[str, Any] = {}
+        if fam.describe is not None:
+            module = self.gm.get_submodule(path) if node.op == "call_module" else None
+            ctx = BuildContext(path, node, module, LayerConfig(provider.bits, self.config.weight_bits), self.recipe,
+                               self.stage)
+            attrs_ = fam.describe(ctx)
+        self.info.passthrough[node.name] = {"op": fam.id, "attrs": attrs_, "path": path}
+
+    def hoist_stubs(self) -> None:
+        """Quantize data before the exact ops it passes on its way in (``x -> maxpool -> Quant`` becomes
+        ``x -> Quant -> maxpool``): max, ReLU and reshapes commute with half-up rounding, so the
+        results are equal, and the chip then runs those ops on int8 instead of the host in float."""
+        for src, stub in list(self.stubs.items()):
+            chain: list[fx.Node] = []
+            node = src
+            while node.op in ("call_module", "call_function", "call_method") and len(node.users) == 1:
+                fam = self.family(node)
+                ins = [i for i in _flat_nodes((node.args, node.kwargs)) if self.prov.get(i) is not META]
+                if fam is None or fam.kind != "passthrough" or self.is_float_module(node) or len(ins) != 1:
+                    break
+                chain.append(node)
+                node = ins[0]
+            if not chain:
+                continue
+            head, first = node, chain[-1]
+            quantizer = self.prov[stub]
+            stub.replace_all_uses_with(src)
+            path = str(stub.target)
+            self.graph.erase_node(stub)
+            del self.stubs[src]
+            if src.name in self.info.islands:
+                self.info.islands.remove(src.name)
+            if head in self.stubs:  # the head is quantized already: reuse that stub
+                new = self.stubs[head]
+                quantizer = self.prov[new]
+                self.gm.delete_submodule(path)
+                self.info.ops.pop(path, None)
+            else:
+                if head.op == "placeholder":  # name it as the graph-input stub it now is
+                    module = self.gm.get_submodule(path)
+                    self.gm.delete_submodule(path)
+                    op_id = self.info.ops.pop(path)
+                    path = f"q_input_{head.name}"
+                    self.gm.add_submodule(path, module)
+                    self.info.ops[path] = op_id
+                with self.graph.inserting_after(head):
+                    new = self.graph.call_module(path, (head,))
+                self.stubs[head] = new
+                self.prov[new] = quantizer
+            first.replace_input_with(head, new)
+            for n in reversed(chain):
+                self.prov[n] = quantizer
+                self.record_passthrough(n, self.family(n), quantizer)
 
     def replace(self, node: fx.Node, fam: Any) -> None:
         base = fam.id.split(".", 1)[-1].lower()
