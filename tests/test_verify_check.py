@@ -50,8 +50,8 @@ def test_verify_reports_the_first_differing_tensor():
     liar = Liar("liar")
 
     @lnn.hookimpl(tryfirst=True)
-    def lnn_simulate(model, inputs, target, options):
-        outputs, tensors = backend_plugin.lnn_simulate(model, inputs, target, options)
+    def lnn_simulate(model, inputs, target, options, host):
+        outputs, tensors = backend_plugin.lnn_simulate(model, inputs, target, options, host)
         name = next(n for n in tensors if n.startswith("conv1"))
         bad = tensors[name].copy()
         bad.flat[5] = np.clip(int(bad.flat[5]) + 1, -128, 127) if bad.flat[5] < 127 else 126

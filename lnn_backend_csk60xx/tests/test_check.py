@@ -226,7 +226,7 @@ def test_check_graph_hook_for_the_core():
     host = isolated_host([backend_plugin])
     ins, q = quant((1, 4, 4, 4))
     g = build(ins, [q, conv("c", "q", "y", "w", kernel_shape=[7, 7], pads=[3, 3, 3, 3])], {"w": (w8(4, 4, 7, 7), 7)})
-    report = host.hook.lnn_check_graph(graph=g, target="csk60xx", options={"share_mem": 300000})
+    report = host.hook.lnn_check_graph(graph=g, target="csk60xx", options={"share_mem": 300000}, host=host)
     assert not report.ok and report.violations[0].rule_id == "csk60xx.conv.kernel_size"
     assert report.memory["share_mem_limit"] == 300000
-    assert host.hook.lnn_check_graph(graph=g, target="other", options={}) is None
+    assert host.hook.lnn_check_graph(graph=g, target="other", options={}, host=host) is None

@@ -90,7 +90,7 @@ def test_rule_text_takes_the_plugin_table_and_the_target_overrides_it(host):
     assert [(v.limit, v.rule) for v in found] == [("at most 512 slopes", slopes.describe({"prelu.slopes_max": 512}))]
     assert slopes.run(OpView("p", "example.PReLU", {"num_parameters": 600}), {}, "csk60xx") == []
     doc = rules_markdown(host, "csk60xx")
-    assert "| `csk60xx.prelu.slopes` | `example.PReLU` |" in doc and "at most 1024 slopes" in doc
+    assert "| `csk60xx.prelu.slopes` | `example.PReLU`, `PReluInt` |" in doc and "at most 1024 slopes" in doc
     assert "PReLU input must be 8 bit" in doc
     with pytest.raises(TypeError):
         LIMITS["prelu.slopes_max"] = 1  # type: ignore[index]

@@ -6,6 +6,7 @@ from typing import Any
 
 from lnn_core import hookimpl
 
+from .extensions import PluginOps
 from .target import TARGET_ID, load_target
 
 
@@ -41,12 +42,19 @@ def lnn_register_commands(registry: Any) -> None:
 def lnn_register_exporters(registry: Any) -> None:
     from .dialect import read_onnx, write_onnx
 
-    registry.add_writer(TARGET_ID, write_onnx)
-    registry.add_reader(TARGET_ID, read_onnx)
+    def write(graph: Any, host: Any = None) -> Any:
+        """The CSK60xx dialect writer, knowing the ops the host's plugins add to the dialect."""
+        return write_onnx(graph, ops=PluginOps.from_host(host) if host is not None else None)
+
+    def read(source: Any, host: Any = None, **kwargs: Any) -> Any:
+        return read_onnx(source, ops=PluginOps.from_host(host) if host is not None else None, **kwargs)
+
+    registry.add_writer(TARGET_ID, write)
+    registry.add_reader(TARGET_ID, read)
 
 
 @hookimpl
-def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, Any]) -> Any:
+def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, Any], host: Any) -> Any:
     """Read the dialect file, pack it and run the C simulator with every tensor dumped."""
     if target != TARGET_ID:
         return None
@@ -55,16 +63,20 @@ def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, 
     from .simulator import Simulator
 
     # verification compares every tensor: keep each one (no Relu fusion) and pack what the simulator runs
-    packed = pack_graph(read_onnx(model), share_mem=options.get("share_mem"), psram=options.get("psram"),
-                        check=False, fuse_relu=False)
-    return Simulator(packed.blob).run(inputs, dump=True)
+    ops = PluginOps.from_host(host) if host is not None else None
+    packed = pack_graph(read_onnx(model, ops=ops), share_mem=options.get("share_mem"), psram=options.get("psram"),
+                        check=False, fuse_relu=False, ops=ops)
+    return Simulator(packed.blob, kernels=ops.kernels if ops is not None else None).run(inputs, dump=True)
 
 
 @hookimpl
-def lnn_check_graph(graph: Any, target: str, options: dict[str, Any]) -> Any:
+def lnn_check_graph(graph: Any, target: str, options: dict[str, Any], host: Any) -> Any:
     """Rules, graph passes and the memory plan of an IR graph (see :func:`.check.check_graph`)."""
     if target != TARGET_ID:
         return None
     from .check import check_graph
 
-    return check_graph(graph, share_mem=options.get("share_mem"), psram=options.get("psram"))
+    ops = PluginOps.from_host(host) if host is not None else None
+    rules_for = (lambda op_type: host.rules_for(op_type, TARGET_ID)) if host is not None else None
+    return check_graph(graph, share_mem=options.get("share_mem"), psram=options.get("psram"), rules_for=rules_for,
+                       ops=ops)

@@ -436,7 +436,7 @@ def export(model: nn.Module, example_inputs: Any, path: str | None = None, *, di
     writer = host.exporters[dialect]
     graph = to_ir(model, example_inputs, input_names=input_names, output_names=output_names,
                   dynamic_batch=dynamic_batch, strict=strict, host=host)
-    proto = writer(graph)
+    proto = writer(graph, host=host)
     if path is not None:
         import onnx
 

@@ -76,7 +76,10 @@ def lnn_register_exporters(registry: ExporterRegistry) -> None:
     """Register ONNX dialect writers and readers.
 
     :param registry: call ``registry.add_writer(name, fn)`` / ``registry.add_reader(name, fn)``, and
-        ``registry.add_node_writer(dialect, op_type, fn)`` to teach a dialect a new IR op.
+        ``registry.add_node_writer(dialect, op_type, fn)`` to teach a dialect a new IR op. A dialect
+        writer is called as ``fn(graph, host=host)`` and returns an ``onnx.ModelProto``; node writers
+        are ``"ir"`` (op id -> IR nodes, ``fn(ctx)``), ``"qdq"`` (IR op type -> standard ONNX,
+        ``fn(writer, node)``) or a target dialect's schema (e.g. ``"csk60xx"``).
     """
 
 
@@ -122,12 +125,13 @@ def lnn_op_rules(op_type: str, target: str) -> list[Rule] | None:
 
 
 @hookspec(firstresult=True)
-def lnn_check_graph(graph: Graph, target: str, options: dict[str, Any]) -> Any:
+def lnn_check_graph(graph: Graph, target: str, options: dict[str, Any], host: PluginHost) -> Any:
     """Judge an IR graph for ``target`` at pack time: rules, graph passes and memory fit.
 
     Stops at first non-None result, see firstresult.
 
     :param graph: the IR (as exported, before passes).
+    :param host: the calling host: its plugins' ops, rules and kernels take part.
     :param target: target id.
     :param options: region sizes and other packer options.
     :return: a report with ``violations`` (list of :class:`lnn_core.rules.Violation`), ``ok`` and
@@ -136,11 +140,12 @@ def lnn_check_graph(graph: Graph, target: str, options: dict[str, Any]) -> Any:
 
 
 @hookspec(firstresult=True)
-def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, Any]) -> Any:
+def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, Any], host: PluginHost) -> Any:
     """Pack ``model`` (an ONNX ModelProto in the target's dialect) and run the target's simulator.
 
     Stops at first non-None result, see firstresult.
 
+    :param host: the calling host: its plugins' ops and simulator kernels take part.
     :param model: the ONNX model as the target's dialect writer wrote it.
     :param inputs: one numpy array per graph input.
     :param target: target id.

@@ -44,7 +44,7 @@ difference above.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lnn_core.errors import ExportError
 from lnn_core.graph import Graph, Node, TensorInfo
 
-__all__ = ["write_qdq", "OPSET", "OPSET_INT16", "LOWERINGS"]
+__all__ = ["write_qdq", "QdqWriter", "OPSET", "OPSET_INT16", "LOWERINGS"]
 
 #: default-domain opset of files whose quantized tensors are all 8-bit.
 OPSET = 13
@@ -71,8 +71,15 @@ _Q_OPSET = {"int8": OPSET, "uint8": OPSET, "int16": OPSET_INT16}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-class _Writer:
-    """Builds the ONNX graph node by node; one instance per :func:`write_qdq` call."""
+class QdqWriter:
+    """Builds the ONNX graph node by node; one instance per :func:`write_qdq` call.
+
+    A lowering ``fn(w, node)`` (built-in or a plugin's) uses: ``w.dq(t)`` (a float view of IR tensor
+    ``t``), ``w.result(op_type, inputs, grid=n, **attrs)`` (emit the float op and quantize its result
+    to the node's output, with the chip's half-up rounding on grid ``2**-n``), ``w.exponent(t)``,
+    ``w.info(t)``, ``w.derived(name, array, like)`` (a new initializer derived from ``like``) and
+    ``w.g`` (the IR graph).
+    """
 
     def __init__(self, graph: Graph, round_half_up: bool) -> None:
         self.g = graph
@@ -235,7 +242,7 @@ class _Writer:
 
 # -- lowerings: one small function per IR op type -------------------------------------------------
 
-def _quant(w: _Writer, node: Node) -> None:
+def _quant(w: QdqWriter, node: Node) -> None:
     """Float data entering the quantized graph: QuantizeLinear, after the chip's float32 rounding
     ``floor(x * 2**n + 0.5)`` (spec 3.1) when rounding half up (the values then lie on the grid)."""
     x, y = node.inputs[0], node.outputs[0]
@@ -252,21 +259,21 @@ def _quant(w: _Writer, node: Node) -> None:
     w.emit_q(x, y, node.name)
 
 
-def _dequant(w: _Writer, node: Node) -> None:
+def _dequant(w: QdqWriter, node: Node) -> None:
     w.emit_dq(node.inputs[0], node.outputs[0], node.name)
 
 
-def _conv(w: _Writer, node: Node) -> None:
+def _conv(w: QdqWriter, node: Node) -> None:
     w.result("Conv", [w.dq(t) for t in node.inputs if t], grid=w.acc_grid(*node.inputs),
              **w.attrs("kernel_shape", "strides", "pads", "dilations", "group"))
 
 
-def _conv_transpose(w: _Writer, node: Node) -> None:
+def _conv_transpose(w: QdqWriter, node: Node) -> None:
     w.result("ConvTranspose", [w.dq(t) for t in node.inputs if t], grid=w.acc_grid(*node.inputs),
              **w.attrs("kernel_shape", "strides", "pads", "dilations", "group", "output_padding"))
 
 
-def _linear(w: _Writer, node: Node) -> None:
+def _linear(w: QdqWriter, node: Node) -> None:
     """``Gemm(transB=1)`` for 2-D inputs; otherwise ``MatMul`` with the transposed int8 weight, ``Add`` bias."""
     x, wt = node.inputs[:2]
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
@@ -284,7 +291,7 @@ def _linear(w: _Writer, node: Node) -> None:
     w.result("Add", [mm, w.dq(bias)], grid=grid)
 
 
-def _batchnorm(w: _Writer, node: Node) -> None:
+def _batchnorm(w: QdqWriter, node: Node) -> None:
     """``y = x * alpha[c] + beta[c]``: Mul and Add with the per-channel initializers as ``[C, 1, 1]``."""
     x, alpha, beta = node.inputs[:3]
     shape = w.info(x).shape
@@ -299,7 +306,7 @@ def _batchnorm(w: _Writer, node: Node) -> None:
     w.result("Add", [prod, channels(beta)], grid=w.acc_grid(x, alpha, beta))
 
 
-def _avgpool(w: _Writer, node: Node) -> None:
+def _avgpool(w: QdqWriter, node: Node) -> None:
     """AveragePool over the window, padding counted (the chip divides by ``kh * kw``)."""
     x, y = node.inputs[0], node.outputs[0]
     area = math.prod(int(k) for k in node.attrs["kernel_shape"])
@@ -309,8 +316,8 @@ def _avgpool(w: _Writer, node: Node) -> None:
              **w.attrs("kernel_shape", "strides", "pads", "ceil_mode"))
 
 
-def _add_sub(op_type: str) -> Callable[[_Writer, Node], None]:
-    def lower(w: _Writer, node: Node) -> None:
+def _add_sub(op_type: str) -> Callable[[QdqWriter, Node], None]:
+    def lower(w: QdqWriter, node: Node) -> None:
         n_o = w.exponent(node.outputs[0])
         w.result(op_type, [w.rescaled(t, n_o, f"rescale{i}") for i, t in enumerate(node.inputs[:2])])
 
@@ -318,19 +325,19 @@ def _add_sub(op_type: str) -> Callable[[_Writer, Node], None]:
     return lower
 
 
-def _mul(w: _Writer, node: Node) -> None:
+def _mul(w: QdqWriter, node: Node) -> None:
     x, y = node.inputs[:2]
     w.result("Mul", [w.dq(x), w.dq(y)], grid=w.exponent(x) + w.exponent(y))
 
 
-def _cat(w: _Writer, node: Node) -> None:
+def _cat(w: QdqWriter, node: Node) -> None:
     """Concat of the inputs, each rescaled to the output exponent on its own (spec 3.18)."""
     n_o = w.exponent(node.outputs[0])
     ins = [w.half_up(w.dq(t), w.exponent(t), n_o, f"{node.name}.input{i}") for i, t in enumerate(node.inputs)]
     w.result("Concat", ins, axis=int(node.attrs.get("dim", node.attrs.get("axis", 0))))
 
 
-def _clip(w: _Writer, node: Node) -> None:
+def _clip(w: QdqWriter, node: Node) -> None:
     """Clip with int8 scalar bounds at the input exponent (spec 3.13): float bounds ``q * 2**-n``."""
     x = node.inputs[0]
     n = w.exponent(x)
@@ -344,8 +351,8 @@ def _clip(w: _Writer, node: Node) -> None:
     w.result("Clip", [w.dq(x), *bounds])
 
 
-def _same_scale(op_type: str, *, axes_input: bool = False) -> Callable[[_Writer, Node], None]:
-    def lower(w: _Writer, node: Node) -> None:
+def _same_scale(op_type: str, *, axes_input: bool = False) -> Callable[[QdqWriter, Node], None]:
+    def lower(w: QdqWriter, node: Node) -> None:
         attrs = dict(node.attrs)
         inputs = [w.dq(node.inputs[0]), *node.inputs[1:]]
         if axes_input and "axes" in attrs:  # an attribute before opset 13, an input since
@@ -358,7 +365,7 @@ def _same_scale(op_type: str, *, axes_input: bool = False) -> Callable[[_Writer,
 
 #: IR op type -> lowering ``fn(writer, node)``. Default-domain nodes whose inputs are all float
 #: (float islands) are copied unchanged and need no entry.
-LOWERINGS: dict[str, Callable[[_Writer, Node], None]] = {
+LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "Quant": _quant,
     "Dequant": _dequant,
     "Conv2dInt": _conv,
@@ -389,7 +396,7 @@ _AXES_INPUT_SINCE_18 = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "Reduc
                                   "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSumSquare"})
 
 
-def _copy_float_node(w: _Writer, node: Node) -> None:
+def _copy_float_node(w: QdqWriter, node: Node) -> None:
     """A float-island node as torch wrote it (opset 13); reductions' axes move to an input at opset 18+."""
     attrs = {k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v for k, v in node.attrs.items()}
     inputs = list(node.inputs)
@@ -403,28 +410,37 @@ def _value_info(info: TensorInfo) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(info.name, _ONNX_TYPE[info.dtype], shape)
 
 
-def write_qdq(graph: Graph, *, round_half_up: bool = True) -> onnx.ModelProto:
+def write_qdq(graph: Graph, *, round_half_up: bool = True,
+              lowerings: Mapping[str, Callable[[QdqWriter, Node], None]] | None = None) -> onnx.ModelProto:
     """Write ``graph`` as standard ONNX with QuantizeLinear/DequantizeLinear (default domain only).
 
     :param graph: the IR, as made by :func:`lnn_core.exporter.to_ir` or a dialect reader.
     :param round_half_up: add the half-step ``Add`` nodes that make ties round as on the chip
         (module docstring); False writes the canonical, fusable ``DQ -> op -> Q`` pattern.
+    :param lowerings: extra ``IR op type -> fn(writer, node)`` lowerings (plugin ops register them
+        with ``registry.add_node_writer("qdq", op_type, fn)``); a built-in op cannot be replaced.
     :return: the model: opset 13 (21 when it holds int16 activations), IR version the lowest
         that opset allows.
     :raises ExportError: an op without a QDQ lowering (naming the node), or a tensor type that
         QuantizeLinear cannot write.
     """
-    w = _Writer(graph, round_half_up)
+    table = dict(LOWERINGS)
+    for op_type, fn in (lowerings or {}).items():
+        if op_type in LOWERINGS:
+            raise ExportError(f"a plugin redefines the QDQ lowering of the built-in op {op_type!r}", {},
+                              "give the plugin's op its own IR op type", node=None, dialect="qdq")
+        table[op_type] = fn
+    w = QdqWriter(graph, round_half_up)
     for node in graph.nodes:
         w.node = node
         data = [t for t in node.inputs if t and t not in graph.initializers]
         if node.domain in _DEFAULT_DOMAINS and not any(w.quantized(t) for t in data):
             _copy_float_node(w, node)
             continue
-        lower = LOWERINGS.get(node.op_type)
+        lower = table.get(node.op_type)
         if lower is None:
             raise w.error("has no lowering to standard QDQ ONNX",
-                          {"domain": node.domain or "ai.onnx (default)", "supported": ", ".join(LOWERINGS)},
+                          {"domain": node.domain or "ai.onnx (default)", "supported": ", ".join(table)},
                           "replace the op with a supported one, or export in the csk60xx dialect")
         lower(w, node)
     w.node = None

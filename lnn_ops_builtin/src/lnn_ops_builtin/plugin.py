@@ -25,4 +25,14 @@ def lnn_register_exporters(registry: Any) -> None:
             registry.add_node_writer("ir", op_id, writer)
     from .onnx_qdq import write_qdq
 
-    registry.add_writer("qdq", write_qdq)
+    def write(graph: Any, host: Any = None, **options: Any) -> Any:
+        """The QDQ writer, with the lowerings the host's plugins register for their own IR ops."""
+        lowerings = {}
+        if host is not None:
+            for key, fn in host.exporters.node_writers.items():
+                dialect, _, op_type = key.partition(":")
+                if dialect == "qdq":
+                    lowerings[op_type] = fn
+        return write_qdq(graph, lowerings=lowerings, **options)
+
+    registry.add_writer("qdq", write)

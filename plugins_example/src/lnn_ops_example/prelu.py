@@ -22,18 +22,26 @@ two values on 8-bit grids is exact in float32, so training and eval agree exactl
 
 :meth:`QPReLU.integer_params` returns the frozen integers the eval forward uses, for exporters and
 simulator kernels.
+
+Export: :func:`write_ir` (the IR writer of ``example.PReLU``) writes one node ``PReluInt`` (domain
+``thinker``) with inputs ``[x, slope]``: ``x`` the int8 input at ``n_x``, ``slope`` an int8 initializer
+of shape ``[num_parameters]`` at ``n_a`` (int16 for weight bits above 8); its output is int8 at ``n_x``.
+Attributes: ``data_bits``, ``parameter_bits``, ``o_bits`` and ``platform_quant="luna_quant"``. The
+CSK60xx dialect adds ``scale_x``, ``scale_w``, ``scale_o`` from those exponents
+(:mod:`lnn_ops_example.csk60xx`).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from lnn_core.errors import ConfigError
+from lnn_core.errors import ConfigError, ExportError
 from lnn_core.ops import OpFamily
 from lnn_core.quant.functional import fake_quant, requant, weight_exponent
 from lnn_core.quant.qmodule import QModule
@@ -41,9 +49,11 @@ from lnn_core.quant.quantizers import quantize_weight
 from lnn_core.quant.recipes import Recipe
 from lnn_core.quant.rewrite import BuildContext, Built
 
-__all__ = ["OP_ID", "QPReLU", "FAMILY"]
+__all__ = ["OP_ID", "IR_OP", "QPReLU", "FAMILY", "write_ir"]
 
 OP_ID = "example.PReLU"
+#: the IR op type the writer emits (and the CSK60xx dialect and simulator know through this package)
+IR_OP = "PReluInt"
 
 
 def _per_channel(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -193,8 +203,44 @@ def build(ctx: BuildContext) -> Built | None:
     return Built(q, [src], [weight])
 
 
+# -- export ----------------------------------------------------------------------------------------
+
+
+def write_ir(ctx: Any) -> str:
+    """``PReluInt(x, slope) -> y``: the eval forward's integers (module docstring); returns the output tensor.
+
+    :param ctx: the :class:`lnn_core.exporter.ExportContext` of one ``QPReLU`` call.
+    :raises ExportError: the input tensor's exponent is not the one the module reads.
+    """
+    m: QPReLU = ctx.module
+    p = m.integer_params(*ctx.params)
+    n_x = p["n_x"]
+    if ctx.exponent(0) != n_x:
+        raise ExportError(f"op {ctx.path!r} ({OP_ID}): input exponent {ctx.exponent(0)} != the module's {n_x}",
+                          {"input": ctx.inputs[0]}, "this is a bug in the graph wiring of lnn-ops-example; "
+                          "please report it", node=ctx.path, dialect="ir")
+    dtype = np.int8 if m.weight_bits <= 8 else np.int16  # the CSK60xx dialect takes int8 only
+    slope = ctx.initializer("slope", p["slope"].numpy().astype(dtype).reshape(-1), p["n_a"])
+    y = ctx.tensor(p["n_o"], ctx.info(0).dtype)
+    attrs = {"data_bits": p["bits"], "parameter_bits": m.weight_bits, "o_bits": p["bits"],
+             "platform_quant": "luna_quant"}
+    ctx.add(IR_OP, [ctx.inputs[0], slope], [y], attrs)
+    return y
+
+
 # F.prelu is torch.prelu (one object), so one entry claims both spellings
 FAMILY = OpFamily(
     id=OP_ID, kind="stateless", modules=(nn.PReLU,), functions=(F.prelu,), methods=("prelu",),
     build=build, description="PReLU with one slope or one per channel; keeps the input scale (int8 slopes)",
 )
+
+
+def lower_qdq(w: Any, node: Any) -> None:
+    """QDQ lowering of PReluInt for onnxruntime: ``PRelu`` between DequantizeLinear and
+    QuantizeLinear, rounded half-up on the product's grid ``2**-(n_x + n_a)`` as the chip does."""
+    x, slope = node.inputs[:2]
+    arr = w.g.initializers[slope]
+    rank = len(w.info(x).shape)
+    if arr.size > 1 and rank > 2:  # per-channel slope: broadcast over the spatial axes
+        slope = w.derived(f"{slope}.per_channel", arr.reshape((-1,) + (1,) * (rank - 2)), slope)
+    w.result("PRelu", [w.dq(x), w.dq(slope)], grid=w.exponent(x) + w.exponent(slope))

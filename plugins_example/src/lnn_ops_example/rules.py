@@ -5,10 +5,15 @@ its numbers in a small table, :data:`LIMITS`, with keys in the target file's ``s
 Each rule carries that table (:class:`RuleWithLimits`): its check and its text read the target's
 limits first and fall back to the table, so ``lnn rules --markdown`` shows the real numbers, and a
 target file that one day states ``prelu.slopes_max`` overrides this package's value.
+
+The rules judge the op twice: as ``example.PReLU`` when ``lnn.init`` builds the model (the module's
+``op_attrs``), and as the IR op ``PReluInt`` when ``lnn pack``/``lnn check`` read an exported file (the
+backend's op view: the slope count and the channels come from the shapes of the op's inputs).
 """
 
 from __future__ import annotations
 
+import math
 from collections import ChainMap
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -18,10 +23,12 @@ import attrs
 
 from lnn_core.rules import Finding, OpView, Rule, Violation, rule
 
+from .prelu import IR_OP, OP_ID
+
 __all__ = ["TARGET_ID", "LIMITS", "RULES", "RuleWithLimits", "with_limits", "rules_for"]
 
 TARGET_ID = "csk60xx"
-OPS = ("example.PReLU",)
+OPS = (OP_ID, IR_OP)
 
 LIMITS: Mapping[str, Any] = MappingProxyType({
     "prelu.slopes_max": 1024,  # slopes one PReLU may carry (one per channel, or one shared)
@@ -54,10 +61,22 @@ def with_limits(r: Rule, defaults: Mapping[str, Any]) -> RuleWithLimits:
     return RuleWithLimits(r.id, r.ops, r.text, r.check, r.limit_keys, r.severity, defaults=defaults)
 
 
+def _slopes_and_channels(op: OpView) -> tuple[int | None, int | None]:
+    """``(slopes, channels)`` of the op: its attributes (model side), else its input shapes (IR side)."""
+    slopes, channels = op.attrs.get("num_parameters"), op.attrs.get("channels")
+    shapes = op.attrs.get("input_shapes") or ()
+    if slopes is None and len(shapes) > 1 and shapes[1] is not None:
+        slopes = math.prod(shapes[1])
+    if channels is None and shapes and shapes[0] is not None:
+        channels = shapes[0][1] if len(shapes[0]) >= 2 else 1
+    return slopes, channels
+
+
 @rule("csk60xx.prelu.slopes", ops=OPS, smax="prelu.slopes_max")
 def check_slopes(op: OpView, limits: Mapping[str, Any]) -> list[Finding]:
     """PReLU must have 1 slope or one slope per input channel (axis 1), and at most {smax} slopes."""
-    slopes, channels, smax = op.attrs.get("num_parameters"), op.attrs.get("channels"), limits["prelu.slopes_max"]
+    slopes, channels = _slopes_and_channels(op)
+    smax = limits["prelu.slopes_max"]
     found = []
     if slopes is not None and slopes > smax:
         found.append(Finding(actual=f"{slopes} slopes", limit=f"at most {smax} slopes",
