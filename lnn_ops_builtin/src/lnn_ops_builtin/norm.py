@@ -113,7 +113,7 @@ class QBatchNorm(QModule):
         n_x = self.in_exponent(0)
         if self.training:
             a_q, n_w = fake_quant_weight(alpha, self.weight_bits, self.recipe)
-            b_q = fake_quant(beta, n_x + n_w, self.recipe.bias_bits)
+            b_q = fake_quant(beta, n_x + n_w, self.recipe.bias_bits, exact=True)
             y = x * a_q.reshape(self._shape(x)) + b_q.reshape(self._shape(x))
             return self.finish_train(y, cap=n_x + n_w)
         with torch.no_grad():
@@ -150,9 +150,9 @@ def _build(op_id: str):
 
 FAMILIES = [
     OpFamily(id="builtin.BatchNorm1d", kind="compute", modules=(nn.BatchNorm1d,), build=_build("builtin.BatchNorm1d"),
-             foldable=True, description="batch norm over (N, C) or (N, C, L); folded into a preceding conv/linear"),
+             foldable=True, description="batch norm over (N, C) or (N, C, L); folded into a preceding Conv1d"),
     OpFamily(id="builtin.BatchNorm2d", kind="compute", modules=(nn.BatchNorm2d,), build=_build("builtin.BatchNorm2d"),
-             foldable=True, description="batch norm over (N, C, H, W); folded into a preceding conv"),
+             foldable=True, description="batch norm over (N, C, H, W); folded into a preceding Conv2d"),
 ]
 
 

@@ -111,11 +111,11 @@ class QPReLU(QModule):
         return quantize_weight(a, self.weight_bits, self.recipe)
 
     def _fake_slope(self, a: torch.Tensor) -> torch.Tensor:
-        """``a_q / 2**n_a`` with a straight-through gradient, computed in float64 so that it equals
-        :meth:`_integers` exactly (a float32 ``+ 0.5`` can round up just below a tie)."""
+        """``a_q / 2**n_a`` with a straight-through gradient, rounded exactly so that it equals
+        :meth:`_integers` (a float32 ``+ 0.5`` can round up just below a tie)."""
         lo, hi = self.recipe.weight_exponent_range
         n_a = weight_exponent(a, self.weight_bits, lo, hi)
-        return fake_quant(a.double(), n_a, self.weight_bits).to(a.dtype)
+        return fake_quant(a, n_a, self.weight_bits, exact=True)
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:

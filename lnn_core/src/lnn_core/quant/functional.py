@@ -35,8 +35,8 @@ __all__ = [
     "absmax",
     "exact_grid",
     "cannot_saturate",
-    "fake_quant_forward",
-    "fake_quant_backward",
+    "fake_quant_parts",
+    "ste_gradient",
     "fake_quant_sum",
 ]
 
@@ -103,13 +103,14 @@ def cannot_saturate(bounds: tuple[float, float] | None, n: int, bits: int) -> bo
     return lo <= bounds[0] * s and bounds[1] * s <= hi - 1
 
 
-def fake_quant_forward(ctx: Any, x: torch.Tensor, n: int, bits: int,
-                       bounds: tuple[float, float] | None) -> torch.Tensor:
-    """Forward of the fake-quant autograd functions: ``SAT_b(R(x * 2**n)) / 2**n`` in ``x.dtype``.
+def fake_quant_parts(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, float] | None,
+                     exact: bool = False) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+    """The forward of every fake-quant autograd function: ``(out, clip, saved)``.
 
-    Stores on ``ctx`` what :func:`fake_quant_backward` needs. ``bounds`` are ``(min, max)`` of ``x``
-    (found here when None and ``x`` is on the CPU; on a GPU that would cost a host sync). Three paths
-    compute the same function:
+    ``out = SAT_b(R(x * 2**n)) / 2**n`` in ``x.dtype``; ``clip`` and ``saved`` are what
+    :func:`ste_gradient` needs (keep ``saved`` with ``ctx.save_for_backward``). Call it with autograd
+    off (inside ``Function.forward``). ``bounds`` are ``(min, max)`` of ``x``, found here when None and
+    ``x`` is on the CPU (on a GPU that would cost a host sync). Three paths compute the same function:
 
     - nothing saturates (:func:`cannot_saturate`, the common case; always for weights, whose floor-rule
       exponent never clips): ``R`` and the rescale only, and an identity gradient (the mask is all true);
@@ -118,35 +119,46 @@ def fake_quant_forward(ctx: Any, x: torch.Tensor, n: int, bits: int,
       kernel (hardtanh's backward with the thresholds ``lo - 1`` and ``hi + 1``: ``q`` holds integers);
     - otherwise (bfloat16, 32-bit biases in float32): an explicit boolean mask compared in ``x.dtype``.
 
-    ``x * 2**n + 0.5`` is one pass (``rsub`` with ``alpha = -2**n``). Scaling by a power of two is exact,
-    so a fused multiply-add gives the same bits as the product rounded first and 0.5 added after.
+    ``R`` comes in two forms. The default, for activations, is ``floor(x * 2**n + 0.5)`` in ``x.dtype``: one
+    pass (``rsub`` with ``alpha = -2**n``; scaling by a power of two is exact, so a fused multiply-add gives
+    the same bits as the product rounded first and 0.5 added after). It is the arithmetic of the chip's
+    Quant op and of :class:`~lnn_core.quant.quantizers.ActQuantizer` in eval, and it differs from the
+    exact ``R`` only where adding 0.5 rounds in ``x.dtype`` (``x * 2**n`` within half an ulp below a tie,
+    e.g. ``0.5 - 2**-25`` in float32, or an odd integer above ``2**23``). ``exact=True``, for weights and
+    biases (small tensors), computes ``q = floor(v)`` and adds 1 where ``v - q >= 0.5`` (both exact in
+    every float dtype): the same integers as :func:`quantize`, so training uses exactly the parameters
+    that eval, the export and the chip use.
     """
     if bounds is None and x.device.type == "cpu":  # on CPU the mask kernels cost more than finding the bounds
         bounds = tensor_bounds(x)
     scale = 2.0**n
-    q = torch.rsub(x, 0.5, alpha=-scale).floor_()
+    if exact:
+        v = x * scale
+        q = torch.floor(v)
+        q = q.add_(torch.sub(v, q).ge_(0.5))
+    else:
+        q = torch.rsub(x, 0.5, alpha=-scale).floor_()
     if cannot_saturate(bounds, n, bits):
-        ctx.ste = None
-        return q.mul_(1.0 / scale)
+        return q.mul_(1.0 / scale), None, None
     lo, hi = qrange(bits)
     out = q.clamp(lo, hi).mul_(1.0 / scale)
     if exact_grid(x.dtype, bits):
-        ctx.ste = (lo - 1.0, hi + 1.0)
-        ctx.save_for_backward(q)
-    else:
-        ctx.ste = "mask"
-        ctx.save_for_backward((q >= lo) & (q <= hi))
-    return out
+        return out, (lo - 1.0, hi + 1.0), q
+    return out, "mask", (q >= lo) & (q <= hi)
 
 
-def fake_quant_backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-    """Straight-through gradient of :func:`fake_quant_forward`: ``grad`` where ``lo <= q <= hi``, else 0."""
-    if ctx.ste is None:
+def ste_gradient(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None) -> torch.Tensor:
+    """Straight-through gradient of :func:`fake_quant_parts`: ``grad`` where ``lo <= q <= hi``, else 0.
+
+    ``clip`` is None (nothing saturated: the gradient passes), ``"mask"`` (``saved`` is the boolean mask)
+    or the open interval ``(lo - 1, hi + 1)`` that the integers ``saved`` must lie in. One difference from
+    a boolean mask, on inputs that are NaN only: hardtanh's backward passes their gradient on.
+    """
+    if clip is None:
         return grad
-    (saved,) = ctx.saved_tensors
-    if ctx.ste == "mask":
+    if clip == "mask":
         return grad * saved
-    t_lo, t_hi = ctx.ste
+    t_lo, t_hi = clip
     return torch.ops.aten.hardtanh_backward(grad, saved, t_lo, t_hi)
 
 
@@ -156,21 +168,29 @@ class _FakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, n: int, bits: int,  # type: ignore[override]
-                bounds: tuple[float, float] | None) -> torch.Tensor:
-        return fake_quant_forward(ctx, x, n, bits, bounds)
+                bounds: tuple[float, float] | None, exact: bool) -> torch.Tensor:
+        out, ctx.clip, saved = fake_quant_parts(x, n, bits, bounds, exact)
+        ctx.save_for_backward(saved)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return fake_quant_backward(ctx, grad), None, None, None
+        (saved,) = ctx.saved_tensors
+        return ste_gradient(grad, ctx.clip, saved), None, None, None, None
 
 
-def fake_quant(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, float] | None = None) -> torch.Tensor:
+def fake_quant(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, float] | None = None,
+               exact: bool = False) -> torch.Tensor:
     """Training form of :func:`quantize`: returns ``q / 2**n`` as ``x.dtype``, STE gradient.
 
     :param bounds: ``(min, max)`` of ``x`` when the caller already has them (an observer does). They only
         choose among equivalent code paths: the result does not depend on them.
+    :param exact: round exactly half-up (the integers of :func:`quantize`) rather than in ``x.dtype`` as the
+        chip's Quant op does; see :func:`fake_quant_parts`. Weights and biases use it.
     """
-    return _FakeQuant.apply(x, n, bits, bounds)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _FakeQuant.apply(x, n, bits, bounds, exact)
+    return fake_quant_parts(x, n, bits, bounds, exact)[0]  # no gradient to carry: no autograd node needed
 
 
 class _FakeQuantSum(torch.autograd.Function):
@@ -180,22 +200,23 @@ class _FakeQuantSum(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, n: int, sign: int, lo: int, hi: int,  # type: ignore[override]
                 bits: int) -> torch.Tensor:
         scale = 2.0**n
-        t = torch.rsub(x, 0.5, alpha=-scale).floor_()  # R(x * 2**n), as in fake_quant_forward
+        t = torch.rsub(x, 0.5, alpha=-scale).floor_()  # R(x * 2**n), as in fake_quant_parts
         qy = torch.rsub(y, 0.5, alpha=-scale).floor_()
         t = t.add_(qy) if sign > 0 else t.sub_(qy)
         out = t.clamp(lo, hi).mul_(1.0 / scale)
         ctx.sign = sign
         if exact_grid(x.dtype, bits):
-            ctx.ste = (lo - 1.0, hi + 1.0)
+            ctx.clip = (lo - 1.0, hi + 1.0)
             ctx.save_for_backward(t)
         else:
-            ctx.ste = "mask"
+            ctx.clip = "mask"
             ctx.save_for_backward((t >= lo) & (t <= hi))
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        g = fake_quant_backward(ctx, grad)
+        (saved,) = ctx.saved_tensors
+        g = ste_gradient(grad, ctx.clip, saved)
         return g, (g if ctx.sign > 0 else -g), None, None, None, None, None
 
 
@@ -231,7 +252,7 @@ def tensor_bounds(x: torch.Tensor) -> tuple[float, float] | None:
     """``(min, max)`` of ``x`` as python floats (one pass, no autograd); None for an empty tensor."""
     if x.numel() == 0:
         return None
-    mn, mx = torch.aminmax(x.detach())
+    mn, mx = torch.aminmax(x.detach() if torch.is_grad_enabled() else x)
     if x.device.type == "cpu":
         return mn.item(), mx.item()
     lo, hi = torch.stack((mn, mx)).tolist()  # one device-to-host copy

@@ -24,15 +24,16 @@ from .functional import (
     absmax,
     exponent_for_absmax,
     fake_quant,
-    fake_quant_backward,
-    fake_quant_forward,
+    fake_quant_parts,
     qrange,
+    ste_gradient,
     tensor_bounds,
     weight_exponent,
 )
 from .recipes import Recipe
 
-__all__ = ["ActQuantizer", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias"]
+__all__ = ["ActQuantizer", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias",
+           "fake_quant_weight_bias"]
 
 
 def _r(v: float) -> int:
@@ -144,9 +145,12 @@ class ActQuantizer(nn.Module):
                 if self.observe:
                     self.update(x, cap)
                 return x
-            if self.observe:
+            if not self.observe:
+                return fake_quant(x, self.eval_exponent(cap), self.bits)
+            if x.requires_grad and torch.is_grad_enabled():
                 return _ObservedFakeQuant.apply(x, self, cap)
-            return fake_quant(x, self.eval_exponent(cap), self.bits)
+            bounds = tensor_bounds(x)  # no gradient to carry (the model's input): no autograd node needed
+            return fake_quant_parts(x, self.observe_bounds(bounds, cap), self.bits, bounds)[0]
         if not self.quant:
             return x
         n = self.eval_exponent(cap)
@@ -167,11 +171,14 @@ class _ObservedFakeQuant(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, quantizer: ActQuantizer, cap: int | None) -> torch.Tensor:  # type: ignore[override]
         bounds = tensor_bounds(x)
         n = quantizer.observe_bounds(bounds, cap)
-        return fake_quant_forward(ctx, x, n, quantizer.bits, bounds)
+        out, ctx.clip, saved = fake_quant_parts(x, n, quantizer.bits, bounds)
+        ctx.save_for_backward(saved)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return fake_quant_backward(ctx, grad), None, None
+        (saved,) = ctx.saved_tensors
+        return ste_gradient(grad, ctx.clip, saved), None, None
 
 
 def quantize_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
@@ -197,9 +204,45 @@ def fake_quant_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch
     lo, hi = recipe.weight_exponent_range
     bounds = tensor_bounds(w)
     n = exponent_for_absmax(absmax(bounds), bits, lo, hi)
-    return fake_quant(w, n, bits, bounds), n
+    return fake_quant(w, n, bits, bounds, exact=True), n
+
+
+class _FakeQuantWeightBias(torch.autograd.Function):
+    """An op's weight and bias fake-quantized in one autograd node (one python round trip, not two).
+
+    The forward runs with autograd off, so finding ``max|w|`` for the exponent records nothing; the
+    exponent leaves as a plain ``int`` output (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, n_x: int, bits: int,  # type: ignore[override]
+                recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        lo, hi = recipe.weight_exponent_range
+        bounds = tensor_bounds(w)
+        n_w = exponent_for_absmax(absmax(bounds), bits, lo, hi)
+        w_q, w_clip, w_saved = fake_quant_parts(w, n_w, bits, bounds, exact=True)
+        b_q, b_clip, b_saved = None, None, None
+        if b is not None:
+            b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, recipe.bias_bits, None, exact=True)
+        ctx.clips = (w_clip, b_clip)
+        ctx.save_for_backward(w_saved, b_saved)
+        return w_q, b_q, n_w
+
+    @staticmethod
+    def backward(ctx, grad_w: torch.Tensor, grad_b: torch.Tensor | None, _grad_n: None):  # type: ignore[override]
+        w_saved, b_saved = ctx.saved_tensors
+        w_clip, b_clip = ctx.clips
+        grad_b = None if grad_b is None else ste_gradient(grad_b, b_clip, b_saved)
+        return ste_gradient(grad_w, w_clip, w_saved), grad_b, None, None, None
+
+
+def fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, n_x: int, bits: int,
+                           recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """``(w_q, b_q, n_w)``: :func:`fake_quant_weight`, and the bias (if any) at ``n_x + n_w`` and the
+    recipe's ``bias_bits`` (:func:`fake_quant_bias`), in one autograd node."""
+    return _FakeQuantWeightBias.apply(w, b, n_x, bits, recipe)
 
 
 def fake_quant_bias(b: torch.Tensor, n: int, bits: int) -> torch.Tensor:
-    """Training form of :func:`quantize_bias` (STE)."""
-    return fake_quant(b, n, bits)
+    """Training form of :func:`quantize_bias` (STE), the same integers as :func:`quantize_bias`."""
+    return fake_quant(b, n, bits, exact=True)
