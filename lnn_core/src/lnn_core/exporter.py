@@ -264,6 +264,8 @@ class _Exporter:
                 srcs = [i for i in ins if isinstance(self.tmap.get(i), str)][:1]
             ir_inputs = [self.tmap[s] for s in srcs if isinstance(self.tmap.get(s), str)]
             params = [self.load_attr(s) for s in srcs if isinstance(s, fx.Node) and s.op == "get_attr"]
+            if isinstance(module, QModule):
+                self.check_wiring(path, module, ir_inputs)
             ctx = ExportContext(self.b, module, node, path, ir_inputs, _shape(node, self.dynamic_batch),
                                 self.dynamic_batch, params)
             out = writer(ctx)
@@ -274,6 +276,20 @@ class _Exporter:
             self.tmap[node] = ("meta", node)  # sizes, dims: python values
             return
         self.float_op(node, tensor_ins, quantized)
+
+    def check_wiring(self, path: str, module: QModule, ir_inputs: list[str]) -> None:
+        """Every input exponent a module computes with is the exponent of the tensor it reads.
+
+        Checked here once for every writer, the plugins' included: a module bound to a quantizer that
+        no longer feeds it would compute on the wrong grid and export integers the chip does not compute.
+        """
+        for i, (q, name) in enumerate(zip(module.input_quantizers, ir_inputs)):
+            n_ir = self.g.tensors[name].exponent
+            if q is not None and n_ir is not None and q.current() != n_ir:
+                raise ExportError(
+                    f"op {path!r}: input {i} ({name!r}) has exponent {n_ir} but the module computes with "
+                    f"{q.current()}", {"rule": "a module's input exponent is the exponent of the tensor it reads"},
+                    "this is a bug in lnn's graph wiring; please report it with the model", node=path, dialect="ir")
 
     def load_attr(self, node: fx.Node) -> torch.Tensor:
         obj: Any = self.model

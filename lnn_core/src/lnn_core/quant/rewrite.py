@@ -298,7 +298,8 @@ class _Rewriter:
                 continue
             user = next(iter(node.users))
             ufam = self.family(user)
-            if ufam is None or not ufam.foldable or self.is_float_module(user) or user.op != "call_module":
+            if (ufam is None or not ufam.foldable or ufam.id not in fam.fuses_bn or self.is_float_module(user)
+                    or user.op != "call_module"):
                 continue
             if _flat_nodes((user.args, user.kwargs)) != [node]:
                 continue
@@ -403,48 +404,70 @@ class _Rewriter:
     def hoist_stubs(self) -> None:
         """Quantize data before the exact ops it passes on its way in (``x -> maxpool -> Quant`` becomes
         ``x -> Quant -> maxpool``): max, ReLU and reshapes commute with half-up rounding, so the
-        results are equal, and the chip then runs those ops on int8 instead of the host in float."""
-        for src, stub in list(self.stubs.items()):
-            chain: list[fx.Node] = []
-            node = src
-            while node.op in ("call_module", "call_function", "call_method") and len(node.users) == 1:
-                fam = self.family(node)
-                ins = [i for i in _flat_nodes((node.args, node.kwargs)) if self.prov.get(i) is not META]
-                if fam is None or fam.kind != "passthrough" or self.is_float_module(node) or len(ins) != 1:
-                    break
-                chain.append(node)
-                node = ins[0]
-            if not chain:
-                continue
-            head, first = node, chain[-1]
-            quantizer = self.prov[stub]
-            stub.replace_all_uses_with(src)
-            path = str(stub.target)
-            self.graph.erase_node(stub)
-            del self.stubs[src]
-            if src.name in self.info.islands:
-                self.info.islands.remove(src.name)
-            if head in self.stubs:  # the head is quantized already: reuse that stub
-                new = self.stubs[head]
-                quantizer = self.prov[new]
+        results are equal, and the chip then runs those ops on int8 instead of the host in float.
+
+        Runs to a fixpoint: merging two stubs into one can leave an exact op with a single user, which
+        the next round moves behind the Quant too (``r = relu(x); r * maxpool(r)``).
+        """
+        while any(self.hoist_one(src) for src in list(self.stubs)):
+            pass
+
+    def hoist_one(self, src: fx.Node) -> bool:
+        """Move the stub after ``src`` up through the chain of exact single-user ops that produced ``src``."""
+        stub = self.stubs.get(src)
+        if stub is None:
+            return False
+        chain: list[fx.Node] = []
+        node = src
+        while node.op in ("call_module", "call_function", "call_method") and len(node.users) == 1:
+            fam = self.family(node)
+            ins = [i for i in _flat_nodes((node.args, node.kwargs)) if self.prov.get(i) is not META]
+            if fam is None or fam.kind != "passthrough" or self.is_float_module(node) or len(ins) != 1:
+                break
+            chain.append(node)
+            node = ins[0]
+        if not chain:
+            return False
+        head, first = node, chain[-1]
+        quantizer = self.prov[stub]
+        stub.replace_all_uses_with(src)
+        path = str(stub.target)
+        self.graph.erase_node(stub)
+        del self.stubs[src]
+        if src.name in self.info.islands:
+            self.info.islands.remove(src.name)
+        if head in self.stubs:  # the head is quantized already: reuse that stub
+            new = self.stubs[head]
+            self.rebind(quantizer, self.prov[new])
+            quantizer = self.prov[new]
+            self.gm.delete_submodule(path)
+            self.info.ops.pop(path, None)
+        else:
+            if head.op == "placeholder":  # name it as the graph-input stub it now is
+                module = self.gm.get_submodule(path)
                 self.gm.delete_submodule(path)
-                self.info.ops.pop(path, None)
-            else:
-                if head.op == "placeholder":  # name it as the graph-input stub it now is
-                    module = self.gm.get_submodule(path)
-                    self.gm.delete_submodule(path)
-                    op_id = self.info.ops.pop(path)
-                    path = f"q_input_{head.name}"
-                    self.gm.add_submodule(path, module)
-                    self.info.ops[path] = op_id
-                with self.graph.inserting_after(head):
-                    new = self.graph.call_module(path, (head,))
-                self.stubs[head] = new
-                self.prov[new] = quantizer
-            first.replace_input_with(head, new)
-            for n in reversed(chain):
-                self.prov[n] = quantizer
-                self.record_passthrough(n, self.family(n), quantizer)
+                op_id = self.info.ops.pop(path)
+                path = f"q_input_{head.name}"
+                self.gm.add_submodule(path, module)
+                self.info.ops[path] = op_id
+            with self.graph.inserting_after(head):
+                new = self.graph.call_module(path, (head,))
+            self.stubs[head] = new
+            self.prov[new] = quantizer
+        first.replace_input_with(head, new)
+        for n in reversed(chain):
+            self.prov[n] = quantizer
+            self.record_passthrough(n, self.family(n), quantizer)
+        return True
+
+    def rebind(self, old: ActQuantizer, new: ActQuantizer) -> None:
+        """Make everything that read the exponent of ``old`` (a deleted stub's) read ``new``'s instead."""
+        for node, p in self.prov.items():
+            if p is old:
+                self.prov[node] = new
+        for m in self.gm.modules():
+            if isinstance(m, QModule) and any(q is old for q in m.input_quantizers):
+                m.bind_inputs([new if q is old else q for q in m.input_quantizers])
 
     def replace(self, node: fx.Node, fam: Any) -> None:
         base = fam.id.split(".", 1)[-1].lower()
