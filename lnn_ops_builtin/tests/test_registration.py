@@ -25,5 +25,6 @@ def test_spellings_map_to_one_family_each():
     assert ops.by_module[nn.ReLU] is ops.by_function[F.relu] is ops.by_function[torch.relu] is ops.by_method["relu"]
     assert ops.by_function[torch.transpose] is ops.by_method["transpose"]
     assert ops.by_function[torch.cat].id == "builtin.Cat"
-    assert ops.by_module[nn.BatchNorm2d].foldable and ops.by_module[nn.Conv2d].fuses_bn
+    assert ops.by_module[nn.BatchNorm2d].foldable and ops.by_module[nn.Conv2d].fuses_bn == ("builtin.BatchNorm2d",)
+    assert ops.by_module[nn.Linear].fuses_bn == ()
     assert ops.by_module[nn.Dropout].kind == "passthrough"

@@ -48,7 +48,10 @@ class OpFamily:
     :param methods: tensor method names it replaces (``"add"``, ``"transpose"``).
     :param build: ``build(ctx) -> (module, tensor_inputs)`` for compute/stateless families.
     :param relu: the op is a ReLU (its producer then observes only the positive range).
-    :param fuses_bn: a directly following ``foldable`` op (BatchNorm) is folded into this op.
+    :param fuses_bn: ids of the ``foldable`` families (BatchNorm) that are folded into this op when they
+        directly follow it. A BatchNorm scales axis 1: list only those whose input has this op's output
+        channels on axis 1 whatever the input (``builtin.Conv2d`` lists ``builtin.BatchNorm2d``; a Linear
+        lists none, its features are on the last axis, axis 1 only for rank-2 inputs).
     :param foldable: this op (BatchNorm) can be folded into a preceding ``fuses_bn`` op.
     :param describe: ``describe(ctx) -> attrs`` for passthrough ops that hardware rules judge.
     :param description: one line for ``lnn plugins`` and the docs.
@@ -61,7 +64,7 @@ class OpFamily:
     methods: tuple[str, ...] = ()
     build: Callable[[Any], tuple[Any, list[Any]]] | None = None
     relu: bool = False
-    fuses_bn: bool = False
+    fuses_bn: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     foldable: bool = False
     describe: Callable[[Any], dict[str, Any]] | None = None
     description: str = ""

@@ -6,12 +6,15 @@ Integer semantics (spec/int8-ops.md 3.4-3.7)::
     y_q = RQ_8(acc, n_x + n_w - n_o)        n_o <= n_x + n_w (the chip's shift is unsigned)
 
 with ``n_w`` from the floor rule on the weights and ``b_q = SAT_32(R(b * 2**(n_x + n_w)))``.
-A BatchNorm directly after a conv or linear is folded into it: ``w' = w * g / sqrt(var + eps)``,
+A BatchNorm of the same rank directly after a conv (BatchNorm1d after Conv1d, BatchNorm2d after
+Conv2d) is folded into it: ``w' = w * g / sqrt(var + eps)``,
 ``b' = beta + (b - mean) * g / sqrt(var + eps)`` with the running statistics. The forward uses the
 folded weights (one conv, quantized once, as on the chip); gradients flow to the conv weight and
 to the BatchNorm's gamma and beta separately ("forward fused, backward unfused"). In stage 1
 (constrain) the BatchNorm runs unfused with batch statistics, so its running statistics are
-learned there; stage 2 keeps them frozen.
+learned there; stage 2 keeps them frozen. A BatchNorm after a Linear stays its own op: it scales
+axis 1 and the Linear's features lie on the last axis, the same axis only for (N, F) inputs, which
+the rewrite (done before any forward) cannot know.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import fake_quant
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight, quantize_bias, quantize_weight
+from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight_bias, quantize_bias, quantize_weight
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QConv", "FAMILIES"]
@@ -157,8 +159,7 @@ class QConv(QModule):
     def _forward_train(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n_x = self.in_exponent(0)
         w, b = self.folded_weight_bias(w, b)
-        w_q, n_w = fake_quant_weight(w, self.weight_bits, self.recipe)
-        b_q = fake_quant(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
+        w_q, b_q, n_w = fake_quant_weight_bias(w, b, n_x, self.weight_bits, self.recipe)
         y = self._apply(x, w_q, b_q)
         return self.finish_train(y, cap=n_x + n_w)
 
@@ -296,7 +297,7 @@ def _family(op_id: str, kind: str, dims: int, module: type, function: Any, descr
         return build_m(ctx) if ctx.module is not None else build_f(ctx)
 
     return OpFamily(id=op_id, kind="compute", modules=(module,), functions=(function,), build=build,
-                    fuses_bn=kind in ("conv", "linear"), description=description)
+                    fuses_bn=(f"builtin.BatchNorm{dims}d",) if kind == "conv" else (), description=description)
 
 
 FAMILIES = [
@@ -306,7 +307,7 @@ FAMILIES = [
             "1-D transposed convolution"),
     _family("builtin.ConvTranspose2d", "deconv", 2, nn.ConvTranspose2d, F.conv_transpose2d,
             "2-D transposed convolution"),
-    _family("builtin.Linear", "linear", 0, nn.Linear, F.linear, "fully connected layer, BN1d folded"),
+    _family("builtin.Linear", "linear", 0, nn.Linear, F.linear, "fully connected layer"),
 ]
 
 
