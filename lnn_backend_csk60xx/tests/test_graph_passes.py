@@ -116,6 +116,33 @@ def test_split_pieces_are_placed_inside_the_joined_tensor():
     assert buffers["c"] == pl["c"].size and not set(pieces) & set(buffers)  # the join costs no memory
 
 
+def test_more_pieces_than_one_join_takes_are_joined_by_a_tree():
+    """512 -> 512 3x3 (ResNet-18's widest conv) is cut into 86 pieces: the simulator loads at most
+    MAX_JOIN_INPUTS inputs per op, so the pieces are joined in groups, then the groups; the result is the
+    unsplit conv's, and the groups live inside the final tensor (no extra memory)."""
+    from lnn_backend_csk60xx import simulator
+    from lnn_backend_csk60xx.graph_passes import MAX_JOIN_INPUTS
+
+    assert MAX_JOIN_INPUTS == simulator.lib.LNN_SIM_MAX_OP_INPUTS
+    w = RNG.integers(-128, 128, (512, 512, 3, 3), dtype=np.int8)
+    g = ir_conv_graph((1, 512, 2, 2), w, pads=(1, 1, 1, 1))
+    x = (RNG.standard_normal((1, 512, 2, 2)) * 6).astype(np.float32)
+    plain, passed, a, b_out, da, db = _run_both(g, x)
+    (rec,) = passed.passes.splits
+    assert len(rec.parts) == 86
+    cats = [n for n in passed.graph.nodes if n.op_type == "iqCat"]
+    assert [len(n.inputs) for n in cats] == [64, 22, 2] and cats[-1].outputs == ["c"]
+    assert cats[-1].inputs == [cats[0].outputs[0], cats[1].outputs[0]]
+    assert np.array_equal(a[0], b_out[0]) and np.array_equal(da["c"], db["c"])
+    pl = passed.plan.placements
+    groups = [n.outputs[0] for n in cats[:2]]
+    assert [pl[t].alias_of for t in groups] == ["c", "c"]
+    assert [pl[t].offset - pl["c"].offset for t in groups] == [0, 64 * 6 * 2 * 2]
+    # a piece lives inside the joined tensor where its byte offset is 64-aligned (every 8th: 8 * 24 B)
+    assert [k for k in range(86) if pl[f"c/part{k}"].alias_of == "c"] == list(range(0, 86, 8))
+    assert pl["c/part8"].offset == pl["c"].offset + 8 * 24
+
+
 @pytest.mark.parametrize("stride,pads,k", [((1, 1), (1, 1, 1, 1), 3), ((2, 2), (1, 1, 1, 1), 3),
                                            ((1, 1), (2, 2, 2, 2), 5), ((2, 1), (0, 1, 0, 1), 3)])
 def test_conv_row_split_is_bit_exact(stride, pads, k):

@@ -18,10 +18,11 @@
    - LinearInt weight above 32 KB (``A8(K)*A4(N)``): N in equal parts; rows above 64 KB
      (``A4(M)*A8(K)``): a ``Slice`` of the rows per piece.
 
-   The pieces' outputs are joined by an ``iqCat`` whose inputs and output share one exponent and one
-   dtype, so the join moves bytes and never rescales: the split graph computes the same integers as the
-   original. Every piece output is a new tensor ``<output>/part<k>``; the join writes the original
-   output tensor, so consumers and graph outputs are untouched. When the pieces are contiguous slices
+   The pieces' outputs are joined by an ``iqCat`` (a tree of them above 64 pieces) whose inputs and
+   output share one exponent and one dtype, so the join moves bytes and never rescales: the split
+   graph computes the same integers as the original. Every piece output is a new tensor
+   ``<output>/part<k>``; the join writes the original output tensor, so consumers and graph outputs
+   are untouched. When the pieces are contiguous slices
    of the joined tensor (leading dimensions 1, 64-byte aligned byte offsets), the memory planner places
    them *inside* the joined buffer (:func:`.planner.plan_memory`, "in-place concatenation") and the
    join costs neither memory nor time.
@@ -46,7 +47,8 @@ from lnn_core.graph import Graph, Node, TensorInfo
 from .passes import infer_shapes
 from .sizes import fit_node, row_slices
 
-__all__ = ["FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops", "run_passes", "CONV_OPS"]
+__all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops", "run_passes",
+           "CONV_OPS"]
 
 log = logging.getLogger("lnn.backend.graph_passes")
 
@@ -159,8 +161,36 @@ def _piece_output(graph: Graph, names: _Names, node: Node, k: int, axis: int, le
     return out
 
 
-def _join(graph: Graph, names: _Names, node: Node, pieces: list[str], axis: int) -> Node:
-    return Node(names(f"{node.name}/cat"), "iqCat", pieces, [node.outputs[0]], {"dim": axis}, "thinker")
+MAX_JOIN_INPUTS = 64
+"""The most inputs one ``iqCat`` join takes (the simulator's ``LNN_SIM_MAX_OP_INPUTS``)."""
+
+
+def _join(graph: Graph, names: _Names, node: Node, pieces: list[str], axis: int) -> list[Node]:
+    """The ``iqCat`` (or tree of them) that writes ``node``'s output from its pieces along ``axis``.
+
+    More than :data:`MAX_JOIN_INPUTS` pieces are joined in groups first (``<output>/join<k>``, same dtype and
+    exponent): concatenation is associative, so the tree writes the same bytes as one join would.
+    """
+    y = graph.tensors[node.outputs[0]]
+    nodes: list[Node] = []
+    level = 0
+    while len(pieces) > MAX_JOIN_INPUTS:
+        joined = []
+        for k in range(0, len(pieces), MAX_JOIN_INPUTS):
+            group = pieces[k:k + MAX_JOIN_INPUTS]
+            if len(group) == 1:
+                joined.append(group[0])
+                continue
+            out = names(f"{y.name}/join{level}_{k // MAX_JOIN_INPUTS}")
+            shape = list(y.shape)
+            shape[axis] = sum(graph.tensors[p].shape[axis] for p in group)
+            graph.tensors[out] = TensorInfo(out, y.dtype, tuple(shape), y.exponent)
+            nodes.append(Node(names(f"{node.name}/cat{level}_{k // MAX_JOIN_INPUTS}"), "iqCat", group, [out],
+                              {"dim": axis}, "thinker"))
+            joined.append(out)
+        pieces, level = joined, level + 1
+    nodes.append(Node(names(f"{node.name}/cat"), "iqCat", pieces, [node.outputs[0]], {"dim": axis}, "thinker"))
+    return nodes
 
 
 def _split_conv_channels(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
@@ -179,7 +209,7 @@ def _split_conv_channels(graph: Graph, names: _Names, node: Node, parts: tuple[i
         out.append(Node(names(f"{node.name}/part{k}"), node.op_type, inputs, [y], dict(node.attrs), node.domain))
         pieces.append(y)
         c0 += size
-    return [*out, _join(graph, names, node, pieces, 1)]
+    return [*out, *_join(graph, names, node, pieces, 1)]
 
 
 def _split_conv_rows(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
@@ -193,7 +223,7 @@ def _split_conv_rows(graph: Graph, names: _Names, node: Node, parts: tuple[int, 
         out += [sl, Node(names(f"{node.name}/part{k}"), node.op_type, [x_k, *node.inputs[1:]], [y], attrs,
                          node.domain)]
         pieces.append(y)
-    return [*out, _join(graph, names, node, pieces, 2)]
+    return [*out, *_join(graph, names, node, pieces, 2)]
 
 
 def _split_linear_features(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
@@ -213,7 +243,7 @@ def _split_linear_features(graph: Graph, names: _Names, node: Node, parts: tuple
         out.append(Node(names(f"{node.name}/part{k}"), node.op_type, inputs, [y], dict(node.attrs), node.domain))
         pieces.append(y)
         n0 += size
-    return [*out, _join(graph, names, node, pieces, rank - 1)]
+    return [*out, *_join(graph, names, node, pieces, rank - 1)]
 
 
 def _split_linear_rows(graph: Graph, names: _Names, node: Node, parts: tuple[int, ...]) -> list[Node]:
@@ -226,7 +256,7 @@ def _split_linear_rows(graph: Graph, names: _Names, node: Node, parts: tuple[int
                          dict(node.attrs), node.domain)]
         pieces.append(y)
         r0 += size
-    return [*out, _join(graph, names, node, pieces, rank - 2)]
+    return [*out, *_join(graph, names, node, pieces, rank - 2)]
 
 
 _SPLITTERS: dict[str, Callable[[Graph, _Names, Node, tuple[int, ...]], list[Node]]] = {
