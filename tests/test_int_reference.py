@@ -493,3 +493,23 @@ def test_weight_exponent_floor_rule(m, n):
     w = torch.tensor([m, -m / 3])
     assert qf.weight_exponent(w, 8, -8, 30) == n
     assert m * 2.0**n <= 127 < m * 2.0 ** (n + 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(xs=st.lists(st.tuples(st.floats(-4.0, 4.0, width=32), st.floats(-4.0, 4.0, width=32)), min_size=1,
+                   max_size=32),
+       n=st.integers(0, 8), sign=st.sampled_from([1, -1]), clip=st.sampled_from([None, (0, 100), (-20, 127)]))
+def test_fake_quant_sum_equals_the_two_rounded_operands_summed(xs, n, sign, clip):
+    """The fused training form of iqAdd/iqSub: same values and same gradients as rounding each operand
+    (``ste_round``), summing exactly and clamping once."""
+    lo, hi = clip or qf.qrange(8)
+    x = torch.tensor([a for a, _ in xs], dtype=torch.float32, requires_grad=True)
+    y = torch.tensor([b for _, b in xs], dtype=torch.float32, requires_grad=True)
+    s = 2.0**n
+    ref = (qf.ste_round(x * s) + sign * qf.ste_round(y * s)).clamp(lo, hi) / s
+    got = qf.fake_quant_sum(x, y, n, sign, lo, hi, 8)
+    assert torch.equal(got, ref)
+    g = torch.arange(1, len(xs) + 1, dtype=torch.float32)
+    gx_ref, gy_ref = torch.autograd.grad(ref, (x, y), g)
+    gx, gy = torch.autograd.grad(got, (x, y), g)
+    assert torch.equal(gx, gx_ref) and torch.equal(gy, gy_ref)

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import fake_quant, ste_round
+from lnn_core.quant.functional import fake_quant, fake_quant_sum
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import BuildContext, Built
@@ -52,9 +52,8 @@ class QAdd(_Binary):
         n = self.out_exponent(z.detach(), cap)
         lo, hi = self.out_bounds(n)
         s = 2.0**n
-        if self.training:
-            qx, qy = ste_round(x * s), ste_round(y * s)
-            return (qx + qy if self.sign > 0 else qx - qy).clamp(lo, hi) / s
+        if self.training:  # R(x * s) +- R(y * s), clamped, in one autograd node (same values and gradients)
+            return fake_quant_sum(x, y, n, self.sign, lo, hi, self.act_bits)
         with torch.no_grad():
             qx = torch.floor(x.double() * s + 0.5)
             qy = torch.floor(y.double() * s + 0.5)
