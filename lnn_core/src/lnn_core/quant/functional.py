@@ -125,17 +125,15 @@ def fake_quant_parts(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, fl
     Quant op and of :class:`~lnn_core.quant.quantizers.ActQuantizer` in eval, and it differs from the
     exact ``R`` only where adding 0.5 rounds in ``x.dtype`` (``x * 2**n`` within half an ulp below a tie,
     e.g. ``0.5 - 2**-25`` in float32, or an odd integer above ``2**23``). ``exact=True``, for weights and
-    biases (small tensors), computes ``q = floor(v)`` and adds 1 where ``v - q >= 0.5`` (both exact in
-    every float dtype): the same integers as :func:`quantize`, so training uses exactly the parameters
-    that eval, the export and the chip use.
+    biases (small tensors), adds the 0.5 in float64, which holds ``x * 2**n + 0.5`` exactly for every
+    float32 ``x`` (or rounds it without moving its floor, for ``|x * 2**n| < 2**-29``): the integers of
+    :func:`quantize`, so training uses exactly the parameters that eval, the export and the chip use.
     """
     if bounds is None and x.device.type == "cpu":  # on CPU the mask kernels cost more than finding the bounds
         bounds = tensor_bounds(x)
     scale = 2.0**n
-    if exact:
-        v = x * scale
-        q = torch.floor(v)
-        q = q.add_(torch.sub(v, q).ge_(0.5))
+    if exact:  # float64 holds every float32 x * 2**n + 0.5 exactly: the exact R, back in x's dtype below
+        q = torch.rsub(x.double(), 0.5, alpha=-scale).floor_().to(x.dtype)
     else:
         q = torch.rsub(x, 0.5, alpha=-scale).floor_()
     if cannot_saturate(bounds, n, bits):
