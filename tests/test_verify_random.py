@@ -1124,6 +1124,20 @@ def test_the_corners_were_reached(host):
     assert not missing, f"corners never reached: {missing}\n{dict(sorted(corners.items()))}"
 
 
+def _calibrate(qmodel: nn.Module, x: torch.Tensor, steps: int = 1) -> nn.Module:
+    """``steps`` calibration forwards of a quantized model in train mode (no gradients), then eval."""
+    qmodel.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            qmodel(x)
+    return qmodel.eval()
+
+
+def _calibrated(model: nn.Module, x: torch.Tensor, host: Any, steps: int = 1) -> nn.Module:
+    """``lnn.init(model)``, calibrated by :func:`_calibrate`."""
+    return _calibrate(lnn.init(model, host=host), x, steps)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # found by the generator, minimised: ops on float data ahead of the first quantized op
 # ------------------------------------------------------------------------------------------------------------
@@ -1167,10 +1181,7 @@ def test_float_module_feeding_the_quantized_graph_is_kept(first, host):
     assert type(qmodel.f) is type(model.f), (
         f"lnn.init replaced the float module 'f' ({type(model.f).__name__}) by a {type(qmodel.f).__name__}"
         f"\n{qmodel.graph}")
-    qmodel.train()
-    with torch.no_grad():
-        qmodel(x)
-    qmodel.eval()
+    qmodel = _calibrate(qmodel, x)
     with torch.no_grad():
         assert qmodel(x).shape == model(x).shape
 
@@ -1189,11 +1200,7 @@ def test_exponent_keeping_op_on_the_float_input_verifies(first, host):
     torch.manual_seed(0)
     model = _FloatFirst(first).eval()
     x = torch.randn((1, 6, 6) if first == "x.unsqueeze(1)" else (1, 1, 6, 6))
-    qmodel = lnn.init(model, host=host)
-    qmodel.train()
-    with torch.no_grad():
-        qmodel(x)
-    qmodel.eval()
+    qmodel = _calibrated(model, x, host)
     report = lnn.verify(qmodel, x, host=host)
     assert report.ok, report.table()
 
@@ -1248,13 +1255,8 @@ def test_batchnorm_after_linear_is_not_folded(bn, shape, fout, host):
         model.bn.bias.uniform_(-1, 1)
     model.eval()
     x = torch.randn(shape)
-    qmodel = lnn.init(model, host=host)
+    qmodel = _calibrated(model, x, host, steps=3)
     assert qmodel.lnn.folded == {}
-    qmodel.train()
-    with torch.no_grad():
-        for _ in range(3):
-            qmodel(x)
-    qmodel.eval()
     with torch.no_grad():
         y_q, y_f = qmodel(x), model(x)
     err, top = float((y_q - y_f).abs().mean()), float(y_f.abs().max())
@@ -1290,11 +1292,7 @@ def test_conv_split_into_many_pieces_packs_and_verifies(cin, cout, host):
     torch.manual_seed(0)
     model = _OneConv(nn.Conv2d(cin, cout, 3, padding=1))
     x = torch.randn(1, cin, 2, 2)
-    qmodel = lnn.init(model, host=host)
-    qmodel.train()
-    with torch.no_grad():
-        qmodel(x)
-    qmodel.eval()
+    qmodel = _calibrated(model, x, host)
     report = lnn.verify(qmodel, x, host=host)
     assert report.ok, report.table()
 
@@ -1336,12 +1334,7 @@ def test_input_used_directly_and_through_an_exact_op(kind, host):
     torch.manual_seed(0)
     model = _InputTwice(kind)
     x = torch.randn(1, 2, 4, 4)
-    qmodel = lnn.init(model, host=host)
-    qmodel.train()
-    with torch.no_grad():
-        for _ in range(3):
-            qmodel(x)
-    qmodel.eval()
+    qmodel = _calibrated(model, x, host, steps=3)
     from lnn_core.quant.qmodule import QModule
 
     live = {id(m) for m in qmodel.modules()}
@@ -1362,12 +1355,8 @@ def test_export_refuses_a_module_wired_to_a_quantizer_that_does_not_feed_it(host
     from lnn_core.quant.quantizers import ActQuantizer
 
     torch.manual_seed(0)
-    qmodel = lnn.init(_InputTwice("BatchNorm2d"), host=host)
     x = torch.randn(1, 2, 4, 4)
-    qmodel.train()
-    with torch.no_grad():
-        qmodel(x)
-    qmodel.eval()
+    qmodel = _calibrated(_InputTwice("BatchNorm2d"), x, host)
     stale = ActQuantizer(8, qmodel.m.recipe)
     stale.exponent.fill_(qmodel.m.in_exponent(0) + 3)
     qmodel.m.bind_inputs([stale])
@@ -1405,10 +1394,6 @@ def test_exact_op_on_the_float_input_with_two_users(kind, host):
     torch.manual_seed(0)
     model = _ExactFanOut(kind)
     x = torch.randn(1, 2, 4, 4)
-    qmodel = lnn.init(model, host=host)
-    qmodel.train()
-    with torch.no_grad():
-        qmodel(x)
-    qmodel.eval()
+    qmodel = _calibrated(model, x, host)
     report = lnn.verify(qmodel, x, host=host)
     assert report.ok, report.table()
