@@ -452,3 +452,21 @@ def test_bad_constrain_config():
     with pytest.raises(ConfigError) as info:
         lnn.ConstrainConfig(weight_factor=-1.0)
     assert (info.value.option, info.value.value) == ("weight_factor", -1.0)
+
+
+def test_quantized_model_moves_like_any_module(host):
+    """``.to()``, ``.cpu()``, ``.float()`` and ``.cuda()`` walk every submodule (``nn.Module._apply``): the
+    quantized modules must not shadow that machinery, and a moved model computes the same integers."""
+    import copy
+
+    model = lnn.init(Net(), host=host)
+    x = torch.randn(2, 3, 6, 6)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+        for moved in (copy.deepcopy(model).to("cpu"), copy.deepcopy(model).cpu(), copy.deepcopy(model).float(),
+                      copy.deepcopy(model).to(torch.float32)):
+            assert torch.equal(moved(x), y)

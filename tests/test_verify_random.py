@@ -916,7 +916,7 @@ def _corners(qmodel: torch.fx.GraphModule, cap: _Capture, node: torch.fx.Node, x
         elif isinstance(m, QConv):
             ip = m.integer_params(*args[1:])
             b = None if ip["bias"] is None else ip["bias"].double()
-            acc = m._apply(ints(0), ip["weight"].double(), b)
+            acc = m._run_op(ints(0), ip["weight"].double(), b)
             out[f"tie:{m.op_id}"] += _ties(acc, ip["n_x"] + ip["n_w"] - ip["n_o"])
         elif isinstance(m, QBatchNorm):
             ip = m.integer_params()

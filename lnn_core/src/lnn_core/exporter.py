@@ -15,7 +15,9 @@ The model is left as it was found: mode, buffers and parameters are restored.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import itertools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -419,6 +421,11 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
                           node=None, dialect="ir")
     host = host or PluginHost()
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if any(t.device.type != "cpu" for t in itertools.chain(model.parameters(), model.buffers())):
+        # a model trained on a GPU: its eval integers are the same on the host (exact arithmetic), and the
+        # writers read them into numpy there; the user's model stays where it is
+        model = copy.deepcopy(model).cpu()
+        inputs = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in inputs)
     was_training = model.training
     saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
     try:

@@ -98,7 +98,7 @@ class QConv(QModule):
             parts.append("bn=folded")
         return ", ".join(parts) + f", stage={self.stage}"
 
-    def _apply(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def _run_op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "linear":
             return F.linear(x, w, b)
         fn = _FN[(self.kind, self.dims)]
@@ -147,7 +147,7 @@ class QConv(QModule):
     def _forward_float(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         w = self.constrain_weight(w)
         b = self.constrain_bias(b)
-        y = self._apply(x, w, b)
+        y = self._run_op(x, w, b)
         bn = self.bn
         if bn is not None:
             from .norm import train_batch_norm
@@ -160,7 +160,7 @@ class QConv(QModule):
         n_x = self.in_exponent(0)
         w, b = self.folded_weight_bias(w, b)
         w_q, b_q, n_w = fake_quant_weight_bias(w, b, n_x, self.weight_bits, self.recipe)
-        y = self._apply(x, w_q, b_q)
+        y = self._run_op(x, w_q, b_q)
         return self.finish_train(y, cap=n_x + n_w)
 
     @torch.no_grad()
@@ -169,7 +169,7 @@ class QConv(QModule):
         w, b = self.folded_weight_bias(w, b)
         w_i, n_w = quantize_weight(w, self.weight_bits, self.recipe)
         b_i = quantize_bias(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
-        acc = self._apply(x.double() * 2.0**n_x, w_i, b_i)
+        acc = self._run_op(x.double() * 2.0**n_x, w_i, b_i)
         return self.finish_exact(acc, n_x + n_w, cap=n_x + n_w)
 
     # -- what export and rules read ------------------------------------------------------------

@@ -47,7 +47,10 @@ def _dist_max(value: float) -> float:
     contributes 0.0), so the collectives always match up.
     """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.float64)
+        device = torch.device("cpu")
+        if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only
+            device = torch.device("cuda", torch.cuda.current_device())
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t.item())
     return value
