@@ -1169,7 +1169,7 @@ def test_float_module_feeding_the_quantized_graph_is_kept(first, host):
     """The QuantStub after a float module's output goes beside the module, never at its path.
 
     Found by the generator (a branch ``MaxPool2d(x)`` on the float input, then ``x + branch``): ``lnn.init`` put
-    the stub at the module's own path (``_Rewriter.stub_for`` -> ``path_for`` returns ``node.target`` for
+    the stub at the module's own path (``_Rewriter.quant_node_for`` -> ``path_for`` returns ``node.target`` for
     call_module nodes), so ``add_submodule`` REPLACED the max-pool / ReLU / flatten / island module by the stub;
     the graph called the stub twice, the op was gone, the quantized model's output shape differed from the float
     model's, and ``lnn.verify`` still said bit-exact (both sides ran the same wrong graph).

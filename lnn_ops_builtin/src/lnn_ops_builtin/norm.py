@@ -20,9 +20,8 @@ from torch import nn
 
 from lnn_core.errors import ConfigError
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import fake_quant
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight, quantize_bias, quantize_weight
+from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight_bias, quantize_bias, quantize_weight
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QBatchNorm", "QFoldedBatchNorm", "FAMILIES", "train_batch_norm"]
@@ -112,8 +111,7 @@ class QBatchNorm(QModule):
         alpha, beta = _alpha_beta(self)
         n_x = self.in_exponent(0)
         if self.training:
-            a_q, n_w = fake_quant_weight(alpha, self.weight_bits, self.recipe)
-            b_q = fake_quant(beta, n_x + n_w, self.recipe.bias_bits, exact=True)
+            a_q, b_q, n_w = fake_quant_weight_bias(alpha, beta, n_x, self.weight_bits, self.recipe)
             y = x * a_q.reshape(self._shape(x)) + b_q.reshape(self._shape(x))
             return self.finish_train(y, cap=n_x + n_w)
         with torch.no_grad():

@@ -250,7 +250,7 @@ def tensor_bounds(x: torch.Tensor) -> tuple[float, float] | None:
     """``(min, max)`` of ``x`` as python floats (one pass, no autograd); None for an empty tensor."""
     if x.numel() == 0:
         return None
-    mn, mx = torch.aminmax(x.detach() if torch.is_grad_enabled() else x)
+    mn, mx = torch.aminmax(x.detach())
     if x.device.type == "cpu":
         return mn.item(), mx.item()
     lo, hi = torch.stack((mn, mx)).tolist()  # one device-to-host copy

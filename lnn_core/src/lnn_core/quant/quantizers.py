@@ -199,15 +199,10 @@ def quantize_bias(b: torch.Tensor, n: int, bits: int) -> torch.Tensor:
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
-    """``(w_q, n)``: fake-quantized weights (STE) at the floor-rule exponent ``n``.
-
-    One ``aminmax`` pass gives both ``max|w|`` for the exponent and the bounds that let the fake-quant
-    skip the clamp (the floor rule never clips, unless the exponent range forces it).
-    """
-    lo, hi = recipe.weight_exponent_range
-    bounds = tensor_bounds(w)
-    n = exponent_for_absmax(absmax(bounds), bits, lo, hi)
-    return fake_quant(w, n, bits, bounds, exact=True), n
+    """``(w_q, n)``: fake-quantized weights (STE) at the floor-rule exponent ``n`` (:func:`fake_quant_weight_bias`
+    without a bias)."""
+    w_q, _, n = fake_quant_weight_bias(w, None, 0, bits, recipe)
+    return w_q, n
 
 
 class _FakeQuantWeightBias(torch.autograd.Function):
@@ -241,8 +236,9 @@ class _FakeQuantWeightBias(torch.autograd.Function):
 
 def fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, n_x: int, bits: int,
                            recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """``(w_q, b_q, n_w)``: :func:`fake_quant_weight`, and the bias (if any) at ``n_x + n_w`` and the
-    recipe's ``bias_bits`` (:func:`fake_quant_bias`), in one autograd node."""
+    """``(w_q, b_q, n_w)``, the training form of :func:`quantize_weight` and :func:`quantize_bias`: the weight at
+    its floor-rule exponent ``n_w``, the bias (if any) at ``n_x + n_w`` and the recipe's ``bias_bits``, both
+    rounded exactly (the integers eval exports), straight-through gradients, in one autograd node."""
     return _FakeQuantWeightBias.apply(w, b, n_x, bits, recipe)
 
 

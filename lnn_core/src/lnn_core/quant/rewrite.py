@@ -240,7 +240,7 @@ class _Rewriter:
         self.stage = stage
         self.info = info
         self.prov: dict[fx.Node, Any] = {}
-        self.stubs: dict[fx.Node, fx.Node] = {}
+        self.quant_of: dict[fx.Node, fx.Node] = {}  # float value -> the Quant node (QuantStub) after it
         self.names: dict[str, int] = {}
         self.bn_of: dict[fx.Node, fx.Node] = {}
         self.replaced: dict[fx.Node, Any] = {}  # new call_module node -> family
@@ -311,10 +311,10 @@ class _Rewriter:
             self.bn_of[node] = user
             self.info.folded[path] = str(node.target) if node.op == "call_module" else node.name
 
-    def stub_for(self, src: fx.Node) -> fx.Node:
+    def quant_node_for(self, src: fx.Node) -> fx.Node:
         """A QuantStub after float value ``src`` (one per source, shared by all consumers)."""
-        if src in self.stubs:
-            return self.stubs[src]
+        if src in self.quant_of:
+            return self.quant_of[src]
         if src.op == "placeholder":
             path = f"q_input_{src.name}"
         else:  # beside the float op, never at its path (a module there would be replaced)
@@ -323,13 +323,13 @@ class _Rewriter:
             k = self.names.get(stem, 0)
             self.names[stem] = k + 1
             path = stem if k == 0 else f"{stem}_{k}"
-        stub = QuantStub(self.recipe, act_bits=self.config.act_bits, stage=self.stage)
-        self.gm.add_submodule(path, stub)
+        quant = QuantStub(self.recipe, act_bits=self.config.act_bits, stage=self.stage)
+        self.gm.add_submodule(path, quant)
         with self.graph.inserting_after(src):
             new = self.graph.call_module(path, (src,))
-        self.stubs[src] = new
-        self.prov[new] = stub.out_q
-        self.info.ops[path] = stub.op_id
+        self.quant_of[src] = new
+        self.prov[new] = quant.out_q
+        self.info.ops[path] = quant.op_id
         if src.op != "placeholder":
             self.info.islands.append(src.name)
         return new
@@ -339,7 +339,7 @@ class _Rewriter:
         self.folded_nodes = set(self.bn_of.values())
         unsupported = self.unsupported = []
         for node in list(self.graph.nodes):
-            if node in self.prov:  # a stub inserted by this pass
+            if node in self.prov:  # a Quant node inserted by this pass
                 continue
             if node.op == "placeholder":
                 self.prov[node] = FLOAT
@@ -385,7 +385,7 @@ class _Rewriter:
                 continue
             self.replace(node, fam)
         self.report_unsupported(unsupported)
-        self.hoist_stubs()
+        self.hoist_quants()
         self.mark_ahead_relu()
         self.graph.lint()
         self.gm.recompile()
@@ -401,22 +401,21 @@ class _Rewriter:
             attrs_ = fam.describe(ctx)
         self.info.passthrough[node.name] = {"op": fam.id, "attrs": attrs_, "path": path}
 
-    def hoist_stubs(self) -> None:
+    def hoist_quants(self) -> None:
         """Quantize data before the exact ops it passes on its way in (``x -> maxpool -> Quant`` becomes
         ``x -> Quant -> maxpool``): max, ReLU and reshapes commute with half-up rounding, so the
         results are equal, and the chip then runs those ops on int8 instead of the host in float.
 
-        Runs to a fixpoint: merging two stubs into one can leave an exact op with a single user, which
+        Runs to a fixpoint: merging two Quant nodes into one can leave an exact op with a single user, which
         the next round moves behind the Quant too (``r = relu(x); r * maxpool(r)``).
         """
-        while any(self.hoist_one(src) for src in list(self.stubs)):
-            pass
+        while any(self.hoist_one(src) for src in list(self.quant_of)):
+            pass  # hoist_one changed the graph: scan again from the start
 
     def hoist_one(self, src: fx.Node) -> bool:
-        """Move the stub after ``src`` up through the chain of exact single-user ops that produced ``src``."""
-        stub = self.stubs.get(src)
-        if stub is None:
-            return False
+        """Move the Quant node after ``src`` up through the chain of exact single-user ops that produced
+        ``src``; False when there is no such chain."""
+        qnode = self.quant_of[src]
         chain: list[fx.Node] = []
         node = src
         while node.op in ("call_module", "call_function", "call_method") and len(node.users) == 1:
@@ -429,21 +428,21 @@ class _Rewriter:
         if not chain:
             return False
         head, first = node, chain[-1]
-        quantizer = self.prov[stub]
-        stub.replace_all_uses_with(src)
-        path = str(stub.target)
-        self.graph.erase_node(stub)
-        del self.stubs[src]
+        quantizer = self.prov[qnode]
+        qnode.replace_all_uses_with(src)
+        path = str(qnode.target)
+        self.graph.erase_node(qnode)
+        del self.quant_of[src]
         if src.name in self.info.islands:
             self.info.islands.remove(src.name)
-        if head in self.stubs:  # the head is quantized already: reuse that stub
-            new = self.stubs[head]
+        if head in self.quant_of:  # the head is quantized already: reuse its Quant node
+            new = self.quant_of[head]
             self.rebind(quantizer, self.prov[new])
             quantizer = self.prov[new]
             self.gm.delete_submodule(path)
             self.info.ops.pop(path, None)
         else:
-            if head.op == "placeholder":  # name it as the graph-input stub it now is
+            if head.op == "placeholder":  # name it as the graph-input Quant it now is
                 module = self.gm.get_submodule(path)
                 self.gm.delete_submodule(path)
                 op_id = self.info.ops.pop(path)
@@ -452,7 +451,7 @@ class _Rewriter:
                 self.info.ops[path] = op_id
             with self.graph.inserting_after(head):
                 new = self.graph.call_module(path, (head,))
-            self.stubs[head] = new
+            self.quant_of[head] = new
             self.prov[new] = quantizer
         first.replace_input_with(head, new)
         for n in reversed(chain):
@@ -461,7 +460,7 @@ class _Rewriter:
         return True
 
     def rebind(self, old: ActQuantizer, new: ActQuantizer) -> None:
-        """Make everything that read the exponent of ``old`` (a deleted stub's) read ``new``'s instead."""
+        """Make everything that read the exponent of ``old`` (a deleted Quant node's) read ``new``'s instead."""
         for node, p in self.prov.items():
             if p is old:
                 self.prov[node] = new
@@ -494,7 +493,7 @@ class _Rewriter:
         for src in built.act_inputs:
             p = self.prov.get(src, FLOAT) if isinstance(src, fx.Node) else FLOAT
             if not isinstance(p, ActQuantizer):
-                src = self.stub_for(src)
+                src = self.quant_node_for(src)
                 p = self.prov[src]
             act_inputs.append(src)
             providers.append(p)
