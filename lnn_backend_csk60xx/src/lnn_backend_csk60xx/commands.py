@@ -18,14 +18,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lnn_core.errors import ConfigError, HardwareLimitError, ModelFileError, SimulatorError
 from lnn_core.rules import RuleReport
 
 from .target import TARGET_ID
+
+if TYPE_CHECKING:  # numpy is imported by the commands that use it: `lnn --help` imports none of it
+    import numpy as np
 
 __all__ = ["configure_pack", "run_pack", "configure_run", "run_run", "configure_check", "run_check", "parse_bytes",
            "parse_input_shapes"]
@@ -207,6 +208,8 @@ def _status(name: str) -> int:
 
 
 def _load_input(path: str, spec: Any) -> np.ndarray:
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"cannot read input '{path}': it does not exist", {}, "check the path", path=path,
@@ -244,6 +247,8 @@ def _output_paths(outputs: list[str], count: int) -> list[Path]:
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
+    import numpy as np
+
     if path.suffix.lower() == ".bin":
         path.write_bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
     elif path.suffix.lower() == ".npy":
@@ -254,6 +259,8 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 
 def _dump(folder: Path, tensors: dict[str, np.ndarray], specs: dict[str, Any]) -> int:
+    import numpy as np
+
     folder.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {}
     used: set[str] = set()
