@@ -1,10 +1,29 @@
 /*
- * lnn_sim_model.h - the in-memory model shared by loader.c and exec.c (not installed).
+ * lnn_sim_model.h - the in-memory model and the op registration interface shared by the loader, the
+ * executor, the registry and the op families in ops/ (not installed).
+ *
+ * Every op type is one registration (lnn_op_kernel, the TFLM TfLiteRegistration habit): its name, how
+ * many outputs it writes, a prepare function and a run function, all in its family file (ops/<family>.c).
+ * registry.c maps op codes to registrations; it is the only place that lists op codes.
+ *
+ *   prepare(m, op, need, msg, n): called by the loader for every op before anything runs. It checks the
+ *       attribute vector, dtypes, ranks and every output dimension against the inputs (the loader has
+ *       already checked the input/output counts and indices), stores the derived parameters in op->p and
+ *       the shape fields, and reports the scratch it needs in *need. On failure it returns a status and a
+ *       one-line message naming the op.
+ *   run(m, op, msg, n): executes the prepared op. Kernels index their buffers without further bounds tests,
+ *       read their outputs as op->out[k], and may leave msg empty (the executor names the op and status).
  */
 #ifndef LNN_SIM_MODEL_H
 #define LNN_SIM_MODEL_H
 
 #include "lnn_sim_internal.h"
+
+#include <stddef.h>
+
+#define LNN_DIM_LIMIT 4096 /* kernel, stride, pad and dilation values accepted by the simulator */
+
+struct lnn_op_kernel;
 
 typedef struct {
     const char *name;
@@ -47,6 +66,7 @@ typedef struct {
     int32_t act; /* LNN_SIM_ACT_*: fused activation of conv ops */
     int64_t rows;
     int32_t k, n;
+    const struct lnn_op_kernel *kernel; /* the registration of op->type, set by the loader */
 } lnn_op;
 
 struct lnn_sim_model {
@@ -74,9 +94,59 @@ struct lnn_sim_model {
     int32_t col_op, col_tensor;
 };
 
-/* exec.c: validate one op against its tensors and fill its prepared fields; returns the scratch
- * it needs: accumulator plane entries (*scratch) and im2col bytes (*col). */
-lnn_sim_status lnn_prepare_op(const struct lnn_sim_model *m, lnn_op *op, int64_t *scratch, int64_t *col, char *msg,
-                              size_t n);
+/* scratch an op needs while it runs: accumulator plane entries (int32 and int64 each) and im2col bytes */
+typedef struct {
+    int64_t acc, col;
+} lnn_scratch_need;
+
+typedef lnn_sim_status (*lnn_prepare_fn)(const struct lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need,
+                                         char *msg, size_t n);
+typedef lnn_sim_status (*lnn_run_fn)(struct lnn_sim_model *m, const lnn_op *op, char *msg, size_t n);
+
+/* One op type's registration. n_out: the outputs it writes (0: any count 1..LNN_SIM_MAX_OP_OUTPUTS). */
+typedef struct lnn_op_kernel {
+    const char *name;
+    int32_t n_out;
+    lnn_prepare_fn prepare;
+    lnn_run_fn run;
+} lnn_op_kernel;
+
+/* registry.c: the registration of op code `code`, or NULL when this simulator has none */
+const lnn_op_kernel *lnn_find_kernel(int32_t code);
+
+/* registry.c: format a one-line message into msg (n bytes) and return code */
+lnn_sim_status lnn_fail(char *msg, size_t n, lnn_sim_status code, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/* prepare/run helpers: `return LNN_FAIL(code, fmt, ...)` inside a function with msg and n in scope */
+#define LNN_FAIL(code, ...) lnn_fail(msg, n, code, __VA_ARGS__)
+
+static inline int lnn_same_dims(const lnn_tensor *a, const lnn_tensor *b) {
+    int32_t d;
+    if (a->rank != b->rank) return 0;
+    for (d = 0; d < a->rank; ++d)
+        if (a->dims[d] != b->dims[d]) return 0;
+    return 1;
+}
+
+static inline int lnn_in_range(int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; }
+
+/* window output size along one axis (ONNX convention, see passes.py); -1 when the kernel does not fit */
+static inline int64_t lnn_window_out(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t p1, int64_t d,
+                                     int ceil_mode) {
+    const int64_t span = in + p0 + p1 - d * (k - 1) - 1;
+    int64_t out;
+    if (span < 0) return -1;
+    out = (ceil_mode ? lnn_ceil_div(span, s) : span / s) + 1;
+    if (ceil_mode && (out - 1) * s >= in + p0) out -= 1;
+    return out;
+}
+
+/* the tensor behind input i / output k of a prepared op (input i must not be omitted) */
+#define LNN_IN(m, op, i) (&(m)->tensors[(op)->in[i]])
+#define LNN_OUT(m, op, k) (&(m)->tensors[(op)->out[k]])
 
 #endif /* LNN_SIM_MODEL_H */

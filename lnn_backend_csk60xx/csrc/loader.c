@@ -3,26 +3,14 @@
  *
  * Nothing is trusted: every count, index, offset and size is checked against the image length,
  * the section it lives in and the memory plan before any pointer is formed, and every op is
- * checked against its tensors (lnn_prepare_op) before anything runs. All arithmetic on file
+ * checked against its tensors (its registration's prepare, see registry.c) before anything runs. All arithmetic on file
  * values is done in 64 bits so that a hostile value cannot wrap.
  */
 #include "lnn_sim_model.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 static const char k_magic[8] = {'L', 'N', 'N', 'M', 'O', 'D', 'E', 'L'};
-
-static lnn_sim_status fail(char *msg, size_t n, lnn_sim_status code, const char *fmt, ...) {
-    if (msg != NULL && n > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, n, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 static uint32_t rd_u32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
@@ -70,10 +58,10 @@ static lnn_sim_status read_sections(const uint8_t *img, size_t size, section *se
     uint32_t i;
     int a, b;
     if (count != LNN_SIM_NUM_SECTIONS)
-        return fail(msg, n, LNN_SIM_E_SECTION, "the header declares %u sections, expected %d", count,
+        return lnn_fail(msg, n, LNN_SIM_E_SECTION, "the header declares %u sections, expected %d", count,
                     LNN_SIM_NUM_SECTIONS);
     if (table_end > size)
-        return fail(msg, n, LNN_SIM_E_TRUNCATED, "the section table ends at byte %llu but the file has %llu bytes",
+        return lnn_fail(msg, n, LNN_SIM_E_TRUNCATED, "the section table ends at byte %llu but the file has %llu bytes",
                     (unsigned long long)table_end, (unsigned long long)size);
     for (i = 0; i < count; ++i) {
         const uint8_t *e = img + LNN_SIM_HEADER_BYTES + i * LNN_SIM_SECTION_ENTRY_BYTES;
@@ -85,15 +73,15 @@ static lnn_sim_status read_sections(const uint8_t *img, size_t size, section *se
         s.size = rd_u32(e + 12);
         s.present = 1;
         if (kind < 1 || kind > LNN_SIM_NUM_SECTIONS)
-            return fail(msg, n, LNN_SIM_E_SECTION, "section entry %u has unknown kind %u", i, kind);
+            return lnn_fail(msg, n, LNN_SIM_E_SECTION, "section entry %u has unknown kind %u", i, kind);
         if (sec[kind].present)
-            return fail(msg, n, LNN_SIM_E_SECTION, "section '%s' appears twice", section_name((int)kind));
+            return lnn_fail(msg, n, LNN_SIM_E_SECTION, "section '%s' appears twice", section_name((int)kind));
         align = kind == LNN_SIM_SEC_WEIGHTS ? LNN_SIM_ALIGN : 16u;
         if (s.offset < table_end || s.offset % align != 0)
-            return fail(msg, n, LNN_SIM_E_SECTION, "section '%s' starts at offset %u (must be >= %llu and %u-aligned)",
+            return lnn_fail(msg, n, LNN_SIM_E_SECTION, "section '%s' starts at offset %u (must be >= %llu and %u-aligned)",
                         section_name((int)kind), s.offset, (unsigned long long)table_end, align);
         if ((uint64_t)s.offset + s.size > size)
-            return fail(msg, n, LNN_SIM_E_TRUNCATED,
+            return lnn_fail(msg, n, LNN_SIM_E_TRUNCATED,
                         "section '%s' declares %u bytes at offset %u, but the file ends at %llu bytes",
                         section_name((int)kind), s.size, s.offset, (unsigned long long)size);
         sec[kind] = s;
@@ -102,7 +90,7 @@ static lnn_sim_status read_sections(const uint8_t *img, size_t size, section *se
         for (b = a + 1; b <= LNN_SIM_NUM_SECTIONS; ++b) {
             const uint64_t a0 = sec[a].offset, a1 = a0 + sec[a].size, b0 = sec[b].offset, b1 = b0 + sec[b].size;
             if (a0 < b1 && b0 < a1)
-                return fail(msg, n, LNN_SIM_E_SECTION, "sections '%s' and '%s' overlap", section_name(a),
+                return lnn_fail(msg, n, LNN_SIM_E_SECTION, "sections '%s' and '%s' overlap", section_name(a),
                             section_name(b));
         }
     }
@@ -119,10 +107,10 @@ static lnn_sim_status read_sections(const uint8_t *img, size_t size, section *se
             const section *s = &sec[rules[r].kind];
             const uint64_t want = rules[r].record ? rules[r].fixed + (uint64_t)s->count * rules[r].record : s->size;
             if (rules[r].record == 0 && s->count != 0)
-                return fail(msg, n, LNN_SIM_E_SECTION, "section '%s' has count %u, expected 0",
+                return lnn_fail(msg, n, LNN_SIM_E_SECTION, "section '%s' has count %u, expected 0",
                             section_name(rules[r].kind), s->count);
             if (want != s->size)
-                return fail(msg, n, LNN_SIM_E_SECTION, "section '%s' has %u bytes for %u records (expected %llu)",
+                return lnn_fail(msg, n, LNN_SIM_E_SECTION, "section '%s' has %u bytes for %u records (expected %llu)",
                             section_name(rules[r].kind), s->size, s->count, (unsigned long long)want);
         }
     }
@@ -133,17 +121,17 @@ static lnn_sim_status read_plan(struct lnn_sim_model *m, const section *s, char 
     uint32_t i;
     int seen[LNN_SIM_NUM_REGIONS] = {0, 0, 0};
     if (s->count > LNN_SIM_NUM_REGIONS - 1)
-        return fail(msg, n, LNN_SIM_E_PLAN, "the plan lists %u regions, at most %d exist", s->count,
+        return lnn_fail(msg, n, LNN_SIM_E_PLAN, "the plan lists %u regions, at most %d exist", s->count,
                     LNN_SIM_NUM_REGIONS - 1);
     for (i = 0; i < s->count; ++i) {
         const uint8_t *r = m->image + s->offset + i * LNN_SIM_PLAN_RECORD_BYTES;
         const uint32_t region = rd_u32(r), bytes = rd_u32(r + 4), peak = rd_u32(r + 8);
         if (region != LNN_SIM_REGION_PSRAM && region != LNN_SIM_REGION_SHARE)
-            return fail(msg, n, LNN_SIM_E_PLAN, "plan record %u names region %u (expected 1 psram or 2 share-memory)",
+            return lnn_fail(msg, n, LNN_SIM_E_PLAN, "plan record %u names region %u (expected 1 psram or 2 share-memory)",
                         i, region);
-        if (seen[region]) return fail(msg, n, LNN_SIM_E_PLAN, "region %u is planned twice", region);
+        if (seen[region]) return lnn_fail(msg, n, LNN_SIM_E_PLAN, "region %u is planned twice", region);
         if (bytes > LNN_SIM_MAX_REGION_BYTES || bytes % LNN_SIM_ALIGN != 0 || peak > bytes || rd_u32(r + 12) != 0)
-            return fail(msg, n, LNN_SIM_E_PLAN,
+            return lnn_fail(msg, n, LNN_SIM_E_PLAN,
                         "region %u: arena of %u bytes (peak %u) is invalid (limit %u bytes, %d-byte multiple)", region,
                         bytes, peak, LNN_SIM_MAX_REGION_BYTES, LNN_SIM_ALIGN);
         seen[region] = 1;
@@ -155,17 +143,17 @@ static lnn_sim_status read_plan(struct lnn_sim_model *m, const section *s, char 
 static lnn_sim_status read_tensors(struct lnn_sim_model *m, const section *s, char *msg, size_t n) {
     int32_t t;
     if (s->count > LNN_SIM_MAX_TENSORS)
-        return fail(msg, n, LNN_SIM_E_LIMIT, "%u tensors exceed the limit of %d", s->count, LNN_SIM_MAX_TENSORS);
+        return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "%u tensors exceed the limit of %d", s->count, LNN_SIM_MAX_TENSORS);
     m->n_tensors = (int32_t)s->count;
     m->tensors = (lnn_tensor *)calloc(s->count ? s->count : 1, sizeof(lnn_tensor));
-    if (m->tensors == NULL) return fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for %u tensors", s->count);
+    if (m->tensors == NULL) return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for %u tensors", s->count);
     for (t = 0; t < m->n_tensors; ++t) {
         const uint8_t *r = m->image + s->offset + (size_t)t * LNN_SIM_TENSOR_RECORD_BYTES;
         lnn_tensor *x = &m->tensors[t];
         uint64_t numel = 1;
         int32_t d, esize;
         if (get_string(m, rd_u32(r), &x->name) != LNN_SIM_OK)
-            return fail(msg, n, LNN_SIM_E_STRING, "tensor %d: name reference %u is outside the strings (%u bytes)", t,
+            return lnn_fail(msg, n, LNN_SIM_E_STRING, "tensor %d: name reference %u is outside the strings (%u bytes)", t,
                         rd_u32(r), m->strings_size);
         x->dtype = r[4];
         x->rank = r[5];
@@ -175,55 +163,55 @@ static lnn_sim_status read_tensors(struct lnn_sim_model *m, const section *s, ch
         x->offset = rd_u32(r + 12);
         x->size = rd_u32(r + 16);
         esize = lnn_dtype_size(x->dtype);
-        if (esize == 0) return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unknown dtype %d", x->name, x->dtype);
+        if (esize == 0) return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unknown dtype %d", x->name, x->dtype);
         if (x->rank > LNN_SIM_MAX_RANK)
-            return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': rank %d exceeds %d", x->name, x->rank, LNN_SIM_MAX_RANK);
+            return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': rank %d exceeds %d", x->name, x->rank, LNN_SIM_MAX_RANK);
         for (d = 0; d < LNN_SIM_MAX_RANK; ++d) {
             const int32_t v = rd_i32(r + 20 + 4 * d);
             if (d < x->rank) {
-                if (v < 1) return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': dimension %d is %d", x->name, d, v);
+                if (v < 1) return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': dimension %d is %d", x->name, d, v);
                 numel *= (uint64_t)v;
                 if (numel * (uint64_t)esize > LNN_SIM_MAX_TENSOR_BYTES)
-                    return fail(msg, n, LNN_SIM_E_LIMIT, "tensor '%s' exceeds %u bytes", x->name,
+                    return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "tensor '%s' exceeds %u bytes", x->name,
                                 LNN_SIM_MAX_TENSOR_BYTES);
             } else if (v != 0) {
-                return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unused dimension slot %d is %d (must be 0)",
+                return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unused dimension slot %d is %d (must be 0)",
                             x->name, d, v);
             }
             x->dims[d] = v;
         }
         for (d = 44; d < LNN_SIM_TENSOR_RECORD_BYTES; ++d)
-            if (r[d] != 0) return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': reserved bytes are not zero", x->name);
+            if (r[d] != 0) return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': reserved bytes are not zero", x->name);
         x->numel = (int64_t)numel;
         if ((uint64_t)x->size != numel * (uint64_t)esize)
-            return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': size %u bytes does not match %llu elements of %d bytes",
+            return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': size %u bytes does not match %llu elements of %d bytes",
                         x->name, x->size, (unsigned long long)numel, esize);
         if (x->flags & ~(LNN_SIM_TF_INPUT | LNN_SIM_TF_OUTPUT | LNN_SIM_TF_CONST))
-            return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unknown flags 0x%x", x->name, x->flags);
+            return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unknown flags 0x%x", x->name, x->flags);
         if (x->exponent == LNN_SIM_NO_EXPONENT) {
             if (x->dtype != LNN_SIM_DT_FLOAT32 && x->dtype != LNN_SIM_DT_INT64)
-                return fail(msg, n, LNN_SIM_E_TENSOR, "integer tensor '%s' has no exponent", x->name);
+                return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "integer tensor '%s' has no exponent", x->name);
         } else if (x->exponent > LNN_SIM_MAX_EXPONENT || x->exponent < -LNN_SIM_MAX_EXPONENT) {
-            return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': exponent %d outside +-%d", x->name, x->exponent,
+            return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': exponent %d outside +-%d", x->name, x->exponent,
                         LNN_SIM_MAX_EXPONENT);
         }
         if (x->offset % LNN_SIM_ALIGN != 0)
-            return fail(msg, n, LNN_SIM_E_PLAN, "tensor '%s': offset %u is not %d-byte aligned", x->name, x->offset,
+            return lnn_fail(msg, n, LNN_SIM_E_PLAN, "tensor '%s': offset %u is not %d-byte aligned", x->name, x->offset,
                         LNN_SIM_ALIGN);
         if (x->region == LNN_SIM_REGION_FLASH) {
             if (!(x->flags & LNN_SIM_TF_CONST) || (x->flags & (LNN_SIM_TF_INPUT | LNN_SIM_TF_OUTPUT)))
-                return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s' lives in flash but is not a constant", x->name);
+                return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s' lives in flash but is not a constant", x->name);
             if ((uint64_t)x->offset + x->size > m->weights_size)
-                return fail(msg, n, LNN_SIM_E_TENSOR, "weight '%s': %u bytes at offset %u pass the end of weights (%u bytes)",
+                return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "weight '%s': %u bytes at offset %u pass the end of weights (%u bytes)",
                             x->name, x->size, x->offset, m->weights_size);
         } else if (x->region == LNN_SIM_REGION_PSRAM || x->region == LNN_SIM_REGION_SHARE) {
             if (x->flags & LNN_SIM_TF_CONST)
-                return fail(msg, n, LNN_SIM_E_TENSOR, "constant '%s' must live in flash", x->name);
+                return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "constant '%s' must live in flash", x->name);
             if ((uint64_t)x->offset + x->size > m->region_size[x->region])
-                return fail(msg, n, LNN_SIM_E_PLAN, "tensor '%s': %u bytes at offset %u pass the end of region %d (%u bytes)",
+                return lnn_fail(msg, n, LNN_SIM_E_PLAN, "tensor '%s': %u bytes at offset %u pass the end of region %d (%u bytes)",
                             x->name, x->size, x->offset, x->region, m->region_size[x->region]);
         } else {
-            return fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unknown region %d", x->name, x->region);
+            return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "tensor '%s': unknown region %d", x->name, x->region);
         }
     }
     return LNN_SIM_OK;
@@ -235,7 +223,7 @@ static lnn_sim_status read_graph(struct lnn_sim_model *m, const section *s, char
     uint32_t i;
     if ((uint64_t)n_in + n_out != s->count || n_in > LNN_SIM_MAX_GRAPH_IO || n_out > LNN_SIM_MAX_GRAPH_IO ||
         n_out < 1)
-        return fail(msg, n, LNN_SIM_E_SECTION, "graph section: %u inputs + %u outputs for %u entries (limit %d each)",
+        return lnn_fail(msg, n, LNN_SIM_E_SECTION, "graph section: %u inputs + %u outputs for %u entries (limit %d each)",
                     n_in, n_out, s->count, LNN_SIM_MAX_GRAPH_IO);
     m->n_inputs = (int32_t)n_in;
     m->n_outputs = (int32_t)n_out;
@@ -244,10 +232,10 @@ static lnn_sim_status read_graph(struct lnn_sim_model *m, const section *s, char
         const int is_in = i < n_in;
         const int32_t flag = is_in ? LNN_SIM_TF_INPUT : LNN_SIM_TF_OUTPUT;
         if (t < 0 || t >= m->n_tensors)
-            return fail(msg, n, LNN_SIM_E_OP, "graph %s %u refers to tensor %d of %d", is_in ? "input" : "output",
+            return lnn_fail(msg, n, LNN_SIM_E_OP, "graph %s %u refers to tensor %d of %d", is_in ? "input" : "output",
                         is_in ? i : i - n_in, t, m->n_tensors);
         if (!(m->tensors[t].flags & flag) || m->tensors[t].region == LNN_SIM_REGION_FLASH)
-            return fail(msg, n, LNN_SIM_E_TENSOR, "graph %s '%s' is not flagged as such or lives in flash",
+            return lnn_fail(msg, n, LNN_SIM_E_TENSOR, "graph %s '%s' is not flagged as such or lives in flash",
                         is_in ? "input" : "output", m->tensors[t].name);
         if (is_in)
             m->inputs[i] = t;
@@ -257,20 +245,37 @@ static lnn_sim_status read_graph(struct lnn_sim_model *m, const section *s, char
     return LNN_SIM_OK;
 }
 
+/* every output is present, distinct, and an activation that is not a graph input */
+static lnn_sim_status check_outputs(const struct lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
+    int32_t k, j;
+    for (k = 0; k < op->n_out; ++k) {
+        const lnn_tensor *y;
+        if (op->out[k] < 0) return lnn_fail(msg, n, LNN_SIM_E_OP, "op '%s': output %d is missing", op->name, k);
+        y = &m->tensors[op->out[k]];
+        if (y->region == LNN_SIM_REGION_FLASH || (y->flags & LNN_SIM_TF_INPUT))
+            return lnn_fail(msg, n, LNN_SIM_E_OP, "op '%s': writes '%s', a constant or graph input", op->name, y->name);
+        for (j = 0; j < k; ++j)
+            if (op->out[j] == op->out[k])
+                return lnn_fail(msg, n, LNN_SIM_E_OP, "op '%s': outputs %d and %d are the same tensor '%s'", op->name,
+                                j, k, y->name);
+    }
+    return LNN_SIM_OK;
+}
+
 static lnn_sim_status read_ops(struct lnn_sim_model *m, const section *s, const section *io, char *msg, size_t n,
                                int64_t *scratch, int64_t *col) {
     int32_t i;
     if (s->count > LNN_SIM_MAX_OPS)
-        return fail(msg, n, LNN_SIM_E_LIMIT, "%u ops exceed the limit of %d", s->count, LNN_SIM_MAX_OPS);
+        return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "%u ops exceed the limit of %d", s->count, LNN_SIM_MAX_OPS);
     m->n_io = (int32_t)io->count;
     m->io = (int32_t *)calloc(io->count ? io->count : 1, sizeof(int32_t));
     m->n_ops = (int32_t)s->count;
     m->ops = (lnn_op *)calloc(s->count ? s->count : 1, sizeof(lnn_op));
-    if (m->io == NULL || m->ops == NULL) return fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for %u ops", s->count);
+    if (m->io == NULL || m->ops == NULL) return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for %u ops", s->count);
     for (i = 0; i < m->n_io; ++i) {
         const int32_t t = rd_i32(m->image + io->offset + 4 * (size_t)i);
         if (t < -1 || t >= m->n_tensors)
-            return fail(msg, n, LNN_SIM_E_OP, "io index %d refers to tensor %d of %d", i, t, m->n_tensors);
+            return lnn_fail(msg, n, LNN_SIM_E_OP, "io index %d refers to tensor %d of %d", i, t, m->n_tensors);
         m->io[i] = t;
     }
     *scratch = 1;
@@ -279,22 +284,31 @@ static lnn_sim_status read_ops(struct lnn_sim_model *m, const section *s, const 
         const uint8_t *r = m->image + s->offset + (size_t)i * LNN_SIM_OP_RECORD_BYTES;
         lnn_op *op = &m->ops[i];
         const uint32_t n_in = rd_u32(r + 8), n_out = rd_u32(r + 12), start = rd_u32(r + 16), n_attrs = rd_u32(r + 20);
-        int64_t need = 0, need_col = 0;
+        lnn_scratch_need need;
         int32_t a;
         lnn_sim_status st;
         op->type = rd_i32(r);
         if (get_string(m, rd_u32(r + 4), &op->name) != LNN_SIM_OK)
-            return fail(msg, n, LNN_SIM_E_STRING, "op %d: name reference %u is outside the strings", i, rd_u32(r + 4));
-        if (op->type < 1 || op->type >= LNN_SIM_NUM_OP_TYPES)
-            return fail(msg, n, LNN_SIM_E_OP, "op '%s': unknown type %d", op->name, op->type);
-        if (n_in < 1 || n_in > LNN_SIM_MAX_OP_INPUTS || n_out != 1 || n_attrs > LNN_SIM_MAX_ATTRS)
-            return fail(msg, n, LNN_SIM_E_OP, "op '%s': %u inputs, %u outputs, %u attributes (limits %d, 1, %d)",
-                        op->name, n_in, n_out, n_attrs, LNN_SIM_MAX_OP_INPUTS, LNN_SIM_MAX_ATTRS);
+            return lnn_fail(msg, n, LNN_SIM_E_STRING, "op %d: name reference %u is outside the strings", i,
+                            rd_u32(r + 4));
+        op->kernel = lnn_find_kernel(op->type);
+        if (op->kernel == NULL)
+            return lnn_fail(msg, n, LNN_SIM_E_OP,
+                            "op '%s': unknown op type %d (this simulator has no kernel registered for it)", op->name,
+                            op->type);
+        if (n_in < 1 || n_in > LNN_SIM_MAX_OP_INPUTS || n_out < 1 || n_out > LNN_SIM_MAX_OP_OUTPUTS ||
+            n_attrs > LNN_SIM_MAX_ATTRS)
+            return lnn_fail(msg, n, LNN_SIM_E_OP, "op '%s': %u inputs, %u outputs, %u attributes (limits %d, %d, %d)",
+                            op->name, n_in, n_out, n_attrs, LNN_SIM_MAX_OP_INPUTS, LNN_SIM_MAX_OP_OUTPUTS,
+                            LNN_SIM_MAX_ATTRS);
+        if (op->kernel->n_out != 0 && n_out != (uint32_t)op->kernel->n_out)
+            return lnn_fail(msg, n, LNN_SIM_E_OP, "op '%s': %s writes %d output(s), the record lists %u", op->name,
+                            op->kernel->name, op->kernel->n_out, n_out);
         if ((uint64_t)start + n_in + n_out > (uint64_t)m->n_io)
-            return fail(msg, n, LNN_SIM_E_OP, "op '%s': io entries %u..%llu pass the end of the io table (%d)", op->name,
-                        start, (unsigned long long)start + n_in + n_out, m->n_io);
+            return lnn_fail(msg, n, LNN_SIM_E_OP, "op '%s': io entries %u..%llu pass the end of the io table (%d)",
+                            op->name, start, (unsigned long long)start + n_in + n_out, m->n_io);
         if (rd_u32(r + 88) != 0 || rd_u32(r + 92) != 0)
-            return fail(msg, n, LNN_SIM_E_OP, "op '%s': reserved words are not zero", op->name);
+            return lnn_fail(msg, n, LNN_SIM_E_OP, "op '%s': reserved words are not zero", op->name);
         op->n_in = (int32_t)n_in;
         op->n_out = (int32_t)n_out;
         op->in = m->io + start;
@@ -303,12 +317,14 @@ static lnn_sim_status read_ops(struct lnn_sim_model *m, const section *s, const 
         for (a = 0; a < LNN_SIM_MAX_ATTRS; ++a) {
             op->attrs[a] = rd_i32(r + 24 + 4 * a);
             if (a >= op->n_attrs && op->attrs[a] != 0)
-                return fail(msg, n, LNN_SIM_E_ATTR, "op '%s': unused attribute slot %d is not zero", op->name, a);
+                return lnn_fail(msg, n, LNN_SIM_E_ATTR, "op '%s': unused attribute slot %d is not zero", op->name, a);
         }
-        st = lnn_prepare_op(m, op, &need, &need_col, msg, n);
-        if (st != LNN_SIM_OK) return st;
-        if (need > *scratch) *scratch = need;
-        if (need_col > *col) *col = need_col;
+        if ((st = check_outputs(m, op, msg, n)) != LNN_SIM_OK) return st;
+        need.acc = 0;
+        need.col = 0;
+        if ((st = op->kernel->prepare(m, op, &need, msg, n)) != LNN_SIM_OK) return st;
+        if (need.acc > *scratch) *scratch = need.acc;
+        if (need.col > *col) *col = need.col;
     }
     return LNN_SIM_OK;
 }
@@ -335,39 +351,39 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
     lnn_sim_status st;
     memset(sec, 0, sizeof sec);
     if (size < LNN_SIM_HEADER_BYTES)
-        return fail(msg, n, LNN_SIM_E_TRUNCATED, "the file has %llu bytes, fewer than the %d-byte header",
+        return lnn_fail(msg, n, LNN_SIM_E_TRUNCATED, "the file has %llu bytes, fewer than the %d-byte header",
                     (unsigned long long)size, LNN_SIM_HEADER_BYTES);
     if (memcmp(img, k_magic, sizeof k_magic) != 0)
-        return fail(msg, n, LNN_SIM_E_MAGIC, "not a model.bin file (magic bytes differ from \"LNNMODEL\")");
+        return lnn_fail(msg, n, LNN_SIM_E_MAGIC, "not a model.bin file (magic bytes differ from \"LNNMODEL\")");
     if (rd_u16(img + 8) != LNN_SIM_FORMAT_VERSION || rd_u16(img + 10) != LNN_SIM_HEADER_BYTES)
-        return fail(msg, n, LNN_SIM_E_VERSION, "format version %u, header size %u (this simulator reads version %d, %d bytes)",
+        return lnn_fail(msg, n, LNN_SIM_E_VERSION, "format version %u, header size %u (this simulator reads version %d, %d bytes)",
                     rd_u16(img + 8), rd_u16(img + 10), LNN_SIM_FORMAT_VERSION, LNN_SIM_HEADER_BYTES);
     if (rd_u32(img + 12) != LNN_SIM_TARGET_CSK60XX)
-        return fail(msg, n, LNN_SIM_E_TARGET, "target id 0x%x (this simulator runs 0x%x, CSK60xx)", rd_u32(img + 12),
+        return lnn_fail(msg, n, LNN_SIM_E_TARGET, "target id 0x%x (this simulator runs 0x%x, CSK60xx)", rd_u32(img + 12),
                     LNN_SIM_TARGET_CSK60XX);
     payload = rd_u32(img + 16);
     if ((uint64_t)payload + LNN_SIM_HEADER_BYTES != size)
-        return fail(msg, n, LNN_SIM_E_TRUNCATED, "the header declares %u payload bytes, the file has %llu", payload,
+        return lnn_fail(msg, n, LNN_SIM_E_TRUNCATED, "the header declares %u payload bytes, the file has %llu", payload,
                     (unsigned long long)(size - LNN_SIM_HEADER_BYTES));
     crc_stored = rd_u32(img + 20);
     crc = crc32_ieee(img + LNN_SIM_HEADER_BYTES, payload);
     if (crc != crc_stored)
-        return fail(msg, n, LNN_SIM_E_CRC, "payload crc32 stored 0x%08x, computed 0x%08x", crc_stored, crc);
-    if (rd_u32(img + 28) != 0) return fail(msg, n, LNN_SIM_E_VERSION, "unknown header flags 0x%x", rd_u32(img + 28));
+        return lnn_fail(msg, n, LNN_SIM_E_CRC, "payload crc32 stored 0x%08x, computed 0x%08x", crc_stored, crc);
+    if (rd_u32(img + 28) != 0) return lnn_fail(msg, n, LNN_SIM_E_VERSION, "unknown header flags 0x%x", rd_u32(img + 28));
     for (t = 32; t < LNN_SIM_HEADER_BYTES; ++t)
-        if (img[t] != 0) return fail(msg, n, LNN_SIM_E_VERSION, "reserved header bytes are not zero");
+        if (img[t] != 0) return lnn_fail(msg, n, LNN_SIM_E_VERSION, "reserved header bytes are not zero");
     st = read_sections(img, size, sec, msg, n);
     if (st != LNN_SIM_OK) return st;
 
     m->image = (uint8_t *)malloc(size);
-    if (m->image == NULL) return fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for a %llu-byte image",
+    if (m->image == NULL) return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for a %llu-byte image",
                                       (unsigned long long)size);
     memcpy(m->image, img, size);
     m->image_size = size;
     m->strings = (const char *)m->image + sec[LNN_SIM_SEC_STRINGS].offset;
     m->strings_size = sec[LNN_SIM_SEC_STRINGS].size;
     if (m->strings_size == 0 || m->strings[m->strings_size - 1] != '\0')
-        return fail(msg, n, LNN_SIM_E_STRING, "the strings section is empty or not NUL-terminated");
+        return lnn_fail(msg, n, LNN_SIM_E_STRING, "the strings section is empty or not NUL-terminated");
     m->weights = m->image + sec[LNN_SIM_SEC_WEIGHTS].offset;
     m->weights_size = sec[LNN_SIM_SEC_WEIGHTS].size;
 
@@ -378,17 +394,17 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
         return st;
 
     if ((uint64_t)scratch * sizeof(int64_t) > LNN_SIM_MAX_SCRATCH_BYTES || (uint64_t)col > LNN_SIM_MAX_SCRATCH_BYTES)
-        return fail(msg, n, LNN_SIM_E_LIMIT, "an op needs %lld accumulators / %lld im2col bytes (limit %u bytes)",
+        return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "an op needs %lld accumulators / %lld im2col bytes (limit %u bytes)",
                     (long long)scratch, (long long)col, LNN_SIM_MAX_SCRATCH_BYTES);
     m->acc32 = (int32_t *)malloc((size_t)scratch * sizeof(int32_t));
     m->acc64 = (int64_t *)malloc((size_t)scratch * sizeof(int64_t));
     m->col = (int8_t *)malloc((size_t)col);
     if (m->acc32 == NULL || m->acc64 == NULL || m->col == NULL)
-        return fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for scratch");
+        return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for scratch");
     for (r = 1; r < LNN_SIM_NUM_REGIONS; ++r) {
         m->arena[r] = (uint8_t *)calloc(m->region_size[r] ? m->region_size[r] : 1, 1);
         if (m->arena[r] == NULL)
-            return fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for the %u-byte arena of region %d", m->region_size[r], r);
+            return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for the %u-byte arena of region %d", m->region_size[r], r);
     }
     for (t = 0; t < m->n_tensors; ++t) {
         lnn_tensor *x = &m->tensors[t];
@@ -401,10 +417,10 @@ lnn_sim_status lnn_sim_load(const uint8_t *image, size_t size, lnn_sim_model **o
     struct lnn_sim_model *m;
     lnn_sim_status st;
     if (msg != NULL && msg_size > 0) msg[0] = '\0';
-    if (out == NULL || (image == NULL && size > 0)) return fail(msg, msg_size, LNN_SIM_E_ARG, "NULL argument");
+    if (out == NULL || (image == NULL && size > 0)) return lnn_fail(msg, msg_size, LNN_SIM_E_ARG, "NULL argument");
     *out = NULL;
     m = (struct lnn_sim_model *)calloc(1, sizeof *m);
-    if (m == NULL) return fail(msg, msg_size, LNN_SIM_E_NOMEM, "out of memory");
+    if (m == NULL) return lnn_fail(msg, msg_size, LNN_SIM_E_NOMEM, "out of memory");
     m->col_op = -1;
     st = load(m, image, size, msg, msg_size);
     if (st != LNN_SIM_OK) {

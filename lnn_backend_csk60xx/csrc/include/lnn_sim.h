@@ -40,7 +40,7 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_E_SECTION 8      /* section table invalid (missing, repeated, out of bounds)   */
 #define LNN_SIM_E_STRING 9       /* string reference out of bounds or unterminated             */
 #define LNN_SIM_E_TENSOR 10      /* tensor record invalid (dtype, rank, dims, size, placement) */
-#define LNN_SIM_E_OP 11          /* op record invalid (type, input/output indices)             */
+#define LNN_SIM_E_OP 11          /* op record invalid (unknown type, input/output counts/indices) */
 #define LNN_SIM_E_ATTR 12        /* op attribute invalid                                        */
 #define LNN_SIM_E_SHAPE 13       /* tensor shapes/dtypes do not fit the op                     */
 #define LNN_SIM_E_PLAN 14        /* memory plan invalid (region size, tensor outside its arena) */
@@ -54,6 +54,7 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_MAX_TENSORS 65536
 #define LNN_SIM_MAX_OPS 65536
 #define LNN_SIM_MAX_OP_INPUTS 64
+#define LNN_SIM_MAX_OP_OUTPUTS 8 /* built-in ops write one output; external ops 1..8 */
 #define LNN_SIM_MAX_GRAPH_IO 64
 #define LNN_SIM_MAX_REGION_BYTES (256u * 1024u * 1024u)
 #define LNN_SIM_MAX_TENSOR_BYTES (256u * 1024u * 1024u)
@@ -101,7 +102,8 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_TF_OUTPUT 2
 #define LNN_SIM_TF_CONST 4
 
-/* op types (attribute vectors are listed in the README) */
+/* op types (attribute vectors are listed in the README). The loader refuses a code this simulator has no
+ * registration for (csrc/registry.c). */
 #define LNN_SIM_OP_QUANT 1
 #define LNN_SIM_OP_DEQUANT 2
 #define LNN_SIM_OP_REQUANT 3
@@ -255,9 +257,10 @@ uint32_t lnn_sim_region_size(const lnn_sim_model *model, int32_t region);
 lnn_sim_status lnn_sim_set_tensor(lnn_sim_model *model, int32_t t, const void *data, size_t nbytes);
 lnn_sim_status lnn_sim_get_tensor(const lnn_sim_model *model, int32_t t, void *data, size_t nbytes);
 /* External ops (LNN_SIM_OP_EXTERNAL, attributes: string references of the op type and of its attributes as
- * JSON) run through a callback the host attaches. The callback reads the op's inputs and writes its output
- * with lnn_sim_op_inputs / lnn_sim_get_tensor / lnn_sim_set_tensor, so the output lands at its planned
- * offset in the arena. It returns LNN_SIM_OK or an error status and may fill msg (msg_size bytes). */
+ * JSON; 1..LNN_SIM_MAX_OP_OUTPUTS outputs) run through a callback the host attaches. The callback reads the
+ * op's inputs and writes each of its outputs with lnn_sim_op_inputs / lnn_sim_op_outputs /
+ * lnn_sim_get_tensor / lnn_sim_set_tensor, so every output lands at its planned offset in the arena. It
+ * returns LNN_SIM_OK or an error status and may fill msg (msg_size bytes). */
 typedef lnn_sim_status (*lnn_sim_external_fn)(void *user, lnn_sim_model *model, int32_t op, char *msg,
                                               size_t msg_size);
 lnn_sim_status lnn_sim_set_external(lnn_sim_model *model, lnn_sim_external_fn fn, void *user);

@@ -1,5 +1,6 @@
 /*
- * conv.c - Conv2dInt / Conv1dInt (as Conv2d with H = 1) and ConvTranspose2dInt, NCHW, int8.
+ * ops/conv.c - Conv2dInt / Conv1dInt (as Conv2d with H = 1) and ConvTranspose2dInt, NCHW, int8: the
+ * reference kernels, and the prepare/run registrations of the three ops.
  *
  *   acc[n, m, i, j] = b[m] + sum_{c in group(m), ky, kx} x[n, c, i*sh - pt + ky*dh, j*sw - pl + kx*dw] * w[m, c, ky, kx]
  *   y = RQ_out(acc, shift),  shift = n_x + n_w - n_o            (zero padding; bias added before the shift)
@@ -21,7 +22,7 @@
  * every partial sum stays below 2^30 for K <= LNN_ACC32_TERMS, the same bound as the portable loop.
  * Both versions give identical integers.
  */
-#include "lnn_sim_internal.h"
+#include "lnn_sim_model.h"
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && \
     !defined(LNN_SIM_NO_SIMD)
@@ -374,3 +375,144 @@ lnn_sim_status lnn_sim_deconv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_s
     }
     return LNN_SIM_OK;
 }
+
+/* ---- registrations ------------------------------------------------------------------------------- */
+
+/* attributes: kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, groups [, output_padding h, w for deconv]
+ * [, fused activation] */
+static lnn_sim_status prepare_conv(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
+                                   size_t n) {
+    const int deconv = op->type == LNN_SIM_OP_DECONV2D, conv1d = op->type == LNN_SIM_OP_CONV1D;
+    const int32_t rank = conv1d ? 3 : 4, want_attrs = deconv ? 13 : 11; /* + 1 optional: fused activation */
+    const int32_t *a = op->attrs;
+    const lnn_tensor *x, *w, *b = NULL, *y;
+    int32_t i;
+    int64_t ho, wo;
+    if (op->n_in < 2 || op->n_in > 3 || op->in[0] < 0 || op->in[1] < 0)
+        return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs x, w and an optional bias", op->name);
+    x = LNN_IN(m, op, 0);
+    w = LNN_IN(m, op, 1);
+    y = LNN_OUT(m, op, 0);
+    if (op->n_in == 3 && op->in[2] >= 0) b = LNN_IN(m, op, 2);
+    if (op->n_attrs != want_attrs && op->n_attrs != want_attrs + 1)
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': %d attributes, expected %d or %d", op->name, op->n_attrs,
+                        want_attrs, want_attrs + 1);
+    op->act = op->n_attrs > want_attrs ? a[want_attrs] : LNN_SIM_ACT_NONE;
+    if (op->act != LNN_SIM_ACT_NONE && op->act != LNN_SIM_ACT_RELU)
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': activation %d is not supported (0 none, 1 relu)", op->name,
+                        op->act);
+    for (i = 0; i < 11; ++i) {
+        const int32_t lo = (i >= 4 && i < 8) ? 0 : 1;
+        if (!lnn_in_range(a[i], lo, i == 10 ? 65536 : LNN_DIM_LIMIT))
+            return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': attribute %d = %d is out of range", op->name, i, a[i]);
+    }
+    if (deconv && (!lnn_in_range(a[11], 0, LNN_DIM_LIMIT) || !lnn_in_range(a[12], 0, LNN_DIM_LIMIT)))
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': output_padding (%d, %d) out of range", op->name, a[11], a[12]);
+    if ((int64_t)a[0] * a[1] > LNN_ACC32_TERMS)
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': kernel %dx%d is too large", op->name, a[0], a[1]);
+    if (conv1d && (a[0] != 1 || a[2] != 1 || a[4] != 0 || a[6] != 0 || a[8] != 1))
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': Conv1dInt needs kh = sh = dh = 1 and no H padding", op->name);
+    if (x->dtype != LNN_SIM_DT_INT8 || w->dtype != LNN_SIM_DT_INT8 || !lnn_is_int_out(y->dtype) ||
+        x->rank != rank || w->rank != rank || y->rank != rank || !(w->flags & LNN_SIM_TF_CONST))
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': needs int8 x and constant int8 w of rank %d and an integer output",
+                        op->name, rank);
+    op->s_in.n = x->dims[0]; op->s_in.c = x->dims[1];
+    op->s_in.h = conv1d ? 1 : x->dims[2]; op->s_in.w = x->dims[rank - 1];
+    op->s_w.n = w->dims[0]; op->s_w.c = w->dims[1];
+    op->s_w.h = conv1d ? 1 : w->dims[2]; op->s_w.w = w->dims[rank - 1];
+    op->s_out.n = y->dims[0]; op->s_out.c = y->dims[1];
+    op->s_out.h = conv1d ? 1 : y->dims[2]; op->s_out.w = y->dims[rank - 1];
+    if (op->s_w.h != a[0] || op->s_w.w != a[1] || op->s_out.n != op->s_in.n)
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': weight or batch does not match the kernel", op->name);
+    if (deconv) {
+        if (op->s_w.n != op->s_in.c || op->s_in.c % a[10] != 0 || (int64_t)op->s_w.c * a[10] != op->s_out.c)
+            return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': weight [%d, %d] does not fit %d -> %d channels in %d groups",
+                            op->name, op->s_w.n, op->s_w.c, op->s_in.c, op->s_out.c, a[10]);
+        ho = ((int64_t)op->s_in.h - 1) * a[2] - a[4] - a[6] + (int64_t)a[8] * (a[0] - 1) + 1 + a[11];
+        wo = ((int64_t)op->s_in.w - 1) * a[3] - a[5] - a[7] + (int64_t)a[9] * (a[1] - 1) + 1 + a[12];
+    } else {
+        if (op->s_w.n != op->s_out.c || (int64_t)op->s_w.c * a[10] != op->s_in.c || op->s_out.c % a[10] != 0)
+            return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': weight [%d, %d] does not fit %d -> %d channels in %d groups",
+                            op->name, op->s_w.n, op->s_w.c, op->s_in.c, op->s_out.c, a[10]);
+        ho = lnn_window_out(op->s_in.h, a[0], a[2], a[4], a[6], a[8], 0);
+        wo = lnn_window_out(op->s_in.w, a[1], a[3], a[5], a[7], a[9], 0);
+    }
+    if (ho != op->s_out.h || wo != op->s_out.w)
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': output is %dx%d, the geometry gives %lldx%lld", op->name,
+                        op->s_out.h, op->s_out.w, (long long)ho, (long long)wo);
+    if (b != NULL && (b->dtype != LNN_SIM_DT_INT32 || b->rank != 1 || b->dims[0] != op->s_out.c ||
+                      !(b->flags & LNN_SIM_TF_CONST)))
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': bias must be a constant int32 vector of %d", op->name,
+                        op->s_out.c);
+    op->p.conv.kh = a[0]; op->p.conv.kw = a[1]; op->p.conv.sh = a[2]; op->p.conv.sw = a[3];
+    op->p.conv.pt = a[4]; op->p.conv.pl = a[5]; op->p.conv.dh = a[8]; op->p.conv.dw = a[9];
+    op->p.conv.groups = a[10];
+    op->p.conv.shift = x->exponent + w->exponent - y->exponent;
+    op->p.conv.out_dtype = y->dtype;
+    need->acc = (int64_t)op->s_out.h * op->s_out.w;
+    need->col = deconv ? 0 : lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out);
+    return LNN_SIM_OK;
+}
+
+/* The window matrix built for op `prev` serves op `op` when both read the same tensor with the same geometry
+ * (one image, one group: what the split pass produces). */
+static int same_windows(const lnn_sim_model *m, const lnn_op *op) {
+    const lnn_op *prev;
+    if (m->col_op < 0 || m->col_tensor != op->in[0]) return 0;
+    prev = &m->ops[m->col_op];
+    return prev->type == op->type && op->s_in.n == 1 && op->p.conv.groups == 1 && prev->p.conv.groups == 1 &&
+           prev->s_w.c == op->s_w.c && prev->s_out.h == op->s_out.h && prev->s_out.w == op->s_out.w &&
+           prev->p.conv.kh == op->p.conv.kh && prev->p.conv.kw == op->p.conv.kw && prev->p.conv.sh == op->p.conv.sh &&
+           prev->p.conv.sw == op->p.conv.sw && prev->p.conv.pt == op->p.conv.pt && prev->p.conv.pl == op->p.conv.pl &&
+           prev->p.conv.dh == op->p.conv.dh && prev->p.conv.dw == op->p.conv.dw;
+}
+
+static lnn_sim_scratch model_scratch(const lnn_sim_model *m) {
+    lnn_sim_scratch s;
+    s.acc32 = m->acc32;
+    s.acc64 = m->acc64;
+    s.col = m->col;
+    s.col_ready = 0;
+    return s;
+}
+
+static const int32_t *op_bias(const lnn_sim_model *m, const lnn_op *op) {
+    return op->n_in > 2 && op->in[2] >= 0 ? (const int32_t *)LNN_IN(m, op, 2)->data : NULL;
+}
+
+/* the fused ReLU acts on the requantized integers, exactly as a separate Relu op would */
+static lnn_sim_status fused_activation(const lnn_op *op, lnn_tensor *y) {
+    if (op->act == LNN_SIM_ACT_NONE) return LNN_SIM_OK;
+    return lnn_sim_clip(y->dtype, 0, lnn_dtype_max(y->dtype), y->numel, y->data, y->data);
+}
+
+static lnn_sim_status run_conv(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
+    const lnn_tensor *x = LNN_IN(m, op, 0), *w = LNN_IN(m, op, 1);
+    lnn_tensor *y = LNN_OUT(m, op, 0);
+    lnn_sim_scratch scratch = model_scratch(m);
+    lnn_sim_status st;
+    (void)msg, (void)n;
+    if (lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out) > 0) {
+        scratch.col_ready = same_windows(m, op);
+        m->col_op = (int32_t)(op - m->ops);
+        m->col_tensor = op->in[0];
+    }
+    st = lnn_sim_conv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
+                           op_bias(m, op), &op->s_out, y->data, &scratch);
+    return st != LNN_SIM_OK ? st : fused_activation(op, y);
+}
+
+static lnn_sim_status run_deconv(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
+    const lnn_tensor *x = LNN_IN(m, op, 0), *w = LNN_IN(m, op, 1);
+    lnn_tensor *y = LNN_OUT(m, op, 0);
+    const lnn_sim_scratch scratch = model_scratch(m);
+    lnn_sim_status st;
+    (void)msg, (void)n;
+    st = lnn_sim_deconv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
+                             op_bias(m, op), &op->s_out, y->data, &scratch);
+    return st != LNN_SIM_OK ? st : fused_activation(op, y);
+}
+
+const lnn_op_kernel lnn_op_conv2d = {"Conv2dInt", 1, prepare_conv, run_conv};
+const lnn_op_kernel lnn_op_conv1d = {"Conv1dInt", 1, prepare_conv, run_conv};
+const lnn_op_kernel lnn_op_deconv2d = {"ConvTranspose2dInt", 1, prepare_conv, run_deconv};

@@ -1,0 +1,151 @@
+/*
+ * ops/eltwise.c - element-wise integer ops: Relu, Clip, iqAdd, iqSub, iqMul.
+ *
+ *   iqAdd: y = SAT_8(SHR(x, n_x - n_o) + SHR(y, n_y - n_o))   (each operand rescaled separately)
+ *   iqSub: y = SAT_8(SHR(x, n_x - n_o) - SHR(y, n_y - n_o))   (intended semantics, spec 3.15)
+ *   iqMul: y = SAT_8(SHR(x * y, n_x + n_y - n_o))
+ *   Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32 (Relu: lo = 0, hi = the dtype's maximum)
+ */
+#include "lnn_sim_model.h"
+
+lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count, const int8_t *x,
+                                  const int8_t *y, int8_t *out) {
+    int64_t i;
+    const int same = p->y_inner == 1 && p->y_period == count;
+    if (p->y_inner < 1 || p->y_period < 1) return LNN_SIM_E_ATTR;
+    switch (p->op) {
+    case LNN_SIM_OP_ADD:
+        if (p->shift_x == 0 && p->shift_y == 0) {
+            for (i = 0; i < count; ++i) out[i] = (int8_t)lnn_sat((int32_t)x[i] + y[i], -128, 127);
+        } else {
+            for (i = 0; i < count; ++i)
+                out[i] = (int8_t)lnn_sat(lnn_shr(x[i], p->shift_x) + lnn_shr(y[i], p->shift_y), -128, 127);
+        }
+        return LNN_SIM_OK;
+    case LNN_SIM_OP_SUB:
+        for (i = 0; i < count; ++i)
+            out[i] = (int8_t)lnn_sat(lnn_shr(x[i], p->shift_x) - lnn_shr(y[i], p->shift_y), -128, 127);
+        return LNN_SIM_OK;
+    case LNN_SIM_OP_MUL:
+        if (same) {
+            for (i = 0; i < count; ++i) out[i] = (int8_t)lnn_sat(lnn_shr((int64_t)x[i] * y[i], p->shift_x), -128, 127);
+        } else {
+            for (i = 0; i < count; ++i) {
+                const int64_t yv = y[(i / p->y_inner) % p->y_period];
+                out[i] = (int8_t)lnn_sat(lnn_shr((int64_t)x[i] * yv, p->shift_x), -128, 127);
+            }
+        }
+        return LNN_SIM_OK;
+    default:
+        return LNN_SIM_E_ATTR;
+    }
+}
+
+lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y) {
+    int64_t i;
+    if (!lnn_is_int_out(dtype)) return LNN_SIM_E_SHAPE;
+    if (dtype == LNN_SIM_DT_INT8) {
+        const int8_t *xs = (const int8_t *)x;
+        int8_t *ys = (int8_t *)y;
+        const int8_t l = (int8_t)lnn_sat(lo, -128, 127), h = (int8_t)lnn_sat(hi, -128, 127);
+        for (i = 0; i < count; ++i) ys[i] = xs[i] < l ? l : (xs[i] > h ? h : xs[i]);
+        return LNN_SIM_OK;
+    }
+    for (i = 0; i < count; ++i) lnn_store(y, i, dtype, lnn_sat(lnn_load(x, i, dtype), lo, hi));
+    return LNN_SIM_OK;
+}
+
+/* ---- registrations ------------------------------------------------------------------------------- */
+
+static lnn_sim_status prepare_clip_like(const lnn_sim_model *m, lnn_op *op, char *msg, size_t n) {
+    const lnn_tensor *x, *y;
+    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
+    x = LNN_IN(m, op, 0);
+    y = LNN_OUT(m, op, 0);
+    if (!lnn_is_int_out(x->dtype) || y->dtype != x->dtype || y->exponent != x->exponent || !lnn_same_dims(x, y))
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': input and output must match in dtype, scale and shape", op->name);
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status prepare_relu(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
+                                   size_t n) {
+    const lnn_sim_status st = prepare_clip_like(m, op, msg, n);
+    (void)need;
+    if (st != LNN_SIM_OK) return st;
+    if (op->n_attrs != 0) return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': Relu has no attributes", op->name);
+    op->p.clip.lo = 0;
+    op->p.clip.hi = lnn_dtype_max(LNN_IN(m, op, 0)->dtype);
+    return LNN_SIM_OK;
+}
+
+/* attributes: lo, hi (integers at the input's scale) */
+static lnn_sim_status prepare_clip(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
+                                   size_t n) {
+    const lnn_sim_status st = prepare_clip_like(m, op, msg, n);
+    int32_t dt;
+    (void)need;
+    if (st != LNN_SIM_OK) return st;
+    dt = LNN_IN(m, op, 0)->dtype;
+    if (op->n_attrs != 2 || op->attrs[0] > op->attrs[1] || op->attrs[0] < lnn_dtype_min(dt) ||
+        op->attrs[1] > lnn_dtype_max(dt))
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': Clip needs lo <= hi within the dtype range", op->name);
+    op->p.clip.lo = op->attrs[0];
+    op->p.clip.hi = op->attrs[1];
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status run_clip(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
+    const lnn_tensor *x = LNN_IN(m, op, 0), *y = LNN_OUT(m, op, 0);
+    (void)msg, (void)n;
+    return lnn_sim_clip(x->dtype, op->p.clip.lo, op->p.clip.hi, x->numel, x->data, y->data);
+}
+
+static lnn_sim_status prepare_binary(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
+                                     size_t n) {
+    const lnn_tensor *x, *yy, *o;
+    (void)need;
+    if (op->n_in != 2 || op->in[0] < 0 || op->in[1] < 0 || op->n_attrs != 0)
+        return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs two inputs and no attributes", op->name);
+    x = LNN_IN(m, op, 0);
+    yy = LNN_IN(m, op, 1);
+    o = LNN_OUT(m, op, 0);
+    if (x->dtype != LNN_SIM_DT_INT8 || yy->dtype != LNN_SIM_DT_INT8 || o->dtype != LNN_SIM_DT_INT8 ||
+        !lnn_same_dims(x, o))
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': needs int8 operands and an int8 output shaped like x", op->name);
+    op->p.elt.op = op->type;
+    op->p.elt.y_inner = 1;
+    op->p.elt.y_period = x->numel;
+    if (op->type == LNN_SIM_OP_MUL) {
+        op->p.elt.shift_x = x->exponent + yy->exponent - o->exponent;
+        op->p.elt.shift_y = 0;
+        if (lnn_same_dims(x, yy)) return LNN_SIM_OK;
+        if (yy->numel == 1) {
+            op->p.elt.y_period = 1;
+            return LNN_SIM_OK;
+        }
+        if (x->rank == 4 && yy->rank == 4 && yy->dims[0] == x->dims[0] && yy->dims[1] == x->dims[1] &&
+            yy->dims[2] == 1 && yy->dims[3] == 1) {
+            op->p.elt.y_inner = (int64_t)x->dims[2] * x->dims[3];
+            op->p.elt.y_period = (int64_t)x->dims[0] * x->dims[1];
+            return LNN_SIM_OK;
+        }
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': y must match x, be [N, C, 1, 1] or a scalar", op->name);
+    }
+    if (!lnn_same_dims(x, yy)) return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': operands must have equal shapes", op->name);
+    op->p.elt.shift_x = x->exponent - o->exponent;
+    op->p.elt.shift_y = yy->exponent - o->exponent;
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status run_binary(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
+    const lnn_tensor *x = LNN_IN(m, op, 0), *yy = LNN_IN(m, op, 1), *o = LNN_OUT(m, op, 0);
+    (void)msg, (void)n;
+    return lnn_sim_eltwise_s8(&op->p.elt, x->numel, (const int8_t *)x->data, (const int8_t *)yy->data,
+                              (int8_t *)o->data);
+}
+
+const lnn_op_kernel lnn_op_relu = {"Relu", 1, prepare_relu, run_clip};
+const lnn_op_kernel lnn_op_clip = {"Clip", 1, prepare_clip, run_clip};
+const lnn_op_kernel lnn_op_add = {"iqAdd", 1, prepare_binary, run_binary};
+const lnn_op_kernel lnn_op_sub = {"iqSub", 1, prepare_binary, run_binary};
+const lnn_op_kernel lnn_op_mul = {"iqMul", 1, prepare_binary, run_binary};

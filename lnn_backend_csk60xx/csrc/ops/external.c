@@ -1,0 +1,57 @@
+/*
+ * ops/external.c - ops contributed by plugins (LNN_SIM_OP_EXTERNAL): the op record carries string
+ * references of the op type and of its attributes as JSON; the op has 1..LNN_SIM_MAX_OP_OUTPUTS outputs.
+ * The host attaches one callback (lnn_sim_set_external) that runs every external op: it reads the inputs
+ * and writes each output at its planned offset through the public tensor API.
+ */
+#include "lnn_sim_model.h"
+
+/* attributes: string reference of the op type, string reference of the attributes (JSON) */
+static lnn_sim_status prepare_external(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
+                                       size_t n) {
+    int32_t i;
+    (void)need;
+    if (op->n_attrs != 2 || op->attrs[0] < 0 || (uint32_t)op->attrs[0] >= m->strings_size || op->attrs[1] < 0 ||
+        (uint32_t)op->attrs[1] >= m->strings_size)
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': an external op needs two string references (op type, attributes)",
+                        op->name);
+    op->p.ext.op_type = m->strings + op->attrs[0];
+    op->p.ext.attrs_json = m->strings + op->attrs[1];
+    if (op->p.ext.op_type[0] == '\0') return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': external op type is empty", op->name);
+    for (i = 0; i < op->n_in; ++i)
+        if (op->in[i] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': input %d of an external op is missing", op->name, i);
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status run_external(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
+    char reason[LNN_SIM_MAX_MSG];
+    lnn_sim_status st;
+    if (m->external == NULL)
+        return LNN_FAIL(LNN_SIM_E_EXTERNAL, "op '%s' (%s) is an external op and no kernel is attached", op->name,
+                        op->p.ext.op_type);
+    reason[0] = '\0';
+    st = m->external(m->external_user, m, (int32_t)(op - m->ops), reason, sizeof reason);
+    reason[sizeof reason - 1] = '\0';
+    if (st != LNN_SIM_OK)
+        return LNN_FAIL(LNN_SIM_E_EXTERNAL, "op '%s' (%s) failed: %s", op->name, op->p.ext.op_type,
+                        reason[0] ? reason : "the kernel returned an error");
+    return LNN_SIM_OK;
+}
+
+const lnn_op_kernel lnn_op_external = {"External", 0, prepare_external, run_external};
+
+lnn_sim_status lnn_sim_set_external(lnn_sim_model *m, lnn_sim_external_fn fn, void *user) {
+    if (m == NULL) return LNN_SIM_E_ARG;
+    m->external = fn;
+    m->external_user = user;
+    return LNN_SIM_OK;
+}
+
+lnn_sim_status lnn_sim_op_external(const lnn_sim_model *m, int32_t i, const char **op_type, const char **attrs_json) {
+    if (m == NULL || op_type == NULL || attrs_json == NULL || i < 0 || i >= m->n_ops ||
+        m->ops[i].kernel != &lnn_op_external)
+        return LNN_SIM_E_ARG;
+    *op_type = m->ops[i].p.ext.op_type;
+    *attrs_json = m->ops[i].p.ext.attrs_json;
+    return LNN_SIM_OK;
+}
