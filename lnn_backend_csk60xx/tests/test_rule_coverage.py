@@ -1,0 +1,344 @@
+"""Every CSK60xx rule fires in some test, and stays quiet at its limit.
+
+The pack-time rules (:data:`PACK_RULES`: shapes, dtypes and exponents after inference) are exercised here,
+torch-free, through :func:`check_graph` on small IR graphs. The rules that also judge PyTorch modules at
+``lnn.init`` (:data:`RULES`) are exercised in ``tests/test_module_rule_coverage.py`` on tiny torch models;
+:data:`MODULE_RULES` below declares them, and that file checks that its cases cover exactly this
+declaration. So a rule added to either index without a case fails the suite: a pack rule in this file
+(every env), a module rule here (declaration) and in the torch file (its cases).
+
+Each :class:`Case` builds a graph twice: just over the limit (the rule fires on the named node, with its
+limit, actual value, hint and rule text) and at the limit (the graph checks clean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from lnn_backend_csk60xx.check import check_graph
+from lnn_backend_csk60xx.rules import PACK_RULES, RULES
+from lnn_backend_csk60xx.target import load_target
+from lnn_core.graph import Graph, Node
+
+#: the rules that also judge PyTorch modules; tests/test_module_rule_coverage.py makes each of them fire
+MODULE_RULES = frozenset({
+    "csk60xx.conv.kernel_size", "csk60xx.conv.stride", "csk60xx.conv.pad", "csk60xx.conv.kernel_ge_stride",
+    "csk60xx.conv.dilation", "csk60xx.conv.padding_mode", "csk60xx.conv.groups", "csk60xx.conv.bits",
+    "csk60xx.deconv.kernel_for_stride", "csk60xx.deconv.groups", "csk60xx.deconv.out_bits",
+    "csk60xx.linear.bits", "csk60xx.linear.in_features", "csk60xx.pool.bits", "csk60xx.pool.kernel_size",
+    "csk60xx.pool.ceil_mode", "csk60xx.avgpool.divisor", "csk60xx.eltwise.bits", "csk60xx.sub.unverified",
+})
+
+#: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
+SHAPE = "csk60xx.graph.shape"
+
+_ONNX_OPS = ("Relu", "Clip", "MaxPool", "Reshape", "Transpose", "Slice", "Flatten", "Squeeze", "Unsqueeze")
+
+
+class G:
+    """A small IR graph under construction: float inputs, int8 initializers, one output per node."""
+
+    def __init__(self) -> None:
+        self.graph = Graph(name="rules")
+
+    def input(self, name: str, shape: tuple[int, ...], dtype: str = "float32") -> str:
+        self.graph.add_tensor(name, dtype, shape)
+        self.graph.inputs.append(name)
+        return name
+
+    def const(self, name: str, array: np.ndarray, exponent: int | None = None) -> str:
+        self.graph.add_initializer(name, np.asarray(array), exponent)
+        return name
+
+    def op(self, name: str, op_type: str, inputs: list[str], exponent: int | None = None, dtype: str = "int8",
+           **attrs: object) -> str:
+        """Add a node whose output is ``<name>_out`` (inference overwrites its shape and dtype)."""
+        out = f"{name}_out"
+        domain = "" if op_type in _ONNX_OPS else "thinker"
+        self.graph.add_node(Node(name, op_type, list(inputs), [out], dict(attrs), domain))
+        self.graph.add_tensor(out, dtype, None, exponent)
+        self.graph.outputs = [out]
+        return out
+
+    def quant(self, shape: tuple[int, ...], n: int = 4, name: str = "x") -> str:
+        """A float input ``name`` quantized at exponent ``n`` by node ``q_<name>``."""
+        return self.op(f"q_{name}", "Quant", [self.input(name, shape)], n)
+
+    def requant16(self, x: str, name: str = "r16", n: int = 12) -> str:
+        return self.op(name, "Requant", [x], n, o_bits=16)
+
+
+def w8(*shape: int) -> np.ndarray:
+    return np.ones(shape, np.int8)
+
+
+def i64(*values: int) -> np.ndarray:
+    return np.array(values, np.int64)
+
+
+def conv2d(g: G, x: str, w: np.ndarray, *, n_o: int = 3, bias: np.ndarray | None = None, **attrs: object) -> str:
+    k = list(w.shape[2:])
+    a = {"kernel_shape": k, "strides": [1, 1], "pads": [v // 2 for v in k] * 2, **attrs}
+    ins = [x, g.const("w", w, 7)] + ([g.const("b", bias, 11)] if bias is not None else [])
+    return g.op("conv", "Conv2dInt", ins, n_o, **a)
+
+
+def deconv(g: G, x: str, w: np.ndarray, *, n_o: int = 3, stride: int = 2, bias: np.ndarray | None = None) -> str:
+    k = list(w.shape[2:])
+    ins = [x, g.const("w", w, 7)] + ([g.const("b", bias, 11)] if bias is not None else [])
+    return g.op("deconv", "ConvTranspose2dInt", ins, n_o, kernel_shape=k, strides=[stride, stride], pads=[0] * 4)
+
+
+def linear(g: G, x: str, w: np.ndarray, *, n_o: int = 3, bias: np.ndarray | None = None) -> str:
+    ins = [x, g.const("w", w, 7)] + ([g.const("b", bias, 11)] if bias is not None else [])
+    return g.op("fc", "LinearInt", ins, n_o)
+
+
+def two_operands(g: G, op_type: str, y_shape: tuple[int, ...], n_o: int, *, n_y: int = 3) -> str:
+    """x [1, 4, 2, 2] at exponent 4 and y at ``n_y`` into ``op_type`` (node ``op``)."""
+    return g.op("op", op_type, [g.quant((1, 4, 2, 2)), g.quant(y_shape, n_y, name="y")], n_o)
+
+
+@dataclass(frozen=True)
+class Case:
+    """``build(over)`` returns a graph just over the limit (``over=True``) or at it (``over=False``).
+
+    :param actual: the finding's actual value; a tuple when the rule finds several things on the node.
+    :param also: other error rule ids that fire on the over-limit graph (the rule is shadowed by them).
+    :param hint: a phrase the hint contains.
+    """
+
+    rule_id: str
+    node: str
+    build: Callable[[bool], Graph]
+    limit: object
+    actual: str | tuple[str, ...]
+    hint: str
+    also: frozenset[str] = frozenset()
+    name: str = ""
+
+
+def _g(fill: Callable[[G, bool], object]) -> Callable[[bool], Graph]:
+    def build(over: bool) -> Graph:
+        g = G()
+        fill(g, over)
+        return g.graph
+
+    return build
+
+
+CASES: list[Case] = [
+    # -- engine buffers: the same arithmetic as the split pass; the rule fires where no split helps -------------
+    Case("csk60xx.conv.input_bytes", "conv",  # one input row of a 1x1 conv is A8(C) x A8(W) bytes
+         _g(lambda g, over: conv2d(g, g.quant((1, 1025 if over else 1024, 1, 64)),
+                                   w8(2, 1025 if over else 1024, 1, 1))),
+         "65536 bytes per slice of rows", "66048 bytes for the 1 input rows of one output row "
+         "(C_in 1025 x 1x64, stride_w 1)", "reduce the channels"),
+    Case("csk60xx.conv.weight_bytes", "conv",  # two output channels are 2 x A8(C_in) x 3 x 3 bytes
+         _g(lambda g, over: conv2d(g, g.quant((1, 1824 if over else 1816, 1, 1)),
+                                   w8(4, 1824 if over else 1816, 3, 3))),
+         "32768 bytes for 2 output channels", "32832 bytes = A8(1824) x 3x3 x 2", "1x1 bottleneck"),
+    Case("csk60xx.conv.weight_and_input", "conv",  # 36864 weight bytes; input 64 x H x 32
+         _g(lambda g, over: conv2d(g, g.quant((1, 64, 33 if over else 32, 32)), w8(64, 64, 3, 3))),
+         "weight <= 32768 or input <= 65536 bytes", "weight 36864 and input 67584 bytes", "never both"),
+    Case("csk60xx.conv.depthwise_weight_bytes", "conv",  # A16(C) x 3 x 3, not split
+         _g(lambda g, over: conv2d(g, g.quant((1, 3648 if over else 3632, 1, 1)), w8(3648 if over else 3632, 1, 3, 3),
+                                   group=3648 if over else 3632)),
+         "32768 bytes (A16(C) * kh * kw)", "32832 bytes = A16(3648) x 3x3", "channel groups"),
+    Case("csk60xx.conv.group_weight_bytes", "conv",  # per group A8(64) x 3 x 3 x A2(C_out / 2)
+         _g(lambda g, over: conv2d(g, g.quant((1, 128, 1, 1)), w8(116 if over else 112, 64, 3, 3), group=2)),
+         "32768 bytes per group", "33408 bytes = A8(64) x 3x3 x A2(58)", "more groups"),
+    Case("csk60xx.deconv.weight_bytes", "deconv",  # A8(C) x A2(C) x 2 x 2, not split
+         _g(lambda g, over: deconv(g, g.quant((1, 96 if over else 88, 2, 2)), w8(96 if over else 88, 96 if over else 88,
+                                                                                  2, 2))),
+         "32768 bytes (both forms)", "36864 bytes (A8(C_in)*A2(C_out)*k = 36864, A8(C_out)*A2(C_in)*k = 36864)",
+         "reduce the channels"),
+    Case("csk60xx.deconv.input_bytes", "deconv",  # A8(16) x 64 x A8(W), not split
+         _g(lambda g, over: deconv(g, g.quant((1, 16, 64, 65 if over else 64)), w8(16, 8, 1, 1), stride=1)),
+         "65536 bytes", "73728 bytes = A8(16) x 64 x A8(65)", "input size"),
+    Case("csk60xx.linear.weight_bytes", "fc",  # even N = 1 column needs A8(K) x A4(1) bytes
+         _g(lambda g, over: linear(g, g.quant((1, 8193 if over else 8192)), w8(2, 8193 if over else 8192))),
+         "32768 bytes (A8(K) * A4(N))", "32800 bytes = A8(8193) x A4(2); no equal split of N=2 fits",
+         "in_features"),
+    Case("csk60xx.linear.input_bytes", "fc",  # rows 2 x 16 cannot be sliced as one axis: A4(32) x A8(K)
+         _g(lambda g, over: linear(g, g.quant((2, 16, 2049 if over else 2048)), w8(4, 2049 if over else 2048))),
+         "65536 bytes (A4(M) * A8(K))", "65792 bytes = A4(32) x A8(2049), input (2, 16, 2049) cannot be cut by rows",
+         "[1, M, K]"),
+    Case("csk60xx.pool.input_bytes", "pool",  # a 2-row window of a > 64 KB input: A8(C) x 2 x A16(64)
+         _g(lambda g, over: g.op("pool", "MaxPool", [g.quant((1, 520 if over else 512, 4, 64))], 4,
+                                 kernel_shape=[2, 2], strides=[2, 2])),
+         "65536 bytes per row window", "66560 bytes = A8(520) x 2 x A16(64)", "channels or the width"),
+    # -- output exponents: n_x = 4, n_w = 7 -> n_o <= 11 ------------------------------------------------------
+    Case("csk60xx.conv.out_exponent", "conv",
+         _g(lambda g, over: conv2d(g, g.quant((1, 4, 4, 4)), w8(4, 4, 3, 3), n_o=12 if over else 11)),
+         "n_o <= 11", "n_o 12 > n_x 4 + n_w 7", "2^11"),
+    Case("csk60xx.conv.out_exponent", "conv",
+         _g(lambda g, over: g.op("conv", "Conv1dInt", [g.quant((1, 4, 6)), g.const("w", w8(4, 4, 3), 7)],
+                                 12 if over else 11, kernel_shape=[3], strides=[1], pads=[1, 1])),
+         "n_o <= 11", "n_o 12 > n_x 4 + n_w 7", "2^11", name="conv1d"),
+    Case("csk60xx.deconv.out_exponent", "deconv",
+         _g(lambda g, over: deconv(g, g.quant((1, 4, 2, 2)), w8(4, 4, 2, 2), n_o=12 if over else 11)),
+         "n_o <= 11", "n_o 12 > n_x 4 + n_w 7", "2^11"),
+    Case("csk60xx.linear.out_exponent", "fc",
+         _g(lambda g, over: linear(g, g.quant((1, 16)), w8(4, 16), n_o=12 if over else 11)),
+         "n_o <= 11", "n_o 12 > n_x 4 + n_w 7", "2^11"),
+    Case("csk60xx.batchnorm.out_exponent", "bn",
+         _g(lambda g, over: g.op("bn", "BatchNorm2dInt", [g.quant((1, 4, 2, 2)), g.const("w", w8(4), 7),
+                                                          g.const("b", np.zeros(4, np.int32), 11)],
+                                 12 if over else 11)),
+         "n_o <= 11", "n_o 12 > n_x 4 + n_w 7", "2^11"),
+    Case("csk60xx.mul.out_exponent", "op",  # n_x 4 + n_y 3
+         _g(lambda g, over: two_operands(g, "iqMul", (1, 4, 2, 2), 8 if over else 7)),
+         "n_o <= 7", "n_o 8 > n_x 4 + n_y 3", "2^7"),
+    Case("csk60xx.add.out_exponent", "op",  # min(n_x 4, n_y 3)
+         _g(lambda g, over: two_operands(g, "iqAdd", (1, 4, 2, 2), 4 if over else 3)),
+         "n_o <= 3", "n_o 4 with n_x 4, n_y 3", "smaller input scale"),
+    Case("csk60xx.add.out_exponent", "op",
+         _g(lambda g, over: two_operands(g, "iqSub", (1, 4, 2, 2), 4 if over else 3)),
+         "n_o <= 3", "n_o 4 with n_x 4, n_y 3", "smaller input scale", name="iqSub"),
+    Case("csk60xx.avgpool.out_exponent", "pool",  # a power-of-two window keeps the input's exponent
+         _g(lambda g, over: g.op("pool", "AvgPool2dInt", [g.quant((1, 4, 6, 6))], 5 if over else 4,
+                                 kernel_shape=[2, 2], strides=[2, 2])),
+         "n_o = n_x", "window 2x2 (area 4), n_o 5, n_x 4", "input's scale"),
+    Case("csk60xx.avgpool.out_exponent", "pool",  # other windows: n_o >= n_x
+         _g(lambda g, over: g.op("pool", "AvgPool2dInt", [g.quant((1, 4, 6, 6))], 3 if over else 4,
+                                 kernel_shape=[3, 3], strides=[3, 3])),
+         "n_o >= n_x", "window 3x3, n_o 3 < n_x 4", "at least the input's scale", name="3x3"),
+    Case("csk60xx.quant.exponent", "q_x",
+         _g(lambda g, over: g.quant((1, 4), n=-1 if over else 0)),
+         "n >= 0", "n -1 (scale 2^-1)", "normalise the input"),
+    # -- operand shapes -----------------------------------------------------------------------------------
+    Case("csk60xx.add.equal_shapes", "op",
+         _g(lambda g, over: two_operands(g, "iqAdd", (1, 4, 1, 1) if over else (1, 4, 2, 2), 3)),
+         "equal shapes", "x (1, 4, 2, 2), y (1, 4, 1, 1)", "expand the smaller operand"),
+    Case("csk60xx.mul.broadcast", "op",  # per-channel [N, C, 1, 1] is the broadcast the chip has
+         _g(lambda g, over: two_operands(g, "iqMul", (1, 1, 2, 2) if over else (1, 4, 1, 1), 7)),
+         "y == x, [N, C, 1, 1] or scalar", "x (1, 4, 2, 2), y (1, 1, 2, 2)", "[N, C, 1, 1]"),
+    Case("csk60xx.mul.broadcast", "op",
+         _g(lambda g, over: two_operands(g, "iqMul", (1, 4, 2, 1) if over else (1,), 7)),
+         "y == x, [N, C, 1, 1] or scalar", "x (1, 4, 2, 2), y (1, 4, 2, 1)", "[N, C, 1, 1]", name="scalar"),
+    Case("csk60xx.cat.inputs", "cat",
+         _g(lambda g, over: g.op("cat", "iqCat", [g.quant((1, 4), name=f"x{i}") for i in range(1 if over else 2)], 4,
+                                 dim=1)),
+         ">= 2 inputs", "1 input", "single-input"),
+    Case("csk60xx.slice.single_axis", "slice",
+         _g(lambda g, over: g.op("slice", "Slice", [g.quant((1, 4, 6, 6)), g.const("s", i64(0, 1) if over else i64(1)),
+                                                    g.const("e", i64(2, 5) if over else i64(5)),
+                                                    g.const("a", i64(1, 2) if over else i64(2))], 4)),
+         "one axis, step 1", "axes [1, 2], steps []", "one axis at a time"),
+    Case("csk60xx.slice.single_axis", "slice",
+         _g(lambda g, over: g.op("slice", "Slice", [g.quant((1, 4, 6, 6)), g.const("s", i64(1)), g.const("e", i64(5)),
+                                                    g.const("a", i64(2)), g.const("st", i64(2 if over else 1))], 4)),
+         "one axis, step 1", "axes [2], steps [2]", "instead of a step", name="step"),
+    Case("csk60xx.transpose.rank", "t",  # transpose.max_rank = 6
+         _g(lambda g, over: g.op("t", "Transpose", [g.quant((1, 2) * 3 + ((1,) if over else ()))], 4,
+                                 perm=list(range(7 if over else 6))[::-1])),
+         "<= 6 axes", "rank 7", "Reshape"),
+    Case("csk60xx.transpose.rank", "t",
+         _g(lambda g, over: g.op("t", "Transpose", [g.quant((1, 4, 6, 6))], 4,
+                                 perm=[1, 0, 2, 3] if over else [0, 2, 3, 1])),
+         "4-D: perm[0] = 0", "perm [1, 0, 2, 3]", "batch axis first", name="4d"),
+    # -- dtypes (spec section 4). Shape inference refuses most wrong dtypes itself (csk60xx.graph.shape) -------
+    Case("csk60xx.quant.dtype", "q",
+         _g(lambda g, over: g.op("q", "Quant", [g.input("x", (1, 4), "int8" if over else "float32")], 4)),
+         "input 0 in ('float32',)", "input 0 int8", "float32", also=frozenset({SHAPE})),
+    Case("csk60xx.dequant.dtype", "dq",
+         _g(lambda g, over: g.op("dq", "Dequant", [g.requant16(g.quant((1, 4))) if over else g.quant((1, 4))],
+                                 dtype="float32")),
+         "input 0 in ('int8', 'uint8')", "input 0 int16", "int8 or uint8"),
+    Case("csk60xx.requant.dtype", "rq",
+         _g(lambda g, over: g.op("rq", "Requant", [g.requant16(g.quant((1, 4))) if over else g.quant((1, 4))], 12,
+                                 o_bits=32)),
+         "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE})),
+    Case("csk60xx.conv.dtype", "conv",
+         _g(lambda g, over: conv2d(g, g.quant((1, 4, 4, 4)), w8(4, 4, 3, 3),
+                                   bias=np.zeros(4, np.int8 if over else np.int16))),
+         "input 2 in ('int32', 'int16')", "input 2 int8", "int32 or int16", also=frozenset({SHAPE})),
+    Case("csk60xx.deconv.dtype", "deconv",
+         _g(lambda g, over: deconv(g, g.quant((1, 4, 2, 2)), w8(4, 4, 2, 2),
+                                   bias=np.zeros(4, np.int16 if over else np.int32))),
+         "input 2 in ('int32',)", "input 2 int16", "int32", also=frozenset({SHAPE})),
+    Case("csk60xx.linear.dtype", "fc",
+         _g(lambda g, over: linear(g, g.quant((1, 16)), w8(4, 16), bias=np.zeros(4, np.int16 if over else np.int32))),
+         "input 2 in ('int32',)", "input 2 int16", "int32", also=frozenset({SHAPE})),
+    Case("csk60xx.batchnorm.dtype", "bn",
+         _g(lambda g, over: g.op("bn", "BatchNorm2dInt", [g.quant((1, 4, 2, 2)), g.const("w", w8(4), 7),
+                                                          g.const("b", np.zeros(4, np.int32), 11)], 3,
+                                 o_bits=16 if over else 8)),
+         "output in ('int8',)", "output int16", "writes int8"),
+    Case("csk60xx.eltwise.dtype", "op",
+         _g(lambda g, over: g.op("op", "iqAdd", [g.quant((1, 4)), g.requant16(g.quant((1, 4), name="y"))
+                                                 if over else g.quant((1, 4), name="y")], 4)),
+         "input 1 in ('int8',)", "input 1 int16", "int8 at input 1", also=frozenset({SHAPE})),
+    Case("csk60xx.relu.dtype", "relu",  # int16 passes; a float input and output do not
+         _g(lambda g, over: g.op("relu", "Relu", [g.input("x", (1, 4))] if over else [g.requant16(g.quant((1, 4)))],
+                                 dtype="float32" if over else "int16")),
+         "input 0 in ('int8', 'int16', 'int32')", ("input 0 float32", "output float32"), "int8 or int16 or int32",
+         also=frozenset({SHAPE})),
+    Case("csk60xx.clip.dtype", "clip",
+         _g(lambda g, over: g.op("clip", "Clip", [g.requant16(g.quant((1, 4))) if over else g.quant((1, 4))])),
+         "input 0 in ('int8',)", ("input 0 int16", "output int16"), "int8"),
+    Case("csk60xx.cat.dtype", "cat",
+         _g(lambda g, over: g.op("cat", "iqCat", [g.quant((1, 4), name="x0"),
+                                                  g.requant16(g.quant((1, 4), name="x1")) if over
+                                                  else g.quant((1, 4), name="x1")], 4, dim=1)),
+         "one integer dtype", "inputs ['int8', 'int16'] -> int8", "one dtype", also=frozenset({SHAPE})),
+]
+
+
+def _case_id(case: Case) -> str:
+    return case.rule_id.removeprefix("csk60xx.") + (f"-{case.name}" if case.name else "")
+
+
+def _by_id() -> dict[str, object]:
+    return {r.id: r for r in (*RULES, *PACK_RULES)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_rule_fires_over_the_limit(case: Case):
+    report = check_graph(case.build(True))
+    found = [v for v in report.violations if v.rule_id == case.rule_id]
+    assert {v.op_name for v in found} == {case.node}, report.table()
+    actual = case.actual if isinstance(case.actual, tuple) else (case.actual,)
+    assert tuple(v.actual for v in found) == actual
+    rule = _by_id()[case.rule_id]
+    for v in found:
+        assert v.severity == "error" and v.target == "csk60xx"
+        assert v.hint and case.hint in v.hint
+        assert v.rule == rule.describe(load_target().limits)
+    assert found[0].limit == case.limit
+    assert {v.rule_id for v in report.errors} == {case.rule_id, *case.also}, report.table()
+    assert not report.ok
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_rule_is_quiet_at_the_limit(case: Case):
+    report = check_graph(case.build(False))
+    assert report.errors == [], report.table()
+    assert report.ok and report.fits
+
+
+def test_every_pack_rule_has_a_case_and_every_module_rule_is_declared():
+    """A rule added to the index without a case here (pack time) or in the torch file (module) fails."""
+    pack_ids, module_ids = [r.id for r in PACK_RULES], [r.id for r in RULES]
+    assert len(set(pack_ids) | set(module_ids)) == len(pack_ids) + len(module_ids), "a rule id is used twice"
+    covered = {c.rule_id for c in CASES}
+    assert covered - set(pack_ids) == set(), "cases for rules that are not pack-time rules"
+    assert set(pack_ids) - covered == set(), "pack-time rules without a case in this file"
+    assert set(module_ids) == MODULE_RULES, "update MODULE_RULES and add cases to tests/test_module_rule_coverage.py"
+
+
+def test_warnings_do_not_stop_a_graph():
+    """The two warning rules fire at pack time too, and leave the graph fitting."""
+    g = G()
+    x = g.quant((1, 8, 4, 4))
+    y = conv2d(g, x, w8(8, 4, 3, 3), n_o=4, group=2)
+    g.op("op", "iqSub", [y, g.quant((1, 8, 4, 4), n=4, name="y")], 4)
+    report = check_graph(g.graph)
+    assert [(v.op_name, v.rule_id, v.severity) for v in report.violations] == [
+        ("conv", "csk60xx.conv.groups", "warning"), ("op", "csk60xx.sub.unverified", "warning")]
+    assert report.ok
