@@ -1,0 +1,219 @@
+"""Every CSK60xx rule that judges PyTorch modules fires at ``lnn.init`` on a tiny model, and stays quiet at its limit.
+
+The pack-time rules are covered torch-free in ``lnn_backend_csk60xx/tests/test_rule_coverage.py``; that file
+declares the module rules (``MODULE_RULES``) and checks the declaration against the rules index. This file
+checks that its cases cover exactly that declaration, so a module rule added without a case fails here.
+
+An error case raises :class:`HardwareLimitError` whose ``violations`` carry the rule id, module path, limit,
+actual value and hint; a warning case (``severity="warning"``) leaves the model built with the warning in
+``model.lnn.report``. At the limit, ``lnn.init`` reports nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import lnn_core as lnn
+from lnn_backend_csk60xx.rules import PACK_RULES, RULES
+from lnn_core.errors import HardwareLimitError
+
+BACKEND_CASES = Path(__file__).resolve().parents[1] / "lnn_backend_csk60xx" / "tests" / "test_rule_coverage.py"
+
+
+def seq(**layers: nn.Module) -> nn.Sequential:
+    """Layers applied in order; each one's module path is its keyword."""
+    return nn.Sequential(OrderedDict(layers))
+
+
+class TwoBranch(nn.Module):
+    """``a(x) <op> b(x)`` with two 1x1 convs: the quantized add/sub module is ``q_add``/``q_sub``."""
+
+    def __init__(self, sub: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.sub = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), sub
+
+    def forward(self, x):
+        return self.a(x) - self.b(x) if self.sub else self.a(x) + self.b(x)
+
+
+def by_path(**layers: lnn.LayerConfig) -> lnn.QuantConfig:
+    return lnn.QuantConfig(by_path=dict(layers))
+
+
+@dataclass(frozen=True)
+class Case:
+    """``build(over)`` returns ``(model, config)`` just over the limit (``over=True``) or at it.
+
+    :param path: the module path the rule names.
+    :param also: other error rule ids that fire on the over-limit model on the same module.
+    :param hint: a phrase the hint contains.
+    """
+
+    rule_id: str
+    path: str
+    build: Callable[[bool], tuple[nn.Module, lnn.QuantConfig | None]]
+    limit: object
+    actual: str
+    hint: str
+    also: frozenset[str] = frozenset()
+    severity: str = "error"
+    name: str = ""
+
+
+def _m(make: Callable[[bool], nn.Module]) -> Callable[[bool], tuple[nn.Module, None]]:
+    return lambda over: (make(over), None)
+
+
+CASES: list[Case] = [
+    # -- window geometry, shared by conv, deconv and pooling -----------------------------------------------------
+    Case("csk60xx.conv.kernel_size", "conv", _m(lambda over: seq(conv=nn.Conv2d(4, 4, 6 if over else 5))),
+         "1..5 per axis", "kernel 6x6", "stacked kernels"),
+    Case("csk60xx.conv.kernel_size", "conv", _m(lambda over: seq(conv=nn.Conv1d(4, 4, 6 if over else 5))),
+         "1..5 per axis", "kernel 6", "stacked kernels", name="conv1d"),
+    Case("csk60xx.conv.kernel_size", "up", _m(lambda over: seq(up=nn.ConvTranspose2d(4, 4, 6 if over else 5))),
+         "1..5 per axis", "kernel 6x6", "stacked kernels", name="deconv"),
+    Case("csk60xx.conv.stride", "conv",
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 3, stride=3) if over else nn.Conv2d(4, 4, 4, stride=4))),
+         "each in (1, 2, 4)", "stride 3x3", "use stride 2"),
+    Case("csk60xx.conv.pad", "conv", _m(lambda over: seq(conv=nn.Conv2d(4, 4, 5, padding=5 if over else 4))),
+         "0..4 and <= kernel", "pads 5x5x5x5 with kernel 5x5", "pad at most 4"),
+    Case("csk60xx.conv.pad", "conv", _m(lambda over: seq(conv=nn.Conv2d(4, 4, 2, padding=3 if over else 2))),
+         "0..4 and <= kernel", "pads 3x3x3x3 with kernel 2x2", "pad at most 4", name="over_kernel"),
+    Case("csk60xx.conv.kernel_ge_stride", "conv",
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1 if over else 2, stride=2))),
+         "kernel >= stride per axis", "kernel 1x1, stride 2x2", "raise the kernel"),
+    Case("csk60xx.conv.kernel_ge_stride", "pool",
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1), pool=nn.MaxPool2d(3 if over else 4, stride=4))),
+         "kernel >= stride per axis", "kernel 3x3, stride 4x4", "raise the kernel", name="maxpool"),
+    Case("csk60xx.conv.dilation", "conv",
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 3, padding=2 if over else 1, dilation=2 if over else 1))),
+         "1 per axis", "dilation 2x2", "dilation 1"),
+    # -- convolution ----------------------------------------------------------------------------------------
+    Case("csk60xx.conv.padding_mode", "conv",
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect" if over else "zeros"))),
+         "'zeros'", "padding_mode='reflect'", "padding_mode='zeros'"),
+    Case("csk60xx.conv.groups", "conv",  # groups = channels (depthwise) is native
+         _m(lambda over: seq(conv=nn.Conv2d(8, 8, 3, padding=1, groups=2 if over else 8))),
+         "1 or depthwise", "groups 2 of 8 input channels", "one NPU call per group", severity="warning"),
+    Case("csk60xx.conv.bits", "conv",
+         lambda over: (seq(conv=nn.Conv2d(4, 4, 3)), by_path(conv=lnn.LayerConfig(weight_bits=4 if over else 8))),
+         "weight bits in (8,)", "4-bit weight", "weight_bits=8"),
+    # -- transposed convolution -----------------------------------------------------------------------------
+    Case("csk60xx.deconv.kernel_for_stride", "up",  # below the stride, so kernel_ge_stride fires too
+         _m(lambda over: seq(up=nn.ConvTranspose2d(4, 4, 3 if over else 4, stride=4))),
+         "stride 4: kernel in (4, 5)", "kernel 3x3 with stride 4x4", "kernel of 4..5",
+         also=frozenset({"csk60xx.conv.kernel_ge_stride"})),
+    Case("csk60xx.deconv.groups", "up",
+         _m(lambda over: seq(up=nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2 if over else 1))),
+         "1", "groups 2", "groups=1"),
+    Case("csk60xx.deconv.out_bits", "up",  # 16-bit outputs are fine for a conv, not for a deconv
+         lambda over: (seq(up=nn.ConvTranspose2d(4, 4, 2, stride=2)),
+                       by_path(up=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "8-bit", "16-bit output", "act_bits=8"),
+    # -- matrix engine --------------------------------------------------------------------------------------
+    Case("csk60xx.linear.bits", "fc",
+         lambda over: (seq(fc=nn.Linear(8, 4)), by_path(fc=lnn.LayerConfig(weight_bits=4 if over else 8))),
+         "weight bits in (8,)", "4-bit weight", "weight_bits=8"),
+    Case("csk60xx.linear.in_features", "fc", _m(lambda over: seq(fc=nn.Linear(16385 if over else 16384, 2))),
+         "<= 16384", "16385 input features", "reduce the features"),
+    # -- pooling --------------------------------------------------------------------------------------------
+    Case("csk60xx.pool.bits", "pool",  # the conv writes 16 bits, which the pool cannot read
+         lambda over: (seq(conv=nn.Conv2d(4, 4, 3), pool=nn.MaxPool2d(2)),
+                       by_path(conv=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
+    Case("csk60xx.pool.kernel_size", "pool",  # a max pool on the float input runs on the host: not judged
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1), pool=nn.MaxPool2d(6 if over else 5))),
+         "<= 5 per axis", "kernel 6x6", "global pooling"),
+    Case("csk60xx.pool.kernel_size", "pool", _m(lambda over: seq(pool=nn.AvgPool2d(6 if over else 5))),
+         "<= 5 per axis", "kernel 6x6", "global pooling", name="avgpool"),
+    Case("csk60xx.pool.ceil_mode", "pool",
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1), pool=nn.MaxPool2d(2, ceil_mode=over))),
+         "ceil_mode=False", "ceil_mode=True", "ceil_mode=False"),
+    Case("csk60xx.avgpool.divisor", "pool",
+         _m(lambda over: seq(pool=nn.AvgPool2d(2, divisor_override=3 if over else None))),
+         "None", "divisor_override=3", "remove divisor_override"),
+    Case("csk60xx.avgpool.divisor", "pool",  # without padding the two divisors agree
+         _m(lambda over: seq(pool=nn.AvgPool2d(3, stride=1, padding=1 if over else 0, count_include_pad=False))),
+         "count_include_pad=True", "count_include_pad=False with padding", "count_include_pad=True",
+         name="count_include_pad"),
+    # -- element-wise ---------------------------------------------------------------------------------------
+    Case("csk60xx.eltwise.bits", "q_add",
+         lambda over: (TwoBranch(sub=False), by_path(a=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
+    Case("csk60xx.sub.unverified", "q_sub", _m(lambda over: TwoBranch(sub=over)),
+         "verified ops", "iqSub", "lnn verify", severity="warning"),
+]
+
+
+def _case_id(case: Case) -> str:
+    return case.rule_id.removeprefix("csk60xx.") + (f"-{case.name}" if case.name else "")
+
+
+def _rule(rule_id: str):
+    return next(r for r in (*RULES, *PACK_RULES) if r.id == rule_id)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_module_rule_fires_over_the_limit(case: Case, host):
+    model, config = case.build(True)
+    limits = host.targets["csk60xx"].limits
+    if case.severity == "error":
+        with pytest.raises(HardwareLimitError) as exc:
+            lnn.init(model, config=config, host=host)
+        err = exc.value
+        violations = err.violations
+        first = violations[0]
+        assert (err.rule_id, err.op_name, err.limit, err.actual) == (first.rule_id, first.op_name, first.limit,
+                                                                    first.actual)
+        assert str(err).splitlines()[0].startswith(f"op '{first.op_name}' ({first.op_type}) does not fit target "
+                                                   "csk60xx")
+        assert str(err).splitlines()[-1].lstrip().startswith("hint:")
+    else:
+        violations = lnn.init(model, config=config, host=host).lnn.report.violations
+    found = [v for v in violations if v.rule_id == case.rule_id]
+    assert [v.op_name for v in found] == [case.path], [(v.op_name, v.rule_id) for v in violations]
+    (v,) = found
+    assert (v.limit, v.actual, v.severity, v.target) == (case.limit, case.actual, case.severity, "csk60xx")
+    assert case.hint in v.hint
+    assert v.rule == _rule(case.rule_id).describe(limits)
+    errors = {(e.op_name, e.rule_id) for e in violations if e.severity == "error"}
+    expected = {(case.path, r) for r in case.also}
+    if case.severity == "error":
+        expected.add((case.path, case.rule_id))
+    assert errors == expected
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_module_rule_is_quiet_at_the_limit(case: Case, host):
+    model, config = case.build(False)
+    report = lnn.init(model, config=config, host=host).lnn.report
+    assert report.violations == []
+
+
+def _declared_module_rules() -> frozenset[str]:
+    """``MODULE_RULES`` of the torch-free file, read as a literal (that file is a test module, not imported)."""
+    tree = ast.parse(BACKEND_CASES.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == "MODULE_RULES" for t in targets):
+                call = node.value
+                assert isinstance(call, ast.Call) and call.func.id == "frozenset", "MODULE_RULES = frozenset({...})"
+                return frozenset(ast.literal_eval(call.args[0]))
+    raise AssertionError(f"{BACKEND_CASES} declares no MODULE_RULES")
+
+
+def test_every_module_rule_has_a_case():
+    """The cases here cover exactly the module rules of the index, as the torch-free file declares them."""
+    covered = {c.rule_id for c in CASES}
+    assert covered == {r.id for r in RULES}
+    assert covered == _declared_module_rules()
+    for r in RULES:  # a module rule judges modules: it names at least one torch op id
+        assert any(op.startswith("builtin.") for op in r.ops), r.id
