@@ -66,8 +66,11 @@ class KernelCall:
 
     :param inputs: the input tensors (read-only copies, in the op's input order).
     :param input_specs: dtype, shape and exponent of each input.
-    :param output: the tensor the kernel must return (exactly this shape and dtype).
+    :param output: the first output (for a single-output op, the tensor the kernel must return: exactly
+        this shape and dtype).
     :param attrs: the node's attributes as packed (scales are the tensors' exponents).
+    :param outputs: every output, in order (``(output,)`` for a single-output op); a kernel of an op with
+        several outputs returns a tuple or list with one array per entry, each of exactly its shape and dtype.
     """
 
     op_name: str
@@ -76,6 +79,13 @@ class KernelCall:
     inputs: tuple[np.ndarray, ...]
     input_specs: tuple[TensorSpec, ...]
     output: TensorSpec
+    outputs: tuple[TensorSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.outputs:
+            object.__setattr__(self, "outputs", (self.output,))
+        elif self.outputs[0] != self.output:
+            raise ValueError(f"KernelCall of op {self.op_name!r}: output must be outputs[0]")
 
 
 @dataclass(frozen=True)
@@ -96,13 +106,13 @@ class Simulator:
 
     :param model: the model.bin bytes (copied by the loader).
     :param path: file name used in error messages.
-    :param kernels: ``op type -> kernel(call: KernelCall) -> np.ndarray`` for the model's plugin ops
-        (``host.sim_kernels`` or :attr:`~.extensions.PluginOps.kernels`).
+    :param kernels: ``op type -> kernel(call: KernelCall)`` for the model's plugin ops; a kernel returns one
+        array, or a tuple/list with one array per output of an op with several outputs.
     :raises ModelFileError: the image is damaged or inconsistent (``.status`` holds the C code).
     """
 
     def __init__(self, model: bytes | bytearray | memoryview, *, path: str | None = None,
-                 kernels: Mapping[str, Callable[[KernelCall], np.ndarray]] | None = None) -> None:
+                 kernels: Mapping[str, Callable[[KernelCall], Any]] | None = None) -> None:
         self.path = path
         self.kernels = dict(kernels or {})
         data = bytes(model)
@@ -198,22 +208,46 @@ class Simulator:
                 f"install the plugin that provides {ext.op_type!r} and run through `lnn run`, or pass "
                 "kernels=host.sim_kernels", status=lib.LNN_SIM_E_EXTERNAL, op_name=name)
         specs = tuple(self.tensors[t] for t in self._op_inputs[op])
-        out_spec = self.tensors[self._op_outputs[op][0]]
+        out_specs = tuple(self.tensors[t] for t in self._op_outputs[op])
         arrays = []
         for spec in specs:
             arr = self._read(spec)
             arr.flags.writeable = False
             arrays.append(arr)
-        call = KernelCall(name, ext.op_type, ext.attrs, tuple(arrays), specs, out_spec)
-        result = np.asarray(kernel(call))
-        if result.shape != out_spec.shape or result.dtype != out_spec.dtype:
+        call = KernelCall(name, ext.op_type, ext.attrs, tuple(arrays), specs, out_specs[0], out_specs)
+        results = self._kernel_results(kernel(call), call)
+        for spec, result in zip(out_specs, results):  # all checked first: a bad result writes nothing
+            lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(result), result.nbytes)
+
+    @staticmethod
+    def _kernel_results(value: Any, call: KernelCall) -> list[np.ndarray]:
+        """The kernel's return value as one contiguous array per output of ``call``, each checked."""
+        n_out = len(call.outputs)
+        several = isinstance(value, (tuple, list))
+        if several and (n_out > 1 or (len(value) == 1 and isinstance(value[0], np.ndarray))):
+            values = list(value)
+        else:  # one array (for one output, a list of numbers is one array too)
+            values = [value]
+        if len(values) != n_out:
+            got = f"a {type(value).__name__} of {len(value)} arrays" if several else "one array"
             raise SimulatorError(
-                f"the kernel of op {name!r} ({ext.op_type}) returned the wrong tensor",
-                {"expected": f"{out_spec.dtype} {out_spec.shape}", "actual": f"{result.dtype} {result.shape}"},
-                "return exactly call.output's shape and dtype (np.asarray(y, dtype=call.output.dtype))",
-                status=lib.LNN_SIM_E_EXTERNAL, op_name=name)
-        result = np.ascontiguousarray(result)
-        lib.lnn_sim_set_tensor(self._model, out_spec.index, ffi.from_buffer(result), result.nbytes)
+                f"the kernel of op {call.op_name!r} ({call.op_type}) returned {got}, but the op has {n_out} outputs",
+                {"outputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in call.outputs)},
+                "return a tuple with one array per entry of call.outputs, in order",
+                status=lib.LNN_SIM_E_EXTERNAL, op_name=call.op_name)
+        out = []
+        for k, (spec, raw) in enumerate(zip(call.outputs, values)):
+            result = np.asarray(raw)
+            if result.shape != spec.shape or result.dtype != spec.dtype:
+                which = "the wrong tensor" if n_out == 1 else f"the wrong tensor for output {k} ({spec.name!r})"
+                fix = "call.output" if n_out == 1 else f"call.outputs[{k}]"
+                raise SimulatorError(
+                    f"the kernel of op {call.op_name!r} ({call.op_type}) returned {which}",
+                    {"expected": f"{spec.dtype} {spec.shape}", "actual": f"{result.dtype} {result.shape}"},
+                    f"return exactly {fix}'s shape and dtype (np.asarray(y, dtype={fix}.dtype))",
+                    status=lib.LNN_SIM_E_EXTERNAL, op_name=call.op_name)
+            out.append(np.ascontiguousarray(result))
+        return out
 
     def _where(self) -> str:
         return f" '{self.path}'" if self.path else ""
