@@ -1,7 +1,7 @@
 """A test-local plugin adding the op ``TestNeg`` (y = SAT8(-x + bias)) to the CSK60xx backend end to end.
 
-It uses only the public registration API: the dialect schema (with its shape rule) through
-``lnn_register_exporters`` and the simulator kernel through ``lnn_register_sim_kernels``.
+It uses only the public registration API: one ``OpDef`` (dialect schema, shape rule, Python simulator
+kernel) through ``lnn_register_target_ops``, the hook the backend registers its own op families with.
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ def neg_kernel(call: Any) -> np.ndarray:
     return np.clip(-call.inputs[0].astype(np.int32) + bias, -128, 127).astype(call.output.dtype)
 
 
-@hookimpl
-def lnn_register_exporters(registry: Any) -> None:
-    from lnn_backend_csk60xx.dialect import AttrSpec, OpSchema
+def neg_op() -> Any:
+    from lnn_backend_csk60xx.ops import AttrSpec, OpDef
 
-    registry.add_node_writer("csk60xx", "TestNeg", OpSchema(
-        DOMAIN, (1, 1), {"bias": AttrSpec("int", default=0)}, {"scale_x": ("in", 0), "scale_o": ("out", 0)},
-        infer=infer_neg))
+    return OpDef("TestNeg", DOMAIN, (1, 1), infer_neg, attrs={"bias": AttrSpec("int", default=0)},
+                 scales={"scale_x": ("in", 0), "scale_o": ("out", 0)}, kernel=neg_kernel)
 
 
 @hookimpl
-def lnn_register_sim_kernels(registry: Any) -> None:
-    registry.add("TestNeg", neg_kernel)
+def lnn_register_target_ops(registry: Any) -> None:
+    registry.add("csk60xx", neg_op())

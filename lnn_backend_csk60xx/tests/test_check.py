@@ -10,7 +10,7 @@ from _helpers import ir_graph
 
 import lnn_backend_csk60xx.plugin as backend_plugin
 from lnn_backend_csk60xx.check import check_graph, op_view
-from lnn_backend_csk60xx.passes import infer_shapes
+from lnn_backend_csk60xx.inference import infer_shapes
 from lnn_backend_csk60xx.rules import PACK_RULES, rules_for
 from lnn_core.graph import Node
 from lnn_core.testing import isolated_host

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from _helpers import LINGER_DEMO, make_model, snode, tnode
 
-from lnn_backend_csk60xx.dialect import OP_SCHEMAS, read_onnx, write_onnx
+from lnn_backend_csk60xx.dialect import read_onnx, write_onnx
 from lnn_core.errors import ExportError, ModelFileError
 from lnn_core.graph import Graph, Node
 
@@ -54,9 +54,14 @@ def test_small_round_trip_and_shapes():
     assert read_onnx(write_onnx(g)) == g
 
 
-def test_every_schema_op_has_a_shape_rule():
-    from lnn_backend_csk60xx.passes import SHAPE_RULES
-    assert set(OP_SCHEMAS) <= set(SHAPE_RULES)
+def test_every_builtin_op_has_a_shape_rule_and_a_model_bin_lowering():
+    from lnn_backend_csk60xx.ops import builtin_ops
+
+    ops = builtin_ops()
+    assert len({op.op_type for op in ops}) == len(ops) == 22
+    for op in ops:
+        assert callable(op.infer), op.op_type
+        assert op.lowerings["lnn"].code > 0 and op.lowerings["lnn"].c_file.endswith(".c"), op.op_type
 
 
 def _err(model, path=None) -> ModelFileError:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-MODULES = ["check", "commands", "dialect", "extensions", "graph_passes", "packer", "passes", "pipeline", "planner",
-           "plugin", "report", "rules", "simulator", "sizes", "target"]
+MODULES = ["check", "commands", "dialect", "formats", "inference", "packer", "pipeline", "planner", "plugin", "report",
+           "rewrites", "rules", "simulator", "sizes", "target", "ops", "ops.opset",
+           *(f"ops.{family}" for family in ("quant", "conv", "linear", "norm", "pool", "eltwise", "shape"))]
 
 
 def test_backend_modules_do_not_import_torch():

@@ -112,7 +112,7 @@ def test_generated_700kb_model_spills_to_psram_and_the_report_names_it(tmp_path)
     from lnn_backend_csk60xx.simulator import Simulator
 
     g, w, b = _big_model()
-    unplanned = plan_memory(__import__("lnn_backend_csk60xx.passes", fromlist=["infer_shapes"]).infer_shapes(g.copy()),
+    unplanned = plan_memory(__import__("lnn_backend_csk60xx.inference", fromlist=["infer_shapes"]).infer_shapes(g.copy()),
                             share_mem=10 ** 9)
     assert 700 * 1024 <= unplanned.regions[REGION_SHARE].lower_bound <= 760 * 1024  # what it would need
     res = pack_graph(g)
@@ -138,7 +138,7 @@ def test_generated_700kb_model_spills_to_psram_and_the_report_names_it(tmp_path)
 def test_prefetch_and_workspace_buffers_are_planned_and_shown_separately():
     from _helpers import ir_conv_graph
 
-    from lnn_backend_csk60xx.passes import infer_shapes
+    from lnn_backend_csk60xx.inference import infer_shapes
 
     rng = np.random.default_rng(8)
     w = rng.integers(-128, 128, (32, 16, 3, 3), dtype=np.int8)

@@ -15,8 +15,8 @@ from _helpers import ir_graph, quantize
 
 import lnn_backend_csk60xx.plugin as backend_plugin
 from lnn_backend_csk60xx._sim import lib
-from lnn_backend_csk60xx.dialect import OpSchema, read_onnx, write_onnx
-from lnn_backend_csk60xx.extensions import PluginOps
+from lnn_backend_csk60xx.dialect import read_onnx, write_onnx
+from lnn_backend_csk60xx.ops import OpDef, OpSet
 from lnn_backend_csk60xx.packer import EXTERNAL_OP_CODE, HEADER_BYTES, describe
 from lnn_backend_csk60xx.pipeline import pack_graph
 from lnn_backend_csk60xx.simulator import KernelCall, Simulator
@@ -34,7 +34,7 @@ def host():
 
 @pytest.fixture(scope="module")
 def ops(host):
-    return PluginOps.from_host(host)
+    return OpSet.from_host(host)
 
 
 def neg_graph(bias: int = 3):
@@ -63,7 +63,7 @@ def expected(x: np.ndarray, bias: int) -> np.ndarray:
 
 
 def test_plugin_op_end_to_end(ops):
-    assert set(ops.schemas) == {"TestNeg"} and set(ops.kernels) == {"TestNeg"}
+    assert {t for t in ops if ops.is_plugin(t)} == {"TestNeg"} and set(ops.kernels) == {"TestNeg"}
     model = write_onnx(neg_graph(), ops=ops)
     onnx.checker.check_model(model)
     node = next(n for n in model.graph.node if n.op_type == "TestNeg")
@@ -181,23 +181,48 @@ def test_registration_errors():
     clash = Bad("clash")
 
     @hookimpl
-    def lnn_register_exporters(registry):
-        registry.add_node_writer("csk60xx", "Conv2dInt", OpSchema("x", (1, 1), infer=_neg_plugin.infer_neg))
+    def lnn_register_target_ops(registry):
+        registry.add("csk60xx", OpDef("Conv2dInt", "x", (1, 1), _neg_plugin.infer_neg))
 
-    clash.lnn_register_exporters = lnn_register_exporters
+    clash.lnn_register_target_ops = lnn_register_target_ops
     with pytest.raises(RegistryError) as info:
-        PluginOps.from_host(isolated_host([backend_plugin, clash]))
-    assert info.value.key == "Conv2dInt" and "redefines" in str(info.value)
+        OpSet.from_host(isolated_host([backend_plugin, clash]))
+    assert info.value.key == "csk60xx:Conv2dInt" and "registered twice" in str(info.value)
+    assert {info.value.first, info.value.second} == {"'clash'", "'lnn_backend_csk60xx.plugin'"}
     wrong = Bad("wrong")
 
     @hookimpl
-    def lnn_register_exporters2(registry):
-        registry.add_node_writer("csk60xx", "Odd", lambda node: node)
+    def lnn_register_target_ops2(registry):
+        odd = types.SimpleNamespace(op_type="Odd")
+        registry.add("csk60xx", odd)
 
-    wrong.lnn_register_exporters = lnn_register_exporters2
+    wrong.lnn_register_target_ops = lnn_register_target_ops2
     with pytest.raises(RegistryError) as info:
-        PluginOps.from_host(isolated_host([backend_plugin, wrong]))
-    assert info.value.key == "Odd" and "OpSchema" in str(info.value)
+        OpSet.from_host(isolated_host([backend_plugin, wrong]))
+    assert info.value.key == "Odd" and "OpDef" in str(info.value)
+
+
+def test_the_deprecated_kernel_hook_still_attaches_a_kernel():
+    legacy = types.ModuleType("legacy")
+
+    @hookimpl
+    def lnn_register_target_ops(registry):
+        from dataclasses import replace
+        registry.add("csk60xx", replace(_neg_plugin.neg_op(), kernel=None))
+
+    @hookimpl
+    def lnn_register_sim_kernels(registry):
+        registry.add("TestNeg", _neg_plugin.neg_kernel)
+
+    legacy.lnn_register_target_ops = lnn_register_target_ops
+    legacy.lnn_register_sim_kernels = lnn_register_sim_kernels
+    with pytest.warns(DeprecationWarning, match="lnn_register_sim_kernels"):
+        host = isolated_host([backend_plugin, legacy])
+    ops = OpSet.from_host(host)
+    assert ops.kernels == {"TestNeg": _neg_plugin.neg_kernel}
+    x = (np.random.default_rng(3).standard_normal((1, 4, 5, 5)) * 9).astype(np.float32)
+    (y,) = Simulator(pack_graph(neg_graph(), ops=ops).blob, kernels=ops.kernels).run([x])
+    assert np.array_equal(y, expected(x, 3).astype(np.float32) / 16)
 
 
 def test_pack_and_run_commands_with_the_plugin(host, ops, tmp_path, capsys):

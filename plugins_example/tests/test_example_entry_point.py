@@ -53,7 +53,7 @@ def test_entry_point_loads_the_installed_plugin(monkeypatch):
     assert (info.dist, info.version) == ("lnn-ops-example", md.version("lnn-ops-example"))
     assert info.version == lnn_ops_example.__version__
     assert info.entry_point == "lnn:example = 'lnn_ops_example.plugin'"
-    assert set(info.hooks) == {"lnn_register_ops", "lnn_op_rules", "lnn_register_exporters", "lnn_register_sim_kernels"}
+    assert set(info.hooks) == {"lnn_register_ops", "lnn_op_rules", "lnn_register_exporters", "lnn_register_target_ops"}
     assert "example.PReLU" in host.ops
     assert "lnn-ops-example" in host.ops.source_of("example.PReLU")
     with warnings.catch_warnings():

@@ -22,7 +22,7 @@ from torch import nn
 import lnn_core as lnn
 from lnn_backend_csk60xx.check import op_view
 from lnn_backend_csk60xx.dialect import read_onnx, write_onnx
-from lnn_backend_csk60xx.extensions import PluginOps
+from lnn_backend_csk60xx.ops import OpSet
 from lnn_backend_csk60xx.pipeline import pack_graph
 from lnn_backend_csk60xx.simulator import KernelCall, Simulator, TensorSpec
 from lnn_core.cli import main as lnn_main
@@ -70,15 +70,15 @@ def trained(request, host):
 
 
 @pytest.fixture(scope="module")
-def ops(host) -> PluginOps:
-    return PluginOps.from_host(host)
+def ops(host) -> OpSet:
+    return OpSet.from_host(host)
 
 
 def _example(seed: int = 2) -> torch.Tensor:
     return torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) * 2
 
 
-def _exported(q: fx.GraphModule, x: torch.Tensor, host, ops: PluginOps) -> tuple[Graph, onnx.ModelProto]:
+def _exported(q: fx.GraphModule, x: torch.Tensor, host, ops: OpSet) -> tuple[Graph, onnx.ModelProto]:
     """The IR and its CSK60xx-dialect file, written as ``lnn.export(dialect="csk60xx")`` would with the
     host's plugin ops."""
     graph = to_ir(q, x, host=host)

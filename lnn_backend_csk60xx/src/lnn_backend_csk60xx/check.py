@@ -14,19 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from lnn_core.errors import HardwareLimitError, ModelFileError
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, Rule, RuleReport, Violation
 
-from .extensions import PluginOps
-from .graph_passes import FusedRelu, SplitRecord, run_passes
-from .packer import OP_CODES
-from .passes import SHAPE_RULES, infer_node
-from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan, plan_memory
+from .formats import DEFAULT_FORMAT
+from .inference import infer_node
+from .ops.opset import OpSet
+from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan
+from .rewrites import FusedRelu, SplitRecord, run_rewrites
 from .rules import check_op_supported
-from .rules import rules_for as backend_rules_for
 from .target import TARGET_ID, load_target
 
 __all__ = ["CheckReport", "check_graph", "op_view", "infer_and_judge"]
@@ -34,22 +31,23 @@ __all__ = ["CheckReport", "check_graph", "op_view", "infer_and_judge"]
 log = logging.getLogger("lnn.backend.check")
 
 _BITS = {"int8": 8, "uint8": 8, "int16": 16, "int32": 32}
-_WEIGHT_OPS = ("Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "BatchNorm2dInt")
 
 
 def _known(info: TensorInfo | None) -> bool:
     return info is not None and info.shape is not None and all(isinstance(d, int) for d in info.shape)
 
 
-def op_view(graph: Graph, node: Node) -> OpView:
+def op_view(graph: Graph, node: Node, ops: OpSet | None = None) -> OpView:
     """What a rule sees of an IR node: its attributes plus shapes, dtypes and exponents of its tensors.
 
     Added keys: ``input_shapes``, ``input_dtypes``, ``input_exponents`` (None for an omitted input),
-    ``output_shapes``, ``output_dtypes``, ``output_exponents``; and the names the op rules read:
-    ``in_channels``/``out_channels`` (convs), ``in_features``/``out_features`` (linear), ``data_bits``,
-    ``parameter_bits`` and ``o_bits`` from the actual dtypes, ``global`` for pooling over the whole
-    input, ``slice_steps`` for Slice.
+    ``output_shapes``, ``output_dtypes``, ``output_exponents``; ``data_bits``, ``parameter_bits`` (the first
+    weight's) and ``o_bits`` from the actual dtypes; and what the op's family adds (its ``OpDef.view``):
+    ``in_channels``/``out_channels`` (convs), ``in_features``/``out_features`` (linear), ``global`` for
+    pooling over the whole input, ``slice_steps`` for Slice.
     """
+    ops = ops if ops is not None else OpSet.builtin_only()
+    op = ops.get(node.op_type)
     ins = [graph.tensors.get(t) if t else None for t in node.inputs]
     outs = [graph.tensors.get(t) for t in node.outputs]
     attrs: dict[str, Any] = dict(node.attrs)
@@ -64,18 +62,12 @@ def op_view(graph: Graph, node: Node) -> OpView:
         attrs["data_bits"] = _BITS[x.dtype]
     if y is not None and y.dtype in _BITS:
         attrs["o_bits"] = _BITS[y.dtype]
-    if node.op_type in _WEIGHT_OPS and len(ins) > 1 and ins[1] is not None and ins[1].dtype in _BITS:
-        attrs["parameter_bits"] = _BITS[ins[1].dtype]
-    if _known(x) and _known(y) and len(x.shape) >= 2:
-        if node.op_type in ("Conv1dInt", "Conv2dInt", "ConvTranspose2dInt"):
-            attrs["in_channels"], attrs["out_channels"] = x.shape[1], y.shape[1]
-        elif node.op_type == "LinearInt":
-            attrs["in_features"], attrs["out_features"] = x.shape[-1], y.shape[-1]
-        elif node.op_type in ("MaxPool", "AvgPool2dInt") and len(x.shape) == 4:
-            k = list(node.attrs.get("kernel_shape") or [])
-            attrs["global"] = tuple(y.shape[2:]) == (1, 1) and len(k) == 2 and k[0] >= x.shape[2] and k[1] >= x.shape[3]
-    if node.op_type == "Slice" and len(node.inputs) > 4 and node.inputs[4] in graph.initializers:
-        attrs["slice_steps"] = tuple(int(v) for v in np.asarray(graph.initializers[node.inputs[4]]).reshape(-1))
+    if op is not None and op.params:
+        w = ins[op.params[0].weight] if op.params[0].weight < len(ins) else None
+        if w is not None and w.dtype in _BITS:
+            attrs["parameter_bits"] = _BITS[w.dtype]
+    if op is not None and op.view is not None:
+        op.view(graph, node, attrs)
     return OpView(node.name, node.op_type, attrs)
 
 
@@ -152,7 +144,7 @@ def _violation(rule: Rule, op: OpView, limits: Mapping[str, Any], *, actual: Any
 
 
 def infer_and_judge(graph: Graph, *, rules_for: Callable[[str], list[Rule]] | None = None,
-                    ops: PluginOps | None = None, limits: Mapping[str, Any] | None = None) -> tuple[RuleReport, bool]:
+                    ops: OpSet | None = None, limits: Mapping[str, Any] | None = None) -> tuple[RuleReport, bool]:
     """Infer the shapes of ``graph`` in place, node by node, and judge every node with every rule.
 
     Unknown ops and shapes that cannot be inferred become violations (``csk60xx.graph.op_supported``,
@@ -161,14 +153,14 @@ def infer_and_judge(graph: Graph, *, rules_for: Callable[[str], list[Rule]] | No
     :raises ModelFileError: the graph itself is broken (cycle, dangling input, duplicate producer).
     """
     limits = limits if limits is not None else load_target().limits
-    rules_for = rules_for or backend_rules_for
-    shape_rules = ops.shape_rules if ops is not None else {}
+    ops = ops if ops is not None else OpSet.builtin_only()
+    rules_for = rules_for or ops.rules_for
     report = RuleReport(TARGET_ID)
     graph.toposort(path=graph.meta.get("source"))
     complete = True
     for node in graph.nodes:
-        op = op_view(graph, node)
-        if node.op_type not in SHAPE_RULES and node.op_type not in shape_rules:
+        op = op_view(graph, node, ops)
+        if node.op_type not in ops:
             report.extend(_violation(check_op_supported, op, limits))
             complete = False
             continue
@@ -176,7 +168,7 @@ def infer_and_judge(graph: Graph, *, rules_for: Callable[[str], list[Rule]] | No
             complete = False  # an earlier node's output is unknown: nothing more to say here
             continue
         try:
-            infos = infer_node(graph, node, path=graph.meta.get("source"), rules=shape_rules)
+            infos = infer_node(graph, node, ops, path=graph.meta.get("source"))
         except ModelFileError as exc:
             report.extend(_violation(_SHAPE_RULE, op, limits, actual=exc.headline, limit="a valid op",
                                      hint=exc.hint or "fix the op's inputs"))
@@ -187,7 +179,7 @@ def infer_and_judge(graph: Graph, *, rules_for: Callable[[str], list[Rule]] | No
             if info.exponent is None and old is not None:
                 info.exponent = old.exponent
             graph.tensors[info.name] = info
-    report.check_ops((op_view(graph, n) for n in graph.nodes), rules_for, limits)
+    report.check_ops((op_view(graph, n, ops) for n in graph.nodes), rules_for, limits)
     return report, complete
 
 
@@ -210,32 +202,36 @@ def _memory_summary(plan: MemoryPlan) -> dict[str, Any]:
 
 
 def check_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None = None,
-                rules_for: Callable[[str], list[Rule]] | None = None, ops: PluginOps | None = None,
-                fuse_relu: bool = True, split: bool = True) -> CheckReport:
-    """Judge ``graph`` (a copy) for the CSK60xx: rules, graph passes, memory plan. Never raises for a
+                rules_for: Callable[[str], list[Rule]] | None = None, ops: OpSet | None = None,
+                fuse_relu: bool = True, split: bool = True, package_format: str = DEFAULT_FORMAT) -> CheckReport:
+    """Judge ``graph`` (a copy) for the CSK60xx: rules, graph rewrites, memory plan. Never raises for a
     graph that does not fit; only a broken graph (cycle, dangling input) raises :class:`ModelFileError`.
 
     :param share_mem: share-memory bytes (default: the target file's 655360).
     :param psram: PSRAM bytes (default: 8388608).
     :param rules_for: ``op_type -> rules``; default: this backend's rules. The ``lnn`` commands pass
         ``host.rules_for(op_type, "csk60xx")`` so that plugin rules run too.
-    :param ops: plugin ops (schemas with shape rules).
+    :param ops: the ops of this run (default: the built-in ones; ``OpSet.from_host(host)`` adds plugins').
+    :param package_format: the package format whose supported ops and memory plan are judged.
     """
     limits = load_target().limits
+    ops = ops if ops is not None else OpSet.builtin_only()
+    fmt = ops.format(package_format)
     g = graph.copy()
     rules, complete = infer_and_judge(g, rules_for=rules_for, ops=ops, limits=limits)
     report = CheckReport(violations=list(rules.violations), checked=rules.checked)
     if not complete:
         report.memory = {"fits": False, "reason": "shapes are unknown after an unsupported or invalid op"}
         return report
-    passes = run_passes(g, limits, fuse=fuse_relu, split=split, shape_rules=ops.shape_rules if ops else None)
+    passes = run_rewrites(g, limits, ops, fuse=fuse_relu, split=split)
     report.splits, report.fused, report.graph = passes.splits, passes.fused, g
-    unknown = [n for n in g.nodes if n.op_type not in OP_CODES and (ops is None or n.op_type not in ops.schemas)]
+    unknown = fmt.unsupported(g, ops)
     if unknown:
-        report.memory = {"fits": False, "reason": f"op {unknown[0].name!r} ({unknown[0].op_type}) cannot be packed"}
+        report.memory = {"fits": False, "reason": f"op {unknown[0].name!r} ({unknown[0].op_type}) cannot be packed "
+                                                  f"into the {fmt.name!r} package format"}
         return report
     try:
-        report.plan = plan_memory(g, share_mem=share_mem, psram=psram)
+        report.plan = fmt.plan(g, share_mem=share_mem, psram=psram, ops=ops)
     except HardwareLimitError as exc:
         report.violations.append(Violation(g.name, "graph", exc.rule_id, str(exc.details.get("rule", exc.rule_id)),
                                            exc.limit, exc.actual, exc.hint or "", TARGET_ID))

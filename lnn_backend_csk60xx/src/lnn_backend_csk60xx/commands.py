@@ -4,9 +4,9 @@ Exit codes (``lnn_core.cli``): 0 success; 1 the command ran and found a problem 
 model that does not fit the memory); 2 bad arguments or unreadable files (raised as
 :class:`~lnn_core.errors.LnnError` and printed by the ``lnn`` command).
 
-Plugin ops work everywhere: each command builds :class:`~.extensions.PluginOps` from the host, so the
-dialect reader accepts the plugins' op types, rules include the plugins' rules, and ``lnn run`` runs
-their simulator kernels.
+Plugin ops work everywhere: each command builds the run's :class:`~.ops.OpSet` from the host, so the
+dialect reader accepts the plugins' op types, rules include the plugins' rules, ``lnn pack --format``
+chooses among the registered package formats, and ``lnn run`` runs the plugins' simulator kernels.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def _progress(total: int, desc: str) -> Iterator[Any]:
 
 
 def _plugin_ops(host: Any) -> Any:
-    from .extensions import PluginOps
+    from .ops.opset import OpSet
 
-    return PluginOps.from_host(host)
+    return OpSet.from_host(host)
 
 
 def _rules_for(host: Any) -> Any:
@@ -113,6 +113,8 @@ def configure_pack(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="CSK60xx-dialect ONNX file (lnn export or linger 1.x)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL_BIN", help="model.bin to write")
     p.add_argument("--report-dir", metavar="DIR", help="write memory.txt, memory.json and memory.png here")
+    p.add_argument("--format", default="lnn", metavar="NAME",
+                   help="package format (default 'lnn': lnn's model.bin; plugins may register others)")
     _common(p)
 
 
@@ -131,7 +133,8 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
         step("read")
         graph, ops = _read(args.model, host, shapes)
         try:
-            res = pack_graph(graph, share_mem=share, psram=psram, ops=ops, rules_for=_rules_for(host), progress=step)
+            res = pack_graph(graph, share_mem=share, psram=psram, ops=ops, rules_for=_rules_for(host), progress=step,
+                             package_format=args.format)
         except HardwareLimitError as exc:
             bar.close()
             return _refuse(args, exc)
@@ -148,7 +151,8 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
     warnings = [v for v in (res.rules.violations if res.rules else []) if v.severity != "error"]
     share_rp, psram_rp = res.plan.regions["share_mem"], res.plan.regions["psram"]
     if args.json:
-        summary = {"model": str(out), "bytes": len(res.blob), "memory": memory_dict(res.plan, res.passes)["regions"],
+        summary = {"model": str(out), "format": res.format, "bytes": len(res.blob),
+                   "memory": memory_dict(res.plan, res.passes)["regions"],
                    "spilled_to_psram": res.plan.spilled, "splits": [s.to_dict() for s in res.passes.splits],
                    "fused_relu": len(res.passes.fused), "warnings": [v.to_dict() for v in warnings],
                    "reports": reports}
@@ -287,7 +291,7 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
     except OSError as exc:
         raise ModelFileError(f"cannot read packed model '{path}': {exc.strerror}", {}, "check the path",
                              path=str(path), node=None) from exc
-    sim = Simulator(blob, path=str(path), kernels=dict(host.sim_kernels.items()))
+    sim = Simulator(blob, path=str(path), kernels=_plugin_ops(host).kernels)
     if sim.missing_kernels:
         raise SimulatorError(f"packed model '{path}' uses plugin ops that no installed plugin runs",
                              {"ops": ", ".join(sim.missing_kernels),

@@ -8,24 +8,20 @@ In the IR the scales live on the tensors, not on the nodes: ``Conv2dInt(scale_x,
 scale_o)`` becomes exponents ``n_x`` on the input, ``n_w`` on the weight initializer, ``n_o`` on
 the output, and ``n_x + n_w`` on the bias. The reader checks that every scale attribute agrees
 with the exponent the tensor already has (from its producer); the writer turns exponents back
-into ``2.0 ** n`` attributes. Everything each op accepts is data: :data:`OP_SCHEMAS`.
+into ``2.0 ** n`` attributes.
 
-Ops contributed by plugins: a plugin teaches this dialect a new IR op by registering its
-:class:`OpSchema` (with its shape rule in ``infer``) through ``lnn_register_exporters``::
-
-    registry.add_node_writer("csk60xx", "TestNeg", OpSchema("lnn.test", (1, 1), scales=..., infer=...))
-
-:class:`~.extensions.PluginOps` collects those schemas from a plugin host; pass it as ``ops=`` to
-:func:`read_onnx` and :func:`write_onnx` (the ``lnn`` commands do).
+What each op accepts (domain, inputs, attributes, scales) is data on its :class:`~.ops.OpDef`, in the
+module of its op family; ops contributed by plugins register theirs the same way
+(``lnn_register_target_ops``). Pass the run's :class:`~.ops.OpSet` as ``ops=`` (default: the built-in
+ops); the ``lnn`` commands pass ``OpSet.from_host(host)``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,19 +30,17 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from lnn_core.errors import ExportError, ModelFileError
 from lnn_core.graph import DTYPES, Graph, Node, TensorInfo, exponent_from_scale
 
-from .passes import InferContext, infer_node
+from .inference import infer_node
+from .ops.base import AttrSpec, ReadContext
+from .ops.opset import OpSet
 
-if TYPE_CHECKING:
-    from .extensions import PluginOps
-
-__all__ = ["AttrSpec", "OpSchema", "OP_SCHEMAS", "DOMAIN", "read_onnx", "write_onnx"]
+__all__ = ["DOMAIN", "read_onnx", "write_onnx"]
 
 log = logging.getLogger("lnn.backend.dialect")
 
 DOMAIN = "thinker"
 DEFAULT_OPSET = 12
 THINKER_OPSET = 1
-PLATFORM_QUANT = "luna_quant"
 
 _ONNX_DTYPE = {
     TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.INT8: "int8",
@@ -63,129 +57,14 @@ _KIND_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class AttrSpec:
-    """One attribute of an op: its kind, whether it is required, its default and allowed values.
-
-    :param kind: ``"int"``, ``"float"``, ``"ints"`` or ``"str"``.
-    :param length: for ``ints``: the required number of elements (None: any).
-    :param choices: allowed values (None: any).
-    :param minimum: lower bound of an ``int`` or of every element of ``ints``.
-    """
-
-    kind: str
-    required: bool = False
-    default: Any = None
-    length: int | None = None
-    choices: tuple[Any, ...] | None = None
-    minimum: int | None = None
-
-
-@dataclass(frozen=True)
-class OpSchema:
-    """What the dialect allows for one op type.
-
-    :param domain: ``"thinker"`` or ``""`` (standard ONNX).
-    :param inputs: (minimum, maximum) number of inputs; maximum None = variadic.
-    :param attrs: attribute name -> :class:`AttrSpec` (scale attributes excluded).
-    :param scales: scale attribute -> ``("in" | "out", index)``: the tensor that carries its exponent.
-    :param variadic_scale: format of per-input scale names of variadic ops (``"scale_x_{i}"``).
-    :param bias_input: input index of an int32 bias at exponent ``n(input 0) + n(input 1)``.
-    :param infer: plugin ops only: the shape rule ``infer(ctx: InferContext) -> list[TensorInfo]``
-        (built-in ops have theirs in :data:`.passes.SHAPE_RULES`).
-    """
-
-    domain: str
-    inputs: tuple[int, int | None]
-    attrs: Mapping[str, AttrSpec] = field(default_factory=dict)
-    scales: Mapping[str, tuple[str, int]] = field(default_factory=dict)
-    variadic_scale: str | None = None
-    bias_input: int | None = None
-    infer: Callable[[InferContext], list[TensorInfo]] | None = None
-
-
-_BITS = (8, 16, 32)
-_PLATFORM = {"platform_quant": AttrSpec("str", default=PLATFORM_QUANT, choices=(PLATFORM_QUANT,))}
-_XWO = {"scale_x": ("in", 0), "scale_w": ("in", 1), "scale_o": ("out", 0)}
-_XYO = {"scale_x": ("in", 0), "scale_y": ("in", 1), "scale_o": ("out", 0)}
-_XO = {"scale_x": ("in", 0), "scale_o": ("out", 0)}
-_QBITS = {
-    "data_bits": AttrSpec("int", default=8, choices=(8,)),
-    "parameter_bits": AttrSpec("int", default=8, choices=(8,)),
-    "o_bits": AttrSpec("int", default=8, choices=_BITS),
-}
-
-
-def _geometry(n: int, *, dilations: bool = True) -> dict[str, AttrSpec]:
-    out = {
-        "kernel_shape": AttrSpec("ints", required=True, length=n, minimum=1),
-        "strides": AttrSpec("ints", default=[1] * n, length=n, minimum=1),
-        "pads": AttrSpec("ints", default=[0] * (2 * n), length=2 * n, minimum=0),
-    }
-    if dilations:
-        out["dilations"] = AttrSpec("ints", default=[1] * n, length=n, minimum=1)
-    return out
-
-
-#: ``act_type`` is written by the Relu-fusion pass only (1 = ReLU on the requantized output, as tpacker's
-#: CR_fusion); files exported for the vendor's tools never carry it.
-_ACT = {"act_type": AttrSpec("int", choices=(0, 1))}
-
-#: Every op the CSK60xx dialect reader accepts, as data.
-OP_SCHEMAS: dict[str, OpSchema] = {
-    "Quant": OpSchema(DOMAIN, (1, 1), {"data_bits": AttrSpec("int", default=8, choices=(8,)), **_PLATFORM},
-                      {"scale_x": ("out", 0)}),
-    "Dequant": OpSchema(DOMAIN, (1, 1), {}, {"scale_o": ("in", 0)}),
-    "Requant": OpSchema(DOMAIN, (1, 1), {"data_bits": AttrSpec("int", default=8, choices=(8,)),
-                                         "o_bits": AttrSpec("int", required=True, choices=_BITS), **_PLATFORM}, _XO),
-    "Conv2dInt": OpSchema(DOMAIN, (2, 3), {**_geometry(2), "group": AttrSpec("int", default=1, minimum=1), **_QBITS,
-                                           **_PLATFORM, "castor_mode": AttrSpec("str", default="luna"), **_ACT},
-                          _XWO, bias_input=2),
-    "Conv1dInt": OpSchema(DOMAIN, (2, 3), {**_geometry(1), "group": AttrSpec("int", default=1, minimum=1), **_QBITS,
-                                           **_PLATFORM, **_ACT}, _XWO, bias_input=2),
-    "ConvTranspose2dInt": OpSchema(DOMAIN, (2, 3), {
-        **_geometry(2), "group": AttrSpec("int", default=1, minimum=1),
-        "output_padding": AttrSpec("ints", default=[0, 0], length=2, minimum=0), **_QBITS, **_PLATFORM, **_ACT},
-        _XWO, bias_input=2),
-    "LinearInt": OpSchema(DOMAIN, (2, 3), {**_QBITS, **_PLATFORM}, _XWO, bias_input=2),
-    "BatchNorm2dInt": OpSchema(DOMAIN, (3, 5), {**_QBITS, "o_bits": AttrSpec("int", default=8, choices=(8,)),
-                                                **_PLATFORM}, _XWO, bias_input=2),
-    "AvgPool2dInt": OpSchema(DOMAIN, (1, 1), {
-        **_geometry(2, dilations=False), "ceil_mode": AttrSpec("int", default=0, choices=(0,)),
-        "data_bits": AttrSpec("int", default=8, choices=(8,)), "o_bits": AttrSpec("int", default=8, choices=(8, 16)),
-        **_PLATFORM}, _XO),
-    "MaxPool": OpSchema("", (1, 1), {**_geometry(2), "ceil_mode": AttrSpec("int", default=0, choices=(0, 1)),
-                                     "auto_pad": AttrSpec("str", default="NOTSET", choices=("NOTSET",)),
-                                     "storage_order": AttrSpec("int", default=0, choices=(0,))}),
-    "Relu": OpSchema("", (1, 1)),
-    "Clip": OpSchema("", (1, 3)),
-    "iqAdd": OpSchema(DOMAIN, (2, 2), {**_PLATFORM, "mode": AttrSpec("str", default="Non_t710_mode")}, _XYO),
-    "iqSub": OpSchema(DOMAIN, (2, 2), {**_PLATFORM, "mode": AttrSpec("str", default="Non_t710_mode")}, _XYO),
-    "iqMul": OpSchema(DOMAIN, (2, 2), {**_PLATFORM}, _XYO),
-    "iqCat": OpSchema(DOMAIN, (1, None), {"dim": AttrSpec("int", required=True), **_PLATFORM},
-                      {"scale_o": ("out", 0)}, variadic_scale="scale_x_{i}"),
-    "Reshape": OpSchema("", (2, 2), {"allowzero": AttrSpec("int", choices=(0,))}),
-    "Flatten": OpSchema("", (1, 1), {"axis": AttrSpec("int", default=1)}),
-    "Transpose": OpSchema("", (1, 1), {"perm": AttrSpec("ints")}),
-    "Squeeze": OpSchema("", (1, 2), {"axes": AttrSpec("ints")}),
-    "Unsqueeze": OpSchema("", (1, 2), {"axes": AttrSpec("ints")}),
-    "Slice": OpSchema("", (3, 5)),
-}
-
-
-def _schemas(ops: PluginOps | None) -> Mapping[str, OpSchema]:
-    """Built-in schemas, plus those of plugin ops when ``ops`` is given."""
-    return {**OP_SCHEMAS, **ops.schemas} if ops is not None and ops.schemas else OP_SCHEMAS
-
-
 # ------------------------------------------------------------------------------------------------
 # reading
 # ------------------------------------------------------------------------------------------------
 
 class _Reader:
-    def __init__(self, path: str | None, schemas: Mapping[str, OpSchema]) -> None:
+    def __init__(self, path: str | None, ops: OpSet) -> None:
         self.path = path
-        self.schemas = schemas
+        self.ops = ops
 
     def fail(self, what: str, details: dict[str, Any] | None = None, hint: str | None = None, *,
              node: Node | None = None, onnx_node: onnx.NodeProto | None = None) -> ModelFileError:
@@ -272,14 +151,14 @@ class _Reader:
         if not n.name:
             n = onnx.NodeProto.FromString(n.SerializeToString())
             n.name = f"{n.op_type}_{index}"
-        schema = self.schemas.get(n.op_type)
+        schema = self.ops.get(n.op_type)
         domain = "" if n.domain == "ai.onnx" else n.domain
         if schema is None or domain != schema.domain:
-            known = ", ".join(sorted(self.schemas))
+            known = ", ".join(sorted(self.ops))
             hint = ("this is a linger 3.x (domain 'linger') file; export with the linger 1.x dialect"
                     if domain == "linger" else
                     "only the CSK60xx dialect ops and the ops of installed plugins can be read (`lnn plugins` "
-                    "lists them; from Python pass ops=PluginOps.from_host(host))")
+                    "lists them; from Python pass ops=OpSet.from_host(host))")
             raise self.fail(f"unknown op '{n.domain + '::' if n.domain else ''}{n.op_type}'",
                             {"supported": known}, hint, onnx_node=n)
         inputs = list(n.input)
@@ -306,64 +185,49 @@ class _Reader:
                 log.warning("node %r (%s): attribute %r is not part of the dialect; kept unchecked",
                             n.name, n.op_type, a.name)
             attrs[a.name] = self.attribute(a, spec, n)
-        # opset >= 13 passes Squeeze/Unsqueeze axes as an input
-        if n.op_type in ("Squeeze", "Unsqueeze") and len(inputs) == 2:
-            if "axes" in attrs or inputs[1] not in consts:
-                raise self.fail("axes must be given once, as a constant", onnx_node=n)
-            attrs["axes"] = [int(v) for v in np.asarray(consts[inputs[1]]).reshape(-1)]
-            inputs = inputs[:1]
-        elif n.op_type in ("Squeeze", "Unsqueeze") and len(inputs) != 1:
-            raise self.fail("too many inputs", {"inputs": inputs}, onnx_node=n)
+        if schema.read is not None:
+            schema.read(ReadContext(n.name, n.op_type, inputs, attrs, consts,
+                                    lambda what, details=None, hint=None: self.fail(what, details, hint, onnx_node=n)))
         if len(inputs) < lo or (hi is not None and len(inputs) > hi):
             raise self.fail(f"has {len(inputs)} inputs",
                             {"expected": f"{lo}..{hi if hi is not None else 'any'}", "inputs": inputs},
                             onnx_node=n)
-        if n.op_type == "Unsqueeze" and "axes" not in attrs:
-            raise self.fail("required attribute 'axes' is missing", onnx_node=n)
         for name, spec in schema.attrs.items():
             if name not in attrs:
                 if spec.required:
                     raise self.fail(f"required attribute {name!r} is missing",
                                     {"expected": spec.kind}, onnx_node=n)
-                if spec.default is not None:
+                if spec.default is not None and not spec.dialect_only:
                     attrs[name] = list(spec.default) if isinstance(spec.default, list) else spec.default
+            elif spec.dialect_only and attrs[name] == spec.default:
+                del attrs[name]  # the file format's own attribute: the writer puts it back
         for name in sorted(scale_names):
             if name not in scales:
                 raise self.fail(f"required scale attribute {name!r} is missing",
                                 {"rule": "every quantized tensor carries a power-of-two scale"}, onnx_node=n)
-        if len(n.output) != 1 or not n.output[0]:
-            raise self.fail(f"has {len(n.output)} outputs", {"expected": 1}, onnx_node=n)
+        if len(n.output) != schema.outputs or not all(n.output):
+            raise self.fail(f"has {len(n.output)} outputs", {"expected": schema.outputs}, onnx_node=n)
         return Node(n.name, n.op_type, inputs, list(n.output), attrs, domain), scales
 
 
-def _scale_targets(node: Node, schemas: Mapping[str, OpSchema]) -> dict[str, tuple[str, int]]:
-    schema = schemas[node.op_type]
-    targets = dict(schema.scales)
-    if schema.variadic_scale:
-        for i in range(len(node.inputs)):
-            targets[schema.variadic_scale.format(i=i)] = ("in", i)
-    return targets
-
-
 def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
-              input_shapes: Mapping[str, tuple[int, ...]] | None = None, ops: PluginOps | None = None) -> Graph:
+              input_shapes: Mapping[str, tuple[int, ...]] | None = None, ops: OpSet | None = None) -> Graph:
     """Read a CSK60xx-dialect ONNX file (linger 1.x, domain ``thinker``) into a :class:`Graph`.
 
-    Every attribute is checked against :data:`OP_SCHEMAS`, scale attributes become tensor exponents
-    (``scale = 2**n``), ``Constant`` nodes become initializers, and the shape, dtype and exponent of
-    every tensor are inferred (:mod:`.passes`).
+    Every attribute is checked against its op's :class:`~.ops.OpDef`, scale attributes become tensor
+    exponents (``scale = 2**n``), ``Constant`` nodes become initializers, and the shape, dtype and
+    exponent of every tensor are inferred (:mod:`.inference`).
 
     :param source: a path or an already loaded ``onnx.ModelProto``.
     :param input_shapes: fixed shapes for graph inputs whose shape is symbolic in the file.
-    :param ops: plugin ops (schemas and shape rules) accepted besides the built-in ones.
+    :param ops: the ops of this run (default: the built-in ones; ``OpSet.from_host(host)`` adds plugins' ops).
     :raises ModelFileError: with ``.path`` and ``.node`` for any defect (unreadable file, unknown op,
         missing/ill-typed attribute, non-power-of-two scale, dangling input, cycle, scale conflict,
         shape that cannot be inferred).
     """
     path = None if isinstance(source, onnx.ModelProto) else os.fspath(source)
-    schemas = _schemas(ops)
-    shape_rules = ops.shape_rules if ops is not None else None
-    r = _Reader(path, schemas)
+    ops = ops if ops is not None else OpSet.builtin_only()
+    r = _Reader(path, ops)
     if isinstance(source, onnx.ModelProto):
         model = source
     else:
@@ -432,10 +296,11 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
     graph.toposort(path=path)
     for node in graph.nodes:
         _assign_input_exponents(r, graph, node, scales_of[node.name])
-        for info in infer_node(graph, node, path=path, rules=shape_rules):
-            scale_out = [k for k, (kind, _) in _scale_targets(node, schemas).items() if kind == "out"]
-            if scale_out:
-                info.exponent = scales_of[node.name][scale_out[0]]
+        out_scales = {index: key for key, (kind, index) in ops[node.op_type].scale_targets(node).items()
+                      if kind == "out"}
+        for k, info in enumerate(infer_node(graph, node, ops, path=path)):
+            if k in out_scales:
+                info.exponent = scales_of[node.name][out_scales[k]]
             graph.tensors[info.name] = info
     for node in graph.nodes:
         for name in [*node.inputs, *node.outputs]:
@@ -457,8 +322,8 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
 
 def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[str, int]) -> None:
     """Give input tensors the exponents of the node's scale attributes, or check that they agree."""
-    targets = _scale_targets(node, r.schemas)
-    for attr, (kind, index) in targets.items():
+    schema = r.ops[node.op_type]
+    for attr, (kind, index) in schema.scale_targets(node).items():
         if kind != "in":
             continue
         exp = scales[attr]
@@ -466,18 +331,19 @@ def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[s
         if not name:
             raise r.fail(f"{attr} describes input {index}, which is missing", node=node)
         _set_exponent(r, graph, node, name, exp, attr)
-    schema = r.schemas[node.op_type]
-    if schema.bias_input is not None and len(node.inputs) > schema.bias_input and node.inputs[schema.bias_input]:
-        name = node.inputs[schema.bias_input]
+    for bias, weight in schema.bias_inputs().items():
+        if len(node.inputs) <= bias or not node.inputs[bias]:
+            continue
+        name = node.inputs[bias]
         if name not in graph.initializers:
             raise r.fail(f"bias {name!r} must be an initializer", node=node)
-        exp = graph.tensors[node.inputs[0]].exponent + graph.tensors[node.inputs[1]].exponent
+        exp = graph.tensors[node.inputs[0]].exponent + graph.tensors[node.inputs[weight]].exponent
         _set_exponent(r, graph, node, name, exp, "bias (n_x + n_w)")
-    for i in (1, 2):  # Clip bounds are integers at the input's scale
-        if node.op_type == "Clip" and len(node.inputs) > i and node.inputs[i] in graph.initializers:
+    for i in schema.same_scale_inputs:  # constants quantized at the input's scale (Clip's bounds)
+        if len(node.inputs) > i and node.inputs[i] in graph.initializers:
             src = graph.tensors[node.inputs[0]].exponent
             if src is not None:
-                _set_exponent(r, graph, node, node.inputs[i], src, "Clip bound")
+                _set_exponent(r, graph, node, node.inputs[i], src, f"{node.op_type} input {i} (n_x)")
 
 
 def _set_exponent(r: _Reader, graph: Graph, node: Node, name: str, exp: int, what: str) -> None:
@@ -503,17 +369,18 @@ def _value_info(info: TensorInfo) -> onnx.ValueInfoProto:
                                          list(info.shape) if info.shape is not None else None)
 
 
-def write_onnx(graph: Graph, *, ops: PluginOps | None = None) -> onnx.ModelProto:
+def write_onnx(graph: Graph, *, ops: OpSet | None = None) -> onnx.ModelProto:
     """Write ``graph`` in the CSK60xx dialect: domain ``thinker`` (opset 1), default opset 12.
 
     Scale attributes are written from the tensor exponents as ``2.0 ** n``; other attributes as
-    stored on the nodes (the reader fills defaults, so ``platform_quant="luna_quant"`` is always
-    present). Initializers keep their integer dtypes. Plugin ops (``ops``) are written in their
-    schema's domain, which is then imported at opset 1.
+    stored on the nodes, plus the file format's own attributes with their defaults
+    (``platform_quant="luna_quant"``, ``castor_mode="luna"``) where the IR node does not set them.
+    Initializers keep their integer dtypes. Ops outside the ``thinker`` domain and standard ONNX
+    (plugin ops) are written in their own domain, which is then imported at opset 1.
 
-    :raises ExportError: an op outside :data:`OP_SCHEMAS` (and ``ops``), or a scaled tensor without exponent.
+    :raises ExportError: an op the run's ``ops`` do not know, or a scaled tensor without exponent.
     """
-    schemas = _schemas(ops)
+    schemas = ops if ops is not None else OpSet.builtin_only()
     nodes = []
     extra_domains: set[str] = set()
     for node in graph.nodes:
@@ -526,7 +393,7 @@ def write_onnx(graph: Graph, *, ops: PluginOps | None = None) -> onnx.ModelProto
         if schema.domain not in ("", DOMAIN):
             extra_domains.add(schema.domain)
         attrs: dict[str, Any] = {}
-        for key, (kind, index) in _scale_targets(node, schemas).items():
+        for key, (kind, index) in schema.scale_targets(node).items():
             names = node.inputs if kind == "in" else node.outputs
             info = graph.tensors.get(names[index]) if index < len(names) else None
             if info is None or info.exponent is None:
@@ -536,8 +403,9 @@ def write_onnx(graph: Graph, *, ops: PluginOps | None = None) -> onnx.ModelProto
                                   dialect="csk60xx")
             attrs[key] = float(2.0 ** info.exponent)
         attrs.update(node.attrs)
-        if "platform_quant" in schema.attrs:
-            attrs.setdefault("platform_quant", PLATFORM_QUANT)
+        for name, spec in schema.attrs.items():
+            if spec.dialect_only:
+                attrs.setdefault(name, spec.default)
         nodes.append(helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name,
                                       domain=schema.domain, **dict(sorted(attrs.items()))))
     inits = [numpy_helper.from_array(arr, name) for name, arr in graph.initializers.items()]

@@ -1,15 +1,15 @@
 """model.bin writer: lnn's packed model format for the CSK60xx simulator (layout: README "model.bin format").
 
-:func:`pack` lowers each IR node to a simulator op (type code, up to 16 int32 attributes, tensor
-indices), writes one record per tensor (dtype, shape, exponent, region, offset, size), the weights
-(initializers, 64-byte aligned, read in place as "flash"), the memory plan and the graph
-inputs/outputs, then a header with the payload's CRC32 (``zlib.crc32``). Everything is
+:func:`pack` lowers each IR node to a simulator op (its family's ``Lowering``: type code, up to 16
+int32 attributes, tensor indices), writes one record per tensor (dtype, shape, exponent, region,
+offset, size), the weights (initializers, 64-byte aligned, read in place as "flash"), the memory plan
+and the graph inputs/outputs, then a header with the payload's CRC32 (``zlib.crc32``). Everything is
 little-endian. The output depends only on the graph and the plan: packing is deterministic.
 
-An op contributed by a plugin (its schema in :class:`~.extensions.PluginOps`) is written as an
-external op (``EXTERNAL_OP_CODE``): all its inputs, and two attributes that are string references,
+An op with a Python kernel (``OpDef.kernel``: plugin ops) is written as an external op
+(``EXTERNAL_OP_CODE``): all its inputs and outputs, and two attributes that are string references,
 its op type and its non-scale attributes as canonical JSON (sorted keys). The simulator runs it
-through the kernel the plugin registered.
+through that kernel.
 """
 
 from __future__ import annotations
@@ -18,22 +18,21 @@ import json
 import logging
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from lnn_core.errors import ModelFileError
 from lnn_core.graph import Graph, Node
 
+from .formats import DEFAULT_FORMAT
+from .ops.base import Lowering
+from .ops.opset import OpSet
 from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan
 
-if TYPE_CHECKING:
-    from .extensions import PluginOps
-
 __all__ = ["pack", "describe", "OP_CODES", "EXTERNAL_OP_CODE", "DTYPE_CODES", "REGION_CODES", "FORMAT_VERSION",
-           "TARGET_CSK60XX", "MAGIC", "HEADER_BYTES", "SECTION_KINDS"]
+           "TARGET_CSK60XX", "MAGIC", "HEADER_BYTES", "SECTION_KINDS", "op_codes"]
 
 log = logging.getLogger("lnn.backend.packer")
 
@@ -54,15 +53,18 @@ DTYPE_CODES = {"float32": 1, "int8": 2, "uint8": 3, "int16": 4, "int32": 5, "int
 REGION_CODES = {"flash": 0, REGION_PSRAM: 1, REGION_SHARE: 2}
 TF_INPUT, TF_OUTPUT, TF_CONST = 1, 2, 4
 
-#: IR op type -> simulator op code (mirrors LNN_SIM_OP_* in csrc/include/lnn_sim.h; a test checks it)
-OP_CODES = {
-    "Quant": 1, "Dequant": 2, "Requant": 3, "Conv2dInt": 4, "Conv1dInt": 5, "ConvTranspose2dInt": 6,
-    "LinearInt": 7, "BatchNorm2dInt": 8, "AvgPool2dInt": 9, "MaxPool": 10, "Relu": 11, "Clip": 12,
-    "iqAdd": 13, "iqSub": 14, "iqMul": 15, "iqCat": 16, "Reshape": 17, "Flatten": 18, "Transpose": 19,
-    "Squeeze": 20, "Unsqueeze": 21, "Slice": 22,
-}
-#: simulator op code of plugin ops (LNN_SIM_OP_EXTERNAL)
+#: simulator op code of ops with a Python kernel (LNN_SIM_OP_EXTERNAL)
 EXTERNAL_OP_CODE = 23
+
+
+def op_codes(ops: OpSet | None = None) -> dict[str, int]:
+    """IR op type -> simulator op code of every op with a model.bin lowering (``LNN_SIM_OP_*``)."""
+    ops = ops if ops is not None else OpSet.builtin_only()
+    return {t: op.lowerings[DEFAULT_FORMAT].code for t, op in ops.items() if DEFAULT_FORMAT in op.lowerings}
+
+
+#: the built-in ops' codes (mirrors LNN_SIM_OP_* in csrc/include/lnn_sim.h; a test checks it)
+OP_CODES = op_codes()
 
 
 @dataclass
@@ -70,87 +72,6 @@ class _Lowered:
     code: int
     inputs: list[str]
     attrs: list[int]
-
-
-def _geom2d(node: Node) -> list[int]:
-    k = node.attrs["kernel_shape"]
-    s = node.attrs.get("strides", [1, 1])
-    p = node.attrs.get("pads", [0, 0, 0, 0])
-    d = node.attrs.get("dilations", [1, 1])
-    return [k[0], k[1], s[0], s[1], p[0], p[1], p[2], p[3], d[0], d[1]]
-
-
-def _act(node: Node) -> list[int]:
-    """The optional trailing attribute of conv ops: the fused activation (written only when set)."""
-    act = int(node.attrs.get("act_type", 0) or 0)
-    return [act] if act else []
-
-
-def _lower_conv(node: Node, graph: Graph) -> list[int]:
-    return [*_geom2d(node), node.attrs.get("group", 1), *_act(node)]
-
-
-def _lower_conv1d(node: Node, graph: Graph) -> list[int]:
-    k, s = node.attrs["kernel_shape"][0], node.attrs.get("strides", [1])[0]
-    p, d = node.attrs.get("pads", [0, 0]), node.attrs.get("dilations", [1])[0]
-    return [1, k, 1, s, 0, p[0], 0, p[1], 1, d, node.attrs.get("group", 1), *_act(node)]
-
-
-def _lower_deconv(node: Node, graph: Graph) -> list[int]:
-    return [*_geom2d(node), node.attrs.get("group", 1), *node.attrs.get("output_padding", [0, 0]), *_act(node)]
-
-
-def _lower_avgpool(node: Node, graph: Graph) -> list[int]:
-    return [*_geom2d(node)[:8], node.attrs.get("ceil_mode", 0)]
-
-
-def _lower_maxpool(node: Node, graph: Graph) -> list[int]:
-    g = _geom2d(node)
-    return [*g[:8], node.attrs.get("ceil_mode", 0), g[8], g[9]]
-
-
-def _lower_clip(node: Node, graph: Graph) -> list[int]:
-    info = graph.tensors[node.inputs[0]]
-    lim = np.iinfo(np.dtype(info.dtype))
-    bounds = [int(lim.min), int(lim.max)]
-    for i in (1, 2):
-        if i < len(node.inputs) and node.inputs[i]:
-            bounds[i - 1] = int(np.asarray(graph.initializers[node.inputs[i]]).reshape(-1)[0])
-    return bounds
-
-
-def _lower_cat(node: Node, graph: Graph) -> list[int]:
-    rank = len(graph.tensors[node.outputs[0]].shape)
-    return [node.attrs["dim"] % rank]
-
-
-def _lower_transpose(node: Node, graph: Graph) -> list[int]:
-    rank = len(graph.tensors[node.inputs[0]].shape)
-    return list(node.attrs.get("perm") or range(rank)[::-1])
-
-
-def _lower_slice(node: Node, graph: Graph) -> list[int]:
-    from .passes import InferContext, slice_params
-
-    starts, steps, _ = slice_params(InferContext(graph, node, graph.meta.get("source")))
-    return [v for pair in zip(starts, steps) for v in pair]
-
-
-def _no_attrs(node: Node, graph: Graph) -> list[int]:
-    return []
-
-
-#: IR op type -> (number of leading inputs passed to the simulator or None for all, attribute builder)
-_LOWERING: dict[str, tuple[int | None, Callable[[Node, Graph], list[int]]]] = {
-    "Quant": (1, _no_attrs), "Dequant": (1, _no_attrs), "Requant": (1, _no_attrs),
-    "Conv2dInt": (3, _lower_conv), "Conv1dInt": (3, _lower_conv1d), "ConvTranspose2dInt": (3, _lower_deconv),
-    "LinearInt": (3, _no_attrs), "BatchNorm2dInt": (3, _no_attrs),
-    "AvgPool2dInt": (1, _lower_avgpool), "MaxPool": (1, _lower_maxpool),
-    "Relu": (1, _no_attrs), "Clip": (1, _lower_clip),
-    "iqAdd": (2, _no_attrs), "iqSub": (2, _no_attrs), "iqMul": (2, _no_attrs), "iqCat": (None, _lower_cat),
-    "Reshape": (1, _no_attrs), "Flatten": (1, _no_attrs), "Squeeze": (1, _no_attrs), "Unsqueeze": (1, _no_attrs),
-    "Transpose": (1, _lower_transpose), "Slice": (1, _lower_slice),
-}
 
 
 def _lower_external(node: Node, graph: Graph, strings: _Strings) -> _Lowered:
@@ -164,22 +85,24 @@ def _lower_external(node: Node, graph: Graph, strings: _Strings) -> _Lowered:
     return _Lowered(EXTERNAL_OP_CODE, list(node.inputs), [strings.ref(node.op_type), strings.ref(text)])
 
 
-def _lower(node: Node, graph: Graph, strings: _Strings, ops: PluginOps | None) -> _Lowered:
-    if node.op_type not in _LOWERING:
-        if ops is not None and node.op_type in ops.schemas:
-            return _lower_external(node, graph, strings)
+def _lower(node: Node, graph: Graph, strings: _Strings, ops: OpSet) -> _Lowered:
+    op = ops.get(node.op_type)
+    if op is not None and op.kernel is not None:
+        return _lower_external(node, graph, strings)
+    low: Lowering | None = op.lowerings.get(DEFAULT_FORMAT) if op is not None else None
+    if low is None:
         raise ModelFileError(f"node {node.name!r} ({node.op_type}) cannot be packed: the simulator has no such op",
-                             {"supported": ", ".join(sorted(_LOWERING))},
+                             {"supported": ", ".join(sorted(t for t, o in ops.items()
+                                                            if DEFAULT_FORMAT in o.lowerings or o.kernel))},
                              "remove or replace the op, or install the plugin that provides it",
                              path=graph.meta.get("source"), node=node.name)
-    keep, build = _LOWERING[node.op_type]
-    inputs = list(node.inputs if keep is None else node.inputs[:keep])
-    attrs = [int(v) for v in build(node, graph)]
+    inputs = list(node.inputs if low.inputs is None else node.inputs[:low.inputs])
+    attrs = [int(v) for v in (low.attrs(node, graph) if low.attrs is not None else [])]
     if len(attrs) > MAX_ATTRS or any(not -(2 ** 31) <= v < 2 ** 31 for v in attrs):
         raise ModelFileError(f"node {node.name!r} ({node.op_type}) has attributes that do not fit model.bin",
                              {"attributes": attrs}, "check the op's attributes",
                              path=graph.meta.get("source"), node=node.name)
-    return _Lowered(OP_CODES[node.op_type], inputs, attrs)
+    return _Lowered(low.code, inputs, attrs)
 
 
 class _Strings:
@@ -198,13 +121,16 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def pack(graph: Graph, plan: MemoryPlan, *, target_id: int = TARGET_CSK60XX, ops: PluginOps | None = None) -> bytes:
+def pack(graph: Graph, plan: MemoryPlan, *, target_id: int = TARGET_CSK60XX, ops: OpSet | None = None) -> bytes:
     """Write ``graph`` (shapes inferred, topologically sorted) with its memory ``plan`` as model.bin bytes.
 
-    :param ops: plugin ops, written as external ops.
+    :param ops: the ops of this run (default: the built-in ones); ops with a Python kernel become external ops.
     :raises ModelFileError: an op the simulator does not have, or a tensor the plan does not place.
     """
     path = graph.meta.get("source")
+    ops = ops if ops is not None else OpSet.builtin_only()
+    biases = {node.inputs[b] for node in graph.nodes if node.op_type in ops
+              for b in ops[node.op_type].bias_inputs() if b < len(node.inputs) and node.inputs[b]}
     strings = _Strings()
     lowered = [(node, _lower(node, graph, strings, ops)) for node in graph.nodes]
 
@@ -234,7 +160,7 @@ def pack(graph: Graph, plan: MemoryPlan, *, target_id: int = TARGET_CSK60XX, ops
         dtype = info.dtype
         if name in graph.initializers:
             arr = np.ascontiguousarray(graph.initializers[name])
-            if arr.dtype == np.int16 and dtype == "int16" and _is_bias(name, graph):
+            if arr.dtype == np.int16 and dtype == "int16" and name in biases:
                 arr, dtype = arr.astype("<i4"), "int32"  # int16 biases are widened; the value is unchanged
             arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
             region, offset, size = REGION_CODES["flash"], _align(len(weights), ALIGN), arr.nbytes
@@ -292,11 +218,6 @@ def pack(graph: Graph, plan: MemoryPlan, *, target_id: int = TARGET_CSK60XX, ops
     log.info("packed %d ops, %d tensors, %d weight bytes into %d bytes", len(lowered), len(order), len(weights),
              len(blob))
     return blob
-
-
-def _is_bias(name: str, graph: Graph) -> bool:
-    return any(len(n.inputs) > 2 and n.inputs[2] == name for n in graph.nodes
-               if n.op_type in ("Conv2dInt", "Conv1dInt", "ConvTranspose2dInt"))
 
 
 def describe(blob: bytes) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""The torch-free chain: CSK60xx ONNX file -> IR -> shapes -> rules -> graph passes -> memory plan -> model.bin.
+"""The torch-free chain: CSK60xx ONNX file -> IR -> shapes -> rules -> graph rewrites -> memory plan -> package.
 
-The order (documented once, in :mod:`.graph_passes`): shape inference; every rule on the graph as
+The order (documented once, in :mod:`.rewrites`): shape inference; every rule on the graph as
 written (a violation stops packing with a :class:`~lnn_core.errors.HardwareLimitError` that lists them
-all); Relu fusion; splits of ops that exceed the engine buffers; the memory plan (aliases, in-place
-concatenations, weight prefetch and workspaces); the packer.
+all); Relu fusion; splits of ops that exceed the engine buffers; the package format's memory plan
+(aliases, in-place concatenations, weight prefetch and workspaces); the package format's writer
+(:mod:`.formats`; lnn's model.bin by default).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from lnn_core.errors import ModelFileError
 from lnn_core.graph import Graph
 from lnn_core.rules import Rule, RuleReport
 
 from .check import CheckReport, check_graph, infer_and_judge
 from .dialect import read_onnx
-from .extensions import PluginOps
-from .graph_passes import PassReport, run_passes
-from .packer import pack
-from .planner import MemoryPlan, plan_memory
+from .formats import DEFAULT_FORMAT
+from .ops.opset import OpSet
+from .planner import MemoryPlan
+from .rewrites import PassReport, run_rewrites
 from .target import load_target
 
 __all__ = ["PackResult", "pack_graph", "pack_onnx", "check_graph", "CheckReport"]
@@ -33,21 +35,23 @@ log = logging.getLogger("lnn.backend.pipeline")
 
 @dataclass
 class PackResult:
-    """What packing produced: the model.bin bytes, the graph that was packed (after the passes), its
-    memory plan, what the passes changed and the rule report (warnings; None when not checked)."""
+    """What packing produced: the package bytes, the graph that was packed (after the rewrites), its
+    memory plan, what the rewrites changed, the rule report (warnings; None when not checked) and the
+    package format's name."""
 
     blob: bytes
     graph: Graph
     plan: MemoryPlan
     passes: PassReport = field(default_factory=PassReport)
     rules: RuleReport | None = None
+    format: str = DEFAULT_FORMAT
 
 
 def pack_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None = None, check: bool = True,
-               fuse_relu: bool = True, split: bool = True, scratch: bool = True, ops: PluginOps | None = None,
+               fuse_relu: bool = True, split: bool = True, scratch: bool = True, ops: OpSet | None = None,
                rules_for: Callable[[str], list[Rule]] | None = None,
-               progress: Callable[[str], None] | None = None) -> PackResult:
-    """Infer shapes of ``graph`` (a copy), check the rules, run the passes, plan its memory and pack it.
+               progress: Callable[[str], None] | None = None, package_format: str = DEFAULT_FORMAT) -> PackResult:
+    """Infer shapes of ``graph`` (a copy), check the rules, run the rewrites, plan its memory and pack it.
 
     :param share_mem: share-memory bytes available (default: the target file's 655360).
     :param psram: PSRAM bytes available (default: the target file's 8388608).
@@ -56,11 +60,16 @@ def pack_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None 
     :param fuse_relu: fold Relu into the conv before it (False keeps every tensor, for ``lnn verify``).
     :param split: cut ops that exceed the engine buffers.
     :param scratch: plan the weight-prefetch and workspace buffers.
-    :param ops: plugin ops (schemas, shape rules) to accept and write as external ops.
-    :param rules_for: ``op_type -> rules`` (default: this backend's rules).
+    :param ops: the ops of this run (default: the built-in ones; ``OpSet.from_host(host)`` adds plugins').
+    :param rules_for: ``op_type -> rules`` (default: ``ops.rules_for``).
     :param progress: called with the name of each stage as it starts (for progress bars).
+    :param package_format: the package format to write (``ops.formats``; default lnn's model.bin).
+    :raises RegistryError: an unknown package format.
+    :raises ModelFileError: an op the format cannot hold.
     """
     limits = load_target().limits
+    ops = ops if ops is not None else OpSet.builtin_only()
+    fmt = ops.format(package_format)
     step = progress or (lambda _stage: None)
     g = graph.copy()
     step("rules")
@@ -68,16 +77,25 @@ def pack_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None 
     if check or not complete:
         report.raise_if_errors(f"graph '{g.name}'")
     step("passes")
-    passes = run_passes(g, limits, fuse=fuse_relu, split=split, shape_rules=ops.shape_rules if ops else None)
+    passes = run_rewrites(g, limits, ops, fuse=fuse_relu, split=split)
+    unsupported = fmt.unsupported(g, ops)
+    if unsupported:
+        node = unsupported[0]
+        raise ModelFileError(
+            f"node {node.name!r} ({node.op_type}) cannot be packed into the {fmt.name!r} package format",
+            {"unsupported ops": ", ".join(sorted({n.op_type for n in unsupported})),
+             "format": fmt.description},
+            "choose another --format, or replace the op", path=g.meta.get("source"), node=node.name)
     step("plan")
-    plan = plan_memory(g, share_mem=share_mem, psram=psram, scratch=scratch)
+    plan = fmt.plan(g, share_mem=share_mem, psram=psram, scratch=scratch, ops=ops)
     step("pack")
-    return PackResult(pack(g, plan, ops=ops), g, plan, passes, report if check else None)
+    return PackResult(fmt.write(g, plan, ops), g, plan, passes, report if check else None, fmt.name)
 
 
 def pack_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *, share_mem: int | None = None,
               psram: int | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-              check: bool = True, ops: PluginOps | None = None) -> bytes:
-    """Read a CSK60xx-dialect ONNX file and return its model.bin bytes (read -> check -> passes -> plan -> pack)."""
+              check: bool = True, ops: OpSet | None = None, package_format: str = DEFAULT_FORMAT) -> bytes:
+    """Read a CSK60xx-dialect ONNX file and return its package bytes (read -> check -> rewrites -> plan -> pack)."""
     graph = read_onnx(source, input_shapes=input_shapes, ops=ops)
-    return pack_graph(graph, share_mem=share_mem, psram=psram, check=check, ops=ops).blob
+    return pack_graph(graph, share_mem=share_mem, psram=psram, check=check, ops=ops,
+                      package_format=package_format).blob

@@ -19,17 +19,18 @@ Two layers, as in TensorFlow Lite Micro:
   step ``i``; a tensor lives from the step of the op that writes it (graph inputs: step 0) to the
   step of the last op that reads it (graph outputs: the last step).
 
-  - Reshape-like ops (:data:`~.passes.ALIAS_OPS`) alias their input: the two tensors form one buffer
+  - Reshape-like ops (``OpDef.alias``) alias their input: the two tensors form one buffer
     with the union of their lifetimes and share one offset.
-  - In-place concatenation: an ``iqCat`` whose inputs have the output's dtype and exponent (no
+  - In-place concatenation: a join (``OpDef.join``) whose inputs have the output's dtype and exponent (no
     rescale), along an axis with only size-1 dimensions before it, gets each input placed *inside*
     the output buffer at its byte offset (when that offset is aligned and the input is an ordinary
     op output read by nothing that needs it elsewhere); the simulator then finds source and
-    destination equal and moves nothing. The split pass (:mod:`.graph_passes`) produces such joins.
+    destination equal and moves nothing. The split rewrite (:mod:`.rewrites`) produces such joins.
   - Per-op buffers in share-memory (sizes in docs/memory.md, "Scratch and prefetch"): a
-    *weight prefetch* buffer for every op with weights (the weights live in flash and are DMA'd in,
-    live from ``prefetch_lookahead`` ops before the op through the op), and a *workspace* for every
-    operand that lives in PSRAM when the op's engine reads share-memory only.
+    *weight prefetch* buffer for every op with weights (``OpDef.prefetch_bytes``; the weights live in
+    flash and are DMA'd in, live from ``prefetch_lookahead`` ops before the op through the op), and a
+    *workspace* for every operand (``OpDef.workspace``) that lives in PSRAM when the op's engine reads
+    share-memory only.
 
   Everything is planned into share-memory first; while that plan is larger than share-memory, the
   activation buffer that is cheapest to keep in PSRAM is moved there (which may add workspaces) and
@@ -49,12 +50,11 @@ from typing import Any
 from lnn_core.errors import HardwareLimitError, ModelFileError
 from lnn_core.graph import Graph, Node
 
-from .passes import ALIAS_OPS
+from .ops.opset import OpSet
 from .sizes import align as _align_up
-from .sizes import packed_weight_bytes
 
 __all__ = ["GreedyPlanner", "MemoryConfig", "TensorPlacement", "ScratchPlacement", "RegionPlan", "MemoryPlan",
-           "plan_memory", "REGION_SHARE", "REGION_PSRAM", "WEIGHT_OPS", "NO_WORKSPACE_OPS"]
+           "plan_memory", "REGION_SHARE", "REGION_PSRAM"]
 
 log = logging.getLogger("lnn.backend.planner")
 
@@ -306,15 +306,6 @@ class MemoryPlan:
         }
 
 
-#: ops whose weights (constant inputs 1 and 2) are DMA'd from flash into a share-memory prefetch buffer
-WEIGHT_OPS = frozenset({"Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt", "BatchNorm2dInt"})
-#: ops that need no share-memory workspace for PSRAM operands: CPU ops (Quant, Dequant), pure data
-#: movement by DMA (Slice, reshape-like aliases) and plugin ops (run on the CPU)
-NO_WORKSPACE_OPS = frozenset({"Quant", "Dequant", "Slice"}) | ALIAS_OPS
-#: ops whose engine reads the operand from share-memory only, so its workspace is the whole tensor
-_FULL_WORKSPACE = {"Conv1dInt": (0,), "ConvTranspose2dInt": (0, "out")}
-
-
 @dataclass
 class _Group:
     root: str
@@ -327,12 +318,13 @@ class _Group:
     steps: set[int] = field(default_factory=set)
 
 
-def _inplace_concats(graph: Graph, produced_by: dict[str, Node], alignment: int) -> dict[str, tuple[str, int]]:
+def _inplace_concats(graph: Graph, produced_by: dict[str, Node], alignment: int,
+                     ops: OpSet) -> dict[str, tuple[str, int]]:
     """Inputs of no-rescale concatenations that can live inside the output buffer: input -> (output, byte offset)."""
     out: dict[str, tuple[str, int]] = {}
     claimed: set[str] = set()
     for node in graph.nodes:
-        if node.op_type != "iqCat" or not node.outputs:
+        if node.op_type not in ops or not ops[node.op_type].join or not node.outputs:
             continue
         y = graph.tensors.get(node.outputs[0])
         if y is None or y.shape is None:
@@ -350,14 +342,18 @@ def _inplace_concats(graph: Graph, produced_by: dict[str, Node], alignment: int)
             pos += x.shape[axis]
             prod = produced_by.get(name)
             if (x.dtype != y.dtype or x.exponent != y.exponent or offset % alignment or prod is None
-                    or prod.op_type in ALIAS_OPS or name in graph.outputs or name in claimed):
+                    or _aliases(prod, ops) or name in graph.outputs or name in claimed):
                 continue
             claimed.add(name)
             out[name] = (y.name, offset)
     return out
 
 
-def _groups(graph: Graph, alignment: int) -> tuple[list[_Group], dict[str, str]]:
+def _aliases(node: Node, ops: OpSet) -> bool:
+    return node.op_type in ops and ops[node.op_type].alias
+
+
+def _groups(graph: Graph, alignment: int, ops: OpSet) -> tuple[list[_Group], dict[str, str]]:
     """Activation buffers: one per tensor, merged across reshape-like ops and in-place concatenations;
     returns the groups and ``tensor -> root`` ."""
     n_steps = len(graph.nodes)
@@ -377,14 +373,14 @@ def _groups(graph: Graph, alignment: int) -> tuple[list[_Group], dict[str, str]]
                 steps[t].add(step)
         for t in node.outputs:
             src = node.inputs[0] if node.inputs else ""
-            if node.op_type in ALIAS_OPS and src in first:
+            if _aliases(node, ops) and src in first:
                 parent[t] = (src, 0)
             first[t], last[t], accesses[t], steps[t] = step, step, 1, {step}
             produced_by[t] = node
     for t in graph.outputs:
         if t in last:
             last[t] = max(last[t], n_steps - 1, 0)
-    for name, target in _inplace_concats(graph, produced_by, alignment).items():
+    for name, target in _inplace_concats(graph, produced_by, alignment, ops).items():
         parent.setdefault(name, target)
 
     def resolve(name: str) -> tuple[str, int]:
@@ -427,54 +423,58 @@ class _Scratch:
     detail: str
 
 
-def _prefetch_buffers(graph: Graph, cfg: MemoryConfig) -> list[_Scratch]:
+def _prefetch_buffers(graph: Graph, cfg: MemoryConfig, ops: OpSet) -> list[_Scratch]:
     out = []
     for step, node in enumerate(graph.nodes):
-        if node.op_type not in WEIGHT_OPS or len(node.inputs) < 2 or node.inputs[1] not in graph.initializers:
+        op = ops.get(node.op_type)
+        if op is None or op.prefetch_bytes is None or not op.params:
             continue
-        weights = min(packed_weight_bytes(graph, node), cfg.prefetch_max)
-        extra = [graph.tensors[t].nbytes for t in node.inputs[2:] if t and t in graph.initializers]
-        size = _align_up(weights, cfg.prefetch_align) + sum(extra)
+        weights = {p.weight for p in op.params}
+        if any(w >= len(node.inputs) or node.inputs[w] not in graph.initializers for w in weights):
+            continue
+        packed = min(op.prefetch_bytes(graph, node), cfg.prefetch_max)
+        extra = [graph.tensors[t].nbytes for i, t in enumerate(node.inputs)
+                 if i > 0 and i not in weights and t and t in graph.initializers]
+        size = _align_up(packed, cfg.prefetch_align) + sum(extra)
         out.append(_Scratch(f"prefetch:{node.name}", "prefetch", node.name, size,
                             max(0, step - cfg.prefetch_lookahead), step,
-                            f"{node.op_type} weights {weights} B (packed), then {sum(extra)} B of bias at "
+                            f"{node.op_type} weights {packed} B (packed), then {sum(extra)} B of bias at "
                             f"ALIGN{cfg.prefetch_align}"))
     return out
 
 
-def _workspace_buffers(graph: Graph, cfg: MemoryConfig, spilled_tensors: set[str],
-                       known_ops: frozenset[str]) -> list[_Scratch]:
+def _workspace_operands(graph: Graph, node: Node, ops: OpSet) -> list[tuple[Any, str, bool]]:
+    """The operands of ``node`` that need a share-memory workspace when they live in PSRAM (``OpDef.workspace``):
+    ``(input index or "out", tensor, whole tensor?)``. CPU ops, DMA-only ops and plugin ops have none."""
+    op = ops.get(node.op_type)
+    return [] if op is None or op.workspace is None else op.workspace(graph, node)
+
+
+def _workspace_size(graph: Graph, cfg: MemoryConfig, tensor: str, whole: bool) -> int:
+    size = graph.tensors[tensor].nbytes
+    return size if whole else min(size, cfg.workspace_max)
+
+
+def _workspace_buffers(graph: Graph, cfg: MemoryConfig, spilled_tensors: set[str], ops: OpSet) -> list[_Scratch]:
     out = []
     for step, node in enumerate(graph.nodes):
-        if node.op_type in NO_WORKSPACE_OPS or node.op_type not in known_ops:
-            continue
-        full = _FULL_WORKSPACE.get(node.op_type, ())
-        operands = [(i, t) for i, t in enumerate(node.inputs) if t] + [("out", t) for t in node.outputs]
-        if node.op_type == "iqCat":  # only rescaled inputs pass through the engine
-            y_exp = graph.tensors[node.outputs[0]].exponent
-            operands = [(i, t) for i, t in operands if i != "out" and graph.tensors[t].exponent != y_exp]
-        for where, t in operands:
+        for where, t, whole in _workspace_operands(graph, node, ops):
             if t not in spilled_tensors:
                 continue
-            size = graph.tensors[t].nbytes
-            ws = size if where in full else min(size, cfg.workspace_max)
-            out.append(_Scratch(f"workspace:{node.name}:{t}", "workspace", node.name, ws, step, step,
+            out.append(_Scratch(f"workspace:{node.name}:{t}", "workspace", node.name,
+                                _workspace_size(graph, cfg, t, whole), step, step,
                                 f"{node.op_type} {'output' if where == 'out' else 'input'} {t!r} lives in PSRAM"))
     return out
 
 
-def _workspace_cost(graph: Graph, cfg: MemoryConfig, g: _Group, step: int, known_ops: frozenset[str]) -> int:
-    """Workspace bytes moving ``g`` to PSRAM adds at ``step`` (its share-memory saving there is size - this)."""
+def _workspace_cost(graph: Graph, cfg: MemoryConfig, g: _Group, step: int, ops: OpSet) -> int:
+    """Workspace bytes moving ``g`` to PSRAM adds at ``step`` (its share-memory saving there is size - this):
+    exactly the workspaces :func:`_workspace_buffers` would plan for ``g``'s tensors at that step."""
     node = graph.nodes[step] if step < len(graph.nodes) else None
-    if node is None or step not in g.steps or node.op_type in NO_WORKSPACE_OPS or node.op_type not in known_ops:
+    if node is None or step not in g.steps:
         return 0
-    full = _FULL_WORKSPACE.get(node.op_type, ())
-    cost = 0
-    for where, t in [(i, t) for i, t in enumerate(node.inputs) if t] + [("out", t) for t in node.outputs]:
-        if t in g.rel:
-            size = graph.tensors[t].nbytes
-            cost += size if where in full else min(size, cfg.workspace_max)
-    return cost
+    return sum(_workspace_size(graph, cfg, t, whole) for _, t, whole in _workspace_operands(graph, node, ops)
+               if t in g.rel)
 
 
 def _plan_share(groups: list[_Group], scratch: list[_Scratch], alignment: int) -> GreedyPlanner:
@@ -487,7 +487,7 @@ def _plan_share(groups: list[_Group], scratch: list[_Scratch], alignment: int) -
 
 
 def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None = None,
-                config: MemoryConfig | None = None, scratch: bool = True) -> MemoryPlan:
+                config: MemoryConfig | None = None, scratch: bool = True, ops: OpSet | None = None) -> MemoryPlan:
     """Plan every activation tensor of ``graph`` (graph inputs and node outputs; not initializers), and
     the per-op prefetch and workspace buffers in share-memory.
 
@@ -498,16 +498,14 @@ def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None
     :raises HardwareLimitError: when the buffers do not fit share-memory and PSRAM together.
     """
     cfg = config or MemoryConfig.from_target(share_mem=share_mem, psram=psram, scratch=scratch)
-    from .packer import OP_CODES  # the ops the chip runs; anything else is a plugin (CPU) op
-
-    known_ops = frozenset(OP_CODES)
-    groups, root = _groups(graph, cfg.alignment)
-    prefetch = _prefetch_buffers(graph, cfg) if cfg.scratch else []
+    ops = ops if ops is not None else OpSet.builtin_only()
+    groups, root = _groups(graph, cfg.alignment, ops)
+    prefetch = _prefetch_buffers(graph, cfg, ops) if cfg.scratch else []
     share = list(groups)
     spilled: list[_Group] = []
     while True:
         spilled_tensors = {m for g in spilled for m in g.members}
-        work = _workspace_buffers(graph, cfg, spilled_tensors, known_ops) if cfg.scratch else []
+        work = _workspace_buffers(graph, cfg, spilled_tensors, ops) if cfg.scratch else []
         planner = _plan_share(share, prefetch + work, cfg.alignment)
         if planner.max_size <= cfg.share_mem:
             break
@@ -517,7 +515,7 @@ def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None
         hot_steps = {t for i, (a, b) in enumerate(spans) if offsets[i] + sizes[i] > cfg.share_mem
                      for t in range(a, b + 1)}
         candidates = [g for g in share if any(
-            g.first <= t <= g.last and g.size > (_workspace_cost(graph, cfg, g, t, known_ops) if cfg.scratch else 0)
+            g.first <= t <= g.last and g.size > (_workspace_cost(graph, cfg, g, t, ops) if cfg.scratch else 0)
             for t in hot_steps)]
         if not candidates:
             raise HardwareLimitError(

@@ -1,4 +1,7 @@
-"""The CSK60xx backend's hook implementations (entry point ``lnn:csk60xx``). Only @hookimpl here."""
+"""The CSK60xx backend's hook implementations (entry point ``lnn:csk60xx``). Only @hookimpl here.
+
+Nothing heavy is imported at module level: each hook imports what it uses when it is called.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +9,46 @@ from typing import Any
 
 from lnn_core import hookimpl
 
-from .extensions import PluginOps
-from .target import TARGET_ID, load_target
+TARGET_ID = "csk60xx"
+
+
+def builtin_op_types() -> frozenset[str]:
+    """The IR op types of the backend's own op families."""
+    from .ops import builtin_ops
+
+    return frozenset(op.op_type for op in builtin_ops())
 
 
 @hookimpl
 def lnn_register_targets(registry: Any) -> None:
+    from .target import load_target
+
     registry.add(load_target())
 
 
 @hookimpl
-def lnn_op_rules(op_type: str, target: str) -> list[Any] | None:
+def lnn_register_target_ops(registry: Any) -> None:
+    """The built-in op families and lnn's model.bin format, through the registry third-party packages use."""
+    from .formats import MODEL_BIN
+    from .ops import builtin_ops
+
+    for op in builtin_ops():
+        registry.add(TARGET_ID, op)
+    registry.add_format(TARGET_ID, MODEL_BIN)
+
+
+def _opset(host: Any) -> Any:
+    from .ops.opset import OpSet
+
+    return OpSet.from_host(host) if host is not None else OpSet.builtin_only()
+
+
+@hookimpl
+def lnn_op_rules(op_type: str, target: str, host: Any) -> list[Any] | None:
+    """The rules of every op registered for the CSK60xx (built-in and other plugins' ``OpDef.rules``)."""
     if target != TARGET_ID:
         return None
-    from .rules import rules_for
-
-    return rules_for(op_type)
+    return _opset(host).rules_for(op_type)
 
 
 @hookimpl
@@ -40,14 +67,16 @@ def lnn_register_commands(registry: Any) -> None:
 
 @hookimpl
 def lnn_register_exporters(registry: Any) -> None:
-    from .dialect import read_onnx, write_onnx
-
     def write(graph: Any, host: Any = None) -> Any:
         """The CSK60xx dialect writer, knowing the ops the host's plugins add to the dialect."""
-        return write_onnx(graph, ops=PluginOps.from_host(host) if host is not None else None)
+        from .dialect import write_onnx
+
+        return write_onnx(graph, ops=_opset(host))
 
     def read(source: Any, host: Any = None, **kwargs: Any) -> Any:
-        return read_onnx(source, ops=PluginOps.from_host(host) if host is not None else None, **kwargs)
+        from .dialect import read_onnx
+
+        return read_onnx(source, ops=_opset(host), **kwargs)
 
     registry.add_writer(TARGET_ID, write)
     registry.add_reader(TARGET_ID, read)
@@ -63,20 +92,19 @@ def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, 
     from .simulator import Simulator
 
     # verification compares every tensor: keep each one (no Relu fusion) and pack what the simulator runs
-    ops = PluginOps.from_host(host) if host is not None else None
+    ops = _opset(host)
     packed = pack_graph(read_onnx(model, ops=ops), share_mem=options.get("share_mem"), psram=options.get("psram"),
                         check=False, fuse_relu=False, ops=ops)
-    return Simulator(packed.blob, kernels=ops.kernels if ops is not None else None).run(inputs, dump=True)
+    return Simulator(packed.blob, kernels=ops.kernels).run(inputs, dump=True)
 
 
 @hookimpl
 def lnn_check_graph(graph: Any, target: str, options: dict[str, Any], host: Any) -> Any:
-    """Rules, graph passes and the memory plan of an IR graph (see :func:`.check.check_graph`)."""
+    """Rules, graph rewrites and the memory plan of an IR graph (see :func:`.check.check_graph`)."""
     if target != TARGET_ID:
         return None
     from .check import check_graph
 
-    ops = PluginOps.from_host(host) if host is not None else None
     rules_for = (lambda op_type: host.rules_for(op_type, TARGET_ID)) if host is not None else None
     return check_graph(graph, share_mem=options.get("share_mem"), psram=options.get("psram"), rules_for=rules_for,
-                       ops=ops)
+                       ops=_opset(host))

@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .graph_passes import PassReport
 from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan
+from .rewrites import PassReport
 
 __all__ = ["memory_table", "memory_json", "memory_dict", "write_png", "write_reports"]
 

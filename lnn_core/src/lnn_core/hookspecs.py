@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # annotations only: loading the specs imports nothing of lnn'
         OpRegistry,
         RecipeRegistry,
         SimKernelRegistry,
+        TargetOpRegistry,
         TargetRegistry,
     )
     from .rules import Rule
@@ -84,8 +85,26 @@ def lnn_register_exporters(registry: ExporterRegistry) -> None:
 
 
 @hookspec
+def lnn_register_target_ops(registry: TargetOpRegistry) -> None:
+    """Register what a target's backend knows about IR op types, and the package formats it writes.
+
+    A backend registers its built-in op families here, and an op package adds its ops to a target
+    through the same call: ``registry.add(target, op)`` (for the CSK60xx an ``OpDef``: dialect schema,
+    shape rule, hardware rules, buffer sizes, lowering and, for ops without a C kernel, a Python
+    simulator kernel); ``registry.add_format(target, fmt)`` registers a package format.
+
+    :param registry: the registry to add to.
+    """
+
+
+@hookspec(warn_on_impl=DeprecationWarning(
+    "lnn_register_sim_kernels is deprecated: give the op's OpDef a kernel= and register it with "
+    "lnn_register_target_ops"))
 def lnn_register_sim_kernels(registry: SimKernelRegistry) -> None:
     """Register simulator kernels for IR op types that the C simulator does not implement itself.
+
+    Deprecated: a kernel now belongs to the op's definition (``lnn_register_target_ops``); kernels
+    registered here are still attached to ops that have none.
 
     :param registry: call ``registry.add(op_type, kernel)``.
     """
@@ -105,7 +124,7 @@ def lnn_register_commands(registry: CommandRegistry) -> None:
 
 
 @hookspec
-def lnn_op_rules(op_type: str, target: str) -> list[Rule] | None:
+def lnn_op_rules(op_type: str, target: str, host: PluginHost) -> list[Rule] | None:
     """Return the hardware rules that apply to ``op_type`` on ``target``.
 
     Every implementation is called and the results are concatenated, so a backend and a
@@ -113,14 +132,18 @@ def lnn_op_rules(op_type: str, target: str) -> list[Rule] | None:
 
     :param op_type: the op id (``builtin.Conv2d``) or IR op type (``Conv2dInt``).
     :param target: the target id, e.g. ``csk60xx``.
+    :param host: the calling host (a backend also returns the rules of ops other plugins registered
+        with ``lnn_register_target_ops``).
+
+    .. versionchanged:: 0.2 ``host`` added.
     :return: a list of :class:`lnn_core.rules.Rule`, or None.
     """
 
 
 # ---------------------------------------------------------------------------------------------
-# Compile pipeline hooks (packing). Called in this order by a target's packer:
-#   1. lnn_plan_memory(graph, target, options)   -> a memory plan
-#   2. lnn_pack(graph, plan, target, options)    -> the packed bytes
+# Compile pipeline hooks. A target's backend runs its own pipeline (rules, graph rewrites, memory
+# plan, package writer); what varies per op or per package format is registered data
+# (lnn_register_target_ops), not a hook.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -152,29 +175,4 @@ def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, 
     :param options: region sizes and other packer options.
     :return: ``(outputs, tensors)``: output arrays, and every intermediate tensor by IR name as
         integers (quantized tensors) or floats; None when the target is not this plugin's.
-    """
-
-
-@hookspec(firstresult=True)
-def lnn_plan_memory(graph: Graph, target: str, options: dict[str, Any]) -> Any:
-    """Plan the memory of ``graph`` on ``target``.
-
-    Stops at first non-None result, see firstresult.
-
-    :param graph: the IR after graph passes.
-    :param target: target id.
-    :param options: planner options (region sizes, ...).
-    """
-
-
-@hookspec(firstresult=True)
-def lnn_pack(graph: Graph, plan: Any, target: str, options: dict[str, Any]) -> bytes | None:
-    """Serialise ``graph`` with its memory ``plan`` into the target's model file.
-
-    Stops at first non-None result, see firstresult.
-
-    :param graph: the IR after graph passes.
-    :param plan: the result of :func:`lnn_plan_memory`.
-    :param target: target id.
-    :param options: packer options.
     """

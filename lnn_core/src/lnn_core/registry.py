@@ -20,6 +20,7 @@ __all__ = [
     "TargetRegistry",
     "ExporterRegistry",
     "SimKernelRegistry",
+    "TargetOpRegistry",
     "CommandRegistry",
     "Command",
 ]
@@ -172,6 +173,42 @@ class SimKernelRegistry(Registry[Callable[..., Any]]):
 
     def add(self, op_type: str, kernel: Callable[..., Any]) -> Callable[..., Any]:
         return self._add(op_type, kernel)
+
+
+class TargetOpRegistry(Registry[Any]):
+    """What a target's backend knows per IR op type, and the package formats it writes.
+
+    The core stores these objects without looking inside; the target's backend defines their type
+    (for the CSK60xx: ``lnn_backend_csk60xx.ops.OpDef`` and ``lnn_backend_csk60xx.formats.PackageFormat``)
+    and reads them back with :meth:`ops` and :meth:`formats`. Built-in ops are registered through this
+    registry exactly like a third-party package's.
+    """
+
+    kind = "target op"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.package_formats: Registry[Any] = Registry()
+        self.package_formats.kind = "package format"
+
+    def add(self, target: str, op: Any) -> Any:
+        """Register ``op`` (an object with an ``op_type``) for ``target``; a second op of the same type is refused."""
+        return self._add(f"{target}:{getattr(op, 'op_type', '')}", op)
+
+    def add_format(self, target: str, fmt: Any) -> Any:
+        """Register a package format (an object with a ``name``) for ``target``."""
+        self.package_formats.source = self.source
+        return self.package_formats._add(f"{target}:{getattr(fmt, 'name', '')}", fmt)
+
+    def ops(self, target: str) -> dict[str, Any]:
+        """IR op type -> op object, for ``target``, in registration order."""
+        prefix = f"{target}:"
+        return {k[len(prefix):]: v for k, v in self.items() if k.startswith(prefix)}
+
+    def formats(self, target: str) -> dict[str, Any]:
+        """Format name -> package format, for ``target``, in registration order."""
+        prefix = f"{target}:"
+        return {k[len(prefix):]: v for k, v in self.package_formats.items() if k.startswith(prefix)}
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ def rules_markdown(host: Any, target: str | None = None) -> str:
         lines += ["", f"## Target `{tid}`: {tgt.description}", "", "| rule | applies to | rule text |",
                   "|---|---|---|"]
         seen: dict[str, Any] = {}
-        op_types = sorted(set(host.ops) | {"core.Quant"} | set(tgt.limits.get("ir.op_types", ())))
+        op_types = sorted(set(host.ops) | {"core.Quant"} | set(host.target_ops.ops(tid)))
         for op_type in op_types:
             for r in host.rules_for(op_type, tid):
                 seen.setdefault(r.id, r)

@@ -1,19 +1,20 @@
-"""``PReluInt`` on the CSK60xx backend: its dialect schema, its shape rule and its simulator kernel.
+"""``PReluInt`` on the CSK60xx backend: its op definition (dialect schema, shape rule, simulator kernel).
 
 The IR writer (:func:`lnn_ops_example.prelu.write_ir`) emits ``PReluInt(x, slope) -> y``. This module
-teaches the backend the rest, through its public extension points (``lnn_backend_csk60xx.extensions``):
+teaches the backend the rest, through the same registry the backend's own op families use
+(``lnn_register_target_ops``):
 
-- :func:`schema`: the :class:`~lnn_backend_csk60xx.dialect.OpSchema` registered as the ``csk60xx``
-  node writer of ``PReluInt`` (domain ``thinker``, two inputs, ``scale_x``/``scale_w``/``scale_o``
-  from the exponents of ``x``, ``slope`` and ``y``, the bit-width attributes and ``platform_quant``);
-  with it ``write_onnx``/``read_onnx`` accept the op and the packer writes it as an external op.
+- :func:`op_def`: the :class:`~lnn_backend_csk60xx.ops.OpDef` of ``PReluInt`` (domain ``thinker``, two
+  inputs, ``scale_x``/``scale_w``/``scale_o`` from the exponents of ``x``, ``slope`` and ``y``, the
+  bit-width attributes and ``platform_quant``, :func:`infer` and :func:`kernel`); with it
+  ``write_onnx``/``read_onnx`` accept the op and the packer writes it as an external op.
 - :func:`infer`: its shape rule. ``x`` int8 of rank >= 1, ``slope`` an int8 initializer with 1 value
   or one per channel (axis 1; 1 for a rank-1 input); ``y`` has the shape and exponent of ``x``. A file
   whose ``scale_o`` differs from ``scale_x`` is refused when it is packed.
 - :func:`kernel`: the simulator kernel, :func:`prelu_int` on the op's tensors (numpy, int64).
 
-Only :func:`schema` imports the backend; the plugin registers it when the backend is installed
-(:func:`backend_installed`).
+Only :func:`op_def` imports the backend; the plugin registers it when the backend is installed
+(:func:`backend_installed`). The op's hardware rules come through this package's ``lnn_op_rules``.
 """
 
 from __future__ import annotations
@@ -27,30 +28,31 @@ from lnn_core.errors import ModelFileError
 
 from .prelu import IR_OP
 
-__all__ = ["OP_TYPE", "DIALECT", "backend_installed", "schema", "infer", "prelu_int", "kernel"]
+__all__ = ["OP_TYPE", "TARGET", "backend_installed", "op_def", "infer", "prelu_int", "kernel"]
 
 OP_TYPE = IR_OP
-DIALECT = "csk60xx"
+TARGET = "csk60xx"
 _DOMAIN = "thinker"
 
 
 def backend_installed() -> bool:
-    """Whether ``lnn_backend_csk60xx`` can be imported (its dialect schema type is needed to register)."""
+    """Whether ``lnn_backend_csk60xx`` can be imported (its ``OpDef`` type is needed to register)."""
     return importlib.util.find_spec("lnn_backend_csk60xx") is not None
 
 
-def schema() -> Any:
-    """The CSK60xx dialect schema of ``PReluInt`` (an ``OpSchema`` with :func:`infer` as its shape rule)."""
-    from lnn_backend_csk60xx.dialect import AttrSpec, OpSchema
+def op_def() -> Any:
+    """The CSK60xx ``OpDef`` of ``PReluInt``: schema, :func:`infer` as its shape rule, :func:`kernel`."""
+    from lnn_backend_csk60xx.ops import AttrSpec, OpDef
+    from lnn_backend_csk60xx.ops.base import PLATFORM
 
     attrs = {
         "data_bits": AttrSpec("int", default=8, choices=(8,)),
         "parameter_bits": AttrSpec("int", default=8, choices=tuple(range(2, 9))),
         "o_bits": AttrSpec("int", default=8, choices=(8,)),
-        "platform_quant": AttrSpec("str", default="luna_quant", choices=("luna_quant",)),
+        **PLATFORM,
     }
     scales = {"scale_x": ("in", 0), "scale_w": ("in", 1), "scale_o": ("out", 0)}
-    return OpSchema(_DOMAIN, (2, 2), attrs, scales, infer=infer)
+    return OpDef(OP_TYPE, _DOMAIN, (2, 2), infer, attrs=attrs, scales=scales, kernel=kernel)
 
 
 def infer(c: Any) -> list[Any]:

@@ -1,14 +1,15 @@
-"""The packer's graph passes, in the order they run (:func:`run_passes` is the one entry point).
+"""The packer's graph rewrites, in the order they run (:func:`run_rewrites` is the one entry point).
 
-1. **Shape inference** (:func:`.passes.infer_shapes`): shape, dtype and exponent of every tensor; the
+1. **Shape inference** (:func:`.inference.infer_shapes`): shape, dtype and exponent of every tensor; the
    rules (:mod:`.rules`) judge the graph right after it, under the names the user wrote.
-2. **Relu fusion** (:func:`fuse_relu`): a ``Relu`` whose input is written by a Conv1dInt, Conv2dInt or
-   ConvTranspose2dInt, and read by nothing else (nor a graph output), becomes the conv's ``act_type=1``
+2. **Relu fusion** (:func:`fuse_relu`): a ``Relu`` whose input is written by an op that can absorb it
+   (``OpDef.fuses_relu``: the convolutions), and read by nothing else (nor a graph output), becomes the op's
+   ``act_type=1``
    (tpacker's CR_fusion). The simulator clamps the conv's requantized integers at 0, which is exactly
    what the Relu op computed, so no result changes; the conv now writes the Relu's output tensor and
    the conv's own output tensor disappears. ``Clip`` is never fused (the chip drops it, spec 3.13).
 3. **Splits** (:func:`split_large_ops`): ops whose buffers exceed the engine limits are cut as the
-   vendor's packer cuts them (the decisions are made once, in :mod:`.sizes`):
+   vendor's packer cuts them (the decisions are made once, by the op family's ``OpDef.fit``):
 
    - Conv weight above 32 KB (``A8(C_in)*kh*kw*A2(C_out)``): C_out in chunks of
      ``floor(32768 / (A8(C_in)*kh*kw))`` rounded down to even; each piece is a Conv with the slice of the
@@ -26,7 +27,7 @@
    of the joined tensor (leading dimensions 1, 64-byte aligned byte offsets), the memory planner places
    them *inside* the joined buffer (:func:`.planner.plan_memory`, "in-place concatenation") and the
    join costs neither memory nor time.
-4. **Aliasing** (:mod:`.planner`): reshape-like ops (:data:`.passes.ALIAS_OPS`) share their input's
+4. **Aliasing** (:mod:`.planner`): reshape-like ops (``OpDef.alias``) share their input's
    buffer. This is part of memory planning, not a rewrite.
 
 What cannot be made to fit is not touched here; the rules report it (``csk60xx.conv.weight_and_input``,
@@ -44,15 +45,15 @@ import numpy as np
 
 from lnn_core.graph import Graph, Node, TensorInfo
 
-from .passes import infer_shapes
-from .sizes import fit_node, row_slices
+from .inference import infer_shapes
+from .ops.conv import row_slices
+from .ops.opset import OpSet
+from .sizes import fit_node
 
-__all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops", "run_passes",
-           "CONV_OPS"]
+__all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops",
+           "run_rewrites"]
 
-log = logging.getLogger("lnn.backend.graph_passes")
-
-CONV_OPS = ("Conv1dInt", "Conv2dInt", "ConvTranspose2dInt")
+log = logging.getLogger("lnn.backend.rewrites")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class SplitRecord:
 
 @dataclass
 class PassReport:
-    """What the passes changed."""
+    """What the rewrites changed."""
 
     fused: list[FusedRelu] = field(default_factory=list)
     splits: list[SplitRecord] = field(default_factory=list)
@@ -96,8 +97,10 @@ class PassReport:
                 "splits": [s.to_dict() for s in self.splits]}
 
 
-def fuse_relu(graph: Graph) -> list[FusedRelu]:
-    """Fold each Relu into a directly preceding conv that nothing else reads (pass 2); in place."""
+def fuse_relu(graph: Graph, ops: OpSet | None = None) -> list[FusedRelu]:
+    """Fold each Relu into a directly preceding op that can absorb it and that nothing else reads (rewrite 2);
+    in place."""
+    ops = ops if ops is not None else OpSet.builtin_only()
     consumers = graph.consumers()
     producers = graph.producers()
     fused: list[FusedRelu] = []
@@ -107,7 +110,8 @@ def fuse_relu(graph: Graph) -> list[FusedRelu]:
             continue
         conv = producers[node.inputs[0]]
         mid = node.inputs[0]
-        if (conv.op_type not in CONV_OPS or conv.attrs.get("act_type") or len(consumers.get(mid, [])) != 1
+        absorbs = conv.op_type in ops and ops[conv.op_type].fuses_relu
+        if (not absorbs or conv.attrs.get("act_type") or len(consumers.get(mid, [])) != 1
                 or mid in graph.outputs or conv.name in drop):
             continue
         conv.attrs["act_type"] = 1
@@ -186,10 +190,10 @@ def _join(graph: Graph, names: _Names, node: Node, pieces: list[str], axis: int)
             shape[axis] = sum(graph.tensors[p].shape[axis] for p in group)
             graph.tensors[out] = TensorInfo(out, y.dtype, tuple(shape), y.exponent)
             nodes.append(Node(names(f"{node.name}/cat{level}_{k // MAX_JOIN_INPUTS}"), "iqCat", group, [out],
-                              {"dim": axis}, "thinker"))
+                              {"dim": axis}))
             joined.append(out)
         pieces, level = joined, level + 1
-    nodes.append(Node(names(f"{node.name}/cat"), "iqCat", pieces, [node.outputs[0]], {"dim": axis}, "thinker"))
+    nodes.append(Node(names(f"{node.name}/cat"), "iqCat", pieces, [node.outputs[0]], {"dim": axis}))
     return nodes
 
 
@@ -266,16 +270,17 @@ _SPLITTERS: dict[str, Callable[[Graph, _Names, Node, tuple[int, ...]], list[Node
     "in_rows": _split_linear_rows,
 }
 
-def split_large_ops(graph: Graph, limits: Mapping[str, Any]) -> list[SplitRecord]:
-    """Cut the ops whose buffers exceed the engine limits (pass 3); in place. Pieces are re-examined,
-    so a LinearInt split by rows is then split by features when its weight is too large as well."""
+def split_large_ops(graph: Graph, limits: Mapping[str, Any], ops: OpSet | None = None) -> list[SplitRecord]:
+    """Cut the ops whose buffers exceed the engine limits (rewrite 3); in place. Pieces are re-examined,
+    so a linear layer split by rows is then split by features when its weight is too large as well."""
+    ops = ops if ops is not None else OpSet.builtin_only()
     names = _Names(graph)
     records: list[SplitRecord] = []
     work = list(graph.nodes)
     done: list[Node] = []
     while work:
         node = work.pop(0)
-        fit = fit_node(graph, node, limits)
+        fit = fit_node(graph, node, limits, ops)
         if fit is None or fit.action is None or not _has_constant_weights(graph, node):
             done.append(node)
             continue
@@ -300,19 +305,20 @@ def _has_constant_weights(graph: Graph, node: Node) -> bool:
         len(node.inputs) < 3 or not node.inputs[2] or node.inputs[2] in graph.initializers)
 
 
-def run_passes(graph: Graph, limits: Mapping[str, Any], *, fuse: bool = True, split: bool = True,
-               shape_rules: Mapping[str, Callable[..., Any]] | None = None) -> PassReport:
-    """Run passes 2 and 3 on ``graph`` (shapes already inferred), in place, then re-infer shapes.
+def run_rewrites(graph: Graph, limits: Mapping[str, Any], ops: OpSet | None = None, *, fuse: bool = True,
+                 split: bool = True) -> PassReport:
+    """Run rewrites 2 and 3 on ``graph`` (shapes already inferred), in place, then re-infer shapes.
 
+    :param ops: the ops of this run (default: the built-in ones).
     :param fuse: fold Relu into convs (off when every tensor of the original graph must stay visible,
         e.g. for ``lnn verify``).
     :param split: cut ops that exceed the engine buffers.
-    :param shape_rules: shape rules of plugin ops, for the final re-inference.
     """
+    ops = ops if ops is not None else OpSet.builtin_only()
     report = PassReport()
     if fuse:
-        report.fused = fuse_relu(graph)
+        report.fused = fuse_relu(graph, ops)
     if split:
-        report.splits = split_large_ops(graph, limits)
-    infer_shapes(graph, path=graph.meta.get("source"), rules=shape_rules)
+        report.splits = split_large_ops(graph, limits, ops)
+    infer_shapes(graph, ops, path=graph.meta.get("source"))
     return report

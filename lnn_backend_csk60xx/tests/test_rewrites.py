@@ -7,9 +7,9 @@ import pytest
 from _helpers import conv2d_ref, ir_conv_graph, ir_graph, quantize, sat, shr
 
 from lnn_backend_csk60xx.check import check_graph
-from lnn_backend_csk60xx.graph_passes import fuse_relu, run_passes
-from lnn_backend_csk60xx.passes import infer_shapes
+from lnn_backend_csk60xx.inference import infer_shapes
 from lnn_backend_csk60xx.pipeline import pack_graph
+from lnn_backend_csk60xx.rewrites import fuse_relu, run_rewrites
 from lnn_backend_csk60xx.simulator import Simulator
 from lnn_backend_csk60xx.target import load_target
 from lnn_core.errors import HardwareLimitError
@@ -121,7 +121,7 @@ def test_more_pieces_than_one_join_takes_are_joined_by_a_tree():
     MAX_JOIN_INPUTS inputs per op, so the pieces are joined in groups, then the groups; the result is the
     unsplit conv's, and the groups live inside the final tensor (no extra memory)."""
     from lnn_backend_csk60xx import simulator
-    from lnn_backend_csk60xx.graph_passes import MAX_JOIN_INPUTS
+    from lnn_backend_csk60xx.rewrites import MAX_JOIN_INPUTS
 
     assert MAX_JOIN_INPUTS == simulator.lib.LNN_SIM_MAX_OP_INPUTS
     w = RNG.integers(-128, 128, (512, 512, 3, 3), dtype=np.int8)
@@ -226,7 +226,7 @@ def test_run_passes_is_deterministic_and_reported():
     w = RNG.integers(-128, 128, (64, 64, 3, 3), dtype=np.int8)
     g1 = infer_shapes(ir_conv_graph((1, 64, 8, 8), w, relu=True))
     g2 = infer_shapes(ir_conv_graph((1, 64, 8, 8), w, relu=True))
-    r1, r2 = run_passes(g1, LIMITS), run_passes(g2, LIMITS)
+    r1, r2 = run_rewrites(g1, LIMITS), run_rewrites(g2, LIMITS)
     assert g1 == g2 and r1.to_dict() == r2.to_dict()
     d = r1.to_dict()
     assert d["fused_relu"] == [{"conv": "conv", "relu": "relu"}]
