@@ -13,16 +13,18 @@ limit, actual value, hint and rule text) and at the limit (the graph checks clea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import attrs
 import numpy as np
 import pytest
 
 from lnn_backend_csk60xx.check import check_graph
-from lnn_backend_csk60xx.rules import PACK_RULES, RULES
+from lnn_backend_csk60xx.rules import PACK_RULES, RULES, rules_for
 from lnn_backend_csk60xx.target import load_target
 from lnn_core.graph import Graph, Node
+from lnn_core.rules import Rule
 
 #: the rules that also judge PyTorch modules; tests/test_module_rule_coverage.py makes each of them fire
 MODULE_RULES = frozenset({
@@ -110,6 +112,7 @@ class Case:
     :param actual: the finding's actual value; a tuple when the rule finds several things on the node.
     :param also: other error rule ids that fire on the over-limit graph (the rule is shadowed by them).
     :param hint: a phrase the hint contains.
+    :param quiet_also: error rule ids that still fire at the limit (the rule itself does not).
     """
 
     rule_id: str
@@ -120,6 +123,7 @@ class Case:
     hint: str
     also: frozenset[str] = frozenset()
     name: str = ""
+    quiet_also: frozenset[str] = frozenset()
 
 
 def _g(fill: Callable[[G, bool], object]) -> Callable[[bool], Graph]:
@@ -290,6 +294,86 @@ CASES: list[Case] = [
 ]
 
 
+def conv_k(g: G, k: int, **attrs: object) -> str:
+    """Conv2dInt with a ``k`` x ``k`` kernel on a [1, 4, 8, 8] input, no padding unless given."""
+    return conv2d(g, g.quant((1, 4, 8, 8)), w8(4, 4, k, k), **{"pads": [0] * 4, **attrs})
+
+
+#: the rules that also judge PyTorch modules judge the IR nodes those modules export to, from the node's attributes
+#: and what :func:`~lnn_backend_csk60xx.check.op_view` derives (bits from dtypes, in_features, global pooling)
+MODULE_CASES_ON_IR: list[Case] = [
+    Case("csk60xx.conv.kernel_size", "conv", _g(lambda g, over: conv_k(g, 6 if over else 5)),
+         "1..5 per axis", "kernel 6x6", "stacked kernels"),
+    Case("csk60xx.conv.stride", "conv",
+         _g(lambda g, over: conv_k(g, 3 if over else 4, strides=[3, 3] if over else [4, 4])),
+         "each in (1, 2, 4)", "stride 3x3", "use stride 2"),
+    Case("csk60xx.conv.pad", "conv", _g(lambda g, over: conv_k(g, 5, pads=[5 if over else 4] * 4)),
+         "0..4 and <= kernel", "pads 5x5x5x5 with kernel 5x5", "pad at most 4"),
+    Case("csk60xx.conv.kernel_ge_stride", "conv", _g(lambda g, over: conv_k(g, 1 if over else 2, strides=[2, 2])),
+         "kernel >= stride per axis", "kernel 1x1, stride 2x2", "raise the kernel"),
+    Case("csk60xx.conv.dilation", "conv",
+         _g(lambda g, over: conv_k(g, 3, pads=[2 if over else 1] * 4, dilations=[2, 2] if over else [1, 1])),
+         "1 per axis", "dilation 2x2", "dilation 1"),
+    Case("csk60xx.conv.bits", "conv",  # shape inference refuses a 16-bit conv input as well
+         _g(lambda g, over: conv2d(g, g.requant16(g.quant((1, 4, 8, 8))) if over else g.quant((1, 4, 8, 8)),
+                                   w8(4, 4, 3, 3))),
+         "input bits in (8,)", "16-bit input", "act_bits=8", also=frozenset({SHAPE})),
+    Case("csk60xx.deconv.kernel_for_stride", "deconv",
+         _g(lambda g, over: deconv(g, g.quant((1, 4, 2, 2)), w8(4, 4, 3 if over else 4, 3 if over else 4), stride=4)),
+         "stride 4: kernel in (4, 5)", "kernel 3x3 with stride 4x4", "kernel of 4..5",
+         also=frozenset({"csk60xx.conv.kernel_ge_stride"})),
+    Case("csk60xx.deconv.groups", "deconv",
+         _g(lambda g, over: g.op("deconv", "ConvTranspose2dInt", [g.quant((1, 4, 2, 2)),
+                                                                  g.const("w", w8(4, 2 if over else 4, 2, 2), 7)], 3,
+                                 kernel_shape=[2, 2], strides=[2, 2], pads=[0] * 4, group=2 if over else 1)),
+         "1", "groups 2", "groups=1"),
+    Case("csk60xx.deconv.out_bits", "deconv",
+         _g(lambda g, over: g.op("deconv", "ConvTranspose2dInt",
+                                 [g.quant((1, 4, 2, 2)), g.const("w", w8(4, 4, 2, 2), 7)], 3,
+                                 kernel_shape=[2, 2], strides=[2, 2], pads=[0] * 4, o_bits=16 if over else 8)),
+         "8-bit", "16-bit output", "act_bits=8"),
+    Case("csk60xx.linear.bits", "fc",  # shape inference refuses a 16-bit linear input as well
+         _g(lambda g, over: linear(g, g.requant16(g.quant((1, 16))) if over else g.quant((1, 16)), w8(4, 16))),
+         "input bits in (8,)", "16-bit input", "act_bits=8", also=frozenset({SHAPE})),
+    Case("csk60xx.linear.in_features", "fc",  # at pack time the engine buffers are the binding limits; see below
+         _g(lambda g, over: linear(g, g.quant((1, 16385 if over else 16384)), w8(2, 16385 if over else 16384))),
+         "<= 16384", "16385 input features", "reduce the features",
+         also=frozenset({"csk60xx.linear.weight_bytes", "csk60xx.linear.input_bytes"}),
+         quiet_also=frozenset({"csk60xx.linear.weight_bytes"})),
+    Case("csk60xx.pool.bits", "pool",  # MaxPool runs int16 data through shape inference; the engine does not
+         _g(lambda g, over: g.op("pool", "MaxPool",
+                                 [g.requant16(g.quant((1, 4, 8, 8))) if over else g.quant((1, 4, 8, 8))],
+                                 12 if over else 4, kernel_shape=[2, 2], strides=[2, 2])),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
+    Case("csk60xx.pool.kernel_size", "pool",
+         _g(lambda g, over: g.op("pool", "MaxPool", [g.quant((1, 4, 8, 8))], 4, kernel_shape=[6 if over else 5] * 2,
+                                 strides=[6 if over else 5] * 2)),
+         "<= 5 per axis", "kernel 6x6", "global pooling"),
+    Case("csk60xx.pool.kernel_size", "pool",  # a window over the whole input is global: any size
+         _g(lambda g, over: g.op("pool", "AvgPool2dInt", [g.quant((1, 4) + ((8, 8) if over else (6, 6)))], 4,
+                                 kernel_shape=[6, 6], strides=[6, 6])),
+         "<= 5 per axis", "kernel 6x6", "global pooling", name="global"),
+    Case("csk60xx.pool.ceil_mode", "pool",
+         _g(lambda g, over: g.op("pool", "MaxPool", [g.quant((1, 4, 7, 7))], 4, kernel_shape=[2, 2], strides=[2, 2],
+                                 ceil_mode=int(over))),
+         "ceil_mode=False", "ceil_mode=True", "ceil_mode=False"),
+    Case("csk60xx.eltwise.bits", "cat",  # shape inference and csk60xx.cat.dtype accept int16 inputs at one scale
+         _g(lambda g, over: g.op("cat", "iqCat", [g.requant16(g.quant((1, 4), name="x0"), name="r0"),
+                                                  g.requant16(g.quant((1, 4), name="x1"), name="r1")] if over else
+                                 [g.quant((1, 4), name="x0"), g.quant((1, 4), name="x1")], 12 if over else 4, dim=1)),
+         "input bits in (8,)", ("16-bit input", "16-bit output"), "act_bits=8"),
+]
+
+#: module rules that cannot fire on an IR node: the IR op has no attribute for what they judge
+NOT_ON_IR = {
+    "csk60xx.conv.padding_mode": "Conv1dInt/Conv2dInt have no padding_mode: the exporter pads with zeros only",
+    "csk60xx.avgpool.divisor": "AvgPool2dInt has no count_include_pad or divisor_override attribute",
+}
+
+#: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
+WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified"})
+
+
 def _case_id(case: Case) -> str:
     return case.rule_id.removeprefix("csk60xx.") + (f"-{case.name}" if case.name else "")
 
@@ -298,7 +382,7 @@ def _by_id() -> dict[str, object]:
     return {r.id: r for r in (*RULES, *PACK_RULES)}
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES + MODULE_CASES_ON_IR, ids=_case_id)
 def test_rule_fires_over_the_limit(case: Case):
     report = check_graph(case.build(True))
     found = [v for v in report.violations if v.rule_id == case.rule_id]
@@ -315,11 +399,11 @@ def test_rule_fires_over_the_limit(case: Case):
     assert not report.ok
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES + MODULE_CASES_ON_IR, ids=_case_id)
 def test_rule_is_quiet_at_the_limit(case: Case):
     report = check_graph(case.build(False))
-    assert report.errors == [], report.table()
-    assert report.ok and report.fits
+    assert {v.rule_id for v in report.errors} == case.quiet_also, report.table()
+    assert report.fits and report.ok == (not case.quiet_also)
 
 
 def test_every_pack_rule_has_a_case_and_every_module_rule_is_declared():
@@ -332,6 +416,26 @@ def test_every_pack_rule_has_a_case_and_every_module_rule_is_declared():
     assert set(module_ids) == MODULE_RULES, "update MODULE_RULES and add cases to tests/test_module_rule_coverage.py"
 
 
+def test_every_module_rule_judges_ir_nodes_or_says_why_not():
+    on_ir = {c.rule_id for c in MODULE_CASES_ON_IR}
+    assert on_ir.isdisjoint(NOT_ON_IR) and on_ir.isdisjoint(WARNINGS_ON_IR)
+    assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
+    ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
+                "iqSub", "iqMul", "iqCat"}
+    for r in RULES:  # each one is bound to IR op types as well as to torch op ids
+        assert set(r.ops) & ir_types, r.id
+
+
+@pytest.mark.xfail(strict=True, reason="linear.in_features_max = 16384 comes from the left matrix (A4(1) * A8(K) "
+                   "<= 64 KB), but the right matrix needs A8(K) * A4(1) <= 32 KB, i.e. K <= 8192: a Linear that "
+                   "passes lnn.init with 8192 < in_features <= 16384 cannot be packed. Drop this marker when the "
+                   "limits agree.")
+def test_a_linear_within_the_init_limit_packs():
+    g = G()
+    linear(g, g.quant((1, 16384)), w8(2, 16384))
+    assert check_graph(g.graph).ok
+
+
 def test_warnings_do_not_stop_a_graph():
     """The two warning rules fire at pack time too, and leave the graph fitting."""
     g = G()
@@ -342,3 +446,47 @@ def test_warnings_do_not_stop_a_graph():
     assert [(v.op_name, v.rule_id, v.severity) for v in report.violations] == [
         ("conv", "csk60xx.conv.groups", "warning"), ("op", "csk60xx.sub.unverified", "warning")]
     assert report.ok
+
+
+class _RecordingLimits(Mapping):
+    """The target limits, noting in ``read`` every key looked up."""
+
+    def __init__(self, limits: Mapping[str, object], read: set[str]) -> None:
+        self._limits, self._read = limits, read
+
+    def __getitem__(self, key: str) -> object:
+        value = self._limits[key]
+        self._read.add(key)
+        return value
+
+    def __iter__(self):
+        return iter(self._limits)
+
+    def __len__(self) -> int:
+        return len(self._limits)
+
+
+def _recording_rules_for(read: set[str]) -> Callable[[str], list[Rule]]:
+    """The backend's ``rules_for``, each rule reading its limits through :class:`_RecordingLimits`."""
+    def wrap(r: Rule) -> Rule:
+        return attrs.evolve(r, check=lambda op, limits: r.check(op, _RecordingLimits(limits, read)))
+
+    return lambda op_type: [wrap(r) for r in rules_for(op_type)]
+
+
+#: limits in targets/csk60xx.toml that no rule reads (issue 8). [deconv] kernel_max/strides/pad_max and [pool]
+#: pad_max equal the [conv] values that the shared window rules read for every op type. Empty this set when each
+#: is read by its rule (or removed from the file).
+UNREAD_LIMITS = frozenset({"deconv.kernel_max", "deconv.strides", "deconv.pad_max", "pool.pad_max"})
+
+
+def test_the_rule_limits_that_no_rule_reads_are_known():
+    """Judging every case reads every rule limit but the known unread ones ([memory] is the planner's, [target]
+    names the target, [ir] lists op types)."""
+    read: set[str] = set()
+    for case in CASES + MODULE_CASES_ON_IR:
+        for over in (True, False):
+            check_graph(case.build(over), rules_for=_recording_rules_for(read))
+    rule_limits = {k for k in load_target().limits if k.split(".")[0] not in ("target", "memory", "ir")}
+    assert read <= rule_limits
+    assert rule_limits - read == UNREAD_LIMITS
