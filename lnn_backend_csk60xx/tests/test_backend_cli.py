@@ -47,7 +47,7 @@ def test_pack_writes_model_and_reports(files, capsys):
     out = tmp / "m.bin"
     assert main(["pack", str(src), "-o", str(out), "--report-dir", str(tmp / "rep")]) == 0
     text = capsys.readouterr().out
-    assert f"wrote {out}" in text and "share-memory:" in text and "fused 1 Relu" in text
+    assert f"wrote {out}" in text and "share-memory:" in text and "fused 1 ReLU" in text
     assert out.read_bytes() == pack_onnx(small_model_from(src))
     assert (tmp / "rep" / "memory.txt").read_text().startswith("region")
     report = json.loads((tmp / "rep" / "memory.json").read_text())

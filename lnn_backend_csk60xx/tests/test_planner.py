@@ -112,8 +112,9 @@ def test_generated_700kb_model_spills_to_psram_and_the_report_names_it(tmp_path)
     from lnn_backend_csk60xx.simulator import Simulator
 
     g, w, b = _big_model()
-    unplanned = plan_memory(__import__("lnn_backend_csk60xx.inference", fromlist=["infer_shapes"]).infer_shapes(g.copy()),
-                            share_mem=10 ** 9)
+    from lnn_backend_csk60xx.inference import infer_shapes
+
+    unplanned = plan_memory(infer_shapes(g.copy()), share_mem=10 ** 9)
     assert 700 * 1024 <= unplanned.regions[REGION_SHARE].lower_bound <= 760 * 1024  # what it would need
     res = pack_graph(g)
     plan = res.plan

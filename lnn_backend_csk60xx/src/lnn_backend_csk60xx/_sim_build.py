@@ -17,7 +17,7 @@ Build variants (environment variables):
     identical, which is how the AVX2 kernel is checked).
 
 Otherwise the simulator is built with ``-O3`` (single thread, no OpenMP) and
-``-ffp-contract=off``, so that ``Quant``'s ``floorf(2^n * x + 0.5f)`` is never fused into an FMA. On
+``-ffp-contract=off``, so that quantization's ``floorf(2^n * x + 0.5f)`` is never fused into an FMA. On
 x86 with GCC or Clang the convolution's dot products also have an AVX2 version (a function-level
 ``target("avx2")`` attribute, chosen at run time with ``__builtin_cpu_supports``), so the binary runs on
 any x86-64 CPU.

@@ -44,7 +44,7 @@ def op_view(graph: Graph, node: Node, ops: OpSet | None = None) -> OpView:
     ``output_shapes``, ``output_dtypes``, ``output_exponents``; ``data_bits``, ``parameter_bits`` (the first
     weight's) and ``o_bits`` from the actual dtypes; and what the op's family adds (its ``OpDef.view``):
     ``in_channels``/``out_channels`` (convs), ``in_features``/``out_features`` (linear), ``global`` for
-    pooling over the whole input, ``slice_steps`` for Slice.
+    pooling over the whole input, ``slice_steps`` for slices.
     """
     ops = ops if ops is not None else OpSet.builtin_only()
     op = ops.get(node.op_type)
@@ -79,7 +79,7 @@ class CheckReport:
     :param plan: the memory plan (None when the graph could not be planned).
     :param memory: a flat summary of the plan: share-memory and PSRAM bytes against their limits, the
         prefetch and workspace bytes, the tensors moved to PSRAM, ``fits``.
-    :param splits: ops the passes cut to fit the engine buffers; ``fused``: Relu ops folded into convs.
+    :param splits: ops the rewrites cut to fit the engine buffers; ``fused``: ReLU ops folded into convs.
     :param graph: the graph after the passes (None when shape inference stopped).
     """
 

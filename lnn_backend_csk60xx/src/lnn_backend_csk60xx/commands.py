@@ -166,7 +166,7 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
     for s in res.passes.splits:
         print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}")
     if res.passes.fused:
-        print(f"fused {len(res.passes.fused)} Relu ops into convolutions")
+        print(f"fused {len(res.passes.fused)} ReLU ops into convolutions")
     for v in warnings:
         print(f"warning: {v.op_name} ({v.op_type}): {v.rule_id}: {v.actual}; hint: {v.hint}")
     for f in reports:
@@ -198,7 +198,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", action="append", required=True, metavar="OUTPUT",
                    help="output file (.npy or raw .bin); once per graph output, or once for all (name_<i>)")
     p.add_argument("--int", action="store_true", dest="integer",
-                   help="feed and return the integer tensors (skip the graph's input Quant and output Dequant)")
+                   help="feed and return the integer tensors (skip the input quantize and output dequantize ops)")
     p.add_argument("--dump", metavar="DIR", help="write every tensor as DIR/<name>.npy (index.json lists them)")
     p.add_argument("--share-mem", metavar="BYTES",
                    help="share-memory of the board; refused when the model's plan needs more")

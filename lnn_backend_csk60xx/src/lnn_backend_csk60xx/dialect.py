@@ -1,10 +1,10 @@
 """The CSK60xx ONNX dialect (linger 1.x / thinker): reader into the IR and writer back out.
 
-Files in this dialect hold ``thinker``-domain ops (``Quant``, ``Conv2dInt``, ``iqAdd`` ...) next
+Files in this dialect hold ``thinker``-domain ops (quantize, convolutions, adds, ...) next
 to standard ONNX shape ops, int8 weights and int32 biases as initializers, and every
 quantization scale as a float attribute that must be a power of two (``scale_x = 2**n_x``).
 
-In the IR the scales live on the tensors, not on the nodes: ``Conv2dInt(scale_x, scale_w,
+In the IR the scales live on the tensors, not on the nodes: a convolution's ``(scale_x, scale_w,
 scale_o)`` becomes exponents ``n_x`` on the input, ``n_w`` on the weight initializer, ``n_o`` on
 the output, and ``n_x + n_w`` on the bias. The reader checks that every scale attribute agrees
 with the exponent the tensor already has (from its producer); the writer turns exponents back
@@ -287,7 +287,7 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
             raise r.fail("two nodes have the same name", node=node)
         graph.add_node(node)
         scales_of[node.name] = scales
-    # drop initializers that only fed Squeeze/Unsqueeze axes inputs and nothing else
+    # drop initializers that only fed axes inputs (turned into attributes by an op's read hook) and nothing else
     used = {t for node in graph.nodes for t in node.inputs} | set(graph.outputs)
     for name in [k for k in graph.initializers if k not in used]:
         del graph.initializers[name]
@@ -339,7 +339,7 @@ def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[s
             raise r.fail(f"bias {name!r} must be an initializer", node=node)
         exp = graph.tensors[node.inputs[0]].exponent + graph.tensors[node.inputs[weight]].exponent
         _set_exponent(r, graph, node, name, exp, "bias (n_x + n_w)")
-    for i in schema.same_scale_inputs:  # constants quantized at the input's scale (Clip's bounds)
+    for i in schema.same_scale_inputs:  # constants quantized at the input's scale (a clip's bounds)
         if len(node.inputs) > i and node.inputs[i] in graph.initializers:
             src = graph.tensors[node.inputs[0]].exponent
             if src is not None:
@@ -353,7 +353,7 @@ def _set_exponent(r: _Reader, graph: Graph, node: Node, name: str, exp: int, wha
     if info.exponent is None:
         if info.dtype == "float32" or info.dtype == "float64":
             raise r.fail(f"{what} is given for float tensor {name!r}",
-                         {"rule": "quantized ops read integer tensors; add a Quant node"}, node=node)
+                         {"rule": "quantized ops read integer tensors; quantize the input first"}, node=node)
         info.exponent = exp
     elif info.exponent != exp:
         raise r.fail(f"{what} = 2**{exp} disagrees with tensor {name!r}, which has scale 2**{info.exponent}",

@@ -2,7 +2,7 @@
 
 The order (documented once, in :mod:`.rewrites`): shape inference; every rule on the graph as
 written (a violation stops packing with a :class:`~lnn_core.errors.HardwareLimitError` that lists them
-all); Relu fusion; splits of ops that exceed the engine buffers; the package format's memory plan
+all); ReLU fusion; splits of ops that exceed the engine buffers; the package format's memory plan
 (aliases, in-place concatenations, weight prefetch and workspaces); the package format's writer
 (:mod:`.formats`; lnn's model.bin by default).
 """
@@ -57,7 +57,7 @@ def pack_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None 
     :param psram: PSRAM bytes available (default: the target file's 8388608).
     :param check: run every rule first and raise :class:`~lnn_core.errors.HardwareLimitError` listing all
         violations (False: pack whatever the simulator can run, e.g. to test simulator features).
-    :param fuse_relu: fold Relu into the conv before it (False keeps every tensor, for ``lnn verify``).
+    :param fuse_relu: fold ReLU into the conv before it (False keeps every tensor, for ``lnn verify``).
     :param split: cut ops that exceed the engine buffers.
     :param scratch: plan the weight-prefetch and workspace buffers.
     :param ops: the ops of this run (default: the built-in ones; ``OpSet.from_host(host)`` adds plugins').

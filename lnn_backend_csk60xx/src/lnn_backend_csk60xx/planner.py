@@ -19,7 +19,7 @@ Two layers, as in TensorFlow Lite Micro:
   step ``i``; a tensor lives from the step of the op that writes it (graph inputs: step 0) to the
   step of the last op that reads it (graph outputs: the last step).
 
-  - Reshape-like ops (``OpDef.alias``) alias their input: the two tensors form one buffer
+  - Reshaping ops (``OpDef.alias``) alias their input: the two tensors form one buffer
     with the union of their lifetimes and share one offset.
   - In-place concatenation: a join (``OpDef.join``) whose inputs have the output's dtype and exponent (no
     rescale), along an axis with only size-1 dimensions before it, gets each input placed *inside*

@@ -91,7 +91,7 @@ def lnn_simulate(model: Any, inputs: list[Any], target: str, options: dict[str, 
     from .pipeline import pack_graph
     from .simulator import Simulator
 
-    # verification compares every tensor: keep each one (no Relu fusion) and pack what the simulator runs
+    # verification compares every tensor: keep each one (no ReLU fusion) and pack what the simulator runs
     ops = _opset(host)
     packed = pack_graph(read_onnx(model, ops=ops), share_mem=options.get("share_mem"), psram=options.get("psram"),
                         check=False, fuse_relu=False, ops=ops)

@@ -2,22 +2,22 @@
 
 1. **Shape inference** (:func:`.inference.infer_shapes`): shape, dtype and exponent of every tensor; the
    rules (:mod:`.rules`) judge the graph right after it, under the names the user wrote.
-2. **Relu fusion** (:func:`fuse_relu`): a ``Relu`` whose input is written by an op that can absorb it
+2. **ReLU fusion** (:func:`fuse_relu`): a ReLU op whose input is written by an op that can absorb it
    (``OpDef.fuses_relu``: the convolutions), and read by nothing else (nor a graph output), becomes the op's
    ``act_type=1``
    (tpacker's CR_fusion). The simulator clamps the conv's requantized integers at 0, which is exactly
-   what the Relu op computed, so no result changes; the conv now writes the Relu's output tensor and
-   the conv's own output tensor disappears. ``Clip`` is never fused (the chip drops it, spec 3.13).
+   what the ReLU op computed, so no result changes; the conv now writes the ReLU's output tensor and
+   the conv's own output tensor disappears. A clip is never fused (the chip drops it, spec 3.13).
 3. **Splits** (:func:`split_large_ops`): ops whose buffers exceed the engine limits are cut as the
    vendor's packer cuts them (the decisions are made once, by the op family's ``OpDef.fit``):
 
    - Conv weight above 32 KB (``A8(C_in)*kh*kw*A2(C_out)``): C_out in chunks of
      ``floor(32768 / (A8(C_in)*kh*kw))`` rounded down to even; each piece is a Conv with the slice of the
      weights and bias;
-   - Conv2dInt input above 64 KB: the output rows in equal parts; each piece reads a ``Slice`` of the
+   - 2-D conv input above 64 KB: the output rows in equal parts; each piece reads a slice of the
      input rows (kernel halo included) with the top/bottom padding trimmed to what the slice needs;
-   - LinearInt weight above 32 KB (``A8(K)*A4(N)``): N in equal parts; rows above 64 KB
-     (``A4(M)*A8(K)``): a ``Slice`` of the rows per piece.
+   - linear weight above 32 KB (``A8(K)*A4(N)``): N in equal parts; rows above 64 KB
+     (``A4(M)*A8(K)``): a slice of the rows per piece.
 
    The pieces' outputs are joined by an ``iqCat`` (a tree of them above 64 pieces) whose inputs and
    output share one exponent and one dtype, so the join moves bytes and never rescales: the split
@@ -58,7 +58,7 @@ log = logging.getLogger("lnn.backend.rewrites")
 
 @dataclass(frozen=True)
 class FusedRelu:
-    """A Relu folded into the conv before it."""
+    """A ReLU op folded into the conv before it."""
 
     conv: str
     relu: str
@@ -98,7 +98,7 @@ class PassReport:
 
 
 def fuse_relu(graph: Graph, ops: OpSet | None = None) -> list[FusedRelu]:
-    """Fold each Relu into a directly preceding op that can absorb it and that nothing else reads (rewrite 2);
+    """Fold each ReLU op into a directly preceding op that can absorb it and that nothing else reads (rewrite 2);
     in place."""
     ops = ops if ops is not None else OpSet.builtin_only()
     consumers = graph.consumers()
@@ -121,7 +121,7 @@ def fuse_relu(graph: Graph, ops: OpSet | None = None) -> list[FusedRelu]:
         fused.append(FusedRelu(conv.name, node.name))
     graph.nodes = [n for n in graph.nodes if n.name not in drop]
     if fused:
-        log.info("fused %d Relu ops into the convolutions before them", len(fused))
+        log.info("fused %d ReLU ops into the convolutions before them", len(fused))
     return fused
 
 
@@ -310,7 +310,7 @@ def run_rewrites(graph: Graph, limits: Mapping[str, Any], ops: OpSet | None = No
     """Run rewrites 2 and 3 on ``graph`` (shapes already inferred), in place, then re-infer shapes.
 
     :param ops: the ops of this run (default: the built-in ones).
-    :param fuse: fold Relu into convs (off when every tensor of the original graph must stay visible,
+    :param fuse: fold ReLU into convs (off when every tensor of the original graph must stay visible,
         e.g. for ``lnn verify``).
     :param split: cut ops that exceed the engine buffers.
     """

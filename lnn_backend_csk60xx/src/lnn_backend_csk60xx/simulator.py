@@ -278,14 +278,14 @@ class Simulator:
         return [i for i, ins in enumerate(self._op_inputs) if tensor in ins]
 
     def _boundary(self) -> tuple[dict[int, TensorSpec], dict[int, TensorSpec]]:
-        """Quant ops fed by graph inputs (op -> its int8 output) and Dequant ops writing graph outputs
+        """Quantize ops fed by graph inputs (op -> its int8 output) and dequantize ops writing graph outputs
         (op -> its integer input), for :meth:`run` with ``integer=True``."""
         quants: dict[int, TensorSpec] = {}
         for spec in self.inputs:
             users = self._consumers(spec.index)
             if len(users) != 1 or self.op_types[users[0]] != lib.LNN_SIM_OP_QUANT:
                 raise SimulatorError(
-                    f"graph input {spec.name!r} of the model{self._where()} is not quantized by one Quant op, so "
+                    f"graph input {spec.name!r} of the model{self._where()} is not quantized by one quantize op, so "
                     "it has no integer form", {"read by": ", ".join(self.op_names[u] for u in users) or "nothing"},
                     "feed the float input (without --int)", status=lib.LNN_SIM_E_INPUT, op_name=None)
             quants[users[0]] = self.tensors[self._op_outputs[users[0]][0]]
@@ -298,7 +298,7 @@ class Simulator:
 
     @property
     def int_inputs(self) -> list[TensorSpec]:
-        """The integer tensors :meth:`run` takes with ``integer=True`` (the graph's Quant outputs)."""
+        """The integer tensors :meth:`run` takes with ``integer=True`` (what the input quantize ops write)."""
         quants, _ = self._boundary()
         return [quants[op] for op in sorted(quants, key=lambda o: [s.index for s in self.inputs].index(
             self._op_inputs[o][0]))]
@@ -306,7 +306,7 @@ class Simulator:
     @property
     def int_outputs(self) -> list[TensorSpec]:
         """The tensors :meth:`run` returns with ``integer=True``: each graph output, or the integer
-        input of the Dequant op that writes it."""
+        input of the dequantize op that writes it."""
         _, dequants = self._boundary()
         by_output = {self._op_outputs[op][0]: spec for op, spec in dequants.items()}
         return [by_output.get(spec.index, spec) for spec in self.outputs]
@@ -336,8 +336,8 @@ class Simulator:
             ``integer=True`` one array per :attr:`int_inputs` entry instead.
         :param dump: also return ``{tensor name: array}`` of the graph inputs and of every op output,
             captured right after the op ran (integers as int8/16/32 arrays, float tensors as float32).
-        :param integer: skip the graph's input Quant and output Dequant ops: take the int8 tensors the
-            Quant ops would write, return the integer tensors the Dequant ops would read.
+        :param integer: skip the graph's input quantize and output dequantize ops: take the int8 tensors the
+            quantize ops would write, return the integer tensors the dequantize ops would read.
         :returns: the outputs, or ``(outputs, dump)`` with ``dump=True``.
         :raises SimulatorError: wrong input count, shape or dtype, or an op failed.
         """
@@ -379,11 +379,11 @@ class Simulator:
         captured: dict[int, np.ndarray] = {}
         dumped: dict[str, np.ndarray] = {}
         for i, name in enumerate(self.op_names):
-            if i in quants:  # the Quant's output is written now, where its lifetime starts
+            if i in quants:  # the quantize op's output is written now, where its lifetime starts
                 spec = quants[i]
                 arr = arrays[spec.index]
                 lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
-            elif i in dequants:  # read before a later op reuses the Dequant input's bytes
+            elif i in dequants:  # read before a later op reuses the dequantize input's bytes
                 captured[self._op_outputs[i][0]] = self._read(dequants[i])
             else:
                 self._check(lib.lnn_sim_invoke_op(self._model, i, self._msg, lib.LNN_SIM_MAX_MSG), name)

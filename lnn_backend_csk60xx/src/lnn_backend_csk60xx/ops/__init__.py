@@ -9,7 +9,7 @@ module         IR op types
 ``linear``     fully connected layers (matrix engine)
 ``norm``       un-folded batch normalization
 ``pool``       average and max pooling
-``eltwise``    Relu, Clip, add, subtract, multiply
+``eltwise``    ReLU, clip, add, subtract, multiply
 ``shape``      concatenation, reshape-like ops, transpose, slice
 =============  ==============================================================================
 

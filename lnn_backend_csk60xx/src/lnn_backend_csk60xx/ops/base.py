@@ -78,7 +78,7 @@ class Lowering:
     :param code: the simulator op code (``LNN_SIM_OP_*`` in ``csrc/include/lnn_sim.h``).
     :param inputs: how many leading inputs the simulator receives (None: all).
     :param attrs: ``attrs(node, graph) -> list[int]``: the op record's int32 attribute vector.
-    :param c_file: the ``csrc/`` family file that holds the op's prepare and run functions.
+    :param c_file: the ``csrc/ops/`` family file that holds the op's prepare and run functions.
     """
 
     code: int
@@ -102,9 +102,9 @@ class OpDef:
     :param scales: scale attribute -> ``("in" | "out", index)``: the tensor that carries its exponent.
     :param variadic_scale: format of per-input scale names of variadic ops (``"scale_x_{i}"``).
     :param params: the op's weight/bias pairs (:class:`Params`).
-    :param same_scale_inputs: constant inputs quantized at input 0's exponent (Clip's bounds).
+    :param same_scale_inputs: constant inputs quantized at input 0's exponent (a clip's bounds).
     :param read: ``read(ctx)`` normalises a node as the reader builds it (before its inputs are counted):
-        e.g. Squeeze's axes given as an input become the attribute. ``ctx`` is a :class:`ReadContext`.
+        e.g. axes given as an input become the attribute. ``ctx`` is a :class:`ReadContext`.
 
     Shape inference and checks:
 
@@ -120,7 +120,7 @@ class OpDef:
 
     :param fit: ``fit(op_type, attrs, input_shapes, output_shapes, limits) -> FitPlan | None``: how the op
         fits the engine buffers, and how the split pass cuts it when it does not.
-    :param fuses_relu: a following Relu can be folded into this op (``act_type=1``).
+    :param fuses_relu: a following ReLU op can be folded into this op (``act_type=1``).
     :param alias: the output is the input buffer seen with another shape (no data movement).
     :param join: the op concatenates its inputs along attribute ``dim`` (the planner may place no-rescale
         inputs inside the output buffer).

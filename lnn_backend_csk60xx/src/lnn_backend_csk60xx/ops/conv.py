@@ -2,7 +2,7 @@
 
 Integer semantics (spec/int8-ops.md): ``y = RQ_o(sum x*w + bias, n_x + n_w - n_o)`` with an exact
 accumulator, an optional int32 (or int16) bias at exponent ``n_x + n_w``, and an optional fused ReLU
-(``act_type=1``, written by the Relu-fusion rewrite) on the requantized integers. C kernels: ``csrc/conv.c``.
+(``act_type=1``, written by the ReLU-fusion rewrite) on the requantized integers. C kernels: ``csrc/ops/conv.c``.
 
 Engine buffers (spec section 5; ``A_n(v)`` = ``v`` rounded up to a multiple of ``n``):
 
@@ -51,7 +51,7 @@ _QBITS = {
     "parameter_bits": AttrSpec("int", default=8, choices=(8,)),
     "o_bits": AttrSpec("int", default=8, choices=_BITS),
 }
-#: ``act_type`` is written by the Relu-fusion rewrite only (1 = ReLU on the requantized output, as tpacker's
+#: ``act_type`` is written by the ReLU-fusion rewrite only (1 = ReLU on the requantized output, as tpacker's
 #: CR_fusion); files exported for the vendor's tools never carry it.
 _ACT = {"act_type": AttrSpec("int", choices=(0, 1))}
 _GROUP = {"group": AttrSpec("int", default=1, minimum=1)}

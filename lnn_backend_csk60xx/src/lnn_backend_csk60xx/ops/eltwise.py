@@ -3,7 +3,7 @@
 Integer semantics (spec/int8-ops.md): ``Relu`` and ``Clip`` clamp integers at the input's scale (Clip's
 bounds are integers at that scale); ``iqAdd``/``iqSub`` shift each operand to the output exponent and
 add, ``RQ_8(SHR(x, n_x - n_o) +/- SHR(y, n_y - n_o))``; ``iqMul`` is ``RQ_8(x * y, n_x + n_y - n_o)``
-with y of x's shape, ``[N, C, 1, 1]`` or a scalar. C kernels: ``csrc/eltwise.c``.
+with y of x's shape, ``[N, C, 1, 1]`` or a scalar. C kernels: ``csrc/ops/eltwise.c``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fully connected layers on the VENUS matrix engine: ``LinearInt``.
 
 Integer semantics (spec/int8-ops.md): ``y = RQ_o(x @ w.T + bias, n_x + n_w - n_o)`` over the last axis,
-int32 bias at ``n_x + n_w``. C kernel: ``csrc/fc.c``.
+int32 bias at ``n_x + n_w``. C kernel: ``csrc/ops/fc.c``.
 
 Engine buffers (``A_n`` rounds up to a multiple of ``n``): the left matrix (activations)
 ``A4(M) * A8(K)`` <= 64 KB, else its rows M are split; the right matrix (weights) ``A8(K) * A4(N)``

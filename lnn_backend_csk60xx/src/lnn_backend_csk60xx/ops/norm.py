@@ -1,7 +1,7 @@
 """Normalisation: ``BatchNorm2dInt`` (a BatchNorm that could not be folded into a preceding conv).
 
 Integer semantics (spec/int8-ops.md): per channel ``y = RQ_8(x * a[c] + b[c], n_x + n_a - n_o)`` with int8
-``a`` and int32 ``b`` at ``n_x + n_a``. C kernel: ``csrc/norm.c``.
+``a`` and int32 ``b`` at ``n_x + n_a``. C kernel: ``csrc/ops/norm.c``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """:class:`OpSet`: the ops and package formats one run of the backend knows, built from a plugin host.
 
 Built-in op families and third-party op packages register the same way (``lnn_register_target_ops``);
-an ``OpSet`` is the snapshot the phase modules ask: ``ops["Conv2dInt"]`` is the op's :class:`~.base.OpDef`,
+an ``OpSet`` is the snapshot the phase modules ask: ``ops[op_type]`` is the op's :class:`~.base.OpDef`,
 ``ops.rules_for(op_type)`` its hardware rules, ``ops.formats`` the package formats, ``ops.kernels`` the
 Python simulator kernels. Without a host, :meth:`OpSet.builtin` holds the built-in families only.
 """

@@ -3,7 +3,7 @@
 Integer semantics (spec/int8-ops.md): max pooling copies integers (any int width, the input's exponent);
 average pooling sums the window exactly and requantizes by the window area (a shift for a power-of-two
 area, a rounded multiply otherwise), always dividing by the full area (``count_include_pad``). C kernels:
-``csrc/pool.c``. A MaxPool on an input above 64 KB runs by rows: ``A8(C) * kh * A_{8*s_w}(W)`` must fit.
+``csrc/ops/pool.c``. A MaxPool on an input above 64 KB runs by rows: ``A8(C) * kh * A_{8*s_w}(W)`` must fit.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Integer semantics (spec/int8-ops.md): ``Quant`` is ``SAT_8(floorf(2^n * x + 0.5f))`` in float32 (it runs
 on the CPU); ``Dequant`` is ``q * 2^-n`` in float32; ``Requant`` is ``RQ_o(x, n_x - n_o)`` from int8 to
-8, 16 or 32 bits. C kernels: ``csrc/quant.c``.
+8, 16 or 32 bits. C kernels: ``csrc/ops/quant.c``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Integer semantics (spec/int8-ops.md): ``iqCat`` rescales int8 inputs to the output exponent
 (``RQ_8(SHR(x_i, n_i - n_o))``) and copies int16/int32 inputs that already share the output's exponent;
 the reshape-like ops alias their input's buffer (no data moves); ``Transpose`` permutes axes and
-``Slice`` copies a box with positive steps, both keeping the exponent. C kernels: ``csrc/shape.c``.
+``Slice`` copies a box with positive steps, both keeping the exponent. C kernels: ``csrc/ops/shape.c``.
 """
 
 from __future__ import annotations
