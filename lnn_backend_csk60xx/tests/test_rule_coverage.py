@@ -8,7 +8,9 @@ declaration. So a rule added to either index without a case fails the suite: a p
 (every env), a module rule here (declaration) and in the torch file (its cases).
 
 Each :class:`Case` builds a graph twice: just over the limit (the rule fires on the named node, with its
-limit, actual value, hint and rule text) and at the limit (the graph checks clean).
+limit, actual value, hint and rule text) and at the limit (the graph checks clean). The module rules judge IR
+nodes too (:data:`MODULE_CASES_ON_IR`, or :data:`NOT_ON_IR` says why one cannot). :data:`UNREAD_LIMITS` lists
+the limits of ``targets/csk60xx.toml`` that no rule reads while judging all these cases.
 """
 
 from __future__ import annotations
