@@ -32,7 +32,8 @@ from lnn_core.rules import Rule
 MODULE_RULES = frozenset({
     "csk60xx.conv.kernel_size", "csk60xx.conv.stride", "csk60xx.conv.pad", "csk60xx.conv.kernel_ge_stride",
     "csk60xx.conv.dilation", "csk60xx.conv.padding_mode", "csk60xx.conv.groups", "csk60xx.conv.bits",
-    "csk60xx.deconv.kernel_for_stride", "csk60xx.deconv.groups", "csk60xx.deconv.out_bits",
+    "csk60xx.deconv.kernel_size", "csk60xx.deconv.stride", "csk60xx.deconv.pad", "csk60xx.deconv.kernel_for_stride",
+    "csk60xx.deconv.groups", "csk60xx.deconv.out_bits", "csk60xx.pool.pad",
     "csk60xx.linear.bits", "csk60xx.linear.in_features", "csk60xx.pool.bits", "csk60xx.pool.kernel_size",
     "csk60xx.pool.ceil_mode", "csk60xx.avgpool.divisor", "csk60xx.eltwise.bits", "csk60xx.sub.unverified",
 })
@@ -320,6 +321,22 @@ MODULE_CASES_ON_IR: list[Case] = [
          _g(lambda g, over: conv2d(g, g.requant16(g.quant((1, 4, 8, 8))) if over else g.quant((1, 4, 8, 8)),
                                    w8(4, 4, 3, 3))),
          "input bits in (8,)", "16-bit input", "act_bits=8", also=frozenset({SHAPE})),
+    Case("csk60xx.deconv.kernel_size", "deconv",  # [deconv] kernel_max, not [conv]'s
+         _g(lambda g, over: deconv(g, g.quant((1, 4, 2, 2)), w8(4, 4, 6 if over else 5, 6 if over else 5), stride=1)),
+         "1..5 per axis", "kernel 6x6", "stacked kernels"),
+    Case("csk60xx.deconv.stride", "deconv",
+         _g(lambda g, over: deconv(g, g.quant((1, 4, 2, 2)), w8(4, 4, 3, 3) if over else w8(4, 4, 4, 4),
+                                   stride=3 if over else 4)),
+         "each in (1, 2, 4)", "stride 3x3", "use stride 2"),
+    Case("csk60xx.deconv.pad", "deconv",
+         _g(lambda g, over: g.op("deconv", "ConvTranspose2dInt",
+                                 [g.quant((1, 4, 8, 8)), g.const("w", w8(4, 4, 5, 5), 7)], 3,
+                                 kernel_shape=[5, 5], strides=[1, 1], pads=[5 if over else 4] * 4)),
+         "0..4 and <= kernel", "pads 5x5x5x5 with kernel 5x5", "pad at most 4"),
+    Case("csk60xx.pool.pad", "pool",  # [pool] pad_max
+         _g(lambda g, over: g.op("pool", "MaxPool", [g.quant((1, 4, 8, 8))], 4, kernel_shape=[5, 5], strides=[1, 1],
+                                 pads=[5 if over else 4] * 4)),
+         "0..4 and <= kernel", "pads 5x5x5x5 with kernel 5x5", "pad at most 4"),
     Case("csk60xx.deconv.kernel_for_stride", "deconv",
          _g(lambda g, over: deconv(g, g.quant((1, 4, 2, 2)), w8(4, 4, 3 if over else 4, 3 if over else 4), stride=4)),
          "stride 4: kernel in (4, 5)", "kernel 3x3 with stride 4x4", "kernel of 4..5",
@@ -476,10 +493,8 @@ def _recording_rules_for(read: set[str]) -> Callable[[str], list[Rule]]:
     return lambda op_type: [wrap(r) for r in rules_for(op_type)]
 
 
-#: limits in targets/csk60xx.toml that no rule reads (issue 8). [deconv] kernel_max/strides/pad_max and [pool]
-#: pad_max equal the [conv] values that the shared window rules read for every op type. Empty this set when each
-#: is read by its rule (or removed from the file).
-UNREAD_LIMITS = frozenset({"deconv.kernel_max", "deconv.strides", "deconv.pad_max", "pool.pad_max"})
+#: limits in targets/csk60xx.toml that no rule reads: none (the window rules read each family's own section)
+UNREAD_LIMITS: frozenset[str] = frozenset()
 
 
 def test_the_rule_limits_that_no_rule_reads_are_known():

@@ -1,5 +1,6 @@
 """Sliding-window geometry shared by the convolution and pooling families: attribute specs, output
-sizes, the hardware rules on kernel/stride/pad/dilation, and the model.bin geometry vector.
+sizes, the hardware rules on kernel/stride/pad/dilation (each family reads its own section of the
+target file: ``conv``, ``deconv``, ``pool``), and the model.bin geometry vector.
 
 Output size of a convolution or pooling window along one axis (ONNX/PyTorch convention)::
 
@@ -14,12 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from lnn_core.graph import Node
-from lnn_core.rules import Finding, OpView, rule
+from lnn_core.rules import Finding, OpView, Rule, rule
 
 from ._rules import fmt, ints
 from .base import AttrSpec, InferContext
 
-__all__ = ["geometry_attrs", "window", "conv_geometry", "geom2d", "check_kernel_size", "check_stride", "check_pad",
+__all__ = ["geometry_attrs", "window", "conv_geometry", "geom2d", "kernel_size_rule", "stride_rule", "pad_rule",
            "check_kernel_ge_stride", "check_dilation"]
 
 
@@ -70,44 +71,56 @@ def geom2d(node: Node) -> list[int]:
     return [k[0], k[1], s[0], s[1], p[0], p[1], p[2], p[3], d[0], d[1]]
 
 
-@rule("csk60xx.conv.kernel_size", ops=(), kmax="conv.kernel_max")
-def check_kernel_size(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """Kernel size per axis must be 1..{kmax}."""
-    k, kmax = ints(op, "kernel_shape"), limits["conv.kernel_max"]
-    if k and (max(k) > kmax or min(k) < limits["conv.kernel_min"]):
-        return Finding(actual=f"kernel {fmt(k)}", limit=f"1..{kmax} per axis",
-                       hint=f"replace the {fmt(k)} kernel by stacked kernels of at most {kmax} "
-                            f"(e.g. two 3x3 for a 5x5-like receptive field, 5 then 3 for 7)")
-    return None
-
-
-@rule("csk60xx.conv.stride", ops=(), strides="conv.strides")
-def check_stride(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """Stride per axis must be one of {strides}."""
-    s, allowed = ints(op, "strides"), tuple(limits["conv.strides"])
-    bad = [v for v in s if v not in allowed]
-    if bad:
-        return Finding(actual=f"stride {fmt(s)}", limit=f"each in {allowed}",
-                       hint=f"use stride {max(v for v in allowed if v <= max(1, min(bad)))} and pool or "
-                            "subsample after the conv")
-    return None
-
-
-@rule("csk60xx.conv.pad", ops=(), pmax="conv.pad_max")
-def check_pad(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """Padding per side must be 0..{pmax} and at most the kernel size (global pooling excepted)."""
-    if op.attrs.get("global"):
+def kernel_size_rule(rule_id: str, section: str) -> Rule:
+    """Kernel size per axis within ``[section]`` ``kernel_min``..``kernel_max`` (``kernel_min`` defaults to 1)."""
+    @rule(rule_id, ops=(), kmax=f"{section}.kernel_max")
+    def check(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+        """Kernel size per axis must be 1..{kmax}."""
+        k, kmax = ints(op, "kernel_shape"), limits[f"{section}.kernel_max"]
+        if k and (max(k) > kmax or min(k) < limits.get(f"{section}.kernel_min", 1)):
+            return Finding(actual=f"kernel {fmt(k)}", limit=f"1..{kmax} per axis",
+                           hint=f"replace the {fmt(k)} kernel by stacked kernels of at most {kmax} "
+                                f"(e.g. two 3x3 for a 5x5-like receptive field, 5 then 3 for 7)")
         return None
-    p, k, pmax = ints(op, "pads"), ints(op, "kernel_shape"), limits["conv.pad_max"]
-    if not p:
+
+    return check
+
+
+def stride_rule(rule_id: str, section: str) -> Rule:
+    """Stride per axis in ``[section]`` ``strides``."""
+    @rule(rule_id, ops=(), strides=f"{section}.strides")
+    def check(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+        """Stride per axis must be one of {strides}."""
+        s, allowed = ints(op, "strides"), tuple(limits[f"{section}.strides"])
+        bad = [v for v in s if v not in allowed]
+        if bad:
+            return Finding(actual=f"stride {fmt(s)}", limit=f"each in {allowed}",
+                           hint=f"use stride {max(v for v in allowed if v <= max(1, min(bad)))} and pool or "
+                                "subsample after the layer")
         return None
-    kk = (k * 2)[: len(p)] if k else []
-    over_kernel = [i for i, v in enumerate(p) if kk and v > kk[i]]
-    if max(p) > pmax or over_kernel:
-        return Finding(actual=f"pads {fmt(p)} with kernel {fmt(k)}", limit=f"0..{pmax} and <= kernel",
-                       hint=f"pad at most {pmax} per side (pad the input with F.pad in a float island, or "
-                            "enlarge the kernel)")
-    return None
+
+    return check
+
+
+def pad_rule(rule_id: str, section: str) -> Rule:
+    """Padding per side within ``[section]`` ``pad_max`` and at most the kernel (global pooling excepted)."""
+    @rule(rule_id, ops=(), pmax=f"{section}.pad_max")
+    def check(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+        """Padding per side must be 0..{pmax} and at most the kernel size (global pooling excepted)."""
+        if op.attrs.get("global"):
+            return None
+        p, k, pmax = ints(op, "pads"), ints(op, "kernel_shape"), limits[f"{section}.pad_max"]
+        if not p:
+            return None
+        kk = (k * 2)[: len(p)] if k else []
+        over_kernel = [i for i, v in enumerate(p) if kk and v > kk[i]]
+        if max(p) > pmax or over_kernel:
+            return Finding(actual=f"pads {fmt(p)} with kernel {fmt(k)}", limit=f"0..{pmax} and <= kernel",
+                           hint=f"pad at most {pmax} per side (pad the input with F.pad in a float island, or "
+                                "enlarge the kernel)")
+        return None
+
+    return check
 
 
 @rule("csk60xx.conv.kernel_ge_stride", ops=())

@@ -31,12 +31,12 @@ from ._rules import bits_rule, buffer_rule, dtype_rule, exponent_rule, fmt, ints
 from ._window import (
     check_dilation,
     check_kernel_ge_stride,
-    check_kernel_size,
-    check_pad,
-    check_stride,
     conv_geometry,
     geom2d,
     geometry_attrs,
+    kernel_size_rule,
+    pad_rule,
+    stride_rule,
     window,
 )
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, engine_operands, known_shapes, obits_dtype
@@ -362,11 +362,14 @@ def check_deconv_out_bits(op: OpView, limits: Mapping[str, Any]) -> Finding | No
     return None
 
 
-_GEOMETRY_RULES = (check_kernel_size, check_stride, check_pad, check_kernel_ge_stride, check_dilation)
 _CONV_BITS = bits_rule("csk60xx.conv.bits", "conv")
-_CONV_RULES = (*_GEOMETRY_RULES, check_padding_mode, check_groups, _CONV_BITS)
-_DECONV_RULES = (*_GEOMETRY_RULES, check_deconv_kernel_for_stride, check_deconv_groups, check_deconv_out_bits,
-                 _CONV_BITS)
+_CONV_RULES = (kernel_size_rule("csk60xx.conv.kernel_size", "conv"), stride_rule("csk60xx.conv.stride", "conv"),
+               pad_rule("csk60xx.conv.pad", "conv"), check_kernel_ge_stride, check_dilation, check_padding_mode,
+               check_groups, _CONV_BITS)
+_DECONV_RULES = (kernel_size_rule("csk60xx.deconv.kernel_size", "deconv"),
+                 stride_rule("csk60xx.deconv.stride", "deconv"), pad_rule("csk60xx.deconv.pad", "deconv"),
+                 check_kernel_ge_stride, check_dilation, check_deconv_kernel_for_stride, check_deconv_groups,
+                 check_deconv_out_bits, _CONV_BITS)
 
 _CONV_PACK_RULES = (
     buffer_rule("csk60xx.conv.weight_bytes", conv_fit,

@@ -112,7 +112,7 @@ def check_mul_broadcast(op: OpView, limits: Mapping[str, Any]) -> Finding | None
 
 
 _XYO = {"scale_x": ("in", 0), "scale_y": ("in", 1), "scale_o": ("out", 0)}
-_MODE = {"mode": AttrSpec("str", default="Non_t710_mode")}
+_MODE = {"mode": AttrSpec("str", default="Non_t710_mode", dialect_only=True)}
 _BINARY_DTYPE = dtype_rule("csk60xx.eltwise.dtype", "iqAdd / iqSub / iqMul", (None, ("int8",)), None)
 _ADD_PACK_RULES = (check_add_out_exponent, check_add_equal_shapes, _BINARY_DTYPE)
 

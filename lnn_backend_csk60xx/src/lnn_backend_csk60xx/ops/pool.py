@@ -16,7 +16,7 @@ from lnn_core.rules import Finding, OpView, rule
 
 from ..sizes import FitPlan, Problem, conv_input_bytes
 from ._rules import at, bits_rule, buffer_rule, fmt, ints, seq
-from ._window import check_dilation, check_kernel_ge_stride, check_pad, conv_geometry, geom2d, geometry_attrs, window
+from ._window import check_dilation, check_kernel_ge_stride, conv_geometry, geom2d, geometry_attrs, pad_rule, window
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, engine_operands, known_shapes, obits_dtype
 
 __all__ = ["OPS", "maxpool_fit"]
@@ -120,8 +120,8 @@ def check_avgpool_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding
     return None
 
 
-_POOL_RULES = (check_pad, check_kernel_ge_stride, check_dilation, bits_rule("csk60xx.pool.bits", "pool"),
-               check_pool_kernel, check_pool_ceil_mode)
+_POOL_RULES = (pad_rule("csk60xx.pool.pad", "pool"), check_kernel_ge_stride, check_dilation,
+               bits_rule("csk60xx.pool.bits", "pool"), check_pool_kernel, check_pool_ceil_mode)
 
 OPS = (
     OpDef("AvgPool2dInt", "thinker", (1, 1), lambda c: _pool(c, avg=True),
