@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 
+import pytest
+
 from lnn_core.cli import main
+from lnn_core.plugins import PluginLoadWarning
 
 
 def test_plugins_lists_the_core(capsys, monkeypatch):
@@ -24,3 +28,60 @@ def test_rules_markdown(capsys, monkeypatch):
     monkeypatch.setenv("LNN_PLUGIN_AUTOLOAD", "0")
     assert main(["rules", "--markdown"]) == 0
     assert capsys.readouterr().out.startswith("# Supported operators and hardware rules")
+
+
+def _only_fake_plugins(monkeypatch, *keep: str) -> None:
+    """Skip every installed ``lnn`` entry point except ``keep``: the output then depends on this test alone."""
+    installed = {ep.name for ep in md.entry_points(group="lnn")}
+    monkeypatch.delenv("LNN_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setenv("LNN_DISABLE_PLUGINS", ",".join(sorted(installed - set(keep))))
+
+
+def test_plugins_names_a_plugin_that_fails_to_import(fake_dist, monkeypatch, capsys):
+    fake_dist("lnn-ops-broken", "0.4.1", "broken", "lnn_test_plugin_cli_broken", "import nope_not_a_module\n")
+    _only_fake_plugins(monkeypatch, "broken")
+    with pytest.warns(PluginLoadWarning):
+        assert main(["plugins"]) == 1
+    out = capsys.readouterr().out
+    assert "broken       lnn-ops-broken 0.4.1  FAILED TO LOAD" in out
+    assert "plugin 'broken' could not be loaded, so lnn runs without it" in out
+    assert "lnn:broken = 'lnn_test_plugin_cli_broken'" in out and "ModuleNotFoundError" in out
+    assert "hint:" in out and "LNN_DISABLE_PLUGINS=broken" in out
+
+
+def test_plugins_all_runs_the_registration_hooks_the_plain_listing_skips(fake_dist, monkeypatch, capsys):
+    fake_dist("lnn-ops-halfbroken", "2.0.0", "halfbroken", "lnn_test_plugin_cli_halfbroken", """
+        from lnn_core import hookimpl
+
+        @hookimpl
+        def lnn_register_ops(registry):
+            raise RuntimeError("boom")
+    """)
+    _only_fake_plugins(monkeypatch, "halfbroken")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "halfbroken   lnn-ops-halfbroken 2.0.0\n    hooks: lnn_register_ops" in out
+    assert "op families: not loaded (they import torch; --all loads them)" in out
+    with pytest.warns(PluginLoadWarning):
+        assert main(["plugins", "--all"]) == 1
+    out = capsys.readouterr().out
+    assert "halfbroken   lnn-ops-halfbroken 2.0.0  FAILED TO LOAD" in out
+    assert "plugin 'halfbroken' failed in lnn_register_ops, so it was skipped" in out
+    assert "RuntimeError: boom" in out and "op families: 0;" in out
+
+
+def test_two_plugins_registering_one_command_name_exit_2_naming_both(fake_dist, monkeypatch, capsys):
+    source = """
+        from lnn_core import hookimpl
+
+        @hookimpl
+        def lnn_register_commands(registry):
+            registry.add("twice", "a command", lambda p: None, lambda args, host: 0)
+    """
+    fake_dist("lnn-cmd-a", "1.0", "cmd_a", "lnn_test_plugin_cmd_a", source)
+    fake_dist("lnn-cmd-b", "1.0", "cmd_b", "lnn_test_plugin_cmd_b", source)
+    _only_fake_plugins(monkeypatch, "cmd_a", "cmd_b")
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("RegistryError: command 'twice' is registered twice")
+    assert "lnn-cmd-a 1.0" in err and "lnn-cmd-b 1.0" in err

@@ -108,17 +108,22 @@ def _ops_plugin(name: str, family: OpFamily) -> types.ModuleType:
 def test_duplicate_op_id_names_both_plugins():
     a = _ops_plugin("plugin_a", OpFamily(id="x.Op", kind="passthrough", methods=("op_a",)))
     b = _ops_plugin("plugin_b", OpFamily(id="x.Op", kind="passthrough", methods=("op_b",)))
+    host = isolated_host([a, b])  # registries fill on first use: the duplicate is found there
     with pytest.raises(RegistryError) as exc:
-        isolated_host([a, b])
+        _ = host.ops
     assert exc.value.key == "x.Op"
     assert {exc.value.first, exc.value.second} == {"'plugin_a'", "'plugin_b'"}
+    with pytest.raises(RegistryError) as again:  # never a half-filled registry: the same error every time
+        _ = host.ops
+    assert again.value is exc.value
+    assert "pow2-sym-halfup" in host.recipes  # the other registries are unaffected
 
 
 def test_two_families_claiming_one_spelling_is_an_error():
     a = _ops_plugin("plugin_a", OpFamily(id="x.A", kind="passthrough", methods=("shared",)))
     b = _ops_plugin("plugin_b", OpFamily(id="x.B", kind="passthrough", methods=("shared",)))
     with pytest.raises(RegistryError, match="claimed by two op families"):
-        isolated_host([a, b])
+        isolated_host([a, b]).load_all()
 
 
 def test_unknown_target_lists_what_is_registered():
@@ -141,3 +146,83 @@ def test_op_family_validates_its_definition():
         OpFamily(id="x.Y", kind="weird")
     with pytest.raises(ValueError, match="build"):
         OpFamily(id="x.Y", kind="compute")
+
+
+# -- lazy registries: plugins are imported when the host is built, registries filled on first use ----
+
+
+def _counting_plugin(name: str, calls: list[str]) -> types.ModuleType:
+    mod = types.ModuleType(name)
+
+    @lnn_core.hookimpl
+    def lnn_register_ops(registry):
+        calls.append("ops")
+        registry.add(OpFamily(id=f"{name}.Op", kind="passthrough", methods=(f"{name}_op",)))
+
+    @lnn_core.hookimpl
+    def lnn_register_recipes(registry):
+        calls.append("recipes")
+
+    mod.lnn_register_ops = lnn_register_ops
+    mod.lnn_register_recipes = lnn_register_recipes
+    return mod
+
+
+def test_a_registry_is_filled_on_first_use_and_only_once():
+    calls: list[str] = []
+    host = isolated_host([_counting_plugin("lazy", calls)])
+    assert calls == []
+    assert "lazy.Op" in host.ops and host.ops is host.ops
+    assert calls == ["ops"]
+    host.load_all()
+    assert sorted(calls) == ["ops", "recipes"]
+
+
+def test_late_registration_reaches_filled_and_unfilled_registries():
+    calls: list[str] = []
+    host = isolated_host()
+    assert len(host.ops) == 0
+    host.register(_counting_plugin("late", calls))
+    assert calls == ["ops"] and "late.Op" in host.ops  # the filled registry got it at once
+    assert "pow2-sym-halfup" in host.recipes and calls == ["ops", "recipes"]
+
+
+def test_plugin_failing_in_a_registration_hook_is_reported_when_that_registry_is_used(fake_dist, monkeypatch):
+    monkeypatch.delenv("LNN_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("LNN_PLUGIN_AUTOLOAD", raising=False)
+    fake_dist("lnn-ops-halfbroken", "2.0.0", "halfbroken", "lnn_test_plugin_halfbroken", """
+        from lnn_core import hookimpl
+
+        @hookimpl
+        def lnn_register_ops(registry):
+            import nope_torch_side_module  # fails only when the op families are asked for
+    """)
+    host = PluginHost()
+    assert not [e for e in host.failed if e.plugin == "halfbroken"]
+    assert "lnn_register_ops" in next(i for i in host.plugin_infos() if i.name == "halfbroken").hooks
+    with pytest.warns(PluginLoadWarning, match="lnn-ops-halfbroken 2.0.0"):
+        _ = host.ops
+    err = next(e for e in host.failed if e.plugin == "halfbroken")
+    assert err.dist == "lnn-ops-halfbroken" and err.version == "2.0.0"
+    assert isinstance(err.cause, ImportError)
+    lines = str(err).splitlines()
+    assert lines[0] == "plugin 'halfbroken' failed in lnn_register_ops, so it was skipped"
+    assert lines[-1].lstrip().startswith("hint:") and "LNN_DISABLE_PLUGINS=halfbroken" in lines[-1]
+    assert any(i.error is err for i in host.plugin_infos())
+
+
+def test_registration_failure_raises_on_first_use_when_asked(fake_dist, monkeypatch):
+    monkeypatch.delenv("LNN_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("LNN_PLUGIN_AUTOLOAD", raising=False)
+    fake_dist("lnn-ops-halfbroken", "2.0.0", "halfbroken", "lnn_test_plugin_halfbroken2", """
+        from lnn_core import hookimpl
+
+        @hookimpl
+        def lnn_register_ops(registry):
+            raise RuntimeError("boom")
+    """)
+    host = PluginHost(on_error="raise")
+    with pytest.raises(PluginLoadError) as exc:
+        host.load_all()
+    assert exc.value.plugin == "halfbroken" and exc.value.dist == "lnn-ops-halfbroken"
+    assert "RuntimeError: boom" in str(exc.value)

@@ -26,30 +26,39 @@ Writing a plugin: a plugin is a module with ``@hookimpl`` functions, published t
         return [check_hardswish_range] if op_type == "acme.HardSwish" and target == "csk60xx" else None
 
 The hook specifications are in :mod:`lnn_core.hookspecs`; ``lnn plugins`` lists what is installed.
-Functions needing torch (``init``, ``constrain``, ...) import it on first use, so the packing and
-simulation side runs without torch.
+Plugin modules should import nothing heavy at module level: import torch (and numpy, onnx) inside the
+hook that needs it, so that ``lnn --help``, ``lnn pack`` and ``lnn run`` start without torch.
+
+``import lnn_core`` itself imports only pluggy: every other name here (``init``, ``export``, ``PluginHost``,
+the errors, ...) is imported on first access (PEP 562), and those needing torch import it then.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .errors import (
-    ConfigError,
-    ExportError,
-    HardwareLimitError,
-    LnnError,
-    ModelFileError,
-    PluginLoadError,
-    RegistryError,
-    SimulatorError,
-    TraceError,
-    UnsupportedOpError,
-)
-from .plugins import PluginHost
-from .quant.config import ConstrainConfig, LayerConfig, QuantConfig
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
+    from .api import constrain, init
+    from .errors import (
+        ConfigError,
+        ExportError,
+        HardwareLimitError,
+        LnnError,
+        ModelFileError,
+        PluginLoadError,
+        RegistryError,
+        SimulatorError,
+        TraceError,
+        UnsupportedOpError,
+    )
+    from .exporter import export, to_ir
+    from .plugins import PluginHost
+    from .quant.config import ConstrainConfig, LayerConfig, QuantConfig
+    from .quant.rewrite import disable_quant
+    from .verifier import check, verify
 
 __version__ = "0.1.0"
 
@@ -80,21 +89,33 @@ __all__ = [
     "UnsupportedOpError",
 ]
 
+# public name -> the module that defines it (imported on first access)
 _LAZY = {
-    "init": ("lnn_core.api", "init"),
-    "constrain": ("lnn_core.api", "constrain"),
-    "disable_quant": ("lnn_core.quant.rewrite", "disable_quant"),
-    "export": ("lnn_core.exporter", "export"),
-    "to_ir": ("lnn_core.exporter", "to_ir"),
-    "verify": ("lnn_core.verifier", "verify"),
-    "check": ("lnn_core.verifier", "check"),
+    "init": "lnn_core.api",
+    "constrain": "lnn_core.api",
+    "disable_quant": "lnn_core.quant.rewrite",
+    "export": "lnn_core.exporter",
+    "to_ir": "lnn_core.exporter",
+    "verify": "lnn_core.verifier",
+    "check": "lnn_core.verifier",
+    "QuantConfig": "lnn_core.quant.config",
+    "LayerConfig": "lnn_core.quant.config",
+    "ConstrainConfig": "lnn_core.quant.config",
+    "PluginHost": "lnn_core.plugins",
+    **{name: "lnn_core.errors" for name in (
+        "LnnError", "ConfigError", "ExportError", "HardwareLimitError", "ModelFileError", "PluginLoadError",
+        "RegistryError", "SimulatorError", "TraceError", "UnsupportedOpError")},
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lnn_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is an ordinary attribute lookup
+    return value
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'lnn_core' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

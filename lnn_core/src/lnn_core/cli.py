@@ -2,6 +2,10 @@
 
 Exit codes: 0 success, 1 the command ran and found a problem (violations, mismatches), 2 usage or
 input error (bad arguments, unreadable files, broken plugins when asked to be strict).
+
+Start-up cost: the host imports every plugin module (cheap by convention) and fills only the
+registries a command uses; ``lnn --help``, ``lnn plugins``, ``lnn pack``, ``lnn run`` and ``lnn check
+FILE.onnx`` import no torch (``benchmarks/bench_cli.py`` measures them).
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, host: PluginHost | None = None) -> int:
+    """Run the ``lnn`` command line on ``argv``; ``host`` defaults to one with the installed plugins."""
     try:
-        host = PluginHost()
+        host = host if host is not None else PluginHost()
+        parser = build_parser(host)  # fills the command registry: a duplicate command name fails here
     except LnnError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    parser = build_parser(host)
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")

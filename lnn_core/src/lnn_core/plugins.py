@@ -3,6 +3,13 @@
 A host is an ordinary object: build as many as you like (tests build isolated ones with
 :func:`lnn_core.testing.isolated_host`). Nothing is loaded at import time.
 
+Building a host imports every plugin module (entry points of group ``lnn``) and validates its hook
+names, so a plugin that fails to import is reported at once. The registries are filled lazily: the
+first access to ``host.ops`` calls every plugin's ``lnn_register_ops``, and so on for each registry.
+That is what keeps ``lnn pack`` free of torch: it never touches ``host.ops``, whose families import
+torch. A plugin that fails in a registration hook is therefore reported (warning, ``host.failed``) when
+that registry is first used; :meth:`PluginHost.load_all` fills every registry now (``lnn plugins --all``).
+
 Environment:
 - ``LNN_PLUGIN_AUTOLOAD=0``: do not load entry points at all.
 - ``LNN_DISABLE_PLUGINS=name,name``: skip these entry-point names (or distribution names).
@@ -31,7 +38,9 @@ from .registry import (
     ExporterRegistry,
     OpRegistry,
     RecipeRegistry,
+    Registry,
     SimKernelRegistry,
+    TargetOpRegistry,
     TargetRegistry,
 )
 
@@ -46,8 +55,10 @@ _REGISTRATION_HOOKS = {
     "lnn_register_targets": "targets",
     "lnn_register_exporters": "exporters",
     "lnn_register_sim_kernels": "sim_kernels",
+    "lnn_register_target_ops": "target_ops",
     "lnn_register_commands": "commands",
 }
+_HOOK_OF = {attr: hook for hook, attr in _REGISTRATION_HOOKS.items()}
 
 
 class PluginLoadWarning(UserWarning):
@@ -88,13 +99,9 @@ class PluginHost:
         self.on_error = on_error
         self.failed: list[PluginLoadError] = []
         self._meta: dict[str, tuple[str | None, str | None, str | None]] = {}
-        self.ops = OpRegistry()
-        self.recipes = RecipeRegistry()
-        self.targets = TargetRegistry()
-        self.exporters = ExporterRegistry()
-        self.sim_kernels = SimKernelRegistry()
-        self.commands = CommandRegistry()
-        self._registered_into: set[str] = set()
+        # registry attribute -> its registry, filled on first access (see the module docstring)
+        self._registries: dict[str, Registry[Any]] = {}
+        self._fill_errors: dict[str, Exception] = {}
         if os.environ.get("LNN_TRACE_HOOKS"):
             self._trace()
         # the host's own defaults are just another plugin (pluggy's eggsample layout)
@@ -107,7 +114,6 @@ class PluginHost:
             self.load_entry_points()
         for plugin in plugins:
             self.register(plugin)
-        self._fill_registries()
         self.pm.hook.lnn_configure.call_historic(kwargs={"host": self})
 
     # -- loading ----------------------------------------------------------------------------------
@@ -126,8 +132,8 @@ class PluginHost:
                 "check the hook name against lnn_core.hookspecs (hooks are spelled lnn_<verb>_<noun>)",
                 plugin=name, dist=dist, version=version, entry_point=entry_point, cause=exc) from exc
         self._meta[name] = (dist, version, entry_point)
-        if self._registered_into:  # a late registration fills the registries too
-            self._fill_registries(only=plugin)
+        for attr, registry in self._registries.items():  # a late registration fills the filled registries too
+            self._fill(_HOOK_OF[attr], registry, only=plugin)
         return name
 
     def load_entry_points(self) -> None:
@@ -164,33 +170,91 @@ class PluginHost:
         self.failed.append(err)
         warnings.warn(str(err), PluginLoadWarning, stacklevel=3)
 
-    def _fill_registries(self, only: Any = None) -> None:
-        """Call each registration hook implementation one plugin at a time."""
-        for hook_name, attr in _REGISTRATION_HOOKS.items():
-            registry = getattr(self, attr)
-            caller = getattr(self.pm.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):
-                if only is not None and impl.plugin is not only:
-                    continue
-                plugin_name = impl.plugin_name
-                dist, version, _ = self._meta.get(plugin_name, (None, None, None))
-                registry.source = f"{plugin_name!r} ({dist} {version})" if dist else repr(plugin_name)
-                try:
-                    impl.function(registry=registry)
-                except RegistryError:
-                    raise
-                except Exception as exc:
-                    err = PluginLoadError(
-                        f"plugin {plugin_name!r} failed in {hook_name}, so it was skipped",
-                        {"distribution": f"{dist} {version}" if dist else None,
-                         "cause": f"{type(exc).__name__}: {exc}"},
-                        f"report this to the plugin's authors; to run without it set "
-                        f"LNN_DISABLE_PLUGINS={plugin_name}",
-                        plugin=plugin_name, dist=dist, version=version, entry_point=None, cause=exc)
-                    self._fail(err, exc)
-                finally:
-                    registry.source = "<unknown>"
-        self._registered_into.add("all")
+    # -- registries (filled on first access) ------------------------------------------------------
+    @property
+    def ops(self) -> OpRegistry:
+        """Op families (``lnn_register_ops``); op packages import torch when this is first used."""
+        return self._registry("ops")
+
+    @property
+    def recipes(self) -> RecipeRegistry:
+        """Quantization recipes (``lnn_register_recipes``)."""
+        return self._registry("recipes")
+
+    @property
+    def targets(self) -> TargetRegistry:
+        """Deployment targets (``lnn_register_targets``)."""
+        return self._registry("targets")
+
+    @property
+    def exporters(self) -> ExporterRegistry:
+        """Dialect writers/readers and node writers (``lnn_register_exporters``); may import torch."""
+        return self._registry("exporters")
+
+    @property
+    def sim_kernels(self) -> SimKernelRegistry:
+        """Simulator kernels (``lnn_register_sim_kernels``)."""
+        return self._registry("sim_kernels")
+
+    @property
+    def target_ops(self) -> TargetOpRegistry:
+        """What each target's backend knows per IR op type (``lnn_register_target_ops``)."""
+        return self._registry("target_ops")
+
+    @property
+    def commands(self) -> CommandRegistry:
+        """``lnn`` subcommands (``lnn_register_commands``)."""
+        return self._registry("commands")
+
+    def load_all(self) -> list[PluginLoadError]:
+        """Fill every registry now (importing whatever the plugins' hooks import, torch included).
+
+        :return: :attr:`failed`, every plugin that failed to load or register so far.
+        :raises RegistryError: two plugins register the same name.
+        """
+        for attr in _HOOK_OF:
+            self._registry(attr)
+        return self.failed
+
+    def _registry(self, attr: str) -> Any:
+        registry = self._registries.get(attr)
+        if registry is not None:
+            return registry
+        if attr in self._fill_errors:  # the first fill failed: the same error every time, no half-filled registry
+            raise self._fill_errors[attr]
+        registry = _REGISTRY_TYPES[attr]()
+        try:
+            self._fill(_HOOK_OF[attr], registry)
+        except Exception as exc:
+            self._fill_errors[attr] = exc
+            raise
+        self._registries[attr] = registry
+        return registry
+
+    def _fill(self, hook_name: str, registry: Any, only: Any = None) -> None:
+        """Call each implementation of one registration hook, one plugin at a time."""
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            if only is not None and impl.plugin is not only:
+                continue
+            plugin_name = impl.plugin_name
+            dist, version, _ = self._meta.get(plugin_name, (None, None, None))
+            registry.source = f"{plugin_name!r} ({dist} {version})" if dist else repr(plugin_name)
+            try:
+                impl.function(registry=registry)
+            except RegistryError:
+                raise
+            except Exception as exc:
+                err = PluginLoadError(
+                    f"plugin {plugin_name!r} failed in {hook_name}, so it was skipped",
+                    {"distribution": f"{dist} {version}" if dist else None,
+                     "cause": f"{type(exc).__name__}: {exc}"},
+                    f"report this to the plugin's authors; to run without it set "
+                    f"LNN_DISABLE_PLUGINS={plugin_name}",
+                    plugin=plugin_name, dist=dist, version=version, entry_point=None, cause=exc)
+                self._fail(err, exc)
+            finally:
+                registry.source = "<unknown>"
 
     def _trace(self) -> None:
         hook_log = logging.getLogger("lnn.core.hooks")
@@ -223,10 +287,21 @@ class PluginHost:
     def rules_for(self, op_type: str, target: str) -> list[Any]:
         """All rules every plugin contributes for ``(op_type, target)``, concatenated."""
         out: list[Any] = []
-        for result in self.pm.hook.lnn_op_rules(op_type=op_type, target=target):
+        for result in self.pm.hook.lnn_op_rules(op_type=op_type, target=target, host=self):
             if result:
                 out.extend(result)
         return out
+
+
+_REGISTRY_TYPES: dict[str, type[Registry[Any]]] = {
+    "ops": OpRegistry,
+    "recipes": RecipeRegistry,
+    "targets": TargetRegistry,
+    "exporters": ExporterRegistry,
+    "sim_kernels": SimKernelRegistry,
+    "target_ops": TargetOpRegistry,
+    "commands": CommandRegistry,
+}
 
 
 def _version(dist: str) -> str | None:

@@ -1,26 +1,35 @@
-"""The built-in op families, registered through the ``lnn`` entry point ``builtin``."""
+"""The built-in op families, registered through the ``lnn`` entry point ``builtin``.
+
+The family modules import torch, so this module imports them inside the hooks: loading the plugin
+(every ``lnn`` command does) costs nothing, and only the commands that use op families or the
+torch-side exporters (``lnn export``, ``lnn verify``, ...) import torch.
+"""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from lnn_core import hookimpl
 
-from . import activations, conv, elementwise, norm, pool, shape
 
-_FAMILY_MODULES = (conv, norm, elementwise, pool, activations, shape)
+def _families() -> tuple[ModuleType, ...]:
+    """The family modules, in registration order (imported here: they import torch)."""
+    from . import activations, conv, elementwise, norm, pool, shape
+
+    return (conv, norm, elementwise, pool, activations, shape)
 
 
 @hookimpl
 def lnn_register_ops(registry: Any) -> None:
-    for module in _FAMILY_MODULES:
+    for module in _families():
         for family in module.FAMILIES:
             registry.add(family)
 
 
 @hookimpl
 def lnn_register_exporters(registry: Any) -> None:
-    for module in _FAMILY_MODULES:
+    for module in _families():
         for op_id, writer in module.WRITERS.items():
             registry.add_node_writer("ir", op_id, writer)
     from .onnx_qdq import write_qdq
