@@ -28,7 +28,7 @@ from lnn_backend_csk60xx.simulator import KernelCall, Simulator, TensorSpec
 from lnn_core.cli import main as lnn_main
 from lnn_core.errors import ExportError, ModelFileError, SimulatorError
 from lnn_core.exporter import to_ir
-from lnn_core.graph import Graph
+from lnn_core.graph import IR_DOMAIN, Graph
 from lnn_ops_example import csk60xx
 from lnn_ops_example.prelu import IR_OP
 
@@ -111,8 +111,7 @@ def test_ir_writer_writes_prelu_int_with_the_eval_integers(trained, host):
     node = graph.nodes[2]
     p = trained.act.integer_params()
     src, slope = node.inputs
-    assert node.domain == "thinker" and node.attrs == {"data_bits": 8, "parameter_bits": 8, "o_bits": 8,
-                                                       "platform_quant": "luna_quant"}
+    assert node.domain == IR_DOMAIN and node.attrs == {"data_bits": 8, "parameter_bits": 8, "o_bits": 8}
     assert graph.tensors[src].exponent == p["n_x"] == trained.conv.out_q.eval_exponent()
     assert graph.tensors[slope].exponent == p["n_a"] and graph.initializers[slope].dtype == np.int8
     np.testing.assert_array_equal(graph.initializers[slope], p["slope"].numpy())

@@ -28,7 +28,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from lnn_core.errors import ExportError, ModelFileError
-from lnn_core.graph import DTYPES, Graph, Node, TensorInfo, exponent_from_scale
+from lnn_core.graph import DTYPES, IR_DOMAIN, Graph, Node, TensorInfo, exponent_from_scale
 
 from .inference import infer_node
 from .ops.base import AttrSpec, ReadContext
@@ -207,7 +207,8 @@ class _Reader:
                                 {"rule": "every quantized tensor carries a power-of-two scale"}, onnx_node=n)
         if len(n.output) != schema.outputs or not all(n.output):
             raise self.fail(f"has {len(n.output)} outputs", {"expected": schema.outputs}, onnx_node=n)
-        return Node(n.name, n.op_type, inputs, list(n.output), attrs, domain), scales
+        # the IR names no chip: the file's domain (thinker, a plugin's) becomes lnn's own, standard ONNX stays ""
+        return Node(n.name, n.op_type, inputs, list(n.output), attrs, IR_DOMAIN if domain else ""), scales
 
 
 def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,

@@ -1,10 +1,16 @@
 """From a quantized model to the IR, and from the IR to ONNX in a registered dialect.
 
-``to_ir`` walks the graph of a model made by ``lnn.init`` with frozen eval semantics: every
-quantized op is written by the IR writer its op family registered (``lnn_register_exporters``,
+``to_ir`` walks the graph of a model made by ``lnn.init`` with frozen eval semantics. It judges no
+node: ``lnn.init`` classified each one (``node.meta["lnn"]``, a
+:class:`~lnn_core.quant.rewrite.NodeRole`) and the exporter writes it by that role. Every quantized
+op is written by the IR writer its op family registered (``lnn_register_exporters``,
 ``registry.add_node_writer("ir", op_id, fn)``), with exactly the integer exponents the eval
-forward uses. Float data entering the quantized graph gets a ``Quant`` node, quantized data
-leaving it (graph outputs, float islands) a ``Dequant`` node (spec 1.5). A float op between
+forward uses. A writer returns the IR name of the op's output, or one name per output (in the
+order of the module's ``out_qs``) for an op with several; each output tensor carries its own
+exponent, and each ``getitem`` that picks an output of the model reads that tensor.
+
+Float data entering the quantized graph gets a ``Quant`` node, quantized data leaving it (graph
+outputs, float islands) a ``Dequant`` node (spec 1.5). A float op between
 quantized ops is written as an explicit Dequant -> float op -> Quant island and listed in a
 warning; ``strict=True`` refuses and lists them all. Float ops are written by torch's own ONNX
 exporter and spliced in.
@@ -29,14 +35,13 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import ConfigError, ExportError
-from .graph import Graph, Node, TensorInfo
+from .graph import IR_DOMAIN, Graph, Node, TensorInfo
 from .plugins import PluginHost
-from .quant.qmodule import QModule, QuantStub
-from .quant.rewrite import _META_FUNCTIONS, _META_METHODS, LnnInfo, _flat_nodes, _op_name
+from .quant.qmodule import QModule, QuantStub, output_tree, tree_leaves
+from .quant.rewrite import ROLE_KEY, LnnInfo, NodeRole, flat_nodes
 
-__all__ = ["ExportContext", "FloatIslandWarning", "to_ir", "export", "CUSTOM_DOMAIN"]
+__all__ = ["ExportContext", "FloatIslandWarning", "to_ir", "export"]
 
-CUSTOM_DOMAIN = "thinker"
 _TORCH_DTYPE = {torch.float32: "float32", torch.float64: "float64", torch.int64: "int64", torch.int32: "int32",
                 torch.int8: "int8", torch.bool: "bool"}
 
@@ -67,8 +72,13 @@ class ExportContext:
     :param node: the fx node.
     :param path: the module path (or node name): used for node and tensor names.
     :param inputs: IR tensor names of the op's inputs, in the order the module takes them.
-    :param out_shape: output shape as run on the example inputs (batch axis symbolic if dynamic).
+    :param out_shape: output shape as run on the example inputs (batch axis symbolic if dynamic); None for an
+        op with several outputs.
     :param params: parameter tensors passed to a functional op (``F.conv2d(x, self.w)``).
+    :param out_shapes: the shape of every output, in order (``[out_shape]`` for an op with one output).
+
+    A writer returns the IR name of its output tensor, or a list of names, one per output in the order of
+    the module's ``out_qs``, each made with :meth:`tensor` (``shape=ctx.out_shapes[i]``, its own exponent).
     """
 
     builder: _Builder
@@ -79,6 +89,7 @@ class ExportContext:
     out_shape: tuple[Any, ...] | None
     dynamic_batch: bool
     params: list[torch.Tensor] = attrs.field(factory=list)
+    out_shapes: list[tuple[Any, ...] | None] = attrs.field(factory=list)
 
     @property
     def graph(self) -> Graph:
@@ -109,7 +120,9 @@ class ExportContext:
         return name
 
     def add(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], attrs: dict[str, Any] | None = None,
-            *, domain: str = CUSTOM_DOMAIN, suffix: str = "") -> Node:
+            *, domain: str = IR_DOMAIN, suffix: str = "") -> Node:
+        """Add a node; lnn's integer ops are in :data:`~lnn_core.graph.IR_DOMAIN`, standard ONNX ops pass
+        ``domain=""``. ``attrs`` say what the op computes, never how a target's file spells it."""
         name = self.builder.fresh(f"{self.path}{suffix}")
         return self.graph.add_node(Node(name, op_type, list(inputs), list(outputs), dict(attrs or {}), domain))
 
@@ -123,14 +136,31 @@ class ExportContext:
         return out
 
 
-def _shape(node: fx.Node, dynamic_batch: bool) -> tuple[Any, ...] | None:
-    meta = node.meta.get("tensor_meta")
+def _shape_of(meta: Any, dynamic_batch: bool) -> tuple[Any, ...] | None:
     if meta is None or not hasattr(meta, "shape"):
         return None
     shape = tuple(int(d) for d in meta.shape)
     if dynamic_batch and shape:
         shape = ("N",) + shape[1:]
     return shape
+
+
+def _shape(node: fx.Node, dynamic_batch: bool) -> tuple[Any, ...] | None:
+    return _shape_of(node.meta.get("tensor_meta"), dynamic_batch)
+
+
+def _shapes(node: fx.Node, dynamic_batch: bool) -> list[tuple[Any, ...] | None]:
+    """The shape of every tensor the node returns, depth first (one entry for a tensor)."""
+    def leaves(meta: Any) -> list[Any]:
+        if isinstance(meta, (tuple, list)) and not hasattr(meta, "shape"):  # TensorMetadata is a NamedTuple
+            return [m for sub in meta for m in leaves(sub)]
+        return [meta]
+
+    return [_shape_of(m, dynamic_batch) for m in leaves(node.meta.get("tensor_meta"))]
+
+
+class _Outputs(tuple):
+    """The IR tensors of an op with several outputs, nested like its return value (tuples of names)."""
 
 
 def _dtype(node: fx.Node) -> str:
@@ -148,9 +178,6 @@ class _Exporter:
         self.float_cache: dict[str, str] = {}  # quantized IR tensor -> its Dequant output
         self.islands: list[tuple[str, str]] = []
         self.sources: dict[str, str] = {}  # IR tensor -> fx node whose eval value it holds
-        self.op_of: dict[str, str] = dict(info.ops)
-        for entry in info.passthrough.values():
-            self.op_of.setdefault(entry["path"], entry["op"])
 
     @property
     def g(self) -> Graph:
@@ -164,26 +191,9 @@ class _Exporter:
         if name not in self.float_cache:
             out = self.b.fresh(f"{name}.float")
             self.g.add_tensor(out, "float32", info.shape, None)
-            self.g.add_node(Node(self.b.fresh(f"{name}.dequant"), "Dequant", [name], [out], {}, CUSTOM_DOMAIN))
+            self.g.add_node(Node(self.b.fresh(f"{name}.dequant"), "Dequant", [name], [out], {}, IR_DOMAIN))
             self.float_cache[name] = out
         return self.float_cache[name]
-
-    def family_of(self, node: fx.Node) -> Any:
-        ops = self.host.ops
-        if node.op == "call_module":
-            mod = self.model.get_submodule(str(node.target))
-            op_id = self.info.ops.get(str(node.target))
-            if op_id is not None:
-                return ops.get(op_id) if op_id in ops else op_id
-            return ops.by_module.get(type(mod))
-        if node.op == "call_function":
-            try:
-                return ops.by_function.get(node.target)
-            except TypeError:
-                return None
-        if node.op == "call_method":
-            return ops.by_method.get(node.target)
-        return None
 
     def run(self, input_names: Sequence[str] | None, output_names: Sequence[str] | None) -> Graph:
         placeholders = [n for n in self.model.graph.nodes if n.op == "placeholder"]
@@ -202,19 +212,18 @@ class _Exporter:
                 continue
             self.visit(node)
         out_node = next(n for n in self.model.graph.nodes if n.op == "output")
-        outs = _flat_nodes(out_node.args)
+        outs = [t for node in flat_nodes(out_node.args) for t in _leaves(self.tmap[node])]
         if output_names is not None and len(output_names) != len(outs):
             raise ConfigError(
                 f"export: {len(output_names)} output names for {len(outs)} model outputs", {},
                 "pass one name per output tensor", option="output_names", value=list(output_names), valid=len(outs))
-        for i, node in enumerate(outs):
-            src = self.tmap[node]
+        for i, src in enumerate(outs):
             want = output_names[i] if output_names else f"output_{i}" if len(outs) > 1 else "output"
             info = self.g.tensors[src]
             name = self.b.fresh(want)
             if info.exponent is not None:
                 self.g.add_tensor(name, "float32", info.shape, None)
-                self.g.add_node(Node(self.b.fresh(f"{src}.dequant"), "Dequant", [src], [name], {}, CUSTOM_DOMAIN))
+                self.g.add_node(Node(self.b.fresh(f"{src}.dequant"), "Dequant", [src], [name], {}, IR_DOMAIN))
             else:
                 self.g.add_tensor(name, info.dtype, info.shape, None)
                 self.g.add_node(Node(self.b.fresh(f"{src}.identity"), "Identity", [src], [name], {}, ""))
@@ -234,50 +243,68 @@ class _Exporter:
         return self.g
 
     def visit(self, node: fx.Node) -> None:
-        ins = _flat_nodes((node.args, node.kwargs))
-        if node.op == "get_attr":
+        """Write one fx node by the role ``lnn.init`` gave it."""
+        role = node.meta.get(ROLE_KEY)
+        if not isinstance(role, NodeRole):
+            raise ExportError(
+                f"node {node.name!r} ({node.op} {node.target}) was not classified by lnn.init",
+                {"rule": "every node of a prepared model carries its role in node.meta['lnn']"},
+                "export the model lnn.init returned (a pickled or re-traced GraphModule loses its node metadata: "
+                "save the state_dict and load it into a model built with lnn.init)", node=node.name, dialect="ir")
+        kind = role.kind
+        if kind == "param":
             self.tmap[node] = ("get_attr", node)
-            return
-        if node.op == "call_module":
-            mod = self.model.get_submodule(str(node.target))
-            if isinstance(mod, QuantStub):
-                self.quant_stub(node, mod)
-                return
-        if (node.op == "call_method" and node.target in _META_METHODS) or (
-                node.op == "call_function" and node.target in _META_FUNCTIONS) or (
-                ins and all(isinstance(self.tmap.get(i), tuple) and self.tmap[i][0] == "meta" for i in ins)):
-            self.tmap[node] = ("meta", node)  # sizes, dims, shapes: python values, no IR
-            return
-        fam = self.family_of(node)
-        tensor_ins = [i for i in ins if isinstance(self.tmap.get(i), str)]
-        quantized = any(self.g.tensors[self.tmap[i]].exponent is not None for i in tensor_ins)
-        path = str(node.target) if node.op == "call_module" else node.name
-        op_id = fam if isinstance(fam, str) else getattr(fam, "id", None)
-        writer = self.host.exporters.node_writer("ir", op_id) if op_id else None
-        if node.op == "call_module" and path in self.info.folded:  # folded BatchNorm: an alias
+        elif kind == "value":
+            self.tmap[node] = ("meta", node)  # sizes, dims, constants: python values baked into their users
+        elif kind == "quant":
+            self.quant_stub(node, self.model.get_submodule(str(node.target)))
+        elif kind == "alias":  # folded BatchNorm
             self.tmap[node] = self.tmap[node.args[0]]
-            return
-        if writer is not None and (quantized or isinstance(self.model.get_submodule(path) if node.op == "call_module"
-                                                           else None, QModule)):
-            module = self.model.get_submodule(path) if node.op == "call_module" else None
-            if isinstance(module, QModule):
-                srcs = list(node.args)
-            else:
-                srcs = [i for i in ins if isinstance(self.tmap.get(i), str)][:1]
-            ir_inputs = [self.tmap[s] for s in srcs if isinstance(self.tmap.get(s), str)]
-            params = [self.load_attr(s) for s in srcs if isinstance(s, fx.Node) and s.op == "get_attr"]
-            if isinstance(module, QModule):
-                self.check_wiring(path, module, ir_inputs)
-            ctx = ExportContext(self.b, module, node, path, ir_inputs, _shape(node, self.dynamic_batch),
-                                self.dynamic_batch, params)
-            out = writer(ctx)
-            self.tmap[node] = out
-            self.sources.setdefault(out, node.name)
-            return
-        if not tensor_ins and all(not isinstance(self.tmap.get(i), str) for i in ins):
-            self.tmap[node] = ("meta", node)  # sizes, dims: python values
-            return
-        self.float_op(node, tensor_ins, quantized)
+        elif kind == "select":
+            self.select(node, role.index)
+        elif kind == "op" and self.host.exporters.node_writer("ir", role.op) is not None:
+            self.write_op(node, role.op)
+        else:
+            ins = flat_nodes((node.args, node.kwargs))
+            self.float_op(node, [i for i in ins if isinstance(self.tmap.get(i), str)], role)
+
+    def select(self, node: fx.Node, index: Any) -> None:
+        """``getitem`` on an op with several outputs: the IR tensor(s) of the picked output(s)."""
+        picked = self.tmap[node.args[0]][index]
+        self.tmap[node] = _Outputs(picked) if isinstance(picked, tuple) else picked
+        if isinstance(picked, str):
+            self.sources.setdefault(picked, node.name)
+
+    def write_op(self, node: fx.Node, op_id: str) -> None:
+        writer = self.host.exporters.node_writer("ir", op_id)
+        path = str(node.target) if node.op == "call_module" else node.name
+        module = self.model.get_submodule(path) if node.op == "call_module" else None
+        if isinstance(module, QModule):
+            srcs = list(node.args)
+        else:
+            srcs = [i for i in flat_nodes((node.args, node.kwargs)) if isinstance(self.tmap.get(i), str)][:1]
+        ir_inputs = [self.tmap[s] for s in srcs if isinstance(self.tmap.get(s), str)]
+        params = [self.load_attr(s) for s in srcs if isinstance(s, fx.Node) and s.op == "get_attr"]
+        if isinstance(module, QModule):
+            self.check_wiring(path, module, ir_inputs)
+        tree = output_tree(module) if isinstance(module, QModule) else 0
+        shapes = _shapes(node, self.dynamic_batch)
+        ctx = ExportContext(self.b, module, node, path, ir_inputs, shapes[0] if isinstance(tree, int) else None,
+                            self.dynamic_batch, params, shapes)
+        out = writer(ctx)
+        names = [out] if isinstance(out, str) else list(out) if isinstance(out, (list, tuple)) else None
+        n_out = len(tree_leaves(tree)) if not isinstance(tree, int) else 1
+        if names is None or len(names) != n_out or not all(isinstance(t, str) and t in self.g.tensors for t in names):
+            raise ExportError(
+                f"op {path!r} ({op_id}): its IR writer returned {out!r}, not {n_out} output tensor name(s) of the IR",
+                {"rule": "an IR writer returns one tensor name per output (out_qs order), each made with ctx.tensor"},
+                f"fix the IR writer of {op_id}: return ctx.tensor(...) names, a list for several outputs",
+                node=path, dialect="ir")
+        if isinstance(tree, int):
+            self.tmap[node] = names[0]
+            self.sources.setdefault(names[0], node.name)
+        else:
+            self.tmap[node] = _nest(tree, names)
 
     def check_wiring(self, path: str, module: QModule, ir_inputs: list[str]) -> None:
         """Every input exponent a module computes with is the exponent of the tensor it reads.
@@ -304,15 +331,15 @@ class _Exporter:
         n = mod.out_q.eval_exponent()
         out = self.b.fresh(str(node.target))
         self.g.add_tensor(out, "int8", self.g.tensors[src].shape, n)
-        self.g.add_node(Node(self.b.fresh(str(node.target)), "Quant", [src], [out],
-                             {"data_bits": mod.act_bits, "platform_quant": "luna_quant"}, CUSTOM_DOMAIN))
+        self.g.add_node(Node(self.b.fresh(str(node.target)), "Quant", [src], [out], {"data_bits": mod.act_bits},
+                             IR_DOMAIN))
         self.tmap[node] = out
         self.sources[out] = node.name
 
-    def float_op(self, node: fx.Node, tensor_ins: list[fx.Node], quantized: bool) -> None:
+    def float_op(self, node: fx.Node, tensor_ins: list[fx.Node], role: NodeRole) -> None:
         """Write a float op with torch's ONNX exporter and splice its nodes in."""
-        if quantized:
-            self.islands.append((node.name, _op_name(node, self.model)))
+        if role.quantized:
+            self.islands.append((node.name, role.name))
         args_in = [self.dequant(self.tmap[i]) for i in tensor_ins]
         sub = _single_node_module(self.model, node, tensor_ins)
         examples = tuple(torch.zeros(_concrete(self.g.tensors[a].shape, node.name), dtype=torch.float32)
@@ -325,7 +352,7 @@ class _Exporter:
                                   input_names=[f"in{i}" for i in range(len(examples))], output_names=["out"])
             except Exception as exc:
                 raise ExportError(
-                    f"float op {_op_name(node, self.model)} (node {node.name!r}) cannot be written to ONNX",
+                    f"float op {role.name} (node {node.name!r}) cannot be written to ONNX",
                     {"cause": f"{type(exc).__name__}: {exc}"},
                     "replace the op, or keep it out of the exported part of the model", node=node.name,
                     dialect="onnx") from exc
@@ -355,6 +382,16 @@ class _Exporter:
                                  [rename.get(i, i) for i in n.input], [rename[o] for o in n.output], attrs_, n.domain))
         self.g.add_tensor(out_name, _dtype(node), _shape(node, self.dynamic_batch), None)
         self.tmap[node] = out_name
+
+
+def _leaves(value: Any) -> list[Any]:
+    """The IR tensors of a value: itself, or every output of an op with several, in order."""
+    return [t for v in value for t in _leaves(v)] if isinstance(value, _Outputs) else [value]
+
+
+def _nest(tree: Any, names: list[str]) -> Any:
+    """``tree`` (nested output indices) with every index replaced by its IR tensor name."""
+    return names[tree] if isinstance(tree, int) else _Outputs(_nest(t, names) for t in tree)
 
 
 class _Call(nn.Module):

@@ -1,9 +1,20 @@
 """The small graph IR that exporters write, readers produce, and the packer consumes.
 
 It is deliberately plain: a list of nodes in topological order, a table of tensors with dtype,
-shape and power-of-two exponent, and initializers as numpy arrays. Op types and attribute names
-are those of the CSK60xx dialect (``Conv2dInt``, ``iqAdd``, ``scale_x`` ...), the vocabulary the
-chip toolchain already speaks; other dialects are written from it.
+shape and power-of-two exponent, and initializers as numpy arrays.
+
+The vocabulary is lnn's own and names no chip. Standard ONNX ops (``Relu``, ``Clip``, ``Reshape``,
+``MaxPool`` ...) keep their ONNX names, attributes and the default domain ``""``. lnn's integer ops are
+in the domain :data:`IR_DOMAIN`; their op types (``Quant``, ``Dequant``, ``Conv2dInt``, ``LinearInt``,
+``iqAdd``, ``iqCat`` ...) are lnn's IR names, spelled as the linger/thinker toolchain spells the ops they
+became, and their attributes say only what the op computes (``kernel_shape``, ``o_bits``, ``dim`` ...).
+Scales are not attributes: every quantized tensor carries its exponent in :class:`TensorInfo`. An op may
+have several outputs (each with its own tensor and exponent) and several weight/bias pairs; a bias is
+quantized at ``n(activation it adds to) + n(its weight)``.
+
+A target's dialect writer maps the IR onto its file format (domain, file-only attributes, scale
+attributes from the exponents); its reader maps a file back onto the IR. Other dialects are written
+from the IR too (standard QDQ ONNX).
 
 This module imports neither torch nor onnx.
 """
@@ -20,7 +31,11 @@ import numpy as np
 
 from .errors import ModelFileError
 
-__all__ = ["TensorInfo", "Node", "Graph", "DTYPES", "exponent_from_scale"]
+__all__ = ["TensorInfo", "Node", "Graph", "DTYPES", "IR_DOMAIN", "exponent_from_scale"]
+
+#: the domain of lnn's own integer ops in the IR (standard ONNX ops use ``""``). It names no chip: a
+#: dialect writer puts each op in its target's domain.
+IR_DOMAIN = "lnn"
 
 #: dtype name -> numpy dtype. The IR names dtypes by string so that it stays serialisable.
 DTYPES: dict[str, np.dtype] = {
@@ -72,7 +87,9 @@ class TensorInfo:
 
 @attrs.define(eq=True)
 class Node:
-    """One operator. ``inputs`` may contain ``""`` for an omitted optional input."""
+    """One operator. ``inputs`` may contain ``""`` for an omitted optional input; ``outputs`` lists every
+    output in order (an op may have several). ``domain`` is :data:`IR_DOMAIN` for lnn's integer ops and
+    ``""`` for standard ONNX ops."""
 
     name: str
     op_type: str

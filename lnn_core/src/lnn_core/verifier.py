@@ -98,11 +98,14 @@ class _Capture(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.values: dict[str, torch.Tensor] = {}
+        self.tuples: dict[str, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if isinstance(out, torch.Tensor):
             self.values[n.name] = out.detach()
+        elif isinstance(out, (tuple, list)):  # an op with several outputs: kept for the graph outputs
+            self.tuples[n.name] = out
         return out
 
 
@@ -167,9 +170,16 @@ def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, 
 
 
 def _outputs(out_node: fx.Node, cap: _Capture) -> list[torch.Tensor]:
-    from .quant.rewrite import _flat_nodes
+    """The model's output tensors in order, the outputs of an op with several outputs one by one."""
+    from .quant.rewrite import flat_nodes
 
-    return [cap.values[n.name] for n in _flat_nodes(out_node.args)]
+    def leaves(value: Any) -> list[torch.Tensor]:
+        if isinstance(value, (tuple, list)):
+            return [t for v in value for t in leaves(v)]
+        return [value.detach()]
+
+    return [t for n in flat_nodes(out_node.args)
+            for t in ([cap.values[n.name]] if n.name in cap.values else leaves(cap.tuples[n.name]))]
 
 
 @attrs.define

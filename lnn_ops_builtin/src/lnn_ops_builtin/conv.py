@@ -311,10 +311,9 @@ FAMILIES = [
 ]
 
 
-# -- IR (CSK60xx dialect vocabulary) ----------------------------------------------------------------
+# -- IR ------------------------------------------------------------------------------------------------
 
 OBITS_DTYPE = {8: "int8", 16: "int16", 32: "int32"}
-_PLATFORM = {"platform_quant": "luna_quant"}
 
 
 def write_ir(ctx: Any) -> str:
@@ -347,18 +346,16 @@ def write_ir(ctx: Any) -> str:
     if p["bias"] is not None:
         inputs.append(ctx.initializer("bias", p["bias"].numpy().astype(np.int32), n_x + n_w))
     if m.kind == "linear":
-        op, attrs = "LinearInt", {**qbits, **_PLATFORM}
+        op, attrs = "LinearInt", dict(qbits)
     else:
         dims = 2 if one_d_deconv else m.dims
         lift = (lambda v, fill: [fill] + list(v)) if one_d_deconv else (lambda v, fill: list(v))
         k = list(w.shape[2:])
         pads = lift(m.padding, 0)
         attrs = {"kernel_shape": k, "strides": lift(m.stride, 1), "pads": pads + pads,
-                 "dilations": lift(m.dilation, 1), "group": m.groups, **qbits, **_PLATFORM}
+                 "dilations": lift(m.dilation, 1), "group": m.groups, **qbits}
         if m.kind == "conv":
             op = "Conv2dInt" if dims == 2 else "Conv1dInt"
-            if dims == 2:
-                attrs["castor_mode"] = "luna"
         else:
             op = "ConvTranspose2dInt"
             attrs["output_padding"] = lift(m.output_padding, 0)

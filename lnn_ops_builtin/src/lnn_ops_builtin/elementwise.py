@@ -196,8 +196,7 @@ def write_add(ctx: Any) -> str:
     m: QAdd = ctx.module
     n_o = m.out_q.eval_exponent(min(ctx.exponent(0), ctx.exponent(1)))
     y = ctx.tensor(n_o)
-    ctx.add("iqAdd" if m.sign > 0 else "iqSub", ctx.inputs[:2], [y],
-            {"platform_quant": "luna_quant", "mode": "Non_t710_mode"})
+    ctx.add("iqAdd" if m.sign > 0 else "iqSub", ctx.inputs[:2], [y])
     return _finish(ctx, m, y, n_o)
 
 
@@ -213,7 +212,7 @@ def write_mul(ctx: Any) -> str:
         n_y, other = ctx.exponent(1), ctx.inputs[1]
     n_o = m.out_q.eval_exponent(ctx.exponent(0) + n_y)
     y = ctx.tensor(n_o)
-    ctx.add("iqMul", [ctx.inputs[0], other], [y], {"platform_quant": "luna_quant"})
+    ctx.add("iqMul", [ctx.inputs[0], other], [y])
     return _finish(ctx, m, y, n_o)
 
 
@@ -224,7 +223,7 @@ def write_cat(ctx: Any) -> str:
     y = ctx.tensor(n_o)
     shape = ctx.shape(0)
     dim = m.dim + len(shape) if (m.dim < 0 and shape is not None) else m.dim
-    ctx.add("iqCat", ctx.inputs, [y], {"dim": dim, "platform_quant": "luna_quant"})
+    ctx.add("iqCat", ctx.inputs, [y], {"dim": dim})
     return _finish(ctx, m, y, n_o)
 
 

@@ -174,8 +174,7 @@ def write_ir(ctx: Any) -> str:
     b = ctx.initializer("bias", p["bias"].numpy().astype(np.int32), n_x + n_w)
     out4 = None if ctx.out_shape is None else tuple(ctx.out_shape) + (1,) * len(axes)
     y = ctx.tensor(n_o, "int8", out4, suffix=".out" if axes else "")
-    ctx.add("BatchNorm2dInt", [x, w, b], [y], {"data_bits": 8, "parameter_bits": m.weight_bits, "o_bits": 8,
-                                               "platform_quant": "luna_quant"})
+    ctx.add("BatchNorm2dInt", [x, w, b], [y], {"data_bits": 8, "parameter_bits": m.weight_bits, "o_bits": 8})
     if axes:
         y2 = ctx.tensor(n_o, "int8")
         ctx.add("Squeeze", [y], [y2], {"axes": axes}, domain="", suffix=".squeeze")

@@ -210,7 +210,7 @@ def write_avg(ctx: Any) -> str:
         k, s, p = lift(m.kernel, 1), lift(m.stride, 1), lift(m.padding, 0)
     y = ctx.tensor(n, "int8", _out4(ctx, rank1), suffix=".out" if rank1 else "")
     ctx.add("AvgPool2dInt", [x], [y], {"kernel_shape": k, "strides": s, "pads": p + p, "ceil_mode": 0,
-                                       "data_bits": 8, "o_bits": 8, "platform_quant": "luna_quant"})
+                                       "data_bits": 8, "o_bits": 8})
     return _drop(ctx, y, rank1)
 
 

@@ -24,10 +24,10 @@ two values on 8-bit grids is exact in float32, so training and eval agree exactl
 simulator kernels.
 
 Export: :func:`write_ir` (the IR writer of ``example.PReLU``) writes one node ``PReluInt`` (domain
-``thinker``) with inputs ``[x, slope]``: ``x`` the int8 input at ``n_x``, ``slope`` an int8 initializer
-of shape ``[num_parameters]`` at ``n_a`` (int16 for weight bits above 8); its output is int8 at ``n_x``.
-Attributes: ``data_bits``, ``parameter_bits``, ``o_bits`` and ``platform_quant="luna_quant"``. The
-CSK60xx dialect adds ``scale_x``, ``scale_w``, ``scale_o`` from those exponents
+:data:`lnn_core.graph.IR_DOMAIN`) with inputs ``[x, slope]``: ``x`` the int8 input at ``n_x``, ``slope`` an int8
+initializer of shape ``[num_parameters]`` at ``n_a`` (int16 for weight bits above 8); its output is int8 at
+``n_x``. Attributes: ``data_bits``, ``parameter_bits``, ``o_bits``. The CSK60xx dialect writes it in domain
+``thinker`` and adds ``scale_x``, ``scale_w``, ``scale_o`` from those exponents and ``platform_quant``
 (:mod:`lnn_ops_example.csk60xx`).
 """
 
@@ -222,8 +222,7 @@ def write_ir(ctx: Any) -> str:
     dtype = np.int8 if m.weight_bits <= 8 else np.int16  # the CSK60xx dialect takes int8 only
     slope = ctx.initializer("slope", p["slope"].numpy().astype(dtype).reshape(-1), p["n_a"])
     y = ctx.tensor(p["n_o"], ctx.info(0).dtype)
-    attrs = {"data_bits": p["bits"], "parameter_bits": m.weight_bits, "o_bits": p["bits"],
-             "platform_quant": "luna_quant"}
+    attrs = {"data_bits": p["bits"], "parameter_bits": m.weight_bits, "o_bits": p["bits"]}
     ctx.add(IR_OP, [ctx.inputs[0], slope], [y], attrs)
     return y
 

@@ -5,6 +5,11 @@ A quantized module does not own the exponent of its inputs: the producer of each
 module reads ``n_x`` from its producer instead of re-quantizing, exactly as the chip graph does.
 The references are kept in a plain tuple, so they are not submodules and add no state_dict keys.
 
+Outputs and parameters are plural: a module has one output quantizer per quantized output
+(:attr:`QModule.out_qs`; ``out_q`` is the single-output spelling) and any number of weight/bias pairs,
+each quantized by the one weight/bias path (:meth:`QModule.fake_quant_pairs` in training,
+:meth:`QModule.quantize_pairs` in eval), a pair's bias at ``n_x + n_w`` of that pair.
+
 Stages: ``constrain`` (float forward with clamps, observers warm up the statistics) and ``quant``
 (fake-quant with straight-through gradients in training, exact integers in eval).
 """
@@ -19,23 +24,54 @@ from torch import nn
 
 from .config import ConstrainConfig
 from .functional import qrange, requant
-from .quantizers import ActQuantizer
+from .quantizers import ActQuantizer, fake_quant_weight_bias, quantize_bias, quantize_weight
 from .recipes import Recipe
 
-__all__ = ["QModule", "QuantStub", "STAGES", "set_stage"]
+__all__ = ["QModule", "QuantStub", "STAGES", "set_stage", "OutTree", "output_tree", "tree_leaves"]
 
 STAGES = ("constrain", "quant")
+
+#: how a forward's return value nests its outputs: an output index, or a (nested) tuple of them
+OutTree = int | tuple["OutTree", ...]
+
+
+def tree_leaves(tree: OutTree) -> list[int]:
+    """The output indices of ``tree`` in depth-first order."""
+    if isinstance(tree, int):
+        return [tree]
+    return [i for sub in tree for i in tree_leaves(sub)]
+
+
+def output_tree(module: nn.Module) -> OutTree:
+    """How ``module``'s forward nests its outputs: ``0`` for one tensor, ``(0, 1, ...)`` for a flat tuple, or the
+    module's own :attr:`QModule.out_tree` (``(0, (1, 2))`` for ``y, (h, c)``).
+
+    :raises ValueError: ``out_tree`` does not list the outputs ``0 .. n-1`` in depth-first order.
+    """
+    n = len(module.out_qs) if isinstance(module, QModule) else 1
+    tree = getattr(module, "out_tree", None)
+    if tree is None:
+        return 0 if n <= 1 else tuple(range(n))
+    if tree_leaves(tree) != list(range(max(n, 1))):
+        raise ValueError(f"{type(module).__name__}.out_tree={tree!r} must list the outputs 0..{max(n, 1) - 1} "
+                         "in depth-first order, one per output quantizer in out_qs")
+    return tree
 
 
 class QModule(nn.Module):
     """Common machinery of quantized modules.
 
-    Subclasses set ``op_id`` (``builtin.Conv2d``) and implement ``forward``; ops with their own
-    output scale create ``self.out_q``. ``op_attrs()`` describes the op for hardware rules in the
-    vocabulary of the chip's ONNX dialect (``kernel_shape``, ``strides``, ``pads``, ...).
+    Subclasses set ``op_id`` (``builtin.Conv2d``) and implement ``forward``. Outputs: an op with one
+    output and its own output scale creates ``self.out_q``; an op with several outputs assigns an
+    ``nn.ModuleList`` with one entry per output to ``self.out_qs`` (an ``ActQuantizer``, or None for a
+    float output) and, when its forward returns a nested tuple, sets ``out_tree``; an op whose one output
+    keeps its input's scale creates neither. ``op_attrs()`` describes the op for hardware rules in the
+    vocabulary of the IR (``kernel_shape``, ``strides``, ``pads``, ...).
     """
 
     op_id: ClassVar[str] = ""
+    #: nesting of the forward's outputs (:data:`OutTree`); None: one tensor, or a flat tuple of ``len(out_qs)``
+    out_tree: OutTree | None = None
 
     def __init__(self, recipe: Recipe, *, act_bits: int = 8, weight_bits: int = 8,
                  stage: str = "quant", clamps: tuple[str, ...] = ("weight", "bias", "act")) -> None:
@@ -67,6 +103,27 @@ class QModule(nn.Module):
     def in_bits(self, i: int = 0) -> int:
         q = self._inputs[i] if i < len(self._inputs) else None
         return q.bits if q is not None else 32
+
+    @property
+    def out_qs(self) -> tuple[ActQuantizer | None, ...]:
+        """The output quantizers, one per output in order (None: a float output); ``()`` when the op's one
+        output keeps its input's scale. ``out_q`` (state_dict keys ``out_q.*``) is the single-output
+        spelling; an op with several outputs keeps them in an ``nn.ModuleList`` at ``out_qs`` (keys
+        ``out_qs.0.*``, ``out_qs.1.*`` ...)."""
+        many = self._modules.get("out_qs")
+        if many is not None:
+            return tuple(many)
+        one = self._modules.get("out_q")
+        return (one,) if isinstance(one, ActQuantizer) else ()
+
+    def out_quantizer(self, i: int = 0) -> ActQuantizer:
+        """The quantizer of output ``i``; raises when that output has none."""
+        qs = self.out_qs
+        q = qs[i] if i < len(qs) else None
+        if q is None:
+            raise RuntimeError(f"{type(self).__name__} ({self.op_id}): output {i} has no output quantizer "
+                               f"({len(qs)} declared in out_qs)")
+        return q
 
     @property
     def quantizing(self) -> bool:
@@ -115,34 +172,62 @@ class QModule(nn.Module):
             return None
         return max(clo, lo), min(chi, hi)
 
-    def out_exponent(self, z: torch.Tensor, cap: int | None = None) -> int:
-        """Exponent of this op's output for this forward (observing ``z`` when training)."""
-        if self.training and self.out_q.observe:
-            return self.out_q.update(z, cap)
-        return self.out_q.eval_exponent(cap)
+    def out_exponent(self, z: torch.Tensor, cap: int | None = None, i: int = 0) -> int:
+        """Exponent of output ``i`` for this forward (observing ``z`` when training)."""
+        q = self.out_quantizer(i)
+        if self.training and q.observe:
+            return q.update(z, cap)
+        return q.eval_exponent(cap)
 
     def out_bounds(self, n: int) -> tuple[int, int]:
         """Integer bounds of the output at exponent ``n``: saturation and the activation clamp."""
         clip = self.act_clip_int(n)
         return clip if clip is not None else qrange(self.act_bits)
 
-    def finish_train(self, y: torch.Tensor, cap: int | None = None) -> torch.Tensor:
-        """Training tail of an op with its own output scale: clamp, observe, fake-quantize."""
+    def finish_train(self, y: torch.Tensor, cap: int | None = None, i: int = 0) -> torch.Tensor:
+        """Training tail of output ``i`` with its own output scale: clamp, observe, fake-quantize."""
         y = self.constrain_act(y)
-        return self.out_q(y, cap)
+        return self.out_quantizer(i)(y, cap)
 
-    def finish_exact(self, acc: torch.Tensor, acc_exponent: int, cap: int | None = None) -> torch.Tensor:
-        """Eval tail: ``RQ(acc, n_acc - n_o)`` with the activation clamp in the integer domain.
+    def finish_exact(self, acc: torch.Tensor, acc_exponent: int, cap: int | None = None, i: int = 0) -> torch.Tensor:
+        """Eval tail of output ``i``: ``RQ(acc, n_acc - n_o)`` with the activation clamp in the integer domain.
 
         :param acc: exact accumulator (float64 integers) at exponent ``acc_exponent``.
         :return: float32 tensor ``q / 2**n_o``.
         """
-        n_o = self.out_q.eval_exponent(cap)
+        n_o = self.out_quantizer(i).eval_exponent(cap)
         q = requant(acc, acc_exponent - n_o, self.act_bits)
         clip = self.act_clip_int(n_o)
         if clip is not None:
             q = q.clamp(*clip)
         return (q * 2.0**-n_o).float()
+
+    # -- weight/bias pairs ------------------------------------------------------------------------
+    def fake_quant_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+                         n_xs: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
+        """Training form of the op's weight/bias pairs: ``(w_q, b_q, n_w)`` per pair, each through
+        :func:`~lnn_core.quant.quantizers.fake_quant_weight_bias` (weights at this layer's ``weight_bits`` by the
+        floor rule, pair ``k``'s bias at ``n_xs[k] + n_w`` and the recipe's ``bias_bits``; STE gradients).
+
+        :param pairs: ``(weight, bias or None)`` per pair, in the op's IR input order.
+        :param n_xs: per pair, the exponent of the activation its weight multiplies (the bias adds to that product).
+        """
+        if len(pairs) != len(n_xs):
+            raise ValueError(f"{type(self).__name__}: {len(pairs)} weight/bias pairs but {len(n_xs)} input exponents")
+        return [fake_quant_weight_bias(w, b, n_x, self.weight_bits, self.recipe) for (w, b), n_x in zip(pairs, n_xs)]
+
+    def quantize_pairs(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+                       n_xs: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
+        """Eval form of :meth:`fake_quant_pairs`: ``(w_i, b_i, n_w)`` per pair, the exact integers (float64
+        tensors) that training fake-quantizes to and the export writes; pair ``k``'s bias at ``n_xs[k] + n_w``."""
+        if len(pairs) != len(n_xs):
+            raise ValueError(f"{type(self).__name__}: {len(pairs)} weight/bias pairs but {len(n_xs)} input exponents")
+        out = []
+        for (w, b), n_x in zip(pairs, n_xs):
+            w_i, n_w = quantize_weight(w, self.weight_bits, self.recipe)
+            b_i = quantize_bias(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
+            out.append((w_i, b_i, n_w))
+        return out
 
 
 class QuantStub(QModule):

@@ -17,6 +17,12 @@ quantized module. Then:
 5. an op whose every user is a ReLU observes only its positive range ("ahead-relu");
 6. the target's hardware rules judge every op, and ALL violations are raised at once.
 
+Every fx node is classified here, once: the decision is kept on the node as ``node.meta["lnn"]``
+(a :class:`NodeRole`) and the exporter writes each node by its role, without judging it again.
+An op may have several outputs: a module with several output quantizers returns a tuple, each
+``operator.getitem`` on it selects one output (role ``select``), and each quantized output carries
+its own quantizer to its consumers.
+
 The stage-1 (constrain) and stage-2 (quant) models are built by the same pass, so they have the
 same state_dict keys: a stage-1 checkpoint loads strictly into the stage-2 model.
 """
@@ -37,12 +43,12 @@ from torch import nn
 from ..errors import ConfigError, TraceError, UnsupportedOpError
 from ..rules import OpView, RuleReport
 from .config import ConstrainConfig, LayerConfig, QuantConfig
-from .qmodule import QModule, QuantStub, set_stage
+from .qmodule import OutTree, QModule, QuantStub, output_tree, set_stage, tree_leaves
 from .quantizers import ActQuantizer
 from .recipes import Recipe
 
 __all__ = ["prepare", "BuildContext", "Built", "LnnInfo", "QuantizedModel", "UnsupportedOpWarning",
-           "disable_quant", "FLOAT_ATTR"]
+           "disable_quant", "FLOAT_ATTR", "NodeRole", "ROLE_KINDS", "ROLE_KEY", "flat_nodes", "op_name"]
 
 FLOAT_ATTR = "_lnn_keep_float"
 
@@ -67,6 +73,37 @@ class _Kind:
 
 FLOAT = _Kind("FLOAT")  # a float tensor (or an unknown value)
 META = _Kind("META")  # a python value derived from shapes (sizes, dims, dtypes)
+# the carrier of any other value is the ActQuantizer that defines its exponent, or, for an op with several
+# outputs, a (nested) tuple of carriers shaped like the op's return value
+
+#: the key of a node's :class:`NodeRole` in ``node.meta``
+ROLE_KEY = "lnn"
+
+#: what a node can be, for the exporter:
+#: ``input`` a graph input; ``param`` a parameter or buffer (get_attr); ``value`` a python value or a constant
+#: computed from parameters only (sizes, dims; no IR); ``quant`` a QuantStub (float data entering the quantized
+#: graph); ``op`` written by the IR writer of op family ``op``; ``alias`` its output is its input (a folded
+#: BatchNorm); ``select`` output ``index`` of an op with several outputs; ``float`` a float op (written by
+#: torch's ONNX exporter; ``quantized``: it reads quantized data, a float island); ``output`` the graph output.
+ROLE_KINDS = ("input", "param", "value", "quant", "op", "alias", "select", "float", "output")
+
+
+@attrs.frozen
+class NodeRole:
+    """What ``lnn.init`` decided about one fx node, kept as ``node.meta["lnn"]``.
+
+    :param kind: one of :data:`ROLE_KINDS`.
+    :param op: the op family id (``op``, ``quant``), else None.
+    :param quantized: the node reads quantized data (for ``float``: a float island).
+    :param index: for ``select``: the index into the op's return value (an int, or a slice of outputs).
+    :param name: the op as the user wrote it (``torch.sigmoid``, ``GELU``), for messages.
+    """
+
+    kind: str
+    op: str | None = None
+    quantized: bool = False
+    index: Any = None
+    name: str = ""
 
 
 def disable_quant(module: nn.Module) -> nn.Module:
@@ -172,7 +209,7 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def _op_name(node: fx.Node, gm: nn.Module) -> str:
+def op_name(node: fx.Node, gm: nn.Module) -> str:
     """The name a user wrote: ``torch.sigmoid``, ``F.gelu``, ``Tensor.softmax``, ``operator.pow``, ``GELU``."""
     if node.op == "call_module":
         return type(gm.get_submodule(node.target)).__name__
@@ -206,18 +243,25 @@ def _call_site(node: fx.Node) -> str:
     return frames[-1] if frames else "<unknown call site>"
 
 
-def _flat_nodes(args: Iterable[Any]) -> list[fx.Node]:
+def flat_nodes(args: Iterable[Any]) -> list[fx.Node]:
+    """The fx nodes in ``args`` (nested lists, tuples, dicts and slices), in order."""
     out: list[fx.Node] = []
     for a in args:
         if isinstance(a, fx.Node):
             out.append(a)
         elif isinstance(a, (list, tuple)):
-            out.extend(_flat_nodes(a))
+            out.extend(flat_nodes(a))
         elif isinstance(a, dict):
-            out.extend(_flat_nodes(a.values()))
+            out.extend(flat_nodes(a.values()))
         elif isinstance(a, slice):
-            out.extend(_flat_nodes((a.start, a.stop, a.step)))
+            out.extend(flat_nodes((a.start, a.stop, a.step)))
     return out
+
+
+
+def _map_tree(tree: OutTree, leaf: Any) -> Any:
+    """``tree`` with every output index ``i`` replaced by ``leaf(i)``."""
+    return leaf(tree) if isinstance(tree, int) else tuple(_map_tree(t, leaf) for t in tree)
 
 
 def _owner(node: fx.Node) -> str:
@@ -244,6 +288,9 @@ class _Rewriter:
         self.names: dict[str, int] = {}
         self.bn_of: dict[fx.Node, fx.Node] = {}
         self.replaced: dict[fx.Node, Any] = {}  # new call_module node -> family
+        # the decision taken for each node as the pass meets it: (kind, op id, select index); resolved into a
+        # NodeRole once the graph is final (hoisting still changes which passthrough ops read quantized data)
+        self.decided: dict[fx.Node, tuple[str, str | None, Any]] = {}
 
     # -- lookups -----------------------------------------------------------------------------------
     def family(self, node: fx.Node) -> Any:
@@ -301,7 +348,7 @@ class _Rewriter:
             if (ufam is None or not ufam.foldable or ufam.id not in fam.fuses_bn or self.is_float_module(user)
                     or user.op != "call_module"):
                 continue
-            if _flat_nodes((user.args, user.kwargs)) != [node]:
+            if flat_nodes((user.args, user.kwargs)) != [node]:
                 continue
             path = str(user.target)
             ctx = BuildContext(path, user, self.gm.get_submodule(path), LayerConfig(), self.recipe,
@@ -352,7 +399,7 @@ class _Rewriter:
             if node in self.folded_nodes:
                 self.prov[node] = self.prov.get(node.args[0], FLOAT)
                 continue
-            ins = _flat_nodes((node.args, node.kwargs))
+            ins = flat_nodes((node.args, node.kwargs))
             provs = [self.prov.get(i, FLOAT) for i in ins]
             quantized_in = any(isinstance(p, ActQuantizer) for p in provs)
             if (node.op == "call_method" and node.target in _META_METHODS) or (
@@ -364,6 +411,10 @@ class _Rewriter:
                 continue
             if node.op == "call_function" and node.target is operator.getitem and provs and provs[0] is META:
                 self.prov[node] = META
+                continue
+            if self.selects(node):  # one output of an op with several: its own carrier
+                self.prov[node] = self.prov[node.args[0]][node.args[1]]
+                self.decided[node] = ("select", None, node.args[1])
                 continue
             fam = self.family(node)
             if fam is None:
@@ -380,6 +431,7 @@ class _Rewriter:
             if fam.kind == "passthrough":
                 first = next((p for p in provs if p is not META), FLOAT)
                 self.prov[node] = first
+                self.decided[node] = ("passthrough", fam.id, None)
                 if isinstance(first, ActQuantizer):
                     self.record_passthrough(node, fam, first)
                 continue
@@ -387,8 +439,47 @@ class _Rewriter:
         self.report_unsupported(unsupported)
         self.hoist_quants()
         self.mark_ahead_relu()
+        self.classify()
         self.graph.lint()
         self.gm.recompile()
+
+    def selects(self, node: fx.Node) -> bool:
+        """Whether ``node`` picks outputs of an op with several outputs (``y, h = op(x)`` traces to getitem)."""
+        return (node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2
+                and isinstance(node.args[0], fx.Node) and isinstance(self.prov.get(node.args[0]), tuple)
+                and isinstance(node.args[1], (int, slice)))
+
+    def classify(self) -> None:
+        """Keep every node's role on it (``node.meta["lnn"]``), from the decisions of this pass on the final graph."""
+        roles: dict[fx.Node, NodeRole] = {}
+        for node in self.graph.nodes:
+            roles[node] = role = self.role(node, roles)
+            node.meta[ROLE_KEY] = role
+
+    def role(self, node: fx.Node, roles: dict[fx.Node, NodeRole]) -> NodeRole:
+        if node.op == "placeholder":
+            return NodeRole("input")
+        if node.op == "get_attr":
+            return NodeRole("param")
+        if node.op == "output":
+            return NodeRole("output")
+        data = [i for i in flat_nodes((node.args, node.kwargs)) if roles[i].kind not in ("param", "value")]
+        quantized = any(isinstance(self.prov.get(i), (ActQuantizer, tuple)) for i in data)
+        if node.op == "call_module":
+            module = self.gm.get_submodule(str(node.target))
+            if isinstance(module, QuantStub):
+                return NodeRole("quant", module.op_id, quantized)
+            if node in self.folded_nodes:
+                return NodeRole("alias", None, quantized)
+        if self.prov.get(node) is META:
+            return NodeRole("value")
+        kind, op_id, index = self.decided.get(node, ("float", None, None))
+        if kind == "passthrough":  # an exact op: written as an integer op when it reads quantized data
+            kind = "op" if isinstance(self.prov.get(node), ActQuantizer) else "float"
+        if kind == "float" and not data:
+            return NodeRole("value")  # computed from parameters and constants only: no IR of its own
+        return NodeRole(kind, op_id if kind == "op" else None, quantized, index,
+                        op_name(node, self.gm) if kind == "float" else "")
 
     def record_passthrough(self, node: fx.Node, fam: Any, provider: ActQuantizer) -> None:
         """Remember a passthrough op on quantized data, with the attributes its rules judge."""
@@ -420,8 +511,9 @@ class _Rewriter:
         node = src
         while node.op in ("call_module", "call_function", "call_method") and len(node.users) == 1:
             fam = self.family(node)
-            ins = [i for i in _flat_nodes((node.args, node.kwargs)) if self.prov.get(i) is not META]
-            if fam is None or fam.kind != "passthrough" or self.is_float_module(node) or len(ins) != 1:
+            ins = [i for i in flat_nodes((node.args, node.kwargs)) if self.prov.get(i) is not META]
+            if (fam is None or fam.kind != "passthrough" or self.is_float_module(node) or len(ins) != 1
+                    or self.selects(node)):
                 break
             chain.append(node)
             node = ins[0]
@@ -482,7 +574,7 @@ class _Rewriter:
         ctx = BuildContext(path, node, module, layer, self.recipe, self.stage, bn)
         built = fam.build(ctx)
         if built is None:  # the family has no quantized form for this particular call
-            if any(isinstance(self.prov.get(i), ActQuantizer) for i in _flat_nodes((node.args, node.kwargs))):
+            if any(isinstance(self.prov.get(i), ActQuantizer) for i in flat_nodes((node.args, node.kwargs))):
                 self.unsupported.append(node)
             self.prov[node] = FLOAT
             return
@@ -508,13 +600,29 @@ class _Rewriter:
         self.graph.erase_node(node)
         self.replaced[new] = fam
         self.info.ops[path] = fam.id
-        out_q = getattr(qmod, "out_q", None)
-        self.prov[new] = out_q if isinstance(out_q, ActQuantizer) else (providers[0] if providers else FLOAT)
+        self.decided[new] = ("op", fam.id, None)
+        self.prov[new] = self.carrier(qmod, providers)
+
+    def carrier(self, qmod: nn.Module, providers: list[ActQuantizer]) -> Any:
+        """What the consumers of a quantized module's output read its exponent from: the output quantizer, or
+        input 0's when the op's one output keeps its input's scale. An op with several outputs gets one carrier per
+        output, shaped like its return value (``(q0, (q1, q2))``); a float output (None in ``out_qs``) carries FLOAT.
+        """
+        if not isinstance(qmod, QModule):
+            out_q = getattr(qmod, "out_q", None)
+            return out_q if isinstance(out_q, ActQuantizer) else (providers[0] if providers else FLOAT)
+        qs = qmod.out_qs
+        tree = output_tree(qmod)
+        if isinstance(tree, int):
+            if not qs:
+                return providers[0] if providers else FLOAT
+            return qs[0] if qs[0] is not None else FLOAT
+        return _map_tree(tree, lambda i: qs[i] if qs[i] is not None else FLOAT)
 
     def report_unsupported(self, nodes: list[fx.Node]) -> None:
         if not nodes:
             return
-        found = [(n.name, _op_name(n, self.gm), _call_site(n)) for n in nodes]
+        found = [(n.name, op_name(n, self.gm), _call_site(n)) for n in nodes]
         self.info.unsupported.extend(found)
         lines = "\n".join(f"{op} (node {name!r}) at {site}" for name, op, site in found)
         if self.config.strict:
@@ -539,16 +647,34 @@ class _Rewriter:
                 out.extend(consumers(u) if u in self.folded_nodes else [u])
             return out
 
+        def output_users(node: fx.Node, tree: OutTree) -> dict[int, list[fx.Node]]:
+            """Output index -> the nodes that read that output (through the getitem nodes that select it)."""
+            if isinstance(tree, int):
+                return {tree: consumers(node)}
+            out: dict[int, list[fx.Node]] = {}
+            for u in node.users:
+                if self.selects(u):
+                    found = output_users(u, tree[u.args[1]])
+                else:  # reads the whole tuple
+                    found = {i: [u] for i in tree_leaves(tree)}
+                for i, us in found.items():
+                    out.setdefault(i, []).extend(us)
+            return out
+
         for node in self.graph.nodes:
             if node.op != "call_module" or node in self.folded_nodes:
                 continue
             qmod = self.gm.get_submodule(node.target)
-            out_q = getattr(qmod, "out_q", None)
-            if not isinstance(out_q, ActQuantizer) or isinstance(qmod, QuantStub):
+            if isinstance(qmod, QuantStub):
                 continue
-            users = consumers(node)
-            if users and all(self.keeps_positive_only(u) for u in users):
-                out_q.positive = True
+            if isinstance(qmod, QModule):
+                qs, tree = qmod.out_qs, output_tree(qmod)
+            else:
+                qs, tree = (getattr(qmod, "out_q", None),), 0
+            for i, users in output_users(node, tree).items():
+                q = qs[i] if i < len(qs) else None
+                if isinstance(q, ActQuantizer) and users and all(self.keeps_positive_only(u) for u in users):
+                    q.positive = True
 
     def keeps_positive_only(self, node: fx.Node) -> bool:
         """Whether ``node`` discards negative values (a ReLU, or a clip with a lower bound >= 0)."""
