@@ -11,7 +11,14 @@ from .quant.rewrite import prepare
 __all__ = ["init", "constrain"]
 
 
-def init(model: nn.Module, target: str = "csk60xx", config: QuantConfig | None = None, *,
+def _target(model: nn.Module, target: str | None) -> str:
+    """The target asked for; by default the one a prepared model was built for, else ``csk60xx``."""
+    if target is not None:
+        return target
+    return getattr(getattr(model, "lnn", None), "target", None) or "csk60xx"
+
+
+def init(model: nn.Module, target: str | None = None, config: QuantConfig | None = None, *,
          strict: bool | None = None, host: PluginHost | None = None) -> nn.Module:
     """Return a quantization-aware copy of ``model`` for ``target``.
 
@@ -19,22 +26,24 @@ def init(model: nn.Module, target: str = "csk60xx", config: QuantConfig | None =
     model computes exactly the chip's integers. Hardware limits are checked on the way and every
     violation is raised at once as :class:`~lnn_core.errors.HardwareLimitError`.
 
-    :param model: a float model built from supported ops (or a model from :func:`constrain`).
-    :param target: a registered target id.
-    :param config: bits/recipe per layer type or path, strictness.
+    :param model: a float model built from supported ops (or a model from :func:`constrain`, which keeps the
+        target and config it was constrained with: passing another one raises ConfigError).
+    :param target: a registered target id (default: the model's own if it comes from :func:`constrain`,
+        else ``csk60xx``).
+    :param config: bits/recipe/observers per layer type or path, strictness.
     :param strict: shortcut for ``config.strict``: unsupported ops become an error.
     :param host: the plugin host to use (default: a new one loading the ``lnn`` entry points).
     """
     host = host or PluginHost()
-    config = config or QuantConfig()
-    if strict is not None and isinstance(config, QuantConfig):
+    if strict is not None and (config is None or isinstance(config, QuantConfig)):
         import attrs
 
-        config = attrs.evolve(config, strict=strict)
-    return prepare(model, stage="quant", host=host, target=target, config=config)
+        base = config or getattr(getattr(model, "lnn", None), "config", None) or QuantConfig()
+        config = attrs.evolve(base, strict=strict)
+    return prepare(model, stage="quant", host=host, target=_target(model, target), config=config)
 
 
-def constrain(model: nn.Module, target: str = "csk60xx", config: ConstrainConfig | None = None, *,
+def constrain(model: nn.Module, target: str | None = None, config: ConstrainConfig | None = None, *,
               quant_config: QuantConfig | None = None, host: PluginHost | None = None) -> nn.Module:
     """Return a stage-1 copy of ``model``: float, with clamps on weights, biases and activations.
 
@@ -45,5 +54,5 @@ def constrain(model: nn.Module, target: str = "csk60xx", config: ConstrainConfig
     :param config: the clamps (default: weights at 7 x mean|w|, biases and activations at +-8).
     """
     host = host or PluginHost()
-    return prepare(model, stage="constrain", host=host, target=target, config=quant_config,
+    return prepare(model, stage="constrain", host=host, target=_target(model, target), config=quant_config,
                    constrain=config or ConstrainConfig())

@@ -29,7 +29,13 @@ from torch import nn
 
 from lnn_core.ops import OpFamily
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight_bias, quantize_bias, quantize_weight
+from lnn_core.quant.quantizers import (
+    ActQuantizer,
+    fake_quant_weight_bias,
+    param_exponent,
+    quantize_bias,
+    quantize_weight,
+)
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QConv", "FAMILIES"]
@@ -63,7 +69,8 @@ class QConv(QModule):
                  bias: nn.Parameter | None, has_bias: bool, stride: Sequence[int] = (), padding: Sequence[int] = (),
                  dilation: Sequence[int] = (), groups: int = 1, output_padding: Sequence[int] = (),
                  padding_mode: str = "zeros", weight_shape: Sequence[int] | None = None, bn: nn.Module | None = None,
-                 recipe: Any, act_bits: int, weight_bits: int, stage: str) -> None:
+                 recipe: Any, act_bits: int, weight_bits: int, stage: str,
+                 weight_ref: torch.Tensor | None = None) -> None:
         super().__init__(recipe, act_bits=act_bits, weight_bits=weight_bits, stage=stage)
         self.op_id = op_id  # type: ignore[misc]
         self.kind, self.dims = kind, dims
@@ -81,7 +88,9 @@ class QConv(QModule):
         shape = weight.shape if weight is not None else weight_shape
         self.weight_shape = tuple(shape) if shape is not None else None
         self._bn: tuple[nn.Module, ...] = (bn,) if bn is not None else ()
-        self.out_q = ActQuantizer(act_bits, recipe)
+        # a weight passed in by the graph (F.conv2d(x, self.w)): kept by reference for output_cap
+        self._weight_ref: tuple[torch.Tensor, ...] = (weight_ref,) if weight_ref is not None else ()
+        self.out_q = ActQuantizer(act_bits, recipe, cap=self.output_cap)
 
     # -- helpers -----------------------------------------------------------------------------------
     @property
@@ -134,6 +143,16 @@ class QConv(QModule):
                 base = base + bn.bias
             b = base + b * inv if b is not None else base
         return w, b
+
+    @torch.no_grad()
+    def output_cap(self, exponent_of: Any) -> int:
+        """``n_x + n_w`` from the current state: the cap source of ``out_q`` (what consumers read in eval)."""
+        w = self.weight if self.owns_weight else (self._weight_ref[0] if self._weight_ref else None)
+        if w is None:
+            raise RuntimeError(f"{self.op_id}: the weight is computed in forward, not a parameter, so the output "
+                               "exponent cap n_x + n_w cannot be known without running the op; make it a parameter")
+        w, _ = self.folded_weight_bias(w, None)
+        return exponent_of(self.input_quantizers[0]) + param_exponent(w, self.weight_bits, self.recipe)
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
@@ -272,7 +291,8 @@ def _build_function(op_id: str, kind: str, dims: int):
         w_t = _get_tensor(ctx, a["weight"])
         params = [a["weight"]] + ([a["bias"]] if a["bias"] is not None else [])
         common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, weight_bits=ctx.layer.weight_bits,
-                      stage=ctx.stage, bn=ctx.bn, weight_shape=None if w_t is None else tuple(w_t.shape))
+                      stage=ctx.stage, bn=ctx.bn, weight_shape=None if w_t is None else tuple(w_t.shape),
+                      weight_ref=w_t)
         if kind == "linear":
             q = QConv(op_id, "linear", 0, weight=None, bias=None, has_bias=a["bias"] is not None, **common)
         else:

@@ -34,7 +34,7 @@ class _Binary(QModule):
     def __init__(self, op_id: str, *, recipe: Any, act_bits: int, stage: str) -> None:
         super().__init__(recipe, act_bits=act_bits, stage=stage, clamps=("act",))
         self.op_id = op_id  # type: ignore[misc]
-        self.out_q = ActQuantizer(act_bits, recipe)
+        self.out_q = ActQuantizer(act_bits, recipe, cap=getattr(self, "output_cap", None))
 
 
 class QAdd(_Binary):
@@ -43,6 +43,10 @@ class QAdd(_Binary):
     def __init__(self, op_id: str, *, sign: int = 1, **kw: Any) -> None:
         super().__init__(op_id, **kw)
         self.sign = sign
+
+    def output_cap(self, exponent_of: Any) -> int:
+        """``min(n_x, n_y)``: the cap source of ``out_q``."""
+        return min(exponent_of(self.input_quantizers[0]), exponent_of(self.input_quantizers[1]))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z = x + y if self.sign > 0 else x - y
@@ -77,6 +81,11 @@ class QMul(_Binary):
                 n -= 1
             self.const_exponent = n
             self.const_q = max(-128, min(127, math.floor(float(const) * 2.0**n + 0.5)))
+
+    def output_cap(self, exponent_of: Any) -> int:
+        """``n_x + n_y`` (``n_y`` of the constant for ``x * c``): the cap source of ``out_q``."""
+        n_y = self.const_exponent if self.const is not None else exponent_of(self.input_quantizers[1])
+        return exponent_of(self.input_quantizers[0]) + n_y
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.const is not None:

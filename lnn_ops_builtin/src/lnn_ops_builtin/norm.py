@@ -21,7 +21,13 @@ from torch import nn
 from lnn_core.errors import ConfigError
 from lnn_core.ops import OpFamily
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, fake_quant_weight_bias, quantize_bias, quantize_weight
+from lnn_core.quant.quantizers import (
+    ActQuantizer,
+    fake_quant_weight_bias,
+    param_exponent,
+    quantize_bias,
+    quantize_weight,
+)
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QBatchNorm", "QFoldedBatchNorm", "FAMILIES", "train_batch_norm"]
@@ -99,7 +105,13 @@ class QBatchNorm(QModule):
         self.op_id = op_id  # type: ignore[misc]
         _adopt(self, bn)
         self.has_weight = True
-        self.out_q = ActQuantizer(act_bits, recipe)
+        self.out_q = ActQuantizer(act_bits, recipe, cap=self.output_cap)
+
+    @torch.no_grad()
+    def output_cap(self, exponent_of: Any) -> int:
+        """``n_x + n_w`` from the current state: the cap source of ``out_q`` (what consumers read in eval)."""
+        alpha, _ = _alpha_beta(self)
+        return exponent_of(self.input_quantizers[0]) + param_exponent(alpha, self.weight_bits, self.recipe)
 
     def _shape(self, x: torch.Tensor) -> tuple[int, ...]:
         return (1, -1) + (1,) * (x.dim() - 2)

@@ -13,6 +13,8 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError
+from .observers import check_factory
+from .recipes import ACT_RULES, Recipe
 
 __all__ = ["LayerConfig", "QuantConfig", "ConstrainConfig"]
 
@@ -40,6 +42,32 @@ def _positive_or_none(inst: Any, attribute: attrs.Attribute, value: float | None
             "pass None to switch this clamp off", option=attribute.name, value=value, valid="> 0 or None")
 
 
+def _act_observer(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_factory(type(inst).__name__, attribute.name, value, data_ok=False)
+
+
+def _weight_observer(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_factory(type(inst).__name__, attribute.name, value)
+
+
+def _act_rule(inst: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and value not in ACT_RULES:
+        raise ConfigError(
+            f"{type(inst).__name__}: act_rule={value!r} is not a known activation rule",
+            {"option": "act_rule", "valid": ", ".join(ACT_RULES), "actual": repr(value)},
+            "use 'ema_max' (linger 3 MOM) or 'ema_threshold' (linger 1), or pass act_observer=<factory>",
+            option="act_rule", value=value, valid=ACT_RULES)
+
+
+def _with_observers(recipe: Recipe, act_observer: Any, weight_observer: Any) -> Recipe:
+    changes = {}
+    if act_observer is not None:
+        changes["act_observer"] = act_observer
+    if weight_observer is not None:
+        changes["weight_observer"] = weight_observer
+    return attrs.evolve(recipe, **changes) if changes else recipe
+
+
 @attrs.frozen
 class LayerConfig:
     """Overrides for some layers (by op type or module path).
@@ -47,11 +75,23 @@ class LayerConfig:
     :param act_bits: output activation bits.
     :param weight_bits: weight bits.
     :param float: keep these layers in float (same as ``lnn.disable_quant``).
+    :param act_observer: observer factory of these layers' output quantizers
+        (:mod:`lnn_core.quant.observers`, e.g. ``FixedExponent.with_args(n=7)``).
+    :param weight_observer: observer factory of these layers' weight quantizers (e.g. ``EmaThreshold``).
     """
 
     act_bits: int | None = attrs.field(default=None, validator=_bits)
     weight_bits: int | None = attrs.field(default=None, validator=_bits)
     float: bool = False
+    act_observer: Any = attrs.field(default=None, validator=_act_observer)
+    weight_observer: Any = attrs.field(default=None, validator=_weight_observer)
+
+    def apply_to(self, recipe: Recipe) -> Recipe:
+        """``recipe`` with this layer's observer factories (unchanged when it names none)."""
+        return _with_observers(recipe, self.act_observer, self.weight_observer)
+
+
+_LAYER_FIELDS = ("act_bits", "weight_bits", "float", "act_observer", "weight_observer")
 
 
 def _layer_map(value: Mapping[Any, Any] | None) -> dict[str, LayerConfig]:
@@ -65,9 +105,9 @@ def _layer_map(value: Mapping[Any, Any] | None) -> dict[str, LayerConfig]:
             except TypeError as exc:
                 raise ConfigError(
                     f"QuantConfig: override for {key!r} has an unknown field",
-                    {"cause": str(exc), "valid": "act_bits, weight_bits, float"},
+                    {"cause": str(exc), "valid": ", ".join(_LAYER_FIELDS)},
                     "spell the fields as LayerConfig names them", option=str(key), value=cfg,
-                    valid=("act_bits", "weight_bits", "float")) from exc
+                    valid=_LAYER_FIELDS) from exc
         if not isinstance(cfg, LayerConfig):
             raise ConfigError(
                 f"QuantConfig: override for {key!r} is a {type(cfg).__name__}, not a LayerConfig",
@@ -84,7 +124,10 @@ class QuantConfig:
     :param recipe: recipe name; None takes the target's default recipe.
     :param act_bits: default activation bits.
     :param weight_bits: default weight bits.
-    :param act_rule: override the recipe's activation statistics rule (``ema_max``/``ema_threshold``).
+    :param act_rule: override the recipe's activation statistics rule by name (``ema_max``/``ema_threshold``).
+    :param act_observer: override it by an observer factory (``lnn.EmaMax.with_args(momentum=0.05)``);
+        wins over ``act_rule``.
+    :param weight_observer: observer factory for weights (default: the floor rule on the current weights).
     :param by_type: overrides per op type: keys are op ids (``builtin.Conv2d``) or float class names
         (``Conv2d``, ``Linear``).
     :param by_path: overrides per module path; keys may use shell wildcards (``backbone.*.conv``).
@@ -94,14 +137,27 @@ class QuantConfig:
     recipe: str | None = None
     act_bits: int = attrs.field(default=8, validator=_bits)
     weight_bits: int = attrs.field(default=8, validator=_bits)
-    act_rule: str | None = None
+    act_rule: str | None = attrs.field(default=None, validator=_act_rule)
     by_type: dict[str, LayerConfig] = attrs.field(factory=dict, converter=_layer_map)
     by_path: dict[str, LayerConfig] = attrs.field(factory=dict, converter=_layer_map)
     strict: bool = False
+    act_observer: Any = attrs.field(default=None, validator=_act_observer, kw_only=True)
+    weight_observer: Any = attrs.field(default=None, validator=_weight_observer, kw_only=True)
+
+    def apply_to(self, recipe: Recipe) -> Recipe:
+        """``recipe`` with this config's rule choices (``act_rule``, ``act_observer``, ``weight_observer``)."""
+        if self.act_rule is not None:
+            recipe = attrs.evolve(recipe, act_rule=self.act_rule, act_observer=None)
+        return _with_observers(recipe, self.act_observer, self.weight_observer)
 
     def for_layer(self, path: str, op_id: str, float_type: str | None) -> LayerConfig:
-        """Resolve the settings of one layer: path overrides beat type overrides beat defaults."""
+        """Resolve the settings of one layer: path overrides beat type overrides beat defaults.
+
+        Observer factories are resolved the same way; the config-wide ones are already in the recipe
+        (:meth:`apply_to`), so the result names only a layer's own.
+        """
         act, wbits, flt = self.act_bits, self.weight_bits, False
+        act_obs = weight_obs = None
         layers: list[LayerConfig] = []
         short = op_id.split(".", 1)[-1]
         for key in (op_id, short, float_type):
@@ -115,7 +171,10 @@ class QuantConfig:
             act = cfg.act_bits if cfg.act_bits is not None else act
             wbits = cfg.weight_bits if cfg.weight_bits is not None else wbits
             flt = flt or cfg.float
-        return LayerConfig(act_bits=act, weight_bits=wbits, float=flt)
+            act_obs = cfg.act_observer if cfg.act_observer is not None else act_obs
+            weight_obs = cfg.weight_observer if cfg.weight_observer is not None else weight_obs
+        return LayerConfig(act_bits=act, weight_bits=wbits, float=flt, act_observer=act_obs,
+                           weight_observer=weight_obs)
 
 
 @attrs.frozen

@@ -1,43 +1,55 @@
-"""Activation quantizer (observer + fake-quant) and the weight/bias quantization steps.
+"""Activation and weight quantizers: the state, the observers that turn it into exponents, the fake-quant.
 
 The observer and the fake-quant are switched independently (``observe`` / ``quant``), as in
 torch.ao, but as plain attributes rather than buffers: they describe the stage (constrain or
-QAT), not the trained state, so they never travel through a checkpoint.
+QAT), not the trained state, so they never travel through a checkpoint. The statistics rule is an
+observer object (:mod:`lnn_core.quant.observers`) made from the recipe's factory; the quantizer owns
+the state and hands it to the observer.
 
-State (all buffers, all in the state_dict, versioned through ``_version``):
+State of :class:`ActQuantizer` (all buffers, all in the state_dict, versioned through ``_version``):
 
-- ``running``: the EMA statistic of the recipe's ``act_rule`` (float32);
-- ``exponent``: the exponent used by the latest forward (int64); in eval it is recomputed from
-  ``running`` (and the op's cap), so it is frozen as long as ``running`` is;
+- ``running``: the observer's running statistic (float32);
+- ``exponent``: the exponent used by the latest *training* forward (int64): what the consumers in the
+  same training step read;
 - ``num_batches``: training steps observed (int64).
+
+Exponents do not depend on call order. Outside an observing training step (eval, or frozen
+observers) the exponent is :meth:`ActQuantizer.eval_exponent`, a pure function of ``running``, the
+observer and the op's cap; the cap is the owner's ``cap`` callable, which reads the input exponents of
+the op and its weights the same pure way. Reading an exponent never writes anything.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import ConfigError, LnnError
 from .functional import (
     absmax,
-    exponent_for_absmax,
     fake_quant,
     fake_quant_parts,
     qrange,
     ste_gradient,
     tensor_bounds,
-    weight_exponent,
 )
+from .observers import Bounds, Observer
 from .recipes import Recipe
 
-__all__ = ["ActQuantizer", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias",
+__all__ = ["ActQuantizer", "WeightQuantizer", "CapSource", "share_exponents", "unshare_exponents",
+           "param_exponent", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias",
            "fake_quant_weight_bias"]
 
+ExponentOf = Callable[["ActQuantizer | None"], int]
+CapSource = Callable[[ExponentOf], "int | None"]
+"""``cap(exponent_of) -> int | None``: the cap of an op's output exponent (``n_x + n_w`` for a conv), computed
+from the op's state, reading each input's exponent as ``exponent_of(quantizer)``."""
 
-def _r(v: float) -> int:
-    return math.floor(v + 0.5)
+_AUTO: Any = object()
 
 
 def _dist_max(value: float) -> float:
@@ -60,41 +72,42 @@ class ActQuantizer(nn.Module):
     """Per-tensor power-of-two activation quantizer.
 
     :param bits: integer width of the tensor.
-    :param recipe: supplies the statistics rule, momentum and exponent bounds.
+    :param recipe: supplies the observer (``recipe.make_act_observer()``) and the exponent range.
     :param positive: observe only the positive part (the op feeds a ReLU: "ahead-relu").
+    :param cap: the owning op's :data:`CapSource` when its output exponent is capped by its inputs
+        (``n_o <= n_x + n_w``); consumers then read the capped exponent without a forward.
+    :param observer: an observer instance instead of the recipe's.
     """
 
     _version = 1
+    #: resolved eval exponents shared by all quantizers of a model during one eval forward (see
+    #: :func:`share_exponents`); None otherwise. Never state: the values equal the pure resolution.
+    _memo: dict[int, int] | None = None
 
-    def __init__(self, bits: int, recipe: Recipe, *, positive: bool = False) -> None:
+    def __init__(self, bits: int, recipe: Recipe, *, positive: bool = False, cap: CapSource | None = None,
+                 observer: Observer | None = None) -> None:
         super().__init__()
         self.bits = int(bits)
-        self.rule = recipe.act_rule
-        self.momentum = float(recipe.momentum)
+        self.observer = observer if observer is not None else recipe.make_act_observer()
         self.exp_lo, self.exp_hi = recipe.act_exponent_range
         self.positive = positive
+        self.cap_source = cap
         self.observe = True
         self.quant = True
         self.register_buffer("running", torch.zeros((), dtype=torch.float32))
         self.register_buffer("exponent", torch.tensor(self.exp_hi, dtype=torch.int64))
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
 
+    @property
+    def rule(self) -> str:
+        return type(self.observer).__name__
+
     def extra_repr(self) -> str:
-        return (f"bits={self.bits}, rule={self.rule}, positive={self.positive}, "
-                f"exponent={int(self.exponent)}, observe={self.observe}, quant={self.quant}")
+        return (f"bits={self.bits}, observer={self.observer!r}, positive={self.positive}, "
+                f"observe={self.observe}, quant={self.quant}")
 
-    # -- exponent rules -----------------------------------------------------------------------
-    def _clamp(self, n: int, cap: int | None) -> int:
-        n = max(self.exp_lo, min(self.exp_hi, n))
-        if cap is not None:
-            n = min(n, cap)
-        return n
-
-    def _from_running(self, r: float) -> int:
-        if not r > 0.0:
-            return self.exp_hi
-        top = (1 << (self.bits - 1)) if self.rule == "ema_max" else (1 << (self.bits - 1)) - 1
-        return _r(math.log2(top / r))
+    def _bounds(self, cap: int | None) -> Bounds:
+        return Bounds(self.exp_lo, self.exp_hi, cap)
 
     def _batch_stat(self, bounds: tuple[float, float] | None) -> float:
         """The statistic of one batch, ``max|x|`` (``max(x, 0)`` when positive), max-reduced over ranks."""
@@ -105,19 +118,12 @@ class ActQuantizer(nn.Module):
             m = max(hi, 0.0) if self.positive else max(-lo, hi)
         return _dist_max(m)
 
+    # -- training -----------------------------------------------------------------------------------
     def observe_bounds(self, bounds: tuple[float, float] | None, cap: int | None = None) -> int:
         """Observe one training batch given its ``(min, max)`` (None when empty); return the exponent it uses."""
         m = self._batch_stat(bounds)
         seen = int(self.num_batches)
-        first = seen == 0
-        if self.rule == "ema_max":
-            r = m if first else (1.0 - self.momentum) * float(self.running) + self.momentum * m
-            n = self._clamp(self._from_running(r), cap)
-        else:  # ema_threshold: per-batch floor rule, EMA of the snapped threshold
-            top = (1 << (self.bits - 1)) - 1
-            nb = self._clamp(math.floor(math.log2(top / m)) if m > 0 else self.exp_hi, cap)
-            r = (1.0 - self.momentum) * float(self.running) + self.momentum * (top / 2.0**nb)
-            n = nb
+        r, n = self.observer.step(float(self.running), seen, m, self.bits, self._bounds(cap))
         self.running.fill_(r)
         self.num_batches.fill_(seen + 1)
         self.exponent.fill_(n)
@@ -128,18 +134,47 @@ class ActQuantizer(nn.Module):
         """Observe one training batch and return the exponent this step uses."""
         return self.observe_bounds(tensor_bounds(x), cap)
 
-    def eval_exponent(self, cap: int | None = None) -> int:
-        """The frozen exponent: a function of ``running`` (and the op's cap) only."""
-        n = self._clamp(self._from_running(float(self.running)), cap)
-        if int(self.exponent) != n:
-            self.exponent.fill_(n)
-        return n
+    # -- reading (pure) -----------------------------------------------------------------------------
+    def eval_exponent(self, cap: int | None = _AUTO) -> int:
+        """The frozen exponent: a function of ``running``, the observer and the cap only; writes nothing.
+
+        :param cap: the op's cap when the caller has computed it (the op's own forward); by default it
+            comes from the owner's cap source.
+        """
+        if cap is _AUTO:
+            return self._resolve(self._memo if self._memo is not None else {})
+        if cap is not None and self.cap_source is None:
+            free = self.observer.exponent(float(self.running), self.bits, self._bounds(None))
+            if free > cap:
+                raise LnnError(
+                    f"ActQuantizer ({self.bits} bit, {self.rule}): the op caps its output exponent at {cap} "
+                    f"but did not give the quantizer that cap",
+                    {"rule": "an op whose output exponent is capped passes cap=<callable> to its ActQuantizer, "
+                             "so consumers read the capped exponent without running the op",
+                     "limit": cap, "actual": free},
+                    "construct the quantizer as ActQuantizer(bits, recipe, cap=self.output_cap), output_cap "
+                    "computing the cap from exponent_of(input quantizer) and the op's weights",
+                    limit=cap, actual=free)
+        return self.observer.exponent(float(self.running), self.bits, self._bounds(cap))
+
+    def _resolve(self, memo: dict[int, int]) -> int:
+        key = id(self)
+        if key not in memo:
+            cap = None
+            if self.cap_source is not None:
+                cap = self.cap_source(lambda q: _exponent_of(q, memo))
+            memo[key] = self.observer.exponent(float(self.running), self.bits, self._bounds(cap))
+        return memo[key]
 
     def current(self) -> int:
-        """The exponent of the tensor as last produced (what consumers read)."""
-        return int(self.exponent)
+        """The exponent of the tensor as this quantizer produces it now (what consumers read).
 
-    # -- forward ------------------------------------------------------------------------------
+        In an observing training step: the exponent the latest forward used (per batch by nature). Otherwise
+        (eval, frozen observers): :meth:`eval_exponent`, pure, the same before and after any forward.
+        """
+        return _exponent_of(self, self._memo if self._memo is not None else {})
+
+    # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cap: int | None = None) -> torch.Tensor:
         """Observe/fake-quantize in training; quantize exactly (float32 arithmetic, as the chip's
         Quant op) in eval."""
@@ -160,6 +195,34 @@ class ActQuantizer(nn.Module):
         lo, hi = qrange(self.bits)
         q = torch.floor(x.float() * (2.0**n) + 0.5).clamp_(lo, hi)
         return q.mul_(2.0**-n).to(x.dtype)
+
+
+def _exponent_of(q: ActQuantizer | None, memo: dict[int, int]) -> int:
+    """The exponent consumers of ``q`` read (see :meth:`ActQuantizer.current`), memoised within one read."""
+    if q is None:
+        raise RuntimeError("an op's input has no quantizer bound (lnn.init binds every quantized input)")
+    if q.training and q.observe:
+        return int(q.exponent)
+    return q._resolve(memo)
+
+
+def share_exponents(model: nn.Module, args: Any = None) -> None:
+    """Forward pre-hook of a prepared model: during an eval forward nothing changes the state, so every
+    quantizer resolves each exponent once for the whole forward instead of once per reader (a conv reads its
+    input's exponent, which reads its input's, ...). Removed by :func:`unshare_exponents`."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuantizer)]
+    if any(q.training for q in quantizers):
+        return
+    memo: dict[int, int] = {}
+    for q in quantizers:
+        q._memo = memo
+
+
+def unshare_exponents(model: nn.Module, args: Any = None, output: Any = None) -> None:
+    """Forward hook (``always_call``) ending :func:`share_exponents`."""
+    for m in model.modules():
+        if isinstance(m, ActQuantizer) and m._memo is not None:
+            m._memo = None
 
 
 class _ObservedFakeQuant(torch.autograd.Function):
@@ -184,10 +247,100 @@ class _ObservedFakeQuant(torch.autograd.Function):
         return ste_gradient(grad, ctx.clip, saved), None, None
 
 
-def quantize_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
-    """``(q, n)``: integer weights (float64 tensor) by the floor rule, and their exponent."""
+class WeightQuantizer(nn.Module):
+    """Per-tensor power-of-two quantizer of an op's parameters (weights, LayerNorm's gamma, RNN matrices).
+
+    Composes an observer: the floor rule on the current tensor by default (:class:`~.observers.MaxFloor`,
+    stateless: no buffers, so adding one to an op adds no state_dict keys); a stateful observer such as
+    :class:`~.observers.EmaThreshold` (RNN weights, spec/int8-seq-ops.md 2.1.2) gets ``running`` and
+    ``num_batches`` buffers: training uses its per-step exponent, eval the one frozen from ``running``,
+    and the final weights are then saturated at that exponent (they may clip).
+
+    :param bits: width of the integers (16 for LayerNorm's gamma).
+    :param recipe: supplies the observer (``recipe.make_weight_observer()``), exponent range and bias width.
+    :param observer: an observer instance instead of the recipe's.
+    """
+
+    def __init__(self, bits: int, recipe: Recipe, *, observer: Observer | None = None) -> None:
+        super().__init__()
+        self.bits = int(bits)
+        self.observer = observer if observer is not None else recipe.make_weight_observer()
+        self.exp_lo, self.exp_hi = recipe.weight_exponent_range
+        self.bias_bits = recipe.bias_bits
+        self.observe = True
+        if self.observer.stateful:
+            self.register_buffer("running", torch.zeros((), dtype=torch.float32))
+            self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, observer={self.observer!r}"
+
+    def _running(self) -> float:
+        return float(self.running) if self.observer.stateful else 0.0
+
+    def exponent(self, w: torch.Tensor | None = None, bounds: tuple[float, float] | None = None) -> int:
+        """The frozen exponent: pure (reads ``running`` or the tensor ``w``, writes nothing).
+
+        :param bounds: ``(min, max)`` of ``w`` when the caller has them.
+        """
+        m = None
+        if self.observer.needs_data:
+            if w is None and bounds is None:
+                raise ValueError(f"{self.observer!r} needs the tensor to find its exponent")
+            m = absmax(bounds if bounds is not None else tensor_bounds(w))
+        return self.observer.exponent(self._running(), self.bits, Bounds(self.exp_lo, self.exp_hi), m)
+
+    @torch.no_grad()
+    def step(self, w: torch.Tensor, bounds: tuple[float, float] | None = None) -> int:
+        """The exponent of one training step: observes ``w`` (stateful rules update ``running``)."""
+        if not self.observer.stateful:
+            return self.exponent(w, bounds)
+        b = bounds if bounds is not None else tensor_bounds(w)
+        seen = int(self.num_batches)
+        r, n = self.observer.step(float(self.running), seen, absmax(b), self.bits, Bounds(self.exp_lo, self.exp_hi))
+        self.running.fill_(r)
+        self.num_batches.fill_(seen + 1)
+        return n
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(q, n)``: ``SAT_bits(R(w * 2**n))`` as a float64 tensor of integers at the frozen exponent."""
+        n = self.exponent(w)
+        qlo, qhi = qrange(self.bits)
+        return torch.floor(w.detach().double() * 2.0**n + 0.5).clamp_(qlo, qhi), n
+
+    def fake_quant(self, w: torch.Tensor, b: torch.Tensor | None, n_x: int) -> tuple[torch.Tensor,
+                                                                                      torch.Tensor | None, int]:
+        """Training form: ``(w_q, b_q, n_w)``, the weight at this step's exponent, the bias at ``n_x + n_w``
+        and ``bias_bits``, both rounded exactly, straight-through gradients (see :func:`fake_quant_weight_bias`).
+        Observes ``w`` when training with ``observe`` on; otherwise uses the frozen exponent."""
+        bounds = tensor_bounds(w)
+        n_w = self.step(w, bounds) if (self.training and self.observe) else self.exponent(w, bounds)
+        return _FakeQuantWeightBias.apply(w, b, n_x, n_w, self.bits, self.bias_bits, bounds)
+
+
+def _stateless_exponent(w: torch.Tensor, bits: int, recipe: Recipe, bounds: tuple[float, float] | None = None) -> int:
+    """The recipe's weight exponent for an op that keeps no weight state (the functions below)."""
+    observer = recipe.make_weight_observer()
+    if observer.stateful:
+        raise ConfigError(
+            f"recipe {recipe.name!r}: weight observer {observer!r} keeps running statistics, but this op "
+            "quantizes its weights without state",
+            {"rule": "stateful weight rules (EMA) need an op that owns a WeightQuantizer (the RNN ops)"},
+            "use the floor rule (weight_observer=None or MaxFloor) for this layer",
+            option="weight_observer", value=observer, valid="a stateless weight observer")
+    m = absmax(bounds if bounds is not None else tensor_bounds(w)) if observer.needs_data else None
     lo, hi = recipe.weight_exponent_range
-    n = weight_exponent(w, bits, lo, hi)
+    return observer.exponent(0.0, bits, Bounds(lo, hi), m)
+
+
+def param_exponent(w: torch.Tensor, bits: int, recipe: Recipe) -> int:
+    """The exponent :func:`quantize_weight` gives ``w`` (no integers made): what an op's cap source reads."""
+    return _stateless_exponent(w, bits, recipe)
+
+
+def quantize_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
+    """``(q, n)``: integer weights (float64 tensor) at the recipe's weight exponent (the floor rule by default)."""
+    n = _stateless_exponent(w, bits, recipe)
     qlo, qhi = qrange(bits)
     return torch.floor(w.detach().double() * 2.0**n + 0.5).clamp_(qlo, qhi), n
 
@@ -199,8 +352,8 @@ def quantize_bias(b: torch.Tensor, n: int, bits: int) -> torch.Tensor:
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
-    """``(w_q, n)``: fake-quantized weights (STE) at the floor-rule exponent ``n`` (:func:`fake_quant_weight_bias`
-    without a bias)."""
+    """``(w_q, n)``: fake-quantized weights (STE) at the recipe's weight exponent ``n``
+    (:func:`fake_quant_weight_bias` without a bias)."""
     w_q, _, n = fake_quant_weight_bias(w, None, 0, bits, recipe)
     return w_q, n
 
@@ -208,20 +361,17 @@ def fake_quant_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch
 class _FakeQuantWeightBias(torch.autograd.Function):
     """An op's weight and bias fake-quantized in one autograd node (one python round trip, not two).
 
-    The forward runs with autograd off, so finding ``max|w|`` for the exponent records nothing; the
-    exponent leaves as a plain ``int`` output (no gradient).
+    The exponent ``n_w`` and the weight's ``(min, max)`` come in from the caller (found with autograd off);
+    the exponent leaves as a plain ``int`` output (no gradient).
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, n_x: int, bits: int,  # type: ignore[override]
-                recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        lo, hi = recipe.weight_exponent_range
-        bounds = tensor_bounds(w)
-        n_w = exponent_for_absmax(absmax(bounds), bits, lo, hi)
+    def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, n_x: int, n_w: int, bits: int,  # type: ignore[override]
+                bias_bits: int, bounds: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         w_q, w_clip, w_saved = fake_quant_parts(w, n_w, bits, bounds, exact=True)
         b_q, b_clip, b_saved = None, None, None
         if b is not None:
-            b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, recipe.bias_bits, None, exact=True)
+            b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, bias_bits, None, exact=True)
         ctx.clips = (w_clip, b_clip)
         ctx.save_for_backward(w_saved, b_saved)
         return w_q, b_q, n_w
@@ -231,15 +381,18 @@ class _FakeQuantWeightBias(torch.autograd.Function):
         w_saved, b_saved = ctx.saved_tensors
         w_clip, b_clip = ctx.clips
         grad_b = None if grad_b is None else ste_gradient(grad_b, b_clip, b_saved)
-        return ste_gradient(grad_w, w_clip, w_saved), grad_b, None, None, None
+        return ste_gradient(grad_w, w_clip, w_saved), grad_b, None, None, None, None, None
 
 
 def fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, n_x: int, bits: int,
                            recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``(w_q, b_q, n_w)``, the training form of :func:`quantize_weight` and :func:`quantize_bias`: the weight at
-    its floor-rule exponent ``n_w``, the bias (if any) at ``n_x + n_w`` and the recipe's ``bias_bits``, both
-    rounded exactly (the integers eval exports), straight-through gradients, in one autograd node."""
-    return _FakeQuantWeightBias.apply(w, b, n_x, bits, recipe)
+    the recipe's (stateless) weight exponent ``n_w``, the bias (if any) at ``n_x + n_w`` and the recipe's
+    ``bias_bits``, both rounded exactly (the integers eval exports), straight-through gradients, in one autograd
+    node. An op with a stateful weight rule uses :meth:`WeightQuantizer.fake_quant` instead."""
+    bounds = tensor_bounds(w)
+    n_w = _stateless_exponent(w, bits, recipe, bounds)
+    return _FakeQuantWeightBias.apply(w, b, n_x, n_w, bits, recipe.bias_bits, bounds)
 
 
 def fake_quant_bias(b: torch.Tensor, n: int, bits: int) -> torch.Tensor:

@@ -17,19 +17,26 @@ Activation statistics rules (``act_rule``), spec/int8-ops.md section 2:
     the running value is the EMA of the snapped threshold ``(2**(b-1)-1) / 2**n_b`` (initial 0);
     eval uses ``n = R(log2((2**(b-1)-1) / r))``.
 
-Weights always use the floor rule ``n_w = floor(log2((2**(b-1)-1) / max|w|))`` (never clips).
+The rules are observers (:mod:`lnn_core.quant.observers`); ``act_observer`` replaces the named
+``act_rule`` by any observer factory (a fixed exponent, for instance).
+
+Weights use the floor rule ``n_w = floor(log2((2**(b-1)-1) / max|w|))`` (never clips) unless
+``weight_observer`` names another rule (RNN weights: ``EmaThreshold``, an EMA kept by the op).
 Bias is quantized to ``bias_bits`` at ``n_x + n_w`` with half-up rounding and saturation.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from ..errors import ConfigError
+from .observers import OBSERVERS_BY_RULE, MaxFloor, Observer, check_factory
 
 __all__ = ["Recipe", "ACT_RULES", "DEFAULT_RECIPES"]
 
-ACT_RULES = ("ema_max", "ema_threshold")
+ACT_RULES = tuple(OBSERVERS_BY_RULE)
 
 
 def _check_rule(inst: Recipe, attribute: attrs.Attribute, value: str) -> None:
@@ -60,6 +67,8 @@ class Recipe:
     :param weight_exponent_range: inclusive bounds of weight exponents.
     :param bias_bits: width of the integer bias.
     :param act_bits_allowed / weight_bits_allowed: bit widths a config may ask for.
+    :param act_observer: observer factory for activations; None: the named ``act_rule`` with ``momentum``.
+    :param weight_observer: observer factory for weights; None: the floor rule (:class:`MaxFloor`).
     """
 
     name: str
@@ -71,6 +80,20 @@ class Recipe:
     act_bits_allowed: tuple[int, ...] = (8, 16)
     weight_bits_allowed: tuple[int, ...] = (4, 8)
     description: str = ""
+    act_observer: Any = attrs.field(default=None, validator=lambda i, a, v: check_factory(
+        f"recipe {i.name!r}", a.name, v, data_ok=False), kw_only=True)
+    weight_observer: Any = attrs.field(default=None, validator=lambda i, a, v: check_factory(
+        f"recipe {i.name!r}", a.name, v), kw_only=True)
+
+    def make_act_observer(self) -> Observer:
+        """A new observer for one activation quantizer."""
+        if self.act_observer is not None:
+            return self.act_observer()
+        return OBSERVERS_BY_RULE[self.act_rule](self.momentum)
+
+    def make_weight_observer(self) -> Observer:
+        """A new observer for one weight quantizer."""
+        return self.weight_observer() if self.weight_observer is not None else MaxFloor()
 
 
 DEFAULT_RECIPES = (

@@ -44,7 +44,7 @@ from ..errors import ConfigError, TraceError, UnsupportedOpError
 from ..rules import OpView, RuleReport
 from .config import ConstrainConfig, LayerConfig, QuantConfig
 from .qmodule import OutTree, QModule, QuantStub, output_tree, set_stage, tree_leaves
-from .quantizers import ActQuantizer
+from .quantizers import ActQuantizer, WeightQuantizer, share_exponents, unshare_exponents
 from .recipes import Recipe
 
 __all__ = ["prepare", "BuildContext", "Built", "LnnInfo", "QuantizedModel", "UnsupportedOpWarning",
@@ -571,8 +571,9 @@ class _Rewriter:
         module = self.gm.get_submodule(node.target) if node.op == "call_module" else None
         bn_node = self.bn_of.get(node)
         bn = self.gm.get_submodule(str(bn_node.target)) if bn_node is not None else None
-        ctx = BuildContext(path, node, module, layer, self.recipe, self.stage, bn)
+        ctx = BuildContext(path, node, module, layer, layer.apply_to(self.recipe), self.stage, bn)
         built = fam.build(ctx)
+        _check_weight_rule(ctx, fam, built)
         if built is None:  # the family has no quantized form for this particular call
             if any(isinstance(self.prov.get(i), ActQuantizer) for i in flat_nodes((node.args, node.kwargs))):
                 self.unsupported.append(node)
@@ -698,14 +699,63 @@ def _rules_report(gm: fx.GraphModule, info: LnnInfo, host: Any, target: Any) -> 
     return report.check_ops(views, lambda op_type: host.rules_for(op_type, target.id), target.limits)
 
 
+def _check_weight_rule(ctx: BuildContext, fam: Any, built: Any) -> None:
+    """Refuse, at init, a stateful weight rule (an EMA) for an op that quantizes its weights without state."""
+    module = built.module if isinstance(built, Built) else None
+    if module is None or not (getattr(module, "has_weight", False) or hasattr(module, "weight")):
+        return
+    observer = ctx.recipe.make_weight_observer()
+    if not observer.stateful or any(isinstance(m, WeightQuantizer) for m in module.modules()):
+        return
+    raise ConfigError(
+        f"layer {ctx.path!r} ({fam.id}): weight observer {observer!r} keeps running statistics, but this op "
+        "quantizes its weights without state",
+        {"rule": "a stateful weight rule (EMA) needs an op that owns a WeightQuantizer (the RNN ops)"},
+        "use the floor rule for this layer (weight_observer=None or lnn_core.quant.observers.MaxFloor), or "
+        "set the EMA rule only for the layers that support it (QuantConfig(by_type=...))",
+        option="weight_observer", value=observer, valid="a stateless weight observer", node=ctx.path)
+
+
+def _refuse_new_setup(model: nn.Module, stage: str, info: LnnInfo, config: QuantConfig | None,
+                      target: str) -> None:
+    """A model prepared before keeps its graph, bits, observers and rules: a different config or target is an
+    error (rebuilding the graph would drop the trained state), never silently ignored."""
+    call = "lnn.init" if stage == "quant" else "lnn.constrain"
+    if target != info.target:
+        raise ConfigError(
+            f"{call}: model {type(model).__name__!r} was prepared for target {info.target!r}, not {target!r}",
+            {"rule": "a prepared model keeps the target it was built for; only its stage changes",
+             "actual": target, "prepared for": info.target},
+            f"call {call}(model) without target, or prepare the float model for {target!r} from the start",
+            option="target", value=target, valid=info.target)
+    if config is not None and config != info.config:
+        differs = [f.name for f in attrs.fields(QuantConfig) if getattr(config, f.name) != getattr(info.config, f.name)]
+        raise ConfigError(
+            f"{call}: model {type(model).__name__!r} was prepared with another QuantConfig "
+            f"({', '.join(differs)} differ)",
+            {"rule": "a prepared model keeps the graph, bits and observers it was built with; only its stage "
+                     "changes", "actual": repr(config), "prepared with": repr(info.config)},
+            f"call {call}(model) without config, or pass this config when preparing the float model "
+            "(lnn.constrain(model, quant_config=...))",
+            option="config", value=config, valid=info.config, differs=differs)
+
+
 def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: QuantConfig | None = None,
             constrain: ConstrainConfig | None = None, check_rules: bool = True) -> fx.GraphModule:
-    """Trace ``model`` and return a new GraphModule for ``stage`` (the input model is not modified)."""
-    config = config or QuantConfig()
-    if not isinstance(config, QuantConfig):
+    """Trace ``model`` and return a new GraphModule for ``stage`` (the input model is not modified).
+
+    A model prepared before (stage 1 to stage 2) is switched to ``stage`` on a copy; ``config`` (None: keep
+    its own) and ``target`` must then be those it was prepared with (:class:`ConfigError` otherwise).
+    """
+    if config is not None and not isinstance(config, QuantConfig):
         raise ConfigError(f"config must be a lnn_core.QuantConfig, not {type(config).__name__}",
                           {"actual": repr(config)[:80]}, "build one with lnn.QuantConfig(...)",
                           option="config", value=config, valid="QuantConfig")
+    info_existing = getattr(model, "lnn", None)
+    if isinstance(info_existing, LnnInfo):
+        _refuse_new_setup(model, stage, info_existing, config, target)
+        return _restage(model, stage, info_existing, constrain)
+    config = config or QuantConfig()
     tgt = host.targets[target]
     recipe_name = config.recipe or tgt.recipe
     if recipe_name not in host.recipes:
@@ -714,12 +764,7 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
             {"option": "recipe", "registered": ", ".join(host.recipes) or "none", "actual": recipe_name},
             "use one of the registered recipes (`lnn plugins` lists them)", option="recipe", value=recipe_name,
             valid=tuple(host.recipes))
-    recipe = host.recipes[recipe_name]
-    if config.act_rule is not None:
-        recipe = attrs.evolve(recipe, act_rule=config.act_rule)
-    info_existing = getattr(model, "lnn", None)
-    if isinstance(info_existing, LnnInfo):
-        return _restage(model, stage, info_existing, constrain)
+    recipe = config.apply_to(host.recipes[recipe_name])
     model = copy.deepcopy(model)
     tracer = _Tracer(host.ops.by_module)
     try:
@@ -732,6 +777,8 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
             "submodule float with lnn.disable_quant(model.<submodule>)",
             module=type(model).__name__, cause=exc) from exc
     gm = QuantizedModel(tracer.root, graph, type(model).__name__)
+    gm.register_forward_pre_hook(share_exponents)  # eval: resolve each exponent once per forward
+    gm.register_forward_hook(unshare_exponents, always_call=True)
     info = LnnInfo(stage, tgt.id, recipe, config, constrain)
     _Rewriter(gm, host, recipe, config, stage, info).run()
     set_stage(gm, stage)
