@@ -103,12 +103,21 @@ typedef lnn_sim_status (*lnn_prepare_fn)(const struct lnn_sim_model *m, lnn_op *
                                          char *msg, size_t n);
 typedef lnn_sim_status (*lnn_run_fn)(struct lnn_sim_model *m, const lnn_op *op, char *msg, size_t n);
 
-/* One op type's registration. n_out: the outputs it writes (0: any count 1..LNN_SIM_MAX_OP_OUTPUTS). */
+/* May input `input` of a prepared op share bytes with its output `output` (the loader's schedule proof)? */
+#define LNN_SHARE_NONE 0 /* no: the kernel would read bytes it has already written */
+#define LNN_SHARE_KEEP 1 /* yes, and the op leaves those bytes as they are (an alias, an in-place join) */
+#define LNN_SHARE_READ 2 /* yes: the op reads the whole input before it writes; the shared bytes change */
+typedef int32_t (*lnn_share_fn)(const struct lnn_sim_model *m, const lnn_op *op, int32_t input, int32_t output);
+
+/* One op type's registration. n_out: the outputs it writes (0: any count 1..LNN_SIM_MAX_OP_OUTPUTS).
+ * share: NULL when no input may share bytes with an output (every op whose planner entry is not an alias or
+ * a join). */
 typedef struct lnn_op_kernel {
     const char *name;
     int32_t n_out;
     lnn_prepare_fn prepare;
     lnn_run_fn run;
+    lnn_share_fn share;
 } lnn_op_kernel;
 
 /* registry.c: the registration of op code `code`, or NULL when this simulator has none */
@@ -143,6 +152,12 @@ static inline int64_t lnn_window_out(int64_t in, int64_t k, int64_t s, int64_t p
     out = (ceil_mode ? lnn_ceil_div(span, s) : span / s) + 1;
     if (ceil_mode && (out - 1) * s >= in + p0) out -= 1;
     return out;
+}
+
+/* do two activation tensors share bytes? (flash tensors never count: ops cannot write them) */
+static inline int lnn_overlap(const lnn_tensor *a, const lnn_tensor *b) {
+    return a->region == b->region && a->region != LNN_SIM_REGION_FLASH &&
+           (uint64_t)a->offset < (uint64_t)b->offset + b->size && (uint64_t)b->offset < (uint64_t)a->offset + a->size;
 }
 
 /* the tensor behind input i / output k of a prepared op (input i must not be omitted) */

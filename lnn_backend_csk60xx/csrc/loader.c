@@ -8,6 +8,7 @@
  */
 #include "lnn_sim_model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 static const char k_magic[8] = {'L', 'N', 'N', 'M', 'O', 'D', 'E', 'L'};
@@ -329,6 +330,253 @@ static lnn_sim_status read_ops(struct lnn_sim_model *m, const section *s, const 
     return LNN_SIM_OK;
 }
 
+/* ---- the schedule proof ------------------------------------------------------------------------------
+ * Every op input must be a constant, a graph input, or the output of an earlier op whose bytes no op has changed
+ * since (by the planned offsets); every graph output must be written and not changed afterwards. The loader
+ * walks the ops in order and keeps, for every byte of the arenas, the last step that changed it: a max tree over
+ * the segments between the activation tensors' boundaries (so the work does not depend on the arena sizes). An
+ * op changes the bytes of its outputs, except those of an input its registration keeps in place (an alias, an
+ * in-place join). A tensor is intact when no byte of it changed after the step that established it. */
+
+#define NOT_WRITTEN INT32_MIN
+
+typedef struct {
+    int64_t *cut; /* sorted distinct (region << 32) + offset of every activation tensor's start and end */
+    int64_t n_cut, n_seg;
+    int32_t *mx, *tag; /* segment tree over the n_seg segments: max step (mx), step applied to a whole node (tag) */
+} byte_steps;
+
+static int64_t tensor_key(const lnn_tensor *t, int end) {
+    return ((int64_t)t->region << 32) + (int64_t)t->offset + (end ? (int64_t)t->size : 0);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+static int64_t cut_index(const byte_steps *bs, int64_t key) { /* key is one of the cuts */
+    int64_t lo = 0, hi = bs->n_cut - 1;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (bs->cut[mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void bs_update(byte_steps *bs, int64_t node, int64_t nl, int64_t nr, int64_t l, int64_t r, int32_t v) {
+    int64_t mid;
+    if (r <= nl || nr <= l) return;
+    if (bs->mx[node] < v) bs->mx[node] = v;
+    if (l <= nl && nr <= r) {
+        if (bs->tag[node] < v) bs->tag[node] = v;
+        return;
+    }
+    mid = nl + (nr - nl) / 2;
+    bs_update(bs, 2 * node + 1, nl, mid, l, r, v);
+    bs_update(bs, 2 * node + 2, mid, nr, l, r, v);
+}
+
+static int32_t bs_query(const byte_steps *bs, int64_t node, int64_t nl, int64_t nr, int64_t l, int64_t r) {
+    int64_t mid;
+    int32_t best, sub;
+    if (r <= nl || nr <= l) return NOT_WRITTEN;
+    if (l <= nl && nr <= r) return bs->mx[node];
+    mid = nl + (nr - nl) / 2;
+    best = bs->tag[node];
+    sub = bs_query(bs, 2 * node + 1, nl, mid, l, r);
+    if (sub > best) best = sub;
+    sub = bs_query(bs, 2 * node + 2, mid, nr, l, r);
+    return sub > best ? sub : best;
+}
+
+/* the last step that changed a byte of [start, end) (-1: none since the run began) */
+static int32_t bs_last_change(const byte_steps *bs, int64_t start, int64_t end) {
+    return bs_query(bs, 0, 0, bs->n_seg, cut_index(bs, start), cut_index(bs, end));
+}
+
+static void bs_change(byte_steps *bs, int64_t start, int64_t end, int32_t step) {
+    if (start < end) bs_update(bs, 0, 0, bs->n_seg, cut_index(bs, start), cut_index(bs, end), step);
+}
+
+static const char *region_name(int32_t region) { return region == LNN_SIM_REGION_PSRAM ? "psram" : "share-memory"; }
+
+/* "op 'conv' (step 3)" or "the caller (a graph input)" for a step that established a tensor */
+static void who(const struct lnn_sim_model *m, int32_t step, char *buf, size_t n) {
+    if (step < 0)
+        snprintf(buf, n, "the caller (graph input)");
+    else
+        snprintf(buf, n, "op '%s' (step %d)", m->ops[step].name, step);
+}
+
+static lnn_sim_status check_reads(const struct lnn_sim_model *m, const byte_steps *bs, const int32_t *est,
+                                  const int32_t *writer, int32_t i, char *msg, size_t n) {
+    const lnn_op *op = &m->ops[i];
+    char by[LNN_SIM_MAX_MSG / 4], since[LNN_SIM_MAX_MSG / 4];
+    int32_t j;
+    for (j = 0; j < op->n_in; ++j) {
+        const int32_t t = op->in[j];
+        const lnn_tensor *x;
+        int32_t last;
+        if (t < 0 || m->tensors[t].region == LNN_SIM_REGION_FLASH) continue;
+        x = &m->tensors[t];
+        if (writer[t] == i)
+            return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE, "op '%s' (step %d) writes its own input '%s'", op->name, i,
+                            x->name);
+        if (est[t] == NOT_WRITTEN) {
+            if (writer[t] >= 0)
+                return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE,
+                                "op '%s' (step %d) reads '%s', which op '%s' writes only later (step %d)", op->name, i,
+                                x->name, m->ops[writer[t]].name, writer[t]);
+            return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE,
+                            "op '%s' (step %d) reads '%s', which no op writes and which is not a graph input",
+                            op->name, i, x->name);
+        }
+        last = bs_last_change(bs, tensor_key(x, 0), tensor_key(x, 1));
+        if (last > est[t]) {
+            who(m, last, by, sizeof by);
+            who(m, est[t], since, sizeof since);
+            return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE,
+                            "op '%s' (step %d) reads '%s' (%u bytes at offset %u of %s), which %s overwrote after %s "
+                            "wrote it",
+                            op->name, i, x->name, x->size, x->offset, region_name(x->region), by, since);
+        }
+    }
+    return LNN_SIM_OK;
+}
+
+/* Check how op i's outputs share bytes with its inputs and with each other, then mark the bytes it changes. */
+static lnn_sim_status apply_writes(const struct lnn_sim_model *m, byte_steps *bs, int32_t i, char *msg, size_t n) {
+    const lnn_op *op = &m->ops[i];
+    int32_t k, j;
+    for (k = 0; k < op->n_out; ++k) {
+        const lnn_tensor *y = &m->tensors[op->out[k]];
+        int64_t kept[2 * LNN_SIM_MAX_OP_INPUTS], cur;
+        int32_t n_kept = 0, a;
+        for (j = 0; j < k; ++j)
+            if (lnn_overlap(y, &m->tensors[op->out[j]]))
+                return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE, "op '%s' (step %d): outputs '%s' and '%s' share bytes",
+                                op->name, i, m->tensors[op->out[j]].name, y->name);
+        for (j = 0; j < op->n_in; ++j) {
+            const lnn_tensor *x;
+            int32_t share;
+            if (op->in[j] < 0) continue;
+            x = &m->tensors[op->in[j]];
+            if (op->in[j] == op->out[k])
+                return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE, "op '%s' (step %d) writes its own input '%s'", op->name, i,
+                                y->name);
+            if (!lnn_overlap(x, y)) continue;
+            share = op->kernel->share != NULL ? op->kernel->share(m, op, j, k) : LNN_SHARE_NONE;
+            if (share == LNN_SHARE_NONE ||
+                (share == LNN_SHARE_KEEP && (x->offset < y->offset ||
+                                             (uint64_t)x->offset + x->size > (uint64_t)y->offset + y->size)))
+                return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE,
+                                "op '%s' (step %d): output '%s' (offset %u) shares bytes of %s with its input '%s' "
+                                "(offset %u), which %s reads while it writes",
+                                op->name, i, y->name, y->offset, region_name(y->region), x->name, x->offset,
+                                op->kernel->name);
+            if (share == LNN_SHARE_KEEP) {
+                /* insertion sort by start: at most LNN_SIM_MAX_OP_INPUTS intervals */
+                const int64_t s0 = tensor_key(x, 0), e0 = tensor_key(x, 1);
+                for (a = n_kept; a > 0 && kept[2 * (a - 1)] > s0; --a) {
+                    kept[2 * a] = kept[2 * (a - 1)];
+                    kept[2 * a + 1] = kept[2 * (a - 1) + 1];
+                }
+                kept[2 * a] = s0;
+                kept[2 * a + 1] = e0;
+                ++n_kept;
+            }
+        }
+        /* the output's bytes outside the kept inputs change at this step */
+        cur = tensor_key(y, 0);
+        for (a = 0; a < n_kept; ++a) {
+            bs_change(bs, cur, kept[2 * a], i);
+            if (kept[2 * a + 1] > cur) cur = kept[2 * a + 1];
+        }
+        bs_change(bs, cur, tensor_key(y, 1), i);
+    }
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status prove_schedule(const struct lnn_sim_model *m, byte_steps *bs, int32_t *est, int32_t *writer,
+                                     char *msg, size_t n) {
+    char by[LNN_SIM_MAX_MSG / 4], since[LNN_SIM_MAX_MSG / 4];
+    int32_t t, i, k;
+    int64_t c, tree;
+    for (t = 0; t < m->n_tensors; ++t) {
+        if (m->tensors[t].region == LNN_SIM_REGION_FLASH) continue;
+        bs->cut[bs->n_cut++] = tensor_key(&m->tensors[t], 0);
+        bs->cut[bs->n_cut++] = tensor_key(&m->tensors[t], 1);
+    }
+    qsort(bs->cut, (size_t)bs->n_cut, sizeof(int64_t), cmp_i64);
+    for (c = 0, k = 0; c < bs->n_cut; ++c)
+        if (k == 0 || bs->cut[k - 1] != bs->cut[c]) bs->cut[k++] = bs->cut[c];
+    bs->n_cut = k;
+    bs->n_seg = k > 1 ? k - 1 : 1;
+    tree = 4 * bs->n_seg;
+    bs->mx = (int32_t *)malloc((size_t)tree * sizeof(int32_t));
+    bs->tag = (int32_t *)malloc((size_t)tree * sizeof(int32_t));
+    if (bs->mx == NULL || bs->tag == NULL) return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for the schedule check");
+    for (c = 0; c < tree; ++c) bs->mx[c] = bs->tag[c] = -1;
+    for (t = 0; t < m->n_tensors; ++t) {
+        est[t] = NOT_WRITTEN;
+        writer[t] = -1;
+    }
+    for (i = 0; i < m->n_inputs; ++i) est[m->inputs[i]] = -1;
+    for (i = 0; i < m->n_ops; ++i) {
+        for (k = 0; k < m->ops[i].n_out; ++k) {
+            t = m->ops[i].out[k];
+            if (writer[t] >= 0)
+                return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE, "op '%s' (step %d) writes '%s', which op '%s' (step %d) "
+                                "writes too", m->ops[i].name, i, m->tensors[t].name, m->ops[writer[t]].name, writer[t]);
+            writer[t] = i;
+        }
+    }
+    for (i = 0; i < m->n_ops; ++i) {
+        lnn_sim_status st = check_reads(m, bs, est, writer, i, msg, n);
+        if (st == LNN_SIM_OK) st = apply_writes(m, bs, i, msg, n);
+        if (st != LNN_SIM_OK) return st;
+        for (k = 0; k < m->ops[i].n_out; ++k) est[m->ops[i].out[k]] = i;
+    }
+    for (i = 0; i < m->n_outputs; ++i) {
+        const lnn_tensor *y = &m->tensors[m->outputs[i]];
+        int32_t last;
+        t = m->outputs[i];
+        if (est[t] == NOT_WRITTEN)
+            return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE, "graph output '%s' is written by no op", y->name);
+        last = bs_last_change(bs, tensor_key(y, 0), tensor_key(y, 1));
+        if (last > est[t]) {
+            who(m, last, by, sizeof by);
+            who(m, est[t], since, sizeof since);
+            return lnn_fail(msg, n, LNN_SIM_E_SCHEDULE, "graph output '%s' is overwritten by %s after %s wrote it",
+                            y->name, by, since);
+        }
+    }
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status check_schedule(const struct lnn_sim_model *m, char *msg, size_t n) {
+    byte_steps bs;
+    int32_t *est = (int32_t *)malloc((size_t)(m->n_tensors ? m->n_tensors : 1) * sizeof(int32_t));
+    int32_t *writer = (int32_t *)malloc((size_t)(m->n_tensors ? m->n_tensors : 1) * sizeof(int32_t));
+    lnn_sim_status st;
+    memset(&bs, 0, sizeof bs);
+    bs.cut = (int64_t *)malloc((size_t)(2 * m->n_tensors + 2) * sizeof(int64_t));
+    if (est == NULL || writer == NULL || bs.cut == NULL)
+        st = lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for the schedule check");
+    else
+        st = prove_schedule(m, &bs, est, writer, msg, n);
+    free(bs.cut);
+    free(bs.mx);
+    free(bs.tag);
+    free(est);
+    free(writer);
+    return st;
+}
+
 void lnn_sim_free(lnn_sim_model *m) {
     int r;
     if (m == NULL) return;
@@ -392,6 +640,7 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
     if ((st = read_graph(m, &sec[LNN_SIM_SEC_GRAPH], msg, n)) != LNN_SIM_OK) return st;
     if ((st = read_ops(m, &sec[LNN_SIM_SEC_OPS], &sec[LNN_SIM_SEC_IOIDX], msg, n, &scratch, &col)) != LNN_SIM_OK)
         return st;
+    if ((st = check_schedule(m, msg, n)) != LNN_SIM_OK) return st;
 
     if ((uint64_t)scratch * sizeof(int64_t) > LNN_SIM_MAX_SCRATCH_BYTES || (uint64_t)col > LNN_SIM_MAX_SCRATCH_BYTES)
         return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "an op needs %lld accumulators / %lld im2col bytes (limit %u bytes)",

@@ -9,7 +9,9 @@ outputs, unknown op codes, hand-made schedules) and the loader's checks can be r
     blob = t.build(inputs=[x], outputs=[q])
 
 Activations are placed one after another in share-memory unless an offset is given; ``op`` attributes that are
-``str`` become string references (as an external op's op type and JSON attributes).
+``str`` become string references (as an external op's op type and JSON attributes). :meth:`ModelBin.read` takes a
+packed image apart (tensor offsets, plan and strings as they are), so that a test can edit its schedule and
+write it again.
 """
 
 from __future__ import annotations
@@ -44,9 +46,37 @@ class ModelBin:
     tensors: list[tuple] = field(default_factory=list)
     ops: list[tuple] = field(default_factory=list)
     weights: bytearray = field(default_factory=bytearray)
+    plan: list[tuple[int, int, int]] | None = None  # (region, arena bytes, peak); None: share-memory as placed
+    inputs: list[int] = field(default_factory=list)  # graph inputs / outputs of a read image
+    outputs: list[int] = field(default_factory=list)
     _strings: bytearray = field(default_factory=lambda: bytearray(b"\0"))
     _refs: dict[str, int] = field(default_factory=dict)
     _arena: int = 0
+
+    @classmethod
+    def read(cls, blob: bytes) -> ModelBin:
+        """A packed image as records: tensors keep their offsets, ops their attributes (string references stay
+        valid: strings are only ever appended)."""
+        table = {k: (c, o, n) for k, c, o, n in struct.iter_unpack("<IIII", blob[HEADER_BYTES:HEADER_BYTES + 112])}
+        part = {k: blob[o:o + n] for k, (c, o, n) in table.items()}
+        out = cls(weights=bytearray(part[5]), _strings=bytearray(part[1]))
+        strings = part[1]
+
+        def text(ref: int) -> str:
+            return strings[ref:strings.index(b"\0", ref)].decode()
+
+        for rec in struct.iter_unpack("<IBBBBiII6i4x", part[2]):
+            name, code, rank, region, flags, exponent, offset, size, *dims = rec
+            out.tensors.append((text(name), code, tuple(dims[:rank]), region, flags, exponent, offset, size))
+        io = list(struct.unpack(f"<{table[4][0]}i", part[4]))
+        for code, name, n_in, n_out, start, n_attrs, *rest in struct.iter_unpack("<iIIIII16i8x", part[3]):
+            out.ops.append((code, text(name), io[start:start + n_in], io[start + n_in:start + n_in + n_out],
+                            list(rest[:n_attrs])))
+        out.plan = [(r, size, peak) for r, size, peak, _ in struct.iter_unpack("<IIII", part[6])]
+        n_in, n_out = struct.unpack_from("<II", part[7])
+        graph = struct.unpack_from(f"<{n_in + n_out}i", part[7], 8)
+        out.inputs, out.outputs = list(graph[:n_in]), list(graph[n_in:])
+        return out
 
     def string(self, text: str) -> int:
         if text not in self._refs:
@@ -77,7 +107,9 @@ class ModelBin:
         self.ops.append((code, name, list(inputs), list(outputs), list(attrs)))
         return len(self.ops) - 1
 
-    def build(self, inputs: list[int], outputs: list[int]) -> bytes:
+    def build(self, inputs: list[int] | None = None, outputs: list[int] | None = None) -> bytes:
+        inputs = self.inputs if inputs is None else inputs
+        outputs = self.outputs if outputs is None else outputs
         tensor_recs = bytearray()
         for name, code, shape, region, flags, exponent, offset, size in self.tensors:
             dims = list(shape) + [0] * (6 - len(shape))
@@ -90,10 +122,11 @@ class ModelBin:
                                    *(values + [0] * (16 - len(values))))
             io += ins + outs
         io_bytes = struct.pack(f"<{len(io)}i", *io)
-        plan = struct.pack("<IIII", SHARE, max(self._arena, 64), self._arena, 0)
+        plan_recs = self.plan if self.plan is not None else [(SHARE, max(self._arena, 64), self._arena)]
+        plan = b"".join(struct.pack("<IIII", region, size, peak, 0) for region, size, peak in plan_recs)
         graph = struct.pack(f"<II{len(inputs) + len(outputs)}i", len(inputs), len(outputs), *inputs, *outputs)
         sections = [(1, 0, bytes(self._strings)), (2, len(self.tensors), bytes(tensor_recs)),
-                    (3, len(self.ops), bytes(op_recs)), (4, len(io), io_bytes), (6, 1, plan),
+                    (3, len(self.ops), bytes(op_recs)), (4, len(io), io_bytes), (6, len(plan_recs), plan),
                     (7, len(inputs) + len(outputs), graph), (5, 0, bytes(self.weights))]
         body, table = bytearray(), bytearray()
         pos = HEADER_BYTES + 16 * len(sections)

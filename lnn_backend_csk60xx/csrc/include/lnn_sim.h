@@ -47,6 +47,7 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_E_LIMIT 15       /* a simulator limit (LNN_SIM_MAX_*) is exceeded              */
 #define LNN_SIM_E_INPUT 16       /* run-time input does not match the model                    */
 #define LNN_SIM_E_EXTERNAL 17    /* an external op has no kernel attached, or its kernel failed */
+#define LNN_SIM_E_SCHEDULE 18    /* an op reads a tensor that no earlier op wrote, or that was overwritten since */
 
 /* ---- limits -------------------------------------------------------------------------------- */
 #define LNN_SIM_MAX_RANK 6
@@ -60,6 +61,8 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_MAX_TENSOR_BYTES (256u * 1024u * 1024u)
 #define LNN_SIM_MAX_SCRATCH_BYTES (256u * 1024u * 1024u)
 #define LNN_SIM_MAX_EXPONENT 64  /* |exponent| of any tensor */
+#define LNN_SIM_MAX_LEFT_SHIFT 32 /* iqAdd/iqSub: n_o - n_x and n_o - n_y at most this (each rescaled operand
+                                   * then stays below 2^39, so their sum is exact in int64) */
 #define LNN_SIM_MAX_MSG 512      /* error message buffer the caller should provide */
 
 /* ---- model.bin constants --------------------------------------------------------------------- */
@@ -198,7 +201,7 @@ lnn_sim_status lnn_sim_avgpool2d_s8(const lnn_sim_pool_params *p, const lnn_sim_
 lnn_sim_status lnn_sim_maxpool2d_s8(const lnn_sim_pool_params *p, int32_t dtype, const lnn_sim_shape4 *in,
                                     const void *x, const lnn_sim_shape4 *out, void *y);
 
-/* iqAdd / iqSub: y = SAT_8(SHR(x, n_x - n_o) +/- SHR(y, n_y - n_o)).
+/* iqAdd / iqSub: y = SAT_8(SHR(x, n_x - n_o) +/- SHR(y, n_y - n_o)); shift_x, shift_y >= -LNN_SIM_MAX_LEFT_SHIFT.
  * iqMul:         y = SAT_8(SHR(x * y, n_x + n_y - n_o)); y broadcast per channel or as a scalar. */
 typedef struct {
     int32_t shift_x, shift_y; /* add/sub: n_x - n_o, n_y - n_o; mul: shift_x = n_x + n_y - n_o */

@@ -2,6 +2,8 @@
  * ops/eltwise.c - element-wise integer ops: Relu, Clip, iqAdd, iqSub, iqMul.
  *
  *   iqAdd: y = SAT_8(SHR(x, n_x - n_o) + SHR(y, n_y - n_o))   (each operand rescaled separately)
+ *          A left shift (n_o > n_x) is at most LNN_SIM_MAX_LEFT_SHIFT: |SHR(x, s)| <= 2^7 * 2^32 = 2^39, so the sum
+ *          of two is exact in int64 (a larger shift would saturate both operands and overflow the sum).
  *   iqSub: y = SAT_8(SHR(x, n_x - n_o) - SHR(y, n_y - n_o))   (intended semantics, spec 3.15)
  *   iqMul: y = SAT_8(SHR(x * y, n_x + n_y - n_o))
  *   Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32 (Relu: lo = 0, hi = the dtype's maximum)
@@ -13,6 +15,8 @@ lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count
     int64_t i;
     const int same = p->y_inner == 1 && p->y_period == count;
     if (p->y_inner < 1 || p->y_period < 1) return LNN_SIM_E_ATTR;
+    if (p->op != LNN_SIM_OP_MUL && (p->shift_x < -LNN_SIM_MAX_LEFT_SHIFT || p->shift_y < -LNN_SIM_MAX_LEFT_SHIFT))
+        return LNN_SIM_E_ATTR;
     switch (p->op) {
     case LNN_SIM_OP_ADD:
         if (p->shift_x == 0 && p->shift_y == 0) {
@@ -134,6 +138,12 @@ static lnn_sim_status prepare_binary(const lnn_sim_model *m, lnn_op *op, lnn_scr
     if (!lnn_same_dims(x, yy)) return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': operands must have equal shapes", op->name);
     op->p.elt.shift_x = x->exponent - o->exponent;
     op->p.elt.shift_y = yy->exponent - o->exponent;
+    if (op->p.elt.shift_x < -LNN_SIM_MAX_LEFT_SHIFT || op->p.elt.shift_y < -LNN_SIM_MAX_LEFT_SHIFT)
+        return LNN_FAIL(LNN_SIM_E_ATTR,
+                        "op '%s': output exponent %d exceeds the operands' (%d, %d) by more than %d (limit: n_o - n_x "
+                        "and n_o - n_y <= %d, so that the rescaled operands add exactly)",
+                        op->name, o->exponent, x->exponent, yy->exponent, LNN_SIM_MAX_LEFT_SHIFT,
+                        LNN_SIM_MAX_LEFT_SHIFT);
     return LNN_SIM_OK;
 }
 

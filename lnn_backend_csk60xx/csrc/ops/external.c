@@ -38,7 +38,14 @@ static lnn_sim_status run_external(lnn_sim_model *m, const lnn_op *op, char *msg
     return LNN_SIM_OK;
 }
 
-const lnn_op_kernel lnn_op_external = {"External", 0, prepare_external, run_external};
+/* The host reads every input (copies) before it writes any output. An output placed exactly on an input is the
+ * plan's alias of an op declared to pass its input through; any other shared bytes change. */
+static int32_t share_external(const lnn_sim_model *m, const lnn_op *op, int32_t input, int32_t output) {
+    const lnn_tensor *x = LNN_IN(m, op, input), *y = LNN_OUT(m, op, output);
+    return x->region == y->region && x->offset == y->offset && x->size == y->size ? LNN_SHARE_KEEP : LNN_SHARE_READ;
+}
+
+const lnn_op_kernel lnn_op_external = {"External", 0, prepare_external, run_external, share_external};
 
 lnn_sim_status lnn_sim_set_external(lnn_sim_model *m, lnn_sim_external_fn fn, void *user) {
     if (m == NULL) return LNN_SIM_E_ARG;

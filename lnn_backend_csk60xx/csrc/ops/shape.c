@@ -96,6 +96,12 @@ static lnn_sim_status prepare_reshape(const lnn_sim_model *m, lnn_op *op, lnn_sc
     return LNN_SIM_OK;
 }
 
+/* the planner puts a reshape's output on its input: the same bytes, nothing moves; elsewhere memmove copies */
+static int32_t share_reshape(const lnn_sim_model *m, const lnn_op *op, int32_t input, int32_t output) {
+    const lnn_tensor *x = LNN_IN(m, op, input), *y = LNN_OUT(m, op, output);
+    return x->region == y->region && x->offset == y->offset ? LNN_SHARE_KEEP : LNN_SHARE_READ;
+}
+
 static lnn_sim_status run_reshape(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
     const lnn_tensor *x = LNN_IN(m, op, 0), *y = LNN_OUT(m, op, 0);
     (void)msg, (void)n;
@@ -203,6 +209,21 @@ static lnn_sim_status prepare_cat(const lnn_sim_model *m, lnn_op *op, lnn_scratc
     return LNN_SIM_OK;
 }
 
+/* An in-place join: an input that already lies where run_cat puts it (one outer block, its bytes at its position
+ * inside the output) is not moved when it has the output's exponent, so it keeps its bytes; an int8 input with
+ * another exponent is rescaled element by element in place, which reads each byte before writing it. Any other
+ * input that shares bytes with the output would be overwritten while it is being read. */
+static int32_t share_cat(const lnn_sim_model *m, const lnn_op *op, int32_t input, int32_t output) {
+    const lnn_tensor *y = LNN_OUT(m, op, output), *x = LNN_IN(m, op, input);
+    const int64_t esize = lnn_dtype_size(y->dtype);
+    int64_t pos = 0;
+    int32_t i;
+    if (op->p.cat.outer != 1 || x->region != y->region) return LNN_SHARE_NONE;
+    for (i = 0; i < input; ++i) pos += (int64_t)LNN_IN(m, op, i)->dims[op->p.cat.axis] * op->p.cat.inner;
+    if ((int64_t)x->offset != (int64_t)y->offset + pos * esize) return LNN_SHARE_NONE;
+    return x->exponent == y->exponent ? LNN_SHARE_KEEP : LNN_SHARE_READ;
+}
+
 static lnn_sim_status run_cat(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
     lnn_tensor *y = LNN_OUT(m, op, 0);
     const int32_t axis = op->p.cat.axis, esize = lnn_dtype_size(y->dtype);
@@ -226,10 +247,10 @@ static lnn_sim_status run_cat(lnn_sim_model *m, const lnn_op *op, char *msg, siz
     return LNN_SIM_OK;
 }
 
-const lnn_op_kernel lnn_op_cat = {"iqCat", 1, prepare_cat, run_cat};
-const lnn_op_kernel lnn_op_reshape = {"Reshape", 1, prepare_reshape, run_reshape};
-const lnn_op_kernel lnn_op_flatten = {"Flatten", 1, prepare_reshape, run_reshape};
-const lnn_op_kernel lnn_op_squeeze = {"Squeeze", 1, prepare_reshape, run_reshape};
-const lnn_op_kernel lnn_op_unsqueeze = {"Unsqueeze", 1, prepare_reshape, run_reshape};
+const lnn_op_kernel lnn_op_cat = {"iqCat", 1, prepare_cat, run_cat, share_cat};
+const lnn_op_kernel lnn_op_reshape = {"Reshape", 1, prepare_reshape, run_reshape, share_reshape};
+const lnn_op_kernel lnn_op_flatten = {"Flatten", 1, prepare_reshape, run_reshape, share_reshape};
+const lnn_op_kernel lnn_op_squeeze = {"Squeeze", 1, prepare_reshape, run_reshape, share_reshape};
+const lnn_op_kernel lnn_op_unsqueeze = {"Unsqueeze", 1, prepare_reshape, run_reshape, share_reshape};
 const lnn_op_kernel lnn_op_transpose = {"Transpose", 1, prepare_transpose, run_transpose};
 const lnn_op_kernel lnn_op_slice = {"Slice", 1, prepare_slice, run_slice};
