@@ -2,8 +2,9 @@
  * loader.c - reads and validates a model.bin image (layout: README "model.bin format").
  *
  * Nothing is trusted: every count, index, offset and size is checked against the image length,
- * the section it lives in and the memory plan before any pointer is formed, and every op is
- * checked against its tensors (its registration's prepare, see registry.c) before anything runs. All arithmetic on file
+ * the section it lives in and the memory plan before any pointer is formed, every op is
+ * checked against its tensors (its registration's prepare, see registry.c), and the schedule is
+ * proven against the planned offsets (check_schedule) before anything runs. All arithmetic on file
  * values is done in 64 bits so that a hostile value cannot wrap.
  */
 #include "lnn_sim_model.h"

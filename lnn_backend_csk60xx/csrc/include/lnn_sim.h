@@ -5,7 +5,8 @@
  *   1. Reference kernels: pure functions lnn_sim_<op>_s8(params, shapes, pointers) returning a
  *      status. No state, no allocation; scratch memory is passed in by the caller.
  *   2. The model runtime: lnn_sim_load() validates a model.bin image completely (every count,
- *      index, offset, size and attribute against the file length and the memory plan) before
+ *      index, offset, size and attribute against the file length and the memory plan, and the
+ *      schedule: every op reads only what an earlier op wrote and nothing overwrote since) before
  *      anything runs, allocates one arena per memory region at the planned size, and places
  *      every activation tensor at its planned offset. Weights are read in place from the loaded
  *      image ("flash").
