@@ -7,3 +7,8 @@ both to lnn.
 """
 
 __version__ = "0.1.0"
+
+# the op's names, here so that ``rules`` and ``csk60xx`` (used by lnn pack/run/check) import no torch
+OP_ID = "example.PReLU"
+#: the IR op type the writer emits (and the CSK60xx dialect and simulator know through this package)
+IR_OP = "PReluInt"

@@ -26,7 +26,7 @@ import numpy as np
 
 from lnn_core.errors import ModelFileError
 
-from .prelu import IR_OP
+from . import IR_OP
 
 __all__ = ["OP_TYPE", "TARGET", "backend_installed", "op_def", "infer", "prelu_int", "kernel"]
 

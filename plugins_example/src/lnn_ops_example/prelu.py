@@ -49,11 +49,9 @@ from lnn_core.quant.quantizers import quantize_weight
 from lnn_core.quant.recipes import Recipe
 from lnn_core.quant.rewrite import BuildContext, Built
 
-__all__ = ["OP_ID", "IR_OP", "QPReLU", "FAMILY", "write_ir"]
+from . import IR_OP, OP_ID
 
-OP_ID = "example.PReLU"
-#: the IR op type the writer emits (and the CSK60xx dialect and simulator know through this package)
-IR_OP = "PReluInt"
+__all__ = ["OP_ID", "IR_OP", "QPReLU", "FAMILY", "write_ir"]
 
 
 def _per_channel(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import attrs
 
 from lnn_core.rules import Finding, OpView, Rule, Violation, rule
 
-from .prelu import IR_OP, OP_ID
+from . import IR_OP, OP_ID
 
 __all__ = ["TARGET_ID", "LIMITS", "RULES", "RuleWithLimits", "with_limits", "rules_for"]
 
