@@ -5,18 +5,26 @@ outputs runs, each output checked and written at its planned offset."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import make_model, tnode
+from _helpers import ir_graph, make_model, quantize, tnode
 from _modelbin import INPUT, OUTPUT, ModelBin, refix
 
+import lnn_backend_csk60xx.plugin as backend_plugin
 from lnn_backend_csk60xx._sim import lib
+from lnn_backend_csk60xx.ops import OpDef, OpSet
 from lnn_backend_csk60xx.packer import describe
-from lnn_backend_csk60xx.pipeline import pack_onnx
+from lnn_backend_csk60xx.pipeline import pack_graph, pack_onnx
 from lnn_backend_csk60xx.simulator import KernelCall, Simulator
+from lnn_core import hookimpl
 from lnn_core.errors import ModelFileError, SimulatorError
+from lnn_core.graph import Node
+from lnn_core.testing import isolated_host
 
 
 def _packed_conv() -> bytes:
@@ -156,9 +164,6 @@ def test_a_kernel_must_return_one_array_per_output():
 def test_each_op_is_implemented_in_exactly_one_family_file():
     """registry.c is the only file naming op codes; each registration (and so each op's prepare and run) is defined
     in one file of csrc/ops/, and neither the loader nor the executor switches on op types."""
-    import re
-    from pathlib import Path
-
     csrc = Path(__file__).resolve().parents[1] / "csrc"
     registry = (csrc / "registry.c").read_text()
     codes = re.findall(r"\{(LNN_SIM_OP_\w+), &(lnn_op_\w+)\}", registry)
@@ -170,3 +175,46 @@ def test_each_op_is_implemented_in_exactly_one_family_file():
     for name in ("loader.c", "exec.c"):
         text = (csrc / name).read_text()
         assert not re.search(r"LNN_SIM_OP_(?!RECORD_BYTES)", text) and "switch (op->type)" not in text, name
+
+
+def test_a_two_output_plugin_op_registered_through_the_public_registry_packs_and_runs():
+    """End to end through the backend's public op registry: a test-local OpDef with two outputs and a Python kernel
+    is packed as one external op with two outputs, and the simulator writes both where the plan put them."""
+    def infer(c):
+        x = c.info(0)
+        c.dtype(x, ["int8"], "input")
+        return [c.out("int8", x.shape, x.exponent, 0), c.out("int8", x.shape, x.exponent, 1)]
+
+    def kernel(call):
+        x = call.inputs[0].astype(np.int32)
+        return np.maximum(x, 0).astype(np.int8), np.clip(-x, -128, 127).astype(np.int8)
+
+    posneg = OpDef("TestPosNeg", "lnn.test", (1, 1), infer, outputs=2, scales={"scale_x": ("in", 0)}, kernel=kernel)
+    plugin = types.ModuleType("posneg_plugin")
+
+    @hookimpl
+    def lnn_register_target_ops(registry):
+        registry.add("csk60xx", posneg)
+
+    plugin.lnn_register_target_ops = lnn_register_target_ops
+    ops = OpSet.from_host(isolated_host([backend_plugin, plugin]))
+    g = ir_graph("posneg")
+    g.add_tensor("x", "float32", (1, 4, 3, 3))
+    g.inputs = ["x"]
+    g.add_node(Node("quant", "Quant", ["x"], ["q"]))
+    g.add_tensor("q", "int8", None, 4)
+    g.add_node(Node("pn", "TestPosNeg", ["q"], ["p", "n"], {}, "lnn.test"))
+    for t, y in (("p", "yp"), ("n", "yn")):
+        g.add_tensor(t, "int8", None, 4)
+        g.add_node(Node(f"deq_{t}", "Dequant", [t], [y]))
+        g.add_tensor(y, "float32", (1, 4, 3, 3))
+    g.outputs = ["yp", "yn"]
+    blob = pack_graph(g, ops=ops).blob
+    sim = Simulator(blob, kernels=ops.kernels)
+    pn = sim.op_names.index("pn")
+    assert sim.op_types[pn] == lib.LNN_SIM_OP_EXTERNAL and [sim.tensors[t].name for t in sim._op_outputs[pn]] == [
+        "p", "n"]
+    x = (np.random.default_rng(0).standard_normal((1, 4, 3, 3)) * 5).astype(np.float32)
+    q = quantize(x, 4).astype(np.int32)
+    yp, yn = sim.run([x])
+    assert np.array_equal(yp, np.maximum(q, 0) / 16) and np.array_equal(yn, np.clip(-q, -128, 127) / 16)
