@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -85,3 +87,22 @@ def test_two_plugins_registering_one_command_name_exit_2_naming_both(fake_dist, 
     err = capsys.readouterr().err
     assert err.startswith("RegistryError: command 'twice' is registered twice")
     assert "lnn-cmd-a 1.0" in err and "lnn-cmd-b 1.0" in err
+
+
+def test_import_lnn_core_is_cheap_and_its_lazy_names_resolve():
+    """``import lnn_core`` loads pluggy only; every public name is listed by dir() and resolves on first use."""
+    code = ("import sys, lnn_core\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'onnx', 'lnn_core.plugins', 'lnn_core.errors')"
+            " if m in sys.modules))\n"
+            "print(sorted(set(lnn_core.__all__) - set(dir(lnn_core))))\n"
+            "from lnn_core import PluginHost, RegistryError\n"
+            "import lnn_core.plugins, lnn_core.errors\n"
+            "print(PluginHost is lnn_core.plugins.PluginHost and RegistryError is lnn_core.errors.RegistryError)\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:4] == ["[]", "[]", "True", "False"]
+    import lnn_core
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        lnn_core.nope  # noqa: B018
+    assert callable(lnn_core.init) and callable(lnn_core.export)  # the torch-side API (torch is installed here)
