@@ -209,6 +209,10 @@ def test_cap_source_is_read_purely_and_once_per_read():
 # -- factories in configs ----------------------------------------------------------------------------------------------
 
 def test_observer_factories_are_objects_from_configs_never_instances():
+    import lnn_core as lnn
+
+    assert (lnn.EmaMax, lnn.EmaThreshold, lnn.FixedExponent, lnn.MaxFloor) == (EmaMax, EmaThreshold, FixedExponent,
+                                                                               MaxFloor)
     assert isinstance(EmaMax(), Observer) and isinstance(MaxFloor(), Observer)
     f = EmaThreshold.with_args(momentum=0.2)
     assert f() == EmaThreshold(0.2) and f() is not f()

@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .exporter import export, to_ir
     from .plugins import PluginHost
     from .quant.config import ConstrainConfig, LayerConfig, QuantConfig
+    from .quant.observers import EmaMax, EmaThreshold, FixedExponent, MaxFloor
     from .quant.rewrite import disable_quant
     from .verifier import check, verify
 
@@ -76,6 +77,10 @@ __all__ = [
     "QuantConfig",
     "LayerConfig",
     "ConstrainConfig",
+    "EmaMax",
+    "EmaThreshold",
+    "FixedExponent",
+    "MaxFloor",
     "PluginHost",
     "LnnError",
     "ConfigError",
@@ -101,6 +106,7 @@ _LAZY = {
     "QuantConfig": "lnn_core.quant.config",
     "LayerConfig": "lnn_core.quant.config",
     "ConstrainConfig": "lnn_core.quant.config",
+    **{name: "lnn_core.quant.observers" for name in ("EmaMax", "EmaThreshold", "FixedExponent", "MaxFloor")},
     "PluginHost": "lnn_core.plugins",
     **{name: "lnn_core.errors" for name in (
         "LnnError", "ConfigError", "ExportError", "HardwareLimitError", "ModelFileError", "PluginLoadError",
