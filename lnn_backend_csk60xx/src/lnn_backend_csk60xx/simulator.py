@@ -5,13 +5,14 @@ inputs against the model (count, shape, dtype) before calling C, and turns C sta
 exceptions: damaged or inconsistent files raise :class:`~lnn_core.errors.ModelFileError`, run-time
 failures :class:`~lnn_core.errors.SimulatorError`, both carrying the C message and ``.status``.
 
-Plugin ops (external ops in model.bin) run through kernels registered with
-``lnn_register_sim_kernels`` (``registry.add(op_type, kernel)``), passed here as ``kernels``. The C
-executor runs the whole graph; at an external op it calls :func:`lnn_sim_py_external` (a cffi
-``extern "Python"`` function) with a handle to the :class:`Simulator`, which reads the op's inputs
-from their planned places in the arenas, calls ``kernel(call: KernelCall) -> np.ndarray``, checks
-the result's shape and dtype, and writes it at the output's planned offset. A kernel that raises
-stops the run with a :class:`SimulatorError` chained to the kernel's exception.
+Plugin ops (external ops in model.bin) run through the Python kernels of their op definitions
+(``OpSet.kernels``), passed here as ``kernels``. The C executor runs the whole graph; at an external op
+it calls :func:`lnn_sim_py_external` (a cffi ``extern "Python"`` function) with a handle to the
+:class:`Simulator`, which reads the op's inputs from their planned places in the arenas and calls
+``kernel(call: KernelCall)``. An external op has 1..``LNN_SIM_MAX_OP_OUTPUTS`` outputs: its kernel returns
+one array (one output) or a tuple/list with one array per output, in order; each is checked for shape and
+dtype, and only then are all written at their outputs' planned offsets. A kernel that raises stops the
+run with a :class:`SimulatorError` chained to the kernel's exception.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ class Simulator:
                 f"op {name!r} ({ext.op_type}) of the model{self._where()} has no simulator kernel",
                 {"kernels": ", ".join(sorted(self.kernels)) or "none"},
                 f"install the plugin that provides {ext.op_type!r} and run through `lnn run`, or pass "
-                "kernels=host.sim_kernels", status=lib.LNN_SIM_E_EXTERNAL, op_name=name)
+                "kernels=OpSet.from_host(host).kernels", status=lib.LNN_SIM_E_EXTERNAL, op_name=name)
         specs = tuple(self.tensors[t] for t in self._op_inputs[op])
         out_specs = tuple(self.tensors[t] for t in self._op_outputs[op])
         arrays = []
