@@ -215,3 +215,25 @@ def test_init_on_a_constrained_model_keeps_its_config_and_refuses_another(host):
         lnn.init(stage1, target="some-other-chip", host=host)
     assert err.value.option == "target" and err.value.valid == "csk60xx"
     assert "hint:" in str(err.value)
+
+
+def test_copies_read_their_own_state_and_the_state_dict_keeps_its_keys(host):
+    """A copy's quantizers ask the copy's ops for their caps (deepcopy), and the observers add no
+    state_dict keys: each output quantizer keeps exactly running/exponent/num_batches, as checkpoints have."""
+    import copy
+
+    q = _trained(None, host, steps=2).eval()
+    for twin in (copy.deepcopy(q), lnn.init(q, host=host).eval()):  # init on a prepared model copies it too
+        for path, m in twin.named_modules():
+            if isinstance(m, ActQuantizer) and m.cap_source is not None:
+                assert m.cap_source.__self__ is twin.get_submodule(path.rsplit(".", 1)[0])
+        assert _snapshot(twin) == _snapshot(q)
+        with torch.no_grad():
+            twin.conv2.weight.mul_(64.0)  # n_w of the copy drops by 6: its consumers' caps follow
+        assert _snapshot(twin) != _snapshot(q)
+    sd = q.state_dict()
+    for path, m in q.named_modules():
+        if isinstance(m, ActQuantizer):
+            assert {k for k in sd if k.startswith(path + ".")} == {f"{path}.{b}" for b in
+                                                                   ("running", "exponent", "num_batches")}
+
