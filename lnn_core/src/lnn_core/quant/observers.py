@@ -35,7 +35,8 @@ Rules provided (spec/int8-ops.md section 2, spec/int8-seq-ops.md section 1.6):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -208,10 +209,10 @@ class MaxFloor(_WithArgs):
         return n if bounds.cap is None else min(n, bounds.cap)
 
 
-OBSERVERS_BY_RULE: dict[str, Callable[[float], Observer]] = {
+OBSERVERS_BY_RULE: Mapping[str, Callable[[float], Observer]] = MappingProxyType({
     "ema_max": lambda momentum: EmaMax(momentum),
     "ema_threshold": lambda momentum: EmaThreshold(momentum),
-}
+})
 """The recipes' named activation rules (``Recipe.act_rule``) as observers, given the recipe's momentum."""
 
 
