@@ -29,13 +29,7 @@ from torch import nn
 
 from lnn_core.ops import OpFamily
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import (
-    ActQuantizer,
-    fake_quant_weight_bias,
-    param_exponent,
-    quantize_bias,
-    quantize_weight,
-)
+from lnn_core.quant.quantizers import ActQuantizer, param_exponent
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QConv", "FAMILIES"]
@@ -178,16 +172,14 @@ class QConv(QModule):
     def _forward_train(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n_x = self.in_exponent(0)
         w, b = self.folded_weight_bias(w, b)
-        w_q, b_q, n_w = fake_quant_weight_bias(w, b, n_x, self.weight_bits, self.recipe)
+        ((w_q, b_q, n_w),) = self.fake_quant_pairs([(w, b)], [n_x])
         y = self._run_op(x, w_q, b_q)
         return self.finish_train(y, cap=n_x + n_w)
 
     @torch.no_grad()
     def _forward_exact(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n_x = self.in_exponent(0)
-        w, b = self.folded_weight_bias(w, b)
-        w_i, n_w = quantize_weight(w, self.weight_bits, self.recipe)
-        b_i = quantize_bias(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
+        ((w_i, b_i, n_w),) = self.quantize_pairs([self.folded_weight_bias(w, b)], [n_x])
         acc = self._run_op(x.double() * 2.0**n_x, w_i, b_i)
         return self.finish_exact(acc, n_x + n_w, cap=n_x + n_w)
 
@@ -196,9 +188,8 @@ class QConv(QModule):
         """The frozen integers the eval forward uses: ``w_q``, ``n_w``, ``b_q`` (int32), ``n_o``."""
         w, b = self._params(params)
         n_x = self.in_exponent(0)
-        w, b = self.folded_weight_bias(w.detach(), b.detach() if b is not None else None)
-        w_i, n_w = quantize_weight(w, self.weight_bits, self.recipe)
-        b_i = quantize_bias(b, n_x + n_w, self.recipe.bias_bits) if b is not None else None
+        pair = self.folded_weight_bias(w.detach(), b.detach() if b is not None else None)
+        ((w_i, b_i, n_w),) = self.quantize_pairs([pair], [n_x])
         return {"weight": w_i.to(torch.int64), "n_w": n_w, "bias": None if b_i is None else b_i.to(torch.int64),
                 "n_x": n_x, "n_o": self.out_q.eval_exponent(cap=n_x + n_w)}
 

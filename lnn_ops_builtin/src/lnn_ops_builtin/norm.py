@@ -21,13 +21,7 @@ from torch import nn
 from lnn_core.errors import ConfigError
 from lnn_core.ops import OpFamily
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import (
-    ActQuantizer,
-    fake_quant_weight_bias,
-    param_exponent,
-    quantize_bias,
-    quantize_weight,
-)
+from lnn_core.quant.quantizers import ActQuantizer, param_exponent
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QBatchNorm", "QFoldedBatchNorm", "FAMILIES", "train_batch_norm"]
@@ -123,20 +117,18 @@ class QBatchNorm(QModule):
         alpha, beta = _alpha_beta(self)
         n_x = self.in_exponent(0)
         if self.training:
-            a_q, b_q, n_w = fake_quant_weight_bias(alpha, beta, n_x, self.weight_bits, self.recipe)
+            ((a_q, b_q, n_w),) = self.fake_quant_pairs([(alpha, beta)], [n_x])
             y = x * a_q.reshape(self._shape(x)) + b_q.reshape(self._shape(x))
             return self.finish_train(y, cap=n_x + n_w)
         with torch.no_grad():
-            a_i, n_w = quantize_weight(alpha, self.weight_bits, self.recipe)
-            b_i = quantize_bias(beta, n_x + n_w, self.recipe.bias_bits)
+            ((a_i, b_i, n_w),) = self.quantize_pairs([(alpha, beta)], [n_x])
             acc = (x.double() * 2.0**n_x) * a_i.reshape(self._shape(x)) + b_i.reshape(self._shape(x))
             return self.finish_exact(acc, n_x + n_w, cap=n_x + n_w)
 
     def integer_params(self) -> dict[str, Any]:
         alpha, beta = _alpha_beta(self)
         n_x = self.in_exponent(0)
-        a_i, n_w = quantize_weight(alpha.detach(), self.weight_bits, self.recipe)
-        b_i = quantize_bias(beta.detach(), n_x + n_w, self.recipe.bias_bits)
+        ((a_i, b_i, n_w),) = self.quantize_pairs([(alpha.detach(), beta.detach())], [n_x])
         return {"weight": a_i.to(torch.int64), "n_w": n_w, "bias": b_i.to(torch.int64), "n_x": n_x,
                 "n_o": self.out_q.eval_exponent(cap=n_x + n_w)}
 
