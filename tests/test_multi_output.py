@@ -41,18 +41,21 @@ IR_OP = "TwoStageInt"
 
 
 class TwoStage(nn.Module):
-    """The float op: ``h = x W0^T + b0``, ``y = h W1^T + b1``; returns ``(h, y)``."""
+    """The float op: ``h = x W0^T + b0``, ``y = h W1^T + b1``; returns ``(h, y)``, or ``(h, (y,))`` when ``nested``
+    (a nested return value, as ``nn.LSTM``'s ``y, (h, c)``)."""
 
-    def __init__(self, f_in: int, hidden: int, f_out: int) -> None:
+    def __init__(self, f_in: int, hidden: int, f_out: int, nested: bool = False) -> None:
         super().__init__()
+        self.nested = nested
         self.w0 = nn.Parameter(torch.randn(hidden, f_in) * 0.4)
         self.b0 = nn.Parameter(torch.randn(hidden) * 0.2)
         self.w1 = nn.Parameter(torch.randn(f_out, hidden) * 0.4)
         self.b1 = nn.Parameter(torch.randn(f_out) * 0.2)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor):
         h = F.linear(x, self.w0, self.b0)
-        return h, F.linear(h, self.w1, self.b1)
+        y = F.linear(h, self.w1, self.b1)
+        return (h, (y,)) if self.nested else (h, y)
 
 
 class QTwoStage(QModule):
@@ -66,26 +69,31 @@ class QTwoStage(QModule):
             setattr(self, name, getattr(float_op, name))
         self.has_weight = True
         self.out_qs = nn.ModuleList([ActQuantizer(act_bits, recipe), ActQuantizer(act_bits, recipe)])
+        if float_op.nested:
+            self.out_tree = (0, (1,))
+
+    def _result(self, h: torch.Tensor, y: torch.Tensor):
+        return (h, (y,)) if self.out_tree is not None else (h, y)
 
     def pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(self.w0, self.b0), (self.w1, self.b1)]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor):
         if not self.quantizing:
             h = self.out_qs[0](F.linear(x, self.w0, self.b0))
-            return h, self.out_qs[1](F.linear(h, self.w1, self.b1))
+            return self._result(h, self.out_qs[1](F.linear(h, self.w1, self.b1)))
         n_x = self.in_exponent(0)
         if self.training:  # the second pair's bias exponent needs n_h, known once output 0 is observed
             ((w0, b0, _),) = self.fake_quant_pairs(self.pairs()[:1], [n_x])
             h = self.finish_train(F.linear(x, w0, b0), None, i=0)
             ((w1, b1, _),) = self.fake_quant_pairs(self.pairs()[1:], [self.out_qs[0].current()])
-            return h, self.finish_train(F.linear(h, w1, b1), None, i=1)
+            return self._result(h, self.finish_train(F.linear(h, w1, b1), None, i=1))
         with torch.no_grad():
             n_h = self.out_qs[0].eval_exponent(None)
             (w0, b0, n_w0), (w1, b1, n_w1) = self.quantize_pairs(self.pairs(), [n_x, n_h])
             h = self.finish_exact(F.linear(x.double() * 2.0**n_x, w0, b0), n_x + n_w0, None, i=0)
             y = self.finish_exact(F.linear(h.double() * 2.0**n_h, w1, b1), n_h + n_w1, None, i=1)
-            return h, y
+            return self._result(h, y)
 
     def integer_params(self) -> dict:
         """The frozen integers of the eval forward: per pair ``weight``, ``bias`` (int64), ``n_w``, ``n_b``."""
@@ -135,15 +143,29 @@ def _plugin(writer=write_ir) -> types.ModuleType:
 class Net(nn.Module):
     """``fc -> TwoStage``; output 0 only feeds a ReLU (then a Linear), output 1 is a graph output and feeds a mul."""
 
-    def __init__(self) -> None:
+    def __init__(self, nested: bool = False) -> None:
         super().__init__()
         self.fc = nn.Linear(6, 8)
-        self.two = TwoStage(8, 5, 4)
+        self.two = TwoStage(8, 5, 4, nested)
         self.head = nn.Linear(5, 3)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, y = self.two(self.fc(x))
+        if self.two.nested:
+            h, (y,) = self.two(self.fc(x))
+        else:
+            h, y = self.two(self.fc(x))
         return self.head(torch.relu(h)), y, y * 0.5
+
+
+class Whole(nn.Module):
+    """The op's return value is the model's: both outputs become graph outputs, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.two = TwoStage(6, 5, 4)
+
+    def forward(self, x: torch.Tensor):
+        return self.two(x)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +192,10 @@ def trained(host):
     return _trained(host)
 
 
+def _flat(out):
+    return [t for o in out for t in _flat(o)] if isinstance(out, tuple) else [out]
+
+
 def _two_io(model, x):
     """The eval input and outputs of ``model.two`` on ``x``."""
     seen = {}
@@ -179,7 +205,7 @@ def _two_io(model, x):
             model(x)
     finally:
         handle.remove()
-    return seen["x"], seen["out"]
+    return seen["x"], tuple(_flat(seen["out"]))
 
 
 # -- lnn.init: one quantizer per output, carried to its own consumers ----------------------------------------------
@@ -229,7 +255,7 @@ def test_qat_step_trains_both_pairs_and_observes_both_outputs(host):
         grad = getattr(two, name).grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert [int(q.num_batches) for q in two.out_qs] == [1, 1]
-    h, y2 = h_seen["out"]
+    h, y2 = _flat(h_seen["out"])
     for t, q in zip((h, y2), two.out_qs):  # each output lies on its own quantizer's grid
         v = t.detach().double() * 2.0 ** q.current()
         assert torch.equal(v, v.round()) and v.abs().max() <= 128
@@ -325,6 +351,38 @@ def test_a_node_without_a_role_is_refused_with_the_node_named(host):
     with pytest.raises(ExportError) as info:
         to_ir(model, torch.randn(2, 6), host=host)
     assert info.value.node == node.name and "not classified by lnn.init" in str(info.value).splitlines()[0]
+
+
+def test_nested_outputs_are_picked_level_by_level(host):
+    """``h, (y,) = op(x)`` (the LSTM shape): each getitem selects through one level; carriers and IR follow."""
+    torch.manual_seed(0)
+    model = lnn.init(Net(nested=True), host=host)
+    two = model.two
+    assert two.out_tree == (0, (1,))
+    (mul,) = [m for path, m in model.named_modules() if model.lnn.ops.get(path) == "builtin.Mul"]
+    assert model.head.input_quantizers == (two.out_qs[0],) and mul.input_quantizers == (two.out_qs[1],)
+    assert [n.meta[ROLE_KEY].index for n in model.graph.nodes if n.meta[ROLE_KEY].kind == "select"] == [0, 1, 0]
+    model.train()
+    model(torch.randn(8, 6))
+    model.eval()
+    graph = to_ir(model, torch.randn(4, 6), host=host)
+    (node,) = [n for n in graph.nodes if n.op_type == IR_OP]
+    readers = {t: sorted(n.op_type for n in graph.nodes if t in n.inputs) for t in node.outputs}
+    assert readers == {node.outputs[0]: ["Relu"], node.outputs[1]: ["Dequant", "iqMul"]}
+    assert [graph.tensors[t].exponent for t in node.outputs] == [q.eval_exponent() for q in two.out_qs]
+
+
+def test_an_op_whose_tuple_is_the_model_output_gives_one_graph_output_per_output(host):
+    torch.manual_seed(0)
+    model = lnn.init(Whole(), host=host)
+    model.train()
+    model(torch.randn(8, 6))
+    model.eval()
+    graph = to_ir(model, torch.randn(4, 6), host=host)
+    (node,) = [n for n in graph.nodes if n.op_type == IR_OP]
+    assert graph.outputs == ["output_0", "output_1"]
+    dequant = {n.outputs[0]: n.inputs[0] for n in graph.nodes if n.op_type == "Dequant"}
+    assert [dequant[o] for o in graph.outputs] == node.outputs
 
 
 # -- classify once: the exporter follows lnn.init's decisions ------------------------------------------------------
