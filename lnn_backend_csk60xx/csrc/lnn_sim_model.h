@@ -13,6 +13,9 @@
  *       one-line message naming the op.
  *   run(m, op, msg, n): executes the prepared op. Kernels index their buffers without further bounds tests,
  *       read their outputs as op->out[k], and may leave msg empty (the executor names the op and status).
+ *   share(m, op, input, output): optional; whether an input may share bytes with an output in the memory
+ *       plan (LNN_SHARE_*), for the loader's schedule proof. NULL: never (every op the planner neither aliases
+ *       nor joins in place).
  */
 #ifndef LNN_SIM_MODEL_H
 #define LNN_SIM_MODEL_H
