@@ -419,3 +419,75 @@ def test_a_passthrough_module_kept_float_exports_as_a_float_island(host):
         warnings.simplefilter("ignore", FloatIslandWarning)
         with pytest.raises(ExportError):
             to_ir(model, torch.randn(2, 6), host=host, strict=True)
+
+
+# -- the backend half: the same op through pack -> simulate -> verify ---------------------------------------
+
+
+def _two_stage_infer(c):
+    x, w0, b0, w1, b1 = (c.info(i) for i in range(5))
+    c.dtype(x, ["int8"], "input")
+    for w, b in ((w0, b0), (w1, b1)):
+        c.dtype(w, ["int8"], "weight")
+        c.dtype(b, ["int32"], "bias")
+    if w0.shape[1] != x.shape[-1] or w1.shape[1] != w0.shape[0]:
+        raise c.fail("weights do not chain", {"x": x.shape, "w0": w0.shape, "w1": w1.shape})
+    return [c.out("int8", [*x.shape[:-1], w0.shape[0]], None, 0), c.out("int8", [*x.shape[:-1], w1.shape[0]], None, 1)]
+
+
+def _two_stage_kernel(call):
+    """``h = RQ_8(x W0^T + b0, n_x + n_w0 - n_h)``, ``y = RQ_8(h W1^T + b1, n_h + n_w1 - n_y)``, half-up, exact."""
+    x, w0, b0, w1, b1 = (np.asarray(a).astype(np.int64) for a in call.inputs)
+    n = [s.exponent for s in call.input_specs]
+    n_h, n_y = (s.exponent for s in call.outputs)
+
+    def rq(acc, shift):
+        v = (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc << -shift
+        return np.clip(v, -128, 127)
+
+    h = rq(x @ w0.T + b0, n[0] + n[1] - n_h)
+    y = rq(h @ w1.T + b1, n_h + n[3] - n_y)
+    return h.astype(np.int8), y.astype(np.int8)
+
+
+def _two_stage_op():
+    from lnn_backend_csk60xx.ops import AttrSpec, OpDef, Params
+
+    bits = {k: AttrSpec("int", default=8) for k in ("data_bits", "parameter_bits", "o_bits")}
+    return OpDef(IR_OP, "lnn.test", (5, 5), _two_stage_infer, outputs=2, attrs=bits,
+                 scales={"scale_x": ("in", 0), "scale_w0": ("in", 1), "scale_w1": ("in", 3),
+                         "scale_h": ("out", 0), "scale_y": ("out", 1)},
+                 params=(Params(1, 2), Params(3, 4, x=("out", 0))),
+                 prefetch_bytes=lambda graph, node: sum(graph.initializers[node.inputs[i]].size for i in (1, 3)),
+                 kernel=_two_stage_kernel)
+
+
+def _backend_plugin() -> types.ModuleType:
+    mod = types.ModuleType("two_stage_backend_plugin")
+
+    @lnn_core.hookimpl
+    def lnn_register_target_ops(registry):
+        registry.add("csk60xx", _two_stage_op())
+
+    mod.lnn_register_target_ops = lnn_register_target_ops
+    return mod
+
+
+def test_the_two_output_op_packs_simulates_and_verifies_bit_exact(trained):
+    """quantize -> export -> pack -> simulate -> verify: every tensor, both outputs included, equals eval mode."""
+    host = isolated_host([ops_plugin, backend_plugin, _plugin(), _backend_plugin()])
+    x = torch.randn(4, 6) * 2
+    report = lnn.verify(trained, x, host=host)
+    assert report.ok, report.table()
+    graph = to_ir(trained, x, host=host)
+    (node,) = [n for n in graph.nodes if n.op_type == IR_OP]
+    compared = {t.name for t in report.tensors}
+    assert set(node.outputs) <= compared  # both outputs of the op were compared, not only the graph outputs
+    # the dialect file carries both scales of the outputs and both bias exponents survive a read-back
+    from lnn_backend_csk60xx.dialect import read_onnx, write_onnx
+    from lnn_backend_csk60xx.ops import OpSet
+
+    ops = OpSet.from_host(host)
+    back = read_onnx(write_onnx(graph, ops=ops), ops=ops)
+    for t in [*node.inputs, *node.outputs]:
+        assert back.tensors[t].exponent == graph.tensors[t].exponent, t

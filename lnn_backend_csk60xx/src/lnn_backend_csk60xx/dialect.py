@@ -332,13 +332,18 @@ def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[s
         if not name:
             raise r.fail(f"{attr} describes input {index}, which is missing", node=node)
         _set_exponent(r, graph, node, name, exp, attr)
-    for bias, weight in schema.bias_inputs().items():
+    out_scale = {index: scales[key] for key, (kind, index) in schema.scale_targets(node).items() if kind == "out"}
+    for bias, pair in schema.bias_inputs().items():
         if len(node.inputs) <= bias or not node.inputs[bias]:
             continue
         name = node.inputs[bias]
         if name not in graph.initializers:
             raise r.fail(f"bias {name!r} must be an initializer", node=node)
-        exp = graph.tensors[node.inputs[0]].exponent + graph.tensors[node.inputs[weight]].exponent
+        kind, index = pair.x
+        n_x = out_scale.get(index) if kind == "out" else graph.tensors[node.inputs[index]].exponent
+        if n_x is None:
+            raise r.fail(f"bias {name!r} scales with output {index}, which has no scale attribute", node=node)
+        exp = n_x + graph.tensors[node.inputs[pair.weight]].exponent
         _set_exponent(r, graph, node, name, exp, "bias (n_x + n_w)")
     for i in schema.same_scale_inputs:  # constants quantized at the input's scale (a clip's bounds)
         if len(node.inputs) > i and node.inputs[i] in graph.initializers:

@@ -63,12 +63,15 @@ PLATFORM = {"platform_quant": AttrSpec("str", default="luna_quant", choices=("lu
 class Params:
     """One weight/bias pair of an op: input indices of the weight and of its optional int32 bias.
 
-    The bias is quantized at exponent ``n(input 0) + n(weight)``; both are constant initializers,
-    DMA'd from flash into the op's weight-prefetch buffer.
+    The bias is quantized at exponent ``n(x) + n(weight)``, where ``x`` is the tensor the weight multiplies:
+    input 0 by default, or another input or an output of the op (``("out", 0)``: a second stage that reads
+    the first stage's output). Weight and bias are constant initializers, DMA'd from flash into the op's
+    weight-prefetch buffer.
     """
 
     weight: int
     bias: int | None = None
+    x: tuple[str, int] = ("in", 0)
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,9 @@ class OpDef:
                 targets[self.variadic_scale.format(i=i)] = ("in", i)
         return targets
 
-    def bias_inputs(self) -> dict[int, int]:
-        """Bias input index -> its weight's input index."""
-        return {p.bias: p.weight for p in self.params if p.bias is not None}
+    def bias_inputs(self) -> dict[int, Params]:
+        """Bias input index -> its weight/bias pair."""
+        return {p.bias: p for p in self.params if p.bias is not None}
 
 
 def known_shapes(graph: Graph, *names: str) -> list[tuple[int, ...]] | None:
