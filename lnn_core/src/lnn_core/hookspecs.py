@@ -79,7 +79,8 @@ def lnn_register_exporters(registry: ExporterRegistry) -> None:
     :param registry: call ``registry.add_writer(name, fn)`` / ``registry.add_reader(name, fn)``, and
         ``registry.add_node_writer(dialect, op_type, fn)`` to teach a dialect a new IR op. A dialect
         writer is called as ``fn(graph, host=host)`` and returns an ``onnx.ModelProto``; node writers
-        are ``"ir"`` (op id -> IR nodes, ``fn(ctx)``), ``"qdq"`` (IR op type -> standard ONNX,
+        are ``"ir"`` (op id -> IR nodes, ``fn(ctx)`` with a :class:`lnn_core.exporter.ExportContext`, returning
+        the IR name of the op's output, or a list of names, one per output), ``"qdq"`` (IR op type -> standard ONNX,
         ``fn(writer, node)``) or a target dialect's schema (e.g. ``"csk60xx"``).
     """
 

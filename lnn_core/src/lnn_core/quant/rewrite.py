@@ -457,6 +457,7 @@ class _Rewriter:
             node.meta[ROLE_KEY] = role
 
     def role(self, node: fx.Node, roles: dict[fx.Node, NodeRole]) -> NodeRole:
+        """The role of ``node``, its inputs' roles known (``roles``, graph order)."""
         if node.op == "placeholder":
             return NodeRole("input")
         if node.op == "get_attr":
