@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _helpers import make_model, snode, tnode
+from _helpers import LINGER_DEMO, make_model, snode, tnode
 
 from lnn_backend_csk60xx.dialect import read_onnx
 from lnn_backend_csk60xx.planner import REGION_PSRAM, REGION_SHARE, GreedyPlanner, MemoryConfig, plan_memory
@@ -179,3 +179,29 @@ def test_share_memory_too_small_for_what_cannot_move():
         plan_memory(g, share_mem=20000)
     assert info.value.rule_id == "csk60xx.memory.share_mem_bytes" and info.value.limit == 20000
     assert info.value.actual > 20000 and "relu" in str(info.value)
+
+
+@pytest.mark.skipif(not (LINGER_DEMO / "resnet18-12-regular.onnx").exists(), reason="shared data folder absent")
+def test_the_spill_cost_counts_exactly_the_workspaces_the_plan_adds():
+    """For every buffer and every step it is live at, the planner's estimate of the workspace that moving it to
+    PSRAM adds equals the workspaces the plan then really holds at that step (in-place joins included)."""
+    from lnn_backend_csk60xx import planner as P
+    from lnn_backend_csk60xx.ops import OpSet
+    from lnn_backend_csk60xx.rewrites import run_rewrites
+    from lnn_backend_csk60xx.target import load_target
+
+    ops = OpSet.builtin_only()
+    g = read_onnx(LINGER_DEMO / "resnet18-12-regular.onnx")
+    run_rewrites(g, load_target().limits, ops)  # splits: joins whose inputs live inside their output
+    cfg = P.MemoryConfig.from_target()
+    groups, _ = P._groups(g, cfg.alignment, ops)
+    joins = [n for n in g.nodes if ops[n.op_type].join]
+    assert joins, "the ResNet-18 has split convolutions joined in place"
+    checked = 0
+    for grp in groups:
+        work = P._workspace_buffers(g, cfg, set(grp.members), ops)
+        for step in sorted(grp.steps):
+            planned = sum(w.size for w in work if w.first == step)
+            assert P._workspace_cost(g, cfg, grp, step, ops) == planned, (grp.root, g.nodes[step].name)
+            checked += 1
+    assert checked > 100
