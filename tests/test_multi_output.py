@@ -421,6 +421,32 @@ def test_a_passthrough_module_kept_float_exports_as_a_float_island(host):
             to_ir(model, torch.randn(2, 6), host=host, strict=True)
 
 
+class Three(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+
+
+def test_a_layer_kept_float_by_the_config_exports_as_a_float_island(host):
+    """``by_path={"b": LayerConfig(float=True)}``: lnn.init keeps ``b`` an nn.Linear; the export writes a float Gemm
+    between Dequant and Quant (it used to hand the float module to the int8 writer, which failed)."""
+    torch.manual_seed(0)
+    config = lnn.QuantConfig(by_path={"b": lnn.LayerConfig(float=True)})
+    model = lnn.init(Three(), config=config, host=host)
+    model.train()
+    model(torch.randn(8, 6))
+    model.eval()
+    b = next(n for n in model.graph.nodes if n.target == "b")
+    assert type(model.b) is nn.Linear and b.meta[ROLE_KEY] == NodeRole("float", quantized=True, name="Linear")
+    with pytest.warns(FloatIslandWarning, match="Linear"):
+        graph = to_ir(model, torch.randn(2, 6), host=host)
+    assert [n.op_type for n in graph.nodes] == ["Quant", "LinearInt", "Dequant", "Gemm", "Quant", "LinearInt",
+                                                "Dequant"]
+
+
 # -- the backend half: the same op through pack -> simulate -> verify ---------------------------------------
 
 
