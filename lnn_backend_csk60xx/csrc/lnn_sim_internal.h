@@ -21,6 +21,9 @@
  * LNN_ACC32_TERMS = 2^16 such products stays within 2^30 < 2^31 and fits int32 exactly.
  * Longer sums are split into chunks of at most LNN_ACC32_TERMS terms, each added into int64. */
 #define LNN_ACC32_TERMS 65536
+#if LNN_SIM_MAX_WINDOW_AREA > LNN_ACC32_TERMS
+#error "a conv window's products must fit one int32 accumulator plane"
+#endif
 
 static inline int64_t lnn_floor_div(int64_t a, int64_t b) { /* b > 0 */
     return a >= 0 ? a / b : -((-a + b - 1) / b);

@@ -9,8 +9,9 @@
  *   prepare(m, op, need, msg, n): called by the loader for every op before anything runs. It checks the
  *       attribute vector, dtypes, ranks and every output dimension against the inputs (the loader has
  *       already checked the input/output counts and indices), stores the derived parameters in op->p and
- *       the shape fields, and reports the scratch it needs in *need. On failure it returns a status and a
- *       one-line message naming the op.
+ *       the shape fields, and reports in *need the scratch it needs and its multiply-accumulates (the loader
+ *       adds one per element the op reads and writes, and refuses a model over its MAC limit). On failure it
+ *       returns a status and a one-line message naming the op.
  *   run(m, op, msg, n): executes the prepared op. Kernels index their buffers without further bounds tests,
  *       read their outputs as op->out[k], and may leave msg empty (the executor names the op and status).
  *   share(m, op, input, output): optional; whether an input may share bytes with an output in the memory
@@ -24,7 +25,7 @@
 
 #include <stddef.h>
 
-#define LNN_DIM_LIMIT 4096 /* kernel, stride, pad and dilation values accepted by the simulator */
+#define LNN_DIM_LIMIT LNN_SIM_MAX_WINDOW /* kernel, stride, pad and dilation values accepted by the simulator */
 
 struct lnn_op_kernel;
 
@@ -70,6 +71,7 @@ typedef struct {
     int64_t rows;
     int32_t k, n;
     const struct lnn_op_kernel *kernel; /* the registration of op->type, set by the loader */
+    uint64_t macs;                      /* the op's work (see LNN_SIM_DEFAULT_MAX_MACS), set by the loader */
 } lnn_op;
 
 struct lnn_sim_model {
@@ -95,12 +97,19 @@ struct lnn_sim_model {
      * (col_op < 0: nothing reusable). Consecutive conv pieces of one split op read the same tensor with
      * the same geometry and reuse it; setting a tensor or starting a run forgets it. */
     int32_t col_op, col_tensor;
+    uint64_t macs; /* the sum of the ops' work */
 };
 
-/* scratch an op needs while it runs: accumulator plane entries (int32 and int64 each) and im2col bytes */
+/* scratch an op needs while it runs: accumulator plane entries (int32 and int64 each) and im2col bytes; and its
+ * multiply-accumulates or window cells beyond one per element read and written (macs, saturated: lnn_mul_sat) */
 typedef struct {
     int64_t acc, col;
+    uint64_t macs;
 } lnn_scratch_need;
+
+/* a * b, or UINT64_MAX when the product does not fit */
+static inline uint64_t lnn_mul_sat(uint64_t a, uint64_t b) { return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b; }
+static inline uint64_t lnn_add_sat(uint64_t a, uint64_t b) { return b > UINT64_MAX - a ? UINT64_MAX : a + b; }
 
 typedef lnn_sim_status (*lnn_prepare_fn)(const struct lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need,
                                          char *msg, size_t n);

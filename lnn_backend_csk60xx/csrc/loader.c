@@ -324,7 +324,12 @@ static lnn_sim_status read_ops(struct lnn_sim_model *m, const section *s, const 
         if ((st = check_outputs(m, op, msg, n)) != LNN_SIM_OK) return st;
         need.acc = 0;
         need.col = 0;
+        need.macs = 0;
         if ((st = op->kernel->prepare(m, op, &need, msg, n)) != LNN_SIM_OK) return st;
+        op->macs = need.macs;
+        for (a = 0; a < op->n_in + op->n_out; ++a) /* one per element read or written (outputs follow inputs) */
+            if (op->in[a] >= 0) op->macs = lnn_add_sat(op->macs, (uint64_t)m->tensors[op->in[a]].numel);
+        m->macs = lnn_add_sat(m->macs, op->macs);
         if (need.acc > *scratch) *scratch = need.acc;
         if (need.col > *col) *col = need.col;
     }
@@ -592,7 +597,20 @@ void lnn_sim_free(lnn_sim_model *m) {
     free(m);
 }
 
-static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t size, char *msg, size_t n) {
+/* refuse a model whose work exceeds max_macs, naming the op with the most */
+static lnn_sim_status check_work(const struct lnn_sim_model *m, uint64_t max_macs, char *msg, size_t n) {
+    int32_t i, top = 0;
+    if (m->macs <= max_macs || m->n_ops == 0) return LNN_SIM_OK;
+    for (i = 1; i < m->n_ops; ++i)
+        if (m->ops[i].macs > m->ops[top].macs) top = i;
+    return lnn_fail(msg, n, LNN_SIM_E_WORK,
+                    "the model needs %llu MACs, more than the limit of %llu (op '%s' alone needs %llu)",
+                    (unsigned long long)m->macs, (unsigned long long)max_macs, m->ops[top].name,
+                    (unsigned long long)m->ops[top].macs);
+}
+
+static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t size, uint64_t max_macs, char *msg,
+                           size_t n) {
     section sec[LNN_SIM_NUM_SECTIONS + 1];
     uint32_t payload, crc_stored, crc;
     int64_t scratch = 0, col = 0;
@@ -642,6 +660,7 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
     if ((st = read_ops(m, &sec[LNN_SIM_SEC_OPS], &sec[LNN_SIM_SEC_IOIDX], msg, n, &scratch, &col)) != LNN_SIM_OK)
         return st;
     if ((st = check_schedule(m, msg, n)) != LNN_SIM_OK) return st;
+    if ((st = check_work(m, max_macs, msg, n)) != LNN_SIM_OK) return st;
 
     if ((uint64_t)scratch * sizeof(int64_t) > LNN_SIM_MAX_SCRATCH_BYTES || (uint64_t)col > LNN_SIM_MAX_SCRATCH_BYTES)
         return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "an op needs %lld accumulators / %lld im2col bytes (limit %u bytes)",
@@ -664,6 +683,14 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
 }
 
 lnn_sim_status lnn_sim_load(const uint8_t *image, size_t size, lnn_sim_model **out, char *msg, size_t msg_size) {
+    return lnn_sim_load_ex(image, size, LNN_SIM_DEFAULT_MAX_MACS, out, msg, msg_size);
+}
+
+uint64_t lnn_sim_macs(const lnn_sim_model *m) { return m ? m->macs : 0; }
+uint64_t lnn_sim_op_macs(const lnn_sim_model *m, int32_t i) { return m && i >= 0 && i < m->n_ops ? m->ops[i].macs : 0; }
+
+lnn_sim_status lnn_sim_load_ex(const uint8_t *image, size_t size, uint64_t max_macs, lnn_sim_model **out, char *msg,
+                               size_t msg_size) {
     struct lnn_sim_model *m;
     lnn_sim_status st;
     if (msg != NULL && msg_size > 0) msg[0] = '\0';
@@ -672,7 +699,7 @@ lnn_sim_status lnn_sim_load(const uint8_t *image, size_t size, lnn_sim_model **o
     m = (struct lnn_sim_model *)calloc(1, sizeof *m);
     if (m == NULL) return lnn_fail(msg, msg_size, LNN_SIM_E_NOMEM, "out of memory");
     m->col_op = -1;
-    st = load(m, image, size, msg, msg_size);
+    st = load(m, image, size, max_macs, msg, msg_size);
     if (st != LNN_SIM_OK) {
         lnn_sim_free(m);
         return st;

@@ -49,6 +49,7 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_E_INPUT 16       /* run-time input does not match the model                    */
 #define LNN_SIM_E_EXTERNAL 17    /* an external op has no kernel attached, or its kernel failed */
 #define LNN_SIM_E_SCHEDULE 18    /* an op reads a tensor that no earlier op wrote, or that was overwritten since */
+#define LNN_SIM_E_WORK 19        /* the model's MAC count exceeds the caller's limit (lnn_sim_load_ex max_macs) */
 
 /* ---- limits -------------------------------------------------------------------------------- */
 #define LNN_SIM_MAX_RANK 6
@@ -64,6 +65,16 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_MAX_EXPONENT 64  /* |exponent| of any tensor */
 #define LNN_SIM_MAX_LEFT_SHIFT 32 /* iqAdd/iqSub: n_o - n_x and n_o - n_y at most this (each rescaled operand
                                    * then stays below 2^39, so their sum is exact in int64) */
+#define LNN_SIM_MAX_POOL_SHIFT 32 /* AvgPool2dInt: |n_o - n_x| at most this */
+#define LNN_SIM_MAX_WINDOW 4096  /* kernel, stride, pad, dilation and output_padding values of conv and pool ops */
+#define LNN_SIM_MAX_WINDOW_AREA 65536 /* kh * kw of a conv or pool window */
+#define LNN_SIM_MAX_GROUPS 65536 /* conv groups */
+#define LNN_SIM_MAX_ATTR_JSON_BYTES (1u << 20) /* an external op's attribute JSON, without its NUL */
+#define LNN_SIM_MAX_ATTR_JSON_DEPTH 32 /* nesting of JSON arrays and objects in it (the outer object counts 1) */
+/* The loader counts each op's work in MACs: multiply-accumulates of conv, linear and batchnorm ops, window cells
+ * of pools, and one per element every op reads or writes. lnn_sim_load refuses a model whose total exceeds this
+ * default (about 10x a ResNet-50 at 224x224, 4.1 G MACs); lnn_sim_load_ex takes another limit. */
+#define LNN_SIM_DEFAULT_MAX_MACS 40000000000ull
 #define LNN_SIM_MAX_MSG 512      /* error message buffer the caller should provide */
 
 /* ---- model.bin constants --------------------------------------------------------------------- */
@@ -243,7 +254,14 @@ typedef struct {
 /* Validate a model.bin image and build a runnable model; the image is copied. On failure *out is
  * NULL and msg (msg_size bytes, LNN_SIM_MAX_MSG recommended) holds a one-line reason. */
 lnn_sim_status lnn_sim_load(const uint8_t *image, size_t size, lnn_sim_model **out, char *msg, size_t msg_size);
+/* lnn_sim_load with a MAC limit of max_macs instead of LNN_SIM_DEFAULT_MAX_MACS (UINT64_MAX: none); a model over
+ * it is refused with LNN_SIM_E_WORK after every other check passed. */
+lnn_sim_status lnn_sim_load_ex(const uint8_t *image, size_t size, uint64_t max_macs, lnn_sim_model **out, char *msg,
+                               size_t msg_size);
 void lnn_sim_free(lnn_sim_model *model);
+/* the MACs of the whole model / of op i (saturated at UINT64_MAX) */
+uint64_t lnn_sim_macs(const lnn_sim_model *model);
+uint64_t lnn_sim_op_macs(const lnn_sim_model *model, int32_t op);
 
 int32_t lnn_sim_num_tensors(const lnn_sim_model *model);
 int32_t lnn_sim_num_ops(const lnn_sim_model *model);

@@ -403,12 +403,12 @@ static lnn_sim_status prepare_conv(const lnn_sim_model *m, lnn_op *op, lnn_scrat
                         op->act);
     for (i = 0; i < 11; ++i) {
         const int32_t lo = (i >= 4 && i < 8) ? 0 : 1;
-        if (!lnn_in_range(a[i], lo, i == 10 ? 65536 : LNN_DIM_LIMIT))
+        if (!lnn_in_range(a[i], lo, i == 10 ? LNN_SIM_MAX_GROUPS : LNN_DIM_LIMIT))
             return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': attribute %d = %d is out of range", op->name, i, a[i]);
     }
     if (deconv && (!lnn_in_range(a[11], 0, LNN_DIM_LIMIT) || !lnn_in_range(a[12], 0, LNN_DIM_LIMIT)))
         return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': output_padding (%d, %d) out of range", op->name, a[11], a[12]);
-    if ((int64_t)a[0] * a[1] > LNN_ACC32_TERMS)
+    if ((int64_t)a[0] * a[1] > LNN_SIM_MAX_WINDOW_AREA)
         return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': kernel %dx%d is too large", op->name, a[0], a[1]);
     if (conv1d && (a[0] != 1 || a[2] != 1 || a[4] != 0 || a[6] != 0 || a[8] != 1))
         return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': Conv1dInt needs kh = sh = dh = 1 and no H padding", op->name);
@@ -451,6 +451,9 @@ static lnn_sim_status prepare_conv(const lnn_sim_model *m, lnn_op *op, lnn_scrat
     op->p.conv.out_dtype = y->dtype;
     need->acc = (int64_t)op->s_out.h * op->s_out.w;
     need->col = deconv ? 0 : lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out);
+    /* every output (conv) or input (deconv scatter) element takes C_in/g (C_out/g) * kh * kw products */
+    need->macs = lnn_mul_sat(lnn_mul_sat((uint64_t)(deconv ? x->numel : y->numel), (uint64_t)op->s_w.c),
+                             (uint64_t)a[0] * (uint64_t)a[1]);
     return LNN_SIM_OK;
 }
 

@@ -6,10 +6,41 @@
  */
 #include "lnn_sim_model.h"
 
+/* The attribute JSON is parsed by the host: bound its length and how deeply its arrays and objects nest (a
+ * recursive parser would otherwise exhaust its stack on a hostile file). Brackets inside JSON strings do not count. */
+static lnn_sim_status check_attr_json(const lnn_op *op, const char *text, uint32_t room, char *msg, size_t n) {
+    int64_t depth = 0, deepest = 0;
+    uint32_t i;
+    int in_string = 0;
+    for (i = 0; i < room && text[i] != '\0'; ++i) {
+        const char c = text[i];
+        if (i >= LNN_SIM_MAX_ATTR_JSON_BYTES)
+            return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': attribute JSON is longer than %u bytes", op->name,
+                            LNN_SIM_MAX_ATTR_JSON_BYTES);
+        if (in_string) {
+            if (c == '\\' && text[i + 1] != '\0')
+                ++i; /* skip the escaped character (text[i] is not the section's final NUL, so i + 1 < room) */
+            else if (c == '"')
+                in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > deepest) deepest = depth;
+            if (deepest > LNN_SIM_MAX_ATTR_JSON_DEPTH)
+                return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': attribute JSON nests arrays/objects deeper than %d levels",
+                                op->name, LNN_SIM_MAX_ATTR_JSON_DEPTH);
+        } else if (c == ']' || c == '}') {
+            --depth;
+        }
+    }
+    return LNN_SIM_OK;
+}
+
 /* attributes: string reference of the op type, string reference of the attributes (JSON) */
 static lnn_sim_status prepare_external(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
                                        size_t n) {
     int32_t i;
+    lnn_sim_status st;
     (void)need;
     if (op->n_attrs != 2 || op->attrs[0] < 0 || (uint32_t)op->attrs[0] >= m->strings_size || op->attrs[1] < 0 ||
         (uint32_t)op->attrs[1] >= m->strings_size)
@@ -18,6 +49,8 @@ static lnn_sim_status prepare_external(const lnn_sim_model *m, lnn_op *op, lnn_s
     op->p.ext.op_type = m->strings + op->attrs[0];
     op->p.ext.attrs_json = m->strings + op->attrs[1];
     if (op->p.ext.op_type[0] == '\0') return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': external op type is empty", op->name);
+    st = check_attr_json(op, op->p.ext.attrs_json, m->strings_size - (uint32_t)op->attrs[1], msg, n);
+    if (st != LNN_SIM_OK) return st;
     for (i = 0; i < op->n_in; ++i)
         if (op->in[i] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': input %d of an external op is missing", op->name, i);
     return LNN_SIM_OK;

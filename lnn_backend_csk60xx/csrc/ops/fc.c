@@ -37,7 +37,6 @@ static lnn_sim_status prepare_linear(const lnn_sim_model *m, lnn_op *op, lnn_scr
                                      size_t n) {
     const lnn_tensor *x, *w, *b = NULL, *y;
     int32_t d;
-    (void)need;
     if (op->n_in < 2 || op->n_in > 3 || op->in[0] < 0 || op->in[1] < 0 || op->n_attrs != 0)
         return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs x, w, an optional bias and no attributes", op->name);
     x = LNN_IN(m, op, 0);
@@ -60,6 +59,7 @@ static lnn_sim_status prepare_linear(const lnn_sim_model *m, lnn_op *op, lnn_scr
     op->k = w->dims[1];
     op->n = w->dims[0];
     op->rows = x->numel / op->k;
+    need->macs = lnn_mul_sat((uint64_t)y->numel, (uint64_t)op->k);
     op->p.lin.shift = x->exponent + w->exponent - y->exponent;
     op->p.lin.out_dtype = y->dtype;
     return LNN_SIM_OK;

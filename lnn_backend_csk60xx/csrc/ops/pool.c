@@ -15,7 +15,7 @@ lnn_sim_status lnn_sim_avgpool2d_s8(const lnn_sim_pool_params *p, const lnn_sim_
     const int64_t area = (int64_t)p->kh * p->kw;
     const int64_t hw_in = (int64_t)in->h * in->w;
     int64_t den, nc, oh, ow;
-    if (p->shift_up > 32 || p->shift_up < -32 || area < 1 || !lnn_is_int_out(p->out_dtype)) return LNN_SIM_E_ATTR;
+    if (p->shift_up > LNN_SIM_MAX_POOL_SHIFT || p->shift_up < -LNN_SIM_MAX_POOL_SHIFT || area < 1 || !lnn_is_int_out(p->out_dtype)) return LNN_SIM_E_ATTR;
     den = p->shift_up >= 0 ? 2 * area : 2 * area * ((int64_t)1 << -p->shift_up);
     for (nc = 0; nc < (int64_t)in->n * in->c; ++nc) {
         const int8_t *xc = x + nc * hw_in;
@@ -79,7 +79,6 @@ static lnn_sim_status prepare_pool(const lnn_sim_model *m, lnn_op *op, lnn_scrat
     const lnn_tensor *x, *y;
     int32_t i;
     int64_t ho, wo;
-    (void)need;
     if (op->n_in != 1 || op->in[0] < 0 || op->n_attrs != (avg ? 9 : 11))
         return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs one input and %d attributes", op->name, avg ? 9 : 11);
     x = LNN_IN(m, op, 0);
@@ -91,7 +90,8 @@ static lnn_sim_status prepare_pool(const lnn_sim_model *m, lnn_op *op, lnn_scrat
         return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': ceil_mode %d is not supported", op->name, a[8]);
     if (!avg && (!lnn_in_range(a[9], 1, LNN_DIM_LIMIT) || !lnn_in_range(a[10], 1, LNN_DIM_LIMIT)))
         return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': dilation out of range", op->name);
-    if ((int64_t)a[0] * a[1] > LNN_ACC32_TERMS) return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': window too large", op->name);
+    if ((int64_t)a[0] * a[1] > LNN_SIM_MAX_WINDOW_AREA)
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': window too large", op->name);
     if (x->rank != 4 || y->rank != 4 || x->dims[0] != y->dims[0] || x->dims[1] != y->dims[1] ||
         !lnn_is_int_out(x->dtype) || !lnn_is_int_out(y->dtype) || (avg && x->dtype != LNN_SIM_DT_INT8) ||
         (!avg && (y->dtype != x->dtype || y->exponent != x->exponent)))
@@ -106,9 +106,10 @@ static lnn_sim_status prepare_pool(const lnn_sim_model *m, lnn_op *op, lnn_scrat
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': output is %dx%d, the geometry gives %lldx%lld", op->name,
                         y->dims[2], y->dims[3], (long long)ho, (long long)wo);
     op->p.pool.shift_up = avg ? y->exponent - x->exponent : 0;
-    if (avg && !lnn_in_range(op->p.pool.shift_up, -32, 32))
-        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': output exponent differs from the input's by more than 32",
-                        op->name);
+    if (avg && !lnn_in_range(op->p.pool.shift_up, -LNN_SIM_MAX_POOL_SHIFT, LNN_SIM_MAX_POOL_SHIFT))
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': output exponent differs from the input's by more than %d",
+                        op->name, LNN_SIM_MAX_POOL_SHIFT);
+    need->macs = lnn_mul_sat((uint64_t)y->numel, (uint64_t)a[0] * (uint64_t)a[1]); /* window cells */
     op->p.pool.out_dtype = y->dtype;
     op->s_in.n = x->dims[0]; op->s_in.c = x->dims[1]; op->s_in.h = x->dims[2]; op->s_in.w = x->dims[3];
     op->s_out.n = y->dims[0]; op->s_out.c = y->dims[1]; op->s_out.h = y->dims[2]; op->s_out.w = y->dims[3];
