@@ -241,44 +241,93 @@ def _load_input(path: str, spec: Any) -> np.ndarray:
 
 def _output_paths(outputs: list[str], count: int) -> list[Path]:
     if len(outputs) == count:
-        return [Path(o) for o in outputs]
-    if len(outputs) == 1:
+        paths = [Path(o) for o in outputs]
+    elif len(outputs) == 1:
         base = Path(outputs[0])
-        return [base.with_name(f"{base.stem}_{i}{base.suffix}") for i in range(count)]
-    raise ConfigError(f"{len(outputs)} output files for {count} model outputs", {"outputs": ", ".join(outputs)},
-                      "give -o once per model output, or once to number them", option="-o", value=outputs,
-                      valid=f"1 or {count} files")
+        paths = [base.with_name(f"{base.stem}_{i}{base.suffix}") for i in range(count)]
+    else:
+        raise ConfigError(f"{len(outputs)} output files for {count} model outputs", {"outputs": ", ".join(outputs)},
+                          "give -o once per model output, or once to number them", option="-o", value=outputs,
+                          valid=f"1 or {count} files")
+    for path in paths:
+        if path.suffix.lower() not in (".npy", ".bin"):
+            raise ConfigError(f"output '{path}' is neither .npy nor .bin", {}, "name the output file *.npy or *.bin",
+                              option="-o", value=str(path), valid=".npy, .bin")
+        _writable_file(path, "-o")
+    return paths
 
 
-def _save(path: Path, arr: np.ndarray) -> None:
+def _unwritable(path: Path, option: str, why: str, *, cause: str | None = None) -> ConfigError:
+    return ConfigError(f"option {option}: cannot write '{path}': {why}", {"cause": cause},
+                       "choose a path in an existing folder you can write to", option=option, value=str(path),
+                       valid="a writable path")
+
+
+def _writable_file(path: Path, option: str) -> None:
+    """Refuse, before the model runs, an output path that cannot be a file: a folder, or in no folder."""
+    parent = path.parent
+    if path.is_dir():
+        raise _unwritable(path, option, "it is a folder")
+    if not parent.exists():
+        raise _unwritable(path, option, f"the folder '{parent}' does not exist")
+    if not parent.is_dir():
+        raise _unwritable(path, option, f"'{parent}' is a file, not a folder")
+
+
+def _save(path: Path, arr: np.ndarray, option: str = "-o") -> None:
     import numpy as np
 
-    if path.suffix.lower() == ".bin":
-        path.write_bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
-    elif path.suffix.lower() == ".npy":
-        np.save(path, arr)
-    else:
-        raise ConfigError(f"output '{path}' is neither .npy nor .bin", {}, "name the output file *.npy or *.bin",
-                          option="-o", value=str(path), valid=".npy, .bin")
+    try:
+        if path.suffix.lower() == ".bin":
+            path.write_bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
+        else:
+            with path.open("wb") as f:  # np.save(path) would append .npy to a dump file named otherwise
+                np.save(f, arr)
+    except OSError as exc:
+        raise _unwritable(path, option, exc.strerror or type(exc).__name__) from exc
+
+
+_STEM_MAX = 100  # characters of a tensor name kept in its dump file name (file systems allow 255 bytes)
+
+
+def _dump_folder(folder: Path) -> None:
+    """Create the ``--dump`` folder before the model runs; refuse a file or a place that cannot hold one."""
+    if folder.exists() and not folder.is_dir():
+        raise _unwritable(folder, "--dump", "it is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(folder, "--dump",
+                          f"the folder cannot be created ({exc.strerror or type(exc).__name__})") from exc
+
+
+def _dump_stem(name: str) -> str:
+    """A file name stem for a tensor name: safe characters; a long name is cut and keeps a hash of the whole."""
+    import zlib
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "tensor"
+    if len(stem) > _STEM_MAX:
+        stem = f"{stem[:_STEM_MAX - 9]}~{zlib.crc32(name.encode('utf-8')):08x}"
+    return stem
 
 
 def _dump(folder: Path, tensors: dict[str, np.ndarray], specs: dict[str, Any]) -> int:
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {}
     used: set[str] = set()
     for name, arr in tensors.items():
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "tensor"
+        stem = _dump_stem(name)
         file, k = f"{stem}.npy", 1
         while file in used:
             file, k = f"{stem}~{k}.npy", k + 1
         used.add(file)
-        np.save(folder / file, arr)
+        _save(folder / file, arr, "--dump")
         spec = specs.get(name)
         index[file] = {"tensor": name, "dtype": str(arr.dtype), "shape": list(arr.shape),
                        "exponent": spec.exponent if spec is not None else None}
-    (folder / "index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    try:
+        (folder / "index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    except OSError as exc:
+        raise _unwritable(folder / "index.json", "--dump", exc.strerror or type(exc).__name__) from exc
     return len(index)
 
 
@@ -313,10 +362,12 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
                              "pass one file per graph input, in this order", status=_status("LNN_SIM_E_INPUT"),
                              op_name=None)
     arrays = [_load_input(f, spec) for f, spec in zip(args.inputs, specs)]
+    out_specs = sim.int_outputs if args.integer else sim.outputs
+    paths = _output_paths(args.output, len(out_specs))  # every path is checked before the model runs
+    if args.dump:
+        _dump_folder(Path(args.dump))
     result = sim.run(arrays, dump=bool(args.dump), integer=args.integer)
     outputs, dumped = result if args.dump else (result, {})
-    out_specs = sim.int_outputs if args.integer else sim.outputs
-    paths = _output_paths(args.output, len(out_specs))
     for p, arr in zip(paths, outputs):
         _save(p, arr)
     n_dumped = _dump(Path(args.dump), dumped, {s.name: s for s in sim.tensors}) if args.dump else 0
@@ -348,20 +399,17 @@ def _is_factory(spec: str) -> bool:
 
 def _check_factory(args: argparse.Namespace, host: Any, share: int | None, psram: int | None) -> Any:
     """``lnn.check`` on a PyTorch model: op rules, calibration on random inputs, export, pack rules, memory."""
-    import torch
-
     import lnn_core as lnn
-    from lnn_core._model_args import load_factory, parse_shape
+    from lnn_core._model_args import build_float, load_checkpoint, random_inputs
 
     if not args.input_shape:
         raise ConfigError(f"checking model {args.model!r} needs the shape of its inputs", {},
                           "add --input-shape 1,1,8,8 (once per forward() argument)", option="--input-shape",
                           value=None, valid="D1,D2,...")
-    model = load_factory(args.model)()
-    if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True), strict=False)
-    gen = torch.Generator().manual_seed(0)
-    inputs = tuple(torch.rand(parse_shape(s.partition("=")[2] or s), generator=gen) for s in args.input_shape)
+    inputs = random_inputs([s.partition("=")[2] or s for s in args.input_shape])
+    model = build_float(args.model)
+    if args.checkpoint:  # the float model: the quantizer state of an lnn.init checkpoint is not used here
+        load_checkpoint(model, args.checkpoint, args.model, allow_extra=True)
     options = {k: v for k, v in (("share_mem", share), ("psram", psram)) if v is not None}
     return lnn.check(model, inputs, target=TARGET_ID, host=host, options=options)
 

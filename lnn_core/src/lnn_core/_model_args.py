@@ -1,41 +1,150 @@
 """Command-line helpers shared by the commands that take a PyTorch model: ``package.module:factory``
-plus an optional checkpoint and input shapes."""
+plus an optional checkpoint and input shapes.
+
+Every way these inputs can be wrong (a module that does not import, a factory that raises or returns no
+module, a checkpoint that is missing, damaged, not a state_dict or of other shapes, a bad shape) is an
+:class:`~lnn_core.errors.LnnError` naming the model, the file and the cause: the ``lnn`` command prints it
+as an error (exit 2), never as a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .errors import ConfigError, ModelFileError
 
+__all__ = ["add_model_args", "load_factory", "build_float", "load_checkpoint", "parse_shape", "build_quantized"]
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="the float model as package.module:factory (a class or a function)")
+    p.add_argument("model", help="the float model as package.module:factory (a class or a function); the module "
+                                 "is imported from the current folder first, like `python -m`")
     p.add_argument("--checkpoint", help="a state_dict saved from the lnn.init model (stage 2) or lnn.constrain")
     p.add_argument("--input-shape", action="append", required=True, metavar="1,1,8,8",
                    help="shape of one example input (repeat for several inputs)")
     p.add_argument("--target", default="csk60xx", help="target id (default csk60xx)")
 
 
+@contextlib.contextmanager
+def _cwd_first() -> Iterator[None]:
+    """The current folder first on ``sys.path`` while the user's module is imported and its factory runs (what
+    ``python -m`` does for the whole process), then the path as it was."""
+    cwd = os.getcwd()
+    if any(os.path.abspath(p or os.curdir) == cwd for p in sys.path):
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)
+
+
+def _where(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of ``exc``'s traceback (the line of the user's code that raised)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+
+
 def load_factory(spec: str) -> Any:
+    """The callable named by ``package.module:factory`` (the module imported with the current folder first)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"model {spec!r} is not of the form package.module:factory", {"actual": spec},
                           "e.g. lnn_backend_csk60xx.demo:build_model", option="model", value=spec,
                           valid="package.module:factory")
     try:
-        module = importlib.import_module(module_name)
+        with _cwd_first():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"model {spec!r}: module {module_name!r} cannot be imported", {"cause": str(exc)},
-                          "check the module path and that its package is installed", option="model",
-                          value=spec, valid="an importable module") from exc
+        raise ConfigError(f"model {spec!r}: module {module_name!r} cannot be imported",
+                          {"cause": str(exc), "searched": f"the current folder {os.getcwd()}, then sys.path"},
+                          "check the module path and that its package is installed (or run lnn from the folder "
+                          "that holds it)", option="model", value=spec, valid="an importable module") from exc
+    except Exception as exc:  # the module itself raises while it is imported
+        raise ConfigError(f"model {spec!r}: importing module {module_name!r} raised {type(exc).__name__}",
+                          {"cause": f"{type(exc).__name__}: {exc}", "at": _where(exc)},
+                          "fix the error in the module (run `python -c 'import " + module_name + "'` to see it)",
+                          option="model", value=spec, valid="an importable module", cause=exc) from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ConfigError(f"model {spec!r}: {module_name} has no callable {attr!r}", {},
                           "name a class or a function that returns an nn.Module", option="model", value=spec,
                           valid="a callable")
     return factory
+
+
+def build_float(spec: str) -> Any:
+    """Call the factory of ``spec`` without arguments; the nn.Module it returns."""
+    from torch import nn
+
+    factory = load_factory(spec)
+    try:
+        with _cwd_first():
+            model = factory()
+    except Exception as exc:
+        raise ConfigError(f"model {spec!r}: the factory raised {type(exc).__name__}",
+                          {"cause": f"{type(exc).__name__}: {exc}", "at": _where(exc)},
+                          "fix the factory: it is called without arguments and returns an nn.Module",
+                          option="model", value=spec, valid="a factory that returns an nn.Module", cause=exc) from exc
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module",
+                          {"actual": repr(model)[:80]}, "return the model (an nn.Module) from the factory",
+                          option="model", value=spec, valid="a factory that returns an nn.Module")
+    return model
+
+
+def load_checkpoint(model: Any, path: str, spec: str, *, allow_extra: bool = False) -> None:
+    """Load the state_dict in ``path`` into ``model``; a ModelFileError for any file that does not fit.
+
+    :param allow_extra: keys the model does not have are ignored (``lnn check`` loads a checkpoint of the
+        lnn.init model, whose quantizer state the float model lacks, into the float model).
+    """
+    import torch
+
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise ModelFileError(f"cannot read checkpoint '{path}': it {what}", {},
+                             "pass the file written by torch.save(model.state_dict(), path)", path=path, node=None)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, EOFError, RuntimeError, ... for damaged files
+        text = str(exc).strip()
+        cause = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        size = os.path.getsize(path)
+        raise ModelFileError(f"cannot read checkpoint '{path}': " + (
+                             "the file is empty" if size == 0 else "torch.load(weights_only=True) cannot read it"),
+                             {"size": f"{size} bytes", "cause": f"{type(exc).__name__}: {cause}"},
+                             "pass the file written by torch.save(model.state_dict(), path), copied completely "
+                             "(a pickled model or a damaged file cannot be read)", path=path, node=None) from exc
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise ModelFileError(f"checkpoint '{path}' holds a {type(state).__name__}, not a state_dict",
+                             {"rule": "a checkpoint is a dict of parameter and buffer names to tensors",
+                              "actual": type(state).__name__},
+                             "save model.state_dict(), not the model, a tensor or a list", path=path, node=None)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [] if allow_extra else [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {list(state[k].shape)}, model {list(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or shapes:
+        what = "tensors of other shapes" if shapes else "other tensors"
+        raise ModelFileError(
+            f"checkpoint '{path}' does not fit model {spec}: it holds {what}",
+            {"shapes differ": "\n".join(shapes[:8]) or None, "missing": ", ".join(missing[:8]) or None,
+             "unexpected": ", ".join(extra[:8]) or None},
+            "save the checkpoint from the lnn.init (or lnn.constrain) model of the same factory",
+            path=path, node=None, missing=missing, unexpected=extra, shapes=shapes)
+    model.load_state_dict(state, strict=not allow_extra)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -49,29 +158,20 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def build_quantized(args: argparse.Namespace, host: Any) -> tuple[Any, tuple[Any, ...]]:
-    """The lnn.init model of ``args.model`` with ``args.checkpoint`` loaded, and random example inputs."""
+def random_inputs(shapes: list[str]) -> tuple[Any, ...]:
+    """Random example inputs of the ``--input-shape`` values (seeded: every run sees the same)."""
     import torch
 
+    gen = torch.Generator().manual_seed(0)
+    return tuple(torch.rand(parse_shape(s), generator=gen) for s in shapes)
+
+
+def build_quantized(args: argparse.Namespace, host: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The lnn.init model of ``args.model`` with ``args.checkpoint`` loaded, and random example inputs."""
     import lnn_core as lnn
 
-    factory = load_factory(args.model)
-    model = lnn.init(factory(), target=args.target, host=host)
+    inputs = random_inputs(args.input_shape)  # a malformed shape fails before the model is built
+    model = lnn.init(build_float(args.model), target=args.target, host=host)
     if args.checkpoint:
-        try:
-            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise ModelFileError(f"cannot read checkpoint '{args.checkpoint}'", {"cause": str(exc)},
-                                 "pass a file written by torch.save(model.state_dict(), path)",
-                                 path=args.checkpoint, node=None) from exc
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ModelFileError(
-                f"checkpoint '{args.checkpoint}' does not fit model {args.model}",
-                {"missing": ", ".join(result.missing_keys[:8]) or None,
-                 "unexpected": ", ".join(result.unexpected_keys[:8]) or None},
-                "save the checkpoint from the lnn.init (or lnn.constrain) model of the same factory",
-                path=args.checkpoint, node=None)
-    gen = torch.Generator().manual_seed(0)
-    inputs = tuple(torch.rand(parse_shape(s), generator=gen) for s in args.input_shape)
+        load_checkpoint(model, args.checkpoint, args.model)
     return model, inputs

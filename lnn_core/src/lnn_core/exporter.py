@@ -34,13 +34,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import ConfigError, ExportError
+from .errors import ConfigError, ExportError, LnnError
 from .graph import IR_DOMAIN, Graph, Node, TensorInfo
 from .plugins import PluginHost
 from .quant.qmodule import QModule, QuantStub, output_tree, tree_leaves
 from .quant.rewrite import ROLE_KEY, LnnInfo, NodeRole, flat_nodes
 
-__all__ = ["ExportContext", "FloatIslandWarning", "to_ir", "export"]
+__all__ = ["ExportContext", "FloatIslandWarning", "ExampleRunner", "check_example_inputs", "to_ir", "export"]
 
 _TORCH_DTYPE = {torch.float32: "float32", torch.float64: "float64", torch.int64: "int64", torch.int32: "int32",
                 torch.int8: "int8", torch.bool: "bool"}
@@ -443,6 +443,94 @@ def _concrete(shape: Sequence[Any] | None, node: str) -> tuple[int, ...]:
     return tuple(1 if isinstance(d, str) else int(d) for d in shape)
 
 
+def _module_path(model: fx.GraphModule, node: fx.Node) -> tuple[str, str]:
+    """The module path a node belongs to and that module's class name (``""`` for the model's own forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if node.op == "call_module":
+        entry = list(stack.values())[-1] if stack else None
+        if entry is None:
+            return str(node.target), type(model.get_submodule(str(node.target))).__name__
+        return str(node.target), getattr(entry[1], "__name__", str(entry[1]))
+    if stack:
+        path, cls = list(stack.values())[-1]
+        return str(path), getattr(cls, "__name__", str(cls))
+    return "", type(model).__name__
+
+
+def _describe(xs: Sequence[Any]) -> str:
+    return ", ".join("x".join(map(str, x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in xs)
+
+
+def check_example_inputs(model: fx.GraphModule, inputs: Sequence[Any]) -> None:
+    """One tensor per ``forward()`` argument of the prepared model, else a ConfigError."""
+    names = [n.name for n in model.graph.nodes if n.op == "placeholder"]
+    bad = [type(x).__name__ for x in inputs if not isinstance(x, torch.Tensor)]
+    if len(inputs) != len(names) or bad:
+        raise ConfigError(
+            f"model {type(model).__name__}: {len(inputs)} example input(s) for {len(names)} forward() argument(s)"
+            if not bad else f"model {type(model).__name__}: an example input is a {bad[0]}, not a tensor",
+            {"arguments": ", ".join(names), "given": _describe(inputs)},
+            "pass one tensor per forward() argument (on the command line: one --input-shape each)",
+            option="example_inputs", value=_describe(inputs), valid=f"{len(names)} tensor(s)", module="")
+
+
+class ExampleRunner(fx.Interpreter):
+    """Runs a prepared model node by node on example inputs; an error of a node (a wrong input shape, most
+    often) becomes a :class:`~lnn_core.errors.ConfigError` naming the module path it happened in (``.module``,
+    ``.node``, ``.cause``), never a bare RuntimeError from deep inside torch.
+
+    :param shapes: also record each node's output shape and dtype as ``node.meta["tensor_meta"]`` (what torch's
+        ShapeProp does).
+    """
+
+    def __init__(self, gm: fx.GraphModule, *, shapes: bool = False) -> None:
+        super().__init__(gm)
+        self.shapes = shapes
+        self.inputs: Sequence[Any] = ()
+        self.extra_traceback = False  # fx would append its graph dump to our error's text
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        check_example_inputs(self.module, args)
+        self.inputs = args
+        return super().run(*args, **kwargs)
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except LnnError:
+            raise
+        except Exception as exc:
+            path, cls = _module_path(self.module, n)
+            where = f"module {path!r} ({cls})" if path else f"the forward() of {cls}"
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(
+                f"{where} cannot run on the example inputs",
+                {"inputs": _describe(self.inputs),
+                 "node": f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)})",
+                 "cause": f"{type(exc).__name__}: {cause}"},
+                "give example inputs of the shapes the model's forward() expects (lnn commands: --input-shape)",
+                option="example_inputs", value=_describe(self.inputs), valid="the shapes forward() accepts",
+                module=path, node=n.name, cause=exc) from exc
+        if self.shapes:
+            from torch.fx.node import map_aggregate
+            from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+            found = False
+
+            def meta(obj: Any) -> Any:
+                nonlocal found
+                if isinstance(obj, torch.Tensor):
+                    found = True
+                    return _extract_tensor_metadata(obj)
+                return obj
+
+            m = map_aggregate(result, meta)
+            if found:
+                n.meta["tensor_meta"] = m
+            n.meta["type"] = type(result)
+        return result
+
+
 def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] | None = None,
           output_names: Sequence[str] | None = None, dynamic_batch: bool = False, strict: bool = False,
           host: PluginHost | None = None) -> Graph:
@@ -468,9 +556,7 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
     try:
         model.eval()
         with torch.no_grad():
-            from torch.fx.passes.shape_prop import ShapeProp
-
-            ShapeProp(model).propagate(*inputs)
+            ExampleRunner(model, shapes=True).run(*inputs)
             graph = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict).run(
                 input_names, output_names)
     finally:

@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import LnnError, format_message
-from .exporter import FloatIslandWarning, to_ir
+from .exporter import ExampleRunner, FloatIslandWarning, to_ir
 from .plugins import PluginHost
 from .quant.rewrite import LnnInfo, prepare
 from .rules import RuleReport, Violation
@@ -94,7 +94,7 @@ class VerifyReport:
             report=self, tensor=bad.name)
 
 
-class _Capture(fx.Interpreter):
+class _Capture(ExampleRunner):
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.values: dict[str, torch.Tensor] = {}
@@ -233,7 +233,7 @@ def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", hos
         qmodel.train()
         with torch.no_grad():
             for _ in range(max(1, calibration_steps)):
-                qmodel(*inputs)
+                ExampleRunner(qmodel).run(*inputs)  # a wrong input shape: a ConfigError naming the module
         try:
             graph = to_ir(qmodel, inputs, host=host)
         except LnnError as exc:
