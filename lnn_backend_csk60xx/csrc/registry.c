@@ -26,6 +26,8 @@ extern const lnn_op_kernel lnn_op_relu, lnn_op_clip, lnn_op_add, lnn_op_sub, lnn
 /* ops/shape.c */
 extern const lnn_op_kernel lnn_op_cat, lnn_op_reshape, lnn_op_flatten, lnn_op_transpose, lnn_op_squeeze,
     lnn_op_unsqueeze, lnn_op_slice;
+/* ops/activation.c */
+extern const lnn_op_kernel lnn_op_sigmoid, lnn_op_tanh;
 /* ops/external.c */
 extern const lnn_op_kernel lnn_op_external;
 
@@ -56,6 +58,8 @@ static const struct {
     {LNN_SIM_OP_UNSQUEEZE, &lnn_op_unsqueeze},
     {LNN_SIM_OP_SLICE, &lnn_op_slice},
     {LNN_SIM_OP_EXTERNAL, &lnn_op_external},
+    {LNN_SIM_OP_SIGMOID, &lnn_op_sigmoid},
+    {LNN_SIM_OP_TANH, &lnn_op_tanh},
 };
 
 const lnn_op_kernel *lnn_find_kernel(int32_t code) {

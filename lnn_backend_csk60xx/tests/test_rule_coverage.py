@@ -289,6 +289,18 @@ CASES: list[Case] = [
     Case("csk60xx.clip.dtype", "clip",
          _g(lambda g, over: g.op("clip", "Clip", [g.requant16(g.quant((1, 4))) if over else g.quant((1, 4))])),
          "input 0 in ('int8',)", ("input 0 int16", "output int16"), "int8"),
+    # -- iqSigmoid / iqTanh (spec/int8-seq-ops.md 2.6.5): int16 in at exponent >= 11, int8 out at exponent 7 -------
+    Case("csk60xx.activation.in_exponent", "act",
+         _g(lambda g, over: g.op("act", "iqSigmoid", [g.requant16(g.quant((1, 4)), n=10 if over else 11)], 7)),
+         "n_x >= 11", "n_x 10", "requantize"),
+    Case("csk60xx.activation.out_exponent", "act",
+         _g(lambda g, over: g.op("act", "iqTanh", [g.requant16(g.quant((1, 4)))], 8 if over else 7)),
+         "n_o = 7 (scale_o 128)", "n_o 8 (scale_o 256)", "scale_o = 128"),
+    Case("csk60xx.activation.dtype", "act",
+         _g(lambda g, over: g.op("act", "iqSigmoid", [g.quant((1, 4), n=4) if over else g.requant16(g.quant((1, 4)))],
+                                 7)),
+         "input 0 in ('int16',)", "input 0 int8", "int16",
+         also=frozenset({"csk60xx.activation.in_exponent"})),
     Case("csk60xx.cat.dtype", "cat",
          _g(lambda g, over: g.op("cat", "iqCat", [g.quant((1, 4), name="x0"),
                                                   g.requant16(g.quant((1, 4), name="x1")) if over

@@ -36,7 +36,7 @@ def _packed_conv() -> bytes:
                                 {"w": rng.integers(-128, 128, (3, 2, 3, 3), dtype=np.int8)}))
 
 
-@pytest.mark.parametrize("code", [0, -1, 24, 99, 0x7FFFFFFF])
+@pytest.mark.parametrize("code", [0, -1, lib.LNN_SIM_NUM_OP_TYPES, 99, 0x7FFFFFFF])
 def test_an_unknown_op_code_is_refused_at_load(code):
     blob = _packed_conv()
     ops = describe(blob)["sections"]["ops"]

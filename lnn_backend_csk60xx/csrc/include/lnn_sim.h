@@ -142,7 +142,9 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_UNSQUEEZE 21
 #define LNN_SIM_OP_SLICE 22
 #define LNN_SIM_OP_EXTERNAL 23  /* an op contributed by a plugin; runs through lnn_sim_set_external() */
-#define LNN_SIM_NUM_OP_TYPES 24
+#define LNN_SIM_OP_SIGMOID 24   /* iqSigmoid: int16 (exponent >= 11) -> int8 at exponent 7 */
+#define LNN_SIM_OP_TANH 25      /* iqTanh: int16 (exponent >= 11) -> int8 at exponent 7 */
+#define LNN_SIM_NUM_OP_TYPES 26
 
 /* Conv2dInt / Conv1dInt / ConvTranspose2dInt take an optional trailing attribute: the fused activation
  * applied to the requantized output (the chip's act_type). */
@@ -231,6 +233,9 @@ lnn_sim_status lnn_sim_quant_s8(int32_t exponent, int64_t count, const float *x,
 lnn_sim_status lnn_sim_dequant_s8(int32_t exponent, int32_t in_dtype, int64_t count, const void *x, float *y);
 /* Requant and iqCat's per-input rescale: y = SAT_out(SHR(q, shift)), shift = n_in - n_out. */
 lnn_sim_status lnn_sim_rescale_s8(int32_t shift, int32_t out_dtype, int64_t count, const int8_t *x, void *y);
+/* iqSigmoid / iqTanh (op = LNN_SIM_OP_SIGMOID / TANH): t = SAT_16(SHR(x, n_x - 11)), then the 16-segment PWL of
+ * spec/int8-seq-ops.md 1.3 to Q15 and y = SAT_8(SHR(SAT_16(pwl(t)), 8)) at exponent 7; n_x >= 11. */
+lnn_sim_status lnn_sim_activation_s16(int32_t op, int32_t in_exponent, int64_t count, const int16_t *x, int8_t *y);
 /* Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32. */
 lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y);
 /* Transpose of a rank <= LNN_SIM_MAX_RANK tensor of elem_size-byte elements. */

@@ -1,17 +1,18 @@
 """The CSK60xx backend's op families: one module per family, each holding everything the backend
 knows about its IR op types (dialect schema, shape rule, hardware rules, buffer sizes, lowering).
 
-=============  ==============================================================================
-module         IR op types
-=============  ==============================================================================
-``quant``      float <-> int8 and integer re-quantization
-``conv``       convolutions and transposed convolutions (conv engine)
-``linear``     fully connected layers (matrix engine)
-``norm``       un-folded batch normalization
-``pool``       average and max pooling
-``eltwise``    ReLU, clip, add, subtract, multiply
-``shape``      concatenation, reshape-like ops, transpose, slice
-=============  ==============================================================================
+==============  ==============================================================================
+module          IR op types
+==============  ==============================================================================
+``quant``       float <-> int8 and integer re-quantization
+``conv``        convolutions and transposed convolutions (conv engine)
+``linear``      fully connected layers (matrix engine)
+``norm``        un-folded batch normalization
+``pool``        average and max pooling
+``eltwise``     ReLU, clip, add, subtract, multiply
+``shape``       concatenation, reshape-like ops, transpose, slice
+``activation``  sigmoid and tanh on int16 (after a Requant)
+==============  ==============================================================================
 
 :data:`FAMILIES` lists the modules; the backend's plugin registers every ``OpDef`` in their ``OPS``
 through ``lnn_register_target_ops``, exactly as a third-party op package registers its own.
@@ -20,7 +21,7 @@ through ``lnn_register_target_ops``, exactly as a third-party op package registe
 
 from __future__ import annotations
 
-from . import conv, eltwise, linear, norm, pool, quant, shape
+from . import activation, conv, eltwise, linear, norm, pool, quant, shape
 from .base import AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands
 from .opset import OpSet
 
@@ -28,7 +29,7 @@ __all__ = ["FAMILIES", "builtin_ops", "AttrSpec", "InferContext", "Lowering", "O
            "ReadContext", "engine_operands"]
 
 #: the built-in op family modules, in registration order
-FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape)
+FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation)
 
 
 def builtin_ops() -> tuple[OpDef, ...]:
