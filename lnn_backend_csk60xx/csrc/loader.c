@@ -660,11 +660,11 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
     if ((st = read_ops(m, &sec[LNN_SIM_SEC_OPS], &sec[LNN_SIM_SEC_IOIDX], msg, n, &scratch, &col)) != LNN_SIM_OK)
         return st;
     if ((st = check_schedule(m, msg, n)) != LNN_SIM_OK) return st;
-    if ((st = check_work(m, max_macs, msg, n)) != LNN_SIM_OK) return st;
 
     if ((uint64_t)scratch * sizeof(int64_t) > LNN_SIM_MAX_SCRATCH_BYTES || (uint64_t)col > LNN_SIM_MAX_SCRATCH_BYTES)
         return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "an op needs %lld accumulators / %lld im2col bytes (limit %u bytes)",
                     (long long)scratch, (long long)col, LNN_SIM_MAX_SCRATCH_BYTES);
+    if ((st = check_work(m, max_macs, msg, n)) != LNN_SIM_OK) return st; /* the last check */
     m->acc32 = (int32_t *)malloc((size_t)scratch * sizeof(int32_t));
     m->acc64 = (int64_t *)malloc((size_t)scratch * sizeof(int64_t));
     m->col = (int8_t *)malloc((size_t)col);

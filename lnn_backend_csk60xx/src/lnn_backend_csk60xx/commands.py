@@ -202,6 +202,8 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dump", metavar="DIR", help="write every tensor as DIR/<name>.npy (index.json lists them)")
     p.add_argument("--share-mem", metavar="BYTES",
                    help="share-memory of the board; refused when the model's plan needs more")
+    p.add_argument("--max-macs", metavar="MACS",
+                   help="refuse a model that needs more work (default 40G, about 10x a ResNet-50; 0: no limit)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -332,15 +334,17 @@ def _dump(folder: Path, tensors: dict[str, np.ndarray], specs: dict[str, Any]) -
 
 
 def run_run(args: argparse.Namespace, host: Any) -> int:
+    from .limits import parse_macs
     from .simulator import Simulator
 
+    max_macs = parse_macs(args.max_macs) if args.max_macs is not None else None
     path = Path(args.model)
     try:
         blob = path.read_bytes()
     except OSError as exc:
         raise ModelFileError(f"cannot read packed model '{path}': {exc.strerror}", {}, "check the path",
                              path=str(path), node=None) from exc
-    sim = Simulator(blob, path=str(path), kernels=_plugin_ops(host).kernels)
+    sim = Simulator(blob, path=str(path), kernels=_plugin_ops(host).kernels, max_macs=max_macs)
     if sim.missing_kernels:
         raise SimulatorError(f"packed model '{path}' uses plugin ops that no installed plugin runs",
                              {"ops": ", ".join(sim.missing_kernels),

@@ -23,6 +23,7 @@ from lnn_core.rules import Rule, RuleReport
 from .check import CheckReport, check_graph, infer_and_judge
 from .dialect import read_onnx
 from .formats import DEFAULT_FORMAT
+from .limits import check_attr_nesting
 from .ops.opset import OpSet
 from .planner import MemoryPlan
 from .rewrites import PassReport, run_rewrites
@@ -71,6 +72,7 @@ def pack_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None 
     ops = ops if ops is not None else OpSet.builtin_only()
     fmt = ops.format(package_format)
     step = progress or (lambda _stage: None)
+    check_attr_nesting(graph)  # before the copy: deepcopy of a 100,000-deep attribute ends in RecursionError
     g = graph.copy()
     step("rules")
     report, complete = infer_and_judge(g, rules_for=rules_for, ops=ops, limits=limits)

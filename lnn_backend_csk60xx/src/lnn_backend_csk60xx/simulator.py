@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from lnn_core.errors import ModelFileError, SimulatorError
+from lnn_core.errors import ConfigError, ModelFileError, SimulatorError
 
 from ._sim import ffi, lib
+from .limits import SIM_LIMITS
 
 __all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES"]
 
@@ -45,7 +46,8 @@ _MAX_IO = lib.LNN_SIM_MAX_OP_INPUTS
 _FILE_ERRORS = {lib.LNN_SIM_E_TRUNCATED, lib.LNN_SIM_E_MAGIC, lib.LNN_SIM_E_VERSION, lib.LNN_SIM_E_TARGET,
                 lib.LNN_SIM_E_CRC, lib.LNN_SIM_E_SECTION, lib.LNN_SIM_E_STRING, lib.LNN_SIM_E_TENSOR,
                 lib.LNN_SIM_E_OP, lib.LNN_SIM_E_ATTR, lib.LNN_SIM_E_SHAPE, lib.LNN_SIM_E_PLAN, lib.LNN_SIM_E_LIMIT,
-                lib.LNN_SIM_E_SCHEDULE}
+                lib.LNN_SIM_E_SCHEDULE, lib.LNN_SIM_E_WORK}
+_NO_MAC_LIMIT = 2 ** 64 - 1
 
 
 @dataclass(frozen=True)
@@ -110,17 +112,27 @@ class Simulator:
     :param path: file name used in error messages.
     :param kernels: ``op type -> kernel(call: KernelCall)`` for the model's plugin ops; a kernel returns one
         array, or a tuple/list with one array per output of an op with several outputs.
-    :raises ModelFileError: the image is damaged or inconsistent (``.status`` holds the C code).
+    :param max_macs: refuse a model whose work exceeds this many MACs (multiply-accumulates of conv, linear and
+        batchnorm ops, window cells of pools, one per element every op reads or writes); None: the loader's
+        default ``SIM_LIMITS.default_max_macs`` (40 G, about 10x a ResNet-50), 0: no limit.
+    :raises ModelFileError: the image is damaged or inconsistent, or needs more than ``max_macs`` (``.status``
+        holds the C code; a refusal for work also ``.limit``, ``.actual`` and ``.node``, the heaviest op).
+    :raises ConfigError: ``max_macs`` is not a non-negative integer.
     """
 
     def __init__(self, model: bytes | bytearray | memoryview, *, path: str | None = None,
-                 kernels: Mapping[str, Callable[[KernelCall], Any]] | None = None) -> None:
+                 kernels: Mapping[str, Callable[[KernelCall], Any]] | None = None,
+                 max_macs: int | None = None) -> None:
         self.path = path
         self.kernels = dict(kernels or {})
+        self.max_macs = self._mac_limit(max_macs)
         data = bytes(model)
         out = ffi.new("lnn_sim_model **")
         msg = ffi.new("char[]", lib.LNN_SIM_MAX_MSG)
-        status = lib.lnn_sim_load(data, len(data), out, msg, lib.LNN_SIM_MAX_MSG)
+        limit = self.max_macs if self.max_macs else _NO_MAC_LIMIT
+        status = lib.lnn_sim_load_ex(data, len(data), limit, out, msg, lib.LNN_SIM_MAX_MSG)
+        if status == lib.LNN_SIM_E_WORK:
+            raise self._work_error(data, ffi.string(msg).decode("utf-8", "replace"))
         if status != lib.LNN_SIM_OK:
             text = ffi.string(msg).decode("utf-8", "replace")
             raise self._error(status, f"cannot load packed model{self._where()}: {text}", None)
@@ -153,6 +165,49 @@ class Simulator:
             lib.lnn_sim_set_external(self._model, lib.lnn_sim_py_external, self._handle)
         log.debug("loaded %d ops, %d tensors", len(self.op_names), len(self.tensors))
 
+    # -- work ------------------------------------------------------------------------------------
+    @staticmethod
+    def _mac_limit(value: int | None) -> int:
+        if value is None:
+            return SIM_LIMITS.default_max_macs
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= _NO_MAC_LIMIT:
+            raise ConfigError(f"Simulator max_macs must be a non-negative integer, got {value!r}",
+                              {"valid": f"0 (no limit) .. {_NO_MAC_LIMIT}", "default": SIM_LIMITS.default_max_macs},
+                              "pass e.g. max_macs=100_000_000_000, or 0 for no limit", option="max_macs",
+                              value=value, valid="int >= 0")
+        return int(value)
+
+    @property
+    def macs(self) -> int:
+        """The model's work in MACs, as the loader counts it against ``max_macs``."""
+        return int(lib.lnn_sim_macs(self._model))
+
+    @property
+    def op_macs(self) -> dict[str, int]:
+        """Op name -> its work in MACs."""
+        return {name: int(lib.lnn_sim_op_macs(self._model, i)) for i, name in enumerate(self.op_names)}
+
+    def _work_error(self, data: bytes, text: str) -> ModelFileError:
+        """The refusal of a model over ``max_macs``, with the total and the heaviest op as attributes (the image is
+        loaded once more without the limit to read them: it passed every other check)."""
+        out = ffi.new("lnn_sim_model **")
+        total, op_name, op_macs = None, None, None
+        if lib.lnn_sim_load_ex(data, len(data), _NO_MAC_LIMIT, out, ffi.NULL, 0) == lib.LNN_SIM_OK:
+            model = ffi.gc(out[0], lib.lnn_sim_free)
+            total = int(lib.lnn_sim_macs(model))
+            ops = [int(lib.lnn_sim_op_macs(model, i)) for i in range(lib.lnn_sim_num_ops(model))]
+            top = max(range(len(ops)), key=ops.__getitem__)
+            op_name = ffi.string(lib.lnn_sim_op_name(model, top)).decode("utf-8", "replace")
+            op_macs = ops[top]
+        return ModelFileError(
+            f"packed model{self._where()} needs more work than the simulator's limit of {self.max_macs} MACs",
+            {"rule": "MACs of conv/linear/batchnorm, window cells of pools, one per element read or written",
+             "limit": f"{self.max_macs} MACs", "actual": f"{total} MACs" if total is not None else None,
+             "heaviest op": f"{op_name} ({op_macs} MACs)" if op_name is not None else None, "loader": text},
+            "if the model is meant to be this large, raise the limit: lnn run --max-macs N, or "
+            "Simulator(..., max_macs=N) (0: no limit)", path=self.path, node=op_name, status=lib.LNN_SIM_E_WORK,
+            limit=self.max_macs, actual=total)
+
     # -- plugin ops ------------------------------------------------------------------------------
     def _read_externals(self) -> dict[int, _External]:
         out: dict[int, _External] = {}
@@ -163,9 +218,9 @@ class Simulator:
             lib.lnn_sim_op_external(self._model, i, type_p, attrs_p)
             op_type = ffi.string(type_p[0]).decode("utf-8", "replace")
             text = ffi.string(attrs_p[0]).decode("utf-8", "replace")
-            try:
+            try:  # the loader bounded its size and nesting (LNN_SIM_MAX_ATTR_JSON_*); RecursionError stays caught
                 attrs = json.loads(text)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ModelFileError(f"op {self.op_names[i]!r} ({op_type}) in the packed model{self._where()} "
                                      "has attributes that are not JSON", {"attributes": text[:200]},
                                      "re-run `lnn pack`", path=self.path, node=self.op_names[i],
