@@ -190,3 +190,34 @@ def test_python_api_wrong_shape_is_an_lnn_error_with_the_module_path(api, host):
     with pytest.raises(ConfigError, match="2 example input"):
         calls[api]((torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8)))
     assert lnn.verify(model, torch.rand(1, 1, 8, 8), host=host).ok
+
+
+class _Chain(torch.nn.Module):
+    """Three float ops in a row between two convs: one float island of three ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 2, 3)
+        self.b = torch.nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.cos(torch.sin(torch.exp(self.a(x)))))
+
+
+def test_strict_names_every_op_of_a_chain(host):
+    from lnn_core.errors import ExportError, UnsupportedOpError
+
+    with pytest.raises(UnsupportedOpError) as info:
+        lnn.init(_Chain(), host=host, strict=True)
+    assert [op for _, op, _ in info.value.ops] == ["torch.exp", "torch.sin", "torch.cos"]
+    assert info.value.op == "torch.exp" and "3 op(s)" in info.value.headline
+    with pytest.warns(UserWarning):
+        model = lnn.init(_Chain(), host=host)
+    assert [op for _, op, _ in model.lnn.unsupported] == ["torch.exp", "torch.sin", "torch.cos"]
+    with pytest.raises(ExportError) as info:
+        lnn.export(model, torch.rand(1, 1, 8, 8), host=host, strict=True)
+    assert [name for name, _ in info.value.ops] == ["exp", "sin", "cos"]
+    for op in ("torch.exp (node 'exp')", "torch.sin (node 'sin')", "torch.cos (node 'cos')"):
+        assert op in str(info.value)
+    report = lnn.check(_Chain(), torch.rand(1, 1, 8, 8), host=host)
+    assert sum("unsupported op" in p for p in report.problems) == 3

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from lnn_core.errors import ExportError, ModelFileError
+from lnn_core.errors import ConfigError, ExportError, ModelFileError
 from lnn_core.graph import DTYPES, IR_DOMAIN, Graph, Node, TensorInfo, exponent_from_scale
 
 from .inference import infer_node
@@ -76,6 +76,12 @@ class _Reader:
                               hint or "re-export the model with linger 1.x or lnn export",
                               path=self.path, node=name)
 
+    def option_fail(self, what: str, details: dict[str, Any], hint: str, *, value: Any, valid: Any) -> ConfigError:
+        """An ``input_shapes`` (``--input-shape``) value that does not fit the file."""
+        where = f" in '{self.path}'" if self.path else ""
+        return ConfigError(f"the model{where}: {what}", details, hint, option="--input-shape", value=value,
+                           valid=valid, path=self.path)
+
     # -- tensors ------------------------------------------------------------------------------
     def array(self, tensor: TensorProto, owner: str) -> np.ndarray:
         try:
@@ -94,17 +100,25 @@ class _Reader:
             raise self.fail(f"graph {role} {vi.name!r} is not a tensor of a supported dtype",
                             {"elem_type": tt.elem_type if vi.type.HasField("tensor_type") else None})
         dtype = _ONNX_DTYPE[tt.elem_type]
+        dims: list[Any] | None = None
+        if tt.HasField("shape"):
+            dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                    for d in tt.shape.dim]
         if override and vi.name in override:
-            return TensorInfo(vi.name, dtype, tuple(int(d) for d in override[vi.name]))
-        if not tt.HasField("shape"):
-            return TensorInfo(vi.name, dtype, None)
-        dims: list[Any] = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or "?")
-        return TensorInfo(vi.name, dtype, tuple(dims))
+            shape = tuple(int(d) for d in override[vi.name])
+            fixed_ok = dims is None or (len(dims) == len(shape) and all(
+                not isinstance(d, int) or d == s for d, s in zip(dims, shape)))
+            if not fixed_ok:
+                given = f"{vi.name}={','.join(map(str, shape))}"
+                raise self.option_fail(
+                    f"input shape {given} contradicts the shape of graph {role} {vi.name!r}",
+                    {"rule": "an input shape may only fix the symbolic axes of the file's shape (same rank, same "
+                             "fixed sizes)", "file": "x".join(map(str, dims or [])),
+                     "given": "x".join(map(str, shape))},
+                    "leave the fixed axes as the file has them, or re-export the model for the new shape",
+                    value=given, valid="x".join(map(str, dims or [])))
+            return TensorInfo(vi.name, dtype, shape)
+        return TensorInfo(vi.name, dtype, tuple(dims) if dims is not None else None)
 
     # -- attributes -------------------------------------------------------------------------------
     def attribute(self, a: AttributeProto, spec: AttrSpec | None, onnx_node: onnx.NodeProto) -> Any:
@@ -181,9 +195,22 @@ class _Reader:
                                      "cause": str(exc)}, onnx_node=n) from exc
                 continue
             spec = schema.attrs.get(a.name)
+            if spec is None and a.name == "auto_pad" and "pads" in schema.attrs:
+                value = self.attribute(a, AttrSpec("str"), n)
+                if value == "NOTSET":  # ONNX's default: the explicit pads hold
+                    continue
+                raise self.fail(f"attribute auto_pad={value!r} is not supported",
+                                {"rule": f"{n.op_type} pads by its explicit 'pads' attribute (auto_pad NOTSET)",
+                                 "actual": value},
+                                "export with explicit pads (torch.onnx writes them; padding='same' becomes pads)",
+                                onnx_node=n)
             if spec is None:
-                log.warning("node %r (%s): attribute %r is not part of the dialect; kept unchecked",
-                            n.name, n.op_type, a.name)
+                known = ", ".join(sorted([*schema.attrs, *scale_names])) or "none"
+                raise self.fail(f"attribute {a.name!r} is not an attribute of {n.op_type}",
+                                {"rule": "every attribute is one the op's definition knows; an unknown one may change "
+                                         "what the op computes", "known": known},
+                                "remove the attribute, or export with linger 1.x / lnn export (a plugin op: install "
+                                "the plugin version that defines it)", onnx_node=n)
             attrs[a.name] = self.attribute(a, spec, n)
         if schema.read is not None:
             schema.read(ReadContext(n.name, n.op_type, inputs, attrs, consts,
@@ -229,19 +256,8 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
     path = None if isinstance(source, onnx.ModelProto) else os.fspath(source)
     ops = ops if ops is not None else OpSet.builtin_only()
     r = _Reader(path, ops)
-    if isinstance(source, onnx.ModelProto):
-        model = source
-    else:
-        try:
-            model = onnx.load(path)
-        except FileNotFoundError as exc:
-            raise ModelFileError(f"cannot read ONNX file '{path}': it does not exist", {},
-                                 "check the path", path=path, node=None) from exc
-        except Exception as exc:  # protobuf DecodeError, OSError, onnx ValidationError
-            raise ModelFileError(f"cannot read ONNX file '{path}': it is not a valid ONNX protobuf",
-                                 {"cause": f"{type(exc).__name__}: {exc}"},
-                                 "check that the file was written by torch.onnx / lnn export and copied completely",
-                                 path=path, node=None) from exc
+    model = source if isinstance(source, onnx.ModelProto) else _load(r, path)
+    _check_model(r, model)
     default_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
     g = model.graph
     graph = Graph(name=g.name or "graph")
@@ -274,6 +290,12 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
             raise r.fail(f"graph input {info.name!r} is declared twice")
         graph.tensors[info.name] = info
         graph.inputs.append(info.name)
+    unknown = [k for k in (input_shapes or {}) if k not in graph.inputs]
+    if unknown:
+        raise r.option_fail(f"an input shape names {', '.join(map(repr, unknown))}, which is no graph input",
+                            {"graph inputs": ", ".join(f"{k} {graph.tensors[k].shape}" for k in graph.inputs)
+                             or "none"}, "name one of the graph inputs above: --input-shape NAME=D1,D2,...",
+                            value=unknown[0], valid=list(graph.inputs))
     declared_outputs = {vi.name: r.value_info(vi, "output", None) for vi in g.output}
     graph.outputs = [vi.name for vi in g.output]
     if len(set(graph.outputs)) != len(graph.outputs) or not graph.outputs:
@@ -299,7 +321,11 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
         _assign_input_exponents(r, graph, node, scales_of[node.name])
         out_scales = {index: key for key, (kind, index) in ops[node.op_type].scale_targets(node).items()
                       if kind == "out"}
-        for k, info in enumerate(infer_node(graph, node, ops, path=path)):
+        try:
+            infos = infer_node(graph, node, ops, path=path)
+        except ModelFileError as exc:
+            raise _blame_upstream(r, graph, node, exc) from exc
+        for k, info in enumerate(infos):
             if k in out_scales:
                 info.exponent = scales_of[node.name][out_scales[k]]
             graph.tensors[info.name] = info
@@ -319,6 +345,113 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
                          f"but computes {info.dtype} {info.shape}")
     log.info("read %s: %d nodes, %d initializers", path or "<ModelProto>", len(graph.nodes), len(graph.initializers))
     return graph
+
+
+def _load(r: _Reader, path: str) -> onnx.ModelProto:
+    """Parse the file, then its external data (a missing data file is named as such, not as a damaged file)."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    if not os.path.exists(path):
+        raise ModelFileError(f"cannot read ONNX file '{path}': it does not exist", {}, "check the path", path=path,
+                             node=None)
+    if os.path.isdir(path):
+        raise ModelFileError(f"cannot read ONNX file '{path}': it is a folder", {}, "pass the .onnx file",
+                             path=path, node=None)
+    if os.path.getsize(path) == 0:
+        raise ModelFileError(f"cannot read ONNX file '{path}': the file is empty", {"size": "0 bytes"},
+                             "the export or the copy did not finish; write the file again", path=path, node=None)
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError
+        raise ModelFileError(f"cannot read ONNX file '{path}': it is not a valid ONNX protobuf",
+                             {"cause": f"{type(exc).__name__}: {exc}"},
+                             "check that the file was written by torch.onnx / lnn export and copied completely",
+                             path=path, node=None) from exc
+    base = os.path.dirname(os.path.abspath(path))
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    for t in tensors:
+        if not uses_external_data(t):
+            continue
+        where = {e.key: e.value for e in t.external_data}.get("location", "")
+        if not where or not os.path.isfile(os.path.join(base, where)):
+            raise ModelFileError(
+                f"cannot read ONNX file '{path}': tensor {t.name!r} keeps its data in the external file "
+                f"{where!r}, which is missing", {"looked in": base, "rule": "external data files lie beside the "
+                                                 ".onnx file, at the location the file names"},
+                "copy the data file(s) written with the model next to it (or save the model without external data)",
+                path=path, node=None)
+    try:
+        load_external_data_for_model(model, base)
+    except Exception as exc:  # a data file shorter than the offsets it is read at, a location outside the folder
+        raise ModelFileError(f"cannot read ONNX file '{path}': its external data cannot be read",
+                             {"cause": f"{type(exc).__name__}: {exc}"},
+                             "copy the data file(s) written with the model again, completely", path=path,
+                             node=None) from exc
+    return model
+
+
+def _check_model(r: _Reader, model: onnx.ModelProto) -> None:
+    """A model the reader understands: a graph with nodes, an IR version and opsets it knows."""
+    if not model.HasField("graph"):
+        raise r.fail("is not an ONNX model: it has no graph", {"ir_version": model.ir_version or None},
+                     "pass the .onnx file written by lnn export or linger 1.x")
+    if not 3 <= model.ir_version <= onnx.IR_VERSION:
+        raise r.fail(f"has ONNX IR version {model.ir_version}, which this reader does not know",
+                     {"rule": f"IR version 3..{onnx.IR_VERSION} (the installed onnx {onnx.__version__})",
+                      "actual": model.ir_version},
+                     "re-export with an exporter of this ONNX version (lnn export writes IR version 7)")
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and not 1 <= o.version <= newest:
+            raise r.fail(f"imports the standard ONNX opset {o.version}, which this reader does not know",
+                         {"rule": f"opset 1..{newest} (the installed onnx {onnx.__version__})", "actual": o.version},
+                         f"export with opset {DEFAULT_OPSET} (linger 1.x and lnn export do)")
+        if o.domain == DOMAIN and o.version != THINKER_OPSET:
+            raise r.fail(f"imports the {DOMAIN!r} opset {o.version}, which this reader does not know",
+                         {"rule": f"the CSK60xx dialect is opset {THINKER_OPSET} of domain {DOMAIN!r}",
+                          "actual": o.version}, "export with linger 1.x or lnn export")
+    if not model.graph.node:
+        raise r.fail("has a graph with no nodes", {"rule": "a model computes something: at least one node"},
+                     "export the model again; the graph came out empty")
+
+
+def _absurd_window(node: Node) -> str | None:
+    """What is absurd about a window op's pads: a pad as wide as the dilated kernel gives output rows that read
+    padding only (no exporter writes that), and a huge one makes every shape after the op wrong."""
+    k, p = node.attrs.get("kernel_shape"), node.attrs.get("pads")
+    if not k or not p or "output_padding" in node.attrs or len(p) != 2 * len(k):
+        return None  # a transposed conv's pads shrink its output: an error there is reported at the node itself
+    d = node.attrs.get("dilations") or [1] * len(k)
+    extent = [di * (ki - 1) + 1 for ki, di in zip(k, d)]
+    if all(pi < extent[i % len(k)] for i, pi in enumerate(p)):
+        return None
+    return f"pads {list(p)} reach beyond its kernel {'x'.join(map(str, k))}"
+
+
+def _blame_upstream(r: _Reader, graph: Graph, failed: Node, exc: ModelFileError) -> ModelFileError:
+    """Shape inference failed at ``failed``: when an op upstream of it has absurd pads, that op is the defect
+    (its output shape made the later op's shapes disagree), and the error names it; else ``exc`` as it is."""
+    producer = {t: n for n in graph.nodes for t in n.outputs if t}
+    seen: set[str] = set()
+    stack = [failed]
+    upstream: list[Node] = []
+    while stack:
+        for t in stack.pop().inputs:
+            n = producer.get(t)
+            if n is not None and n.name not in seen:
+                seen.add(n.name)
+                upstream.append(n)
+                stack.append(n)
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    for n in sorted(upstream, key=lambda n: order[n.name]):
+        what = _absurd_window(n)
+        if what is not None:
+            out = graph.tensors.get(n.outputs[0]) if n.outputs else None
+            return r.fail(what, {"rule": "each pad is smaller than the (dilated) kernel it pads for",
+                                 "output": "x".join(map(str, out.shape)) if out is not None and out.shape else None,
+                                 "then": exc.headline}, f"fix the pads of node {n.name!r} and export the model again",
+                          node=n)
+    return exc
 
 
 def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[str, int]) -> None:

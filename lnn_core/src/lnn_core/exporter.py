@@ -177,6 +177,7 @@ class _Exporter:
         self.tmap: dict[fx.Node, Any] = {}  # fx node -> IR tensor name (or python value for META)
         self.float_cache: dict[str, str] = {}  # quantized IR tensor -> its Dequant output
         self.islands: list[tuple[str, str]] = []
+        self.island_nodes: set[fx.Node] = set()  # float ops on quantized data, and the float ops they feed
         self.sources: dict[str, str] = {}  # IR tensor -> fx node whose eval value it holds
 
     @property
@@ -236,8 +237,8 @@ class _Exporter:
                     {"ops": listing, "rule": "strict=True: every op between Quant and Dequant must be an int8 op"},
                     "replace them with supported ops, or export without strict to get Dequant/float/Quant islands",
                     node=self.islands[0][0], dialect="ir", ops=self.islands)
-            warnings.warn(f"exported {len(self.islands)} float island(s) (Dequant -> float op -> Quant):\n{listing}",
-                          FloatIslandWarning, stacklevel=3)
+            warnings.warn(f"exported {len(self.islands)} float op(s) in islands (Dequant -> float ops -> Quant):\n"
+                          f"{listing}", FloatIslandWarning, stacklevel=3)
         self.g.toposort()
         self.g.meta["sources"] = dict(self.sources)
         return self.g
@@ -338,8 +339,9 @@ class _Exporter:
 
     def float_op(self, node: fx.Node, tensor_ins: list[fx.Node], role: NodeRole) -> None:
         """Write a float op with torch's ONNX exporter and splice its nodes in."""
-        if role.quantized:
+        if role.quantized or any(i in self.island_nodes for i in tensor_ins):  # every op of the island is listed
             self.islands.append((node.name, role.name))
+            self.island_nodes.add(node)
         args_in = [self.dequant(self.tmap[i]) for i in tensor_ins]
         sub = _single_node_module(self.model, node, tensor_ins)
         examples = tuple(torch.zeros(_concrete(self.g.tensors[a].shape, node.name), dtype=torch.float32)
@@ -564,9 +566,28 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
         with torch.no_grad():
             for k, v in model.state_dict(keep_vars=True).items():
                 v.copy_(saved[k])
+    _share_constants(graph, getattr(info, "shared", {}))
     graph.meta["producer"] = "lnn"
     graph.meta["target"] = info.target
     return graph
+
+
+def _share_constants(graph: Graph, shared: dict[str, str]) -> None:
+    """A module called more than once runs as one op per call on the same constants: each later call's
+    initializer that equals (dtype, shape, bytes, exponent) the module's own is replaced by it, so the packed
+    model stores the weights once."""
+    for call, module in shared.items():
+        prefix = f"{call}."
+        for name in [n for n in graph.initializers if n.startswith(prefix)]:
+            own = f"{module}.{name[len(prefix):]}"
+            a, b = graph.initializers.get(own), graph.initializers[name]
+            if (a is None or a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes()
+                    or graph.tensors[own].exponent != graph.tensors[name].exponent):
+                continue
+            for node in graph.nodes:
+                node.inputs = [own if t == name else t for t in node.inputs]
+            del graph.initializers[name]
+            del graph.tensors[name]
 
 
 def export(model: nn.Module, example_inputs: Any, path: str | None = None, *, dialect: str = "csk60xx",

@@ -240,11 +240,25 @@ class Graph:
                 else:
                     rest.append(n)
             if len(rest) == len(pending):
-                names = ", ".join(repr(n.name) for n in rest[:5])
+                cycle = _cycle(rest, producer, done)
                 raise ModelFileError(
-                    f"node {rest[0].name!r} ({rest[0].op_type}) is part of a cycle",
-                    {"rule": "the graph must be acyclic", "nodes in the cycle": names},
+                    f"node {cycle[0].name!r} ({cycle[0].op_type}) is part of a cycle",
+                    {"rule": "the graph must be acyclic",
+                     "cycle": " -> ".join(repr(n.name) for n in [*cycle, cycle[0]])},
                     "the file is damaged or was not written by an ONNX exporter", path=path,
-                    node=rest[0].name)
+                    node=cycle[0].name, cycle=[n.name for n in cycle])
             pending = rest
         self.nodes = order
+
+
+def _cycle(stuck: list[Node], producer: dict[str, Node], done: set[str]) -> list[Node]:
+    """One cycle among ``stuck`` (nodes that wait on each other), in data-flow order: only its own nodes, not
+    the nodes after it that wait on it too."""
+    seen: dict[str, int] = {}
+    path: list[Node] = []
+    node = stuck[0]
+    while node.name not in seen:  # step to a producer of a missing input: every stuck node has one that is stuck
+        seen[node.name] = len(path)
+        path.append(node)
+        node = next(producer[t] for t in node.inputs if t and t not in done)
+    return list(reversed(path[seen[node.name]:]))

@@ -385,6 +385,7 @@ class _Rewriter:
         self.fold_bn()
         self.folded_nodes = set(self.bn_of.values())
         unsupported = self.unsupported = []
+        island: set[fx.Node] = set()  # float ops on quantized data and the float ops after them: one island each
         for node in list(self.graph.nodes):
             if node in self.prov:  # a Quant node inserted by this pass
                 continue
@@ -420,8 +421,9 @@ class _Rewriter:
             if fam is None:
                 if self.is_float_module(node):
                     self.info.islands.append(node.name)
-                elif quantized_in:
+                elif quantized_in or any(i in island for i in ins):  # strict names every op of a chain
                     unsupported.append(node)
+                    island.add(node)
                 self.prov[node] = FLOAT
                 continue
             if self.is_float_module(node):
