@@ -184,6 +184,8 @@ class LnnInfo:
     folded: dict[str, str] = attrs.field(factory=dict)  # bn path -> op path
     ops: dict[str, str] = attrs.field(factory=dict)  # module path -> op id
     passthrough: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # node -> {op, attrs}
+    #: a module called more than once: each later call site's op path -> the module's own path (same parameters)
+    shared: dict[str, str] = attrs.field(factory=dict)
     report: RuleReport | None = None
 
 
@@ -288,14 +290,24 @@ class _Rewriter:
         self.names: dict[str, int] = {}
         self.bn_of: dict[fx.Node, fx.Node] = {}
         self.replaced: dict[fx.Node, Any] = {}  # new call_module node -> family
+        # the user's modules as traced, by path: a module called twice is replaced at its first call, and its
+        # later calls are built from the same float module (same parameters, their own activation quantizers)
+        self.float_modules: dict[str, nn.Module] = {
+            str(n.target): self.gm.get_submodule(str(n.target)) for n in self.graph.nodes if n.op == "call_module"}
+        self.built_paths: set[str] = set()
         # the decision taken for each node as the pass meets it: (kind, op id, select index); resolved into a
         # NodeRole once the graph is final (hoisting still changes which passthrough ops read quantized data)
         self.decided: dict[fx.Node, tuple[str, str | None, Any]] = {}
 
     # -- lookups -----------------------------------------------------------------------------------
+    def module_of(self, node: fx.Node) -> nn.Module:
+        """The user's module a call_module node calls (as traced, before any replacement)."""
+        target = str(node.target)
+        return self.float_modules.get(target) or self.gm.get_submodule(target)
+
     def family(self, node: fx.Node) -> Any:
         if node.op == "call_module":
-            return self.ops.by_module.get(type(self.gm.get_submodule(node.target)))
+            return self.ops.by_module.get(type(self.module_of(node)))
         if node.op == "call_function":
             try:
                 return self.ops.by_function.get(node.target)
@@ -306,11 +318,17 @@ class _Rewriter:
         return None
 
     def is_float_module(self, node: fx.Node) -> bool:
-        return node.op == "call_module" and bool(getattr(self.gm.get_submodule(node.target), FLOAT_ATTR, False))
+        return node.op == "call_module" and bool(getattr(self.module_of(node), FLOAT_ATTR, False))
 
     def path_for(self, node: fx.Node, base: str) -> str:
         if node.op == "call_module":
-            return str(node.target)
+            target = str(node.target)
+            if target not in self.built_paths:
+                return target
+            k = 1  # a later call of a module already replaced: its own op beside it
+            while f"{target}_call{k}" in self.built_paths or _has_submodule(self.gm, f"{target}_call{k}"):
+                k += 1
+            return f"{target}_call{k}"
         owner = _owner(node)
         stem = f"{owner}.q_{base}" if owner else f"q_{base}"
         k = self.names.get(stem, 0)
@@ -318,8 +336,9 @@ class _Rewriter:
         return stem if k == 0 else f"{stem}_{k}"
 
     def layer_for(self, path: str, family: Any, node: fx.Node) -> LayerConfig:
-        float_type = type(self.gm.get_submodule(node.target)).__name__ if node.op == "call_module" else None
-        layer = self.config.for_layer(path, family.id, float_type)
+        float_type = type(self.module_of(node)).__name__ if node.op == "call_module" else None
+        # every call of a shared module is configured as the module (its path), not as the call site
+        layer = self.config.for_layer(str(node.target) if node.op == "call_module" else path, family.id, float_type)
         for bits, allowed, what in ((layer.act_bits, self.recipe.act_bits_allowed, "act_bits"),
                                     (layer.weight_bits, self.recipe.weight_bits_allowed, "weight_bits")):
             if bits not in allowed:
@@ -571,7 +590,11 @@ class _Rewriter:
             self.info.islands.append(node.name)
             self.prov[node] = FLOAT
             return
-        module = self.gm.get_submodule(node.target) if node.op == "call_module" else None
+        module = self.module_of(node) if node.op == "call_module" else None
+        if node.op == "call_module":
+            self.built_paths.add(path)
+            if path != str(node.target):
+                self.info.shared[path] = str(node.target)
         bn_node = self.bn_of.get(node)
         bn = self.gm.get_submodule(str(bn_node.target)) if bn_node is not None else None
         ctx = BuildContext(path, node, module, layer, layer.apply_to(self.recipe), self.stage, bn)
@@ -689,6 +712,14 @@ class _Rewriter:
             mod = self.gm.get_submodule(str(node.target))
             return bool(getattr(mod, "drops_negative", False))
         return False
+
+
+def _has_submodule(gm: nn.Module, path: str) -> bool:
+    try:
+        gm.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def _rules_report(gm: fx.GraphModule, info: LnnInfo, host: Any, target: Any) -> RuleReport:
