@@ -221,3 +221,22 @@ def test_strict_names_every_op_of_a_chain(host):
         assert op in str(info.value)
     report = lnn.check(_Chain(), torch.rand(1, 1, 8, 8), host=host)
     assert sum("unsupported op" in p for p in report.problems) == 3
+
+
+@pytest.mark.parametrize("output, why", [
+    ("nodir/m.onnx", "the folder '{tmp}/nodir' does not exist"),
+    ("afile/m.onnx", "'{tmp}/afile' is a file, not a folder"),
+    ("afolder", "it is a folder"),
+])
+def test_export_to_a_path_that_cannot_be_written(user_folder, output, why, host, capsys):
+    tmp, name = user_folder
+    (tmp / "afile").write_text("x")
+    (tmp / "afolder").mkdir()
+    code, _, err = _run(["export", f"{name}:dscnn", "--input-shape", "1,1,8,8", "-o", str(tmp / output)], host,
+                        capsys)
+    assert code == 2 and err.startswith(f"ConfigError: export: cannot write '{tmp / output}': "
+                                        f"{why.format(tmp=tmp)}"), err
+    with pytest.raises(ConfigError) as info:
+        lnn.export(lnn.init(build_float(f"{name}:dscnn"), host=host), torch.rand(1, 1, 8, 8), tmp / output,
+                   host=host)
+    assert info.value.option == "path" and info.value.value == str(tmp / output)

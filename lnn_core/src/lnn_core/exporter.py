@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import itertools
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -601,11 +602,33 @@ def export(model: nn.Module, example_inputs: Any, path: str | None = None, *, di
     """
     host = host or PluginHost()
     writer = host.exporters[dialect]
+    if path is not None:
+        _writable(str(path))  # before the export's work
     graph = to_ir(model, example_inputs, input_names=input_names, output_names=output_names,
                   dynamic_batch=dynamic_batch, strict=strict, host=host)
     proto = writer(graph, host=host)
     if path is not None:
         import onnx
 
-        onnx.save(proto, str(path))
+        try:
+            onnx.save(proto, str(path))
+        except OSError as exc:
+            raise _unwritable(str(path), exc.strerror or type(exc).__name__) from exc
     return proto
+
+
+def _unwritable(path: str, why: str) -> ConfigError:
+    return ConfigError(f"export: cannot write '{path}': {why}", {},
+                       "choose a path in an existing folder you can write to (lnn export: -o)", option="path",
+                       value=path, valid="a writable file path")
+
+
+def _writable(path: str) -> None:
+    """Refuse an output path that cannot be a file: a folder, or in a folder that does not exist."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise _unwritable(path, "it is a folder")
+    if not os.path.exists(parent):
+        raise _unwritable(path, f"the folder '{os.path.dirname(path) or parent}' does not exist")
+    if not os.path.isdir(parent):
+        raise _unwritable(path, f"'{os.path.dirname(path) or parent}' is a file, not a folder")
