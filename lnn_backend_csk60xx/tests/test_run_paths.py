@@ -90,3 +90,9 @@ def test_a_300_character_tensor_name_is_dumped(tmp_path, capsys):
     a, b = by_tensor[LONG], by_tensor[LONG + "2"]
     assert a != b and len(a) <= 104 and len(b) <= 104  # cut, distinct (a hash of the whole name)
     assert np.array_equal(np.load(tmp_path / "dump" / a), np.full((1, 2, 4, 4), 16, np.int8))
+
+
+def test_check_of_a_missing_file_is_named_before_its_input_shapes(tmp_path, capsys):
+    code, _, err = _run(["check", str(tmp_path / "kws"), "--input-shape", "1,1,8,8"], capsys)
+    assert code == 2 and err.startswith(f"ModelFileError: cannot read ONNX file '{tmp_path / 'kws'}': it does not "
+                                        "exist") and "package.module:factory" in err

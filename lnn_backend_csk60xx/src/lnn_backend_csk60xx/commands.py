@@ -426,6 +426,10 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
         report = _check_factory(args, host, share, psram)
         print(report.to_json() if args.json else report.table())
         return 0 if report.ok else 1
+    if not Path(args.model).exists():  # before the shapes, which are read differently for a factory
+        raise ModelFileError(f"cannot read ONNX file '{args.model}': it does not exist", {},
+                             "pass an ONNX file, or a PyTorch model as package.module:factory", path=args.model,
+                             node=None)
     with _progress(2, f"lnn check {Path(args.model).name}") as bar:
         graph, ops = _read(args.model, host, parse_input_shapes(args.input_shape))
         bar.update(1)
