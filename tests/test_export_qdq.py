@@ -255,30 +255,32 @@ def test_export_leaves_model_unchanged(qhost, tmp_path, train_mode, no_grad):
 
 # -- float islands -------------------------------------------------------------------------------------------
 
-class SigmoidIsland(nn.Module):
+class AbsIsland(nn.Module):
+    """``torch.abs`` has no quantized form: a float island (exact in float, so onnxruntime agrees bit for bit)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(3, 8, 3, padding=1)
         self.c2 = nn.Conv2d(8, 8, 3, padding=1)
 
     def forward(self, x):
-        return self.c2(torch.sigmoid(self.c1(x)))
+        return self.c2(torch.abs(self.c1(x)))
 
 
-def test_float_island_is_dequant_sigmoid_quant(qhost, tmp_path):
-    m = _qat(SigmoidIsland(), [(3, 8, 8)], qhost)
+def test_float_island_is_dequant_abs_quant(qhost, tmp_path):
+    m = _qat(AbsIsland(), [(3, 8, 8)], qhost)
     x = torch.randn(256, 3, 8, 8)
-    with pytest.warns(FloatIslandWarning, match="sigmoid"):
+    with pytest.warns(FloatIslandWarning, match="abs"):
         proto = _export(m, x[:1], tmp_path, qhost, "island", dynamic_batch=True)
-    (sig,) = [n for n in proto.graph.node if n.op_type == "Sigmoid"]
+    (sig,) = [n for n in proto.graph.node if n.op_type == "Abs"]
     assert _producer(proto, sig.input[0]).op_type == "DequantizeLinear"
     # the chip's Quant: its float32 rounding floor(x * 2**n + 0.5), then QuantizeLinear
     assert _chain(proto, sig.output[0]) == ["Mul", "Add", "Floor", "Mul", "QuantizeLinear"]
-    _run_and_compare(m, [x], proto, "sigmoid island")
+    _run_and_compare(m, [x], proto, "abs island")
     with pytest.warns(FloatIslandWarning):
         canonical = write_qdq(to_ir(m, x[:1], host=qhost, dynamic_batch=True), round_half_up=False)
     onnx.checker.check_model(canonical, full_check=True)
-    (sig,) = [n for n in canonical.graph.node if n.op_type == "Sigmoid"]
+    (sig,) = [n for n in canonical.graph.node if n.op_type == "Abs"]
     assert _producer(canonical, sig.input[0]).op_type == "DequantizeLinear"
     assert _chain(canonical, sig.output[0]) == ["QuantizeLinear"]
     _session(canonical).run(None, {"x": x[:4].numpy()})
@@ -299,11 +301,11 @@ def _chain(proto, tensor: str) -> list[str]:
 
 
 def test_strict_export_refuses_the_island(qhost, tmp_path):
-    m = _qat(SigmoidIsland(), [(3, 8, 8)], qhost, steps=1)
-    with pytest.raises(ExportError, match="sigmoid") as info:
+    m = _qat(AbsIsland(), [(3, 8, 8)], qhost, steps=1)
+    with pytest.raises(ExportError, match="abs") as info:
         export(m, torch.randn(1, 3, 8, 8), str(tmp_path / "strict.qdq.onnx"), dialect="qdq", host=qhost,
                strict=True)
-    assert info.value.ops and "sigmoid" in str(info.value.ops).lower()
+    assert info.value.ops and "abs" in str(info.value.ops).lower()
     assert not (tmp_path / "strict.qdq.onnx").exists()
 
 

@@ -347,11 +347,11 @@ class Sig(nn.Module):
 
     def forward(self, x):
         y = self.conv1(x)
-        y = torch.sigmoid(y)  # the unsupported op
+        y = F.gelu(y)  # the unsupported op
         return self.conv2(y)
 
 
-def _sigmoid_line() -> int:
+def _unsupported_line() -> int:
     lines = Path(__file__).read_text().splitlines()
     return next(i for i, line in enumerate(lines, 1) if "# the unsupported op" in line)
 
@@ -361,10 +361,10 @@ def test_unsupported_op_warns_with_call_site(host):
         m = lnn.init(Sig(), host=host)
     msgs = [str(w.message) for w in record if issubclass(w.category, UnsupportedOpWarning)]
     assert len(msgs) == 1
-    site = f"{Path(__file__).resolve()}:{_sigmoid_line()}"
-    assert "torch.sigmoid" in msgs[0]
-    assert site in msgs[0] or f"{__file__}:{_sigmoid_line()}" in msgs[0], msgs[0]
-    assert [op for _, op, _ in m.lnn.unsupported] == ["torch.sigmoid"]
+    site = f"{Path(__file__).resolve()}:{_unsupported_line()}"
+    assert "F.gelu" in msgs[0]
+    assert site in msgs[0] or f"{__file__}:{_unsupported_line()}" in msgs[0], msgs[0]
+    assert [op for _, op, _ in m.lnn.unsupported] == ["F.gelu"]
     # it stays a float island, and conv2 gets a QuantStub
     assert isinstance(m.get_submodule(str(next(iter(
         n for n in m.graph.nodes if n.op == "call_module" and n.target == "conv2")).args[0].target)), QuantStub)
@@ -374,7 +374,7 @@ class SigModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.act = nn.Sigmoid()
+        self.act = nn.GELU()
         self.conv2 = nn.Conv2d(4, 2, 1)
 
     def forward(self, x):
@@ -382,10 +382,10 @@ class SigModule(nn.Module):
 
 
 def test_unsupported_module_stays_in_the_model(host):
-    """An unsupported module (nn.Sigmoid) is a float island: it still runs, followed by a QuantStub."""
-    with pytest.warns(UnsupportedOpWarning, match="Sigmoid"):
+    """An unsupported module (nn.GELU) is a float island: it still runs, followed by a QuantStub."""
+    with pytest.warns(UnsupportedOpWarning, match="GELU"):
         m = lnn.init(SigModule(), host=host)
-    assert type(m.act) is nn.Sigmoid
+    assert type(m.act) is nn.GELU
     m.train()
     x = torch.randn(2, 3, 5, 5)
     m(x)
@@ -397,7 +397,7 @@ def test_unsupported_module_stays_in_the_model(host):
     h.remove()
     h2.remove()
     n = m.conv2.input_quantizers[0].current()
-    expected = torch.floor(torch.sigmoid(seen["conv1"]) * 2.0**n + 0.5).clamp(-128, 127) / 2.0**n
+    expected = torch.floor(F.gelu(seen["conv1"]) * 2.0**n + 0.5).clamp(-128, 127) / 2.0**n
     assert torch.equal(seen["conv2_in"], expected)
 
 
@@ -412,10 +412,10 @@ def test_unsupported_op_strict_raises(host):
     with pytest.raises(UnsupportedOpError) as info:
         lnn.init(Sig(), host=host, strict=True)
     err = info.value
-    assert [op for _, op, _ in err.ops] == ["torch.sigmoid"]
-    assert err.op == "torch.sigmoid"
-    assert f":{_sigmoid_line()}" in err.call_site and Path(__file__).name in err.call_site
-    assert "torch.sigmoid" in str(err)
+    assert [op for _, op, _ in err.ops] == ["F.gelu"]
+    assert err.op == "F.gelu"
+    assert f":{_unsupported_line()}" in err.call_site and Path(__file__).name in err.call_site
+    assert "F.gelu" in str(err)
     with pytest.raises(UnsupportedOpError):
         lnn.init(Sig(), host=host, config=lnn.QuantConfig(strict=True))
 

@@ -6,7 +6,9 @@ type, and ops compute in float between ``DequantizeLinear`` and ``QuantizeLinear
 ``DequantizeLinear``; int32 biases are dequantized at their own exponent ``n_x + n_w`` with an int32
 zero point. The chip ops become ``Conv``, ``ConvTranspose``, ``Gemm`` (``MatMul`` + ``Add`` for
 inputs that are not 2-D), ``Mul`` + ``Add`` (BatchNorm2dInt), ``AveragePool``, and ``Add``, ``Sub``,
-``Mul``, ``Concat`` (iq*); ``Quant`` becomes ``QuantizeLinear`` and ``Dequant`` ``DequantizeLinear``.
+``Mul``, ``Concat`` (iq*); ``Quant`` becomes ``QuantizeLinear`` and ``Dequant`` ``DequantizeLinear``;
+``Requant`` a DequantizeLinear/QuantizeLinear pair; ``iqSigmoid``/``iqTanh`` a ``Gather`` from the chip's
+65536-entry int8 table of the int16 input (exact).
 Default-domain nodes whose inputs are all float (float islands, e.g. Dequant -> Sigmoid -> Quant)
 are copied unchanged. Each op node carries its IR node's name, the nodes around it add
 ``.quantize``, ``.dequantize``, ``.round_half_up``; graph input and output names and symbolic
@@ -351,6 +353,36 @@ def _clip(w: QdqWriter, node: Node) -> None:
     w.result("Clip", [w.dq(x), *bounds])
 
 
+def _requant(w: QdqWriter, node: Node) -> None:
+    """Requant from int8 to a wider or equal type at a higher exponent: exact in float, saturated by the
+    QuantizeLinear (the chip's ``SAT(q << (n_o - n_x))``, spec int8-ops 3.3); a lower exponent rounds half up."""
+    x = node.inputs[0]
+    w.result("Identity", [w.dq(x)], grid=w.exponent(x))
+
+
+def _table(kind: str) -> Callable[[QdqWriter, Node], None]:
+    def lower(w: QdqWriter, node: Node) -> None:
+        from .pwl import int16_table
+
+        x, y = node.inputs[0], node.outputs[0]
+        if w.info(x).dtype != "int16" or w.exponent(y) != 7:
+            raise w.error(f"reads {w.info(x).dtype} and writes exponent {w.exponent(y)}",
+                          {"rule": "iqSigmoid / iqTanh read int16 and write int8 at exponent 7"},
+                          "re-export the model with lnn export (it requantizes the input to int16)")
+        table = w.const(("pwl", kind, w.exponent(x)), f"{kind}_table_2^{w.exponent(x)}",
+                        int16_table(kind, w.exponent(x)))
+        wide = w.fresh(f"{x}.int32")
+        w.add("Cast", [x], [wide], name=w.fresh(f"{node.name}.cast"), to=TensorProto.INT32)
+        index = w.fresh(f"{x}.index")
+        w.add("Add", [wide, w.const(("int32", 32768), "offset_32768", np.array(32768, np.int32))], [index],
+              name=w.fresh(f"{node.name}.index"))
+        w.add("Gather", [table, index], [y], name=node.name, axis=0)
+
+    lower.__doc__ = (f"iq{kind.capitalize()}: a Gather from the 65536-entry int8 table of the chip's {kind} at the "
+                     "input's exponent (exact: the int8 output at exponent 7 for every int16 input).")
+    return lower
+
+
 def _same_scale(op_type: str, *, axes_input: bool = False) -> Callable[[QdqWriter, Node], None]:
     def lower(w: QdqWriter, node: Node) -> None:
         attrs = dict(node.attrs)
@@ -379,6 +411,9 @@ LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "iqMul": _mul,
     "iqCat": _cat,
     "Clip": _clip,
+    "Requant": _requant,
+    "iqSigmoid": _table("sigmoid"),
+    "iqTanh": _table("tanh"),
     "Relu": _same_scale("Relu"),
     "MaxPool": _same_scale("MaxPool"),
     "Reshape": _same_scale("Reshape"),

@@ -15,9 +15,9 @@ from lnn_core import hookimpl
 
 def _families() -> tuple[ModuleType, ...]:
     """The family modules, in registration order (imported here: they import torch)."""
-    from . import activations, conv, elementwise, norm, pool, shape
+    from . import activations, conv, elementwise, norm, pool, shape, sigmoid
 
-    return (conv, norm, elementwise, pool, activations, shape)
+    return (conv, norm, elementwise, pool, activations, shape, sigmoid)
 
 
 @hookimpl
