@@ -465,16 +465,17 @@ def _describe(xs: Sequence[Any]) -> str:
 
 
 def check_example_inputs(model: fx.GraphModule, inputs: Sequence[Any]) -> None:
-    """One tensor per ``forward()`` argument of the prepared model, else a ConfigError."""
-    names = [n.name for n in model.graph.nodes if n.op == "placeholder"]
-    bad = [type(x).__name__ for x in inputs if not isinstance(x, torch.Tensor)]
-    if len(inputs) != len(names) or bad:
+    """As many example inputs as ``forward()`` takes (arguments with a default may be left out), else a
+    ConfigError."""
+    places = [n for n in model.graph.nodes if n.op == "placeholder"]
+    required = sum(1 for n in places if not n.args)  # a placeholder's args hold the argument's default
+    if not required <= len(inputs) <= len(places):
+        want = f"{required}..{len(places)}" if required != len(places) else str(len(places))
         raise ConfigError(
-            f"model {type(model).__name__}: {len(inputs)} example input(s) for {len(names)} forward() argument(s)"
-            if not bad else f"model {type(model).__name__}: an example input is a {bad[0]}, not a tensor",
-            {"arguments": ", ".join(names), "given": _describe(inputs)},
+            f"model {type(model).__name__}: {len(inputs)} example input(s) for {want} forward() argument(s)",
+            {"arguments": ", ".join(n.name for n in places), "given": _describe(inputs)},
             "pass one tensor per forward() argument (on the command line: one --input-shape each)",
-            option="example_inputs", value=_describe(inputs), valid=f"{len(names)} tensor(s)", module="")
+            option="example_inputs", value=_describe(inputs), valid=f"{want} tensor(s)", module="")
 
 
 class ExampleRunner(fx.Interpreter):
