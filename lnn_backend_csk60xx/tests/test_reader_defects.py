@@ -103,7 +103,7 @@ def test_a_graph_with_no_nodes(tmp_path, capsys):
     g = helper.make_graph([], "empty", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
                           [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 12)])
-    assert "has a graph with no nodes" in _err(m).headline
+    assert "its graph has no nodes" in _err(m).headline
     code, _, err = _cli(tmp_path, m, capsys, command="pack")
     assert code == 2 and "no nodes" in err and not (tmp_path / "m.bin").exists()
 

@@ -393,25 +393,25 @@ def _load(r: _Reader, path: str) -> onnx.ModelProto:
 def _check_model(r: _Reader, model: onnx.ModelProto) -> None:
     """A model the reader understands: a graph with nodes, an IR version and opsets it knows."""
     if not model.HasField("graph"):
-        raise r.fail("is not an ONNX model: it has no graph", {"ir_version": model.ir_version or None},
+        raise r.fail("it is not an ONNX model: it has no graph", {"ir_version": model.ir_version or None},
                      "pass the .onnx file written by lnn export or linger 1.x")
     if not 3 <= model.ir_version <= onnx.IR_VERSION:
-        raise r.fail(f"has ONNX IR version {model.ir_version}, which this reader does not know",
+        raise r.fail(f"it has ONNX IR version {model.ir_version}, which this reader does not know",
                      {"rule": f"IR version 3..{onnx.IR_VERSION} (the installed onnx {onnx.__version__})",
                       "actual": model.ir_version},
                      "re-export with an exporter of this ONNX version (lnn export writes IR version 7)")
     newest = onnx.defs.onnx_opset_version()
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx") and not 1 <= o.version <= newest:
-            raise r.fail(f"imports the standard ONNX opset {o.version}, which this reader does not know",
+            raise r.fail(f"it imports the standard ONNX opset {o.version}, which this reader does not know",
                          {"rule": f"opset 1..{newest} (the installed onnx {onnx.__version__})", "actual": o.version},
                          f"export with opset {DEFAULT_OPSET} (linger 1.x and lnn export do)")
         if o.domain == DOMAIN and o.version != THINKER_OPSET:
-            raise r.fail(f"imports the {DOMAIN!r} opset {o.version}, which this reader does not know",
+            raise r.fail(f"it imports the {DOMAIN!r} opset {o.version}, which this reader does not know",
                          {"rule": f"the CSK60xx dialect is opset {THINKER_OPSET} of domain {DOMAIN!r}",
                           "actual": o.version}, "export with linger 1.x or lnn export")
     if not model.graph.node:
-        raise r.fail("has a graph with no nodes", {"rule": "a model computes something: at least one node"},
+        raise r.fail("its graph has no nodes", {"rule": "a model computes something: at least one node"},
                      "export the model again; the graph came out empty")
 
 
