@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -96,3 +97,16 @@ def test_check_of_a_missing_file_is_named_before_its_input_shapes(tmp_path, caps
     code, _, err = _run(["check", str(tmp_path / "kws"), "--input-shape", "1,1,8,8"], capsys)
     assert code == 2 and err.startswith(f"ModelFileError: cannot read ONNX file '{tmp_path / 'kws'}': it does not "
                                         "exist") and "package.module:factory" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder(packed, capsys):
+    ro = packed / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        for extra in (["-o", str(ro / "y.npy")], ["-o", str(packed / "y.npy"), "--dump", str(ro / "dump")]):
+            code, _, err = _run(["run", str(packed / "m.bin"), str(packed / "x.npy"), *extra], capsys)
+            assert code == 2 and "cannot write" in err and "Permission denied" in err, err
+    finally:
+        ro.chmod(0o700)
