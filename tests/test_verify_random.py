@@ -7,7 +7,8 @@ Conv1d on (N, C, L) data, ConvTranspose2d (groups 1; stride 1, 2, 4 with the str
 standalone BatchNorm2d, ReLU / ReLU6 / clamp / hardtanh, MaxPool2d, AvgPool2d (odd and even non-power-of-two
 windows, where ties happen), AdaptiveAvgPool2d(1), residual add / sub of equal shapes, mul (tensor * tensor,
 tensor * [N, C, 1, 1], tensor * python number), torch.cat, and flatten / view / reshape / transpose / permute /
-squeeze / unsqueeze between them.
+squeeze / unsqueeze between them; from seed ``SQUASH_FROM`` on also sigmoid / tanh (every spelling) and gated
+units ``tanh(x) * sigmoid(branch(x))``.
 
 Quantizer state is pushed to the corners: after a few calibration forwards in train mode, some models get their
 weights (and BatchNorm statistics) perturbed so that outputs saturate, and some activation quantizers get a
@@ -48,7 +49,7 @@ from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
 
-N_MODELS = 60
+N_MODELS = 72
 
 # Every kind is forced into (at least) two models: seed i forces FORCED[i % len(FORCED)].
 FORCED = (
@@ -56,6 +57,10 @@ FORCED = (
     "deconv_s2", "linear", "bn2d", "relu", "relu6", "clamp", "maxpool", "avgpool", "avgpool_even", "gap", "add",
     "sub", "mul", "mul_se", "mul_const", "cat", "flatten", "view", "transpose", "squeeze", "unsqueeze",
 )
+# Seeds from len(FORCED) * 2 on (the first ones stay the models they always were) also draw sigmoid / tanh and
+# gated units ``tanh(x) * sigmoid(branch(x))`` from their pool, and force one of these.
+SQUASH_FROM = 2 * len(FORCED)
+SQUASH = ("sigmoid", "tanh", "gated")
 
 # IR op kinds (see _classify) that the run must have compared at least once.
 REQUIRED = (
@@ -63,7 +68,7 @@ REQUIRED = (
     "Conv1dInt", "ConvTranspose2dInt/s1", "ConvTranspose2dInt/s2", "LinearInt", "BatchNorm2dInt", "Relu", "Clip",
     "MaxPool", "AvgPool2dInt", "AvgPool2dInt/even-area", "AvgPool2dInt/global", "iqAdd", "iqSub", "iqMul",
     "iqMul/broadcast", "iqMul/scalar", "iqCat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-    "Conv2dInt/int16", "LinearInt/int16",
+    "Conv2dInt/int16", "LinearInt/int16", "iqSigmoid", "iqTanh",
 )
 
 MAX_HW = 14  # largest spatial size the generator lets a tensor grow to
@@ -142,6 +147,13 @@ class Net(nn.Module):
                 y = a[0].squeeze(p["dim"]) if p["dim"] is not None else a[0].squeeze()
             elif op == "unsqueeze":
                 y = a[0].unsqueeze(p["dim"]) if p["how"] == "method" else torch.unsqueeze(a[0], p["dim"])
+            elif op in ("sigmoid", "tanh"):
+                fns = {"sigmoid": (torch.sigmoid, F.sigmoid, torch.special.expit),
+                       "tanh": (torch.tanh, F.tanh, torch.tanh)}[op]
+                if p["how"] == "method":
+                    y = getattr(a[0], op)()
+                else:
+                    y = {"torch": fns[0], "F": fns[1], "alias": fns[2]}[p["how"]](a[0])
             elif op == "gap_fn":
                 y = F.adaptive_avg_pool2d(a[0], 1)
             else:
@@ -431,6 +443,25 @@ class Gen:
                 self.emit("mod", [self.cur], s, "clamp", name=name)
             else:
                 self.emit("clamp", [self.cur], s, "clamp", how=how, lo=lo, hi=hi)
+        return True
+
+    def squash(self, which: str, src: int | None = None) -> int:
+        """sigmoid / tanh in one of its spellings (module, torch, F, alias, method)."""
+        src = self.cur if src is None else src
+        s = self.shapes[src]
+        how = self.r.choice(["module", "torch", "F", "alias", "method"])
+        if how == "module":
+            name = self.name()
+            self.layers[name] = nn.Sigmoid() if which == "sigmoid" else nn.Tanh()
+            return self.emit("mod", [src], s, which, name=name)
+        return self.emit(which, [src], s, which, how=how)
+
+    def gated(self) -> bool:
+        """A gated unit ``tanh(x) * sigmoid(branch(x))`` (``x * sigmoid(branch(x))`` half the time)."""
+        x = self.cur
+        gate = self.squash("sigmoid", self.same_shape_branch(x))
+        value = self.squash("tanh", x) if self.r.random() < 0.5 else x
+        self.emit("mul", [value, gate], self.shapes[x], "gated", how=self.r.choice(["op", "torch"]))
         return True
 
     def maxpool(self, src: int | None = None, same: bool = False) -> bool:
@@ -742,12 +773,16 @@ class Gen:
             "transpose": self.transpose,
             "squeeze": self.squeeze,
             "unsqueeze": self.unsqueeze,
+            "sigmoid": lambda: self.squash("sigmoid") is not None,
+            "tanh": lambda: self.squash("tanh") is not None,
+            "gated": self.gated,
         }
         return table[kind]()
 
     def build(self) -> tuple[Net, tuple[int, ...], str]:
         r = self.r
-        forced = FORCED[self.seed % len(FORCED)]
+        squash = self.seed >= SQUASH_FROM
+        forced = SQUASH[self.seed % len(SQUASH)] if squash else FORCED[self.seed % len(FORCED)]
         one_d = forced.startswith("conv1d") or (forced not in ("deconv_s1", "deconv_s2") and r.random() < 0.15)
         n = r.randint(1, 2)
         c = r.randint(1, MAX_C)
@@ -770,7 +805,7 @@ class Gen:
         pool = ["conv2d", "conv2d", "conv2d_grouped", "conv2d_dw", "conv2d_bn", "conv1d", "deconv", "linear",
                 "bn2d", "relu", "relu", "relu6", "clamp", "maxpool", "avgpool", "avgpool_even", "gap", "add", "add",
                 "sub", "mul", "mul_se", "mul_const", "cat", "cat", "flatten", "view", "transpose", "squeeze",
-                "unsqueeze"]
+                "unsqueeze"] + (list(SQUASH) * 2 if squash else [])
         done = 1
         while done < target:
             kind = forced if done == pos else r.choice(pool)
