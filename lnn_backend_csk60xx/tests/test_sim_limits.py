@@ -281,3 +281,24 @@ def test_lnn_run_takes_a_mac_limit(tmp_path, capsys):
     np.save(tmp_path / "big.npy", np.zeros((1, 1, 4096, 4096), np.int8))
     assert main(["run", str(huge), str(tmp_path / "big.npy"), "-o", str(tmp_path / "z.npy")], host=host) == 2
     assert "heaviest op: pool" in capsys.readouterr().err
+
+
+def test_lnn_check_judges_the_loader_limits_too(tmp_path, capsys):
+    """`lnn check` said "fits: yes" for a model that `lnn pack` refuses (exponent 100): it now reports the package
+    limit as a violation at the node, and exits 1."""
+    import onnx
+
+    from lnn_backend_csk60xx.check import check_graph
+    from lnn_backend_csk60xx.dialect import read_onnx
+    from lnn_core.cli import main
+
+    report = check_graph(read_onnx(_quant_model(100)))
+    (v,) = [v for v in report.violations if v.rule_id == "csk60xx.package.lnn"]
+    assert (v.op_name, v.limit, v.actual) == ("quant", SIM_LIMITS.max_exponent, 100)
+    assert not report.ok and not report.fits and report.memory["fits"] is False
+    assert check_graph(read_onnx(_quant_model(SIM_LIMITS.max_exponent))).ok  # at the limit: fits
+    src = tmp_path / "q.onnx"
+    onnx.save(_quant_model(100), src)
+    assert main(["check", str(src)]) == 1
+    out = capsys.readouterr().out
+    assert "csk60xx.package.lnn" in out and "fits: NO" in out

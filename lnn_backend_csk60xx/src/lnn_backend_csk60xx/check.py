@@ -237,6 +237,17 @@ def check_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None
                                            exc.limit, exc.actual, exc.hint or "", TARGET_ID))
         report.memory = {"fits": False, "reason": exc.headline, "needed": exc.actual, "limit": exc.limit}
         return report
+    try:  # the package writer refuses what the loader would (exponent range, ranks, sizes): where no rule has
+        if not report.errors:  # refused the graph already, that is one more thing to judge
+            fmt.write(g, report.plan, ops)
+    except ModelFileError as exc:
+        report.violations.append(Violation(
+            getattr(exc, "node", None) or g.name, "graph", f"csk60xx.package.{fmt.name}",
+            str(exc.details.get("rule", exc.headline)), getattr(exc, "limit", None),
+            getattr(exc, "actual", exc.headline), exc.hint or "", TARGET_ID))
+        report.memory = {**_memory_summary(report.plan), "fits": False, "reason": exc.headline}
+        report.plan = None
+        return report
     report.memory = _memory_summary(report.plan)
     log.info("checked %d ops: %d errors, %d warnings, share-memory %d bytes", report.checked, len(report.errors),
              len(report.violations) - len(report.errors), report.memory["share_mem_bytes"])
