@@ -159,6 +159,11 @@ CASES: list[Case] = [
          "input bits in (8,)", "16-bit input", "act_bits=8"),
     Case("csk60xx.sub.unverified", "q_sub", _m(lambda over: TwoBranch(sub=over)),
          "verified ops", "iqSub", "lnn verify", severity="warning"),
+    # -- sigmoid / tanh ---------------------------------------------------------------------------------------
+    Case("csk60xx.activation.input_bits", "act",  # the Requant in front of iqSigmoid widens int8 only
+         lambda over: (seq(conv=nn.Conv2d(4, 4, 3), act=nn.Sigmoid()),
+                       by_path(conv=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
 ]
 
 

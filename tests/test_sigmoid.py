@@ -19,7 +19,7 @@ from torch import nn
 import lnn_core as lnn
 from lnn_backend_csk60xx.pipeline import pack_graph
 from lnn_backend_csk60xx.simulator import Simulator
-from lnn_core.errors import LnnError
+from lnn_core.errors import HardwareLimitError, LnnError
 from lnn_core.graph import Graph, Node
 from lnn_ops_builtin.pwl import int8_table, requant_plan
 from lnn_ops_builtin.sigmoid import QActivation
@@ -181,8 +181,16 @@ def test_gated_conv_net_is_bit_exact_tensor_by_tensor_and_in_qdq(host, capsys):
 
 
 def test_a_16_bit_input_is_a_clear_error(host):
+    """lnn.init names the module (rule csk60xx.activation.input_bits); a model prepared without the rules check
+    stops at its first forward, naming the op."""
     cfg = lnn.QuantConfig(by_path={"a": lnn.LayerConfig(act_bits=16)})
-    m = lnn.init(One("torch.sigmoid"), host=host, config=cfg)
-    with pytest.raises(LnnError, match="the input has 16 bits") as info:
+    with pytest.raises(HardwareLimitError) as info:
+        lnn.init(One("torch.sigmoid"), host=host, config=cfg)
+    assert (info.value.rule_id, info.value.op_name, info.value.actual) == (
+        "csk60xx.activation.input_bits", "q_sigmoid", "16-bit input")
+    from lnn_core.quant.rewrite import prepare
+
+    m = prepare(One("torch.sigmoid"), stage="quant", host=host, target="csk60xx", config=cfg, check_rules=False)
+    with pytest.raises(LnnError, match="the input has 16 bits") as err:
         m(torch.randn(1, 3, 6, 6))
-    assert info.value.limit == 8 and info.value.actual == 16 and "act_bits=8" in info.value.hint
+    assert err.value.limit == 8 and err.value.actual == 16 and "act_bits=8" in err.value.hint

@@ -36,6 +36,7 @@ MODULE_RULES = frozenset({
     "csk60xx.deconv.groups", "csk60xx.deconv.out_bits", "csk60xx.pool.pad",
     "csk60xx.linear.bits", "csk60xx.linear.in_features", "csk60xx.pool.bits", "csk60xx.pool.kernel_size",
     "csk60xx.pool.ceil_mode", "csk60xx.avgpool.divisor", "csk60xx.eltwise.bits", "csk60xx.sub.unverified",
+    "csk60xx.activation.input_bits",
 })
 
 #: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
@@ -301,6 +302,10 @@ CASES: list[Case] = [
                                  7)),
          "input 0 in ('int16',)", "input 0 int8", "int16",
          also=frozenset({"csk60xx.activation.in_exponent"})),
+    Case("csk60xx.tanh.shared_input", "act",  # the int16 tensor is a graph output too: iqTanh would rescale it
+         _g(lambda g, over: (g.op("act", "iqTanh", [r := g.requant16(g.quant((1, 4)), n=12 if over else 11)], 7),
+                             g.graph.outputs.append(r))),
+         "one reader, or n_x = 11", "n_x 12, input read by 2 ops (or a graph output)", "its own requantization"),
     Case("csk60xx.cat.dtype", "cat",
          _g(lambda g, over: g.op("cat", "iqCat", [g.quant((1, 4), name="x0"),
                                                   g.requant16(g.quant((1, 4), name="x1")) if over
@@ -399,6 +404,8 @@ MODULE_CASES_ON_IR: list[Case] = [
 NOT_ON_IR = {
     "csk60xx.conv.padding_mode": "Conv1dInt/Conv2dInt have no padding_mode: the exporter pads with zeros only",
     "csk60xx.avgpool.divisor": "AvgPool2dInt has no count_include_pad or divisor_override attribute",
+    "csk60xx.activation.input_bits": "iqSigmoid / iqTanh read the int16 that a Requant writes; the rule judges the "
+                                     "torch op's input, which the Requant reads (activation.dtype judges the node)",
 }
 
 #: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
@@ -452,7 +459,7 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
     assert on_ir.isdisjoint(NOT_ON_IR) and on_ir.isdisjoint(WARNINGS_ON_IR)
     assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
     ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
-                "iqSub", "iqMul", "iqCat"}
+                "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh"}
     for r in RULES:  # each one is bound to IR op types as well as to torch op ids
         assert set(r.ops) & ir_types, r.id
 

@@ -12,7 +12,9 @@ int8 exponent is below 3: the kernels read Q11 and only shift right). Integer se
 Dialect (linger 1.1.1, spec 2.6.3): ``thinker::iqSigmoid`` / ``thinker::iqTanh`` with ``scale_x`` (of the
 int16 input), ``scale_o = 128.0``, ``platform_quant = "luna_quant"``, ``castor_mode = "luna"``; the output is
 declared int8. Limits (spec 2.6.5, 6.6): int16 input at exponent >= 11, int8 output at exponent 7, both operands
-in share-memory (a PSRAM operand gets a whole-tensor workspace).
+in share-memory (a PSRAM operand gets a whole-tensor workspace); iqTanh rescales its input in place when its
+exponent is not 11 (spec 2.6.4), so that tensor may have no other reader. At ``lnn.init`` the torch ops must
+read an int8 input (the requantization to int16 widens int8 only).
 """
 
 from __future__ import annotations
@@ -60,6 +62,37 @@ def check_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
                    hint=f"write scale_o = {2.0 ** want:g}: the chip's output is Q{want} whatever the attribute says")
 
 
+@rule("csk60xx.activation.input_bits", ops=(), data="activation.data_bits")
+def check_input_bits(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """sigmoid / tanh read a {data}-bit tensor, which a requantization widens to int16 for the kernel."""
+    bits, allowed = op.attrs.get("data_bits"), tuple(limits["activation.data_bits"])
+    if op.op_type in _IR_TYPES:
+        return None  # the IR node reads the requantized int16; csk60xx.activation.dtype judges it
+    if bits is None or bits in allowed:
+        return None
+    return Finding(actual=f"{bits}-bit input", limit=f"input bits in {allowed}",
+                   hint=f"set act_bits={allowed[0]} for the layer that feeds this op (QuantConfig.by_path)")
+
+
+@rule("csk60xx.tanh.shared_input", ops=(), emin="activation.in_exponent_min")
+def check_tanh_shared_input(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """iqTanh with an input exponent other than {emin} rescales its int16 input in place: no other op may read it."""
+    n, readers = at(seq(op, "input_exponents"), 0), op.attrs.get("input_readers")
+    q = limits["activation.in_exponent_min"]
+    if n is None or n == q or readers is None or readers <= 1:
+        return None
+    return Finding(actual=f"n_x {n}, input read by {readers} ops (or a graph output)",
+                   limit=f"one reader, or n_x = {q}",
+                   hint="give iqTanh its own requantization (lnn export does), or requantize its input to exponent "
+                        f"{q}")
+
+
+def _readers(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
+    """``input_readers``: the ops that read input 0, a graph output counting as one more."""
+    x = node.inputs[0] if node.inputs else ""
+    attrs["input_readers"] = sum(x in n.inputs for n in graph.nodes) + (x in graph.outputs)
+
+
 _DTYPE = dtype_rule("csk60xx.activation.dtype", "iqSigmoid / iqTanh", (("int16",),), ("int8",))
 
 
@@ -71,14 +104,16 @@ def _workspace(graph: Graph, node: Node) -> list[tuple[Any, str, bool]]:
 _CASTOR = {"castor_mode": AttrSpec("str", default="luna", choices=("luna",), dialect_only=True)}
 
 
-def _op(op_type: str, code: int) -> OpDef:
+def _op(op_type: str, code: int, torch_op: str, *extra: Any) -> OpDef:
     return OpDef(op_type, "thinker", (1, 1), _activation, attrs={**PLATFORM, **_CASTOR},
-                 scales={"scale_x": ("in", 0), "scale_o": ("out", 0)},
-                 pack_rules=(check_in_exponent, check_out_exponent, _DTYPE),
-                 workspace=_workspace, lowerings={"lnn": Lowering(code, 1, None, "activation.c")})
+                 scales={"scale_x": ("in", 0), "scale_o": ("out", 0)}, rules=(check_input_bits,),
+                 torch_ops=(torch_op,), pack_rules=(check_in_exponent, check_out_exponent, _DTYPE, *extra),
+                 view=_readers, workspace=_workspace, lowerings={"lnn": Lowering(code, 1, None, "activation.c")})
 
+
+_IR_TYPES = ("iqSigmoid", "iqTanh")
 
 OPS = (
-    _op("iqSigmoid", 24),
-    _op("iqTanh", 25),
+    _op("iqSigmoid", 24, "builtin.Sigmoid"),
+    _op("iqTanh", 25, "builtin.Tanh", check_tanh_shared_input),
 )
