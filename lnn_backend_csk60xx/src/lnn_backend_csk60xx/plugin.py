@@ -29,9 +29,10 @@ def lnn_register_targets(registry: Any) -> None:
 @hookimpl
 def lnn_register_target_ops(registry: Any) -> None:
     """The built-in op families and lnn's model.bin format, through the registry third-party packages use."""
-    from .formats import MODEL_BIN
-    from .ops import builtin_ops
+    from .formats import MODEL_BIN, PackageFormat
+    from .ops import OpDef, builtin_ops
 
+    registry.expect(TARGET_ID, op=OpDef, fmt=PackageFormat)  # the host skips a plugin registering other types
     for op in builtin_ops():
         registry.add(TARGET_ID, op)
     registry.add_format(TARGET_ID, MODEL_BIN)

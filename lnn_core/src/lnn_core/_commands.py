@@ -40,13 +40,14 @@ def _plugins_run(args: argparse.Namespace, host: Any) -> int:
 
 def _rules_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="only this target (default: all)")
-    p.add_argument("--markdown", action="store_true", help="write the supported-ops document")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the supported-ops document as Markdown (docs/SUPPORTED_OPS.md) instead of plain text")
 
 
 def _rules_run(args: argparse.Namespace, host: Any) -> int:
-    from .rules_doc import rules_markdown
+    from .rules_doc import rules_markdown, rules_text
 
-    text = rules_markdown(host, args.target)
+    text = (rules_markdown if args.markdown else rules_text)(host, args.target)  # unknown target: RegistryError
     print(text, end="")
     return 0
 
@@ -98,5 +99,5 @@ def register(registry: Any) -> None:
                  _verify_configure, _verify_run)
     registry.add("plugins", "list installed plugins, their versions and the hooks each implements",
                  _plugins_configure, _plugins_run)
-    registry.add("rules", "list the hardware rules of every target (--markdown: docs/SUPPORTED_OPS.md)",
+    registry.add("rules", "list the supported ops and the hardware rules of every target (--markdown: as Markdown)",
                  _rules_configure, _rules_run)

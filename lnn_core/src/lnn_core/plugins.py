@@ -10,6 +10,15 @@ That is what keeps ``lnn pack`` free of torch: it never touches ``host.ops``, wh
 torch. A plugin that fails in a registration hook is therefore reported (warning, ``host.failed``) when
 that registry is first used; :meth:`PluginHost.load_all` fills every registry now (``lnn plugins --all``).
 
+The host calls every hook implementation itself, one plugin at a time, and checks what it gets back at
+this boundary: a plugin that raises, registers something that is not what the registry holds (an item
+without a name, a duplicate name, an object of the wrong type), or returns garbage from
+``lnn_op_rules``/``lnn_check_graph``/``lnn_simulate`` is skipped as a whole (unregistered, a
+:class:`PluginLoadWarning` naming its distribution and entry point, an entry in ``host.failed``), and the
+registries it had contributed to are rebuilt without it. With ``on_error="raise"`` the error is raised
+instead. Use :meth:`PluginHost.rules_for`, :meth:`PluginHost.check_graph` and :meth:`PluginHost.simulate`
+rather than ``host.hook.<name>(...)``, which calls the plugins unchecked.
+
 Environment:
 - ``LNN_PLUGIN_AUTOLOAD=0``: do not load entry points at all.
 - ``LNN_DISABLE_PLUGINS=name,name``: skip these entry-point names (or distribution names).
@@ -18,13 +27,15 @@ Environment:
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
+import inspect
 import logging
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -32,7 +43,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginLoadError, RegistryError
+from .errors import LnnError, PluginLoadError, RegistryError, format_message
 from .registry import (
     CommandRegistry,
     ExporterRegistry,
@@ -59,6 +70,7 @@ _REGISTRATION_HOOKS = {
     "lnn_register_commands": "commands",
 }
 _HOOK_OF = {attr: hook for hook, attr in _REGISTRATION_HOOKS.items()}
+_HOOK_NAMES = tuple(sorted(n for n in vars(hookspecs) if n.startswith("lnn_") and callable(getattr(hookspecs, n))))
 
 
 class PluginLoadWarning(UserWarning):
@@ -102,7 +114,9 @@ class PluginHost:
         # registry attribute -> its registry, filled on first access (see the module docstring)
         self._registries: dict[str, Registry[Any]] = {}
         self._fill_errors: dict[str, Exception] = {}
-        if os.environ.get("LNN_TRACE_HOOKS"):
+        self._configured = False
+        self._hook_log = logging.getLogger("lnn.core.hooks") if os.environ.get("LNN_TRACE_HOOKS") else None
+        if self._hook_log is not None:
             self._trace()
         # the host's own defaults are just another plugin (pluggy's eggsample layout)
         from . import _defaults
@@ -113,28 +127,78 @@ class PluginHost:
         if autoload:
             self.load_entry_points()
         for plugin in plugins:
-            self.register(plugin)
-        self.pm.hook.lnn_configure.call_historic(kwargs={"host": self})
+            try:
+                self.register(plugin)
+            except PluginLoadError as err:
+                self._fail(err, err)
+        # lnn_configure is historic: every plugin registered now, and each one registered later (register())
+        self._configured = True
+        for impl in self._impls("lnn_configure"):
+            self._configure(impl)
 
     # -- loading ----------------------------------------------------------------------------------
     def register(self, plugin: Any, name: str | None = None, *, dist: str | None = None,
                  version: str | None = None, entry_point: str | None = None) -> str:
         """Register a plugin module or object; validate its hook names against the specs."""
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        where = {"entry point": entry_point, "distribution": f"{dist} {version}" if dist else None}
+        ids = {"plugin": name, "dist": dist, "version": version, "entry_point": entry_point}
+        self._check_hooks(plugin, name, where, ids)
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self.pm.unregister(name=name) if self.pm.has_plugin(name) else None
+        except (pluggy.PluginValidationError, ValueError) as exc:  # ValueError: the name is taken
+            self.pm.unregister(name=name) if self.pm.get_plugin(name) is plugin else None
             raise PluginLoadError(
-                f"plugin {name!r} implements a hook lnn does not define, so it was not registered",
-                {"distribution": f"{dist} {version}" if dist else None, "cause": str(exc)},
-                "check the hook name against lnn_core.hookspecs (hooks are spelled lnn_<verb>_<noun>)",
-                plugin=name, dist=dist, version=version, entry_point=entry_point, cause=exc) from exc
+                f"plugin {name!r} was refused by the plugin manager, so it was not registered",
+                {**where, "cause": str(exc)},
+                f"check its hooks against lnn_core.hookspecs; to run without it set LNN_DISABLE_PLUGINS={name}",
+                **ids, hook=None, cause=exc) from exc
         self._meta[name] = (dist, version, entry_point)
-        for attr, registry in self._registries.items():  # a late registration fills the filled registries too
-            self._fill(_HOOK_OF[attr], registry, only=plugin)
+        if self._configured:  # a late registration: replay the historic lnn_configure for it
+            for impl in self._impls("lnn_configure"):
+                if impl.plugin is plugin:
+                    self._configure(impl)
+        for attr in list(self._registries):  # a late registration fills the filled registries too
+            registry = self._registries.get(attr)
+            if registry is not None and self.pm.get_plugin(name) is plugin:
+                self._fill(_HOOK_OF[attr], registry, only=plugin)
         return name
+
+    def _check_hooks(self, plugin: Any, name: str, where: dict[str, Any], ids: dict[str, Any]) -> None:
+        """Refuse a plugin whose hook implementations name no lnn hook, or take arguments their hook does not pass."""
+        for attr in sorted(dir(plugin)):
+            try:
+                opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            except Exception:  # an attribute that cannot even be read is no hook implementation
+                continue
+            if opts is None:
+                continue
+            if attr not in _HOOK_NAMES:
+                close = difflib.get_close_matches(attr, _HOOK_NAMES, n=1)
+                raise PluginLoadError(
+                    f"plugin {name!r} implements {attr!r}, which is not an lnn hook, so it was not registered",
+                    {**where, "did you mean": close[0] if close else None},
+                    "check the hook name against lnn_core.hookspecs (hooks are spelled lnn_<verb>_<noun>); "
+                    f"to run without the plugin set LNN_DISABLE_PLUGINS={name}",
+                    **ids, hook=attr, cause=None)
+            if opts.get("hookwrapper") or opts.get("wrapper"):
+                raise PluginLoadError(
+                    f"plugin {name!r} implements {attr} as a hook wrapper, which lnn does not call, so it was "
+                    "not registered", {**where},
+                    f"implement {attr} as a plain @hookimpl; to run without the plugin set "
+                    f"LNN_DISABLE_PLUGINS={name}", **ids, hook=attr, cause=None)
+            spec_args = list(inspect.signature(getattr(hookspecs, attr)).parameters)
+            impl_args = _required_args(getattr(plugin, attr))
+            extra = [a for a in impl_args if a not in spec_args]
+            if extra:
+                raise PluginLoadError(
+                    f"plugin {name!r} implements {attr} with argument names the hook does not pass "
+                    f"({', '.join(extra)}), so it was not registered",
+                    {**where, "hook": f"{attr}({', '.join(spec_args)})",
+                     "implementation": f"{attr}({', '.join(impl_args)})"},
+                    f"name the arguments as the hook does (any of {', '.join(spec_args)}); to run without the "
+                    f"plugin set LNN_DISABLE_PLUGINS={name}", **ids, hook=attr, cause=None)
 
     def load_entry_points(self) -> None:
         """Load every entry point of group ``lnn``, wrapping each failure in PluginLoadError."""
@@ -166,9 +230,68 @@ class PluginHost:
 
     def _fail(self, err: PluginLoadError, exc: BaseException) -> None:
         if self.on_error == "raise":
+            if isinstance(exc, RegistryError):  # a registry's own error (duplicate, bad item) as it is
+                raise exc
             raise err from exc
         self.failed.append(err)
         warnings.warn(str(err), PluginLoadWarning, stacklevel=3)
+
+    def _skip(self, name: str | None, hook: str, exc: BaseException, *, headline: str | None = None,
+              details: dict[str, Any] | None = None) -> None:
+        """Plugin ``name`` failed in ``hook``: report it (or raise, on_error="raise") and run without it.
+
+        The plugin is unregistered, so none of its hooks is called again, and every registry it contributed
+        to is rebuilt without it on next use.
+        """
+        if name is None:  # an item registered outside any host: nobody to skip
+            raise exc
+        dist, version, ep = self._meta.get(name, (None, None, None))
+        if isinstance(exc, LnnError):
+            cause: Any = f"{type(exc).__name__}: {format_message(exc.headline, exc.details)}"  # its hint: below
+            hint = (exc.hint or "").rstrip(".")
+        else:
+            cause = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            hint = ""
+        hint = hint or "report this to the plugin's authors"
+        err = PluginLoadError(
+            headline or f"plugin {name!r} failed in {hook}, so it was skipped",
+            {"entry point": ep, "distribution": f"{dist} {version}" if dist else None, **(details or {}),
+             "cause": cause},
+            f"{hint}; to run without it set LNN_DISABLE_PLUGINS={name}",
+            plugin=name, dist=dist, version=version, entry_point=ep, hook=hook, cause=exc)
+        plugin = self.pm.get_plugin(name)
+        if self.on_error == "raise":
+            self._fail(err, exc)
+        hooks = {h.name for h in self.pm.get_hookcallers(plugin) or ()} if plugin is not None else set()
+        if plugin is not None:
+            self.pm.unregister(name=name)
+        for attr in list(self._registries):
+            if _HOOK_OF[attr] in hooks:
+                del self._registries[attr]
+        self._fail(err, exc)
+
+    def _returned(self, name: str, hook: str, result: Any, expected: str) -> None:
+        """Plugin ``name`` returned ``result``, which is not what ``hook`` returns: skip it."""
+        what = f"{type(result).__name__} {repr(result)[:60]}"
+        self._skip(name, hook, TypeError(f"{hook} returned {what}; expected {expected}"),
+                   headline=f"plugin {name!r} returned {type(result).__name__} from {hook}, so it was skipped",
+                   details={"expected": expected, "got": repr(result)[:80]})
+
+    def _impls(self, hook: str) -> list[Any]:
+        """The implementations of ``hook`` in the order pluggy calls them."""
+        return list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+
+    def _call(self, impl: Any, **kwargs: Any) -> Any:
+        """Call one hook implementation with the arguments it asks for (pluggy's opt-in arguments)."""
+        if self._hook_log is not None:
+            self._hook_log.debug("call %s -> %s", impl.function.__name__, impl.plugin_name)
+        return impl.function(*[kwargs[a] for a in impl.argnames])
+
+    def _configure(self, impl: Any) -> None:
+        try:
+            self._call(impl, host=self)
+        except Exception as exc:  # third-party code: reported and skipped, never fatal
+            self._skip(impl.plugin_name, "lnn_configure", exc)
 
     # -- registries (filled on first access) ------------------------------------------------------
     @property
@@ -222,42 +345,48 @@ class PluginHost:
             return registry
         if attr in self._fill_errors:  # the first fill failed: the same error every time, no half-filled registry
             raise self._fill_errors[attr]
-        registry = _REGISTRY_TYPES[attr]()
-        try:
-            self._fill(_HOOK_OF[attr], registry)
-        except Exception as exc:
-            self._fill_errors[attr] = exc
-            raise
+        while True:  # each failed round skips one plugin, so this ends
+            registry = _REGISTRY_TYPES[attr]()
+            try:
+                complete = self._fill(_HOOK_OF[attr], registry)
+            except Exception as exc:  # on_error="raise": no half-filled registry, the same error every time
+                self._fill_errors[attr] = exc
+                raise
+            if complete:
+                break
         self._registries[attr] = registry
         return registry
 
-    def _fill(self, hook_name: str, registry: Any, only: Any = None) -> None:
-        """Call each implementation of one registration hook, one plugin at a time."""
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+    def _fill(self, hook_name: str, registry: Any, only: Any = None) -> bool:
+        """Call each implementation of one registration hook, one plugin at a time.
+
+        :return: False when a plugin failed and was skipped: the registry holds part of its work, so the
+            caller builds it again (the plugin is unregistered by then).
+        """
+        # registration order (the core first, then entry points by name): on a duplicate name the later plugin
+        # is the one skipped, so no plugin can take the core's commands or recipes away
+        for impl in reversed(self._impls(hook_name)):
             if only is not None and impl.plugin is not only:
                 continue
             plugin_name = impl.plugin_name
             dist, version, _ = self._meta.get(plugin_name, (None, None, None))
             registry.source = f"{plugin_name!r} ({dist} {version})" if dist else repr(plugin_name)
+            registry.plugin = plugin_name
             try:
-                impl.function(registry=registry)
-            except RegistryError:
-                raise
-            except Exception as exc:
-                err = PluginLoadError(
-                    f"plugin {plugin_name!r} failed in {hook_name}, so it was skipped",
-                    {"distribution": f"{dist} {version}" if dist else None,
-                     "cause": f"{type(exc).__name__}: {exc}"},
-                    f"report this to the plugin's authors; to run without it set "
-                    f"LNN_DISABLE_PLUGINS={plugin_name}",
-                    plugin=plugin_name, dist=dist, version=version, entry_point=None, cause=exc)
-                self._fail(err, exc)
+                self._call(impl, registry=registry)
+            except Exception as exc:  # third-party code, registry errors included: skip the plugin
+                self._skip(plugin_name, hook_name, exc)
+                return False
             finally:
-                registry.source = "<unknown>"
+                registry.source, registry.plugin = "<unknown>", None
+        if isinstance(registry, TargetOpRegistry):  # the types each target's backend reads back
+            for owner, err in registry.misfits():
+                self._skip(owner, hook_name, err)
+                return False
+        return True
 
     def _trace(self) -> None:
-        hook_log = logging.getLogger("lnn.core.hooks")
+        hook_log = logging.getLogger("lnn.core.hooks")  # hooks called through self.hook; the host's own: _call
 
         def before(hook_name: str, impls: Any, kwargs: Any) -> None:
             hook_log.debug("call %s -> %s", hook_name, [i.plugin_name for i in impls])
@@ -285,12 +414,83 @@ class PluginHost:
         return infos
 
     def rules_for(self, op_type: str, target: str) -> list[Any]:
-        """All rules every plugin contributes for ``(op_type, target)``, concatenated."""
+        """All rules every plugin contributes for ``(op_type, target)``, concatenated.
+
+        A plugin that raises, or returns anything but None or a list of :class:`lnn_core.rules.Rule`, is skipped.
+        """
+        from .rules import Rule
+
         out: list[Any] = []
-        for result in self.pm.hook.lnn_op_rules(op_type=op_type, target=target, host=self):
-            if result:
-                out.extend(result)
+        for impl in self._impls("lnn_op_rules"):
+            try:
+                result = self._call(impl, op_type=op_type, target=target, host=self)
+            except Exception as exc:
+                self._skip(impl.plugin_name, "lnn_op_rules", exc)
+                continue
+            if result is None:
+                continue
+            if not isinstance(result, (list, tuple)) or not all(isinstance(r, Rule) for r in result):
+                self._returned(impl.plugin_name, "lnn_op_rules", result, "None or a list of lnn_core.rules.Rule")
+                continue
+            out.extend(result)
         return out
+
+    def check_graph(self, graph: Any, target: str, options: Mapping[str, Any] | None = None) -> Any:
+        """The first plugin's report of ``lnn_check_graph`` for ``target`` (None when no plugin judges it).
+
+        A plugin that raises, or returns something without ``violations`` (a list of
+        :class:`lnn_core.rules.Violation`), a bool ``ok`` and a dict ``memory``, is skipped.
+        """
+        from .rules import Violation
+
+        for impl in self._impls("lnn_check_graph"):
+            try:
+                result = self._call(impl, graph=graph, target=target, options=dict(options or {}), host=self)
+            except Exception as exc:
+                self._skip(impl.plugin_name, "lnn_check_graph", exc)
+                continue
+            if result is None:
+                continue
+            violations = getattr(result, "violations", None)
+            memory = getattr(result, "memory", {})
+            if (not isinstance(violations, (list, tuple)) or not all(isinstance(v, Violation) for v in violations)
+                    or not isinstance(getattr(result, "ok", None), bool)
+                    or not (memory is None or isinstance(memory, Mapping))):
+                self._returned(impl.plugin_name, "lnn_check_graph", result,
+                               "None or a report with violations (list of lnn_core.rules.Violation), ok (bool) "
+                               "and memory (dict)")
+                continue
+            return result
+        return None
+
+    def simulate(self, model: Any, inputs: list[Any], target: str, options: Mapping[str, Any] | None = None) -> Any:
+        """The first plugin's ``lnn_simulate`` result ``(outputs, tensors)`` for ``target`` (None: no simulator).
+
+        A plugin that raises an error other than an :class:`~lnn_core.errors.LnnError` (the simulator refusing
+        the model is an answer), or returns something that is not a list of arrays and a dict of arrays, is skipped.
+        """
+        for impl in self._impls("lnn_simulate"):
+            try:
+                result = self._call(impl, model=model, inputs=inputs, target=target, options=dict(options or {}),
+                                    host=self)
+            except LnnError:
+                raise
+            except Exception as exc:
+                self._skip(impl.plugin_name, "lnn_simulate", exc)
+                continue
+            if result is None:
+                continue
+            ok = isinstance(result, tuple) and len(result) == 2
+            if ok:
+                outputs, tensors = result
+                ok = (isinstance(outputs, (list, tuple)) and all(hasattr(o, "shape") for o in outputs)
+                      and isinstance(tensors, Mapping) and all(isinstance(k, str) for k in tensors))
+            if not ok:
+                self._returned(impl.plugin_name, "lnn_simulate", result,
+                               "None or (outputs, tensors): a list of arrays and a dict name -> array")
+                continue
+            return result
+        return None
 
 
 _REGISTRY_TYPES: dict[str, type[Registry[Any]]] = {
@@ -302,6 +502,18 @@ _REGISTRY_TYPES: dict[str, type[Registry[Any]]] = {
     "target_ops": TargetOpRegistry,
     "commands": CommandRegistry,
 }
+
+
+def _required_args(fn: Any) -> list[str]:
+    """The argument names pluggy passes to a hook implementation (those without a default)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    if params and params[0].name == "self":
+        params = params[1:]
+    return [p.name for p in params if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _version(dist: str) -> str | None:

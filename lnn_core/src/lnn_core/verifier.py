@@ -139,7 +139,7 @@ def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, 
     finally:
         model.train(was_training)
     np_inputs = [x.detach().cpu().numpy().astype(np.float32) for x in inputs]
-    result = host.hook.lnn_simulate(model=proto, inputs=np_inputs, target=target, options=options or {}, host=host)
+    result = host.simulate(proto, np_inputs, target, options)  # a plugin returning garbage is skipped there
     if result is None:
         raise LnnError(f"no installed plugin simulates target {target!r}", {},
                        "install the target's backend (e.g. lnn-backend-csk60xx)")
@@ -244,7 +244,7 @@ def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", hos
     report.problems.extend(str(w.message).splitlines()[0] for w in caught
                            if issubclass(w.category, FloatIslandWarning))
     if graph is not None:
-        pack_report = host.hook.lnn_check_graph(graph=graph, target=target, options=options or {}, host=host)
+        pack_report = host.check_graph(graph, target, options)  # validated: a broken plugin is skipped
         if pack_report is not None:
             seen = {(v.op_name, v.rule_id) for v in report.violations}
             report.violations.extend(v for v in pack_report.violations if (v.op_name, v.rule_id) not in seen)
