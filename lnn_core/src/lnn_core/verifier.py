@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import LnnError, format_message
 from .exporter import ExampleRunner, FloatIslandWarning, to_ir
-from .plugins import PluginHost
+from .plugins import PluginHost, PluginLoadWarning
 from .quant.rewrite import LnnInfo, prepare
 from .rules import RuleReport, Violation
 
@@ -243,6 +243,9 @@ def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", hos
         report.problems.append(f"unsupported op {op} (node {name!r}) at {site}")
     report.problems.extend(str(w.message).splitlines()[0] for w in caught
                            if issubclass(w.category, FloatIslandWarning))
+    for w in caught:  # a plugin skipped on the way is the user's to see, not the report's
+        if issubclass(w.category, PluginLoadWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if graph is not None:
         pack_report = host.check_graph(graph, target, options)  # validated: a broken plugin is skipped
         if pack_report is not None:
