@@ -21,7 +21,7 @@ from lnn_backend_csk60xx.pipeline import pack_graph
 from lnn_backend_csk60xx.simulator import Simulator
 from lnn_core.errors import HardwareLimitError, LnnError
 from lnn_core.graph import Graph, Node
-from lnn_ops_builtin.pwl import int8_table, requant_plan
+from lnn_ops_builtin.pwl import activation_int16, int8_table, requant_plan
 from lnn_ops_builtin.sigmoid import QActivation
 
 SPELLINGS = {
@@ -104,7 +104,8 @@ def test_training_computes_the_chip_integers_and_the_float_gradient(host):
 
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
 def test_the_chain_equals_the_c_kernels_on_every_int8_input_at_every_exponent(kind):
-    """int8 x at n -> the Requant(s) of requant_plan(n) -> iqSigmoid/iqTanh, packed and simulated, for n = 0..23."""
+    """int8 x at n -> the Requant(s) of requant_plan(n) -> iqSigmoid/iqTanh, packed and simulated, for n = 0..23; the
+    table equals linger's x256 form (int16 at n + 8) wherever the kernel accepts that (n >= 3)."""
     x = np.arange(-128, 128, dtype=np.int8)
     for n8 in range(24):
         g = Graph(name="chain")
@@ -116,12 +117,16 @@ def test_the_chain_equals_the_c_kernels_on_every_int8_input_at_every_exponent(ki
             g.add_node(Node(f"rq{k}", "Requant", [src], [f"r{k}"], {"data_bits": 8, "o_bits": bits}, "thinker"))
             g.add_tensor(f"r{k}", f"int{bits}", None, n_out)
             src, n = f"r{k}", n_out
-        assert n >= 11 and g.tensors[src].dtype == "int16"
+        # int16 at exactly Q11 wherever an exact Requant reaches it (no kernel shift, workspace or in-place rescale)
+        assert n == (11 if n8 <= 11 else n8 + 8) and g.tensors[src].dtype == "int16"
         g.add_node(Node("act", "iqSigmoid" if kind == "sigmoid" else "iqTanh", [src], ["y"], {}, "thinker"))
         g.add_tensor("y", "int8", None, 7)
         g.outputs = ["y"]
         (y,) = Simulator(pack_graph(g).blob).run([x])
         np.testing.assert_array_equal(y, int8_table(kind, n8), err_msg=f"{kind} at int8 exponent {n8}")
+        if n8 >= 3:
+            x256 = activation_int16(kind, x.astype(np.int64) * 256, n8 + 8)
+            np.testing.assert_array_equal(y, x256, err_msg=f"{kind} x256 at int8 exponent {n8}")
 
 
 def test_a_low_input_exponent_is_requantized_twice_not_refused(host):

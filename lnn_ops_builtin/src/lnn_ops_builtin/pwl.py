@@ -1,16 +1,20 @@
 """The chip's sigmoid and tanh on integers (spec/int8-seq-ops.md 1.3, 2.6.4), in numpy. Torch-free: the QAT
 module (:mod:`.sigmoid`) and the QDQ writer (:mod:`.onnx_qdq`) both read their tables from here.
 
-The chain from an int8 tensor at exponent ``n``::
+The chain from an int8 tensor at exponent ``n`` (the Requant is chosen so that the kernel's rules hold)::
 
-    Requant int8 -> int16 (x256):   q16 = q8 << 8 at n + 8            when n >= 3
-    Requant int8 -> int8 at 3 first: q8' = SAT_8(q8 << (3 - n))      when n < 3 (the PWL reads Q11 and only
-                                                                      shifts right: n + 8 must be >= 11)
-    t  = SAT_16(SHR(q16, n16 - 11))                                  Q11
-    y8 = SAT_8(SHR(SAT_16(pwl15(t)), 8))                             Q7: the output exponent is 7
+    n < 3:        Requant int8 -> int8 at 3, q8' = SAT_8(q8 << (3 - n)), then as n = 3
+    3 <= n <= 11: Requant int8 -> int16 at 11, q16 = q8 << (11 - n)     (exact: |q16| <= 2**14)
+    n > 11:       Requant int8 -> int16 x256 at n + 8 (linger's form; the kernel shifts right to Q11)
+    t  = SAT_16(SHR(q16, n16 - 11))                                    Q11
+    y8 = SAT_8(SHR(SAT_16(pwl15(t)), 8))                               Q7: the output exponent is 7
 
+The kernels read Q11 and only shift right, so the int16 exponent must be at least 11 (int8 exponent >= 3).
 Saturating at exponent 3 clips the input to [-16, 15.875], where both functions are already at their int8
-limits (the Q11 int16 input cannot hold more than +-16 either).
+limits (the Q11 int16 input cannot hold more than +-16 either). Landing on exactly 11 where an exact Requant
+can (n <= 11) gives the integers of linger's x256 form (``SHR(q8 << 8, n - 3)`` is exact there) without what
+the kernels do for another exponent: iqSigmoid's extra workspace of 2 bytes per element, iqTanh's in-place
+rescale of its input (spec 2.6.3, 2.6.4, 6.9).
 """
 
 from __future__ import annotations
@@ -72,10 +76,13 @@ def activation_int16(kind: str, q16: np.ndarray, n16: int) -> np.ndarray:
 
 
 def requant_plan(n8: int) -> list[tuple[int, int]]:
-    """The Requant steps from an int8 tensor at exponent ``n8``: ``[(o_bits, exponent), ...]``, ending in int16."""
+    """The Requant steps from an int8 tensor at exponent ``n8``: ``[(o_bits, exponent), ...]``, ending in int16
+    (at exponent 11 unless ``n8 > 11``). Every step keeps or raises the exponent: an exact left shift."""
     lowest = Q_IN - 8
-    if n8 >= lowest:
+    if n8 > Q_IN:
         return [(16, n8 + 8)]
+    if n8 >= lowest:
+        return [(16, Q_IN)]
     return [(8, lowest), (16, Q_IN)]
 
 

@@ -4,8 +4,9 @@
 On the chip an int8 tensor goes int8 -> Requant -> int16 -> iqSigmoid / iqTanh -> int8 at exponent 7
 (:mod:`.pwl` has the integers). The input-exponent rule of the kernels (int16 exponent >= 11, i.e. int8
 exponent >= 3) is met by the choice of the Requant, never by refusing the model: an int8 input at exponent
-``n >= 3`` is widened x256 to ``n + 8``; below 3 it is first requantized to int8 at exponent 3 (saturating at
-+-16, where both functions are already at their int8 limits), then widened to 11.
+``3 <= n <= 11`` is widened to int16 at exactly 11 (the kernels then neither shift nor need a workspace),
+``n > 11`` x256 to ``n + 8`` (linger's form); below 3 it is first requantized to int8 at exponent 3 (saturating
+at +-16, where both functions are already at their int8 limits), then widened to 11.
 
 The whole chain is a function of the int8 input and its exponent: 256 values. The QAT module computes it as
 that table, in training and eval alike, so training sees exactly the chip's integers and eval returns them
@@ -129,8 +130,8 @@ FAMILIES = [
 
 
 def write_activation(ctx: Any) -> str:
-    """``Requant`` (one, or two when the int8 exponent is below 3) to int16, then ``iqSigmoid`` / ``iqTanh`` writing
-    int8 at exponent 7 (spec 2.6.3)."""
+    """``Requant`` to int16 (one, or two when the int8 exponent is below 3; :func:`.pwl.requant_plan`), then
+    ``iqSigmoid`` / ``iqTanh`` writing int8 at exponent 7 (the node form of linger 1.1.1, spec 2.6.3)."""
     m: QActivation = ctx.module
     x, n = ctx.inputs[0], ctx.exponent(0)
     shape = ctx.shape(0)

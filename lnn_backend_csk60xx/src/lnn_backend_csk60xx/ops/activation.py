@@ -1,7 +1,8 @@
 """Activations on int16: ``iqSigmoid`` and ``iqTanh`` (spec/int8-seq-ops.md 1.3, 2.6, 2.7).
 
-An int8 tensor reaches them through a requantization to int16 (x256, or first to int8 at exponent 3 when the
-int8 exponent is below 3: the kernels read Q11 and only shift right). Integer semantics (C kernel
+An int8 tensor reaches them through a requantization to int16 (linger writes x256; lnn export lands on exponent
+11 wherever an exact left shift can, and first requantizes to int8 at exponent 3 when the int8 exponent is below
+3: the kernels read Q11 and only shift right). Integer semantics (C kernel
 ``csrc/ops/activation.c``)::
 
     t = n_x > 11 ? SAT_16(SHR(x, n_x - 11)) : x        n_x >= 11
