@@ -164,6 +164,23 @@ CASES: list[Case] = [
          lambda over: (seq(conv=nn.Conv2d(4, 4, 3), act=nn.Sigmoid()),
                        by_path(conv=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- LayerNorm (spec/int8-seq-ops.md 2.3.5, 6.4) -------------------------------------------------------------
+    Case("csk60xx.layernorm.row", "ln", _m(lambda over: seq(fc=nn.Linear(4, 363 if over else 362),
+                                                            ln=nn.LayerNorm(363 if over else 362))),
+         "4 <= T <= 362", "row of 363", "at most 362"),
+    Case("csk60xx.layernorm.row", "ln", _m(lambda over: seq(fc=nn.Linear(4, 3 if over else 4),
+                                                            ln=nn.LayerNorm(3 if over else 4))),
+         "4 <= T <= 362", "row of 3", "at least 4", name="short"),
+    Case("csk60xx.layernorm.eps", "ln", _m(lambda over: seq(fc=nn.Linear(4, 8), ln=nn.LayerNorm(8, eps=1e-6 if over
+                                                                                                else 1e-5))),
+         "eps 1e-05", "eps 1e-06", "eps=1e-05"),
+    Case("csk60xx.layernorm.dims", "ln", _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1),
+                                                             ln=nn.LayerNorm([4, 2, 8] if over else [2, 8]))),
+         "<= 2", "3 normalized dims", "last dimension"),
+    Case("csk60xx.layernorm.bits", "ln",
+         lambda over: (seq(fc=nn.Linear(4, 8), ln=nn.LayerNorm(8)),
+                       by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
 ]
 
 

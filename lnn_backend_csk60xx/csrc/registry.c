@@ -28,6 +28,8 @@ extern const lnn_op_kernel lnn_op_cat, lnn_op_reshape, lnn_op_flatten, lnn_op_tr
     lnn_op_unsqueeze, lnn_op_slice;
 /* ops/activation.c */
 extern const lnn_op_kernel lnn_op_sigmoid, lnn_op_tanh;
+/* ops/layernorm.c */
+extern const lnn_op_kernel lnn_op_layernorm;
 /* ops/external.c */
 extern const lnn_op_kernel lnn_op_external;
 
@@ -60,6 +62,7 @@ static const struct {
     {LNN_SIM_OP_EXTERNAL, &lnn_op_external},
     {LNN_SIM_OP_SIGMOID, &lnn_op_sigmoid},
     {LNN_SIM_OP_TANH, &lnn_op_tanh},
+    {LNN_SIM_OP_LAYERNORM, &lnn_op_layernorm},
 };
 
 const lnn_op_kernel *lnn_find_kernel(int32_t code) {

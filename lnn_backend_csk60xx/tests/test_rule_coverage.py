@@ -37,6 +37,7 @@ MODULE_RULES = frozenset({
     "csk60xx.linear.bits", "csk60xx.linear.in_features", "csk60xx.pool.bits", "csk60xx.pool.kernel_size",
     "csk60xx.pool.ceil_mode", "csk60xx.avgpool.divisor", "csk60xx.eltwise.bits", "csk60xx.sub.unverified",
     "csk60xx.activation.input_bits",
+    "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
 })
 
 #: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
@@ -102,6 +103,16 @@ def deconv(g: G, x: str, w: np.ndarray, *, n_o: int = 3, stride: int = 2, bias: 
 def linear(g: G, x: str, w: np.ndarray, *, n_o: int = 3, bias: np.ndarray | None = None) -> str:
     ins = [x, g.const("w", w, 7)] + ([g.const("b", bias, 11)] if bias is not None else [])
     return g.op("fc", "LinearInt", ins, n_o)
+
+
+def layernorm(g: G, shape: tuple[int, ...] = (1, 2, 8), *, n_x: int = 4, n_g: int = 14, n_o: int = 5,
+              x: str | None = None, **attrs: object) -> str:
+    """LayerNormInt (node ``ln``) over the last dimension of a quantized input, gamma = 1, beta = 0."""
+    t = shape[-1]
+    x = x if x is not None else g.quant(shape, n_x)
+    return g.op("ln", "LayerNormInt", [x, g.const("gamma", np.ones(t, np.int16), n_g),
+                                       g.const("beta", np.zeros(t, np.int32), 10 + n_g)], n_o,
+                **{"parameter_bits": 16, **attrs})
 
 
 def two_operands(g: G, op_type: str, y_shape: tuple[int, ...], n_o: int, *, n_y: int = 3) -> str:
@@ -306,6 +317,16 @@ CASES: list[Case] = [
          _g(lambda g, over: (g.op("act", "iqTanh", [r := g.requant16(g.quant((1, 4)), n=12 if over else 11)], 7),
                              g.graph.outputs.append(r))),
          "one reader, or n_x = 11", "n_x 12, input read by 2 ops (or a graph output)", "its own requantization"),
+    # -- LayerNormInt (spec/int8-seq-ops.md 2.3.5, 6.4) ------------------------------------------------------------
+    Case("csk60xx.layernorm.rank", "ln", _g(lambda g, over: layernorm(g, (2, 8) if over else (1, 2, 8))),
+         "rank >= 3", "rank 2", "unsqueeze"),
+    Case("csk60xx.layernorm.in_exponent", "ln", _g(lambda g, over: layernorm(g, n_x=16 if over else 15)),
+         "0 <= n_x <= 15", "n_x 16", "at most 2^15"),
+    Case("csk60xx.layernorm.out_exponent", "ln", _g(lambda g, over: layernorm(g, n_g=10, n_o=21 if over else 20)),
+         "n_o <= 20", "n_o 21 > 10 + n_g 10", "at most 2^20"),
+    Case("csk60xx.layernorm.dtype", "ln",
+         _g(lambda g, over: layernorm(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
+         "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.layernorm.bits"})),
     Case("csk60xx.cat.dtype", "cat",
          _g(lambda g, over: g.op("cat", "iqCat", [g.quant((1, 4), name="x0"),
                                                   g.requant16(g.quant((1, 4), name="x1")) if over
@@ -398,6 +419,12 @@ MODULE_CASES_ON_IR: list[Case] = [
                                                   g.requant16(g.quant((1, 4), name="x1"), name="r1")] if over else
                                  [g.quant((1, 4), name="x0"), g.quant((1, 4), name="x1")], 12 if over else 4, dim=1)),
          "input bits in (8,)", ("16-bit input", "16-bit output"), "act_bits=8"),
+    Case("csk60xx.layernorm.row", "ln", _g(lambda g, over: layernorm(g, (1, 2, 363 if over else 362))),
+         "4 <= T <= 362", "row of 363", "at most 362"),
+    Case("csk60xx.layernorm.row", "ln", _g(lambda g, over: layernorm(g, (1, 2, 3 if over else 4))),
+         "4 <= T <= 362", "row of 3", "at least 4", name="short"),
+    Case("csk60xx.layernorm.bits", "ln", _g(lambda g, over: layernorm(g, parameter_bits=8 if over else 16)),
+         "weight bits in (16,)", "8-bit weight", "weight_bits=16"),
 ]
 
 #: module rules that cannot fire on an IR node: the IR op has no attribute for what they judge
@@ -406,6 +433,8 @@ NOT_ON_IR = {
     "csk60xx.avgpool.divisor": "AvgPool2dInt has no count_include_pad or divisor_override attribute",
     "csk60xx.activation.input_bits": "iqSigmoid / iqTanh read the int16 that a Requant writes; the rule judges the "
                                      "torch op's input, which the Requant reads (activation.dtype judges the node)",
+    "csk60xx.layernorm.eps": "LayerNormInt has no eps attribute: the chip's kernel adds a fixed 1e-5",
+    "csk60xx.layernorm.dims": "LayerNormInt's gamma is 1-D: shape inference checks it covers the last one or two dims",
 }
 
 #: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
@@ -459,7 +488,7 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
     assert on_ir.isdisjoint(NOT_ON_IR) and on_ir.isdisjoint(WARNINGS_ON_IR)
     assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
     ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
-                "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh"}
+                "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt"}
     for r in RULES:  # each one is bound to IR op types as well as to torch op ids
         assert set(r.ops) & ir_types, r.id
 

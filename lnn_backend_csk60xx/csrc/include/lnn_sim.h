@@ -144,7 +144,8 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_EXTERNAL 23  /* an op contributed by a plugin; runs through lnn_sim_set_external() */
 #define LNN_SIM_OP_SIGMOID 24   /* iqSigmoid: int16 (exponent >= 11) -> int8 at exponent 7 */
 #define LNN_SIM_OP_TANH 25      /* iqTanh: int16 (exponent >= 11) -> int8 at exponent 7 */
-#define LNN_SIM_NUM_OP_TYPES 26
+#define LNN_SIM_OP_LAYERNORM 26 /* LayerNormInt: int8 rows, int16 gamma, int32 beta -> int8 */
+#define LNN_SIM_NUM_OP_TYPES 27
 
 /* Conv2dInt / Conv1dInt / ConvTranspose2dInt take an optional trailing attribute: the fused activation
  * applied to the requantized output (the chip's act_type). */
@@ -236,6 +237,12 @@ lnn_sim_status lnn_sim_rescale_s8(int32_t shift, int32_t out_dtype, int64_t coun
 /* iqSigmoid / iqTanh (op = LNN_SIM_OP_SIGMOID / TANH): t = SAT_16(SHR(x, n_x - 11)), then the 16-segment PWL of
  * spec/int8-seq-ops.md 1.3 to Q15 and y = SAT_8(SHR(SAT_16(pwl(t)), 8)) at exponent 7; n_x >= 11. */
 lnn_sim_status lnn_sim_activation_s16(int32_t op, int32_t in_exponent, int64_t count, const int16_t *x, int8_t *y);
+/* LayerNormInt (spec/int8-seq-ops.md 2.3.4) on `rows` rows of `row` int8 values: the normalized value u (Q10, from
+ * the row's int32 sums and a 768-entry rsqrt table), then y = SAT_8(SHR(u * gamma + beta, 10 + n_g - n_o)). Returns
+ * LNN_SIM_E_LIMIT for a row whose int32 sums wrap to a negative variance term (undefined on the chip). */
+lnn_sim_status lnn_sim_layernorm_s8(int32_t in_exponent, int32_t gamma_exponent, int32_t out_exponent, int64_t rows,
+                                    int32_t row, const int8_t *x, const int16_t *gamma, const int32_t *beta,
+                                    int8_t *y);
 /* Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32. */
 lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y);
 /* Transpose of a rank <= LNN_SIM_MAX_RANK tensor of elem_size-byte elements. */

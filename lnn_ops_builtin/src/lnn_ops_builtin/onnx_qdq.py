@@ -8,7 +8,8 @@ zero point. The chip ops become ``Conv``, ``ConvTranspose``, ``Gemm`` (``MatMul`
 inputs that are not 2-D), ``Mul`` + ``Add`` (BatchNorm2dInt), ``AveragePool``, and ``Add``, ``Sub``,
 ``Mul``, ``Concat`` (iq*); ``Quant`` becomes ``QuantizeLinear`` and ``Dequant`` ``DequantizeLinear``;
 ``Requant`` a DequantizeLinear/QuantizeLinear pair; ``iqSigmoid``/``iqTanh`` a ``Gather`` from the chip's
-65536-entry int8 table of the int16 input (exact).
+65536-entry int8 table of the int16 input (exact); ``LayerNormInt`` a float layer norm (ReduceMean, Sub, Mul,
+Sqrt, Div; not exact: the chip uses an rsqrt table, spec 2.3.4).
 Default-domain nodes whose inputs are all float (float islands, e.g. Dequant -> Sigmoid -> Quant)
 are copied unchanged. Each op node carries its IR node's name, the nodes around it add
 ``.quantize``, ``.dequantize``, ``.round_half_up``; graph input and output names and symbolic
@@ -397,6 +398,40 @@ def _same_scale(op_type: str, *, axes_input: bool = False) -> Callable[[QdqWrite
 
 #: IR op type -> lowering ``fn(writer, node)``. Default-domain nodes whose inputs are all float
 #: (float islands) are copied unchanged and need no entry.
+def _layernorm(w: QdqWriter, node: Node) -> None:
+    """LayerNormInt as a float layer norm over the rows between DequantizeLinear and QuantizeLinear (ReduceMean,
+    Sub, Mul, Sqrt, Div with the chip's eps 1e-5; gamma and beta as float32 constants of their integers). Not exact:
+    the chip normalizes with a 768-entry rsqrt table (spec 2.3.4); most outputs agree, the rest are one step off."""
+    x, gamma, beta = node.inputs[:3]
+    shape = w.info(x).shape
+    g_arr, b_arr = w.g.initializers[gamma], w.g.initializers[beta]
+    two = shape is not None and len(shape) >= 2 and g_arr.size != shape[-1]
+    axes = [-2, -1] if two else [-1]
+    row = tuple(shape[-2:]) if two else (g_arr.size,)
+    g_f = w.const(("layernorm", gamma), f"{gamma}.f32",
+                  (g_arr.astype(np.float64) * 2.0 ** -w.exponent(gamma)).astype(np.float32).reshape(row))
+    b_f = w.const(("layernorm", beta), f"{beta}.f32",
+                  (b_arr.astype(np.float64) * 2.0 ** -w.exponent(beta)).astype(np.float32).reshape(row))
+    base = node.outputs[0]
+
+    def step(op_type: str, inputs: list[str], tag: str, **attrs: Any) -> str:
+        out = w.fresh(f"{base}.{tag}")
+        w.add(op_type, inputs, [out], name=w.fresh(f"{node.name}.{tag}"), **attrs)
+        return out
+
+    def mean(src: str, tag: str) -> str:
+        if w.opset >= 18:
+            return step("ReduceMean", [src, w.int64s(f"{node.name}.axes", axes)], tag, keepdims=1)
+        return step("ReduceMean", [src], tag, axes=axes, keepdims=1)
+
+    xf = w.dq(x)
+    centred = step("Sub", [xf, mean(xf, "mean")], "centred")
+    var = mean(step("Mul", [centred, centred], "square"), "var")
+    std = step("Sqrt", [step("Add", [var, w.float_const("layernorm_eps", 1e-5)], "var_eps")], "std")
+    scaled = step("Mul", [step("Div", [centred, std], "normalized"), g_f], "scaled")
+    w.result("Add", [scaled, b_f])
+
+
 LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "Quant": _quant,
     "Dequant": _dequant,
@@ -414,6 +449,7 @@ LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "Requant": _requant,
     "iqSigmoid": _table("sigmoid"),
     "iqTanh": _table("tanh"),
+    "LayerNormInt": _layernorm,
     "Relu": _same_scale("Relu"),
     "MaxPool": _same_scale("MaxPool"),
     "Reshape": _same_scale("Reshape"),

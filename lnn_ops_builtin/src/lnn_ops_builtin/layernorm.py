@@ -1,0 +1,271 @@
+"""LayerNorm over the last dimension (or the last two): ``nn.LayerNorm``, ``F.layer_norm``; affine or not
+(spec/int8-seq-ops.md 2.3).
+
+On the chip (``LayerNormInt``, spec 2.3.4) each row of ``T`` int8 values at exponent ``n_x`` is normalized with
+integer sums and a 768-entry rsqrt table to ``u`` (int16, Q10), then ``y = SAT_8(SHR(u * gamma + beta,
+10 + n_g - n_o))`` with gamma int16 at ``n_g`` (the floor rule at 16 bits, whatever the layer's weight_bits) and
+beta int32 at ``10 + n_g``. A LayerNorm without affine parameters uses gamma = 1, beta = 0; the chip's eps is
+fixed at 1e-5 (a rule asks for it).
+
+The QAT module computes exactly that: in training ``u`` is the chip's integer (:func:`normalize_int`) on the
+fake-quantized input, gamma and beta are fake-quantized (straight-through), the output is fake-quantized with
+the cap ``n_o <= 10 + n_g``; the gradient is the float LayerNorm's at the same input and parameters. In eval the
+output is exactly the chip's integers times ``2**-n_o``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lnn_core.errors import LnnError
+from lnn_core.ops import OpFamily
+from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.quantizers import (
+    ActQuantizer,
+    fake_quant_weight_bias,
+    param_exponent,
+    quantize_bias,
+    quantize_weight,
+)
+from lnn_core.quant.rewrite import BuildContext, Built
+
+__all__ = ["QLayerNorm", "FAMILIES", "WRITERS", "normalize_int", "NORM_Q", "GAMMA_BITS"]
+
+#: the normalized value's format (Q10); beta sits at exponent ``NORM_Q + n_g``
+NORM_Q = 10
+#: gamma's width on the chip (linger forces parameter_bits = 16)
+GAMMA_BITS = 16
+#: the chip's eps, fixed in the kernel
+CHIP_EPS = 1e-5
+
+
+def _rsqrt_table() -> np.ndarray:
+    """``min(32767, floor(2^14 / sqrt(t / 1024)))`` for ``t = 256..1023`` as integers: ``isqrt(2^38 // t)``."""
+    return np.array([min(32767, math.isqrt((1 << 38) // t)) for t in range(256, 1024)], dtype=np.int64)
+
+
+_RSQRT = torch.from_numpy(_rsqrt_table())
+
+
+def _q_eps(n_x: int, t: int) -> int:
+    """``floor(f32(f32(f32(1e-5f * 2^(2 n_x)) * T) * T) + 0.5)``: the chip's eps term, in float32 steps."""
+    f = np.float32(np.float32(CHIP_EPS) * np.float32(2.0 ** (2 * n_x)))
+    f = np.float32(f * np.float32(t))
+    f = np.float32(f * np.float32(t))
+    return math.floor(float(f) + 0.5)
+
+
+def _wrap32(v: torch.Tensor) -> torch.Tensor:
+    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+@torch.no_grad()
+def normalize_int(q: torch.Tensor, n_x: int, t: int) -> torch.Tensor:
+    """The chip's normalized value ``u`` (int64 tensor, Q10) of int8 integers ``q`` (int64, rows of ``t`` last)."""
+    shape = q.shape
+    rows = q.reshape(-1, t)
+    s1 = rows.sum(dim=1)
+    s2 = (rows * rows).sum(dim=1)
+    d = (_wrap32(t * s2) - _wrap32(s1 * s1) + _q_eps(n_x, t)).clamp_(min=0)  # D < 0 only above the row rule
+    _, e = torch.frexp(d.double().clamp(min=1.0))
+    k = torch.div(e.to(torch.int64) - 1, 2, rounding_mode="floor")
+    up = (2 * k - 8).clamp(min=0)
+    down = (8 - 2 * k).clamp(min=0)
+    norm = torch.where(2 * k >= 8, d >> up, d << down).clamp_(256, 1023)
+    table = _RSQRT.to(q.device)
+    r = torch.where(d == 0, table[0], table[norm - 256])
+    sh = torch.where(d == 0, torch.full_like(k, 4), k + 5)
+    num = ((t * rows).clamp(-(1 << 31), (1 << 31) - 1) - s1[:, None]).clamp_(-(1 << 31), (1 << 31) - 1)
+    v = num * r[:, None]
+    sh = sh[:, None]
+    u = ((v + (torch.ones_like(sh) << (sh - 1))) >> sh).clamp_(-32768, 32767)
+    return u.reshape(shape)
+
+
+class QLayerNorm(QModule):
+    """LayerNorm over the last ``len(normalized_shape)`` dims (1 or 2): the chip's ``LayerNormInt``."""
+
+    op_id = "builtin.LayerNorm"
+
+    def __init__(self, normalized_shape: tuple[int, ...], eps: float, *, weight: nn.Parameter | None,
+                 bias: nn.Parameter | None, has_weight: bool, has_bias: bool, recipe: Any, act_bits: int,
+                 stage: str, refs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> None:
+        super().__init__(recipe, act_bits=act_bits, weight_bits=GAMMA_BITS, stage=stage, clamps=("act",))
+        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.eps = float(eps)
+        self.own_params = weight is not None or bias is not None or not (has_weight or has_bias)
+        self.has_weight_arg, self.has_bias_arg = has_weight, has_bias
+        # F.layer_norm's gamma/beta (the owner's tensors), for reads outside forward (the output cap); a plain
+        # tuple: no state_dict keys, the owner keeps them
+        self._refs = refs
+        if self.own_params:
+            self.weight = weight
+            self.bias = bias
+        self.has_weight = True  # op_attrs: parameter_bits (gamma exists on the chip even without affine)
+        self.out_q = ActQuantizer(act_bits, recipe, cap=self.output_cap)
+
+    @property
+    def row(self) -> int:
+        return math.prod(self.normalized_shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps:g}"
+
+    def _params(self, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """gamma and beta as 1-D tensors of the row (ones / zeros where the LayerNorm has none)."""
+        if self.own_params:
+            w, b = getattr(self, "weight", None), getattr(self, "bias", None)
+        else:
+            given = list(params) if params else [r for r in self._refs if r is not None]
+            it = iter(given)
+            w = next(it, None) if self.has_weight_arg else None
+            b = next(it, None) if self.has_bias_arg else None
+        ref = w if w is not None else b
+        dev = ref.device if ref is not None else None
+        g = w.reshape(-1) if w is not None else torch.ones(self.row, device=dev)
+        be = b.reshape(-1) if b is not None else torch.zeros(self.row, device=dev)
+        return g, be
+
+    @torch.no_grad()
+    def output_cap(self, exponent_of: Any = None, *params: torch.Tensor) -> int:
+        """``10 + n_g``: the output exponent's upper bound (the chip's shift is unsigned)."""
+        g, _ = self._params(params)
+        return NORM_Q + param_exponent(g.detach(), GAMMA_BITS, self.recipe)
+
+    def _int_input(self, x: torch.Tensor, n_x: int) -> torch.Tensor:
+        return torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127).to(torch.int64)
+
+    def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        g, b = self._params(params)
+        if not self.quantizing:
+            y = F.layer_norm(x, self.normalized_shape, g.reshape(self.normalized_shape),
+                             b.reshape(self.normalized_shape), self.eps)
+            return self.out_q(self.constrain_act(y))
+        n_x = self.in_exponent(0)
+        t = self.row
+        u = normalize_int(self._int_input(x, n_x), n_x, t)
+        if self.training:
+            g_q, b_q, n_g = fake_quant_weight_bias(g, b, NORM_Q, GAMMA_BITS, self.recipe)
+            flat = u.reshape(*u.shape[: u.dim() - len(self.normalized_shape)], t).double()
+            chip = (flat * 2.0**-NORM_Q * g_q.detach().double() + b_q.detach().double()).reshape(x.shape)
+            ref = F.layer_norm(x, self.normalized_shape, g_q.reshape(self.normalized_shape),
+                               b_q.reshape(self.normalized_shape), self.eps)
+            y = ref + (chip.to(ref.dtype) - ref).detach()
+            return self.finish_train(y, cap=NORM_Q + n_g)
+        with torch.no_grad():
+            g_i, n_g = quantize_weight(g, GAMMA_BITS, self.recipe)
+            b_i = quantize_bias(b, NORM_Q + n_g, self.recipe.bias_bits)
+            flat = u.reshape(*u.shape[: u.dim() - len(self.normalized_shape)], t).double()
+            acc = (flat * g_i + b_i).reshape(x.shape)
+            return self.finish_exact(acc, NORM_Q + n_g, cap=NORM_Q + n_g)
+
+    def integer_params(self, *params: torch.Tensor) -> dict[str, Any]:
+        g, b = self._params(params)
+        g_i, n_g = quantize_weight(g.detach(), GAMMA_BITS, self.recipe)
+        b_i = quantize_bias(b.detach(), NORM_Q + n_g, self.recipe.bias_bits)
+        n_x = self.in_exponent(0)
+        return {"gamma": g_i.to(torch.int64), "n_g": n_g, "beta": b_i.to(torch.int64), "n_x": n_x,
+                "n_o": self.out_q.eval_exponent(cap=NORM_Q + n_g)}
+
+    def op_attrs(self) -> dict[str, Any]:
+        attrs = super().op_attrs()
+        attrs.update(parameter_bits=GAMMA_BITS, row_length=self.row, eps=self.eps,
+                     normalized_dims=len(self.normalized_shape))
+        return attrs
+
+
+def _layer_norm_sig(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
+    """Signature of F.layer_norm."""
+
+
+def _shape(s: Any) -> tuple[int, ...]:
+    return (int(s),) if isinstance(s, int) else tuple(int(d) for d in s)
+
+
+def _check_dims(path: str, shape: tuple[int, ...]) -> None:
+    if not shape:
+        raise LnnError(f"LayerNorm {path!r}: normalized_shape is empty",
+                       {"rule": "LayerNorm normalizes the last dimension (or the last two)", "actual": "()"},
+                       "give normalized_shape the size of the last dimension", limit="1 or 2 dims", actual=0)
+
+
+def _get_tensor(ctx: BuildContext, node: Any) -> torch.Tensor | None:
+    """The tensor behind a ``get_attr`` node (a parameter of the traced model), else None."""
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        obj: Any = ctx.node.graph.owning_module
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part, None)
+        return obj if isinstance(obj, torch.Tensor) else None
+    return None
+
+
+def _build(ctx: BuildContext) -> Built | None:
+    common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, stage=ctx.stage)
+    m = ctx.module
+    if m is not None:
+        shape = _shape(m.normalized_shape)
+        _check_dims(ctx.path, shape)
+        w = m.weight if m.elementwise_affine else None
+        b = getattr(m, "bias", None) if m.elementwise_affine else None
+        q = QLayerNorm(shape, m.eps, weight=w, bias=b, has_weight=w is not None, has_bias=b is not None, **common)
+        return Built(q, [ctx.node.args[0]])
+    a = ctx.bind(_layer_norm_sig)
+    if not isinstance(a["normalized_shape"], (int, list, tuple)) or any(
+            isinstance(v, fx.Node) for v in ([a["normalized_shape"]] if isinstance(a["normalized_shape"], int)
+                                             else a["normalized_shape"])):
+        return None
+    shape = _shape(a["normalized_shape"])
+    _check_dims(ctx.path, shape)
+    params = [p for p in (a["weight"], a["bias"]) if p is not None]
+    if any(not isinstance(p, fx.Node) for p in params):
+        return None
+    refs = tuple(_get_tensor(ctx, p) if p is not None else None for p in (a["weight"], a["bias"]))
+    q = QLayerNorm(shape, float(a["eps"]), weight=None, bias=None, has_weight=a["weight"] is not None,
+                   has_bias=a["bias"] is not None, refs=refs, **common)
+    return Built(q, [a["input"]], params)
+
+
+FAMILIES = [
+    OpFamily(id="builtin.LayerNorm", kind="compute", modules=(nn.LayerNorm,), functions=(F.layer_norm,),
+             build=_build, description="layer norm over the last dimension (or two): LayerNormInt, int16 gamma, "
+                                       "int32 beta, T 4..362"),
+]
+
+
+# -- IR ----------------------------------------------------------------------------------------------
+
+
+def write_layernorm(ctx: Any) -> str:
+    """``LayerNormInt [x, gamma int16 [T], beta int32 [T]]`` (spec 2.3.3); inputs of rank < 3 are unsqueezed to
+    rank 3 in front (the kernel reads rows from the last three dimensions)."""
+    m: QLayerNorm = ctx.module
+    p = m.integer_params(*ctx.params)
+    n_x, n_g, n_o = p["n_x"], p["n_g"], p["n_o"]
+    x = ctx.inputs[0]
+    shape = ctx.shape(0)
+    lift = 3 - len(shape) if shape is not None and len(shape) < 3 else 0
+    if lift:
+        axes = list(range(lift))
+        x3 = ctx.tensor(n_x, "int8", (1,) * lift + tuple(shape), suffix=".unsqueeze")
+        ctx.add("Unsqueeze", [x], [x3], {"axes": axes}, domain="", suffix=".unsqueeze")
+        x = x3
+    g = ctx.initializer("gamma", p["gamma"].numpy().astype(np.int16).reshape(-1), n_g)
+    b = ctx.initializer("beta", p["beta"].numpy().astype(np.int32).reshape(-1), NORM_Q + n_g)
+    out3 = None if ctx.out_shape is None else (1,) * lift + tuple(ctx.out_shape)
+    y = ctx.tensor(n_o, "int8", out3, suffix=".out" if lift else "")
+    ctx.add("LayerNormInt", [x, g, b], [y], {"data_bits": 8, "parameter_bits": GAMMA_BITS, "o_bits": 8})
+    if lift:
+        y2 = ctx.tensor(n_o, "int8")
+        ctx.add("Squeeze", [y], [y2], {"axes": list(range(lift))}, domain="", suffix=".squeeze")
+        y = y2
+    clip = m.act_clip_int(n_o)
+    return ctx.clip(y, *clip) if clip is not None else y
+
+
+WRITERS = {"builtin.LayerNorm": write_layernorm}
