@@ -6,8 +6,9 @@ valid values and the actual value. Torch-free.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -131,6 +132,8 @@ class QuantConfig:
     :param by_type: overrides per op type: keys are op ids (``builtin.Conv2d``) or float class names
         (``Conv2d``, ``Linear``).
     :param by_path: overrides per module path; keys may use shell wildcards (``backbone.*.conv``).
+        A ``by_type`` key or ``by_path`` pattern that matches no quantized layer is a :class:`ConfigError`
+        at ``lnn.init`` (:meth:`check_matches`).
     :param strict: unsupported ops on quantized tensors are errors instead of warnings.
     """
 
@@ -159,13 +162,12 @@ class QuantConfig:
         act, wbits, flt = self.act_bits, self.weight_bits, False
         act_obs = weight_obs = None
         layers: list[LayerConfig] = []
-        short = op_id.split(".", 1)[-1]
-        for key in (op_id, short, float_type):
-            if key and key in self.by_type:
+        for key in _type_keys(op_id, float_type):
+            if key in self.by_type:
                 layers.append(self.by_type[key])
                 break
         for pattern, cfg in self.by_path.items():
-            if path == pattern or fnmatch.fnmatchcase(path, pattern):
+            if _path_matches(path, pattern):
                 layers.append(cfg)
         for cfg in layers:
             act = cfg.act_bits if cfg.act_bits is not None else act
@@ -175,6 +177,59 @@ class QuantConfig:
             weight_obs = cfg.weight_observer if cfg.weight_observer is not None else weight_obs
         return LayerConfig(act_bits=act, weight_bits=wbits, float=flt, act_observer=act_obs,
                            weight_observer=weight_obs)
+
+    def check_matches(self, layers: Iterable[tuple[str, str, str | None]], model: str | None = None) -> None:
+        """Refuse a ``by_path`` pattern or ``by_type`` key that matches none of ``layers`` (a typo would
+        otherwise leave the layers it meant with the defaults, silently).
+
+        :param layers: ``(path, op id, float class name or None)`` of every layer :meth:`for_layer` was asked about.
+        :param model: the model's class name, for the message.
+        :raises ConfigError: naming the first pattern that matches nothing (``option``, ``value``; ``unmatched``
+            lists all of them), the layers there are and the closest spelling.
+        """
+        layers = list(layers)
+        paths = list(dict.fromkeys(p for p, _, _ in layers))
+        types = sorted({k for _, op_id, ft in layers for k in _type_keys(op_id, ft)})
+        bad_paths = [p for p in self.by_path if not any(_path_matches(path, p) for path in paths)]
+        bad_types = [k for k in self.by_type if k not in types]
+        if not bad_paths and not bad_types:
+            return
+        where = f" of model {model!r}" if model else ""
+        unmatched = [("by_path", p) for p in bad_paths] + [("by_type", k) for k in bad_types]
+        option, value = unmatched[0]
+        others = ", ".join(f"{o}[{v!r}]" for o, v in unmatched[1:]) or None
+        if option == "by_path":
+            close = difflib.get_close_matches(value, paths, n=3, cutoff=0.6)
+            inside = [p for p in paths if p.startswith(value + ".")]
+            if inside:
+                hint = f"{value!r} holds layers ({', '.join(inside[:3])}): match them with '{value}.*'"
+            elif close:
+                hint = f"did you mean {close[0]!r}? Paths are as model.named_modules() lists them"
+            else:
+                hint = "spell the path as model.named_modules() lists it (wildcards match: 'backbone.*.conv')"
+            shown = close + [p for p in paths if p not in close]
+            listed = ", ".join(shown[:8]) + (f", ... ({len(paths)} in all)" if len(shown) > 8 else "")
+            raise ConfigError(
+                f"QuantConfig: by_path pattern {value!r} matches no quantized layer{where}",
+                {"layers": listed or "none", "also unmatched": others},
+                hint, option=option, value=value, valid=tuple(paths), unmatched=unmatched)
+        close = difflib.get_close_matches(value, types, n=1, cutoff=0.6)
+        raise ConfigError(
+            f"QuantConfig: by_type key {value!r} matches no quantized layer{where}",
+            {"types": ", ".join(types) or "none", "also unmatched": others},
+            f"did you mean {close[0]!r}?" if close else
+            "keys are op ids ('builtin.Conv2d') or float class names ('Conv2d') of layers the model has; "
+            "remove the entry or fix its spelling", option=option, value=value, valid=tuple(types),
+            unmatched=unmatched)
+
+
+def _type_keys(op_id: str, float_type: str | None) -> tuple[str, ...]:
+    """The ``by_type`` keys that name a layer, in the order :meth:`QuantConfig.for_layer` tries them."""
+    return tuple(k for k in (op_id, op_id.split(".", 1)[-1], float_type) if k)
+
+
+def _path_matches(path: str, pattern: str) -> bool:
+    return path == pattern or fnmatch.fnmatchcase(path, pattern)
 
 
 @attrs.frozen

@@ -298,6 +298,7 @@ class _Rewriter:
         # the decision taken for each node as the pass meets it: (kind, op id, select index); resolved into a
         # NodeRole once the graph is final (hoisting still changes which passthrough ops read quantized data)
         self.decided: dict[fx.Node, tuple[str, str | None, Any]] = {}
+        self.configured: list[tuple[str, str, str | None]] = []  # what config.for_layer was asked (check_matches)
 
     # -- lookups -----------------------------------------------------------------------------------
     def module_of(self, node: fx.Node) -> nn.Module:
@@ -338,7 +339,9 @@ class _Rewriter:
     def layer_for(self, path: str, family: Any, node: fx.Node) -> LayerConfig:
         float_type = type(self.module_of(node)).__name__ if node.op == "call_module" else None
         # every call of a shared module is configured as the module (its path), not as the call site
-        layer = self.config.for_layer(str(node.target) if node.op == "call_module" else path, family.id, float_type)
+        layer_path = str(node.target) if node.op == "call_module" else path
+        self.configured.append((layer_path, family.id, float_type))
+        layer = self.config.for_layer(layer_path, family.id, float_type)
         for bits, allowed, what in ((layer.act_bits, self.recipe.act_bits_allowed, "act_bits"),
                                     (layer.weight_bits, self.recipe.weight_bits_allowed, "weight_bits")):
             if bits not in allowed:
@@ -814,7 +817,9 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
     gm.register_forward_pre_hook(share_exponents)  # eval: resolve each exponent once per forward
     gm.register_forward_hook(unshare_exponents, always_call=True)
     info = LnnInfo(stage, tgt.id, recipe, config, constrain)
-    _Rewriter(gm, host, recipe, config, stage, info).run()
+    rewriter = _Rewriter(gm, host, recipe, config, stage, info)
+    rewriter.run()
+    config.check_matches(rewriter.configured, type(model).__name__)  # a by_path/by_type typo is an error
     set_stage(gm, stage)
     if stage == "constrain":
         for m in gm.modules():
