@@ -221,3 +221,17 @@ def test_gamma_that_matches_no_row_is_a_file_error():
     g = _graph((1, 4, 6), np.ones(5), np.zeros(5), 4, 14, 5)
     with pytest.raises((ModelFileError, HardwareLimitError), match="gamma/beta do not match the normalized row"):
         pack_graph(g)
+
+
+def test_the_plan_holds_the_kernels_workspace_of_8t_bytes():
+    """spec 2.3.5 / 6.9: the kernel writes int32 products at byte offset 4T, so it needs 8T bytes of share-memory
+    (tpacker declares max(2T + 8, 4T)); the plan reserves exactly that for the op's step."""
+    from lnn_backend_csk60xx.inference import infer_shapes
+    from lnn_backend_csk60xx.planner import REGION_SHARE, plan_memory
+
+    for t in (8, 300):
+        g = _graph((1, 3, t), np.ones(t), np.zeros(t), 4, 14, 5)
+        plan = plan_memory(infer_shapes(g))
+        (ws,) = [s for s in plan.scratch.values() if s.op == "ln" and s.kind == "workspace"]
+        assert ws.size == 8 * t and ws.region == REGION_SHARE and ws.first_use == ws.last_use == 0
+        assert plan.regions[REGION_SHARE].workspace_total == 8 * t

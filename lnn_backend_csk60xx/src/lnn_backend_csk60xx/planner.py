@@ -458,6 +458,11 @@ def _workspace_size(graph: Graph, cfg: MemoryConfig, tensor: str, whole: bool) -
 def _workspace_buffers(graph: Graph, cfg: MemoryConfig, spilled_tensors: set[str], ops: OpSet) -> list[_Scratch]:
     out = []
     for step, node in enumerate(graph.nodes):
+        op = ops.get(node.op_type)
+        need = op.kernel_workspace(graph, node) if op is not None and op.kernel_workspace is not None else 0
+        if need > 0:  # the kernel's own scratch, whatever region its operands live in
+            out.append(_Scratch(f"workspace:{node.name}:kernel", "workspace", node.name, need, step, step,
+                                f"{node.op_type} kernel scratch"))
         for where, t, whole in _workspace_operands(graph, node, ops):
             if t not in spilled_tensors:
                 continue

@@ -133,6 +133,9 @@ class OpDef:
         (CPU ops, DMA-only ops); otherwise ``workspace(graph, node) -> [(where, tensor, whole)]`` with
         ``where`` an input index or ``"out"`` and ``whole`` True when the engine reads the whole tensor
         from share-memory. :func:`engine_operands` is the default for NPU ops.
+    :param kernel_workspace: ``kernel_workspace(graph, node) -> bytes``: scratch the op's kernel itself needs in
+        share-memory while it runs (the sequence kernels' real needs, spec/int8-seq-ops.md 1.5 and 6.9; tpacker's
+        declarations are smaller); None = none.
     :param lowerings: package format name -> that format's lowering (:class:`Lowering` for ``"lnn"``).
     :param kernel: a Python simulator kernel ``kernel(call: KernelCall) -> array | tuple of arrays``; an
         op with one runs as an external op (plugin ops), its C kernel otherwise.
@@ -160,6 +163,7 @@ class OpDef:
     join: bool = False
     prefetch_bytes: Callable[[Graph, Node], int] | None = None
     workspace: Callable[[Graph, Node], list[tuple[Any, str, bool]]] | None = None
+    kernel_workspace: Callable[[Graph, Node], int] | None = None
     lowerings: Mapping[str, Any] = field(default_factory=dict)
     kernel: Callable[..., Any] | None = None
     bit_verified: bool = True

@@ -12,7 +12,8 @@ gamma int16 at ``n_g`` (floor rule at 16 bits), beta int32 at ``10 + n_g``. Dial
 ``scale_w`` (gamma), ``scale_o`` and ``platform_quant``; eps and the normalized shape are not in the file (the
 chip's eps is 1e-5), beta has no scale attribute (the reader gives it ``10 + n_g``). Limits (spec 2.3.5, 6.4):
 ``4 <= T <= 362`` (below, the kernel's scratch aliases; above, the int32 sums can wrap), x of rank >= 3,
-``0 <= n_x <= 15``, ``n_o <= 10 + n_g``, the module's eps 1e-5; the kernel's workspace is 8T bytes.
+``0 <= n_x <= 15``, ``n_o <= 10 + n_g``, the module's eps 1e-5. The kernel's own workspace, 8T bytes in
+share-memory, is planned for the op (``kernel_workspace``).
 """
 
 from __future__ import annotations
@@ -130,6 +131,13 @@ def check_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
                    hint=f"choose an output scale of at most 2^{NORM_Q + n_g}")
 
 
+def _kernel_workspace(graph: Graph, node: Node) -> int:
+    """The kernel's scratch: 8T bytes (int32 products at byte offset 4T, spec 2.3.5; tpacker declares
+    max(2T + 8, 4T), enough only when another op of the graph declares more)."""
+    shapes = known_shapes(graph, node.inputs[1])
+    return 8 * shapes[0][0] if shapes is not None and shapes[0] else 0
+
+
 def _workspace(graph: Graph, node: Node) -> list[tuple[Any, str, bool]]:
     """The kernel reads whole rows and writes whole rows: a PSRAM operand is copied to share-memory whole."""
     return engine_operands(graph, node, whole=(0, "out"))
@@ -148,6 +156,6 @@ OPS = (
           pack_rules=(check_rank, check_in_exponent, check_out_exponent,
                       dtype_rule("csk60xx.layernorm.dtype", "LayerNormInt", (("int8",), ("int16",), ("int32",)),
                                  ("int8",))),
-          torch_ops=("builtin.LayerNorm",), view=_view, workspace=_workspace,
+          torch_ops=("builtin.LayerNorm",), view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
           lowerings={"lnn": Lowering(26, 3, None, "layernorm.c")}),
 )
