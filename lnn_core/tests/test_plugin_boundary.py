@@ -334,3 +334,19 @@ def test_entry_point_plugin_returning_garbage_names_distribution_and_entry_point
     assert "lnn:garbage = 'lnn_test_plugin_garbage'" in text and "lnn-ops-typo 0.1.0" in text
     assert main(["plugins"], host=host) == 1
     assert "garbage      lnn-ops-typo 0.1.0  FAILED TO LOAD" in capsys.readouterr().out
+
+
+def test_a_command_whose_arguments_cannot_be_set_up_is_skipped_and_the_rest_run(capsys):
+    def configure(parser):
+        parser.add_argument("--json")
+        parser.add_argument("--json")  # argparse refuses the second one
+
+    plugin = _plugin("badargs", lnn_register_commands=lambda registry: (
+        registry.add("broken", "x", configure, print), registry.add("fine", "y", print, print)))
+    host = isolated_host([plugin], on_error="warn")
+    with pytest.warns(PluginLoadWarning, match="registers command 'broken', whose arguments cannot be set up"):
+        assert main(["plugins"], host=host) == 1
+    err = _failed_once(host, "badargs", "lnn_register_commands")
+    assert "conflicting option string: --json" in str(err)
+    assert "broken" not in host.commands and "fine" not in host.commands and "rules" in host.commands
+    assert "badargs" in capsys.readouterr().out

@@ -1,7 +1,9 @@
 """The ``lnn`` command. Subcommands come from plugins through ``lnn_register_commands``.
 
-Exit codes: 0 success, 1 the command ran and found a problem (violations, mismatches), 2 usage or
-input error (bad arguments, unreadable files, broken plugins when asked to be strict).
+Exit codes: 0 success, 1 the command ran and found a problem (violations, mismatches; ``lnn plugins``: a
+plugin was skipped), 2 usage or input error (bad arguments, unreadable files, broken plugins when asked
+to be strict). A plugin that fails (import, hook, garbage result, a command whose arguments cannot be set
+up) is skipped with a warning naming it; ``lnn plugins`` always runs and lists it.
 
 Start-up cost: the host imports every plugin module (cheap by convention) and fills only the
 registries a command uses; ``lnn --help``, ``lnn plugins``, ``lnn pack``, ``lnn run`` and ``lnn check
@@ -22,6 +24,13 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser(host: PluginHost) -> argparse.ArgumentParser:
+    """The ``lnn`` parser with every registered command.
+
+    A command whose ``configure(parser)`` raises (a plugin's bug, two arguments with one name) is tried on a
+    scratch parser first: its plugin is skipped like any plugin that fails in a hook, and the other commands stay.
+    """
+    while not _configure_all_on_scratch(host):  # each failed round skips one plugin
+        pass
     parser = argparse.ArgumentParser(
         prog="lnn", description="Quantization-aware training and deployment for ListenAI CSK60xx chips.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
@@ -31,6 +40,19 @@ def build_parser(host: PluginHost) -> argparse.ArgumentParser:
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
+
+
+def _configure_all_on_scratch(host: PluginHost) -> bool:
+    commands = host.commands
+    for name, cmd in commands.items():
+        try:
+            cmd.configure(argparse.ArgumentParser(prog=f"lnn {name}"))
+        except Exception as exc:  # third-party code: its plugin is skipped (on_error="raise": raised)
+            host._skip(commands.owner_of(name), "lnn_register_commands", exc,
+                       headline=f"plugin {commands.owner_of(name)!r} registers command {name!r}, whose arguments "
+                                "cannot be set up, so it was skipped")
+            return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None, *, host: PluginHost | None = None) -> int:

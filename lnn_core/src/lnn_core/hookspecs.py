@@ -5,6 +5,11 @@ than its specification (pluggy's opt-in arguments). Hooks are never renamed: a r
 added beside the old one and the old one is deprecated with ``warn_on_impl``.
 
 Hooks marked firstresult: "Stops at first non-None result, see firstresult".
+
+The host (:class:`lnn_core.plugins.PluginHost`) calls each implementation itself and checks its result
+against the return type documented here; an implementation that raises or returns anything else gets its
+plugin skipped (warning naming the distribution and entry point, ``host.failed``). At registration, an
+implementation named after no hook, or taking an argument its hook does not pass, is refused.
 """
 
 from __future__ import annotations
