@@ -7,7 +7,9 @@ distribution and entry point and a ``LNN_DISABLE_PLUGINS=<name>`` hint; ``on_err
 
 from __future__ import annotations
 
+import os
 import types
+import warnings
 
 import pytest
 
@@ -350,3 +352,37 @@ def test_a_command_whose_arguments_cannot_be_set_up_is_skipped_and_the_rest_run(
     assert "conflicting option string: --json" in str(err)
     assert "broken" not in host.commands and "fine" not in host.commands and "rules" in host.commands
     assert "badargs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source, hook", [
+    ("""
+        from lnn_core import hookimpl
+
+        @hookimpl
+        def lnn_configure(host):
+            raise RuntimeError("no config file")
+    """, "lnn_configure"),
+    ("""
+        from lnn_core import hookimpl
+
+        @hookimpl
+        def lnn_register_recipes(registry):
+            from lnn_core.quant.recipes import Recipe
+            registry.add(Recipe(name=""))
+    """, "lnn_register_recipes"),
+], ids=["configure-raises", "recipe-without-a-name"])
+def test_an_installed_plugin_failing_so_leaves_every_command(fake_dist, monkeypatch, capsys, source, hook):
+    _entry_point_plugin(fake_dist, monkeypatch, "wobbly", "lnn_test_plugin_wobbly_" + hook, source)
+    with pytest.warns(PluginLoadWarning) as rec:
+        assert main(["plugins"]) == 1
+    text = str(rec[0].message)
+    assert text.splitlines()[0] == f"plugin 'wobbly' failed in {hook}, so it was skipped"
+    assert f"lnn:wobbly = 'lnn_test_plugin_wobbly_{hook}'" in text and "lnn-ops-typo 0.1.0" in text
+    assert "LNN_DISABLE_PLUGINS=wobbly" in text.splitlines()[-1]
+    assert "wobbly       lnn-ops-typo 0.1.0  FAILED TO LOAD" in capsys.readouterr().out
+    with warnings.catch_warnings():  # warned when the registry it broke is used (recipes: not by lnn rules)
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        assert main(["rules", "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("# Supported operators")
+    monkeypatch.setenv("LNN_DISABLE_PLUGINS", "wobbly," + os.environ["LNN_DISABLE_PLUGINS"])
+    assert main(["plugins"]) == 0  # the hint's switch works
