@@ -232,7 +232,7 @@ class PluginHost:
         if self.on_error == "raise":
             if isinstance(exc, RegistryError):  # a registry's own error (duplicate, bad item) as it is
                 raise exc
-            raise err from exc
+            raise err from (exc if exc is not err else err.__cause__)
         self.failed.append(err)
         warnings.warn(str(err), PluginLoadWarning, stacklevel=3)
 
