@@ -93,8 +93,9 @@ class QdqWriter:
         self.used: set[str] = set(graph.tensors) | {n.name for n in graph.nodes}
         self.float_view: dict[str, str] = {}
         self.consts: dict[tuple[Any, ...], str] = {}
-        self.opset = max([OPSET] + [_Q_OPSET.get(t.dtype, OPSET) for t in graph.tensors.values()
-                                    if t.exponent is not None])
+        # activations decide (an int16 initializer such as LayerNormInt's gamma is written as floats)
+        self.opset = max([OPSET] + [_Q_OPSET.get(t.dtype, OPSET) for name, t in graph.tensors.items()
+                                    if t.exponent is not None and name not in graph.initializers])
         self.node: Node | None = None
 
     # -- names and constants --------------------------------------------------------------------
