@@ -101,3 +101,33 @@ def test_a_raising_configure_hook_beside_the_backend_leaves_every_command(onnx_f
     assert main(["plugins"], host=host) == 1
     assert "FAILED TO LOAD" in capsys.readouterr().out
     assert main(["check", str(onnx_file)], host=host) == 0
+
+
+def test_a_command_that_fails_inside_is_one_message_naming_its_plugin(capsys):
+    """A defect in a plugin command's code ends in one message (exit 2) naming the command and the plugin, with
+    the traceback only under -v, never a bare Python traceback."""
+    import types
+
+    from lnn_core import hookimpl
+    from lnn_core.cli import main
+    from lnn_core.testing import isolated_host
+
+    plugin = types.ModuleType("boom_plugin")
+
+    def run(args, host):
+        raise ZeroDivisionError("inside the command")
+
+    @hookimpl
+    def lnn_register_commands(registry):
+        registry.add("boom", "a command with a defect", lambda p: None, run)
+
+    plugin.lnn_register_commands = lnn_register_commands
+    host = isolated_host([plugin])
+    assert main(["boom"], host=host) == 2
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith("lnn boom: internal error in plugin 'boom_plugin'")
+    assert "ZeroDivisionError: inside the command" in err and "LNN_DISABLE_PLUGINS=boom_plugin" in err
+    assert "Traceback" not in err
+    assert main(["-v", "boom"], host=host) == 2
+    assert "Traceback" in capsys.readouterr().err

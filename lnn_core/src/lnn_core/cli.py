@@ -82,6 +82,29 @@ def main(argv: Sequence[str] | None = None, *, host: PluginHost | None = None) -
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a defect in the command's code, not in the user's input: no traceback by default
+        return _internal_error(args, host, exc)
+
+
+def _internal_error(args: argparse.Namespace, host: PluginHost, exc: Exception) -> int:
+    """One message naming the command and the plugin that provides it; the traceback with ``-v``."""
+    import traceback
+
+    from .errors import format_message
+
+    command = getattr(args, "command", None) or "?"
+    try:
+        source = host.commands.source_of(command)
+    except (KeyError, LnnError):
+        source = "an unknown plugin"
+    plugin = source.split(" ", 1)[0].strip("'") if source else "?"
+    if args.verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(format_message(f"lnn {command}: internal error in plugin {source}",
+                         {"cause": f"{type(exc).__name__}: {exc}"},
+                         f"this is a defect of the command, not of your input: run again with -v for the traceback "
+                         f"and report it; to run without the plugin set LNN_DISABLE_PLUGINS={plugin}"), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
