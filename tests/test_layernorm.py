@@ -18,6 +18,8 @@ from torch import nn
 
 import lnn_core as lnn
 from lnn_core.errors import HardwareLimitError
+from lnn_core.exporter import to_ir
+from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_ops_builtin.layernorm import QLayerNorm
 
@@ -204,6 +206,35 @@ def test_verify_is_bit_exact_after_qat(make, shape, host):
     assert report.ok, report.table()
     names = [t.name for t in report.tensors]
     assert len(names) >= 3 and all(t.mismatches == 0 for t in report.tensors)
+
+
+def test_an_input_finer_than_2_15_is_requantized_for_the_kernel(host):
+    """The kernel takes n_x <= 15 (it forms 1 << 2 n_x as a C int): a LayerNorm on tiny values (n_x 19 here) gets
+    a Requant to exponent 15 in front, which the QAT module computes too; verify is bit-exact."""
+    torch.manual_seed(2)
+    m = lnn.init(seq(ln=nn.LayerNorm(8), fc=nn.Linear(8, 4)), host=host)
+    for _ in range(3):
+        m(torch.randn(2, 5, 8) * 1e-4)
+    m.eval()
+    x = torch.randn(2, 5, 8) * 1e-4
+    ln = dict(_lns(m))["ln"]
+    p = ln.integer_params()
+    assert p["n_x"] > 15 and p["n_k"] == 15
+    report = lnn.verify(m, x, host=host)
+    assert report.ok, report.table()
+    graph = to_ir(m, x, host=host)
+    ops = [n.op_type for n in graph.nodes]
+    assert ops[ops.index("LayerNormInt") - 1] == "Requant"
+    assert graph.tensors[graph.nodes[ops.index("LayerNormInt")].inputs[0]].exponent == 15
+    stub = next(mod for mod in m.modules() if isinstance(mod, QuantStub))
+    with torch.no_grad():
+        xq = stub(x)
+        y = ln(xq)
+    q = torch.floor(xq.double() * 2.0 ** p["n_x"] + 0.5).numpy().astype(np.int64)
+    s = p["n_x"] - 15
+    q15 = np.clip((q + (1 << (s - 1))) >> s, -128, 127)
+    want = _ref_y(q15, p["gamma"].numpy(), p["beta"].numpy(), 15, p["n_g"], p["n_o"])
+    np.testing.assert_array_equal(y.double().numpy() * 2.0 ** p["n_o"], want)
 
 
 # -- rules at lnn.init ---------------------------------------------------------------------------------------------

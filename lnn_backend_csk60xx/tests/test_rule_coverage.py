@@ -321,7 +321,7 @@ CASES: list[Case] = [
     Case("csk60xx.layernorm.rank", "ln", _g(lambda g, over: layernorm(g, (2, 8) if over else (1, 2, 8))),
          "rank >= 3", "rank 2", "unsqueeze"),
     Case("csk60xx.layernorm.in_exponent", "ln", _g(lambda g, over: layernorm(g, n_x=16 if over else 15)),
-         "0 <= n_x <= 15", "n_x 16", "at most 2^15"),
+         "0 <= n_x <= 15", "n_x 16", "exponent 15 first"),
     Case("csk60xx.layernorm.out_exponent", "ln", _g(lambda g, over: layernorm(g, n_g=10, n_o=21 if over else 20)),
          "n_o <= 20", "n_o 21 > 10 + n_g 10", "at most 2^20"),
     Case("csk60xx.layernorm.dtype", "ln",

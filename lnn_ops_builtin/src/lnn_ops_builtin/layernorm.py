@@ -7,6 +7,9 @@ integer sums and a 768-entry rsqrt table to ``u`` (int16, Q10), then ``y = SAT_8
 beta int32 at ``10 + n_g``. A LayerNorm without affine parameters uses gamma = 1, beta = 0; the chip's eps is
 fixed at 1e-5 (a rule asks for it).
 
+An input finer than the kernel's largest exponent (15) is requantized to 15 first (a ``Requant``), so the limit
+is met by the export, not by refusing the model; an input coarser than 2^0 (|x| beyond 127) is a pack-time error.
+
 The QAT module computes exactly that: in training ``u`` is the chip's integer (:func:`normalize_int`) on the
 fake-quantized input, gamma and beta are fake-quantized (straight-through), the output is fake-quantized with
 the cap ``n_o <= 10 + n_g``; the gradient is the float LayerNorm's at the same input and parameters. In eval the
@@ -43,6 +46,9 @@ NORM_Q = 10
 GAMMA_BITS = 16
 #: the chip's eps, fixed in the kernel
 CHIP_EPS = 1e-5
+#: the kernel's largest input exponent (it forms ``1 << 2 n_x`` as a C int, spec 2.3.5): a finer int8 input is
+#: first requantized to it (``SAT_8(SHR(q, n_x - 15))``); the normalization does not depend on the input's scale
+KERNEL_IN_EXPONENT_MAX = 15
 
 
 def _rsqrt_table() -> np.ndarray:
@@ -138,8 +144,13 @@ class QLayerNorm(QModule):
         g, _ = self._params(params)
         return NORM_Q + param_exponent(g.detach(), GAMMA_BITS, self.recipe)
 
-    def _int_input(self, x: torch.Tensor, n_x: int) -> torch.Tensor:
-        return torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127).to(torch.int64)
+    def _int_input(self, x: torch.Tensor, n_x: int) -> tuple[torch.Tensor, int]:
+        """The kernel's int8 input and its exponent: ``x`` at ``n_x``, requantized to 15 when ``n_x`` is above."""
+        q = torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127).to(torch.int64)
+        s = n_x - KERNEL_IN_EXPONENT_MAX
+        if s > 0:
+            q = ((q + (1 << (s - 1))) >> s).clamp_(-128, 127)
+        return q, min(n_x, KERNEL_IN_EXPONENT_MAX)
 
     def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         g, b = self._params(params)
@@ -147,9 +158,9 @@ class QLayerNorm(QModule):
             y = F.layer_norm(x, self.normalized_shape, g.reshape(self.normalized_shape),
                              b.reshape(self.normalized_shape), self.eps)
             return self.out_q(self.constrain_act(y))
-        n_x = self.in_exponent(0)
         t = self.row
-        u = normalize_int(self._int_input(x, n_x), n_x, t)
+        q, n_k = self._int_input(x, self.in_exponent(0))
+        u = normalize_int(q, n_k, t)
         if self.training:
             g_q, b_q, n_g = fake_quant_weight_bias(g, b, NORM_Q, GAMMA_BITS, self.recipe)
             flat = u.reshape(*u.shape[: u.dim() - len(self.normalized_shape)], t).double()
@@ -171,7 +182,7 @@ class QLayerNorm(QModule):
         b_i = quantize_bias(b.detach(), NORM_Q + n_g, self.recipe.bias_bits)
         n_x = self.in_exponent(0)
         return {"gamma": g_i.to(torch.int64), "n_g": n_g, "beta": b_i.to(torch.int64), "n_x": n_x,
-                "n_o": self.out_q.eval_exponent(cap=NORM_Q + n_g)}
+                "n_k": min(n_x, KERNEL_IN_EXPONENT_MAX), "n_o": self.out_q.eval_exponent(cap=NORM_Q + n_g)}
 
     def op_attrs(self) -> dict[str, Any]:
         attrs = super().op_attrs()
@@ -249,6 +260,10 @@ def write_layernorm(ctx: Any) -> str:
     n_x, n_g, n_o = p["n_x"], p["n_g"], p["n_o"]
     x = ctx.inputs[0]
     shape = ctx.shape(0)
+    if p["n_k"] != n_x:  # a finer input than the kernel takes: requantized first (exactly as the module does)
+        xr = ctx.tensor(p["n_k"], "int8", shape, suffix=".requant")
+        ctx.add("Requant", [x], [xr], {"data_bits": 8, "o_bits": 8}, suffix=".requant")
+        x, n_x = xr, p["n_k"]
     lift = 3 - len(shape) if shape is not None and len(shape) < 3 else 0
     if lift:
         axes = list(range(lift))

@@ -118,7 +118,7 @@ def check_in_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
     return Finding(actual=f"n_x {n}", limit=f"0 <= n_x <= {emax}",
                    hint="scale the LayerNorm's input into |x| < 128 (n_x >= 0): e.g. lower the producer's output "
                         "range, or requantize it first" if n < 0 else
-                   f"give the LayerNorm's input a scale of at most 2^{emax} (a coarser producer output)")
+                   f"requantize the input to exponent {emax} first (lnn export does it)")
 
 
 @rule("csk60xx.layernorm.out_exponent", ops=())
