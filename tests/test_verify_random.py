@@ -8,7 +8,8 @@ standalone BatchNorm2d, ReLU / ReLU6 / clamp / hardtanh, MaxPool2d, AvgPool2d (o
 windows, where ties happen), AdaptiveAvgPool2d(1), residual add / sub of equal shapes, mul (tensor * tensor,
 tensor * [N, C, 1, 1], tensor * python number), torch.cat, and flatten / view / reshape / transpose / permute /
 squeeze / unsqueeze between them; from seed ``SQUASH_FROM`` on also sigmoid / tanh (every spelling) and gated
-units ``tanh(x) * sigmoid(branch(x))``.
+units ``tanh(x) * sigmoid(branch(x))``; from seed ``LAYERNORM_FROM`` on also LayerNorm over the last dimension or
+the last two (``nn.LayerNorm`` and ``F.layer_norm``, affine or not).
 
 Quantizer state is pushed to the corners: after a few calibration forwards in train mode, some models get their
 weights (and BatchNorm statistics) perturbed so that outputs saturate, and some activation quantizers get a
@@ -49,7 +50,7 @@ from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
 
-N_MODELS = 72
+N_MODELS = 84
 
 # Every kind is forced into (at least) two models: seed i forces FORCED[i % len(FORCED)].
 FORCED = (
@@ -61,6 +62,8 @@ FORCED = (
 # gated units ``tanh(x) * sigmoid(branch(x))`` from their pool, and force one of these.
 SQUASH_FROM = 2 * len(FORCED)
 SQUASH = ("sigmoid", "tanh", "gated")
+# Seeds from LAYERNORM_FROM on (the earlier ones stay the models they were) also draw LayerNorm and force it.
+LAYERNORM_FROM = 72
 
 # IR op kinds (see _classify) that the run must have compared at least once.
 REQUIRED = (
@@ -68,7 +71,7 @@ REQUIRED = (
     "Conv1dInt", "ConvTranspose2dInt/s1", "ConvTranspose2dInt/s2", "LinearInt", "BatchNorm2dInt", "Relu", "Clip",
     "MaxPool", "AvgPool2dInt", "AvgPool2dInt/even-area", "AvgPool2dInt/global", "iqAdd", "iqSub", "iqMul",
     "iqMul/broadcast", "iqMul/scalar", "iqCat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-    "Conv2dInt/int16", "LinearInt/int16", "iqSigmoid", "iqTanh",
+    "Conv2dInt/int16", "LinearInt/int16", "iqSigmoid", "iqTanh", "LayerNormInt",
 )
 
 MAX_HW = 14  # largest spatial size the generator lets a tensor grow to
@@ -154,6 +157,10 @@ class Net(nn.Module):
                     y = getattr(a[0], op)()
                 else:
                     y = {"torch": fns[0], "F": fns[1], "alias": fns[2]}[p["how"]](a[0])
+            elif op == "ln_fn":
+                w = self.fparams[p["name"] + "_w"] if p["weight"] else None
+                b = self.fparams[p["name"] + "_b"] if p["bias"] else None
+                y = F.layer_norm(a[0], p["dims"], w, b, 1e-5)
             elif op == "gap_fn":
                 y = F.adaptive_avg_pool2d(a[0], 1)
             else:
@@ -462,6 +469,40 @@ class Gen:
         gate = self.squash("sigmoid", self.same_shape_branch(x))
         value = self.squash("tanh", x) if self.r.random() < 0.5 else x
         self.emit("mul", [value, gate], self.shapes[x], "gated", how=self.r.choice(["op", "torch"]))
+        return True
+
+    def layernorm(self) -> bool:
+        """LayerNorm over the last dimension (or the last two), module or ``F.layer_norm``, affine or not."""
+        r = self.r
+        s = self.shapes[self.cur]
+        if len(s) >= 3 and 4 <= s[-1] * s[-2] <= 362 and (s[-1] < 4 or r.random() < 0.25):
+            shape = tuple(s[-2:])
+        elif 4 <= s[-1] <= 362:
+            shape = (s[-1],)
+        else:  # rows too short for the kernel (T >= 4): widen the last dimension with a Linear first
+            name = self.name()
+            out_f = r.randint(4, MAX_C)
+            self.layers[name] = nn.Linear(s[-1], out_f)
+            s = (*s[:-1], out_f)
+            self.emit("mod", [self.cur], s, f"linear_r{len(s)}", name=name)
+            shape = (out_f,)
+        name = self.name()
+        weight, bias = r.random() < 0.7, r.random() < 0.6
+        if r.random() < 0.5:
+            ln = nn.LayerNorm(shape, elementwise_affine=weight, bias=bias)
+            if weight:
+                with torch.no_grad():
+                    ln.weight.uniform_(-2.0, 2.0)
+                    if bias:
+                        ln.bias.normal_(0.0, 0.5)
+            self.layers[name] = ln
+            self.emit("mod", [self.cur], s, "layernorm", name=name)
+        else:
+            if weight:
+                self.params[name + "_w"] = torch.empty(shape).uniform_(-2.0, 2.0)
+            if bias:
+                self.params[name + "_b"] = 0.5 * torch.randn(shape)
+            self.emit("ln_fn", [self.cur], s, "layernorm", name=name, dims=shape, weight=weight, bias=bias)
         return True
 
     def maxpool(self, src: int | None = None, same: bool = False) -> bool:
@@ -776,6 +817,7 @@ class Gen:
             "sigmoid": lambda: self.squash("sigmoid") is not None,
             "tanh": lambda: self.squash("tanh") is not None,
             "gated": self.gated,
+            "layernorm": self.layernorm,
         }
         return table[kind]()
 
@@ -783,6 +825,8 @@ class Gen:
         r = self.r
         squash = self.seed >= SQUASH_FROM
         forced = SQUASH[self.seed % len(SQUASH)] if squash else FORCED[self.seed % len(FORCED)]
+        if self.seed >= LAYERNORM_FROM:
+            forced = "layernorm"
         one_d = forced.startswith("conv1d") or (forced not in ("deconv_s1", "deconv_s2") and r.random() < 0.15)
         n = r.randint(1, 2)
         c = r.randint(1, MAX_C)
@@ -805,7 +849,8 @@ class Gen:
         pool = ["conv2d", "conv2d", "conv2d_grouped", "conv2d_dw", "conv2d_bn", "conv1d", "deconv", "linear",
                 "bn2d", "relu", "relu", "relu6", "clamp", "maxpool", "avgpool", "avgpool_even", "gap", "add", "add",
                 "sub", "mul", "mul_se", "mul_const", "cat", "cat", "flatten", "view", "transpose", "squeeze",
-                "unsqueeze"] + (list(SQUASH) * 2 if squash else [])
+                "unsqueeze"] + (list(SQUASH) * 2 if squash else []) \
+            + (["layernorm"] * 2 if self.seed >= LAYERNORM_FROM else [])
         done = 1
         while done < target:
             kind = forced if done == pos else r.choice(pool)
@@ -1067,6 +1112,24 @@ def _run_seed(seed: int, host: Any) -> Result:
             n = cap - r.randint(0, 2)
             _set_exponent(m.out_q, n)
             notes.append(f"{node.target}: exponent {n} (shift {cap - n})")
+    from lnn_ops_builtin.layernorm import QLayerNorm
+
+    owners = {id(q): o for o in qmodel.modules() if isinstance(o, nn.Module)
+              for q in getattr(o, "_modules", {}).values() if isinstance(q, ActQuantizer)}
+    for name, m in qmodel.named_modules():  # LayerNormInt reads int8 at exponent >= 0 (|x| <= 127 or finer)
+        q = m.input_quantizers[0] if isinstance(m, QLayerNorm) else None
+        if q is None or q.eval_exponent() >= 0:
+            continue
+        _set_exponent(q, 0)
+        owner = owners.get(id(q))
+        with torch.no_grad():  # a producer that caps its exponent below 0 (n_x + n_w): smaller weights
+            for _ in range(16):
+                if q.eval_exponent() >= 0 or getattr(owner, "weight", None) is None:
+                    break
+                owner.weight.mul_(0.25)
+                if getattr(owner, "bias", None) is not None:
+                    owner.bias.mul_(0.25)
+        notes.append(f"{name}: input exponent {q.eval_exponent()} (LayerNorm reads exponents >= 0)")
     stub = next(q for name, q in quantizers if id(q) in stubs)
     x = _engineered_input(rng, shape, stub.eval_exponent())
 
