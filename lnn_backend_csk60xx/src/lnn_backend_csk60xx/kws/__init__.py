@@ -1,0 +1,12 @@
+"""``lnn demo kws``: keyword spotting on synthesized speech, trained, quantized, packed and simulated bit-exact.
+
+* :mod:`.synth`: eSpeak NG through ctypes (the ``espeakng-loader`` package; nothing is downloaded);
+* :mod:`.data`: the seeded data set (ten keywords, unknown, silence), split by voice, cached on disk;
+* :mod:`.frontend`: the MFCC front end (numpy). It runs on the chip's DSP, outside the NPU graph: the model's
+  input is the feature matrix, and ``lnn run`` is fed the same features (``python -m
+  lnn_backend_csk60xx.kws.frontend clip.wav -o x.npy``);
+* :mod:`.models`: the networks (DS-CNN), built with torch;
+* :mod:`.demo`: the flow and its summary table.
+
+Only :mod:`.models` and :mod:`.demo` need torch, and import it when called.
+"""
