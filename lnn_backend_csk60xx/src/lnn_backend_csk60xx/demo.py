@@ -1,5 +1,7 @@
 """``lnn demo``: the whole flow on scikit-learn's bundled handwritten digits (no download).
 
+``lnn demo kws`` runs the keyword-spotting demo instead (:mod:`lnn_backend_csk60xx.kws.demo`).
+
 float training -> stage 1 (lnn.constrain) -> stage 2 (lnn.init, QAT) -> export (CSK60xx dialect
 and QDQ) -> pack (memory plan, model.bin) -> the C int8 simulator on every test image ->
 ``lnn.verify`` (every intermediate tensor). Needs the ``demo`` extra (torch, scikit-learn,
@@ -184,18 +186,47 @@ def _with_float_weights(prepared: Any, float_model: Any) -> dict[str, Any]:
     return sd
 
 
+KWS_ONLY = ("quick", "clips", "cache_dir", "workers")
+
+
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=30, help="float training epochs (default 30)")
-    p.add_argument("--qat-epochs", type=int, default=8, help="quantization-aware training epochs (default 8)")
+    p.add_argument("which", nargs="?", choices=("digits", "kws"), default="digits", metavar="DEMO",
+                   help="digits (the default): scikit-learn's handwritten digits; kws: keyword spotting on "
+                   "synthesized speech (lnn_backend_csk60xx.kws)")
+    p.add_argument("--epochs", type=int, default=None, help="float training epochs (default: digits 30, kws 16)")
+    p.add_argument("--qat-epochs", type=int, default=None,
+                   help="quantization-aware training epochs (default: digits 8, kws 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default="lnn-demo", help="where to write the ONNX files, model.bin and the "
-                   "checkpoint (default ./lnn-demo)")
+    p.add_argument("--out-dir", default=None, help="where to write the ONNX files, model.bin and the "
+                   "checkpoint (default ./lnn-demo, kws ./lnn-demo-kws)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    g = p.add_argument_group("keyword spotting (lnn demo kws)")
+    g.add_argument("--quick", action="store_true", help="360 clips, a few epochs (a smoke test of the flow)")
+    g.add_argument("--clips", type=int, default=None, help="clips to synthesize (default 4000; --quick 360)")
+    g.add_argument("--cache-dir", default=None,
+                   help="where the synthesized clips are cached (default $XDG_CACHE_HOME/lnn/kws)")
+    g.add_argument("--workers", type=int, default=None, help="speech synthesis processes (default: every CPU)")
 
 
 def run(args: argparse.Namespace, host: Any) -> int:
-    res = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed, progress=not args.json, host=host,
-                   out_dir=args.out_dir)
+    if args.which == "kws":
+        from .kws.demo import run_cli
+
+        return run_cli(args, host)
+    given = [name for name in KWS_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        from lnn_core.errors import ConfigError
+
+        option = "--" + given[0].replace("_", "-")
+        raise ConfigError(f"lnn demo: option {option} belongs to the keyword demo",
+                          {"rule": f"{', '.join('--' + g.replace('_', '-') for g in KWS_ONLY)} apply to "
+                           "lnn demo kws only"},
+                          f"run lnn demo kws {option} ...", option=given[0], value=getattr(args, given[0]),
+                          valid=None)
+    epochs = 30 if args.epochs is None else args.epochs
+    qat_epochs = 8 if args.qat_epochs is None else args.qat_epochs
+    res = run_demo(epochs=epochs, qat_epochs=qat_epochs, seed=args.seed, progress=not args.json, host=host,
+                   out_dir=args.out_dir or "lnn-demo")
     res.pop("model")
     if args.json:
         print(json.dumps(res, indent=2))
