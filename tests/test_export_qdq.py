@@ -527,3 +527,32 @@ def test_linger_resnet18_in_onnxruntime_equals_the_vendor_simulator():
     sess = _session(proto)
     got = np.concatenate([sess.run(None, {graph.inputs[0]: x[i:i + 1]})[0] for i in range(len(x))])
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_3d_linear_in_an_int16_graph_loads_in_onnxruntime_and_equals_eval():
+    """int16 activations (sigmoid's input) put the file at opset 21, where onnxruntime's MatMul + Add fusion into
+    Reshape + Gemm used to insert a QuantizeLinear it could not type: the 3-D Linear's bias is written at the
+    output's rank, which onnxruntime leaves alone."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.b(torch.sigmoid(self.a(x)))
+
+    torch.manual_seed(0)
+    model = lnn.init(Net()).train()
+    for _ in range(3):
+        model(torch.randn(2, 5, 8))
+    model.eval()
+    x = torch.randn(2, 5, 8)
+    proto = lnn.export(model, x, None, dialect="qdq")
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [21]
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        np.testing.assert_array_equal(y, model(x).detach().numpy())

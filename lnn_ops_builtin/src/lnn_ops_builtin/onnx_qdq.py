@@ -292,7 +292,11 @@ def _linear(w: QdqWriter, node: Node) -> None:
         return
     mm = w.fresh(f"{node.outputs[0]}.matmul")
     w.add("MatMul", [w.dq(x), w.dq(w_t)], [mm], name=w.fresh(f"{node.name}.matmul"))
-    w.result("Add", [mm, w.dq(bias)], grid=grid)
+    # the bias at the output's rank ([1, ..., 1, N]): onnxruntime then leaves MatMul + Add alone (its
+    # MatMulAddFusion into Reshape + Gemm inserts a QuantizeLinear it cannot type at opset 21)
+    b = w.g.initializers[bias]
+    b_nd = w.derived(f"{bias}.nd", b.reshape((1,) * (len(shape) - 1) + b.shape) if shape is not None else b, bias)
+    w.result("Add", [mm, w.dq(b_nd)], grid=grid)
 
 
 def _batchnorm(w: QdqWriter, node: Node) -> None:
