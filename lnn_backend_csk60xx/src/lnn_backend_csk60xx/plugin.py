@@ -56,7 +56,8 @@ def lnn_op_rules(op_type: str, target: str, host: Any) -> list[Any] | None:
 def lnn_register_commands(registry: Any) -> None:
     from . import commands, demo
 
-    registry.add("demo", "run the whole flow on the bundled digits data and print float vs int8 accuracy",
+    registry.add("demo", "run the whole flow on the bundled digits data (or, lnn demo kws, on synthesized spoken "
+                 "keywords) and print float vs int8 accuracy",
                  demo.configure, demo.run)
     registry.add("pack", "check, split, plan and pack a CSK60xx ONNX file into model.bin (+ memory report)",
                  commands.configure_pack, commands.run_pack)
