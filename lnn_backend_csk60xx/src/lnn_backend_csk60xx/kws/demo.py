@@ -22,7 +22,7 @@ from .models import MODELS
 __all__ = ["run_kws_demo", "run_cli", "summary_table", "FULL", "QUICK"]
 
 # (clips, float epochs, stage-1 epochs, QAT epochs)
-FULL = {"clips": 4000, "epochs": 16, "stage1_epochs": 2, "qat_epochs": 4}
+FULL = {"clips": 4000, "epochs": 30, "stage1_epochs": 2, "qat_epochs": 4}
 QUICK = {"clips": 360, "epochs": 3, "stage1_epochs": 1, "qat_epochs": 1}
 
 
