@@ -27,16 +27,6 @@ from lnn_core.graph import Node
 from lnn_core.testing import isolated_host
 
 
-@pytest.fixture(scope="module")
-def host():
-    return isolated_host([backend_plugin, _neg_plugin])
-
-
-@pytest.fixture(scope="module")
-def ops(host):
-    return OpSet.from_host(host)
-
-
 def neg_graph(bias: int = 3):
     """x -> Quant(4) -> TestNeg -> Relu -> Conv2dInt 1x1 -> Dequant: the plugin op between chip ops."""
     g = ir_graph("neg")

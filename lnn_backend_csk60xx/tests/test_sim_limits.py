@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import _neg_plugin
 import numpy as np
 import pytest
 from _helpers import make_model, tnode
@@ -19,23 +18,12 @@ import lnn_backend_csk60xx.plugin as backend_plugin
 from lnn_backend_csk60xx._sim import lib
 from lnn_backend_csk60xx.dialect import read_onnx
 from lnn_backend_csk60xx.limits import SIM_LIMITS, parse_macs
-from lnn_backend_csk60xx.ops import OpSet
 from lnn_backend_csk60xx.packer import EXTERNAL_OP_CODE, pack
 from lnn_backend_csk60xx.pipeline import pack_graph, pack_onnx
 from lnn_backend_csk60xx.simulator import Simulator
 from lnn_core.cli import main
 from lnn_core.errors import ConfigError, HardwareLimitError, ModelFileError
 from lnn_core.testing import isolated_host
-
-
-@pytest.fixture(scope="module")
-def host():
-    return isolated_host([backend_plugin, _neg_plugin])
-
-
-@pytest.fixture(scope="module")
-def ops(host):
-    return OpSet.from_host(host)
 
 
 def _load_error(blob: bytes, **kw) -> ModelFileError:

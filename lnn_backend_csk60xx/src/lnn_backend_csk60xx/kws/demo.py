@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..demo import _with_float_weights
 from .data import LABELS, load_dataset
 from .frontend import FrontEnd, mfcc, write_wav
 from .models import MODELS
@@ -63,14 +64,6 @@ def _predict(model: Any, x: Any) -> Any:
 
 def _accuracy(model: Any, x: Any, y: Any) -> float:
     return float((_predict(model, x).argmax(1) == y).float().mean()) * 100.0
-
-
-def _with_float_weights(prepared: Any, float_model: Any) -> dict[str, Any]:
-    sd = prepared.state_dict()
-    for key, value in float_model.state_dict().items():
-        if key in sd:
-            sd[key] = value
-    return sd
 
 
 def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: dict[str, int], seed: int, host: Any,

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .observers import floor_exponent
+
 __all__ = [
     "qrange",
     "round_half_up",
@@ -258,19 +260,8 @@ def tensor_bounds(x: torch.Tensor) -> tuple[float, float] | None:
 
 
 def exponent_for_absmax(m: float, bits: int, lo: int, hi: int) -> int:
-    """The floor rule on a known ``m = max|w|``: ``n = floor(log2((2**(b-1) - 1) / m))``, clamped to [lo, hi].
-
-    ``m * 2**n <= 2**(b-1) - 1``: the largest value is never clipped. ``m`` zero, NaN or infinite gets ``hi``.
-    """
-    if not m > 0.0 or not math.isfinite(m):
-        return hi
-    top = (1 << (bits - 1)) - 1
-    n = math.floor(math.log2(top / m))
-    while m * 2.0**n > top:  # guard the log2 against rounding at exact powers of two
-        n -= 1
-    while m * 2.0 ** (n + 1) <= top:
-        n += 1
-    return max(lo, min(hi, n))
+    """The floor rule on a known ``m = max|w|`` (:func:`~.observers.floor_exponent`, the one implementation)."""
+    return floor_exponent(m, bits, lo, hi)
 
 
 def absmax(bounds: tuple[float, float] | None) -> float:
