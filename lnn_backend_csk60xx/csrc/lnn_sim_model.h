@@ -155,7 +155,7 @@ static inline int lnn_same_dims(const lnn_tensor *a, const lnn_tensor *b) {
 
 static inline int lnn_in_range(int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; }
 
-/* window output size along one axis (ONNX convention, see passes.py); -1 when the kernel does not fit */
+/* window output size along one axis (ONNX convention, see ops/_window.py); -1 when the kernel does not fit */
 static inline int64_t lnn_window_out(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t p1, int64_t d,
                                      int ceil_mode) {
     const int64_t span = in + p0 + p1 - d * (k - 1) - 1;
@@ -175,5 +175,14 @@ static inline int lnn_overlap(const lnn_tensor *a, const lnn_tensor *b) {
 /* the tensor behind input i / output k of a prepared op (input i must not be omitted) */
 #define LNN_IN(m, op, i) (&(m)->tensors[(op)->in[i]])
 #define LNN_OUT(m, op, k) (&(m)->tensors[(op)->out[k]])
+
+/* the prologue of a one-input op's prepare: exactly one input; *x and *y are its input and first output */
+static inline lnn_sim_status lnn_unary(const struct lnn_sim_model *m, const lnn_op *op, const lnn_tensor **x,
+                                       const lnn_tensor **y, char *msg, size_t n) {
+    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
+    *x = LNN_IN(m, op, 0);
+    *y = LNN_OUT(m, op, 0);
+    return LNN_SIM_OK;
+}
 
 #endif /* LNN_SIM_MODEL_H */

@@ -76,11 +76,10 @@ lnn_sim_status lnn_sim_activation_s16(int32_t op, int32_t in_exponent, int64_t c
 
 static lnn_sim_status prepare_activation(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
                                          size_t n) {
-    const lnn_tensor *x, *y;
+    const lnn_tensor *x = NULL, *y = NULL;
+    const lnn_sim_status st = lnn_unary(m, op, &x, &y, msg, n);
     (void)need;
-    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
-    x = LNN_IN(m, op, 0);
-    y = LNN_OUT(m, op, 0);
+    if (st != LNN_SIM_OK) return st;
     if (op->n_attrs != 0 || x->dtype != LNN_SIM_DT_INT16 || y->dtype != LNN_SIM_DT_INT8 || !lnn_same_dims(x, y))
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': %s maps int16 to int8 of the same shape", op->name,
                         op->kernel->name);

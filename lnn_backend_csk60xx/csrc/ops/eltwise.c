@@ -62,10 +62,9 @@ lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count
 /* ---- registrations ------------------------------------------------------------------------------- */
 
 static lnn_sim_status prepare_clip_like(const lnn_sim_model *m, lnn_op *op, char *msg, size_t n) {
-    const lnn_tensor *x, *y;
-    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
-    x = LNN_IN(m, op, 0);
-    y = LNN_OUT(m, op, 0);
+    const lnn_tensor *x = NULL, *y = NULL;
+    const lnn_sim_status st = lnn_unary(m, op, &x, &y, msg, n);
+    if (st != LNN_SIM_OK) return st;
     if (!lnn_is_int_out(x->dtype) || y->dtype != x->dtype || y->exponent != x->exponent || !lnn_same_dims(x, y))
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': input and output must match in dtype, scale and shape", op->name);
     return LNN_SIM_OK;

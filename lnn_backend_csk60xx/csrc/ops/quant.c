@@ -44,11 +44,10 @@ lnn_sim_status lnn_sim_rescale_s8(int32_t shift, int32_t out_dtype, int64_t coun
 /* ---- registrations ------------------------------------------------------------------------------- */
 
 static lnn_sim_status prepare_quant(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg, size_t n) {
-    const lnn_tensor *x, *y;
+    const lnn_tensor *x = NULL, *y = NULL;
+    const lnn_sim_status st = lnn_unary(m, op, &x, &y, msg, n);
     (void)need;
-    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
-    x = LNN_IN(m, op, 0);
-    y = LNN_OUT(m, op, 0);
+    if (st != LNN_SIM_OK) return st;
     if (op->n_attrs != 0 || x->dtype != LNN_SIM_DT_FLOAT32 || y->dtype != LNN_SIM_DT_INT8 || !lnn_same_dims(x, y))
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': Quant maps float32 to int8 of the same shape", op->name);
     return LNN_SIM_OK;
@@ -62,11 +61,10 @@ static lnn_sim_status run_quant(lnn_sim_model *m, const lnn_op *op, char *msg, s
 
 static lnn_sim_status prepare_dequant(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
                                       size_t n) {
-    const lnn_tensor *x, *y;
+    const lnn_tensor *x = NULL, *y = NULL;
+    const lnn_sim_status st = lnn_unary(m, op, &x, &y, msg, n);
     (void)need;
-    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
-    x = LNN_IN(m, op, 0);
-    y = LNN_OUT(m, op, 0);
+    if (st != LNN_SIM_OK) return st;
     if (op->n_attrs != 0 || !(lnn_is_int_out(x->dtype) || x->dtype == LNN_SIM_DT_UINT8) ||
         y->dtype != LNN_SIM_DT_FLOAT32 || !lnn_same_dims(x, y))
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': Dequant maps an integer tensor to float32 of the same shape",
@@ -82,11 +80,10 @@ static lnn_sim_status run_dequant(lnn_sim_model *m, const lnn_op *op, char *msg,
 
 static lnn_sim_status prepare_requant(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
                                       size_t n) {
-    const lnn_tensor *x, *y;
+    const lnn_tensor *x = NULL, *y = NULL;
+    const lnn_sim_status st = lnn_unary(m, op, &x, &y, msg, n);
     (void)need;
-    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
-    x = LNN_IN(m, op, 0);
-    y = LNN_OUT(m, op, 0);
+    if (st != LNN_SIM_OK) return st;
     if (op->n_attrs != 0 || x->dtype != LNN_SIM_DT_INT8 || !lnn_is_int_out(y->dtype) || !lnn_same_dims(x, y))
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': Requant maps int8 to int8/16/32 of the same shape", op->name);
     op->p.rq.shift = x->exponent - y->exponent;

@@ -77,20 +77,13 @@ lnn_sim_status lnn_sim_slice(int32_t rank, const int32_t *in_dims, const int32_t
 
 /* ---- registrations ------------------------------------------------------------------------------- */
 
-static lnn_sim_status one_input(const lnn_op *op, char *msg, size_t n) {
-    if (op->n_in != 1 || op->in[0] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': needs exactly one input", op->name);
-    return LNN_SIM_OK;
-}
-
 /* Reshape, Flatten, Squeeze, Unsqueeze: the output shape comes from its tensor record */
 static lnn_sim_status prepare_reshape(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
                                       size_t n) {
-    const lnn_tensor *x, *y;
-    const lnn_sim_status st = one_input(op, msg, n);
+    const lnn_tensor *x = NULL, *y = NULL;
+    const lnn_sim_status st = lnn_unary(m, op, &x, &y, msg, n);
     (void)need;
     if (st != LNN_SIM_OK) return st;
-    x = LNN_IN(m, op, 0);
-    y = LNN_OUT(m, op, 0);
     if (op->n_attrs != 0 || y->dtype != x->dtype || y->numel != x->numel || y->exponent != x->exponent)
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': a reshape keeps dtype, scale and element count", op->name);
     return LNN_SIM_OK;
@@ -113,12 +106,10 @@ static lnn_sim_status run_reshape(lnn_sim_model *m, const lnn_op *op, char *msg,
 static lnn_sim_status prepare_transpose(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg,
                                         size_t n) {
     int32_t seen[LNN_SIM_MAX_RANK] = {0, 0, 0, 0, 0, 0}, d;
-    const lnn_tensor *x, *y;
-    const lnn_sim_status st = one_input(op, msg, n);
+    const lnn_tensor *x = NULL, *y = NULL;
+    const lnn_sim_status st = lnn_unary(m, op, &x, &y, msg, n);
     (void)need;
     if (st != LNN_SIM_OK) return st;
-    x = LNN_IN(m, op, 0);
-    y = LNN_OUT(m, op, 0);
     if (op->n_attrs != x->rank || y->rank != x->rank || y->dtype != x->dtype || y->exponent != x->exponent ||
         x->rank < 1)
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': Transpose needs one perm entry per axis and a matching output",
