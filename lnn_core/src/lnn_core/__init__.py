@@ -25,7 +25,15 @@ Writing a plugin: a plugin is a module with ``@hookimpl`` functions, published t
     def lnn_op_rules(op_type, target):
         return [check_hardswish_range] if op_type == "acme.HardSwish" and target == "csk60xx" else None
 
+    @hookimpl
+    def lnn_register_target_ops(registry):  # the op's IR node on a target: as the backend registers its own
+        from lnn_backend_csk60xx.ops import OpDef
+        registry.add("csk60xx", OpDef("AcmeHardSwishInt", "acme", (1, 1), infer, kernel=hardswish_kernel))
+
 The hook specifications are in :mod:`lnn_core.hookspecs`; ``lnn plugins`` lists what is installed.
+What a hook returns is checked where lnn receives it: a plugin that raises, returns the wrong type or
+registers something invalid is skipped by name (a warning, ``host.failed``, ``LNN_DISABLE_PLUGINS``),
+never a crash of the command. ``docs/adding-an-op.md`` walks one op through every place it lives.
 Plugin modules should import nothing heavy at module level: import torch (and numpy, onnx) inside the
 hook that needs it, so that ``lnn --help``, ``lnn pack`` and ``lnn run`` start without torch.
 
