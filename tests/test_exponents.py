@@ -15,7 +15,7 @@ import lnn_core as lnn
 from lnn_core.errors import ConfigError
 from lnn_core.quant.config import LayerConfig, QuantConfig
 from lnn_core.quant.observers import EmaThreshold, FixedExponent
-from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.qmodule import QModule, QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
 
 
@@ -139,7 +139,7 @@ def test_default_rules_give_the_integers_of_their_definition(seed, rule, host):
     from the rules' definitions (EMA of max|x|, round rule, floor rule for weights, half-up everywhere)."""
     torch.manual_seed(seed)
     q = lnn.init(LinearOnly(), config=QuantConfig(act_rule=rule), host=host)
-    stub = next(m for m in q.modules() if type(m).__name__ == "QuantStub")
+    stub = next(m for m in q.modules() if isinstance(m, QuantStub))
     seen: dict[str, list[float]] = {"x": [], "y": []}
     stub.out_q.register_forward_hook(lambda m, a, o: seen["x"].append(float(a[0].detach().abs().max())))
     q.fc.out_q.register_forward_hook(lambda m, a, o: seen["y"].append(float(a[0].detach().abs().max())))
