@@ -1,0 +1,203 @@
+"""Float fallback for modules that return tuples or take several inputs (issue 10 item 1).
+
+``nn.GRU`` / ``nn.LSTM`` return ``(output, h_n)`` / ``(output, (h_n, c_n))``; a user module may take several
+tensors and return several. Kept float (``lnn.disable_quant``, ``LayerConfig(float=True)`` by path or by type,
+or as an op without a quantized form), such a module:
+
+- runs in training and eval after ``lnn.init`` (the Quant that follows it goes after the ``getitem`` that picks
+  one of its values, never on the tuple: that crashed with ``'tuple' object has no attribute 'requires_grad'``);
+- exports to QDQ as the float ONNX ops between Dequant and Quant, and onnxruntime computes what eval computes;
+- is refused by the CSK60xx export with one error naming the module (the chip has no float).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lnn_core as lnn
+from lnn_core.errors import ExportError, UnsupportedOpError
+from lnn_core.exporter import FloatIslandWarning
+from lnn_core.quant.rewrite import ROLE_KEY, UnsupportedOpWarning
+
+
+class CRNN(nn.Module):
+    """conv + BN + ReLU over (time, freq), then an RNN over time, then a linear on every frame."""
+
+    def __init__(self, rnn: str = "GRU", *, keep: str = "disable_quant", batch_first: bool = True,
+                 state: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.rnn = getattr(nn, rnn)(4 * 6, 12, batch_first=batch_first)
+        self.fc = nn.Linear(12, 5)
+        self.batch_first, self.state = batch_first, state
+        if keep == "disable_quant":
+            lnn.disable_quant(self.rnn)
+
+    def forward(self, x, h0=None):
+        x = torch.relu(self.bn(self.conv(x)))  # [B, 4, T, 6]
+        x = x.permute(0, 2, 1, 3).flatten(2)  # [B, T, 24]
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        if self.state:  # a float graph input
+            y, _ = self.rnn(x, (h0, h0) if isinstance(self.rnn, nn.LSTM) else h0)
+        else:
+            y, _ = self.rnn(x)
+        return self.fc(y)
+
+
+class Pair(nn.Module):
+    """A user module taking two tensors and returning two."""
+
+    def forward(self, a, b):
+        return a * b.sigmoid(), torch.abs(a - b)
+
+
+class TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.pair = lnn.disable_quant(Pair())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        p, q = self.pair(self.a(x), self.b(x))
+        return self.head(p) + self.head(q)
+
+
+def _qat(model: nn.Module, *x: torch.Tensor, steps: int = 3) -> nn.Module:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(*x).square().mean().backward()
+        opt.step()
+    return model.eval()
+
+
+def _prepare(model: nn.Module, host, config=None) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedOpWarning)  # kept float on purpose: no warning
+        return lnn.init(model, config=config, host=host)
+
+
+KEEPS = {
+    "disable_quant": None,
+    "by_path": lnn.QuantConfig(by_path={"rnn": lnn.LayerConfig(float=True)}),
+    "by_type": lnn.QuantConfig(by_type={"GRU": lnn.LayerConfig(float=True), "LSTM": lnn.LayerConfig(float=True)}),
+}
+
+
+@pytest.mark.parametrize("rnn", ["GRU", "LSTM"])
+@pytest.mark.parametrize("keep", list(KEEPS))
+def test_rnn_kept_float_trains_and_evaluates(rnn, keep, host):
+    config = KEEPS[keep]
+    if keep == "by_type":
+        config = lnn.QuantConfig(by_type={rnn: lnn.LayerConfig(float=True)})
+    model = CRNN(rnn, keep=keep)
+    qmodel = _prepare(model, host, config)
+    assert type(qmodel.rnn) is getattr(nn, rnn)
+    x = torch.randn(3, 1, 7, 6)
+    _qat(qmodel, x)
+    with torch.no_grad():
+        y = qmodel(x)
+    assert y.shape == (3, 7, 5)
+    # the output is on the int8 grid of the Linear's output exponent (quantized after the float RNN)
+    n = qmodel.fc.out_q.eval_exponent()
+    assert torch.equal(torch.round(y * 2.0**n), y * 2.0**n)
+    # the RNN's input is dequantized int8 data, its picked output re-quantized: a float island
+    assert "rnn" in qmodel.lnn.islands
+    rnn_node = next(n for n in qmodel.graph.nodes if n.target == "rnn")
+    assert rnn_node.meta[ROLE_KEY].kind == "float" and rnn_node.meta[ROLE_KEY].quantized
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("rnn", ["GRU", "LSTM"])
+def test_rnn_island_qdq_export_agrees_with_eval(rnn, batch_first, host):
+    """QDQ writes the float RNN (ONNX GRU / LSTM) between Dequant and Quant; onnxruntime agrees with eval up to
+    float rounding inside the RNN (one output LSB at most, most outputs equal). The initial state is a second,
+    float graph input read by the float op (a tuple of two for the LSTM)."""
+    import onnxruntime as ort
+
+    model = _qat(_prepare(CRNN(rnn, batch_first=batch_first, state=True), host), torch.randn(2, 1, 9, 6),
+                 torch.randn(1, 2, 12))
+    x, h0 = torch.randn(1, 1, 9, 6), torch.randn(1, 1, 12)
+    with pytest.warns(FloatIslandWarning, match=rnn):
+        proto = lnn.export(model, (x, h0), dialect="qdq", host=host)
+    assert rnn in [n.op_type for n in proto.graph.node]
+    sess = ort.InferenceSession(proto.SerializeToString())
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, dict(zip(names, (x.numpy(), h0.numpy()))))[0]
+    with torch.no_grad():
+        want = model(x, h0).numpy()
+    lsb = 2.0 ** -model.fc.out_q.eval_exponent()
+    assert np.abs(got - want).max() <= lsb * 1.0001
+    assert np.mean(got == want) >= 0.95
+
+
+@pytest.mark.parametrize("rnn", ["GRU", "LSTM"])
+def test_rnn_island_is_refused_by_the_csk60xx_export_naming_the_module(rnn, host):
+    model = _qat(_prepare(CRNN(rnn), host), torch.randn(2, 1, 7, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FloatIslandWarning)
+        with pytest.raises(ExportError) as exc:
+            lnn.export(model, (torch.randn(1, 1, 7, 6),), dialect="csk60xx", host=host)
+    err = exc.value
+    assert err.module == "rnn" and err.dialect == "csk60xx" and err.node == "rnn"
+    assert str(err).splitlines()[0].startswith(f"{rnn} (module 'rnn') is kept float")
+    assert "qdq" in err.hint and "disable_quant" in err.hint
+
+
+def test_several_islands_are_refused_all_at_once(host):
+    model = _qat(_prepare(TwoInTwoOut(), host), torch.randn(4, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FloatIslandWarning)
+        with pytest.raises(ExportError) as exc:
+            lnn.export(model, (torch.randn(1, 6),), dialect="csk60xx", host=host)
+    assert exc.value.module == "pair"
+    assert len(exc.value.ops) == 1 and "Pair (module 'pair')" in exc.value.ops[0]
+
+
+def test_user_module_with_two_inputs_and_two_outputs_kept_float(host):
+    """Two quantized tensors in, two float tensors out, each re-quantized for the head; QDQ equals eval."""
+    import onnxruntime as ort
+
+    model = _qat(_prepare(TwoInTwoOut(), host), torch.randn(4, 6))
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        want = model(x).numpy()
+    with pytest.warns(FloatIslandWarning, match="Pair"):
+        proto = lnn.export(model, (x,), dialect="qdq", host=host)
+    sess = ort.InferenceSession(proto.SerializeToString())
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    lsb = 2.0 ** -model.head.out_q.eval_exponent()
+    assert np.abs(got - want).max() <= 2 * lsb * 1.0001  # two re-quantized branches summed
+
+
+def test_unsupported_rnn_is_reported_like_any_unsupported_op(host):
+    """Not kept float on purpose: one warning naming the op, node and call site (an error with strict=True),
+    never a crash; the model still trains and evaluates with the RNN in float."""
+    with pytest.warns(UnsupportedOpWarning) as record:
+        qmodel = lnn.init(CRNN("LSTM", keep="none"), host=host)
+    texts = [str(w.message) for w in record if issubclass(w.category, UnsupportedOpWarning)]
+    assert len(texts) == 1 and "op LSTM (node 'rnn')" in texts[0] and "self.rnn(x)" in texts[0]
+    _qat(qmodel, torch.randn(2, 1, 5, 6))
+    with pytest.raises(UnsupportedOpError) as exc:
+        lnn.init(CRNN("LSTM", keep="none"), config=lnn.QuantConfig(strict=True), host=host)
+    assert exc.value.op == "LSTM" and "disable_quant" in exc.value.hint
+
+
+def test_bits_for_a_module_without_a_quantized_form_still_match_nothing(host):
+    """Only a float setting applies to a module without a quantized form; bits there would be ignored, so the
+    pattern is still refused as matching no quantized layer."""
+    config = lnn.QuantConfig(by_path={"rnn": lnn.LayerConfig(act_bits=16)})
+    with pytest.raises(lnn.ConfigError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnsupportedOpWarning)
+            lnn.init(CRNN("LSTM", keep="none"), config=config, host=host)
+    assert exc.value.option == "by_path" and exc.value.value == "rnn"
