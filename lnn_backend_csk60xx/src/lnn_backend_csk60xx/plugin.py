@@ -36,6 +36,9 @@ def lnn_register_target_ops(registry: Any) -> None:
     for op in builtin_ops():
         registry.add(TARGET_ID, op)
     registry.add_format(TARGET_ID, MODEL_BIN)
+    from .thinker import THINKER
+
+    registry.add_format(TARGET_ID, THINKER)
 
 
 def _opset(host: Any) -> Any:
