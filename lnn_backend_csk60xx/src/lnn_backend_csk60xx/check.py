@@ -225,6 +225,11 @@ def check_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None
         return report
     passes = run_rewrites(g, limits, ops, fuse=fuse_relu, split=split)
     report.splits, report.fused, report.graph = passes.splits, passes.fused, g
+    if fmt.problems is not None:  # the format's loader and kernels: every broken contract, each with its node
+        types = {n.name: n.op_type for n in g.nodes}
+        for name, p in fmt.problems(g, ops):
+            report.violations.append(Violation(name, types.get(name, "graph"), p.rule, p.what, p.limit, p.actual,
+                                               p.hint, TARGET_ID))
     unknown = fmt.unsupported(g, ops)
     if unknown:
         report.memory = {"fits": False, "reason": f"op {unknown[0].name!r} ({unknown[0].op_type}) cannot be packed "

@@ -1,0 +1,142 @@
+"""``lnn pack --format thinker``: the spec's worked example byte for byte, the decoder, and packages run by lnn's
+simulator (decoded into lnn's IR) equal to model.bin on the linger ResNet-18 and small graphs."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from _helpers import LINGER_DEMO, make_model, tnode
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lnn_backend_csk60xx.check import check_graph
+from lnn_backend_csk60xx.dialect import read_onnx
+from lnn_backend_csk60xx.ops.opset import OpSet
+from lnn_backend_csk60xx.pipeline import pack_graph
+from lnn_backend_csk60xx.simulator import Simulator
+from lnn_backend_csk60xx.thinker.build import build_package
+from lnn_backend_csk60xx.thinker.graph import package_to_graph
+from lnn_backend_csk60xx.thinker.lowering import relayout_conv, relayout_deconv, restore_conv, restore_deconv
+from lnn_backend_csk60xx.thinker.package import crc24, decode, serialize
+from lnn_core.errors import ModelFileError
+
+# spec/thinker-package.md section 8
+W8 = np.array([[[[-20, -17, -17], [19, -11, -1], [1, 16, 3]], [[-14, 4, 4], [-8, -19, 18], [19, 3, 4]],
+                [[-3, 17, 5], [-7, -12, -11], [0, -4, -15]], [[-5, -20, -2], [15, 4, 9], [-1, -1, -6]]],
+               [[[19, 12, -19], [-11, 12, 11], [-10, 3, 15]], [[-9, 8, 14], [-20, -20, 16], [-15, 18, -3]],
+                [[-5, -16, 11], [-19, -19, 19], [15, 18, -9]], [[-2, 7, -20], [-6, 15, -8], [0, -9, -16]]]],
+              dtype=np.int8)
+
+
+def _tiny():
+    return make_model(
+        [tnode("Quant", ["x"], ["xq"], data_bits=8, scale_x=4),
+         tnode("Conv2dInt", ["xq", "w", "b"], ["yq"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1],
+               dilations=[1, 1], group=1, scale_x=4, scale_w=6, scale_o=3, data_bits=8, parameter_bits=8, o_bits=8),
+         tnode("Dequant", ["yq"], ["y"], scale_o=3)],
+        {"x": (1, 4, 4, 4)}, {"y": (1, 2, 4, 4)}, {"w": W8, "b": np.array([100, -50], np.int32)})
+
+
+def test_worked_example_byte_for_byte():
+    """The spec's 1584-byte package, with tpacker's arena plan forced (ours places the buffers differently)."""
+    res = pack_graph(read_onnx(_tiny()), package_format="thinker")
+    plan = res.plan
+    for name, offset in {"x": 0, "xq": 416, "yq": 480, "y": 0}.items():
+        plan.placements[name].offset = offset
+    plan.scratch["dma_buffer1"].offset = 256
+    blob = serialize(build_package(res.graph, plan, OpSet.builtin_only()))
+    assert len(blob) == 1584
+    assert struct.unpack_from("<I", blob, 16)[0] == 0x009A2349 == crc24(blob[80:])
+    assert struct.unpack_from("<10I", blob, 20) == (0x50, 0x80, 0, 0x250, 0x330, 0, 0x430, 0x430, 0x370, 0x610)
+    assert blob[0x390:0x3A0] == bytes.fromhex("ecf2fdfb0000000013f7fbfe00000000")
+    assert blob[0x2D0:0x2EA] == bytes.fromhex("0101000003000300000001010101000001010000010000000400")
+    assert blob[0x620:0x62A] == bytes.fromhex("01000200010006 00a000".replace(" ", ""))
+    # our own plan: the same records, other offsets, still sound
+    pkg = decode(res.blob)
+    assert [op.type for op in pkg.ops] == ["Quant", "Conv2dInt", "Dequant"] and pkg.arenas[2] <= 512
+
+
+def test_crc_matches_the_reference_values():
+    assert crc24(b"") == 0
+    assert crc24(bytes([0x80])) == 0xC60001  # the reflected table's entry 0x80 (spec 1.3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([(1, 1), (3, 3), (1, 5), (5, 2)]), st.booleans(),
+       st.integers(0, 2 ** 31 - 1))
+def test_weight_relayouts_invert(o, i, k, depthwise, seed):
+    rng = np.random.default_rng(seed)
+    from lnn_core.graph import Node
+
+    if depthwise and o > 1:  # group = C_out > 1
+        w = rng.integers(-128, 128, (o, 1, *k), dtype=np.int8)
+        node = Node("c", "Conv2dInt", [], [], {"group": o})
+        stored, layout = relayout_conv(w, node, None)
+        assert layout == 5 and stored.shape == ((o + 15) // 16, *k, 16)
+        assert np.array_equal(restore_conv(stored, o, o, k, o), w)
+    else:
+        w = rng.integers(-128, 128, (o, i, *k), dtype=np.int8)
+        stored, layout = relayout_conv(w, Node("c", "Conv2dInt", [], [], {}), None)
+        assert layout == 3 and stored.shape == ((o + 1) // 2, k[0] * k[1], (i + 7) // 8, 2, 8)
+        assert np.array_equal(restore_conv(stored, o, i, k, 1), w)
+        wt = rng.integers(-128, 128, (i, o, *k), dtype=np.int8)
+        st6, _ = relayout_deconv(wt, None, None)
+        assert st6.shape == ((o + 1) // 2, *k, (i + 7) // 8, 2, 8)
+        assert np.array_equal(restore_deconv(st6, i, o), wt)
+        # element rule of spec 6: [o2][k][ib][ol][il] = W[2*o2+ol, 8*ib+il, k div kw, k mod kw]
+        assert stored[0, 0, 0, 0, 0] == w[0, 0, 0, 0]
+
+
+def test_decoded_package_runs_like_model_bin():
+    graph = read_onnx(_tiny())
+    pkg = pack_graph(graph, package_format="thinker").blob
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    (a,), (b,) = Simulator(pkg).run([x]), Simulator(pack_graph(graph).blob).run([x])
+    assert np.array_equal(a, b)
+    g = package_to_graph(decode(pkg))
+    assert np.array_equal(g.initializers["w"], W8) and [n.op_type for n in g.nodes] == ["Quant", "Conv2dInt",
+                                                                                          "Dequant"]
+
+
+def test_decoder_refuses_malformed_packages():
+    blob = bytearray(pack_graph(read_onnx(_tiny()), package_format="thinker").blob)
+    with pytest.raises(ModelFileError, match="CRC-24"):
+        decode(bytes(blob[:-16]) + b"\1" * 16)
+    with pytest.raises(ModelFileError, match="header says"):
+        decode(bytes(blob[:200]))
+    blob[60] = 1
+    with pytest.raises(ModelFileError, match="not VENUS"):
+        decode(bytes(blob))
+    with pytest.raises(ModelFileError, match="label"):
+        decode(b"LNNMODEL" + bytes(100))
+
+
+def test_iqsub_is_refused_with_its_hint():
+    m = make_model([tnode("Quant", ["x"], ["xq"], data_bits=8, scale_x=4),
+                    tnode("Quant", ["y"], ["yq"], data_bits=8, scale_x=4),
+                    tnode("iqSub", ["xq", "yq"], ["z"], scale_x=4, scale_y=4, scale_o=4),
+                    tnode("Dequant", ["z"], ["o"], scale_o=4)], {"x": (1, 8), "y": (1, 8)}, {"o": (1, 8)})
+    report = check_graph(read_onnx(m), package_format="thinker")
+    assert not report.ok
+    v = [v for v in report.violations if v.rule_id == "csk60xx.thinker.sub"]
+    assert v and v[0].op_name == "iqSub_z" and "negate" in v[0].hint
+    with pytest.raises(ModelFileError, match="iqSub"):
+        pack_graph(read_onnx(m), package_format="thinker")
+
+
+@pytest.mark.skipif(not LINGER_DEMO.is_dir(), reason="shared data folder is absent")
+def test_resnet18_package_decoded_equals_the_vendor_outputs():
+    model = LINGER_DEMO / "resnet18-12-regular.onnx"
+    res = pack_graph(read_onnx(model), package_format="thinker")
+    assert res.plan.regions["share_mem"].peak <= 331440  # the vendor packer's plan
+    pkg = decode(res.blob)
+    assert len(pkg.dma) == sum(op.type in ("Conv2dInt", "LinearInt") for op in pkg.ops)
+    assert all(pkg.tensors[d.dst].nbytes >= d.size for d in pkg.dma)
+    sim = Simulator(res.blob)
+    inputs, expected = np.load(LINGER_DEMO / "resnet18_inputs.npy"), np.load(LINGER_DEMO / "resnet18_outputs.npy")
+    for row in range(2):
+        assert np.array_equal(sim.run([inputs[row:row + 1]])[0], expected[row:row + 1])
+    json.dumps(pkg.to_dict())
