@@ -3,13 +3,13 @@
 Steps (spec/thinker-package.md):
 
 1. :func:`lower_graph`: each node through its op family's :class:`~.lowering.ThinkerLowering`: the record's inputs
-   (constants the runtime wants as inputs are added: Clip bounds, Slice parameters), its attribute struct, its
+   (constants the runtime wants as inputs are added: clip bounds, slice parameters), its attribute struct, its
    constants re-laid out (spec 6), whether it takes a DMA transfer, and the workspace its kernel needs. A constant
    that a second DMA op (or a second re-layout) reads is duplicated: each weight op's constants must be adjacent
    in the blob, in input order.
 2. :func:`plan_thinker`: every activation, workspace and DMA buffer in share-memory (the NPU kernels read
    share-memory; the constants stay in the PSRAM blob and are all prefetched, spec 4.4). Buffers live from the op
-   that writes them to the last op that reads them; reshape-like ops alias their input (Squeeze/Unsqueeze must);
+   that writes them to the last op that reads them; reshape-like ops alias their input (the squeeze ops must);
    a workspace lives during its op; the DMA buffer of the k-th weight op lives from the (k-1)-th weight op's
    step (transfer k starts inside it) through its own step. Offsets by lnn's greedy planner, 16-byte aligned.
 3. :func:`write_package`: tensors in the order graph inputs, constants (first use), activations (production

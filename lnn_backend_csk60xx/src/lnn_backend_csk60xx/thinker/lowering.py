@@ -24,7 +24,7 @@ __all__ = ["ThinkerLowering", "Problem", "DecodedOp", "QUANT_LUNA", "conv2d_attr
 QUANT_LUNA = 4  # linger's "luna_quant" (no VENUS kernel reads it)
 LAYOUT_NCHW, LAYOUT_NCWH, LAYOUT_NHWC8, LAYOUT_NHWC16, LAYOUT_WHCN = 0, 2, 3, 5, 6
 
-#: a constant the lowering adds (Clip bounds, normalised Slice parameters): array and its exponent
+#: a constant the lowering adds (clip bounds, normalised slice parameters): array and its exponent
 NewConst = np.ndarray
 
 
@@ -178,7 +178,7 @@ def _depthwise(node: Node, w: np.ndarray) -> bool:
 
 
 def relayout_conv(w: np.ndarray, node: Node, graph: Graph) -> tuple[np.ndarray, int]:
-    """Conv2dInt / Conv1dInt weight [O, I, kh(, kw)] in the engine's order (spec 6)."""
+    """2-D / 1-D conv weight [O, I, kh(, kw)] in the engine's order (spec 6)."""
     kh, kw = (w.shape[2], w.shape[3]) if w.ndim == 4 else (1, w.shape[2])
     if _depthwise(node, w):
         return _pack_dw(w, kh, kw), LAYOUT_NHWC16
@@ -195,7 +195,7 @@ def restore_conv(stored: np.ndarray, channels: int, in_channels: int, kernel: Se
 
 
 def relayout_deconv(w: np.ndarray, node: Node, graph: Graph) -> tuple[np.ndarray, int]:
-    """ConvTranspose2dInt weight [I, O, kh, kw]: to [O, I], kernel flipped, then the conv packing, 6-D."""
+    """Transposed conv weight [I, O, kh, kw]: to [O, I], kernel flipped, then the conv packing, 6-D."""
     i, o, kh, kw = w.shape
     conv = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]).reshape(o, i, kh * kw)
     packed = _pack_oi(conv)
@@ -210,7 +210,7 @@ def restore_deconv(stored: np.ndarray, in_channels: int, out_channels: int) -> n
 
 
 def relayout_linear(w: np.ndarray, node: Node, graph: Graph) -> tuple[np.ndarray, int]:
-    """LinearInt weight [O, I] -> [I, O] (no padding)."""
+    """Linear weight [O, I] -> [I, O] (no padding)."""
     return np.ascontiguousarray(w.T), LAYOUT_NCWH
 
 
