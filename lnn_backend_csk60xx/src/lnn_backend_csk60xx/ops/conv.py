@@ -450,6 +450,11 @@ def _thinker_conv_check(node: Node, graph: Graph) -> list[TProblem]:
     if node.op_type == "ConvTranspose2dInt":
         i_ch, o_ch = w.shape[0], w.shape[1] * group
         kernel = align(o_ch, 2) * align(i_ch, 8) * k
+        k_hw, p = w.shape[2:], node.attrs.get("pads", [0, 0, 0, 0])
+        if any(p[j] > k_hw[j % 2] - 1 for j in range(4)):
+            out.append(TProblem("csk60xx.thinker.deconv_pads", "the runtime pads a transposed conv's input by "
+                                "kernel - 1 - pad, so each pad must be below the kernel", "pad <= kernel - 1", list(p),
+                                "use smaller padding (crop the output in a following slice)"))
         if group != 1:
             out.append(TProblem("csk60xx.thinker.deconv_group", "the runtime's transposed conv takes group 1", 1, group,
                                "use group 1"))

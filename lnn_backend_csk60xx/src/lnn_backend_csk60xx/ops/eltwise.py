@@ -8,6 +8,7 @@ with y of x's shape, ``[N, C, 1, 1]`` or a scalar. C kernels: ``csrc/ops/eltwise
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -153,12 +154,55 @@ def _thinker_add_workspace(node: Node, graph: Graph) -> int:
     return graph.tensors[node.inputs[0]].nbytes if n[0] != n[2] and n[1] != n[2] else 0
 
 
+def _thinker_add_check(node: Node, graph: Graph) -> list[Problem]:
+    """The VENUS iqAdd adds operands of one shape and dtype (it broadcasts nothing)."""
+    a, b = (graph.tensors[t] for t in node.inputs)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return [Problem("csk60xx.thinker.add_shapes", "the runtime's iqAdd takes two operands of one shape and dtype",
+                        f"{a.dtype} {a.shape}", f"{b.dtype} {b.shape}",
+                        "expand the smaller operand in the layer that computes it (the runtime does not broadcast)")]
+    return []
+
+
+def _mul_operands(node: Node, graph: Graph) -> list[str]:
+    """The runtime scales by a one-element constant only as its second operand."""
+    a, b = node.inputs
+    if graph.tensors[a].nbytes == np.dtype(graph.tensors[a].dtype).itemsize and a in graph.initializers:
+        return [b, a]
+    return [a, b]
+
+
+def _mul_form(node: Node, graph: Graph) -> str:
+    """Which VENUS iqMul path runs: ``channel`` ([1,C,H,W] by [1,C,1,1]), ``scalar`` (by a one-element constant),
+    ``same`` (elementwise, one shape), else ``none``."""
+    a, b = (graph.tensors[t] for t in _mul_operands(node, graph))
+    if len(a.shape) == 4 and len(b.shape) == 4 and a.shape[1] == b.shape[1] and b.shape[2:] == (1, 1):
+        return "channel" if a.shape[0] == b.shape[0] == 1 and a.dtype == b.dtype == "int8" else "none"
+    if math.prod(b.shape) == 1 and b.name in graph.initializers:
+        return "scalar"
+    return "same" if a.shape == b.shape and a.dtype == b.dtype else "none"
+
+
 def _thinker_mul_workspace(node: Node, graph: Graph) -> int:
-    """iqMul of [N, C, H, W] by a per-channel [N, C, 1, 1] needs H*W + C*H*W bytes of scratch."""
-    a, b = (graph.tensors[t].shape for t in node.inputs)
-    if len(a) == 4 and len(b) == 4 and a[:2] == b[:2] and (a[2] > 1 or a[3] > 1) and b[2:] == (1, 1):
-        return a[2] * a[3] + a[1] * a[2] * a[3]
-    return 0
+    """The per-channel path expands the [1,C,1,1] operand through max(H*W, C) + C*H*W bytes of scratch."""
+    if _mul_form(node, graph) != "channel":
+        return 0
+    _, c, h, w = graph.tensors[_mul_operands(node, graph)[0]].shape
+    return max(h * w, c) + c * h * w
+
+
+def _thinker_mul_check(node: Node, graph: Graph) -> list[Problem]:
+    if _mul_form(node, graph) == "none":
+        shapes = [graph.tensors[t].shape for t in node.inputs]
+        return [Problem("csk60xx.thinker.mul_shapes", "the runtime's iqMul multiplies operands of one shape, by a "
+                        "one-element constant, or a [1,C,H,W] tensor by a [1,C,1,1] one (batch 1)",
+                        "one of these forms", shapes, "expand the operand in the layer that computes it")]
+    return []
+
+
+def _scalar(arr: np.ndarray, node: Node, graph: Graph) -> tuple[np.ndarray, int]:
+    """A one-element second operand is stored with rank 0: the runtime's scalar path tests ``ndim == 0``."""
+    return (arr.reshape(()) if arr.size == 1 else arr), 0
 
 
 def _thinker_sub_check(node: Node, graph: Graph) -> list[Problem]:
@@ -171,9 +215,10 @@ _THINKER_RELU = ThinkerLowering("Relu")
 _THINKER_CLIP = ThinkerLowering("Clip", attrs=_thinker_clip_attrs, inputs=_thinker_clip_inputs,
                                 workspace=None, read=_thinker_read_clip)
 _THINKER_BINARY = {
-    "iqAdd": ThinkerLowering("iqAdd", workspace=_thinker_add_workspace),
+    "iqAdd": ThinkerLowering("iqAdd", workspace=_thinker_add_workspace, check=_thinker_add_check),
     "iqSub": ThinkerLowering("iqSub", check=_thinker_sub_check),
-    "iqMul": ThinkerLowering("iqMul", workspace=_thinker_mul_workspace),
+    "iqMul": ThinkerLowering("iqMul", inputs=_mul_operands, relayout={1: _scalar}, workspace=_thinker_mul_workspace,
+                             check=_thinker_mul_check),
 }
 
 OPS = (

@@ -132,7 +132,7 @@ def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
             if item in owner and (low.dma or i in low.relayout):
                 key = f"{item}@{node.name}"
             if key not in consts:
-                consts[key] = _Const(key, np.ascontiguousarray(arr), layout, scale)
+                consts[key] = _Const(key, np.array(arr, order="C"), layout, scale)  # keeps rank 0
                 owner.setdefault(item, key)
             elif item in owner:
                 key = owner[item]

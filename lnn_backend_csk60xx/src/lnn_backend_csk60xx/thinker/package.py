@@ -172,7 +172,7 @@ def serialize(pkg: Package) -> bytes:
         offset = t.offset
         if t.constant:
             offset = len(blob)
-            raw = np.ascontiguousarray(t.data).astype(np.dtype(t.dtype).newbyteorder("<"), copy=False).tobytes()
+            raw = np.array(t.data, order="C").astype(np.dtype(t.dtype).newbyteorder("<"), copy=False).tobytes()
             if len(raw) != t.nbytes:
                 raise ValueError(f"constant {t.name!r}: {len(raw)} data bytes for shape {t.shape} {t.dtype}")
             blob += raw
