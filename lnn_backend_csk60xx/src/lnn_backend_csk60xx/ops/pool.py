@@ -134,7 +134,8 @@ def _a(v: int, k: int) -> int:
 
 
 def _thinker_avgpool_workspace(node: Node, graph: Graph) -> int:
-    """The VENUS average pool's scratch (the vendor packer's sizes, input in share-memory)."""
+    """The VENUS average pool's scratch, input in share-memory (venus/avgpool2dint.h: a global non-power-of-two
+    pool keeps int32 sums after max(C*H*W, 4*outputs) bytes, more than the vendor packer's max(H*W, ...))."""
     c, h, w = graph.tensors[node.inputs[0]].shape[1:4]
     oh, ow = graph.tensors[node.outputs[0]].shape[2:4]
     kh, kw = node.attrs["kernel_shape"]
@@ -144,7 +145,7 @@ def _thinker_avgpool_workspace(node: Node, graph: Graph) -> int:
     if kh == h + p[0] + p[2] and kw == w + p[1] + p[3]:
         ch = 8 if _a(c, 8) * h * w > 65536 else c
         acc = ch * oh * ow * 4
-        return max(h * w, acc) + (0 if pow2 else acc)
+        return max(h * w, acc) if pow2 else max(ch * h * w, acc) + acc
     ch = 8 if _a(c, 8) * h * _a(w, 8 * s_w) > 65536 else c
     return ch * oh * ow * (2 if pow2 else 8)
 
