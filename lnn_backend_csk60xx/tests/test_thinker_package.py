@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 import pytest
-from _helpers import LINGER_DEMO, make_model, tnode
+from _helpers import LINGER_DEMO, make_model, snode, tnode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,3 +140,61 @@ def test_resnet18_package_decoded_equals_the_vendor_outputs():
     for row in range(2):
         assert np.array_equal(sim.run([inputs[row:row + 1]])[0], expected[row:row + 1])
     json.dumps(pkg.to_dict())
+
+
+def _q(name: str, shape: tuple[int, ...], n: int = 4):
+    return tnode("Quant", [name], [f"{name}q"], data_bits=8, scale_x=n)
+
+
+def _problems(nodes, inputs, outputs, inits=None) -> dict[str, str]:
+    graph = read_onnx(make_model(nodes, inputs, outputs, inits))
+    report = check_graph(graph, package_format="thinker")
+    return {v.rule_id: v.op_name for v in report.violations if v.rule_id.startswith("csk60xx.thinker.")}
+
+
+def test_every_broken_contract_is_listed_with_its_node():
+    """One graph, four contracts broken at once: each is reported with its node, none stops the others."""
+    w = np.ones((4, 2, 3, 3), np.int8)
+    nodes = [_q("x", (1, 2, 4, 4)), _q("y", (1, 4, 8, 8)), _q("z", (2, 2, 4, 6)),
+             tnode("ConvTranspose2dInt", ["xq", "wd"], ["d"], kernel_shape=[3, 3], pads=[3, 3, 3, 3], strides=[2, 2],
+                   scale_x=4, scale_w=6, scale_o=4),
+             tnode("iqAdd", ["yq", "yc"], ["a"], scale_x=4, scale_y=4, scale_o=4),
+             tnode("LayerNormInt", ["zq", "g", "b"], ["l"], scale_x=4, scale_w=8, scale_o=4),
+             tnode("Dequant", ["d"], ["do"], scale_o=4), tnode("Dequant", ["a"], ["ao"], scale_o=4),
+             tnode("Dequant", ["l"], ["lo"], scale_o=4)]
+    inits = {"wd": w.transpose(1, 0, 2, 3).copy(), "yc": np.ones((1, 4, 1, 1), np.int8),
+             "g": np.ones(6, np.int16), "b": np.zeros(6, np.int32)}
+    found = _problems(nodes, {"x": (1, 2, 4, 4), "y": (1, 4, 8, 8), "z": (2, 2, 4, 6)},
+                      {"do": None, "ao": None, "lo": None}, inits)
+    assert found.get("csk60xx.thinker.deconv_pads") == "ConvTranspose2dInt_d"
+    assert found.get("csk60xx.thinker.add_shapes") == "iqAdd_a"
+    assert found.get("csk60xx.thinker.layernorm_rows") == "LayerNormInt_l"
+
+
+def test_iqmul_by_a_scalar_constant_is_written_with_rank_0_second():
+    nodes = [_q("x", (1, 3, 4, 4)), tnode("iqMul", ["xq", "s"], ["m"], scale_x=4, scale_y=5, scale_o=6),
+             tnode("Dequant", ["m"], ["o"], scale_o=6)]
+    graph = read_onnx(make_model(nodes, {"x": (1, 3, 4, 4)}, {"o": None}, {"s": np.array([37], np.int8)}))
+    res = pack_graph(graph, package_format="thinker")
+    pkg = decode(res.blob)
+    (mul,) = [op for op in pkg.ops if op.type == "iqMul"]
+    assert pkg.tensors[mul.inputs[1]].shape == () and pkg.tensors[mul.inputs[1]].scale == 5.0
+    x = np.random.default_rng(1).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    assert np.array_equal(Simulator(res.blob).run([x])[0], Simulator(pack_graph(graph).blob).run([x])[0])
+
+
+def test_slice_is_written_as_one_axis_and_refused_on_the_batch_axis():
+    starts, ends, axes = (np.array([v], np.int64) for v in (1, 3, 2))
+    nodes = [_q("x", (1, 2, 4, 4)), snode("Slice", ["xq", "s", "e", "a"], ["y"]),
+             tnode("Dequant", ["y"], ["o"], scale_o=4)]
+    inits = {"s": starts, "e": ends, "a": axes}
+    graph = read_onnx(make_model(nodes, {"x": (1, 2, 4, 4)}, {"o": None}, inits))
+    pkg = decode(pack_graph(graph, package_format="thinker").blob)
+    (sl,) = [op for op in pkg.ops if op.type == "Slice"]
+    assert [int(pkg.tensors[i].data[0]) for i in sl.inputs[1:]] == [1, 3, 2, 1] and not sl.temps
+    inits["a"] = np.array([0], np.int64)
+    inits["e"] = np.array([1], np.int64)
+    inits["s"] = np.array([0], np.int64)
+    batched = read_onnx(make_model(nodes, {"x": (2, 2, 4, 4)}, {"o": None}, inits))
+    report = check_graph(batched, package_format="thinker")
+    assert any(v.rule_id == "csk60xx.thinker.slice_axis0" for v in report.violations)
