@@ -198,3 +198,32 @@ def test_slice_is_written_as_one_axis_and_refused_on_the_batch_axis():
     batched = read_onnx(make_model(nodes, {"x": (2, 2, 4, 4)}, {"o": None}, inits))
     report = check_graph(batched, package_format="thinker")
     assert any(v.rule_id == "csk60xx.thinker.slice_axis0" for v in report.violations)
+
+
+def test_cli_pack_inspect_run_and_check(tmp_path, capsys):
+    from lnn_core.cli import main
+
+    src = tmp_path / "tiny.onnx"
+    import onnx
+
+    onnx.save(_tiny(), src)
+    pkg = tmp_path / "tiny.pkg"
+    assert main(["pack", str(src), "--format", "thinker", "-o", str(pkg)]) == 0
+    out = capsys.readouterr().out
+    assert "thinker package: constants 160 bytes in psram, 1 DMA transfers" in out
+    assert main(["inspect", str(pkg), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [op["type"] for op in info["ops"]] == ["Quant", "Conv2dInt", "Dequant"] and len(info["dma"]) == 1
+    assert main(["inspect", str(pkg)]) == 0
+    text = capsys.readouterr().out
+    assert "Conv2dInt" in text and "dma_buffer1" in text and "CRC-24" in text
+    x = np.random.default_rng(3).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(pkg), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
+    (ref,) = Simulator(pack_graph(read_onnx(src)).blob).run([x])
+    assert np.array_equal(np.load(tmp_path / "y.npy"), ref)
+    assert main(["check", str(src), "--format", "thinker"]) == 0
+    capsys.readouterr()
+    (tmp_path / "bad.pkg").write_bytes(pkg.read_bytes()[:300])
+    assert main(["inspect", str(tmp_path / "bad.pkg")]) == 2
+    assert "malformed" in capsys.readouterr().err

@@ -163,6 +163,10 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
           f"PSRAM: {psram_rp.size} of {psram_rp.limit} bytes")
     if res.plan.spilled:
         print("moved to PSRAM: " + ", ".join(res.plan.spilled))
+    if res.plan.package:
+        from .report import package_line
+
+        print(package_line(res.plan))
     for s in res.passes.splits:
         print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}")
     if res.passes.fused:

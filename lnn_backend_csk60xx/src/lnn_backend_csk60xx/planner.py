@@ -295,6 +295,7 @@ class MemoryPlan:
             "alignment": self.alignment,
             "steps": self.num_steps,
             "spilled_to_psram": list(self.spilled),
+            "package": dict(self.package),
             "regions": {k: {"limit": r.limit, "size": r.size, "peak": r.peak, "lower_bound": r.lower_bound,
                             "total": r.total, "activation_lower_bound": r.activation_lower_bound,
                             "prefetch_total": r.prefetch_total, "workspace_total": r.workspace_total,

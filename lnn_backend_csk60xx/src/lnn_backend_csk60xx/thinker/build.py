@@ -39,6 +39,7 @@ from ..planner import (
     RegionPlan,
     ScratchPlacement,
     TensorPlacement,
+    plan_memory,
 )
 from ..target import TARGET_ID, load_target
 from .lowering import Problem, ThinkerLowering
@@ -241,8 +242,14 @@ def plan_thinker(graph: Graph, *, share_mem: int | None = None, psram: int | Non
     share.activation_lower_bound = act.lower_bound()
     regions = {REGION_SHARE: share, REGION_PSRAM: RegionPlan(REGION_PSRAM, psram_limit)}
     plan = MemoryPlan(placements, regions, [], ALIGN, len(graph.nodes), scratch_out, [n.name for n in graph.nodes])
+    try:  # lnn's own plan of the same graph, for the comparison in the reports
+        own = plan_memory(graph, share_mem=share_mem, psram=psram, scratch=scratch, ops=ops)
+        own_share: int | None = own.regions[REGION_SHARE].size
+    except HardwareLimitError:
+        own_share = None
     plan.package = {"format": FORMAT_NAME, "parameters_bytes": params, "parameters_in": "psram",
-                    "dma_transfers": len(lowered.weight_steps)}
+                    "dma_transfers": len(lowered.weight_steps),
+                    "dma_buffer_bytes": share.prefetch_total, "lnn_share_mem_bytes": own_share}
     return plan
 
 
