@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,3 +228,30 @@ def test_cli_pack_inspect_run_and_check(tmp_path, capsys):
     (tmp_path / "bad.pkg").write_bytes(pkg.read_bytes()[:300])
     assert main(["inspect", str(tmp_path / "bad.pkg")]) == 2
     assert "malformed" in capsys.readouterr().err
+
+
+VENDOR = Path(__file__).parent / "data" / "thinker"
+
+
+def test_the_vendor_packer_wrote_the_worked_example_byte_for_byte_as_we_do():
+    vendor = (VENDOR / "tiny_keep.pkg").read_bytes()
+    res = pack_graph(read_onnx(VENDOR / "tiny.onnx"), package_format="thinker")
+    plan = res.plan
+    for name, offset in {"x": 0, "xq": 416, "yq": 480, "y": 0}.items():  # tpacker's arena plan
+        plan.placements[name].offset = offset
+    plan.scratch["dma_buffer1"].offset = 256
+    assert serialize(build_package(res.graph, plan, OpSet.builtin_only())) == vendor
+
+
+@pytest.mark.parametrize("name, params", [("tiny_keep", "psram"), ("digits", "psram"), ("deconv", "share")])
+def test_vendor_packages_decode_and_run_like_lnn(name, params):
+    blob = (VENDOR / f"{name}.pkg").read_bytes()
+    pkg = decode(blob)
+    assert (pkg.param_type == 2) == (params == "share") and (not pkg.dma) == (params == "share")
+    src = VENDOR / ("tiny.onnx" if name == "tiny_keep" else f"{name}.onnx")
+    ref = Simulator(pack_graph(read_onnx(src)).blob)
+    sim = Simulator(blob)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        x = rng.standard_normal(ref.inputs[0].shape).astype(np.float32)
+        assert np.array_equal(sim.run([x])[0], ref.run([x])[0])

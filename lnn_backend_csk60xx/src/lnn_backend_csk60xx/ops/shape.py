@@ -335,7 +335,13 @@ def _thinker_slice_check(node: Node, graph: Graph) -> list[Problem]:
 
 
 def _thinker_read_flatten(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
-    return {"axis": struct.unpack_from("<b", d.attrs)[0]}, {}
+    """The axis, or (the vendor packer writes no attributes) the one that gives the output's first dimension."""
+    x, lead = d.inputs[0].shape, d.outputs[0].shape[0]
+    if d.attrs:
+        axis = struct.unpack_from("<b", d.attrs)[0]
+        if math.prod(x[:axis % (len(x) + 1)]) == lead:
+            return {"axis": axis}, {}
+    return {"axis": next((a for a in range(len(x) + 1) if math.prod(x[:a]) == lead), 1)}, {}
 
 
 _THINKER_SHAPE = {

@@ -32,6 +32,33 @@ def _by_name(ops: OpSet) -> dict[str, tuple[str, ThinkerLowering]]:
     return out
 
 
+def _fold_vendor_pads(pkg: Package) -> list[tuple[Any, dict[str, Any]]]:
+    """The records to read, each with IR attributes to add: an ``iqPad`` the vendor packer puts in front of a
+    conv (zero padding of H and W, spec 3.3) is folded back into the pads of the one conv that reads it."""
+    readers: dict[int, list[int]] = {}
+    for k, rec in enumerate(pkg.ops):
+        for i in rec.inputs:
+            readers.setdefault(i, []).append(k)
+    out: list[tuple[Any, dict[str, Any]]] = []
+    folded: dict[int, tuple[int, list[int]]] = {}
+    for k, rec in enumerate(pkg.ops):
+        if rec.type == "iqPad" and len(rec.inputs) >= 2 and len(rec.outputs) == 1:
+            pads = pkg.tensors[rec.inputs[1]].data
+            value = pkg.tensors[rec.inputs[2]].data if len(rec.inputs) > 2 else None
+            users = readers.get(rec.outputs[0], [])
+            if (pads is not None and pads.size == 8 and not pads[[0, 1, 4, 5]].any() and len(users) == 1
+                    and pkg.ops[users[0]].type == "Conv2dInt" and (value is None or not np.asarray(value).any())):
+                folded[users[0]] = (rec.inputs[0], [int(v) for v in pads])
+                continue
+        extra: dict[str, Any] = {}
+        if k in folded:
+            src, p = folded[k]
+            rec = type(rec)(rec.type, rec.attrs, [src, *rec.inputs[1:]], rec.outputs, rec.temps, rec.name)
+            extra["pads_add"] = [p[2], p[3], p[6], p[7]]
+        out.append((rec, extra))
+    return out
+
+
 def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None = None) -> Graph:
     """The IR graph of a decoded package.
 
@@ -51,7 +78,7 @@ def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None
 
     for i in pkg.inputs:
         g.tensors[names[i]] = info(i)
-    for k, rec in enumerate(pkg.ops):
+    for k, (rec, extra) in enumerate(_fold_vendor_pads(pkg)):
         if rec.type not in known:
             raise ModelFileError(f"thinker package{' ' + repr(path) if path else ''}: op {k} ({rec.type}) cannot be "
                                  "run by lnn's simulator", {"readable": ", ".join(sorted(known))},
@@ -59,6 +86,8 @@ def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None
         op_type, low = known[rec.type]
         d = DecodedOp(rec.attrs, [pkg.tensors[i] for i in rec.inputs], [pkg.tensors[i] for i in rec.outputs])
         attrs, restored = low.read(d) if low.read is not None else ({}, {})
+        if "pads_add" in extra:
+            attrs["pads"] = [a + b for a, b in zip(attrs["pads"], extra["pads_add"])]
         spec = ops[op_type].attrs
         if "o_bits" in spec:
             attrs.setdefault("o_bits", {"int8": 8, "int16": 16, "int32": 32}.get(d.outputs[0].dtype, 8))
