@@ -1,5 +1,6 @@
 """Thinker packages of trained-side models run in lnn's simulator (decoded into lnn's IR) exactly like model.bin
-and like eval: ReLU6, transposed convs, depthwise convs, a conv split above 32 KB, Conv1d, linear layers.
+and like eval: ReLU6, transposed convs, depthwise convs, a conv split above 32 KB, Conv1d, linear layers, sigmoid and
+tanh, layer norm, pools, batch norm, concatenation, slices, two inputs and two outputs.
 
 The same models ran bit-exact in the vendor's x86 ``test_thinker`` (lnn_backend_csk60xx/benchmarks/
 thinker_crosscheck.py, which needs the vendor build and is not part of CI)."""
@@ -61,36 +62,96 @@ class _Conv1dNet(nn.Module):
         return self.p(self.c2(torch.relu(self.c1(x))))
 
 
-CASES = {"relu6-depthwise": (_ReLU6Net, (1, 3, 8, 8)), "deconv": (_DeconvNet, (1, 2, 8, 8)),
-         "split": (_SplitNet, (1, 64, 2, 2)), "conv1d": (_Conv1dNet, (1, 4, 16))}
+class _GatedNet(nn.Module):  # sigmoid and tanh (Requant to int16 first), a product of two branches
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.a(x)) * torch.tanh(self.b(x))
+
+
+class _SeqNet(nn.Module):  # linear layers and a layer norm on [N, T, D]
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 16)
+        self.ln = nn.LayerNorm(16)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(self.ln(self.fc(x)))
+
+
+class _PoolNet(nn.Module):  # batch norm, max and average pools, a concatenation of two exponents
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(4, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.mp = nn.MaxPool2d(2)
+        self.ap = nn.AvgPool2d(2)
+
+    def forward(self, x):
+        return torch.cat([self.mp(torch.relu(self.bn(self.c(x)))), self.ap(x)], 1)
+
+
+class _TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x, y):
+        a = self.a(x)
+        return a + self.b(y), torch.relu(a)
+
+
+class _SliceNet(nn.Module):  # a slice of rows, flatten, unsqueeze
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(x)[:, :, 1:5, :].flatten(1).unsqueeze(1)
+
+
+CASES = {"relu6-depthwise": (_ReLU6Net, [(1, 3, 8, 8)]), "deconv": (_DeconvNet, [(1, 2, 8, 8)]),
+         "split": (_SplitNet, [(1, 64, 2, 2)]), "conv1d": (_Conv1dNet, [(1, 4, 16)]),
+         "gated": (_GatedNet, [(1, 3, 6, 6)]), "seq-layernorm": (_SeqNet, [(1, 5, 12)]),
+         "pools-cat": (_PoolNet, [(1, 4, 8, 8)]), "two-in-two-out": (_TwoInTwoOut, [(1, 3, 4, 4), (1, 3, 4, 4)]),
+         "slice": (_SliceNet, [(1, 4, 6, 6)])}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_thinker_package_runs_like_model_bin_and_eval(case, host, tmp_path):
-    factory, shape = CASES[case]
+    factory, shapes = CASES[case]
     torch.manual_seed(0)
     model = lnn.init(factory(), host=host)
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(shape))
+            model(*[torch.randn(s) for s in shapes])
     model.eval()
-    x = torch.randn(shape)
+    xs = [torch.randn(s) for s in shapes]
     path = tmp_path / f"{case}.onnx"
-    lnn.export(model, x, path, host=host)
+    lnn.export(model, tuple(xs) if len(xs) > 1 else xs[0], path, host=host)
     graph = read_onnx(path)
     report = check_graph(graph, package_format="thinker")
     assert report.ok, report.table()
     res = pack_graph(graph, package_format="thinker")
     pkg = decode(res.blob)
-    weight_ops = [op for op in pkg.ops if op.type in ("Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt")]
+    weight_ops = [op for op in pkg.ops if op.type in ("Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt",
+                                                      "LayerNormInt")]
     assert len(pkg.dma) == len(weight_ops) and all(op.temps for op in weight_ops)
     if case == "split":
         assert res.passes.splits and "iqCat" in {op.type for op in pkg.ops}
     on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)
     for k in range(3):
-        xi = torch.randn(shape) * (1 + k)
-        (a,), (b,) = on_pkg.run([xi.numpy()]), on_bin.run([xi.numpy()])
-        assert np.array_equal(a, b)
+        xi = [torch.randn(s) * (1 + k) for s in shapes]
+        got, want = on_pkg.run([x.numpy() for x in xi]), on_bin.run([x.numpy() for x in xi])
         with torch.no_grad():
-            assert np.array_equal(a, model(xi).numpy())
+            ref = model(*xi)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        assert len(got) == len(want) == len(ref)
+        for a, b, r in zip(got, want, ref):
+            assert np.array_equal(a, b) and np.array_equal(a, r.numpy())

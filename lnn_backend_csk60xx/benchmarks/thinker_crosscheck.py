@@ -54,7 +54,7 @@ def crosscheck(tt: str, model, inputs: list[list[np.ndarray]]) -> tuple[bool, st
     return True, f"{len(inputs)} inputs, share-memory {res.plan.regions['share_mem'].size} B"
 
 
-def _export_cases(out: Path) -> list[tuple[str, Path, tuple[int, ...]]]:
+def _export_cases(out: Path) -> list[tuple[str, Path, list[tuple[int, ...]]]]:
     import torch
 
     import lnn_core as lnn
@@ -63,16 +63,17 @@ def _export_cases(out: Path) -> list[tuple[str, Path, tuple[int, ...]]]:
     from test_thinker_models import CASES
 
     made = []
-    for name, (factory, shape) in sorted(CASES.items()):
+    for name, (factory, shapes) in sorted(CASES.items()):
         torch.manual_seed(0)
         model = lnn.init(factory())
         model.train()
         with torch.no_grad():
             for _ in range(3):
-                model(torch.randn(shape))
+                model(*[torch.randn(s) for s in shapes])
         model.eval()
-        lnn.export(model, torch.randn(shape), out / f"{name}.onnx")
-        made.append((name, out / f"{name}.onnx", shape))
+        xs = tuple(torch.randn(s) for s in shapes)
+        lnn.export(model, xs if len(xs) > 1 else xs[0], out / f"{name}.onnx")
+        made.append((name, out / f"{name}.onnx", shapes))
     return made
 
 
@@ -125,8 +126,8 @@ def main() -> int:
         xs = np.load(DEMO / "resnet18_inputs.npy")
         check("resnet18", DEMO / "resnet18-12-regular.onnx", [[xs[i:i + 1]] for i in range(4)])
     if args.cases:
-        for name, path, shape in _export_cases(out):
-            check(name, path, [[rng.standard_normal(shape).astype(np.float32) * (1 + k)] for k in range(4)])
+        for name, path, shapes in _export_cases(out):
+            check(name, path, [[rng.standard_normal(s).astype(np.float32) * (1 + k) for s in shapes] for k in range(4)])
     if args.seeds:
         a, b = map(int, args.seeds.split(":"))
         for seed in range(a, b):
