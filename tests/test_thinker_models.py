@@ -115,11 +115,31 @@ class _SliceNet(nn.Module):  # a slice of rows, flatten, unsqueeze
         return self.c(x)[:, :, 1:5, :].flatten(1).unsqueeze(1)
 
 
+class _GroupedNet(nn.Module):  # grouped convs (2-D and 1-D): one conv per group on a slice of the channels
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(8, 12, 3, padding=1, groups=4)
+        self.m = nn.Conv2d(12, 24, 1, groups=12)  # depthwise with a channel multiplier
+
+    def forward(self, x):
+        return self.m(torch.relu(self.c(x)))
+
+
+class _CroppedDeconvNet(nn.Module):  # pads that reach the kernel: computed with smaller pads, then cropped
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=(3, 2))
+
+    def forward(self, x):
+        return self.d(x)
+
+
 CASES = {"relu6-depthwise": (_ReLU6Net, [(1, 3, 8, 8)]), "deconv": (_DeconvNet, [(1, 2, 8, 8)]),
          "split": (_SplitNet, [(1, 64, 2, 2)]), "conv1d": (_Conv1dNet, [(1, 4, 16)]),
          "gated": (_GatedNet, [(1, 3, 6, 6)]), "seq-layernorm": (_SeqNet, [(1, 5, 12)]),
          "pools-cat": (_PoolNet, [(1, 4, 8, 8)]), "two-in-two-out": (_TwoInTwoOut, [(1, 3, 4, 4), (1, 3, 4, 4)]),
-         "slice": (_SliceNet, [(1, 4, 6, 6)])}
+         "slice": (_SliceNet, [(1, 4, 6, 6)]), "grouped": (_GroupedNet, [(1, 8, 5, 5)]),
+         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)])}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -143,8 +163,10 @@ def test_thinker_package_runs_like_model_bin_and_eval(case, host, tmp_path):
     weight_ops = [op for op in pkg.ops if op.type in ("Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt",
                                                       "LayerNormInt")]
     assert len(pkg.dma) == len(weight_ops) and all(op.temps for op in weight_ops)
-    if case == "split":
+    if case in ("split", "grouped"):
         assert res.passes.splits and "iqCat" in {op.type for op in pkg.ops}
+    if case == "deconv-crop":
+        assert [s.axis for s in res.passes.splits] == ["crop"] and "Slice" in {op.type for op in pkg.ops}
     on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)
     for k in range(3):
         xi = [torch.randn(s) * (1 + k) for s in shapes]

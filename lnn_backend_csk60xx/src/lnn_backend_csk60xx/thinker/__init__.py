@@ -40,6 +40,12 @@ def _problems(graph: Any, ops: Any) -> list[Any]:
     return contract_problems(graph, ops)
 
 
+def _rewrite(graph: Any, ops: Any) -> list[Any]:
+    from ..rewrites import crop_transposed_pads, split_groups
+
+    return split_groups(graph, ops) + crop_transposed_pads(graph, ops)
+
+
 #: the thinker 3.0.4 VENUS package (spec/thinker-package.md), loaded by the chip's runtime
 THINKER = PackageFormat("thinker", "thinker 3.0.4 VENUS package, loaded by the chip's own runtime", ".pkg",
-                        _supports, _plan, _write, _problems)
+                        _supports, _plan, _write, _problems, _rewrite)
