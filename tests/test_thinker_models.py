@@ -134,12 +134,23 @@ class _CroppedDeconvNet(nn.Module):  # pads that reach the kernel: computed with
         return self.d(x)
 
 
+class _Batched4dNet(nn.Module):  # a layer norm and a linear on [N, C, H, W], N = 2: leading axes merged
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 1)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        return self.fc(self.ln(self.c(x)))
+
+
 CASES = {"relu6-depthwise": (_ReLU6Net, [(1, 3, 8, 8)]), "deconv": (_DeconvNet, [(1, 2, 8, 8)]),
          "split": (_SplitNet, [(1, 64, 2, 2)]), "conv1d": (_Conv1dNet, [(1, 4, 16)]),
          "gated": (_GatedNet, [(1, 3, 6, 6)]), "seq-layernorm": (_SeqNet, [(1, 5, 12)]),
          "pools-cat": (_PoolNet, [(1, 4, 8, 8)]), "two-in-two-out": (_TwoInTwoOut, [(1, 3, 4, 4), (1, 3, 4, 4)]),
          "slice": (_SliceNet, [(1, 4, 6, 6)]), "grouped": (_GroupedNet, [(1, 8, 5, 5)]),
-         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)])}
+         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)]), "batched-4d": (_Batched4dNet, [(2, 4, 3, 8)])}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -165,6 +176,8 @@ def test_thinker_package_runs_like_model_bin_and_eval(case, host, tmp_path):
     assert len(pkg.dma) == len(weight_ops) and all(op.temps for op in weight_ops)
     if case in ("split", "grouped"):
         assert res.passes.splits and "iqCat" in {op.type for op in pkg.ops}
+    if case == "batched-4d":
+        assert sorted(s.axis for s in res.passes.splits) == ["leading_axes", "leading_axes"]
     if case == "deconv-crop":
         assert [s.axis for s in res.passes.splits] == ["crop"] and "Slice" in {op.type for op in pkg.ops}
     on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)

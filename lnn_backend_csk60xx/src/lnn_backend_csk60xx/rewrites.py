@@ -51,7 +51,7 @@ from .ops.opset import OpSet
 from .sizes import fit_node
 
 __all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops",
-           "run_rewrites", "split_groups", "crop_transposed_pads"]
+           "run_rewrites", "split_groups", "crop_transposed_pads", "merge_leading_axes"]
 
 log = logging.getLogger("lnn.backend.rewrites")
 
@@ -381,6 +381,37 @@ def crop_transposed_pads(graph: Graph, ops: OpSet | None = None) -> list[SplitRe
         _replace(graph, node, new)
         records.append(SplitRecord(node.name, node.op_type, "crop", tuple(pads[j] - kept[j] for j in range(4)),
                                    f"pads {pads} reach the kernel {list(k)}"))
+    return records
+
+
+def merge_leading_axes(graph: Graph, ops: OpSet, rank_of: Callable[[Any], int | None]) -> list[SplitRecord]:
+    """Ops whose kernel reads only the trailing ``rank_of(op)`` axes read a reshape of their input with the leading
+    axes merged into one and write a reshape of their output (reshapes alias: no data moves, nothing changes)."""
+    names = _Names(graph)
+    records = []
+    for node in list(graph.nodes):
+        op = ops.get(node.op_type)
+        rank = rank_of(op) if op is not None else None
+        x = graph.tensors[node.inputs[0]] if node.inputs else None
+        if rank is None or x is None or len(x.shape) <= rank:
+            continue
+        y = graph.tensors[node.outputs[0]]
+        keep = rank - 1
+        new = []
+        x2 = names(f"{x.name}/merged")
+        graph.tensors[x2] = TensorInfo(x2, x.dtype, (int(np.prod(x.shape[:-keep])), *x.shape[-keep:]), x.exponent)
+        new.append(Node(names(f"{node.name}/merge_in"), "Reshape",
+                        [x.name, _const(graph, names, f"{x2}/shape", np.array(graph.tensors[x2].shape, np.int64),
+                                        None)], [x2], {}, ""))
+        y2 = names(f"{y.name}/merged")
+        graph.tensors[y2] = TensorInfo(y2, y.dtype, (int(np.prod(y.shape[:-keep])), *y.shape[-keep:]), y.exponent)
+        new.append(Node(node.name, node.op_type, [x2, *node.inputs[1:]], [y2], dict(node.attrs), node.domain))
+        new.append(Node(names(f"{node.name}/merge_out"), "Reshape",
+                        [y2, _const(graph, names, f"{y.name}/shape", np.array(y.shape, np.int64), None)],
+                        [y.name], {}, ""))
+        _replace(graph, node, new)
+        records.append(SplitRecord(node.name, node.op_type, "leading_axes", (int(np.prod(x.shape[:-keep])),),
+                                   f"the kernel reads {rank} axes; input {tuple(x.shape)}"))
     return records
 
 

@@ -168,7 +168,8 @@ def _thinker_layernorm_check(node: Node, graph: Graph) -> list[ThinkerProblem]:
 
 
 _THINKER_LAYERNORM = ThinkerLowering("LayerNormInt", attrs=lambda n, g: struct.pack("<bbxxf", 1, 1, 1e-5), dma=True,
-                                     workspace=lambda n, g: _kernel_workspace(g, n), check=_thinker_layernorm_check)
+                                     workspace=lambda n, g: _kernel_workspace(g, n), check=_thinker_layernorm_check,
+                                     max_rank=3)
 
 OPS = (
     OpDef("LayerNormInt", "thinker", (3, 3), _infer, attrs={**_BITS, **PLATFORM},

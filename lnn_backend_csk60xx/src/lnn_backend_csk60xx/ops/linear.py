@@ -160,7 +160,7 @@ def _thinker_read_linear(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
 
 _THINKER_LINEAR = ThinkerLowering("LinearInt", attrs=lambda n, g: struct.pack("<ffiiB3x", 0.0, 0.0, 0, 0, QUANT_LUNA),
                                   relayout={1: relayout_linear}, dma=True, workspace=_thinker_linear_workspace,
-                                  check=_thinker_linear_check, read=_thinker_read_linear)
+                                  check=_thinker_linear_check, read=_thinker_read_linear, max_rank=3)
 
 OPS = (
     OpDef("LinearInt", "thinker", (2, 3), _infer, attrs={**_QBITS, **PLATFORM},

@@ -41,9 +41,14 @@ def _problems(graph: Any, ops: Any) -> list[Any]:
 
 
 def _rewrite(graph: Any, ops: Any) -> list[Any]:
-    from ..rewrites import crop_transposed_pads, split_groups
+    from ..rewrites import crop_transposed_pads, merge_leading_axes, split_groups
+    from .lowering import ThinkerLowering
 
-    return split_groups(graph, ops) + crop_transposed_pads(graph, ops)
+    def rank_of(op: Any) -> int | None:
+        low = op.lowerings.get("thinker")
+        return low.max_rank if isinstance(low, ThinkerLowering) else None
+
+    return split_groups(graph, ops) + crop_transposed_pads(graph, ops) + merge_leading_axes(graph, ops, rank_of)
 
 
 #: the thinker 3.0.4 VENUS package (spec/thinker-package.md), loaded by the chip's runtime

@@ -66,6 +66,8 @@ class ThinkerLowering:
     :param read: ``read(DecodedOp) -> (ir attrs, {input index: IR-form constant})`` for the decoder; None: no
         attributes, constants as stored.
     :param n_inputs: how many of the record's inputs the IR node takes (None: all).
+    :param max_rank: the kernel reads only this many trailing axes of input 0 and output 0: the format's rewrite
+        merges the leading ones into one with reshapes (no data moves), e.g. rank 3 for LinearInt and LayerNormInt.
     """
 
     name: str
@@ -77,6 +79,7 @@ class ThinkerLowering:
     check: Callable[[Node, Graph], list[Problem]] | None = None
     read: Callable[[DecodedOp], tuple[dict[str, Any], dict[int, np.ndarray]]] | None = None
     n_inputs: int | None = None
+    max_rank: int | None = None
 
 
 def _a(n: int, k: int) -> int:
