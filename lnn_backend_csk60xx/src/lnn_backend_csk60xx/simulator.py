@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -480,6 +481,9 @@ class Simulator:
             text = ffi.string(self._msg).decode("utf-8", "replace")
             if isinstance(pending, SimulatorError) or (pending is not None and not isinstance(pending, Exception)):
                 raise pending  # the kernel's own SimulatorError, or KeyboardInterrupt / SystemExit
+            if op_name is None:  # a whole run: the executor's message names the failing op first
+                named = re.match(r"op '([^']*)'", text)
+                op_name = named.group(1) if named and named.group(1) in self.op_names else None
             err = self._error(status, f"the simulator failed on the model{self._where()}: {text}", op_name)
             if pending is not None:
                 raise err from pending
