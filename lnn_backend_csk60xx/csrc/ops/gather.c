@@ -6,8 +6,8 @@
  * A byte copy of E bytes per index, no arithmetic; the output exponent is the table's (n_o = n_w). The vendor
  * kernel reads any index without a bound check (-1 is the last row, anything else outside 0..V-1 reads out of
  * bounds) and narrows int64 indices into a heap copy at every call: here the packer narrows int64 indices to
- * int32 once (int32 at exponent 0 in model.bin: integers as they are), and an index outside 0..V-1 stops the run with LNN_SIM_E_INPUT naming the op, the position and the
- * value (torch refuses those indices too, -1 included).
+ * int32 once (int32 at exponent 0 in model.bin: integers as they are), and an index outside 0..V-1 stops the run
+ * with LNN_SIM_E_INPUT naming the op, the position and the value (torch refuses those indices too, -1 included).
  */
 #include "lnn_sim_model.h"
 

@@ -11,10 +11,10 @@ indices are an integer graph input (int64 as torch writes them, or int32) withou
 Limits (spec 2.8.5): a constant 2-D int8 table (linger's 4-bit nibble-packed table is not supported), int32 or
 int64 indices, ``n_o = n_w`` (the kernel copies bytes; tpacker takes the output scale from ``scale_o``). The
 vendor kernel narrows int64 indices into a heap copy at every call and checks no bound; here the packer narrows
-int64 indices to int32 once (:func:`narrow_indices`; in model.bin they are int32 at exponent 0), and the simulator refuses an index outside ``0..V-1``
-(``LNN_SIM_E_INPUT`` naming the op and the index) where the chip would read out of bounds (``-1``, the chip's
-last row, is refused too: torch refuses it). ``max_norm`` (a renormalization at every lookup) is refused for the
-torch op.
+int64 indices to int32 once (:func:`narrow_indices`; model.bin holds them as int32 at exponent 0), and the
+simulator refuses an index outside ``0..V-1`` (``LNN_SIM_E_INPUT`` naming the op and the index) where the chip
+would read out of bounds (``-1``, the chip's last row, is refused too: torch refuses it). ``max_norm`` (a
+renormalization at every lookup) is refused for the torch op.
 """
 
 from __future__ import annotations
