@@ -232,6 +232,23 @@ def test_an_index_outside_the_table_is_an_error_on_both_sides(host):
     assert info.value.op_name == "emb" and f"index {V} at position 3" in str(info.value)
 
 
+def test_token_ids_computed_inside_the_model_are_a_clear_export_error(host):
+    class Viewed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(V, E)
+
+        def forward(self, ids):
+            return self.emb(ids.view(-1, 3))
+
+    q = lnn.init(Viewed(), host=host).eval()
+    with pytest.raises(LnnError) as info:
+        lnn.export(q, tokens(2, L), dialect="csk60xx", host=host)
+    err = info.value
+    assert err.module == "emb" and err.limit == "a graph input" and err.actual == "view"
+    assert str(err).startswith("embedding 'emb': its indices are computed inside the model (view)")
+
+
 def test_max_norm_is_refused_at_init_and_options_that_only_change_gradients_are_not(host):
     with pytest.raises(HardwareLimitError) as info:
         lnn.init(Functional(max_norm=1.0), host=host)

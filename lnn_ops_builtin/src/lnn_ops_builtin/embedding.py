@@ -206,6 +206,12 @@ def write_embedding(ctx: Any) -> str:
                        {"rule": "an embedding reads an integer input (int64 or int32) that is not quantized"},
                        "export with integer example inputs for the token ids (torch.long); on the command line: "
                        "--input-dtype NAME=int64", module=ctx.path, actual=info.dtype, limit="int64 or int32")
+    if idx not in ctx.graph.inputs:
+        raise LnnError(f"embedding {ctx.path!r}: its indices are computed inside the model ({ctx.node.args[0]})",
+                       {"rule": "the chip's Gather reads its token ids from a graph input (or a constant); ops on "
+                                "the ids (view, slicing, casts) have no integer form"},
+                       "pass the token ids to forward() in the shape the embedding reads, and index them there",
+                       module=ctx.path, actual=str(ctx.node.args[0]), limit="a graph input")
     table = ctx.initializer("weight", p["table"].numpy().astype("int8"), p["n_w"])
     y = ctx.tensor(p["n_w"], "int8")
     ctx.add("Gather", [table, idx], [y], {"parameter_bits": m.weight_bits, "o_bits": m.weight_bits})

@@ -28,7 +28,7 @@ from lnn_core.errors import ModelFileError
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
-from ._rules import at, bits_rule, seq
+from ._rules import at, seq
 from .base import AttrSpec, InferContext, Lowering, OpDef
 
 __all__ = ["OPS", "INDEX_DTYPES", "narrow_indices"]
@@ -47,6 +47,20 @@ def _infer(c: InferContext) -> list[TensorInfo]:
     c.rank(table, [2], "table")
     c.dtype(idx, list(INDEX_DTYPES), "indices")
     return [c.out("int8", tuple(idx.shape) + (table.shape[1],), None)]
+
+
+@rule("csk60xx.gather.bits", ops=(), wbits="gather.weight_bits", obits="gather.out_bits")
+def check_bits(op: OpView, limits: Mapping[str, Any]) -> list[Finding] | None:
+    """Gather tables must hold {wbits}-bit integers and write {obits}-bit outputs (the table's bytes; linger's
+    nibble-packed 4-bit table is not supported)."""
+    found = []
+    for key, lim_key, what, option in (("parameter_bits", "gather.weight_bits", "weight", "weight_bits"),
+                                       ("o_bits", "gather.out_bits", "output", "weight_bits")):
+        v, allowed = op.attrs.get(key), tuple(limits[lim_key])
+        if v is not None and v not in allowed:
+            found.append(Finding(actual=f"{v}-bit {what}", limit=f"{what} bits in {allowed}",
+                                 hint=f"set {option}={allowed[0]} for this embedding (QuantConfig.by_path)"))
+    return found or None
 
 
 @rule("csk60xx.gather.index_dtype", ops=(), dtypes="gather.index_dtypes")
@@ -128,7 +142,7 @@ _BITS = {
 OPS = (
     OpDef("Gather", "thinker", (2, 2), _infer, attrs=_BITS,
           scales={"scale_w": ("in", 0), "scale_o": ("out", 0)}, index_inputs=(1,),
-          rules=(bits_rule("csk60xx.gather.bits", "gather"), check_max_norm),
+          rules=(check_bits, check_max_norm),
           pack_rules=(check_index_dtype, check_scale), torch_ops=("builtin.Embedding",),
           lowerings={"lnn": Lowering(30, 2, _attrs, "gather.c")}),
 )
