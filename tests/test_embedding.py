@@ -153,6 +153,27 @@ def test_eval_is_the_tables_integers_and_training_computes_them(scale, host):
     assert int(q.emb.out_q.exponent) == n  # what this step's consumers read
 
 
+def test_a_stage_one_weight_clamp_is_the_table_that_trains_and_exports(host):
+    """The stage-1 clamp (``ConstrainConfig.weight_factor``) travels with the checkpoint: stage 2 quantizes the
+    clamped table in training, eval and the export alike (linger's clamp_weight)."""
+    model = nn.Sequential(OrderedDict(emb=nn.Embedding(V, E), fc=nn.Linear(E, 3)))
+    with torch.no_grad():
+        model.emb.weight[3, 0] = 40.0  # an outlier that the clamp cuts
+    stage1 = lnn.constrain(model, config=lnn.ConstrainConfig(weight_factor=2.0), host=host)
+    stage1(tokens(2, L))
+    q = lnn.init(model, host=host)
+    q.load_state_dict(stage1.state_dict())
+    w = q.emb.weight.detach().double()
+    c = min(2.0 * w.abs().mean().item(), w.abs().max().item())
+    clamped = w.clamp(-c, c)
+    n = int(np.floor(np.log2(127 / clamped.abs().max().item())))
+    graph = to_ir(q.eval(), tokens(2, L), host=host)
+    table = graph.initializers[next(n_.inputs[0] for n_ in graph.nodes if n_.op_type == "Gather")]
+    assert graph.tensors["emb_1"].exponent == n and table[3, 0] == table.max()  # the outlier sits at the clamp
+    assert np.array_equal(table, torch.floor(clamped * 2.0**n + 0.5).clamp(-128, 127).numpy().astype(np.int8))
+    assert lnn.verify(q, tokens(2, L, seed=4), host=host).ok
+
+
 def test_the_token_input_stays_an_integer_input_in_both_dialects(host):
     q = qat(Mixed(), lambda s: (torch.rand(2, L, 5), tokens(2, L, seed=s)), host=host)
     feats, ids = torch.rand(2, L, 5), tokens(2, L, seed=5)
