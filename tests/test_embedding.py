@@ -327,6 +327,7 @@ def test_cli_verify_export_check_take_integer_inputs(textmod, host, capsys):
     assert "fits: yes" in capsys.readouterr().out
     assert main(["export", "textmods:Mixed", "--input-shape", f"2,{L},5", "--input-shape", f"2,{L}",
                  "--input-dtype", "tokens=int64", "-o", "m.onnx"], host=host) == 0
+    assert main(["check", "m.onnx"], host=host) == 0  # the file declares the token input's dtype
     assert main(["pack", "m.onnx", "-o", "m.bin"], host=host) == 0
     np.save("feats.npy", np.random.rand(2, L, 5).astype(np.float32))
     np.save("ids.npy", np.array([[0, 1, 2, 3, 4, V - 1]] * 2))
@@ -366,3 +367,14 @@ def test_cli_float_example_for_an_embedding_and_input_dtype_on_an_onnx_file(text
                 host=host) == 0
     assert main(["check", "t.onnx", "--input-dtype", "int64"], host=host) == 2
     assert "option --input-dtype is for a PyTorch model" in capsys.readouterr().err
+
+
+def test_random_token_ids_lie_below_the_smallest_table(host):
+    from lnn_core._model_args import index_bound, random_inputs
+
+    q = lnn.init(Functional(), host=host)  # F.embedding: the prepared model has a module for it
+    assert index_bound(q) == V and index_bound(Functional()) == 1
+    assert index_bound(lnn.init(Mixed(), host=host)) == V
+    ids, feats = random_inputs(["2,400", "2,3"], ["int32", "float32"], index_high=V)
+    assert ids.dtype == torch.int32 and 0 <= int(ids.min()) and int(ids.max()) == V - 1
+    assert feats.dtype == torch.float32

@@ -218,7 +218,8 @@ def input_names(model: Any) -> list[str]:
 
 def index_bound(model: Any) -> int:
     """Random token ids lie in ``0 .. V-1``, ``V`` the smallest ``num_embeddings`` of the model's embedding
-    modules (1, i.e. all zeros, when it has none: e.g. ``F.embedding`` on a parameter)."""
+    modules (1, i.e. all zeros, when it has none: a float model's ``F.embedding`` on a parameter; the lnn.init
+    model has a module for it)."""
     sizes = [int(m.num_embeddings) for m in model.modules() if isinstance(getattr(m, "num_embeddings", None), int)]
     return max(1, min(sizes)) if sizes else 1
 
@@ -253,8 +254,11 @@ def build_quantized(args: argparse.Namespace, host: Any) -> tuple[Any, tuple[Any
     for s in args.input_shape:  # a malformed shape fails before the model is built
         parse_shape(s)
     float_model = build_float(args.model)
-    inputs = example_inputs(args, float_model)
     model = lnn.init(float_model, target=args.target, host=host)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, args.model)
-    return model, inputs
+    # argument names from the user's forward(); the ids' bound from the prepared model, whose embedding modules
+    # include the F.embedding calls
+    shapes = [s.partition("=")[2] or s for s in args.input_shape]
+    dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), input_names(float_model))
+    return model, random_inputs(shapes, dtypes, index_high=index_bound(model))
