@@ -112,6 +112,20 @@ def test_integer_mode_feeds_token_ids_as_they_are():
     assert [s.name for s in sim.int_inputs] == ["tokens"] and [s.name for s in sim.int_outputs] == ["emb"]
     (y,) = sim.run([np.array([[3, 0, 9]])], integer=True)
     assert np.array_equal(y, table[[[3, 0, 9]]])
+    conv = Simulator(_packed_quant_model())  # an int8 tensor a quantize op writes takes exactly int8
+    with pytest.raises(SimulatorError) as info:
+        conv.run([np.zeros((1, 4), np.int64)], integer=True)
+    assert (info.value.expected, info.value.actual) == ("int8", "int64")
+
+
+def _packed_quant_model() -> bytes:
+    q = helper.make_node("Quant", ["x"], ["q"], name="q", domain="thinker", scale_x=16.0, data_bits=8,
+                         platform_quant="luna_quant")
+    d = helper.make_node("Dequant", ["q"], ["y"], name="d", domain="thinker", scale_o=16.0)
+    g = helper.make_graph([q, d], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return pack_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 12),
+                                                         helper.make_opsetid("thinker", 1)]))
 
 
 def test_constant_indices_are_narrowed_at_pack_time():

@@ -335,10 +335,9 @@ class Simulator:
     def _consumers(self, tensor: int) -> list[int]:
         return [i for i, ins in enumerate(self._op_inputs) if tensor in ins]
 
-    @staticmethod
-    def _is_index(spec: TensorSpec) -> bool:
+    def _is_index(self, spec: TensorSpec) -> bool:
         """A graph input of integers (an embedding's token ids, which no quantize op reads): fed as it is."""
-        return spec.dtype.kind in "iu"
+        return spec.dtype.kind in "iu" and any(spec.index == s.index for s in self.inputs)
 
     def _boundary(self) -> tuple[dict[int, TensorSpec], dict[int, TensorSpec]]:
         """Quantize ops fed by graph inputs (op -> its int8 output) and dequantize ops writing graph outputs
