@@ -190,3 +190,35 @@ def test_thinker_package_runs_like_model_bin_and_eval(case, host, tmp_path):
         assert len(got) == len(want) == len(ref)
         for a, b, r in zip(got, want, ref):
             assert np.array_equal(a, b) and np.array_equal(a, r.numpy())
+
+
+class _EmbeddingNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.fc(self.e(ids))
+
+
+def test_thinker_package_with_an_embedding(host, tmp_path):
+    """Token ids as an integer graph input (int32 in the package), a Gather on the table, a linear after it."""
+    torch.manual_seed(0)
+    model = lnn.init(_EmbeddingNet(), host=host)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randint(0, 20, (1, 5)))
+    model.eval()
+    path = tmp_path / "emb.onnx"
+    lnn.export(model, torch.randint(0, 20, (1, 5)), path, host=host)
+    graph = read_onnx(path)
+    res = pack_graph(graph, package_format="thinker")
+    pkg = decode(res.blob)
+    assert [op.type for op in pkg.ops][:1] == ["Gather"] and pkg.tensors[pkg.inputs[0]].dtype == "int32"
+    on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)
+    ids = torch.randint(0, 20, (1, 5))
+    (a,), (b,) = on_pkg.run([ids.numpy()]), on_bin.run([ids.numpy()])
+    with torch.no_grad():
+        assert np.array_equal(a, b) and np.array_equal(a, model(ids).numpy())

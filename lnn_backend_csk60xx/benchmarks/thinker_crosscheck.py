@@ -23,6 +23,7 @@ import numpy as np
 from lnn_backend_csk60xx.dialect import read_onnx
 from lnn_backend_csk60xx.pipeline import pack_graph
 from lnn_backend_csk60xx.simulator import Simulator
+from lnn_backend_csk60xx.thinker.package import decode
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO.parent / "shared" / "data" / "linger-demo"
@@ -34,12 +35,13 @@ def crosscheck(tt: str, model, inputs: list[list[np.ndarray]]) -> tuple[bool, st
     res = pack_graph(graph, package_format="thinker")
     work = Path(tempfile.mkdtemp())
     (work / "m.pkg").write_bytes(res.blob)
+    pkg = decode(res.blob)
     for k, arrays in enumerate(inputs):
         ref = sim.run(arrays)
         files = []
-        for i, a in enumerate(arrays):
+        for i, a in enumerate(arrays):  # the package's input dtypes (token ids: int32)
             files.append(work / f"in{i}.bin")
-            np.ascontiguousarray(a).tofile(files[-1])
+            np.ascontiguousarray(a).astype(pkg.tensors[pkg.inputs[i]].dtype).tofile(files[-1])
         outs = [work / f"out{j}.bin" for j in range(len(ref))]
         for o in outs:
             o.unlink(missing_ok=True)
