@@ -15,6 +15,8 @@ def _plugins_configure(p: argparse.ArgumentParser) -> None:
 
 
 def _plugins_run(args: argparse.Namespace, host: Any) -> int:
+    from .cli import result_stream
+
     # building the host imported every plugin (import failures are in host.failed); these registries are cheap
     targets, recipes = list(host.targets), list(host.recipes)
     if args.all:
@@ -23,7 +25,8 @@ def _plugins_run(args: argparse.Namespace, host: Any) -> int:
     if args.json:
         print(json.dumps([{"name": i.name, "distribution": i.dist, "version": i.version,
                            "entry_point": i.entry_point, "hooks": list(i.hooks),
-                           "error": str(i.error) if i.error else None} for i in infos], indent=2))
+                           "error": str(i.error) if i.error else None} for i in infos], indent=2),
+              file=result_stream(args))
         return 1 if host.failed else 0
     for i in infos:
         where = f"{i.dist} {i.version}" if i.dist else "(registered directly)"
@@ -78,17 +81,22 @@ def _verify_configure(p: argparse.ArgumentParser) -> None:
     from ._model_args import add_model_args
 
     add_model_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout (docs/cli-json.md)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
 
 
 def _verify_run(args: argparse.Namespace, host: Any) -> int:
     import lnn_core as lnn
 
     from ._model_args import build_quantized
+    from .cli import progress_bar, result_stream
 
-    model, inputs = build_quantized(args, host)
-    report = lnn.verify(model, inputs, target=args.target, host=host)
-    print(report.to_json() if args.json else report.table())
+    with progress_bar(5, f"lnn verify {args.model}", quiet=args.quiet) as step:
+        step("build")
+        model, inputs = build_quantized(args, host)
+        report = lnn.verify(model, inputs, target=args.target, host=host, progress=step)
+    print(report.to_json() if args.json else report.table(), file=result_stream(args))
     return 0 if report.ok else 1
 
 
