@@ -51,12 +51,12 @@ def _schemas() -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for section in re.split(r"^## ", text, flags=re.M)[1:]:
         command = section.splitlines()[0].strip()
-        rows = re.findall(r"^\| ([a-z_]+) \| ([a-z\\|]+) \|", section, flags=re.M)
+        rows = re.findall(r"^\| ([a-z_0-9]+) \| ([a-z\\|]+) \|", section, flags=re.M)
         out[command] = {k: t.replace("\\|", "|") for k, t in rows if k != "key"}
     return out
 
 
-_TYPES = {"bool": bool, "int": int, "str": str, "list": list, "object": dict}
+_TYPES = {"bool": bool, "int": int, "number": (int, float), "str": str, "list": list, "object": dict}
 
 
 def _conforms(data: dict, command: str) -> None:
@@ -70,7 +70,8 @@ def _conforms(data: dict, command: str) -> None:
         if value is None:
             assert "null" in allowed, f"{command}: {key} is null"
             continue
-        types = tuple(_TYPES[a] for a in allowed if a != "null")
+        types = tuple(t for a in allowed if a != "null" for t in (_TYPES[a] if isinstance(_TYPES[a], tuple)
+                                                                  else (_TYPES[a],)))
         assert isinstance(value, types) and not (bool not in types and isinstance(value, bool)), (command, key, value)
 
 

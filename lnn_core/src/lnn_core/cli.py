@@ -4,9 +4,10 @@ Exit codes: 0 success, 1 the command ran and found a problem (violations, mismat
 plugin was skipped), 2 usage or input error (bad arguments, unreadable files, broken plugins when asked
 to be strict) or a crash of the command (one line on stderr; ``-v`` adds the traceback).
 
-``--json``: the result is the only thing on stdout. A command writes its result to ``args.stdout``; while a
-command with ``--json`` runs, everything else written to stdout (``print`` in user code, torch's graph dumps and
-C-level messages on file descriptor 1) goes to stderr, and the result follows on stdout when the command ends.
+``--json``: the result is the only thing on stdout. A command writes its result to ``result_stream(args)``; while
+a command with ``--json`` runs, everything else written to stdout (``print`` in user code, torch's graph dumps and
+C-level messages on file descriptor 1) goes to stderr, and the result follows on stdout when the command ends (a
+command that writes nothing there gets what it printed, as before).
 The schemas are in docs/cli-json.md.
 
 A plugin that fails (import, hook, garbage result, a command whose arguments cannot be set up) is skipped with a
@@ -76,7 +77,8 @@ def _stdout_for_results(args: argparse.Namespace) -> Iterator[None]:
         sys.stderr.flush()
         saved = (1, os.dup(1))  # file descriptor 1 itself: C code writes there whatever sys.stdout is
         os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    echo = _Echo(sys.stderr)
+    sys.stdout = echo
     try:
         yield
     finally:
@@ -86,8 +88,27 @@ def _stdout_for_results(args: argparse.Namespace) -> Iterator[None]:
                 sys.stderr.flush()
             os.dup2(saved[1], saved[0])
             os.close(saved[1])
-        out.write(buffer.getvalue())
+        # a command that prints its result instead of writing it to args.stdout (a plugin's older command) still
+        # gets it on stdout, as before, with whatever else was printed
+        out.write(buffer.getvalue() or echo.copy.getvalue())
         out.flush()
+
+
+class _Echo(io.TextIOBase):
+    """``sys.stdout`` during a ``--json`` command: writes go to stderr, and a copy is kept."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target, self.copy = target, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def writable(self) -> bool:
+        return True
 
 
 def build_parser(host: PluginHost) -> argparse.ArgumentParser:
