@@ -14,8 +14,10 @@ Three questions, each a report with a text table, a JSON form and a PNG (``lnn a
   seconds.
 
 The model is one prepared by ``lnn.init`` (a float model is prepared first). Quantizers that never saw data are
-calibrated on the data given first (a few training-mode passes without gradients), and the report says so.
-Nothing of the model changes: stages and quantizer switches are restored when a function returns.
+calibrated on the data given first (a few training-mode passes without gradients: observers and BatchNorm statistics
+change), and the report says so; otherwise nothing of the model changes: stages and quantizer switches are restored
+when a function returns. Layers whose weight is not their own parameter (``F.conv2d(x, self.w)``) are left out of
+:func:`weights`.
 """
 
 from __future__ import annotations
