@@ -201,3 +201,71 @@ def test_bits_for_a_module_without_a_quantized_form_still_match_nothing(host):
             warnings.simplefilter("ignore", UnsupportedOpWarning)
             lnn.init(CRNN("LSTM", keep="none"), config=config, host=host)
     assert exc.value.option == "by_path" and exc.value.value == "rnn"
+
+
+class PackedEncoder(nn.Module):
+    """An LSTM over padded sequences of several lengths: pack_padded_sequence / pad_packed_sequence inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 12, batch_first=True)
+
+    def forward(self, x, lengths):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y, (h, _) = self.lstm(packed)
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        return y, h
+
+
+class Tagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(8, 8)
+        self.enc = lnn.disable_quant(PackedEncoder())
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x, lengths):
+        y, h = self.enc(self.fc0(x), lengths)
+        return self.fc(y), self.fc(h)
+
+
+def test_packed_sequences_in_a_module_kept_float(host):
+    """A float module taking a quantized tensor and an int64 graph input (the lengths) and returning two tensors;
+    the QDQ export traces it on the example lengths (zeros are no valid lengths) and onnxruntime equals eval."""
+    import onnxruntime as ort
+
+    model = _prepare(Tagger(), host)
+    model.train()
+    model(torch.randn(3, 7, 8), torch.tensor([7, 3, 5]))
+    model.eval()
+    x, lengths = torch.randn(1, 7, 8), torch.tensor([4])
+    with torch.no_grad():
+        want = [t.numpy() for t in model(x, lengths)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the island warning, and torch's about PackPadded shapes
+        proto = lnn.export(model, (x, lengths), dialect="qdq", host=host)
+    sess = ort.InferenceSession(proto.SerializeToString())
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, dict(zip(names, (x.numpy(), lengths.numpy()))))
+    lsb = 2.0 ** -model.fc.out_q.eval_exponent()
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and np.abs(g - w).max() <= lsb * 1.0001
+    assert np.all(want[0][:, 4:] == want[0][:, 4:5])  # padded frames: fc(0), the same in every frame
+
+
+def test_check_and_verify_name_the_float_module_once(host):
+    """``lnn.check`` reports a float island as one violation naming its module (not one per ONNX node torch wrote
+    for it: Constant, Shape, Expand, ...); ``lnn.verify`` refuses it with the export's error."""
+    x = torch.randn(1, 1, 9, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = lnn.check(CRNN("GRU"), (x,), host=host)
+        assert [(v.op_name, v.op_type, v.rule_id) for v in report.violations] == [
+            ("rnn", "GRU", "csk60xx.graph.op_supported")]
+        assert "kept float (module 'rnn')" in report.violations[0].actual
+        model = _qat(_prepare(CRNN("GRU"), host), torch.randn(2, 1, 9, 6))
+        with pytest.raises(ExportError) as exc:
+            lnn.verify(model, (x,), host=host)
+    assert exc.value.module == "rnn"

@@ -182,6 +182,9 @@ class _Exporter:
         self.island_nodes: set[fx.Node] = set()  # float ops on quantized data, and the float ops they feed
         self.sources: dict[str, str] = {}  # IR tensor -> fx node whose eval value it holds
         self.island_meta: list[dict[str, Any]] = []
+        # graph input -> the example value: a float op reading a graph input directly is traced on it (the lengths
+        # of pack_padded_sequence must be real lengths), other inputs of float ops on zeros of their shape
+        self.examples: dict[fx.Node, Any] = {}
 
     @property
     def g(self) -> Graph:
@@ -355,8 +358,10 @@ class _Exporter:
         first_ir_node = len(self.g.nodes)
         args_in = [self.dequant(self.tmap[i]) for i in tensor_ins]
         sub = _single_node_module(self.model, node, tensor_ins)
-        examples = tuple(torch.zeros(_concrete(self.g.tensors[a].shape, node.name), dtype=torch.float32)
-                         for a in args_in)
+        examples = tuple(
+            self.examples[i] if isinstance(self.examples.get(i), torch.Tensor) and self.tmap[i] == a else
+            torch.zeros(_concrete(self.g.tensors[a].shape, node.name), dtype=torch.float32)
+            for i, a in zip(tensor_ins, args_in))
         tree = _float_tree(node.meta.get("tensor_meta"))  # a module may return a tuple (nn.GRU: (y, h_n))
         metas = [m for m in _leaves(tree) if m is not None] if isinstance(tree, _Outputs) else [tree]
         n_out = len(metas)
@@ -599,8 +604,9 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
         model.eval()
         with torch.no_grad():
             ExampleRunner(model, shapes=True).run(*inputs)
-            graph = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict).run(
-                input_names, output_names)
+            exporter = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict)
+            exporter.examples = dict(zip((n for n in model.graph.nodes if n.op == "placeholder"), inputs))
+            graph = exporter.run(input_names, output_names)
     finally:
         model.train(was_training)
         with torch.no_grad():
