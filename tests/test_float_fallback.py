@@ -269,3 +269,39 @@ def test_check_and_verify_name_the_float_module_once(host):
         with pytest.raises(ExportError) as exc:
             lnn.verify(model, (x,), host=host)
     assert exc.value.module == "rnn"
+
+
+class TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(8, 8)
+        self.lstm = lnn.disable_quant(nn.LSTM(8, 12, batch_first=True))
+
+    def forward(self, x):
+        return self.lstm(self.fc0(x))
+
+
+def test_float_tuple_as_the_model_output_through_both_stages(host):
+    """Stage 1 -> stage 2 with the float LSTM; its nested tuple ``(y, (h, c))`` is the model's output: three
+    graph outputs in the QDQ file, equal to eval up to float rounding."""
+    import onnxruntime as ort
+
+    model = lnn.constrain(TupleOut(), host=host)
+    model.train()
+    model(torch.randn(2, 5, 8))
+    model = lnn.init(model, host=host)
+    model.train()
+    y, (h, c) = model(torch.randn(2, 5, 8))
+    (y.sum() + h.sum() + c.sum()).backward()
+    assert model.fc0.weight.grad is not None
+    model.eval()
+    x = torch.randn(1, 5, 8)
+    with pytest.warns(FloatIslandWarning, match="LSTM"):
+        proto = lnn.export(model, (x,), dialect="qdq", host=host)
+    assert [o.name for o in proto.graph.output] == ["output_0", "output_1", "output_2"]
+    sess = ort.InferenceSession(proto.SerializeToString())
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        y, (h, c) = model(x)
+    for g, w in zip(got, (y, h, c)):
+        assert g.shape == tuple(w.shape) and np.allclose(g, w.numpy(), atol=1e-5)
