@@ -166,7 +166,7 @@ def infer_and_judge(graph: Graph, *, rules_for: Callable[[str], list[Rule]] | No
                 report.extend(_violation(
                     check_op_supported, OpView(where, island["op"]), limits,
                     actual=f"{island['op']} kept float (module {where!r}): the chip has no float ops",
-                    limit="every op between Quant and Dequant an integer op",
+                    limit="every op of the quantized graph an integer op",
                     hint="quantize the layer (remove lnn.disable_quant / LayerConfig(float=True) there, or "
                          "replace the op with a supported one), or export it with dialect='qdq'"))
             continue

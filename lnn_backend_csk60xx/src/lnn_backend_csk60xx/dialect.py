@@ -525,7 +525,7 @@ def _refuse_float_islands(graph: Graph) -> None:
         f"{where[0]} is kept float inside the quantized graph; the CSK60xx dialect has no float ops"
         + (f" ({len(islands) - 1} more)" if len(islands) > 1 else ""),
         {"float ops": "; ".join(where),
-         "rule": "every op between the model's Quant and Dequant runs on the chip in integers"},
+         "rule": "every op of the quantized graph runs on the chip in integers"},
         "quantize the layer (remove lnn.disable_quant / LayerConfig(float=True) there, or replace the op with a "
         "supported one), or export the float layer with dialect='qdq'",
         node=first["node"], module=first.get("module", ""), dialect="csk60xx", ops=where)
