@@ -145,7 +145,10 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_SIGMOID 24   /* iqSigmoid: int16 (exponent >= 11) -> int8 at exponent 7 */
 #define LNN_SIM_OP_TANH 25      /* iqTanh: int16 (exponent >= 11) -> int8 at exponent 7 */
 #define LNN_SIM_OP_LAYERNORM 26 /* LayerNormInt: int8 rows, int16 gamma, int32 beta -> int8 */
-#define LNN_SIM_NUM_OP_TYPES 27
+#define LNN_SIM_OP_SOFTMAX 27   /* SoftmaxInt: int8 rows (last dim) -> int8 (n_o <= 15); model not vendor-verified */
+#define LNN_SIM_OP_LOGSOFTMAX 28 /* LogSoftmaxInt: int8 rows (last dim) -> int8 (n_o <= 25); not vendor-verified */
+#define LNN_SIM_OP_BMM 29       /* BmmInt: int8 [B,M,K] x int8 [B,K,N] -> int8 */
+#define LNN_SIM_NUM_OP_TYPES 30
 
 /* Conv2dInt / Conv1dInt / ConvTranspose2dInt take an optional trailing attribute: the fused activation
  * applied to the requantized output (the chip's act_type). */
@@ -243,6 +246,13 @@ lnn_sim_status lnn_sim_activation_s16(int32_t op, int32_t in_exponent, int64_t c
 lnn_sim_status lnn_sim_layernorm_s8(int32_t in_exponent, int32_t gamma_exponent, int32_t out_exponent, int64_t rows,
                                     int32_t row, const int8_t *x, const int16_t *gamma, const int32_t *beta,
                                     int8_t *y);
+/* SoftmaxInt / LogSoftmaxInt (spec/int8-seq-ops.md 2.4.4, 2.5.4; the HiFi core as the spec models it, not
+ * vendor-verified) on `rows` rows of `row` int8 values; scratch holds 3 * row int64 entries. */
+lnn_sim_status lnn_sim_softmax_s8(int32_t in_exponent, int32_t out_exponent, int32_t log_form, int64_t rows,
+                                  int32_t row, const int8_t *x, int8_t *y, int64_t *scratch);
+/* BmmInt (spec/int8-seq-ops.md 2.9.4): per batch z = SAT_8(SHR(x_b @ y_b, shift)), x [M,K], y [K,N] row-major. */
+lnn_sim_status lnn_sim_bmm_s8(int32_t shift, int64_t batch, int32_t m, int32_t k, int32_t n, const int8_t *x,
+                              const int8_t *y, int8_t *z);
 /* Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32. */
 lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y);
 /* Transpose of a rank <= LNN_SIM_MAX_RANK tensor of elem_size-byte elements. */
