@@ -355,3 +355,22 @@ def test_qdq_form_runs_in_onnxruntime_and_mostly_agrees(host, tmp_path, capsys):
     with capsys.disabled():
         print("\nSoftmaxInt / LogSoftmaxInt / BmmInt QDQ (float Softmax, LogSoftmax, MatMul) vs eval: "
               + ", ".join(f"{k} {v:.1%} equal" for k, v in rates.items()))
+
+
+# -- the "not bit-verified" mark -----------------------------------------------------------------------------------
+
+def test_lnn_rules_marks_the_softmax_ops_not_bit_verified(host):
+    """The HiFi softmax core is closed (spec 2.4.6): lnn rules (text and Markdown) marks SoftmaxInt and
+    LogSoftmaxInt, and the families that export to them, and nothing else."""
+    from lnn_core.rules_doc import rules_markdown, rules_text
+
+    md = rules_markdown(host)
+    section = md.split("### Ops of `csk60xx` not bit-verified against the vendor")[1]
+    assert "| `LogSoftmaxInt` | `builtin.LogSoftmax` |" in section and "| `SoftmaxInt` | `builtin.Softmax` |" in section
+    marked = [line.split("|")[1].strip() for line in md.splitlines()
+              if line.startswith("| `builtin.") and "not bit-verified against the vendor (csk60xx)" in line]
+    assert marked == ["`builtin.LogSoftmax`", "`builtin.Softmax`"]
+    text = rules_text(host)
+    assert "ops not bit-verified against the vendor" in text
+    tail = text.split("ops not bit-verified against the vendor")[1].splitlines()[1:]
+    assert tail == ["    LogSoftmaxInt  [from builtin.LogSoftmax]", "    SoftmaxInt  [from builtin.Softmax]"]

@@ -253,12 +253,12 @@ FAMILIES = [
     OpFamily(id="builtin.Softmax", kind="compute", modules=(nn.Softmax,), functions=(F.softmax, torch.softmax),
              methods=("softmax",), build=_build("builtin.Softmax", False),
              description="softmax over the last dim (rows <= 2048): SoftmaxInt, int8 in, Q25 -> HiFi softmax -> "
-                         "int8 out (n_o <= 15); not bit-verified against the vendor"),
+                         "int8 out (n_o <= 15)"),
     OpFamily(id="builtin.LogSoftmax", kind="compute", modules=(nn.LogSoftmax,),
              functions=(F.log_softmax, torch.log_softmax), methods=("log_softmax",),
              build=_build("builtin.LogSoftmax", True),
              description="log-softmax over the last dim (rows <= 2048): LogSoftmaxInt, int8 in, Q25 -> HiFi softmax "
-                         "and log -> int8 out (n_o <= 25); not bit-verified against the vendor"),
+                         "and log -> int8 out (n_o <= 25)"),
 ]
 
 
