@@ -34,6 +34,8 @@ extern const lnn_op_kernel lnn_op_layernorm;
 extern const lnn_op_kernel lnn_op_softmax, lnn_op_logsoftmax;
 /* ops/bmm.c */
 extern const lnn_op_kernel lnn_op_bmm;
+/* ops/gather.c */
+extern const lnn_op_kernel lnn_op_gather;
 /* ops/external.c */
 extern const lnn_op_kernel lnn_op_external;
 
@@ -70,6 +72,7 @@ static const struct {
     {LNN_SIM_OP_SOFTMAX, &lnn_op_softmax},
     {LNN_SIM_OP_LOGSOFTMAX, &lnn_op_logsoftmax},
     {LNN_SIM_OP_BMM, &lnn_op_bmm},
+    {LNN_SIM_OP_GATHER, &lnn_op_gather},
 };
 
 const lnn_op_kernel *lnn_find_kernel(int32_t code) {

@@ -148,7 +148,8 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_SOFTMAX 27   /* SoftmaxInt: int8 rows (last dim) -> int8 (n_o <= 15); model not vendor-verified */
 #define LNN_SIM_OP_LOGSOFTMAX 28 /* LogSoftmaxInt: int8 rows (last dim) -> int8 (n_o <= 25); not vendor-verified */
 #define LNN_SIM_OP_BMM 29       /* BmmInt: int8 [B,M,K] x int8 [B,K,N] -> int8 */
-#define LNN_SIM_NUM_OP_TYPES 30
+#define LNN_SIM_OP_GATHER 30    /* Gather: rows of a constant int8 table [V, E] by int32 indices (embedding) */
+#define LNN_SIM_NUM_OP_TYPES 31
 
 /* Conv2dInt / Conv1dInt / ConvTranspose2dInt take an optional trailing attribute: the fused activation
  * applied to the requantized output (the chip's act_type). */
@@ -253,6 +254,11 @@ lnn_sim_status lnn_sim_softmax_s8(int32_t in_exponent, int32_t out_exponent, int
 /* BmmInt (spec/int8-seq-ops.md 2.9.4): per batch z = SAT_8(SHR(x_b @ y_b, shift)), x [M,K], y [K,N] row-major. */
 lnn_sim_status lnn_sim_bmm_s8(int32_t shift, int64_t batch, int32_t m, int32_t k, int32_t n, const int8_t *x,
                               const int8_t *y, int8_t *z);
+/* Gather (spec/int8-seq-ops.md 2.8.4): y[j, :] = table[idx[j], :] for `count` indices into a table of `rows` rows of
+ * `cols` int8 values. Returns LNN_SIM_E_INPUT for an index outside 0..rows-1 (its position in *bad when bad is not
+ * NULL; the rows before it are written). */
+lnn_sim_status lnn_sim_gather_s8(int64_t rows, int32_t cols, const int8_t *table, int64_t count, const int32_t *idx,
+                                 int8_t *y, int64_t *bad);
 /* Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32. */
 lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y);
 /* Transpose of a rank <= LNN_SIM_MAX_RANK tensor of elem_size-byte elements. */
