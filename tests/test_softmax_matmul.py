@@ -114,6 +114,17 @@ class Attention(nn.Module):
         return self.o(o)
 
 
+class Rows2D(nn.Module):
+    """Attention on a 2-D [T, D] input: 2-D BmmInt operands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(16, 8), nn.Linear(16, 8), nn.Linear(16, 8)
+
+    def forward(self, x):
+        return torch.matmul(torch.softmax(self.q(x) @ self.k(x).t(), -1), self.v(x))
+
+
 def _qat(model: nn.Module, shape: tuple[int, ...], host, steps: int = 4) -> nn.Module:
     torch.manual_seed(0)
     m = lnn.init(model, host=host)
@@ -238,7 +249,8 @@ def test_functional_forms_for_attention_modules(host):
     (lambda: Attention(), (2, 8, 16)),
     (lambda: Attention(d=32, heads=4), (2, 7, 32)),
     (lambda: Attention(spelling="bmm"), (1, 12, 16)),
-], ids=["linear-softmax-2d", "linear-logsoftmax-3d", "self-attention", "four-heads-4d", "bmm"])
+    (lambda: Rows2D(), (9, 16)),
+], ids=["linear-softmax-2d", "linear-logsoftmax-3d", "self-attention", "four-heads-4d", "bmm", "matmul-2d"])
 def test_verify_is_bit_exact_after_qat(make, shape, host):
     m = _qat(make(), shape, host)
     report = lnn.verify(m, torch.randn(*shape) * 2, host=host)
