@@ -185,7 +185,7 @@ def test_unsupported_rnn_is_reported_like_any_unsupported_op(host):
     with pytest.warns(UnsupportedOpWarning) as record:
         qmodel = lnn.init(CRNN("LSTM", keep="none"), host=host)
     texts = [str(w.message) for w in record if issubclass(w.category, UnsupportedOpWarning)]
-    assert len(texts) == 1 and "op LSTM (node 'rnn')" in texts[0] and "self.rnn(x)" in texts[0]
+    assert len(texts) == 1 and "op LSTM (module 'rnn')" in texts[0] and "self.rnn(x)" in texts[0]
     _qat(qmodel, torch.randn(2, 1, 5, 6))
     with pytest.raises(UnsupportedOpError) as exc:
         lnn.init(CRNN("LSTM", keep="none"), config=lnn.QuantConfig(strict=True), host=host)
@@ -305,3 +305,30 @@ def test_float_tuple_as_the_model_output_through_both_stages(host):
         y, (h, c) = model(x)
     for g, w in zip(got, (y, h, c)):
         assert g.shape == tuple(w.shape) and np.allclose(g, w.numpy(), atol=1e-5)
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(8, 8)
+        self.block = nn.Module()
+        self.block.rnn = nn.GRU(8, 12, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.block.rnn(self.fc0(x))
+        return y
+
+
+def test_an_unsupported_module_is_named_by_its_path(host):
+    """The warning and the strict error name a module by the path lnn.disable_quant / by_path take."""
+    with pytest.warns(UnsupportedOpWarning) as record:
+        lnn.init(Nested(), host=host)
+    text = next(str(w.message) for w in record if issubclass(w.category, UnsupportedOpWarning))
+    assert text.startswith("op GRU (module 'block.rnn') has no quantized form")
+    assert "lnn.disable_quant(model.block.rnn)" in text
+    with pytest.raises(UnsupportedOpError) as exc:
+        lnn.init(Nested(), config=lnn.QuantConfig(strict=True), host=host)
+    assert "GRU (module 'block.rnn') at " in exc.value.details["ops"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedOpWarning)
+        lnn.init(Nested(), config=lnn.QuantConfig(by_path={"block.rnn": lnn.LayerConfig(float=True)}), host=host)

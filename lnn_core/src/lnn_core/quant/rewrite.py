@@ -678,7 +678,9 @@ class _Rewriter:
             return
         found = [(n.name, op_name(n, self.gm), _call_site(n)) for n in nodes]
         self.info.unsupported.extend(found)
-        lines = "\n".join(f"{op} (node {name!r}) at {site}" for name, op, site in found)
+        # a module is named by its path (what lnn.disable_quant and QuantConfig.by_path take), a function by node
+        where = {n.name: f"module {str(n.target)!r}" if n.op == "call_module" else f"node {n.name!r}" for n in nodes}
+        lines = "\n".join(f"{op} ({where[name]}) at {site}" for name, op, site in found)
         if self.config.strict:
             raise UnsupportedOpError(
                 f"{len(found)} op(s) without a quantized form run on quantized data: "
@@ -687,12 +689,15 @@ class _Rewriter:
                 "replace the op with a supported one, keep the surrounding layer in float with "
                 "lnn.disable_quant(...), or install a plugin that provides it",
                 op=found[0][1], call_site=found[0][2], ops=found)
+        paths = {n.name: str(n.target) for n in nodes if n.op == "call_module"}
         for name, op, site in found:
+            keep = (f"; lnn.disable_quant(model.{paths[name]}) keeps it float without this warning"
+                    if name in paths else "")
             warnings.warn(
-                f"op {op} (node {name!r}) has no quantized form and runs in float on quantized data\n"
+                f"op {op} ({where[name]}) has no quantized form and runs in float on quantized data\n"
                 f"  call site: {site}\n"
                 "  hint: it is kept as a float island (Dequant -> float op -> Quant); pass strict=True to "
-                "make this an error", UnsupportedOpWarning, stacklevel=5)
+                f"make this an error{keep}", UnsupportedOpWarning, stacklevel=5)
 
     def mark_ahead_relu(self) -> None:
         def consumers(node: fx.Node) -> list[fx.Node]:
