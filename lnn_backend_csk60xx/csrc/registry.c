@@ -36,6 +36,8 @@ extern const lnn_op_kernel lnn_op_softmax, lnn_op_logsoftmax;
 extern const lnn_op_kernel lnn_op_bmm;
 /* ops/gather.c */
 extern const lnn_op_kernel lnn_op_gather;
+/* ops/gru.c */
+extern const lnn_op_kernel lnn_op_gru;
 /* ops/external.c */
 extern const lnn_op_kernel lnn_op_external;
 
@@ -73,6 +75,7 @@ static const struct {
     {LNN_SIM_OP_LOGSOFTMAX, &lnn_op_logsoftmax},
     {LNN_SIM_OP_BMM, &lnn_op_bmm},
     {LNN_SIM_OP_GATHER, &lnn_op_gather},
+    {LNN_SIM_OP_GRU, &lnn_op_gru},
 };
 
 const lnn_op_kernel *lnn_find_kernel(int32_t code) {

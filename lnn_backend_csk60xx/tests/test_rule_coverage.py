@@ -132,6 +132,21 @@ def bmm(g: G, xs: tuple[int, ...] = (1, 2, 8), ys: tuple[int, ...] = (1, 8, 4), 
     return g.op("bmm", "BmmInt", [x, g.quant(ys, 3, name="y")], n_o)
 
 
+def gru(g: G, *, batch: int = 1, batch_first: int = 1, n_i: int = 4, n_iw: int = 7, n_hw: int = 7, n_o: int = 8,
+        n_h: int | None = None, x: str | None = None, **attrs: object) -> str:
+    """GRUInt (node ``gru``): D = 3, H = 2, T = 4 on a quantized input; outputs ``gru_out`` (y) and ``gru_h``."""
+    shape = (batch, 4, 3) if batch_first else (4, batch, 3)
+    x = x if x is not None else g.quant(shape, n_i)
+    ins = [x, g.const("w_ih", w8(6, 3), n_iw), g.const("w_hh", w8(6, 2), n_hw),
+           g.const("b_ih", np.zeros(6, np.int32), n_i + n_iw), g.const("b_hh", np.zeros(6, np.int32), n_o + n_hw)]
+    g.graph.add_node(Node("gru", "GRUInt", ins, ["gru_out", "gru_h"], {"batch_first": batch_first, **attrs},
+                          "thinker"))
+    g.graph.add_tensor("gru_out", "int8", None, n_o)
+    g.graph.add_tensor("gru_h", "int8", None, n_o if n_h is None else n_h)
+    g.graph.outputs = ["gru_out", "gru_h"]
+    return "gru_out"
+
+
 def gather(g: G, *, idx_dtype: str = "int64", n_w: int = 5, n_o: int = 5, **attrs: object) -> str:
     """Gather (node ``emb``): rows of a 10 x 4 int8 table at ``n_w`` by integer graph input ``tok`` [1, 6]."""
     idx = g.input("tok", (1, 6), idx_dtype)
@@ -350,6 +365,23 @@ CASES: list[Case] = [
     Case("csk60xx.layernorm.dtype", "ln",
          _g(lambda g, over: layernorm(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
          "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.layernorm.bits"})),
+    # -- GRUInt (spec/int8-seq-ops.md 2.2.5, 6.2) ---------------------------------------------------------------------
+    Case("csk60xx.gru.batch", "gru", _g(lambda g, over: gru(g, batch=2 if over else 1)),
+         "batch <= 1", "batch 2", "one at a time"),
+    Case("csk60xx.gru.batch", "gru", _g(lambda g, over: gru(g, batch=2 if over else 1, batch_first=0)),
+         "batch <= 1", "batch 2", "one at a time", name="seq_first"),
+    Case("csk60xx.gru.direction", "gru", _g(lambda g, over: gru(g, go_forward=0 if over else 1)),
+         "go_forward in (1,)", "go_forward 0", "unidirectional"),
+    Case("csk60xx.gru.in_alignment", "gru", _g(lambda g, over: gru(g, n_i=3 if over else 4)),
+         "n_i + n_iw >= 11", "n_i + n_iw = 3 + 7 = 10", "finer scale"),
+    Case("csk60xx.gru.hidden_alignment", "gru", _g(lambda g, over: gru(g, n_hw=2 if over else 3)),
+         "n_o + n_hw >= 11", "n_o + n_hw = 8 + 2 = 10", "right shift only"),
+    Case("csk60xx.gru.out_exponent", "gru", _g(lambda g, over: gru(g, n_o=9 if over else 8)),
+         "n_o = n_h = 8", "n_o 9, n_h 9", "scale_h = 256"),
+    Case("csk60xx.gru.out_exponent", "gru", _g(lambda g, over: gru(g, n_h=7 if over else 8)),
+         "n_o = n_h = 8", "n_o 8, n_h 7", "Q8", name="state"),
+    Case("csk60xx.gru.dtype", "gru", _g(lambda g, over: gru(g, x=g.requant16(g.quant((1, 4, 3), 4)) if over else None)),
+         "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE})),
     # -- SoftmaxInt / LogSoftmaxInt (spec/int8-seq-ops.md 2.4.5, 2.5.5) ---------------------------------------------
     Case("csk60xx.softmax.in_exponent", "sm", _g(lambda g, over: softmax(g, n_x=26 if over else 25)),
          "0 <= n_x <= 25", "n_x 26", "exponent 25 or less"),

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lnn_backend_csk60xx.gru_ref import gru_int, sig8, tanh8
+from lnn_backend_csk60xx.ops.gru import gru_int, sig8, tanh8
 
 ALL16 = np.arange(-32768, 32768, dtype=np.int64)
 

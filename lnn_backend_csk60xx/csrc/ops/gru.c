@@ -1,0 +1,133 @@
+/*
+ * ops/gru.c - GRUInt (spec/int8-seq-ops.md 2.2.4; thinker venus/gruint.h), one sequence, forward, zero state.
+ *
+ * x int8 [T,1,D] or [1,T,D] at n_i, w_ih int8 [3H,D] at n_iw, w_hh int8 [3H,H] at n_hw (PyTorch layout, gates
+ * r, z, n), b_ih int32 [3H] at n_i + n_iw, b_hh int32 [3H] at n_o + n_hw; outputs y int8 [T,1,H] / [1,T,H] at
+ * n_o and h_n int8 [1,1,H] at n_o (the hidden state lives in it, as on the chip). Per step:
+ *
+ *   gi = SAT_32(SHR(SAT_32(SAT_32(x_t . W_ih^T) + b_ih), n_i + n_iw - 11))        Q11
+ *   gh = SAT_32(SHR(SAT_32(SAT_32(h . W_hh^T) + b_hh), n_o + n_hw - 11))
+ *   r = sig8(SAT_16(gi_r + gh_r)), z = sig8(SAT_16(gi_z + gh_z))                   Q7
+ *   n = tanh8(SAT_16(gi_n + SAT_32(SHR(r * gh_n, 7))))                             Q7
+ *   h = SAT_8(SHR(SAT_16(z * SAT_8(SHR(h, 1))) + SAT_16((128 - z) * n), 14 - n_o))
+ *
+ * sig8 / tanh8 are the Q11 -> Q7 activations of ops/activation.c. The chip's Luna routines do no scaling for a
+ * negative shift (spec 1.1): the loader accepts the right-shift range only (n_i + n_iw >= 11, n_o + n_hw >= 11,
+ * n_o <= 14) and batch 1 (the chip addresses x batch-major whatever batch_first says). The lengths / h0
+ * variants are not packed (the chip reads neither). Scratch: gi and gh, 6H int64 entries (the chip's 24H bytes).
+ */
+#include "lnn_sim_model.h"
+
+#define LNN_GRU_Q 11
+
+static int64_t sat(int64_t v, int bits) {
+    const int64_t hi = ((int64_t)1 << (bits - 1)) - 1;
+    return lnn_sat(v, -hi - 1, hi);
+}
+
+static int64_t act8(int32_t op, int64_t t) {
+    int16_t in = (int16_t)t; /* t is already SAT_16 */
+    int8_t out;
+    (void)lnn_sim_activation_s16(op, LNN_GRU_Q, 1, &in, &out);
+    return out;
+}
+
+/* gates[j] = SAT_32(SHR(SAT_32(SAT_32(v . W[j,:]) + b[j]), s)) for j < rows */
+static void gate_rows(const int8_t *v, int32_t k, const int8_t *w, const int32_t *b, int32_t rows, int32_t s,
+                      int64_t *gates) {
+    int32_t j, i;
+    for (j = 0; j < rows; ++j) {
+        const int8_t *wj = w + (int64_t)j * k;
+        int64_t acc = 0;
+        for (i = 0; i < k; ++i) acc += (int64_t)v[i] * wj[i];
+        gates[j] = sat(lnn_shr(sat(sat(acc, 32) + b[j], 32), s), 32);
+    }
+}
+
+lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int32_t d,
+                              int32_t h, const int8_t *x, const int8_t *w_ih, const int8_t *w_hh, const int32_t *b_ih,
+                              const int32_t *b_hh, int8_t *y, int8_t *h_n, int64_t *scratch) {
+    const int32_t s_i = n_i + n_iw - LNN_GRU_Q, s_h = n_o + n_hw - LNN_GRU_Q, s_o = 14 - n_o;
+    int64_t *gi = scratch, *gh = scratch + 3 * (int64_t)h, t;
+    int32_t j;
+    if (s_i < 0 || s_h < 0 || s_o < 0 || s_i > 62 || s_h > 62 || s_o > 62 || steps < 0 || d < 1 || h < 1)
+        return LNN_SIM_E_ATTR;
+    for (j = 0; j < h; ++j) h_n[j] = 0;
+    for (t = 0; t < steps; ++t) {
+        gate_rows(x + t * d, d, w_ih, b_ih, 3 * h, s_i, gi);
+        gate_rows(h_n, h, w_hh, b_hh, 3 * h, s_h, gh);
+        for (j = 0; j < h; ++j) {
+            const int64_t r = act8(LNN_SIM_OP_SIGMOID, sat(gi[j] + gh[j], 16));
+            const int64_t z = act8(LNN_SIM_OP_SIGMOID, sat(gi[h + j] + gh[h + j], 16));
+            const int64_t rn = sat(lnn_shr(r * gh[2 * h + j], 7), 32);
+            const int64_t nn = act8(LNN_SIM_OP_TANH, sat(gi[2 * h + j] + rn, 16));
+            const int64_t h7 = sat(lnn_shr(h_n[j], 1), 8);
+            h_n[j] = (int8_t)sat(lnn_shr(sat(z * h7, 16) + sat((128 - z) * nn, 16), s_o), 8);
+        }
+        for (j = 0; j < h; ++j) y[t * h + j] = h_n[j];
+    }
+    return LNN_SIM_OK;
+}
+
+/* ---- registration --------------------------------------------------------------------------------- */
+
+/* the sequence length of a batch-1 [T,1,C] / [1,T,C] tensor with last dimension c, or -1 */
+static int64_t seq_len(const lnn_tensor *v, int64_t c) {
+    if (v->rank != 3 || v->dims[2] != c) return -1;
+    if (v->dims[1] == 1) return v->dims[0];
+    if (v->dims[0] == 1) return v->dims[1];
+    return -1;
+}
+
+static lnn_sim_status prepare_gru(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg, size_t n) {
+    const lnn_tensor *x, *wi, *wh, *bi, *bh, *y, *hn;
+    int64_t h, d, steps;
+    int i;
+    if (op->n_in != 5 || op->n_attrs != 0)
+        return LNN_FAIL(LNN_SIM_E_OP, "op '%s': GRUInt needs x, w_ih, w_hh, b_ih, b_hh and no attributes", op->name);
+    for (i = 0; i < 5; ++i)
+        if (op->in[i] < 0) return LNN_FAIL(LNN_SIM_E_OP, "op '%s': GRUInt input %d is missing", op->name, i);
+    x = LNN_IN(m, op, 0), wi = LNN_IN(m, op, 1), wh = LNN_IN(m, op, 2), bi = LNN_IN(m, op, 3), bh = LNN_IN(m, op, 4);
+    y = LNN_OUT(m, op, 0), hn = LNN_OUT(m, op, 1);
+    h = wh->rank == 2 ? wh->dims[1] : 0;
+    d = x->rank == 3 ? x->dims[2] : 0;
+    steps = seq_len(x, d);
+    if (x->dtype != LNN_SIM_DT_INT8 || steps < 1 || h < 1 || h > 65535 || d > 65535 ||
+        wi->dtype != LNN_SIM_DT_INT8 || wi->rank != 2 || wi->dims[0] != 3 * h || wi->dims[1] != d ||
+        wh->dtype != LNN_SIM_DT_INT8 || wh->dims[0] != 3 * h || !(wi->flags & LNN_SIM_TF_CONST) ||
+        !(wh->flags & LNN_SIM_TF_CONST) || bi->dtype != LNN_SIM_DT_INT32 || bi->rank != 1 || bi->dims[0] != 3 * h ||
+        bh->dtype != LNN_SIM_DT_INT32 || bh->rank != 1 || bh->dims[0] != 3 * h || !(bi->flags & LNN_SIM_TF_CONST) ||
+        !(bh->flags & LNN_SIM_TF_CONST) || y->dtype != LNN_SIM_DT_INT8 || seq_len(y, h) != steps ||
+        y->dims[0] != x->dims[0] || hn->dtype != LNN_SIM_DT_INT8 || hn->numel != h || hn->rank != 3)
+        return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': GRUInt needs int8 x [T,1,D] or [1,T,D], constant int8 w_ih "
+                        "[3H,D] and w_hh [3H,H], constant int32 b_ih and b_hh [3H], and writes int8 y [T,1,H] / "
+                        "[1,T,H] and h_n [1,1,H]", op->name);
+    if (x->exponent + wi->exponent < LNN_GRU_Q || y->exponent + wh->exponent < LNN_GRU_Q || y->exponent > 14 ||
+        x->exponent + wi->exponent - LNN_GRU_Q > 62 || y->exponent + wh->exponent - LNN_GRU_Q > 62 ||
+        14 - y->exponent > 62 || hn->exponent != y->exponent)
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': exponents n_i %d + n_iw %d and n_o %d + n_hw %d must be at least "
+                        "11, n_o at most 14, h_n at n_o (the chip's Q11 alignment only shifts right)", op->name,
+                        (int)x->exponent, (int)wi->exponent, (int)y->exponent, (int)wh->exponent);
+    if (bi->exponent != x->exponent + wi->exponent || bh->exponent != y->exponent + wh->exponent)
+        return LNN_FAIL(LNN_SIM_E_ATTR, "op '%s': b_ih's exponent %d is not n_i + n_iw (%d) or b_hh's %d not n_o + "
+                        "n_hw (%d)", op->name, (int)bi->exponent, (int)(x->exponent + wi->exponent),
+                        (int)bh->exponent, (int)(y->exponent + wh->exponent));
+    op->rows = steps;
+    op->k = (int32_t)d;
+    op->n = (int32_t)h;
+    need->acc = 6 * h;
+    need->macs = lnn_mul_sat((uint64_t)steps, (uint64_t)(3 * h * (d + h) + 8 * h));
+    return LNN_SIM_OK;
+}
+
+static lnn_sim_status run_gru(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
+    const lnn_tensor *x = LNN_IN(m, op, 0), *wi = LNN_IN(m, op, 1), *wh = LNN_IN(m, op, 2), *bi = LNN_IN(m, op, 3),
+                     *bh = LNN_IN(m, op, 4), *y = LNN_OUT(m, op, 0), *hn = LNN_OUT(m, op, 1);
+    (void)msg, (void)n;
+    return lnn_sim_gru_s8(x->exponent, wi->exponent, wh->exponent, y->exponent, op->rows, op->k, op->n,
+                          (const int8_t *)x->data, (const int8_t *)wi->data, (const int8_t *)wh->data,
+                          (const int32_t *)bi->data, (const int32_t *)bh->data, (int8_t *)y->data,
+                          (int8_t *)hn->data, m->acc64);
+}
+
+const lnn_op_kernel lnn_op_gru = {"GRUInt", 2, prepare_gru, run_gru, NULL};

@@ -1,0 +1,58 @@
+"""The C GRUInt kernel (csrc/ops/gru.c) against the numpy reference (ops/gru.py gru_int), bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lnn_backend_csk60xx._sim import ffi, lib
+from lnn_backend_csk60xx.ops.gru import gru_int
+
+
+def run_kernel(x, w_ih, w_hh, b_ih, b_hh, *, n_i, n_iw, n_hw, n_o):
+    t, d = x.shape
+    h = w_hh.shape[1]
+    bufs = [np.ascontiguousarray(a, dt) for a, dt in ((x, np.int8), (w_ih, np.int8), (w_hh, np.int8),
+                                                        (b_ih, np.int32), (b_hh, np.int32))]
+    y, h_n, scratch = np.zeros((t, h), np.int8), np.zeros(h, np.int8), np.zeros(6 * h, np.int64)
+    ptr = [ffi.from_buffer(a) for a in (*bufs, y, h_n, scratch)]
+    st_ = lib.lnn_sim_gru_s8(n_i, n_iw, n_hw, n_o, t, d, h, ffi.cast("int8_t *", ptr[0]),
+                             ffi.cast("int8_t *", ptr[1]), ffi.cast("int8_t *", ptr[2]), ffi.cast("int32_t *", ptr[3]),
+                             ffi.cast("int32_t *", ptr[4]), ffi.cast("int8_t *", ptr[5]), ffi.cast("int8_t *", ptr[6]),
+                             ffi.cast("int64_t *", ptr[7]))
+    return st_, y, h_n
+
+
+@st.composite
+def case(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    t, d, h = draw(st.integers(1, 12)), draw(st.integers(1, 20)), draw(st.integers(1, 16))
+    n_o = draw(st.integers(0, 14))
+    n_iw = draw(st.integers(0, 12))
+    n_i = draw(st.integers(max(-4, 11 - n_iw), 16))
+    n_hw = draw(st.integers(max(-4, 11 - n_o), 16))
+    bmax = draw(st.sampled_from([0, 1 << 6, 1 << 12, 1 << 18, 1 << 24, (1 << 31) - 1]))
+    return dict(x=rng.integers(-128, 128, (t, d)), w_ih=rng.integers(-128, 128, (3 * h, d)),
+                w_hh=rng.integers(-128, 128, (3 * h, h)), b_ih=rng.integers(-bmax - 1, bmax + 1, 3 * h),
+                b_hh=rng.integers(-bmax - 1, bmax + 1, 3 * h), n_i=n_i, n_iw=n_iw, n_hw=n_hw, n_o=n_o)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case())
+def test_kernel_equals_the_reference(c):
+    """Random sizes, full int8 ranges, biases up to int32 (gate sums saturate int16), every alignment shift from
+    0 (Q11 exactly) up, every output exponent 0..14."""
+    st_, y, h_n = run_kernel(**c)
+    assert st_ == lib.LNN_SIM_OK
+    want_y, want_h = gru_int(**c)
+    assert np.array_equal(y, want_y) and np.array_equal(h_n, want_h)
+
+
+@pytest.mark.parametrize("kw", [dict(n_i=3, n_iw=7), dict(n_o=8, n_hw=2), dict(n_o=15, n_hw=8)])
+def test_kernel_refuses_left_shifts(kw):
+    args = {**dict(n_i=4, n_iw=7, n_hw=7, n_o=8), **kw}
+    z = np.zeros
+    st_, _, _ = run_kernel(z((2, 3)), z((6, 3)), z((6, 2)), z(6), z(6), **args)
+    assert st_ == lib.LNN_SIM_E_ATTR
