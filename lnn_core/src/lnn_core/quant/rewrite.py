@@ -40,15 +40,16 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ConfigError, TraceError, UnsupportedOpError
+from ..errors import ConfigError, LnnError, TraceError, UnsupportedOpError
 from ..rules import OpView, RuleReport
 from .config import ConstrainConfig, LayerConfig, QuantConfig
 from .qmodule import OutTree, QModule, QuantStub, output_tree, set_stage, tree_leaves
 from .quantizers import ActQuantizer, WeightQuantizer, share_exponents, unshare_exponents
 from .recipes import Recipe
 
-__all__ = ["prepare", "BuildContext", "Built", "LnnInfo", "QuantizedModel", "UnsupportedOpWarning",
-           "disable_quant", "FLOAT_ATTR", "NodeRole", "ROLE_KINDS", "ROLE_KEY", "flat_nodes", "op_name"]
+__all__ = ["prepare", "trace_lowered", "REFUSED_KEY", "BuildContext", "Built", "LnnInfo", "QuantizedModel",
+           "UnsupportedOpWarning", "disable_quant", "FLOAT_ATTR", "NodeRole", "ROLE_KINDS", "ROLE_KEY",
+           "flat_nodes", "op_name"]
 
 FLOAT_ATTR = "_lnn_keep_float"
 
@@ -186,6 +187,9 @@ class LnnInfo:
     passthrough: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # node -> {op, attrs}
     #: a module called more than once: each later call site's op path -> the module's own path (same parameters)
     shared: dict[str, str] = attrs.field(factory=dict)
+    #: module path -> ``{"op": id of the lowered family, **its attributes}`` for each module rewritten by a
+    #: ``lowered`` family (``nn.MultiheadAttention``: ``num_heads``, ``head_dim``, ``scaling`` folded into q)
+    lowered: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     report: RuleReport | None = None
 
 
@@ -199,22 +203,146 @@ class QuantizedModel(fx.GraphModule):
         return res
 
 
+#: ``node.meta`` key of the ``(problem, hint)`` pairs of a call a ``lowered`` family could not lower
+REFUSED_KEY = "lnn_refused"
+_LOWERED_KEY = "lnn_lowered"  # a node made by a lowering (removed again when nothing reads it)
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, by_module: dict[type, Any]) -> None:
+    """fx tracer that keeps the registered module types whole and applies the ``lowered`` families.
+
+    :param ops: the op registry.
+    :param lowered: replacement module (by id) -> its family, as :func:`_lower_modules` made them.
+    :param refused: module (by id) -> the ``(problem, hint)`` pairs that kept it from being lowered.
+    """
+
+    def __init__(self, ops: Any, lowered: dict[int, Any], refused: dict[int, list[tuple[str, str]]]) -> None:
         super().__init__()
         self.record_stack_traces = True
-        self._by_module = by_module
+        self._by_module = ops.by_module
+        self._functions = {f: fam for f, fam in ops.by_function.items() if fam.kind == "lowered"}
+        self._lowered = lowered
+        self._refused = refused
+        self._depth = 0  # > 0 while a lowering runs: the nodes it makes are tagged
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if getattr(m, FLOAT_ATTR, False) or type(m) in self._by_module:
+        if getattr(m, FLOAT_ATTR, False) or type(m) in self._by_module or id(m) in self._refused:
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fam = self._lowered.get(id(m))
+        if fam is None:
+            return super().call_module(m, forward, args, kwargs)
+        refused = fam.refusals(m, *args, **kwargs) if fam.refusals is not None else []
+        if refused:  # this call stays whole, in float, and is reported
+            self._refused[id(m)] = refused
+            try:
+                out = super().call_module(m, forward, args, kwargs)
+            finally:
+                del self._refused[id(m)]
+            out.node.meta[REFUSED_KEY] = refused
+            return out
+        self._depth += 1
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._depth -= 1
+
+    def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     *rest: Any, **options: Any) -> Any:
+        fam = self._functions.get(target) if kind == "call_function" else None
+        if fam is None:
+            proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+            if kind == "call_module" and id(self.root.get_submodule(target)) in self._refused:
+                proxy.node.meta[REFUSED_KEY] = self._refused[id(self.root.get_submodule(target))]
+            return proxy
+        refused = fam.refusals(target, *args, **kwargs) if fam.refusals is not None else []
+        if refused:
+            proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+            proxy.node.meta[REFUSED_KEY] = refused
+            return proxy
+        self._depth += 1
+        try:
+            return fam.lower(*args, **kwargs)
+        finally:
+            self._depth -= 1
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if self._depth:
+            node.meta[_LOWERED_KEY] = True
+        return node
+
+
+def _lower_modules(model: nn.Module, ops: Any) -> tuple[dict[int, Any], dict[int, list[tuple[str, str]]],
+                                                     dict[str, dict[str, Any]]]:
+    """Replace, in place and innermost first, every module of a ``lowered`` family by its lowering.
+
+    Modules kept float (:func:`disable_quant`, also inside them) are left alone. Returns the replacement modules
+    (by id) -> family, the modules that could not be lowered (by id) -> their ``(problem, hint)`` pairs, and
+    path -> ``{"op": family id, **replacement.lowering_attrs}`` (what :attr:`LnnInfo.lowered` keeps).
+    """
+    lowered: dict[int, Any] = {}
+    refused: dict[int, list[tuple[str, str]]] = {}
+    paths: dict[str, dict[str, Any]] = {}
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            if getattr(child, FLOAT_ATTR, False):
+                continue
+            visit(child, f"{prefix}{name}.")
+            fam = ops.by_module.get(type(child))
+            if fam is None or fam.kind != "lowered":
+                continue
+            new = fam.lower(child)
+            if isinstance(new, list):
+                refused[id(child)] = new
+                continue
+            setattr(parent, name, new)
+            lowered[id(new)] = fam
+            paths[f"{prefix}{name}"] = {"op": fam.id, **dict(getattr(new, "lowering_attrs", {}))}
+
+    visit(model, "")
+    return lowered, refused, paths
+
+
+def trace_lowered(model: nn.Module, ops: Any) -> tuple[nn.Module, fx.Graph, dict[str, dict[str, Any]]]:
+    """Trace a copy of ``model`` as ``lnn.init`` does: the ``lowered`` families applied, registered modules kept whole.
+
+    Returns the (copied, rewritten) root module, the graph, and the lowered modules by path (see
+    :attr:`LnnInfo.lowered`); ``fx.GraphModule(root, graph)`` is the float model the quantized one is built from.
+    """
+    model = copy.deepcopy(model)
+    lowered, refused, paths = _lower_modules(model, ops)
+    tracer = _Tracer(ops, lowered, refused)
+    try:
+        graph = tracer.trace(model)
+        _drop_unused_lowered(graph)
+    except LnnError:
+        raise
+    except Exception as exc:
+        raise TraceError(
+            f"model {type(model).__name__!r} could not be traced into a graph",
+            {"cause": f"{type(exc).__name__}: {exc}"},
+            "data-dependent control flow cannot be traced: move it into a submodule and keep that "
+            "submodule float with lnn.disable_quant(model.<submodule>)",
+            module=type(model).__name__, cause=exc) from exc
+    return tracer.root, graph, paths
+
+
+def _drop_unused_lowered(graph: fx.Graph) -> None:
+    """Remove the nodes a lowering made that nothing reads (attention weights a caller ignores)."""
+    for node in reversed(list(graph.nodes)):
+        if node.meta.get(_LOWERED_KEY) and not node.users and node.op != "output":
+            graph.erase_node(node)
 
 
 def op_name(node: fx.Node, gm: nn.Module) -> str:
     """The name a user wrote: ``torch.sigmoid``, ``F.gelu``, ``Tensor.softmax``, ``operator.pow``, ``GELU``."""
-    if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_module":  # a lowered module names the module it replaces (lnn_op_name)
+        module = gm.get_submodule(node.target)
+        return getattr(module, "lnn_op_name", type(module).__name__)
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     target = node.target
@@ -228,7 +356,7 @@ def op_name(node: fx.Node, gm: nn.Module) -> str:
     return f"{mod}.{name}" if mod else name
 
 
-def _call_site(node: fx.Node) -> str:
+def _call_site(node: fx.Node, skip: frozenset[str] = frozenset()) -> str:
     trace = node.stack_trace or ""
     frames: list[str] = []
     lines = trace.strip().splitlines()
@@ -236,7 +364,7 @@ def _call_site(node: fx.Node) -> str:
         line = line.strip()
         if line.startswith('File "'):
             path = line.split('"')[1]
-            if "/torch/" in path or "/lnn_core/" in path:
+            if "/torch/" in path or "/lnn_core/" in path or path in skip:
                 continue
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
             loc = line.split(",")
@@ -439,6 +567,11 @@ class _Rewriter:
                 self.prov[node] = self.prov[node.args[0]][node.args[1]]
                 self.decided[node] = ("select", None, node.args[1])
                 continue
+            if node.meta.get(REFUSED_KEY):  # a call a lowered family could not lower: float, always reported
+                unsupported.append(node)
+                island.add(node)
+                self.prov[node] = FLOAT
+                continue
             fam = self.family(node)
             if fam is None:
                 if self.is_float_module(node):
@@ -528,6 +661,15 @@ class _Rewriter:
         while any(self.hoist_one(src) for src in list(self.quant_of)):
             pass  # hoist_one changed the graph: scan again from the start
 
+    def picks_from_float_call(self, node: fx.Node) -> bool:
+        """Whether ``node`` indexes the result of a float call, which may be a tuple (a refused attention's
+        ``(output, weights)``): the Quant node must stay after the index."""
+        if not (node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)):
+            return False
+        src = node.args[0]
+        return bool(src.meta.get(REFUSED_KEY)) or self.is_float_module(src) or (
+            src.op in ("call_module", "call_function", "call_method") and self.family(src) is None)
+
     def hoist_one(self, src: fx.Node) -> bool:
         """Move the Quant node after ``src`` up through the chain of exact single-user ops that produced
         ``src``; False when there is no such chain."""
@@ -538,7 +680,7 @@ class _Rewriter:
             fam = self.family(node)
             ins = [i for i in flat_nodes((node.args, node.kwargs)) if self.prov.get(i) is not META]
             if (fam is None or fam.kind != "passthrough" or self.is_float_module(node) or len(ins) != 1
-                    or self.selects(node)):
+                    or self.selects(node) or self.picks_from_float_call(node)):
                 break
             chain.append(node)
             node = ins[0]
@@ -652,9 +794,14 @@ class _Rewriter:
     def report_unsupported(self, nodes: list[fx.Node]) -> None:
         if not nodes:
             return
-        found = [(n.name, op_name(n, self.gm), _call_site(n)) for n in nodes]
+        skip = frozenset(_source_file(fam.lower) for _, fam in self.ops.items() if fam.kind == "lowered")
+        found = [(n.name, op_name(n, self.gm), _call_site(n, skip)) for n in nodes]
         self.info.unsupported.extend(found)
-        lines = "\n".join(f"{op} (node {name!r}) at {site}" for name, op, site in found)
+        why = {n.name: "".join(f"\n  {problem}\n  hint: {hint}" for problem, hint in n.meta.get(REFUSED_KEY, ()))
+               for n in nodes}
+        where = {n.name: f" in {_owner(n) or str(n.target)}" if n.op == "call_module" or _owner(n) else ""
+                 for n in nodes}
+        lines = "\n".join(f"{op} (node {name!r}){where[name]} at {site}{why[name]}" for name, op, site in found)
         if self.config.strict:
             raise UnsupportedOpError(
                 f"{len(found)} op(s) without a quantized form run on quantized data: "
@@ -665,8 +812,8 @@ class _Rewriter:
                 op=found[0][1], call_site=found[0][2], ops=found)
         for name, op, site in found:
             warnings.warn(
-                f"op {op} (node {name!r}) has no quantized form and runs in float on quantized data\n"
-                f"  call site: {site}\n"
+                f"op {op} (node {name!r}){where[name]} has no quantized form and runs in float on quantized data"
+                f"{why[name]}\n  call site: {site}\n"
                 "  hint: it is kept as a float island (Dequant -> float op -> Quant); pass strict=True to "
                 "make this an error", UnsupportedOpWarning, stacklevel=5)
 
@@ -715,6 +862,15 @@ class _Rewriter:
             mod = self.gm.get_submodule(str(node.target))
             return bool(getattr(mod, "drops_negative", False))
         return False
+
+
+def _source_file(fn: Any) -> str:
+    import inspect
+
+    try:
+        return inspect.getsourcefile(fn) or ""
+    except TypeError:
+        return ""
 
 
 def _has_submodule(gm: nn.Module, path: str) -> bool:
@@ -802,21 +958,11 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
             "use one of the registered recipes (`lnn plugins` lists them)", option="recipe", value=recipe_name,
             valid=tuple(host.recipes))
     recipe = config.apply_to(host.recipes[recipe_name])
-    model = copy.deepcopy(model)
-    tracer = _Tracer(host.ops.by_module)
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:
-        raise TraceError(
-            f"model {type(model).__name__!r} could not be traced into a graph",
-            {"cause": f"{type(exc).__name__}: {exc}"},
-            "data-dependent control flow cannot be traced: move it into a submodule and keep that "
-            "submodule float with lnn.disable_quant(model.<submodule>)",
-            module=type(model).__name__, cause=exc) from exc
-    gm = QuantizedModel(tracer.root, graph, type(model).__name__)
+    root, graph, lowered_paths = trace_lowered(model, host.ops)
+    gm = QuantizedModel(root, graph, type(model).__name__)
     gm.register_forward_pre_hook(share_exponents)  # eval: resolve each exponent once per forward
     gm.register_forward_hook(unshare_exponents, always_call=True)
-    info = LnnInfo(stage, tgt.id, recipe, config, constrain)
+    info = LnnInfo(stage, tgt.id, recipe, config, constrain, lowered=lowered_paths)
     rewriter = _Rewriter(gm, host, recipe, config, stage, info)
     rewriter.run()
     config.check_matches(rewriter.configured, type(model).__name__)  # a by_path/by_type typo is an error
