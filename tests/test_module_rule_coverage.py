@@ -153,6 +153,9 @@ CASES: list[Case] = [
          _m(lambda over: seq(pool=nn.AvgPool2d(3, stride=1, padding=1 if over else 0, count_include_pad=False))),
          "count_include_pad=True", "count_include_pad=False with padding", "count_include_pad=True",
          name="count_include_pad"),
+    Case("csk60xx.avgpool.ties", "pool",  # area 6 can tie; area 4 cannot
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1), pool=nn.AvgPool2d((2, 3) if over else 2))),
+         "an odd or power-of-two window area", "window 2x3 (area 6)", "one LSB", severity="warning"),
     # -- element-wise ---------------------------------------------------------------------------------------
     Case("csk60xx.eltwise.bits", "q_add",
          lambda over: (TwoBranch(sub=False), by_path(a=lnn.LayerConfig(act_bits=16 if over else 8))),
@@ -181,6 +184,13 @@ CASES: list[Case] = [
          lambda over: (seq(fc=nn.Linear(4, 8), ln=nn.LayerNorm(8)),
                        by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- embedding (spec/int8-seq-ops.md 2.8.5) -----------------------------------------------------------------
+    Case("csk60xx.gather.bits", "emb",
+         lambda over: (seq(emb=nn.Embedding(10, 4)), by_path(emb=lnn.LayerConfig(weight_bits=4 if over else 8))),
+         "weight bits in (8,)", "4-bit weight", "weight_bits=8"),
+    Case("csk60xx.gather.max_norm", "emb",
+         _m(lambda over: seq(emb=nn.Embedding(10, 4, max_norm=1.0 if over else None))),
+         "max_norm None", "max_norm 1", "without max_norm"),
 ]
 
 
