@@ -3,7 +3,9 @@
 The float model is traced with ``torch.fx`` (nothing of torch is patched). Every node is matched
 against the op families the plugins registered, by module type, function or tensor method, so
 ``nn.Conv2d`` and ``F.conv2d``, ``x + y``, ``torch.add`` and ``x.add(y)`` all end in the same
-quantized module. Then:
+quantized module. Modules of a ``lowered`` family (attention) are first replaced by modules that compute the
+same float function from other ops, and calls of a ``lowered`` function are decomposed while tracing (a call the
+family refuses, such as a masked attention, stays whole and is reported as in 4). Then:
 
 1. a ``fuses_bn`` op followed only by a ``foldable`` op (BatchNorm) takes that BatchNorm in; the
    BatchNorm module stays at its path, so its state_dict keys do not move;
