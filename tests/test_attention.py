@@ -11,6 +11,8 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from torch import fx, nn
 
 import lnn_core as lnn
-from lnn_core.errors import UnsupportedOpError
+from lnn_core.errors import LnnError, UnsupportedOpError
 from lnn_core.quant.rewrite import UnsupportedOpWarning, trace_lowered
 from lnn_ops_builtin.attention import LoweredMultiheadAttention, attention_state_dict
 
@@ -297,3 +299,114 @@ def test_sdpa_without_known_head_size_asks_for_scale(host):
     with pytest.raises(UnsupportedOpError) as err:
         lnn.init(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), Opaque()), config=lnn.QuantConfig(strict=True), host=host)
     assert "pass scale=1 / math.sqrt(head_dim)" in str(err.value)
+
+
+# -- quantized end to end (the softmax and bmm families) ---------------------------------------------------------
+
+
+def _qat(model: nn.Module, host, shape: tuple[int, ...], steps: int = 3) -> nn.Module:
+    m = lnn.init(model, config=lnn.QuantConfig(strict=True), host=host)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = m(torch.randn(shape)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+class TwoBlockEncoder(nn.Module):
+    """Issue 9's acceptance encoder: 49x40 features, Linear 40->64, two nn.TransformerEncoderLayer (d_model 64,
+    4 heads, ReLU feed-forward), a linear head on the flattened sequence."""
+
+    def __init__(self, batch_first: bool = True, norm_first: bool = False) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.fc = nn.Linear(40, 64)
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, batch_first=batch_first, norm_first=norm_first)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(64, 12)
+
+    def forward(self, x):
+        h = self.fc(x if self.batch_first else x.transpose(0, 1))
+        return self.head(self.enc(h))
+
+
+def _compared_ops(report) -> list[str]:
+    return [t.name for t in report.tensors]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_two_block_encoder_is_bit_exact_tensor_by_tensor(host, norm_first):
+    m = _qat(TwoBlockEncoder(norm_first=norm_first), host, (4, 49, 40))
+    assert not m.lnn.unsupported
+    report = lnn.verify(m, torch.randn(1, 49, 40), host=host)
+    assert report.ok, report
+    names = _compared_ops(report)
+    assert sum("q_matmul" in n for n in names) == 4 and sum("q_softmax" in n for n in names) == 2, names
+
+
+@pytest.mark.parametrize("batch_first,need_weights,average", [(False, False, True), (True, False, True),
+                                                               (True, True, True), (False, True, False)])
+def test_mha_is_bit_exact_tensor_by_tensor(host, batch_first, need_weights, average):
+    model = MHA(batch_first, need_weights=need_weights, average=average)
+    shape = (2, 9, 12) if batch_first else (9, 2, 12)
+    m = lnn.init(model, config=lnn.QuantConfig(strict=True), host=host)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    for _ in range(3):
+        x = torch.randn(shape)
+        out = m(x, x)
+        loss = sum(o.pow(2).mean() for o in out) if need_weights else out.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    x = torch.randn((1, 9, 12) if batch_first else (9, 1, 12))
+    report = lnn.verify(m, (x, x), host=host)
+    assert report.ok, report
+
+
+def test_sdpa_is_bit_exact_tensor_by_tensor(host):
+    m = _qat(SDPA(None, True), host, (2, 9, 12))
+    assert not m.lnn.unsupported
+    report = lnn.verify(m, torch.randn(1, 9, 12), host=host)
+    assert report.ok, report
+
+
+def test_two_block_encoder_exports_to_both_dialects(host, capsys, tmp_path):
+    m = _qat(TwoBlockEncoder(), host, (4, 49, 40))
+    x = torch.randn(1, 49, 40)
+    proto = lnn.export(m, x, tmp_path / "enc.onnx", host=host)
+    types = [n.op_type for n in proto.graph.node]
+    assert types.count("BmmInt") == 4 and types.count("SoftmaxInt") == 2 and types.count("LayerNormInt") == 4
+    qdq = lnn.export(m, x, dialect="qdq", host=host)
+    sess = ort.InferenceSession(qdq.SerializeToString())
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = m(x).numpy()
+    agree = float(np.mean(y == expected))
+    with capsys.disabled():
+        print(f"\nQDQ agreement with eval, 2-block transformer encoder: {agree:.2%} of outputs equal, "
+              f"max |diff| {np.abs(y - expected).max():.4g}")
+    assert y.shape == expected.shape
+
+
+@pytest.mark.parametrize("t,d,rule", [(2052, 8, "csk60xx.softmax.row"), (520, 64, "csk60xx.bmm.right_matrix")])
+def test_too_long_a_sequence_names_the_attention(host, t, d, rule):
+    """Spec 2.9.5 / 2.4.5: rows of at most 2048, right matrices of at most 32 KB; the shapes are known at the first
+    forward, which names the op inside the attention (its module path) and the rule."""
+    model = nn.Sequential(nn.Linear(4, d), SelfAttention(d)).eval()
+    m = lnn.init(model, host=host)
+    with pytest.raises(LnnError) as err:
+        m(torch.randn(1, t, 4))
+    assert "1.mha" in str(err.value) and rule in str(err.value), str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(d, 1, batch_first=True)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]

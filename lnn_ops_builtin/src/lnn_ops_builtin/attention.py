@@ -126,10 +126,10 @@ class LoweredMultiheadAttention(nn.Module):
         w = p.view(batch, h, t_q, t_k)
         if not average_attn_weights:
             return y, w
-        mean = w[:, 0]
+        mean = w[:, 0:1]  # slices with step 1 (exported as Slice), summed by iqAdd, scaled by an int8 constant
         for i in range(1, h):
-            mean = mean + w[:, i]
-        return y, mean * (1.0 / h)
+            mean = mean + w[:, i:i + 1]
+        return y, (mean * (1.0 / h)).squeeze(1)
 
     def _masked(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: Any,
                 need_weights: bool, attn_mask: Any, average_attn_weights: bool,
