@@ -74,12 +74,16 @@ def mfcc_of_frames(frames: np.ndarray) -> np.ndarray:
 
     The one computation of the front end: :func:`mfcc` (whole clips, many frames per call) and
     :class:`StreamingMfcc` (one hop at a time) both call it, and each output row depends on its own frame alone,
-    computed the same way whatever the number of rows: the mel and DCT sums are numpy reductions along the row
-    (a matrix product's rounding may depend on how many rows it is given). So framewise and whole-clip features
+    computed the same way whatever the number of rows: one FFT per frame (numpy 2.2 and older round the FFTs of
+    a batch differently from one frame's), and the mel and DCT sums are numpy reductions along the row (a matrix
+    product's rounding may depend on how many rows it is given). So framewise and whole-clip features
     are the same numbers.
     """
     bins, weights, starts = _mel_sparse()
-    spec = np.fft.rfft(np.asarray(frames, np.float32) * _window(), NFFT)
+    windowed = np.asarray(frames, np.float32) * _window()
+    spec = np.empty((len(windowed), NFFT // 2 + 1), np.complex64)
+    for i, row in enumerate(windowed):  # frame by frame: numpy 2.2 and older round a batched FFT differently
+        spec[i] = np.fft.rfft(row, NFFT)
     power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
     mel = np.add.reduceat(power[:, bins] * weights, starts, axis=1)
     logmel = np.log(mel + np.float32(LOG_FLOOR))
