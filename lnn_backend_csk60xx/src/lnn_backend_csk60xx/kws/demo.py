@@ -355,7 +355,8 @@ def summary_table(res: dict[str, Any]) -> str:
     if st:
         words = ", ".join(f"{w['word']} {w['start_s']:.2f}-{w['end_s']:.2f} s" for w in st["words"])
         lines += ["", f"streaming: the CRNN over a {st['seconds_of_audio']:.0f} s sentence by {st['voice']} "
-                      f"(not heard in training), one 20 ms hop at a time, state carried: {words}",
+                      f"(not heard in training): the front end every 20 ms hop, the CRNN every two frames (40 ms) with "
+                      f"its GRU state carried: {words}",
                   f"  detector: 160 ms mean posterior >= {st['detector']['threshold']} fires "
                   f"(re-armed below {st['detector']['release']}, {st['detector']['refractory_s']} s apart)"]
         for kind, run in st["runs"].items():
