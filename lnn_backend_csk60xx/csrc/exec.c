@@ -35,6 +35,8 @@ lnn_sim_status lnn_sim_invoke(lnn_sim_model *m, char *msg, size_t n) {
 
 /* ---- accessors ------------------------------------------------------------------------------- */
 
+const char *lnn_sim_isa(const lnn_sim_model *m) { return m ? lnn_isa_name(m->isa) : NULL; }
+int32_t lnn_sim_isa_available(void) { return lnn_isa_available(); }
 int32_t lnn_sim_num_tensors(const lnn_sim_model *m) { return m ? m->n_tensors : 0; }
 int32_t lnn_sim_num_ops(const lnn_sim_model *m) { return m ? m->n_ops : 0; }
 int32_t lnn_sim_num_inputs(const lnn_sim_model *m) { return m ? m->n_inputs : 0; }

@@ -274,6 +274,11 @@ void lnn_sim_free(lnn_sim_model *model);
 /* the MACs of the whole model / of op i (saturated at UINT64_MAX) */
 uint64_t lnn_sim_macs(const lnn_sim_model *model);
 uint64_t lnn_sim_op_macs(const lnn_sim_model *model, int32_t op);
+/* the instruction-set path the model's kernels take ("portable", "avx2", "avx512vnni"): the best the CPU has,
+ * or the one the environment variable LNN_SIM_ISA named when the model was loaded (same integers on every path) */
+const char *lnn_sim_isa(const lnn_sim_model *model);
+/* the paths this build and CPU can run, as a bit set: 1 portable, 2 avx2, 4 avx512vnni */
+int32_t lnn_sim_isa_available(void);
 
 int32_t lnn_sim_num_tensors(const lnn_sim_model *model);
 int32_t lnn_sim_num_ops(const lnn_sim_model *model);

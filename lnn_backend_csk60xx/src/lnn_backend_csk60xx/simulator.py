@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from lnn_core.errors import ConfigError, ModelFileError, SimulatorError
 from ._sim import ffi, lib
 from .limits import SIM_LIMITS
 
-__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES"]
+__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES", "ISA_PATHS", "available_isas", "check_isa_env"]
 
 log = logging.getLogger("lnn.backend.simulator")
 
@@ -43,6 +44,30 @@ _REGIONS = {lib.LNN_SIM_REGION_FLASH: "flash", lib.LNN_SIM_REGION_PSRAM: "psram"
 #: status code -> name (``LNN_SIM_E_<REASON>``)
 STATUS_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("LNN_SIM_E_") or n == "LNN_SIM_OK"}
 _MAX_IO = lib.LNN_SIM_MAX_OP_INPUTS
+#: the instruction-set paths of the C kernels, in the order of their bits in lnn_sim_isa_available()
+ISA_PATHS = ("portable", "avx2", "avx512vnni")
+
+
+def available_isas() -> tuple[str, ...]:
+    """The paths this build of the simulator and this CPU can run (``LNN_SIM_ISA`` may name any of them)."""
+    bits = int(lib.lnn_sim_isa_available())
+    return tuple(name for i, name in enumerate(ISA_PATHS) if bits & (1 << i))
+
+
+def check_isa_env() -> None:
+    """Refuse an ``LNN_SIM_ISA`` that names no path, or one this CPU cannot run, before the C loader reads it."""
+    value = os.environ.get("LNN_SIM_ISA", "")
+    if not value or value in available_isas():
+        return
+    known = value in ISA_PATHS
+    raise ConfigError(
+        f"environment variable LNN_SIM_ISA={value!r}: " +
+        ("this CPU or build cannot run that path" if known else "not a path of the C simulator"),
+        {"valid": ", ".join(available_isas()), "all paths": ", ".join(ISA_PATHS)},
+        "unset LNN_SIM_ISA (the simulator takes the best path the CPU has) or name one of the valid paths",
+        option="LNN_SIM_ISA", value=value, valid=available_isas())
+
+
 _FILE_ERRORS = {lib.LNN_SIM_E_TRUNCATED, lib.LNN_SIM_E_MAGIC, lib.LNN_SIM_E_VERSION, lib.LNN_SIM_E_TARGET,
                 lib.LNN_SIM_E_CRC, lib.LNN_SIM_E_SECTION, lib.LNN_SIM_E_STRING, lib.LNN_SIM_E_TENSOR,
                 lib.LNN_SIM_E_OP, lib.LNN_SIM_E_ATTR, lib.LNN_SIM_E_SHAPE, lib.LNN_SIM_E_PLAN, lib.LNN_SIM_E_LIMIT,
@@ -127,6 +152,7 @@ class Simulator:
         self.kernels = dict(kernels or {})
         self.max_macs = self._mac_limit(max_macs)
         data = bytes(model)
+        check_isa_env()
         out = ffi.new("lnn_sim_model **")
         msg = ffi.new("char[]", lib.LNN_SIM_MAX_MSG)
         limit = self.max_macs if self.max_macs else _NO_MAC_LIMIT
@@ -176,6 +202,15 @@ class Simulator:
                               "pass e.g. max_macs=100_000_000_000, or 0 for no limit", option="max_macs",
                               value=value, valid="int >= 0")
         return int(value)
+
+    @property
+    def isa(self) -> str:
+        """The instruction-set path of the C kernels: ``"portable"``, ``"avx2"`` or ``"avx512vnni"``.
+
+        The best the CPU has, unless the environment variable ``LNN_SIM_ISA`` named another when the model was
+        loaded (read once, at load). Every path computes the same integers; the variable is there to test that.
+        """
+        return ffi.string(lib.lnn_sim_isa(self._model)).decode()
 
     @property
     def macs(self) -> int:
