@@ -140,6 +140,9 @@ uint64_t lnn_sim_macs(const lnn_sim_model *model);
 uint64_t lnn_sim_op_macs(const lnn_sim_model *model, int32_t op);
 const char *lnn_sim_isa(const lnn_sim_model *model);
 int32_t lnn_sim_isa_available(void);
+lnn_sim_status lnn_sim_run_rows(lnn_sim_model *model, int64_t rows, const uint8_t *const *inputs,
+                                uint8_t *const *outputs, int64_t *failed_row, char *msg, size_t msg_size);
+lnn_sim_status lnn_sim_quant_s8(int32_t exponent, int64_t count, const float *x, int8_t *y);
 int32_t lnn_sim_num_tensors(const lnn_sim_model *model);
 int32_t lnn_sim_num_ops(const lnn_sim_model *model);
 int32_t lnn_sim_num_inputs(const lnn_sim_model *model);

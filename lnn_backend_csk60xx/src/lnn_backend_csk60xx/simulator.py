@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +164,8 @@ class Simulator:
             text = ffi.string(msg).decode("utf-8", "replace")
             raise self._error(status, f"cannot load packed model{self._where()}: {text}", None)
         self._model = ffi.gc(out[0], lib.lnn_sim_free)
+        self._blob = data
+        self._clones: list[Simulator] = []  # run_batch's workers beyond this one (each its own arenas)
         self._msg = msg
         self.tensors = [self._spec(t) for t in range(lib.lnn_sim_num_tensors(self._model))]
         self.inputs = [self.tensors[lib.lnn_sim_input_index(self._model, i)]
@@ -462,6 +465,110 @@ class Simulator:
             self._check(lib.lnn_sim_invoke(self._model, self._msg, lib.LNN_SIM_MAX_MSG), None)
         outputs = [self._read(spec) for spec in self.outputs]
         return (outputs, dumped) if dump else outputs
+
+    def run_batch(self, inputs: Sequence[np.ndarray], *, threads: int = 1, integer: bool = False
+                  ) -> list[np.ndarray]:
+        """Run the model on a batch of rows, in parallel on ``threads`` threads.
+
+        A row is one input of the model's own shape: for a model input of shape ``(b, *rest)`` the batch array has
+        shape ``(N * b, *rest)`` (``N`` rows; every graph input the same ``N``). The outputs come back the same
+        way, ``(N * b_out, *rest_out)``, row ``i`` of each at ``[i * b_out:(i + 1) * b_out]``. Each row's result
+        is bit-identical to :meth:`run` on that row alone: the rows run one after the other inside C (the GIL is
+        released for the whole chunk), and each thread has its own copy of the model (its own arenas and scratch,
+        loaded once and kept for later calls).
+
+        :param threads: threads to use (at most one per row); 1 runs in the calling thread.
+        :param integer: as in :meth:`run`: the rows of :attr:`int_inputs` in, of :attr:`int_outputs` out.
+        :raises SimulatorError: wrong input count, dtype or shape, or a row failed (the error names the row).
+        :raises ConfigError: ``threads`` is not a positive integer.
+        """
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ConfigError(f"Simulator.run_batch threads must be a positive integer, got {threads!r}", {},
+                              "pass threads=os.cpu_count() or a smaller number", option="threads", value=threads,
+                              valid="int >= 1")
+        specs = self.int_inputs if integer else self.inputs
+        out_specs = self.int_outputs if integer else self.outputs
+        arrays, rows = self._batch_inputs(specs, inputs)
+        outputs = [np.empty((rows * s.shape[0], *s.shape[1:]) if s.shape else (rows,), dtype=s.dtype)
+                   for s in out_specs]
+        n_threads = max(1, min(int(threads), rows))
+        while len(self._clones) < n_threads - 1:
+            self._clones.append(Simulator(self._blob, path=self.path, kernels=self.kernels, max_macs=self.max_macs))
+        bounds = [rows * t // n_threads for t in range(n_threads + 1)]
+        work = [(w, bounds[t], bounds[t + 1]) for t, w in enumerate([self, *self._clones[:n_threads - 1]])]
+
+        def chunk(worker: Simulator, lo: int, hi: int) -> None:
+            worker._rows(specs, out_specs, arrays, outputs, lo, hi, integer)
+
+        if n_threads == 1:
+            chunk(*work[0])
+        else:
+            with ThreadPoolExecutor(max_workers=n_threads) as pool:
+                for fut in [pool.submit(chunk, *job) for job in work]:
+                    fut.result()  # the first failing chunk in row order raises
+        return outputs
+
+    def _batch_inputs(self, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray]
+                      ) -> tuple[list[np.ndarray], int]:
+        if len(inputs) != len(specs):
+            raise SimulatorError(f"the model{self._where()} takes {len(specs)} inputs, got {len(inputs)}",
+                                 {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in specs)},
+                                 "pass one batch array per graph input", status=lib.LNN_SIM_E_INPUT, op_name=None)
+        arrays, counts = [], []
+        for spec, value in zip(specs, inputs):
+            arr = np.asarray(value)
+            b = spec.shape[0] if spec.shape else 1
+            ok = (arr.dtype == spec.dtype and arr.ndim == max(len(spec.shape), 1) and
+                  tuple(arr.shape[1:]) == tuple(spec.shape[1:]) and b > 0 and arr.shape[0] % b == 0)
+            if not ok:
+                rest = ", ".join(str(d) for d in spec.shape[1:])
+                raise SimulatorError(
+                    f"batch input {spec.name!r} of the model{self._where()} does not match",
+                    {"expected": f"{spec.dtype} (N * {b}{', ' + rest if rest else ''}) for N rows of {spec.shape}",
+                     "actual": f"{arr.dtype} {arr.shape}"},
+                    f"stack the rows along the first axis: np.concatenate(rows).astype(np.{spec.dtype.name})",
+                    status=lib.LNN_SIM_E_INPUT, op_name=None)
+            arrays.append(np.ascontiguousarray(arr.reshape((-1,) + tuple(spec.shape[1:])) if spec.shape else arr))
+            counts.append(arr.shape[0] // b)
+        if len(set(counts)) > 1:
+            raise SimulatorError(f"the batch inputs of the model{self._where()} have different row counts",
+                                 {"rows": ", ".join(f"{s.name}: {c}" for s, c in zip(specs, counts))},
+                                 "give every graph input the same number of rows", status=lib.LNN_SIM_E_INPUT,
+                                 op_name=None)
+        return arrays, counts[0] if counts else 0
+
+    def _rows(self, specs: Sequence[TensorSpec], out_specs: Sequence[TensorSpec], arrays: list[np.ndarray],
+              outputs: list[np.ndarray], lo: int, hi: int, integer: bool) -> None:
+        """Rows lo..hi-1 of a batch on this simulator (one thread)."""
+        def rows_of(arr: np.ndarray, spec: TensorSpec, a: int, b: int) -> np.ndarray:
+            n = spec.shape[0] if spec.shape else 1
+            return arr[a * n:b * n]
+
+        if integer:  # the integer boundary skips ops one by one: row by row in Python
+            for r in range(lo, hi):
+                try:
+                    res = self._run_integer([rows_of(a, s, r, r + 1).reshape(s.shape) for a, s in zip(arrays, specs)],
+                                            False)
+                except SimulatorError as exc:
+                    raise self._row_error(r, exc) from exc
+                for out, spec, value in zip(outputs, out_specs, res):
+                    rows_of(out, spec, r, r + 1)[...] = value.reshape(rows_of(out, spec, r, r + 1).shape)
+            return
+        keep = [ffi.from_buffer(rows_of(a, s, lo, hi)) for a, s in zip(arrays, specs)]
+        outs = [ffi.from_buffer(rows_of(o, s, lo, hi)) for o, s in zip(outputs, out_specs)]
+        ins_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", k) for k in keep] or [ffi.NULL])
+        outs_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", o) for o in outs] or [ffi.NULL])
+        failed = ffi.new("int64_t *")
+        status = lib.lnn_sim_run_rows(self._model, hi - lo, ins_p, outs_p, failed, self._msg, lib.LNN_SIM_MAX_MSG)
+        try:
+            self._check(status, None)
+        except SimulatorError as exc:
+            raise self._row_error(lo + int(failed[0]), exc) from exc
+
+    def _row_error(self, row: int, exc: SimulatorError) -> SimulatorError:
+        return SimulatorError(f"row {row} of the batch failed on the model{self._where()}", {"cause": exc.headline},
+                              "run that row alone with Simulator.run(..., dump=True) to see its tensors",
+                              status=getattr(exc, "status", None), op_name=getattr(exc, "op_name", None), row=row)
 
     def _run_integer(self, inputs: Sequence[np.ndarray], dump: bool
                      ) -> list[np.ndarray] | tuple[list[np.ndarray], dict[str, np.ndarray]]:
