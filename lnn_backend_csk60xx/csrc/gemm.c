@@ -94,6 +94,7 @@ int64_t lnn_gemm_conv_col_bytes(const lnn_gemm_window *g, int32_t cin_g, int32_t
     return (round4(K) + 4) * Pp + (int64_t)cin_g * plane_h(g, Ho) * plane_w(g, Wo);
 }
 
+#ifdef LNN_HAVE_VNNI
 /* the padded planes: plane[c][r][s] = x[c, r - pt, s - pl] + 128, or 128 outside the input */
 static void pad_planes(const lnn_gemm_window *g, const int8_t *xg, int32_t cin_g, int32_t H, int32_t W, int32_t Ho,
                        int32_t Wo, uint8_t *plane) {
@@ -138,6 +139,7 @@ static void window_row(const lnn_gemm_window *g, const uint8_t *plane, int64_t k
     }
     memset(row + P, 0, (size_t)(Pp - P));
 }
+#endif
 
 int64_t lnn_gemm_linear_packed_bytes(int32_t N, int64_t K) {
     const int64_t nb = ((int64_t)N + 15) / 16;

@@ -164,3 +164,29 @@ def test_an_unknown_or_missing_path_is_refused_with_the_variable_named(monkeypat
 def test_the_default_is_the_best_path(monkeypatch):
     monkeypatch.delenv("LNN_SIM_ISA", raising=False)
     assert Simulator(pack_onnx(_TINY, check=False)).isa == AVAILABLE[-1]
+
+
+_PAIRS = np.stack(np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)), -1).reshape(1, 1, 256, 256, 2)
+
+
+@pytest.mark.parametrize("sx, sy", [(0, 0), (1, 0), (2, 5), (1, 1), (9, 1), (16, 17), (17, 30), (40, 3),
+                                    (-1, 2), (-7, -16), (-16, 0), (-17, 1), (0, -32), (-32, -32)])
+def test_add_sub_and_mul_on_every_int8_pair(sx, sy):
+    """iqAdd / iqSub / iqMul on all 65,536 int8 pairs against the int64 reference, for right shifts (half-up ties),
+    shifts past the operands' width and left shifts inside and outside the int32 form's range."""
+    o = 10
+    qx, qy = (np.ascontiguousarray(_PAIRS[..., i]).astype(np.int8) for i in range(2))
+    nodes = [tnode("Quant", ["x"], ["q_x"], name="qx", scale_x=o + sx),
+             tnode("Quant", ["y"], ["q_y"], name="qy", scale_x=o + sy),
+             tnode("iqAdd", ["q_x", "q_y"], ["add"], name="add", scale_x=o + sx, scale_y=o + sy, scale_o=o),
+             tnode("iqSub", ["q_x", "q_y"], ["sub"], name="sub", scale_x=o + sx, scale_y=o + sy, scale_o=o),
+             tnode("iqMul", ["q_x", "q_y"], ["mul"], name="mul", scale_x=o + sx, scale_y=o + sy, scale_o=2 * o + sy),
+             tnode("Dequant", ["add"], ["ya"], name="da", scale_o=o),
+             tnode("Dequant", ["sub"], ["ys"], name="ds", scale_o=o),
+             tnode("Dequant", ["mul"], ["ym"], name="dm", scale_o=2 * o + sy)]
+    model = make_model(nodes, {"x": qx.shape, "y": qy.shape}, {"ya": None, "ys": None, "ym": None})
+    add, sub, mul = Simulator(pack_onnx(model, check=False)).run([qx, qy], integer=True)
+    x, y = qx.astype(np.int64), qy.astype(np.int64)
+    np.testing.assert_array_equal(add, sat(shr(x, sx) + shr(y, sy)))
+    np.testing.assert_array_equal(sub, sat(shr(x, sx) - shr(y, sy)))
+    np.testing.assert_array_equal(mul, sat(shr(x * y, sx)))
