@@ -208,6 +208,40 @@ LNN_VNNI void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int
     int64_t k4, q;
     int32_t j;
     pad_planes(g, xg, cin_g, H, W, Ho, Wo, plane);
+    if (g->sw == 1) { /* interleave straight from the planes' rows, 16 positions at a time (masked at a row's end) */
+        const int64_t Hp = plane_h(g, Ho), Wp = plane_w(g, Wo), kk = (int64_t)g->kh * g->kw, P = (int64_t)Ho * Wo;
+        memset(rows, 0, (size_t)Pp); /* the source of padding k (zero weights): Wo <= Pp zero bytes */
+        for (k4 = 0; k4 < Kp / 4; ++k4) {
+            uint8_t *dst = col + k4 * Pp * 4;
+            const uint8_t *src[4];
+            int64_t pitch[4], oh, ow;
+            for (j = 0; j < 4; ++j) {
+                const int64_t k = 4 * k4 + j, c = k / kk, r = k % kk, ky = r / g->kw, kx = r % g->kw;
+                src[j] = k < K ? plane + (c * Hp + ky * g->dh) * Wp + kx * g->dw : rows;
+                pitch[j] = k < K ? (int64_t)g->sh * Wp : 0;
+            }
+            for (oh = 0; oh < Ho; ++oh) {
+                for (ow = 0; ow < Wo; ow += 16) {
+                    const int64_t left = Wo - ow, cnt = left < 16 ? left : 16;
+                    const __mmask16 m16 = (__mmask16)(cnt == 16 ? 0xFFFFu : (1u << cnt) - 1u);
+                    const __mmask64 m64 = cnt == 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * cnt)) - 1);
+                    const __m128i a = _mm_maskz_loadu_epi8(m16, src[0] + oh * pitch[0] + ow);
+                    const __m128i b = _mm_maskz_loadu_epi8(m16, src[1] + oh * pitch[1] + ow);
+                    const __m128i c = _mm_maskz_loadu_epi8(m16, src[2] + oh * pitch[2] + ow);
+                    const __m128i d = _mm_maskz_loadu_epi8(m16, src[3] + oh * pitch[3] + ow);
+                    const __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+                    const __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
+                    __m512i z = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab0, cd0));
+                    z = _mm512_inserti32x4(z, _mm_unpackhi_epi16(ab0, cd0), 1);
+                    z = _mm512_inserti32x4(z, _mm_unpacklo_epi16(ab1, cd1), 2);
+                    z = _mm512_inserti32x4(z, _mm_unpackhi_epi16(ab1, cd1), 3);
+                    _mm512_mask_storeu_epi8(dst + (oh * Wo + ow) * 4, m64, z);
+                }
+            }
+            memset(dst + P * 4, 0, (size_t)((Pp - P) * 4));
+        }
+        return;
+    }
     for (k4 = 0; k4 < Kp / 4; ++k4) {
         uint8_t *dst = col + k4 * Pp * 4;
         for (j = 0; j < 4; ++j) {
