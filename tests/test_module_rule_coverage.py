@@ -43,6 +43,17 @@ class TwoBranch(nn.Module):
         return self.a(x) - self.b(x) if self.sub else self.a(x) + self.b(x)
 
 
+class SelfSimilarity(nn.Module):
+    """``a(x) @ b(x).transpose(-1, -2)``: the quantized matmul module is ``q_matmul``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.a(x) @ self.b(x).transpose(-1, -2)
+
+
 def by_path(**layers: lnn.LayerConfig) -> lnn.QuantConfig:
     return lnn.QuantConfig(by_path=dict(layers))
 
@@ -153,6 +164,9 @@ CASES: list[Case] = [
          _m(lambda over: seq(pool=nn.AvgPool2d(3, stride=1, padding=1 if over else 0, count_include_pad=False))),
          "count_include_pad=True", "count_include_pad=False with padding", "count_include_pad=True",
          name="count_include_pad"),
+    Case("csk60xx.avgpool.ties", "pool",  # area 6 can tie; area 4 cannot
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1), pool=nn.AvgPool2d((2, 3) if over else 2))),
+         "an odd or power-of-two window area", "window 2x3 (area 6)", "one LSB", severity="warning"),
     # -- element-wise ---------------------------------------------------------------------------------------
     Case("csk60xx.eltwise.bits", "q_add",
          lambda over: (TwoBranch(sub=False), by_path(a=lnn.LayerConfig(act_bits=16 if over else 8))),
@@ -180,6 +194,19 @@ CASES: list[Case] = [
     Case("csk60xx.layernorm.bits", "ln",
          lambda over: (seq(fc=nn.Linear(4, 8), ln=nn.LayerNorm(8)),
                        by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- softmax / log-softmax, matmul (spec/int8-seq-ops.md 2.4.5, 2.5.5, 2.9.5) ----------------------------------
+    Case("csk60xx.softmax.dim", "sm", _m(lambda over: seq(fc=nn.Linear(4, 8), sm=nn.Softmax(dim=-2 if over else -1))),
+         "dim=-1 (the last dimension)", "dim=-2", "move the softmax dimension last"),
+    Case("csk60xx.softmax.dim", "sm", _m(lambda over: seq(fc=nn.Linear(4, 8),
+                                                          sm=nn.LogSoftmax(dim=None if over else -1))),
+         "dim=-1 (the last dimension)", "dim=None", "give dim explicitly", name="implicit"),
+    Case("csk60xx.softmax.input_bits", "sm",
+         lambda over: (seq(fc=nn.Linear(4, 8), sm=nn.Softmax(-1)),
+                       by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
+    Case("csk60xx.bmm.bits", "q_matmul",
+         lambda over: (SelfSimilarity(), by_path(b=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
     # -- embedding (spec/int8-seq-ops.md 2.8.5) -----------------------------------------------------------------
     Case("csk60xx.gather.bits", "emb",

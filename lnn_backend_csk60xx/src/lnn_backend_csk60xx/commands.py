@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lnn_core.cli import result_stream
 from lnn_core.errors import ConfigError, HardwareLimitError, ModelFileError, SimulatorError
 from lnn_core.rules import RuleReport
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # numpy is imported by the commands that use it: `lnn --help`
     import numpy as np
 
 __all__ = ["configure_pack", "run_pack", "configure_run", "run_run", "configure_check", "run_check", "parse_bytes",
-           "parse_input_shapes"]
+           "parse_input_shapes", "configure_inspect", "run_inspect"]
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "MIB": 1024 ** 2}
 
@@ -69,14 +70,18 @@ def _common(p: argparse.ArgumentParser, *, sizes: bool = True) -> None:
         p.add_argument("--psram", metavar="BYTES", help="PSRAM size (default 8388608)")
         p.add_argument("--input-shape", action="append", metavar="NAME=D1,D2,...",
                        help="fix the shape of a graph input whose shape is symbolic in the file (repeatable)")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout (docs/cli-json.md)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none when stderr is not "
+                                                                 "a terminal)")
 
 
 @contextmanager
-def _progress(total: int, desc: str) -> Iterator[Any]:
+def _progress(total: int, desc: str, args: argparse.Namespace | None = None) -> Iterator[Any]:
+    """A tqdm bar on stderr: shown when stderr is a terminal, never with ``--quiet``."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=None, leave=False)
+    quiet = bool(getattr(args, "quiet", False))
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=True if quiet else None, leave=False)
     try:
         yield bar
     finally:
@@ -118,14 +123,23 @@ def configure_pack(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _pack_summary(**values: Any) -> dict[str, Any]:
+    """``lnn pack --json``: one schema for success and refusal (docs/cli-json.md)."""
+    out: dict[str, Any] = {"ok": True, "model": None, "format": None, "bytes": None, "memory": None, "spills": [],
+                           "splits": [], "fused_relu": 0, "warnings": [], "reports": [], "error": None,
+                           "rule_id": None, "limit": None, "actual": None, "offenders": [], "violations": []}
+    out.update(values)
+    return out
+
+
 def run_pack(args: argparse.Namespace, host: Any) -> int:
     from .pipeline import pack_graph
-    from .report import memory_dict, memory_table, write_reports
+    from .report import memory_dict, memory_table, spill_advice, spill_warning, write_reports
 
     share, psram = _sizes(args)
     shapes = parse_input_shapes(args.input_shape)
     stages = ["read", "rules", "passes", "plan", "pack", "write"]
-    with _progress(len(stages), f"lnn pack {Path(args.model).name}") as bar:
+    with _progress(len(stages), f"lnn pack {Path(args.model).name}", args) as bar:
         def step(stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update(1)
@@ -142,7 +156,7 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
         out = Path(args.output)
         try:
             out.write_bytes(res.blob)
-            reports = ([str(f) for f in write_reports(res.plan, args.report_dir, passes=res.passes,
+            reports = ([str(f) for f in write_reports(res.plan, args.report_dir, passes=res.passes, graph=res.graph,
                                                       title=Path(args.model).name)] if args.report_dir else [])
         except OSError as exc:
             raise ConfigError(f"cannot write the packed model or its reports: {exc.strerror}",
@@ -150,42 +164,65 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
                               option="-o", value=str(exc.filename), valid="a writable path") from exc
     warnings = [v for v in (res.rules.violations if res.rules else []) if v.severity != "error"]
     share_rp, psram_rp = res.plan.regions["share_mem"], res.plan.regions["psram"]
+    spills = spill_advice(res.plan, res.graph)
+    stream = result_stream(args)
     if args.json:
-        summary = {"model": str(out), "format": res.format, "bytes": len(res.blob),
-                   "memory": memory_dict(res.plan, res.passes)["regions"],
-                   "spilled_to_psram": res.plan.spilled, "splits": [s.to_dict() for s in res.passes.splits],
-                   "fused_relu": len(res.passes.fused), "warnings": [v.to_dict() for v in warnings],
-                   "reports": reports}
-        print(json.dumps(summary, indent=2, default=str))
+        summary = _pack_summary(model=str(out), format=res.format, bytes=len(res.blob),
+                                memory=memory_dict(res.plan, res.passes)["regions"], spills=spills,
+                                splits=[s.to_dict() for s in res.passes.splits], fused_relu=len(res.passes.fused),
+                                warnings=[v.to_dict() for v in warnings], reports=reports)
+        print(json.dumps(summary, indent=2, default=str), file=stream)
         return 0
-    print(f"wrote {out} ({len(res.blob)} bytes, {len(res.graph.nodes)} ops)")
+    print(f"wrote {out} ({len(res.blob)} bytes, {len(res.graph.nodes)} ops)", file=stream)
     print(f"share-memory: {share_rp.size} of {share_rp.limit} bytes (lower bound {share_rp.lower_bound}); "
-          f"PSRAM: {psram_rp.size} of {psram_rp.limit} bytes")
-    if res.plan.spilled:
-        print("moved to PSRAM: " + ", ".join(res.plan.spilled))
+          f"PSRAM: {psram_rp.size} of {psram_rp.limit} bytes", file=stream)
+    spill_line = spill_warning(spills)
+    if spill_line:
+        print(spill_line, file=sys.stderr)
+    if res.plan.package:
+        from .report import package_line
+
+        print(package_line(res.plan), file=stream)
     for s in res.passes.splits:
-        print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}")
+        print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}", file=stream)
     if res.passes.fused:
-        print(f"fused {len(res.passes.fused)} ReLU ops into convolutions")
+        print(f"fused {len(res.passes.fused)} ReLU ops into convolutions", file=stream)
     for v in warnings:
-        print(f"warning: {v.op_name} ({v.op_type}): {v.rule_id}: {v.actual}; hint: {v.hint}")
+        print(f"warning: {v.op_name} ({v.op_type}): {v.rule_id}: {v.actual}; hint: {v.hint}", file=stream)
     for f in reports:
-        print(f"report: {f}")
+        print(f"report: {f}", file=stream)
     if not reports:
-        print("\n".join(memory_table(res.plan).splitlines()[:3]))
+        print("\n".join(memory_table(res.plan).splitlines()[:3]), file=stream)
     return 0
 
 
 def _refuse(args: argparse.Namespace, exc: HardwareLimitError) -> int:
+    """Packing refused (rules or memory): the reasons, and the report folder's files when one was asked for."""
+    from .report import write_failure_reports
+
     violations = list(getattr(exc, "violations", []) or [])
+    reports: list[str] = []
+    if args.report_dir:
+        try:
+            reports = [str(f) for f in write_failure_reports(exc, args.report_dir)]
+        except OSError as err:
+            raise ConfigError(f"cannot write the reports: {err.strerror}", {"path": err.filename},
+                              "check the report folder is writable", option="--report-dir",
+                              value=str(err.filename), valid="a writable folder") from err
+    stream = result_stream(args)
     if args.json:
-        print(json.dumps({"ok": False, "error": exc.headline, "rule_id": getattr(exc, "rule_id", None),
-                          "limit": getattr(exc, "limit", None), "actual": getattr(exc, "actual", None),
-                          "violations": [v.to_dict() for v in violations]}, indent=2, default=str))
+        print(json.dumps(_pack_summary(ok=False, format=args.format, error=exc.headline, reports=reports,
+                                       rule_id=getattr(exc, "rule_id", None), limit=getattr(exc, "limit", None),
+                                       actual=getattr(exc, "actual", None),
+                                       offenders=list(getattr(exc, "offenders", None) or []),
+                                       violations=[v.to_dict() for v in violations]), indent=2, default=str),
+              file=stream)
     else:
         if violations:
-            print(RuleReport(TARGET_ID, violations).table())
+            print(RuleReport(TARGET_ID, violations).table(), file=stream)
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        for f in reports:
+            print(f"report: {f}", file=stream)
     return 1
 
 
@@ -427,17 +464,19 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
             "rows": rows, "dumped": n_dumped, "dump_dir": args.dump}
         if args.integer:
             doc["inputs"] = [{"tensor": s.name, "dtype": str(s.dtype), "exponent": s.exponent} for s in specs]
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(doc, indent=2), file=result_stream(args))
         return 0
     if args.integer:
         for s in specs:
             if s.exponent is not None:
-                print(f"input {s.name}: {s.dtype} at exponent {s.exponent} (value = integer * 2^{-s.exponent})")
+                print(f"input {s.name}: {s.dtype} at exponent {s.exponent} (value = integer * 2^{-s.exponent})",
+                      file=result_stream(args))
     for p, s, a in zip(paths, out_specs, outputs):
         exp = f" at exponent {s.exponent}" if args.integer and s.exponent is not None else ""
-        print(f"wrote {p}: {s.name} {a.dtype} {tuple(a.shape)}{exp}" + (f" ({rows} rows)" if batch else ""))
+        print(f"wrote {p}: {s.name} {a.dtype} {tuple(a.shape)}{exp}" + (f" ({rows} rows)" if batch else ""),
+              file=result_stream(args))
     if args.dump:
-        print(f"dumped {n_dumped} tensors to {args.dump} (index.json lists them)")
+        print(f"dumped {n_dumped} tensors to {args.dump} (index.json lists them)", file=result_stream(args))
     return 0
 
 
@@ -448,6 +487,8 @@ def configure_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a CSK60xx-dialect ONNX file, or a PyTorch model as package.module:factory "
                                  "(checked randomly initialised, before any training; needs torch)")
     p.add_argument("--checkpoint", help="for a PyTorch model: a state_dict to load first")
+    p.add_argument("--format", default="lnn", metavar="NAME",
+                   help="judge against this package format too (default 'lnn'; 'thinker': the chip runtime's contract)")
     p.add_argument("--input-dtype", action="append", metavar="[NAME=]DTYPE",
                    help="for a PyTorch model: dtype of an example input, float32 (default), int64 or int32 (token "
                         "ids of an embedding); NAME is the forward() argument or its position")
@@ -472,7 +513,13 @@ def _check_factory(args: argparse.Namespace, host: Any, share: int | None, psram
     if args.checkpoint:  # the float model: the quantizer state of an lnn.init checkpoint is not used here
         load_checkpoint(model, args.checkpoint, args.model, allow_extra=True)
     options = {k: v for k, v in (("share_mem", share), ("psram", psram)) if v is not None}
-    return lnn.check(model, inputs, target=TARGET_ID, host=host, options=options)
+    with _progress(5, f"lnn check {args.model}", args) as bar:
+        def step(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+
+        step("build")
+        return lnn.check(model, inputs, target=TARGET_ID, host=host, options=options, progress=step)
 
 
 def run_check(args: argparse.Namespace, host: Any) -> int:
@@ -481,7 +528,7 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
     share, psram = _sizes(args)
     if _is_factory(args.model):
         report = _check_factory(args, host, share, psram)
-        print(report.to_json() if args.json else report.table())
+        print(report.to_json() if args.json else report.table(), file=result_stream(args))
         return 0 if report.ok else 1
     if args.input_dtype:
         raise ConfigError("option --input-dtype is for a PyTorch model (package.module:factory)",
@@ -492,10 +539,55 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
         raise ModelFileError(f"cannot read ONNX file '{args.model}': it does not exist", {},
                              "pass an ONNX file, or a PyTorch model as package.module:factory", path=args.model,
                              node=None)
-    with _progress(2, f"lnn check {Path(args.model).name}") as bar:
+    with _progress(2, f"lnn check {Path(args.model).name}", args) as bar:
         graph, ops = _read(args.model, host, parse_input_shapes(args.input_shape))
         bar.update(1)
-        report = check_graph(graph, share_mem=share, psram=psram, rules_for=_rules_for(host), ops=ops)
+        report = check_graph(graph, share_mem=share, psram=psram, rules_for=_rules_for(host), ops=ops,
+                             package_format=args.format)
         bar.update(1)
-    print(report.to_json() if args.json else report.table())
+    print(report.to_json() if args.json else report.table(), file=result_stream(args))
     return 0 if report.ok else 1
+
+
+# -- lnn inspect -------------------------------------------------------------------------------------
+
+
+def configure_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", help="a thinker package written by lnn pack --format thinker (or the vendor packer)")
+    p.add_argument("--json", action="store_true", help="every section as JSON on stdout")
+
+
+def run_inspect(args: argparse.Namespace, host: Any) -> int:
+    from .thinker.package import decode
+
+    path = Path(args.package)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read package '{path}': {exc.strerror}", {}, "check the path", path=str(path),
+                             node=None) from exc
+    info = decode(blob, path=str(path)).to_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{path}: thinker package, {len(blob)} bytes, platform {info['platform']}, CRC-24 {info['crc24']:#08x}")
+    print("memory:")
+    for m in info["memory"]:
+        print(f"  {m['role']:<10} {m['type']:<9} {m['bytes']:>10} B")
+    print(f"tensors ({len(info['tensors'])}):")
+    for t in info["tensors"]:
+        exp = "-" if t["exponent"] is None else f"{t['exponent']:g}"
+        where = "const" if t["constant"] else "act"
+        print(f"  {t['id']:>4} {t['name'][:40]:<40} {t['dtype']:<8} {str(tuple(t['shape'])):<22} n={exp:<4} "
+              f"{where:<5} {t['memory']:<9} @{t['offset']:<8} {t['bytes']:>8} B layout {t['layout']}")
+    print(f"ops ({len(info['ops'])}):")
+    for op in info["ops"]:
+        print(f"  {op['index']:>4} {op['type']:<18} in {op['inputs']} out {op['outputs']} temps {op['temps']}"
+              f"{' attrs ' + op['attrs'] if op['attrs'] else ''}")
+    io = info["io"]
+    print("inputs: " + ", ".join(f"{i['name']} (t{i['id']})" for i in io["inputs"]))
+    print("outputs: " + ", ".join(f"{o['name']} (t{o['id']})" for o in io["outputs"]))
+    print(f"dma ({len(info['dma'])}):")
+    for k, d in enumerate(info["dma"]):
+        print(f"  {k:>4} t{d['src']} -> t{d['dst']} {d['bytes']} B from {d['from']}")
+    return 0

@@ -78,6 +78,7 @@ __all__ = [
     "init",
     "constrain",
     "disable_quant",
+    "analyse",
     "export",
     "to_ir",
     "verify",
@@ -122,7 +123,13 @@ _LAZY = {
 }
 
 
+#: submodules reachable as attributes (``lnn.analyse.weights(model)``), imported on first access
+_SUBMODULES = ("analyse",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # the import binds it as an attribute too
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lnn_core' has no attribute {name!r}")
@@ -132,4 +139,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
