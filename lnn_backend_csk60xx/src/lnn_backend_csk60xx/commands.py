@@ -459,11 +459,9 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
     if args.json:
         doc: dict[str, Any] = {
             "outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape),
-                         **({"exponent": s.exponent} if args.integer else {})}
-                        for p, s, a in zip(paths, out_specs, outputs)],
+                         "exponent": s.exponent} for p, s, a in zip(paths, out_specs, outputs)],
+            "inputs": [{"tensor": s.name, "dtype": str(s.dtype), "exponent": s.exponent} for s in specs],
             "rows": rows, "dumped": n_dumped, "dump_dir": args.dump}
-        if args.integer:
-            doc["inputs"] = [{"tensor": s.name, "dtype": str(s.dtype), "exponent": s.exponent} for s in specs]
         print(json.dumps(doc, indent=2), file=result_stream(args))
         return 0
     if args.integer:
