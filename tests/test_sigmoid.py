@@ -199,3 +199,31 @@ def test_a_16_bit_input_is_a_clear_error(host):
     with pytest.raises(LnnError, match="the input has 16 bits") as err:
         m(torch.randn(1, 3, 6, 6))
     assert err.value.limit == 8 and err.value.actual == 16 and "act_bits=8" in err.value.hint
+
+
+class GatedLinearConv1d(nn.Module):
+    """The GLU-style unit ``x * sigmoid(y)`` on 1-D convs (``x`` a plain conv output, not an activation), twice,
+    then ``tanh(z) * sigmoid(w)`` and a head: issue 9's gated conv acceptance net in its speech (Conv1d) form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x1, self.g1 = nn.Conv1d(10, 16, 3, padding=1), nn.Conv1d(10, 16, 3, padding=1)
+        self.x2, self.g2 = nn.Conv1d(16, 16, 3, padding=1), nn.Conv1d(16, 16, 3, padding=1)
+        self.z, self.w = nn.Conv1d(16, 16, 1), nn.Conv1d(16, 16, 1)
+        self.head = nn.Linear(16 * 20, 4)
+
+    def forward(self, x):
+        h = self.x1(x) * torch.sigmoid(self.g1(x))
+        h = self.x2(h) * self.g2(h).sigmoid() + h
+        h = torch.tanh(self.z(h)) * F.sigmoid(self.w(h))
+        return self.head(h.flatten(1))
+
+
+def test_glu_style_conv1d_net_is_bit_exact_tensor_by_tensor(host):
+    m = _qat(GatedLinearConv1d(), host, steps=5, shape=(4, 10, 20))
+    assert not m.lnn.unsupported
+    report = lnn.verify(m, torch.randn(3, 10, 20), host=host)
+    assert report.ok, report
+    compared = {t.name for t in report.tensors}
+    assert sum(name.startswith(("q_tanh", "q_sigmoid")) for name in compared) == 4, compared
+    assert sum(name.startswith("q_mul") for name in compared) == 3, compared

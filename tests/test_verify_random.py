@@ -14,7 +14,10 @@ ids (int64 [N, L], never quantized) read by an embedding head (``nn.Embedding`` 
 ``padding_idx``; sometimes a second head on the same ids added to the first), and the rest of the model runs on
 its [N, L, E] output; from seed ``ATTENTION_FROM`` on (token models too) also softmax / log-softmax over the last
 dimension (every spelling) and attention blocks ``softmax(q(x) @ k(x)^T) @ v(x)`` (matmul as ``@``,
-``torch.matmul``, ``torch.bmm``, ``Tensor.matmul``).
+``torch.matmul``, ``torch.bmm``, ``Tensor.matmul``); from seed ``ENCODER_FROM`` on also the attention modules that
+``lnn.init`` lowers (spec 2.10.2): ``nn.TransformerEncoderLayer`` (ReLU, post-norm or ``norm_first``),
+``nn.MultiheadAttention`` (self-attention, with or without bias) and ``F.scaled_dot_product_attention`` on heads of
+a view (scale inferred or given), each after a Linear to a width the heads divide.
 
 Quantizer state is pushed to the corners: after a few calibration forwards in train mode, some models get their
 weights (and BatchNorm statistics) perturbed so that outputs saturate, and some activation quantizers get a
@@ -51,11 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import lnn_core as lnn
+from lnn_backend_csk60xx.simulator import ISA_PATHS, available_isas
 from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
 
-N_MODELS = 112
+N_MODELS = 124
 
 # Every kind is forced into (at least) two models: seed i forces FORCED[i % len(FORCED)].
 FORCED = (
@@ -74,6 +78,9 @@ EMBED_FROM = 84
 # Seeds from ATTENTION_FROM on also draw softmax / log-softmax and attention blocks, and force one of them.
 ATTENTION_FROM = 100
 ATTENTION = ("softmax", "log_softmax", "attention")
+# Seeds from ENCODER_FROM on also draw the lowered attention modules, and force one of them.
+ENCODER_FROM = 112
+ENCODER = ("encoder_layer", "mha", "sdpa")
 
 # IR op kinds (see _classify) that the run must have compared at least once.
 REQUIRED = (
@@ -187,6 +194,13 @@ class Net(nn.Module):
                     y = a[0].matmul(b)
                 else:
                     y = (torch.bmm if p["how"] == "bmm" else torch.matmul)(a[0], b)
+            elif op == "mha":
+                y = self.layers[p["name"]](a[0], a[0], a[0], need_weights=False)[0]
+            elif op == "sdpa":
+                n, t = a[0].shape[0], a[0].shape[1]
+                q = a[0].view(n, t, p["heads"], p["hd"]).transpose(1, 2)
+                y = F.scaled_dot_product_attention(q, q, q, scale=p["scale"])
+                y = y.transpose(1, 2).reshape(n, t, p["heads"] * p["hd"])
             elif op == "emb_fn":
                 y = F.embedding(a[0], self.fparams[p["name"] + "_table"], padding_idx=p["pad"])
             elif op == "gap_fn":
@@ -594,6 +608,34 @@ class Gen:
         self.emit("add", [first, other], self.shapes[first], "add", how=self.r.choice(["op", "torch"]))
         return True
 
+    def encoder_block(self, kind: str) -> bool:
+        """A Linear to width ``heads * head_dim`` on a [N, T, D] value, then an attention module lowered at
+        ``lnn.init``: ``nn.TransformerEncoderLayer``, ``nn.MultiheadAttention`` or ``F.scaled_dot_product_attention``.
+        """
+        r = self.r
+        if not self.to_rank(3):
+            return False
+        x = self.cur
+        n, t, d = self.shapes[x]
+        heads = r.choice([1, 2, 4])
+        hd = r.choice([4, 8] if heads == 1 else [2, 4, 8])
+        e = heads * hd
+        name = self.name()
+        self.layers[name] = nn.Linear(d, e, bias=r.random() < 0.8)
+        x = self.emit("mod", [x], (n, t, e), "linear_r3", name=name)
+        name = self.name()
+        if kind == "encoder_layer":
+            self.layers[name] = nn.TransformerEncoderLayer(e, heads, r.choice([8, 16, 24]), dropout=0.0,
+                                                           batch_first=True, norm_first=r.random() < 0.5)
+            self.emit("mod", [x], (n, t, e), kind, name=name)
+        elif kind == "mha":
+            self.layers[name] = nn.MultiheadAttention(e, heads, bias=r.random() < 0.7, batch_first=True)
+            self.emit("mha", [x], (n, t, e), kind, name=name)
+        else:
+            self.emit("sdpa", [x], (n, t, e), kind, heads=heads, hd=hd,
+                      scale=None if r.random() < 0.5 else r.choice([0.25, 0.5, hd ** -0.5]))
+        return True
+
     def maxpool(self, src: int | None = None, same: bool = False) -> bool:
         if src is None:
             if not self.to_rank(4):
@@ -910,6 +952,9 @@ class Gen:
             "softmax": lambda: self.softmax(log=False) is not None,
             "log_softmax": lambda: self.softmax(log=True) is not None,
             "attention": self.attention,
+            "encoder_layer": lambda: self.encoder_block("encoder_layer"),
+            "mha": lambda: self.encoder_block("mha"),
+            "sdpa": lambda: self.encoder_block("sdpa"),
             "embedding_add": self.embedding_add,
         }
         return table[kind]()
@@ -925,6 +970,8 @@ class Gen:
             forced = r.choice(["layernorm", "embedding_add", "linear", "conv1d", "gated", "cat"])
         if self.seed >= ATTENTION_FROM:
             forced = ATTENTION[self.seed % len(ATTENTION)]
+        if self.seed >= ENCODER_FROM:
+            forced = ENCODER[self.seed % len(ENCODER)]
         one_d = forced.startswith("conv1d") or (forced not in ("deconv_s1", "deconv_s2") and r.random() < 0.15)
         n = r.randint(1, 2)
         c = r.randint(1, MAX_C)
@@ -954,7 +1001,8 @@ class Gen:
                 "sub", "mul", "mul_se", "mul_const", "cat", "cat", "flatten", "view", "transpose", "squeeze",
                 "unsqueeze"] + (list(SQUASH) * 2 if squash else []) \
             + (["layernorm"] * 2 if self.seed >= LAYERNORM_FROM else []) + (["embedding_add"] if tokens else []) \
-            + (list(ATTENTION) if self.seed >= ATTENTION_FROM else [])
+            + (list(ATTENTION) if self.seed >= ATTENTION_FROM else []) \
+            + (list(ENCODER) if self.seed >= ENCODER_FROM else [])
         done = 1
         while done < target:
             kind = forced if done == pos else r.choice(pool)
@@ -1235,11 +1283,18 @@ def _run_seed(seed: int, host: Any) -> Result:
         owner = owners.get(id(q))
         with torch.no_grad():  # a producer that caps its exponent below 0 (n_x + n_w): smaller weights
             for _ in range(16):
-                if q.eval_exponent() >= 0 or getattr(owner, "weight", None) is None:
+                if q.eval_exponent() >= 0:
                     break
-                owner.weight.mul_(0.25)
-                if getattr(owner, "bias", None) is not None:
-                    owner.bias.mul_(0.25)
+                # an add (a residual in an encoder layer) caps at its inputs': shrink every weighted op that does
+                shrink = [owner] if getattr(owner, "weight", None) is not None else [
+                    o for o in qmodel.modules() if getattr(o, "weight", None) is not None
+                    and isinstance(getattr(o, "out_q", None), ActQuantizer) and o.out_q.eval_exponent() < 0]
+                if not shrink:
+                    break
+                for o in shrink:
+                    o.weight.mul_(0.25)
+                    if getattr(o, "bias", None) is not None:
+                        o.bias.mul_(0.25)
         notes.append(f"{name}: input exponent {q.eval_exponent()} (LayerNorm / softmax read exponents >= 0)")
     if gen.vocab:
         x = ids()
@@ -1309,6 +1364,17 @@ def test_random_model_is_bit_exact(seed, host):
     assert res.report.tensors, f"nothing was compared\n{res.description}"
     assert res.report.ok, f"{res.report.table()}\n{res.description}\n  {res.state}"
     assert not res.problems, "\n".join(res.problems) + f"\n{res.description}"
+
+
+@pytest.mark.parametrize("isa", [p for p in ISA_PATHS if p != available_isas()[-1]])
+@pytest.mark.parametrize("seed", range(N_MODELS))
+def test_random_model_on_every_path(seed, isa, host, monkeypatch):
+    """The corpus again through the simulator's other instruction-set paths (the test above takes the best one)."""
+    if isa not in available_isas():
+        pytest.skip(f"this CPU or build has no {isa} path")
+    monkeypatch.setenv("LNN_SIM_ISA", isa)
+    res = _run_seed.__wrapped__(seed, host)  # not the cached result of the best path
+    assert res.report.ok, f"{res.report.table()}\n{res.description}\n  {res.state}"
 
 
 def test_every_op_kind_was_compared(host):

@@ -10,6 +10,15 @@ methods) and how ``lnn.init`` / ``lnn.constrain`` handle them:
 ``passthrough``
     left as it is: the op is exact on the integer grid and the output keeps the input scale
     (ReLU, max-pool, reshape/view/flatten/transpose/permute/squeeze/unsqueeze, dropout).
+``lowered``
+    rewritten, before and while the model is traced, into an exactly float-equivalent graph of other ops
+    (``nn.MultiheadAttention`` into Linears, transposes, ``torch.bmm`` and softmax). ``lower`` does it: for a
+    module type, ``lower(module)`` returns the replacement module (kept at the same path and traced through), or a
+    list of ``(problem, hint)`` pairs when the module's configuration has no lowering (it then stays a float
+    module and is reported); for a function, ``lower(*args, **kwargs)`` is called with the traced values and
+    computes the result from other ops. ``refusals(target, *args, **kwargs)`` (optional) returns the
+    ``(problem, hint)`` pairs of one call (a mask argument, ...): that call is then kept whole, in float, and
+    reported like an unsupported op.
 
 ``build(ctx)`` returns ``(module, tensor_inputs)``: the module to call and the graph values it is
 called with, in order (``ctx`` is a :class:`lnn_core.quant.rewrite.BuildContext`).
@@ -24,7 +33,7 @@ import attrs
 
 __all__ = ["OpFamily", "KINDS"]
 
-KINDS = ("compute", "stateless", "passthrough")
+KINDS = ("compute", "stateless", "passthrough", "lowered")
 
 
 def _kind(inst: OpFamily, attribute: attrs.Attribute, value: str) -> None:
@@ -42,7 +51,7 @@ class OpFamily:
     """One operator family.
 
     :param id: namespaced id, ``builtin.Conv2d`` or ``acme.HardSwish``.
-    :param kind: ``compute``, ``stateless`` or ``passthrough``.
+    :param kind: ``compute``, ``stateless``, ``passthrough`` or ``lowered``.
     :param modules: float ``nn.Module`` types it replaces.
     :param functions: functions it replaces (``torch.add``, ``operator.add``, ``F.conv2d``).
     :param methods: tensor method names it replaces (``"add"``, ``"transpose"``).
@@ -55,6 +64,9 @@ class OpFamily:
     :param foldable: this op (BatchNorm) can be folded into a preceding ``fuses_bn`` op.
     :param describe: ``describe(ctx) -> attrs`` for passthrough ops that hardware rules judge.
     :param description: one line for ``lnn plugins`` and the docs.
+    :param lower: for ``lowered`` families: the rewrite into other ops (see the module docstring).
+    :param refusals: for ``lowered`` families: ``refusals(target, *args, **kwargs) -> [(problem, hint), ...]``,
+        the reasons one call cannot be lowered (``target`` is the replacement module or the function).
     """
 
     id: str = attrs.field(validator=_id)
@@ -68,7 +80,13 @@ class OpFamily:
     foldable: bool = False
     describe: Callable[[Any], dict[str, Any]] | None = None
     description: str = ""
+    lower: Callable[..., Any] | None = None
+    refusals: Callable[..., list[tuple[str, str]]] | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.kind == "lowered":
+            if self.lower is None:
+                raise ValueError(f"op family {self.id!r} (lowered) needs a lower function")
+            return
         if self.kind != "passthrough" and self.build is None:
             raise ValueError(f"op family {self.id!r} ({self.kind}) needs a build function")

@@ -15,9 +15,22 @@ from lnn_core import hookimpl
 
 def _families() -> tuple[ModuleType, ...]:
     """The family modules, in registration order (imported here: they import torch)."""
-    from . import activations, bmm, conv, elementwise, embedding, layernorm, norm, pool, shape, sigmoid, softmax
+    from . import (
+        activations,
+        attention,
+        bmm,
+        conv,
+        elementwise,
+        embedding,
+        layernorm,
+        norm,
+        pool,
+        shape,
+        sigmoid,
+        softmax,
+    )
 
-    return (conv, norm, elementwise, pool, activations, shape, sigmoid, layernorm, softmax, bmm, embedding)
+    return (conv, norm, elementwise, pool, activations, shape, sigmoid, layernorm, softmax, bmm, embedding, attention)
 
 
 @hookimpl

@@ -3,7 +3,9 @@
 The float model is traced with ``torch.fx`` (nothing of torch is patched). Every node is matched
 against the op families the plugins registered, by module type, function or tensor method, so
 ``nn.Conv2d`` and ``F.conv2d``, ``x + y``, ``torch.add`` and ``x.add(y)`` all end in the same
-quantized module. Then:
+quantized module. Modules of a ``lowered`` family (attention) are first replaced by modules that compute the
+same float function from other ops, and calls of a ``lowered`` function are decomposed while tracing (a call the
+family refuses, such as a masked attention, stays whole and is reported as in 4). Then:
 
 1. a ``fuses_bn`` op followed only by a ``foldable`` op (BatchNorm) takes that BatchNorm in; the
    BatchNorm module stays at its path, so its state_dict keys do not move;
@@ -40,15 +42,16 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import ConfigError, TraceError, UnsupportedOpError
+from ..errors import ConfigError, LnnError, TraceError, UnsupportedOpError
 from ..rules import OpView, RuleReport
 from .config import ConstrainConfig, LayerConfig, QuantConfig
 from .qmodule import OutTree, QModule, QuantStub, output_tree, set_stage, tree_leaves
 from .quantizers import ActQuantizer, WeightQuantizer, share_exponents, unshare_exponents
 from .recipes import Recipe
 
-__all__ = ["prepare", "BuildContext", "Built", "LnnInfo", "QuantizedModel", "UnsupportedOpWarning",
-           "disable_quant", "FLOAT_ATTR", "NodeRole", "ROLE_KINDS", "ROLE_KEY", "flat_nodes", "op_name"]
+__all__ = ["prepare", "trace_lowered", "REFUSED_KEY", "BuildContext", "Built", "LnnInfo", "QuantizedModel",
+           "UnsupportedOpWarning", "disable_quant", "FLOAT_ATTR", "NodeRole", "ROLE_KINDS", "ROLE_KEY",
+           "flat_nodes", "op_name"]
 
 FLOAT_ATTR = "_lnn_keep_float"
 
@@ -186,6 +189,9 @@ class LnnInfo:
     passthrough: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # node -> {op, attrs}
     #: a module called more than once: each later call site's op path -> the module's own path (same parameters)
     shared: dict[str, str] = attrs.field(factory=dict)
+    #: module path -> ``{"op": id of the lowered family, **its attributes}`` for each module rewritten by a
+    #: ``lowered`` family (``nn.MultiheadAttention``: ``num_heads``, ``head_dim``, ``scaling`` folded into q)
+    lowered: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     report: RuleReport | None = None
 
 
@@ -199,22 +205,146 @@ class QuantizedModel(fx.GraphModule):
         return res
 
 
+#: ``node.meta`` key of the ``(problem, hint)`` pairs of a call a ``lowered`` family could not lower
+REFUSED_KEY = "lnn_refused"
+_LOWERED_KEY = "lnn_lowered"  # a node made by a lowering (removed again when nothing reads it)
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, by_module: dict[type, Any]) -> None:
+    """fx tracer that keeps the registered module types whole and applies the ``lowered`` families.
+
+    :param ops: the op registry.
+    :param lowered: replacement module (by id) -> its family, as :func:`_lower_modules` made them.
+    :param refused: module (by id) -> the ``(problem, hint)`` pairs that kept it from being lowered.
+    """
+
+    def __init__(self, ops: Any, lowered: dict[int, Any], refused: dict[int, list[tuple[str, str]]]) -> None:
         super().__init__()
         self.record_stack_traces = True
-        self._by_module = by_module
+        self._by_module = ops.by_module
+        self._functions = {f: fam for f, fam in ops.by_function.items() if fam.kind == "lowered"}
+        self._lowered = lowered
+        self._refused = refused
+        self._depth = 0  # > 0 while a lowering runs: the nodes it makes are tagged
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if getattr(m, FLOAT_ATTR, False) or type(m) in self._by_module:
+        if getattr(m, FLOAT_ATTR, False) or type(m) in self._by_module or id(m) in self._refused:
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fam = self._lowered.get(id(m))
+        if fam is None:
+            return super().call_module(m, forward, args, kwargs)
+        refused = fam.refusals(m, *args, **kwargs) if fam.refusals is not None else []
+        if refused:  # this call stays whole, in float, and is reported
+            self._refused[id(m)] = refused
+            try:
+                out = super().call_module(m, forward, args, kwargs)
+            finally:
+                del self._refused[id(m)]
+            out.node.meta[REFUSED_KEY] = refused
+            return out
+        self._depth += 1
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._depth -= 1
+
+    def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     *rest: Any, **options: Any) -> Any:
+        fam = self._functions.get(target) if kind == "call_function" else None
+        if fam is None:
+            proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+            if kind == "call_module" and id(self.root.get_submodule(target)) in self._refused:
+                proxy.node.meta[REFUSED_KEY] = self._refused[id(self.root.get_submodule(target))]
+            return proxy
+        refused = fam.refusals(target, *args, **kwargs) if fam.refusals is not None else []
+        if refused:
+            proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+            proxy.node.meta[REFUSED_KEY] = refused
+            return proxy
+        self._depth += 1
+        try:
+            return fam.lower(*args, **kwargs)
+        finally:
+            self._depth -= 1
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if self._depth:
+            node.meta[_LOWERED_KEY] = True
+        return node
+
+
+def _lower_modules(model: nn.Module, ops: Any) -> tuple[dict[int, Any], dict[int, list[tuple[str, str]]],
+                                                     dict[str, dict[str, Any]]]:
+    """Replace, in place and innermost first, every module of a ``lowered`` family by its lowering.
+
+    Modules kept float (:func:`disable_quant`, also inside them) are left alone. Returns the replacement modules
+    (by id) -> family, the modules that could not be lowered (by id) -> their ``(problem, hint)`` pairs, and
+    path -> ``{"op": family id, **replacement.lowering_attrs}`` (what :attr:`LnnInfo.lowered` keeps).
+    """
+    lowered: dict[int, Any] = {}
+    refused: dict[int, list[tuple[str, str]]] = {}
+    paths: dict[str, dict[str, Any]] = {}
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            if getattr(child, FLOAT_ATTR, False):
+                continue
+            visit(child, f"{prefix}{name}.")
+            fam = ops.by_module.get(type(child))
+            if fam is None or fam.kind != "lowered":
+                continue
+            new = fam.lower(child)
+            if isinstance(new, list):
+                refused[id(child)] = new
+                continue
+            setattr(parent, name, new)
+            lowered[id(new)] = fam
+            paths[f"{prefix}{name}"] = {"op": fam.id, **dict(getattr(new, "lowering_attrs", {}))}
+
+    visit(model, "")
+    return lowered, refused, paths
+
+
+def trace_lowered(model: nn.Module, ops: Any) -> tuple[nn.Module, fx.Graph, dict[str, dict[str, Any]]]:
+    """Trace a copy of ``model`` as ``lnn.init`` does: the ``lowered`` families applied, registered modules kept whole.
+
+    Returns the (copied, rewritten) root module, the graph, and the lowered modules by path (see
+    :attr:`LnnInfo.lowered`); ``fx.GraphModule(root, graph)`` is the float model the quantized one is built from.
+    """
+    model = copy.deepcopy(model)
+    lowered, refused, paths = _lower_modules(model, ops)
+    tracer = _Tracer(ops, lowered, refused)
+    try:
+        graph = tracer.trace(model)
+        _drop_unused_lowered(graph)
+    except LnnError:
+        raise
+    except Exception as exc:
+        raise TraceError(
+            f"model {type(model).__name__!r} could not be traced into a graph",
+            {"cause": f"{type(exc).__name__}: {exc}"},
+            "data-dependent control flow cannot be traced: move it into a submodule and keep that "
+            "submodule float with lnn.disable_quant(model.<submodule>)",
+            module=type(model).__name__, cause=exc) from exc
+    return tracer.root, graph, paths
+
+
+def _drop_unused_lowered(graph: fx.Graph) -> None:
+    """Remove the nodes a lowering made that nothing reads (attention weights a caller ignores)."""
+    for node in reversed(list(graph.nodes)):
+        if node.meta.get(_LOWERED_KEY) and not node.users and node.op != "output":
+            graph.erase_node(node)
 
 
 def op_name(node: fx.Node, gm: nn.Module) -> str:
     """The name a user wrote: ``torch.sigmoid``, ``F.gelu``, ``Tensor.softmax``, ``operator.pow``, ``GELU``."""
-    if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_module":  # a lowered module names the module it replaces (lnn_op_name)
+        module = gm.get_submodule(node.target)
+        return getattr(module, "lnn_op_name", type(module).__name__)
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     target = node.target
@@ -228,7 +358,7 @@ def op_name(node: fx.Node, gm: nn.Module) -> str:
     return f"{mod}.{name}" if mod else name
 
 
-def _call_site(node: fx.Node) -> str:
+def _call_site(node: fx.Node, skip: frozenset[str] = frozenset()) -> str:
     trace = node.stack_trace or ""
     frames: list[str] = []
     lines = trace.strip().splitlines()
@@ -236,7 +366,7 @@ def _call_site(node: fx.Node) -> str:
         line = line.strip()
         if line.startswith('File "'):
             path = line.split('"')[1]
-            if "/torch/" in path or "/lnn_core/" in path:
+            if "/torch/" in path or "/lnn_core/" in path or path in skip:
                 continue
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
             loc = line.split(",")
@@ -439,6 +569,11 @@ class _Rewriter:
                 self.prov[node] = self.prov[node.args[0]][node.args[1]]
                 self.decided[node] = ("select", None, node.args[1])
                 continue
+            if node.meta.get(REFUSED_KEY):  # a call a lowered family could not lower: float, always reported
+                unsupported.append(node)
+                island.add(node)
+                self.prov[node] = FLOAT
+                continue
             fam = self.family(node)
             if fam is None:
                 if self.is_float_module(node) or self.configured_float(node):
@@ -528,7 +663,7 @@ class _Rewriter:
                 and isinstance(node.args[1], int)):
             return False
         return self.prov.get(src) is FLOAT and src.op in ("call_module", "call_function", "call_method") and (
-            self.is_float_module(src) or self.family(src) is None)
+            self.is_float_module(src) or self.family(src) is None or bool(src.meta.get(REFUSED_KEY)))
 
     def record_passthrough(self, node: fx.Node, fam: Any, provider: ActQuantizer) -> None:
         """Remember a passthrough op on quantized data, with the attributes its rules judge."""
@@ -676,11 +811,16 @@ class _Rewriter:
     def report_unsupported(self, nodes: list[fx.Node]) -> None:
         if not nodes:
             return
-        found = [(n.name, op_name(n, self.gm), _call_site(n)) for n in nodes]
+        skip = frozenset(_source_file(fam.lower) for _, fam in self.ops.items() if fam.kind == "lowered")
+        found = [(n.name, op_name(n, self.gm), _call_site(n, skip)) for n in nodes]
         self.info.unsupported.extend(found)
         # a module is named by its path (what lnn.disable_quant and QuantConfig.by_path take), a function by node
-        where = {n.name: f"module {str(n.target)!r}" if n.op == "call_module" else f"node {n.name!r}" for n in nodes}
-        lines = "\n".join(f"{op} ({where[name]}) at {site}" for name, op, site in found)
+        # and the module it runs in; a call a lowered family refused adds its problems and hints
+        where = {n.name: f"module {str(n.target)!r}" if n.op == "call_module"
+                 else f"node {n.name!r}" + (f" in {_owner(n)}" if _owner(n) else "") for n in nodes}
+        why = {n.name: "".join(f"\n  {problem}\n  hint: {hint}" for problem, hint in n.meta.get(REFUSED_KEY, ()))
+               for n in nodes}
+        lines = "\n".join(f"{op} ({where[name]}) at {site}{why[name]}" for name, op, site in found)
         if self.config.strict:
             raise UnsupportedOpError(
                 f"{len(found)} op(s) without a quantized form run on quantized data: "
@@ -694,7 +834,7 @@ class _Rewriter:
             keep = (f"; lnn.disable_quant(model.{paths[name]}) keeps it float without this warning"
                     if name in paths else "")
             warnings.warn(
-                f"op {op} ({where[name]}) has no quantized form and runs in float on quantized data\n"
+                f"op {op} ({where[name]}) has no quantized form and runs in float on quantized data{why[name]}\n"
                 f"  call site: {site}\n"
                 "  hint: it is kept as a float island (Dequant -> float op -> Quant); pass strict=True to "
                 f"make this an error{keep}", UnsupportedOpWarning, stacklevel=5)
@@ -744,6 +884,15 @@ class _Rewriter:
             mod = self.gm.get_submodule(str(node.target))
             return bool(getattr(mod, "drops_negative", False))
         return False
+
+
+def _source_file(fn: Any) -> str:
+    import inspect
+
+    try:
+        return inspect.getsourcefile(fn) or ""
+    except TypeError:
+        return ""
 
 
 def _has_submodule(gm: nn.Module, path: str) -> bool:
@@ -831,21 +980,11 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
             "use one of the registered recipes (`lnn plugins` lists them)", option="recipe", value=recipe_name,
             valid=tuple(host.recipes))
     recipe = config.apply_to(host.recipes[recipe_name])
-    model = copy.deepcopy(model)
-    tracer = _Tracer(host.ops.by_module)
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:
-        raise TraceError(
-            f"model {type(model).__name__!r} could not be traced into a graph",
-            {"cause": f"{type(exc).__name__}: {exc}"},
-            "data-dependent control flow cannot be traced: move it into a submodule and keep that "
-            "submodule float with lnn.disable_quant(model.<submodule>)",
-            module=type(model).__name__, cause=exc) from exc
-    gm = QuantizedModel(tracer.root, graph, type(model).__name__)
+    root, graph, lowered_paths = trace_lowered(model, host.ops)
+    gm = QuantizedModel(root, graph, type(model).__name__)
     gm.register_forward_pre_hook(share_exponents)  # eval: resolve each exponent once per forward
     gm.register_forward_hook(unshare_exponents, always_call=True)
-    info = LnnInfo(stage, tgt.id, recipe, config, constrain)
+    info = LnnInfo(stage, tgt.id, recipe, config, constrain, lowered=lowered_paths)
     rewriter = _Rewriter(gm, host, recipe, config, stage, info)
     rewriter.run()
     config.check_matches(rewriter.configured, type(model).__name__)  # a by_path/by_type typo is an error
