@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from lnn_backend_csk60xx.check import check_graph
 from lnn_backend_csk60xx.dialect import read_onnx, write_onnx
 from lnn_backend_csk60xx.ops.gru import gru_int
-from lnn_backend_csk60xx.pipeline import pack_onnx
+from lnn_backend_csk60xx.pipeline import pack_graph, pack_onnx
 from lnn_backend_csk60xx.simulator import Simulator
+from lnn_core.errors import ModelFileError
 
 
 def _model(t, d, h, *, seed=0, batch_first=1, n_i=5, n_iw=7, n_hw=7, n_o=8, n_h=None, batch=1, go_forward=1):
@@ -98,3 +99,23 @@ def test_kernel_workspace_is_24h():
     graph = read_onnx(model)
     node = next(n for n in graph.nodes if n.op_type == "GRUInt")
     assert OPS[0].kernel_workspace(graph, node) == 24 * 6
+
+
+def test_thinker_package_refuses_gru_with_the_node():
+    """No thinker lowering yet: check names the node, packing for the thinker format is a ModelFileError."""
+    model, _ = _model(3, 2, 2)
+    report = check_graph(read_onnx(model), package_format="thinker")
+    v = [v for v in report.violations if v.rule_id == "csk60xx.thinker.op"]
+    assert not report.ok and v and v[0].op_name == "gru" and v[0].actual == "GRUInt"
+    with pytest.raises(ModelFileError, match="node 'gru' \\(GRUInt\\)"):
+        pack_graph(read_onnx(model), package_format="thinker")
+
+
+@pytest.mark.parametrize("kw,what", [(dict(n_i=3, n_iw=7), "n_i 3 \\+ n_iw 7"), (dict(n_hw=2), "n_hw 2"),
+                                     (dict(n_o=15, n_hw=7), "n_o 15")])
+def test_the_loader_refuses_left_shifts_packed_without_checks(kw, what):
+    """Packed with check=False, a GRU outside the right-shift contract is refused by the simulator's loader (which
+    the packer runs on every package), naming the node and the exponents."""
+    model, _ = _model(3, 2, 2, **kw)
+    with pytest.raises(ModelFileError, match=f"op 'gru': exponents .*{what}"):
+        pack_graph(read_onnx(model), check=False)
