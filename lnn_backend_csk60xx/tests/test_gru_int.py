@@ -119,3 +119,18 @@ def test_the_loader_refuses_left_shifts_packed_without_checks(kw, what):
     model, _ = _model(3, 2, 2, **kw)
     with pytest.raises(ModelFileError, match=f"op 'gru': exponents .*{what}"):
         pack_graph(read_onnx(model), check=False)
+
+
+def test_linger_form_with_an_unread_float32_h_n():
+    """linger declares h_n float32 and a model usually leaves it unread: the reader gives it int8 at scale_h, the
+    packer keeps the kernel's state buffer, and y still equals the reference."""
+    from onnx import TensorProto, helper
+    model, w = _model(5, 3, 4, seed=3)
+    del model.graph.node[3]
+    del model.graph.output[1]
+    model.graph.value_info.append(helper.make_tensor_value_info("hq", TensorProto.FLOAT, [1, 1, 4]))
+    assert read_onnx(model).tensors["hq"].dtype == "int8"
+    x = np.random.default_rng(4).standard_normal((1, 5, 3)).astype(np.float32)
+    (y,) = Simulator(pack_onnx(model)).run([x])
+    want, _ = gru_int(quantize(x, 5).reshape(5, 3), **w, n_i=5, n_iw=7, n_hw=7, n_o=8)
+    np.testing.assert_array_equal(y.reshape(5, 4), want.astype(np.float32) / 256)
