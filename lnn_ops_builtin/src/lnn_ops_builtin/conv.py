@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -232,15 +231,6 @@ def _same_padding(kernel: Sequence[int], dilation: Sequence[int], path: str) -> 
     return tuple(pads)
 
 
-def _get_tensor(ctx: BuildContext, node: Any) -> torch.Tensor | None:
-    if isinstance(node, fx.Node) and node.op == "get_attr":
-        root = ctx.node.graph.owning_module
-        obj: Any = root
-        for part in str(node.target).split("."):
-            obj = getattr(obj, part, None)
-        return obj if isinstance(obj, torch.Tensor) else None
-    return None
-
 
 def _build_module(op_id: str, kind: str, dims: int):
     def build(ctx: BuildContext) -> Built:
@@ -279,7 +269,7 @@ def _build_function(op_id: str, kind: str, dims: int):
     def build(ctx: BuildContext) -> Built:
         sig = {"conv": _conv_sig, "deconv": _deconv_sig, "linear": _linear_sig}[kind]
         a = ctx.bind(sig)
-        w_t = _get_tensor(ctx, a["weight"])
+        w_t = ctx.param_tensor(a["weight"])
         params = [a["weight"]] + ([a["bias"]] if a["bias"] is not None else [])
         common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, weight_bits=ctx.layer.weight_bits,
                       stage=ctx.stage, bn=ctx.bn, weight_shape=None if w_t is None else tuple(w_t.shape),

@@ -150,14 +150,6 @@ def _embedding_sig(input, weight, padding_idx=None, max_norm=None, norm_type=2.0
     """Signature of F.embedding."""
 
 
-def _get_tensor(ctx: BuildContext, node: Any) -> torch.Tensor | None:
-    if isinstance(node, fx.Node) and node.op == "get_attr":
-        obj: Any = ctx.node.graph.owning_module
-        for part in str(node.target).split("."):
-            obj = getattr(obj, part, None)
-        return obj if isinstance(obj, torch.Tensor) else None
-    return None
-
 
 def _build(ctx: BuildContext) -> Built | None:
     common = dict(recipe=ctx.recipe, weight_bits=ctx.layer.weight_bits, stage=ctx.stage, path=ctx.path)
@@ -172,7 +164,7 @@ def _build(ctx: BuildContext) -> Built | None:
         return Built(q, [], [idx])
     a = ctx.bind(_embedding_sig)
     idx, weight = a["input"], a["weight"]
-    table = _get_tensor(ctx, weight)
+    table = ctx.param_tensor(weight)
     if not isinstance(idx, fx.Node) or table is None or table.dim() != 2:
         return None  # a table computed at run time (not a parameter) stays a float op
     pad = a["padding_idx"]

@@ -206,15 +206,6 @@ def _check_dims(path: str, shape: tuple[int, ...]) -> None:
                        "give normalized_shape the size of the last dimension", limit="1 or 2 dims", actual=0)
 
 
-def _get_tensor(ctx: BuildContext, node: Any) -> torch.Tensor | None:
-    """The tensor behind a ``get_attr`` node (a parameter of the traced model), else None."""
-    if isinstance(node, fx.Node) and node.op == "get_attr":
-        obj: Any = ctx.node.graph.owning_module
-        for part in str(node.target).split("."):
-            obj = getattr(obj, part, None)
-        return obj if isinstance(obj, torch.Tensor) else None
-    return None
-
 
 def _build(ctx: BuildContext) -> Built | None:
     common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, stage=ctx.stage)
@@ -236,7 +227,7 @@ def _build(ctx: BuildContext) -> Built | None:
     params = [p for p in (a["weight"], a["bias"]) if p is not None]
     if any(not isinstance(p, fx.Node) for p in params):
         return None
-    refs = tuple(_get_tensor(ctx, p) if p is not None else None for p in (a["weight"], a["bias"]))
+    refs = tuple(ctx.param_tensor(p) if p is not None else None for p in (a["weight"], a["bias"]))
     q = QLayerNorm(shape, float(a["eps"]), weight=None, bias=None, has_weight=a["weight"] is not None,
                    has_bias=a["bias"] is not None, refs=refs, **common)
     return Built(q, [a["input"]], params)

@@ -163,6 +163,15 @@ class BuildContext:
         bound.apply_defaults()
         return dict(bound.arguments)
 
+    def param_tensor(self, node: Any) -> torch.Tensor | None:
+        """The tensor behind a ``get_attr`` node (a parameter or buffer of the traced model), else None."""
+        if isinstance(node, fx.Node) and node.op == "get_attr":
+            obj: Any = self.node.graph.owning_module
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part, None)
+            return obj if isinstance(obj, torch.Tensor) else None
+        return None
+
 
 @attrs.define
 class Built:
