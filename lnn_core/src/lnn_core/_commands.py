@@ -69,7 +69,7 @@ def _export_run(args: argparse.Namespace, host: Any) -> int:
 
     model, inputs = build_quantized(args, host)
     lnn.export(model, inputs, args.output, dialect=args.dialect, dynamic_batch=args.dynamic_batch,
-               strict=args.strict, host=host)
+               strict=args.strict, host=host, allow_uncalibrated=args.allow_uncalibrated)
     print(f"wrote {args.output} ({args.dialect} dialect)")
     return 0
 
@@ -87,7 +87,7 @@ def _verify_run(args: argparse.Namespace, host: Any) -> int:
     from ._model_args import build_quantized
 
     model, inputs = build_quantized(args, host)
-    report = lnn.verify(model, inputs, target=args.target, host=host)
+    report = lnn.verify(model, inputs, target=args.target, host=host, allow_uncalibrated=args.allow_uncalibrated)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
 

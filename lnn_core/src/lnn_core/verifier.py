@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .calibration import UncalibratedWarning, require_calibrated
 from .errors import LnnError, format_message
 from .exporter import ExampleRunner, FloatIslandWarning, to_ir
 from .plugins import PluginHost, PluginLoadWarning
@@ -103,7 +104,9 @@ class _Capture(ExampleRunner):
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach()
+            # a copy: a later in-place op (ReLU(inplace=True), x.relu_(), x += y) would overwrite the tensor
+            # itself, and the capture would then hold a value the graph never had at this node
+            self.values[n.name] = out.detach().clone()
         elif isinstance(out, (tuple, list)):  # an op with several outputs: kept for the graph outputs
             self.tuples[n.name] = out
         return out
@@ -114,20 +117,24 @@ def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, host: PluginHost | None = None,
-           options: dict[str, Any] | None = None) -> VerifyReport:
+           options: dict[str, Any] | None = None, allow_uncalibrated: bool = False) -> VerifyReport:
     """Export, pack and simulate ``model`` and compare every shared tensor with eval mode.
 
     :param model: a model prepared by ``lnn.init`` (trained or not).
     :param example_inputs: a tensor or tuple of tensors (any batch size the target supports).
+    :param allow_uncalibrated: verify a model whose activation quantizers never saw data (a warning instead of
+        :class:`~lnn_core.calibration.UncalibratedError`; its integers are all zero, so the proof is weak).
     :return: a :class:`VerifyReport`; ``report.ok`` is the verdict, ``report.table()`` explains it.
     """
     host = host or PluginHost()
     info: LnnInfo = getattr(model, "lnn", None)
     target = target or (info.target if info is not None else "csk60xx")
     inputs = _as_inputs(example_inputs)
+    require_calibrated(model, "verify", allow=allow_uncalibrated)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FloatIslandWarning)
-        graph = to_ir(model, inputs, host=host)
+        warnings.simplefilter("ignore", UncalibratedWarning)  # said once, above
+        graph = to_ir(model, inputs, host=host, allow_uncalibrated=True)
     writer = host.exporters[target]
     proto = writer(graph, host=host)
     was_training = model.training
