@@ -553,7 +553,6 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
         raise ExportError("export needs the stage-2 (lnn.init) model, got a stage-1 (lnn.constrain) model",
                           {"stage": info.stage}, "build the stage-2 model with lnn.init and load this checkpoint",
                           node=None, dialect="ir")
-    require_calibrated(model, "export", allow=allow_uncalibrated)
     host = host or PluginHost()
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     if any(t.device.type != "cpu" for t in itertools.chain(model.parameters(), model.buffers())):
@@ -574,6 +573,8 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
         with torch.no_grad():
             for k, v in model.state_dict(keep_vars=True).items():
                 v.copy_(saved[k])
+    # after the graph is built: a wrong input or an op without an int8 form is the first thing to fix
+    require_calibrated(model, "export", allow=allow_uncalibrated)
     _share_constants(graph, getattr(info, "shared", {}))
     graph.meta["producer"] = "lnn"
     graph.meta["target"] = info.target

@@ -130,11 +130,11 @@ def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, 
     info: LnnInfo = getattr(model, "lnn", None)
     target = target or (info.target if info is not None else "csk60xx")
     inputs = _as_inputs(example_inputs)
-    require_calibrated(model, "verify", allow=allow_uncalibrated)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FloatIslandWarning)
-        warnings.simplefilter("ignore", UncalibratedWarning)  # said once, above
+        warnings.simplefilter("ignore", UncalibratedWarning)  # said once, below
         graph = to_ir(model, inputs, host=host, allow_uncalibrated=True)
+    require_calibrated(model, "verify", allow=allow_uncalibrated)
     writer = host.exporters[target]
     proto = writer(graph, host=host)
     was_training = model.training
