@@ -83,3 +83,39 @@ def test_gpu_model_exports_the_host_integers_and_verifies(host):
     assert next(model.parameters()).device.type == "cuda"  # export left the model where it was
     report = lnn.verify(model, x, host=host)  # the GPU-side eval values against the C simulator
     assert report.ok, report.table()
+
+
+class Text(nn.Module):
+    """Token ids -> embedding (padding row, sparse gradients) -> LayerNorm -> Linear over the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16, padding_idx=0, sparse=True)
+        self.ln = nn.LayerNorm(16)
+        self.fc = nn.Linear(16 * 6, 4)
+
+    def forward(self, ids):
+        return self.fc(self.ln(self.emb(ids)).flatten(1))
+
+
+def test_an_embedding_trained_on_gpu_evaluates_and_verifies_as_on_the_host(host):
+    torch.manual_seed(0)
+    model = lnn.init(Text(), host=host).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    model.train()
+    for _ in range(20):
+        ids = torch.randint(0, 50, (32, 6), device="cuda", generator=gen)
+        y = torch.randint(0, 4, (32,), device="cuda", generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(ids), y).backward()
+        assert model.emb.weight.grad.is_sparse
+        opt.step()
+    model.eval()
+    ids = torch.randint(0, 50, (64, 6), device="cuda", generator=gen)
+    with torch.no_grad():
+        y_gpu = model(ids)
+        y_cpu = copy.deepcopy(model).cpu()(ids.cpu())
+    assert y_gpu.device.type == "cuda" and torch.equal(y_gpu.cpu(), y_cpu)
+    report = lnn.verify(model, ids[:4], host=host)
+    assert report.ok, report.table()

@@ -181,6 +181,13 @@ CASES: list[Case] = [
          lambda over: (seq(fc=nn.Linear(4, 8), ln=nn.LayerNorm(8)),
                        by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- embedding (spec/int8-seq-ops.md 2.8.5) -----------------------------------------------------------------
+    Case("csk60xx.gather.bits", "emb",
+         lambda over: (seq(emb=nn.Embedding(10, 4)), by_path(emb=lnn.LayerConfig(weight_bits=4 if over else 8))),
+         "weight bits in (8,)", "4-bit weight", "weight_bits=8"),
+    Case("csk60xx.gather.max_norm", "emb",
+         _m(lambda over: seq(emb=nn.Embedding(10, 4, max_norm=1.0 if over else None))),
+         "max_norm None", "max_norm 1", "without max_norm"),
 ]
 
 

@@ -51,8 +51,12 @@ def _assert_same_quantizers(a: nn.Module, b: nn.Module) -> None:
             assert torch.equal(getattr(x, buf), getattr(y, buf)), (pa, pb, buf, getattr(x, buf), getattr(y, buf))
 
 
-def _check_same(host, fn_a, fn_b, modules: dict[str, nn.Module], shape: tuple[int, ...], steps: int = 3) -> None:
-    """Build both spellings from the same float model, train ``steps`` SGD steps, compare everything."""
+def _check_same(host, fn_a, fn_b, modules: dict[str, nn.Module], shape: tuple[int, ...], steps: int = 3,
+                ids: int | None = None) -> None:
+    """Build both spellings from the same float model, train ``steps`` SGD steps, compare everything.
+
+    :param ids: the input is token ids below ``ids`` (an embedding's), not float data.
+    """
     base = Net(fn_a, modules)
     other = copy.deepcopy(base)
     other._fn = fn_b
@@ -65,7 +69,7 @@ def _check_same(host, fn_a, fn_b, modules: dict[str, nn.Module], shape: tuple[in
     a.train()
     b.train()
     for _ in range(steps):
-        x = torch.randn(shape, generator=gen)
+        x = torch.randint(0, ids, shape, generator=gen) if ids else torch.randn(shape, generator=gen)
         ya, yb = a(x), b(x)
         assert torch.equal(ya, yb)
         target = torch.randn(ya.shape, generator=gen)
@@ -85,7 +89,7 @@ def _check_same(host, fn_a, fn_b, modules: dict[str, nn.Module], shape: tuple[in
     a.eval()
     b.eval()
     for _ in range(2):
-        x = torch.randn(shape, generator=gen) * 1.5
+        x = torch.randint(0, ids, shape, generator=gen) if ids else torch.randn(shape, generator=gen) * 1.5
         assert torch.equal(a(x), b(x))
     _assert_same_quantizers(a, b)
 
@@ -142,6 +146,18 @@ def test_linear_module_vs_function(host):
         return F.linear(F.relu(F.linear(x, m.fc.weight, m.fc.bias)), m.out.weight)
 
     _check_same(host, mod, fun, {"fc": nn.Linear(12, 16), "out": nn.Linear(16, 5, bias=False)}, (4, 12))
+
+
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_embedding_module_vs_function(host, padding_idx):
+    def mod(m, x):
+        return m.fc(m.emb(x))
+
+    def fun(m, x):
+        return m.fc(F.embedding(x, m.emb.weight, padding_idx=padding_idx))
+
+    _check_same(host, mod, fun, {"emb": nn.Embedding(20, 8, padding_idx=padding_idx), "fc": nn.Linear(8, 3)}, (4, 5),
+                ids=20)
 
 
 # -- elementwise -------------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ windows, where ties happen), AdaptiveAvgPool2d(1), residual add / sub of equal s
 tensor * [N, C, 1, 1], tensor * python number), torch.cat, and flatten / view / reshape / transpose / permute /
 squeeze / unsqueeze between them; from seed ``SQUASH_FROM`` on also sigmoid / tanh (every spelling) and gated
 units ``tanh(x) * sigmoid(branch(x))``; from seed ``LAYERNORM_FROM`` on also LayerNorm over the last dimension or
-the last two (``nn.LayerNorm`` and ``F.layer_norm``, affine or not).
+the last two (``nn.LayerNorm`` and ``F.layer_norm``, affine or not); from seed ``EMBED_FROM`` on the input is token
+ids (int64 [N, L], never quantized) read by an embedding head (``nn.Embedding`` or ``F.embedding``, with or without
+``padding_idx``; sometimes a second head on the same ids added to the first), and the rest of the model runs on
+its [N, L, E] output.
 
 Quantizer state is pushed to the corners: after a few calibration forwards in train mode, some models get their
 weights (and BatchNorm statistics) perturbed so that outputs saturate, and some activation quantizers get a
@@ -50,7 +53,7 @@ from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
 
-N_MODELS = 84
+N_MODELS = 100
 
 # Every kind is forced into (at least) two models: seed i forces FORCED[i % len(FORCED)].
 FORCED = (
@@ -64,6 +67,8 @@ SQUASH_FROM = 2 * len(FORCED)
 SQUASH = ("sigmoid", "tanh", "gated")
 # Seeds from LAYERNORM_FROM on (the earlier ones stay the models they were) also draw LayerNorm and force it.
 LAYERNORM_FROM = 72
+# Seeds from EMBED_FROM on (the earlier ones stay the models they were) read token ids through embedding heads.
+EMBED_FROM = 84
 
 # IR op kinds (see _classify) that the run must have compared at least once.
 REQUIRED = (
@@ -71,7 +76,7 @@ REQUIRED = (
     "Conv1dInt", "ConvTranspose2dInt/s1", "ConvTranspose2dInt/s2", "LinearInt", "BatchNorm2dInt", "Relu", "Clip",
     "MaxPool", "AvgPool2dInt", "AvgPool2dInt/even-area", "AvgPool2dInt/global", "iqAdd", "iqSub", "iqMul",
     "iqMul/broadcast", "iqMul/scalar", "iqCat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-    "Conv2dInt/int16", "LinearInt/int16", "iqSigmoid", "iqTanh", "LayerNormInt",
+    "Conv2dInt/int16", "LinearInt/int16", "iqSigmoid", "iqTanh", "LayerNormInt", "Gather",
 )
 
 MAX_HW = 14  # largest spatial size the generator lets a tensor grow to
@@ -161,6 +166,8 @@ class Net(nn.Module):
                 w = self.fparams[p["name"] + "_w"] if p["weight"] else None
                 b = self.fparams[p["name"] + "_b"] if p["bias"] else None
                 y = F.layer_norm(a[0], p["dims"], w, b, 1e-5)
+            elif op == "emb_fn":
+                y = F.embedding(a[0], self.fparams[p["name"] + "_table"], padding_idx=p["pad"])
             elif op == "gap_fn":
                 y = F.adaptive_avg_pool2d(a[0], 1)
             else:
@@ -191,6 +198,8 @@ class Gen:
         self.layers: dict[str, nn.Module] = {}
         self.params: dict[str, torch.Tensor] = {}
         self.kinds: Counter[str] = Counter()
+        self.vocab = 0  # token models: the table rows (the input holds ids 0..vocab-1)
+        self.first = 0  # the first value an op may read (1 for token models: v0 holds ids, not data)
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     @property
@@ -505,6 +514,30 @@ class Gen:
             self.emit("ln_fn", [self.cur], s, "layernorm", name=name, dims=shape, weight=weight, bias=bias)
         return True
 
+    def embedding(self, dim: int | None = None) -> int:
+        """An embedding head on the token ids v0: ``nn.Embedding`` or ``F.embedding``, maybe with a padding row."""
+        r = self.r
+        n, length = self.shapes[0]
+        e = dim if dim is not None else r.randint(4, MAX_C)
+        pad = r.choice([None, None, 0, self.vocab - 1])
+        name = self.name()
+        table = torch.randn(self.vocab, e) * r.choice([0.05, 1.0, 20.0])
+        if r.random() < 0.6:
+            emb = nn.Embedding(self.vocab, e, padding_idx=pad)
+            with torch.no_grad():
+                emb.weight.copy_(table)
+            self.layers[name] = emb
+            return self.emit("mod", [0], (n, length, e), "embedding", name=name)
+        self.params[name + "_table"] = table  # not perturbed by the saturating modes (they scale *_w, *weight)
+        return self.emit("emb_fn", [0], (n, length, e), "embedding", name=name, pad=pad)
+
+    def embedding_add(self) -> bool:
+        """A second embedding head on the same ids, added to the first head's output."""
+        first = self.made_by.index("embedding")
+        other = self.embedding(self.shapes[first][-1])
+        self.emit("add", [first, other], self.shapes[first], "add", how=self.r.choice(["op", "torch"]))
+        return True
+
     def maxpool(self, src: int | None = None, same: bool = False) -> bool:
         if src is None:
             if not self.to_rank(4):
@@ -617,7 +650,7 @@ class Gen:
         r = self.r
         a = self.cur
         s = self.shapes[a]
-        partners = [j for j in range(len(self.shapes) - 1) if self.shapes[j] == s]
+        partners = [j for j in range(self.first, len(self.shapes) - 1) if self.shapes[j] == s]
         u = r.random()
         if u < 0.1:
             b = a  # x op x: one quantizer on both inputs
@@ -668,7 +701,7 @@ class Gen:
         room = MAX_C - s[dim] if dim == 1 else MAX_HW - s[dim]
         if room < 1:
             return False
-        partners = [j for j in range(len(self.shapes) - 1)
+        partners = [j for j in range(self.first, len(self.shapes) - 1)
                     if len(self.shapes[j]) == rank and all(self.shapes[j][i] == s[i] for i in range(rank) if i != dim)
                     and self.shapes[j][dim] <= room]
         ins = [a]
@@ -818,6 +851,7 @@ class Gen:
             "tanh": lambda: self.squash("tanh") is not None,
             "gated": self.gated,
             "layernorm": self.layernorm,
+            "embedding_add": self.embedding_add,
         }
         return table[kind]()
 
@@ -827,30 +861,38 @@ class Gen:
         forced = SQUASH[self.seed % len(SQUASH)] if squash else FORCED[self.seed % len(FORCED)]
         if self.seed >= LAYERNORM_FROM:
             forced = "layernorm"
+        tokens = self.seed >= EMBED_FROM
+        if tokens:
+            forced = r.choice(["layernorm", "embedding_add", "linear", "conv1d", "gated", "cat"])
         one_d = forced.startswith("conv1d") or (forced not in ("deconv_s1", "deconv_s2") and r.random() < 0.15)
         n = r.randint(1, 2)
         c = r.randint(1, MAX_C)
-        if one_d:
+        if tokens:
+            self.vocab, self.first = r.randint(2, 64), 1
+            shape = (n, r.randint(3, 12))
+        elif one_d:
             shape = (n, c, r.randint(3, 24))
         else:
             shape = (n, c, r.randint(3, 12), r.randint(3, 12))
         self.shapes.append(shape)
         self.made_by.append("input")
         target = r.randint(3, 8)
+        if tokens:  # the embedding head is the entry op; the rest runs on its [N, L, E] output
+            self.embedding()
         # the first op: a quantizing op, or an exponent-keeping one (ReLU, max-pool, shape op) that lnn.init moves
         # behind the graph input's Quant (test_exponent_keeping_op_on_the_float_input_verifies)
         entry = r.choice(["conv1d", "conv1d", "clamp", "relu6", "mul_const", "add", "cat", "relu", "unsqueeze",
                           "transpose", "flatten"] if one_d else
                          ["conv2d", "conv2d", "conv2d_bn", "avgpool", "bn2d", "clamp", "relu6", "mul_const", "add",
                           "deconv", "cat", "sub", "relu", "maxpool", "flatten", "view", "transpose", "squeeze"])
-        if not self.apply(entry):
+        if not tokens and not self.apply(entry):
             raise AssertionError(f"seed {self.seed}: generator could not place the entry op {entry}")
         pos = r.randrange(1, target)
         pool = ["conv2d", "conv2d", "conv2d_grouped", "conv2d_dw", "conv2d_bn", "conv1d", "deconv", "linear",
                 "bn2d", "relu", "relu", "relu6", "clamp", "maxpool", "avgpool", "avgpool_even", "gap", "add", "add",
                 "sub", "mul", "mul_se", "mul_const", "cat", "cat", "flatten", "view", "transpose", "squeeze",
                 "unsqueeze"] + (list(SQUASH) * 2 if squash else []) \
-            + (["layernorm"] * 2 if self.seed >= LAYERNORM_FROM else [])
+            + (["layernorm"] * 2 if self.seed >= LAYERNORM_FROM else []) + (["embedding_add"] if tokens else [])
         done = 1
         while done < target:
             kind = forced if done == pos else r.choice(pool)
@@ -876,7 +918,7 @@ class Gen:
         return Net(self.steps, self.layers, self.params, outputs), shape, desc
 
     def describe(self, shape: tuple[int, ...], outputs: list[int]) -> str:
-        lines = [f"seed {self.seed}: input v0 {shape}"]
+        lines = [f"seed {self.seed}: input v0 {shape}" + (f" (token ids < {self.vocab})" if self.vocab else "")]
         for i, st in enumerate(self.steps, start=1):
             extra = ""
             if st.op in ("mod", "mod2"):
@@ -1043,26 +1085,31 @@ def _run_seed(seed: int, host: Any) -> Result:
     config = lnn.QuantConfig(by_path={path: {"act_bits": 16} for path in gen.wide})
     qmodel = lnn.init(model, host=host, config=config)
 
+    def ids() -> torch.Tensor:  # token models: random ids, the first and the last row among them
+        t = torch.randint(0, gen.vocab, shape)
+        t.view(-1)[:2] = torch.tensor([0, gen.vocab - 1])[: t.numel()]
+        return t
+
     # calibration: a few training-mode forwards on random data
     calib_scale = r.choice([0.25, 1.0, 4.0])
     qmodel.train()
     with torch.no_grad():
         for _ in range(3):
-            qmodel(torch.randn(shape) * calib_scale)
+            qmodel(ids() if gen.vocab else torch.randn(shape) * calib_scale)
 
     # push the quantizer state into the corners
     mode = ["plain", "coarse", "saturate", "mixed"][seed % 4]
     notes = [f"calibration scale {calib_scale}, mode {mode}"]
     quantizers = [(name, m) for name, m in qmodel.named_modules() if isinstance(m, ActQuantizer)]
     stubs = {id(m.out_q) for m in qmodel.modules() if isinstance(m, QuantStub)}
-    assert stubs, "the model has no Quant stub"
+    assert stubs or gen.vocab, "the model has no Quant stub"
     n_in = r.randint(0, 10)
     with torch.no_grad():
         if mode in ("saturate", "mixed"):
             for name, p in qmodel.named_parameters():
                 owner = qmodel.get_submodule(name.rsplit(".", 1)[0]) if "." in name else qmodel
-                if "BatchNorm" in type(owner).__name__:
-                    continue
+                if "BatchNorm" in type(owner).__name__ or type(owner).__name__ == "QEmbedding":
+                    continue  # an embedding table is copied, never accumulated: nothing to saturate
                 if (name.endswith("weight") or name.endswith("_w")) and r.random() < 0.5:
                     f = r.choice([4.0, 16.0, 64.0, -8.0, 512.0, 4096.0])
                     p.mul_(f)
@@ -1103,7 +1150,8 @@ def _run_seed(seed: int, host: Any) -> Result:
             if r.random() >= 0.35:
                 continue
             with torch.no_grad():
-                qmodel(torch.zeros(shape))  # eval forward: every exponent a consumer reads is current
+                # eval forward: every exponent a consumer reads is current
+                qmodel(torch.zeros(shape, dtype=torch.long if gen.vocab else torch.float32))
             if isinstance(m, QMul):
                 cap = m.in_exponent(0) + (m.const_exponent if m.const is not None else m.in_exponent(1))
             else:
@@ -1130,8 +1178,11 @@ def _run_seed(seed: int, host: Any) -> Result:
                 if getattr(owner, "bias", None) is not None:
                     owner.bias.mul_(0.25)
         notes.append(f"{name}: input exponent {q.eval_exponent()} (LayerNorm reads exponents >= 0)")
-    stub = next(q for name, q in quantizers if id(q) in stubs)
-    x = _engineered_input(rng, shape, stub.eval_exponent())
+    if gen.vocab:
+        x = ids()
+    else:
+        stub = next(q for name, q in quantizers if id(q) in stubs)
+        x = _engineered_input(rng, shape, stub.eval_exponent())
 
     options: dict[str, Any] = {}
     if seed % 3 == 0:  # a small share-memory: the planner moves tensors to PSRAM

@@ -30,6 +30,8 @@ extern const lnn_op_kernel lnn_op_cat, lnn_op_reshape, lnn_op_flatten, lnn_op_tr
 extern const lnn_op_kernel lnn_op_sigmoid, lnn_op_tanh;
 /* ops/layernorm.c */
 extern const lnn_op_kernel lnn_op_layernorm;
+/* ops/gather.c */
+extern const lnn_op_kernel lnn_op_gather;
 /* ops/external.c */
 extern const lnn_op_kernel lnn_op_external;
 
@@ -63,6 +65,7 @@ static const struct {
     {LNN_SIM_OP_SIGMOID, &lnn_op_sigmoid},
     {LNN_SIM_OP_TANH, &lnn_op_tanh},
     {LNN_SIM_OP_LAYERNORM, &lnn_op_layernorm},
+    {LNN_SIM_OP_GATHER, &lnn_op_gather},
 };
 
 const lnn_op_kernel *lnn_find_kernel(int32_t code) {

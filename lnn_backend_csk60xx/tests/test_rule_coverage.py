@@ -38,6 +38,7 @@ MODULE_RULES = frozenset({
     "csk60xx.pool.ceil_mode", "csk60xx.avgpool.divisor", "csk60xx.eltwise.bits", "csk60xx.sub.unverified",
     "csk60xx.activation.input_bits",
     "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
+    "csk60xx.gather.bits", "csk60xx.gather.max_norm",
 })
 
 #: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
@@ -113,6 +114,12 @@ def layernorm(g: G, shape: tuple[int, ...] = (1, 2, 8), *, n_x: int = 4, n_g: in
     return g.op("ln", "LayerNormInt", [x, g.const("gamma", np.ones(t, np.int16), n_g),
                                        g.const("beta", np.zeros(t, np.int32), 10 + n_g)], n_o,
                 **{"parameter_bits": 16, **attrs})
+
+
+def gather(g: G, *, idx_dtype: str = "int64", n_w: int = 5, n_o: int = 5, **attrs: object) -> str:
+    """Gather (node ``emb``): rows of a 10 x 4 int8 table at ``n_w`` by integer graph input ``tok`` [1, 6]."""
+    idx = g.input("tok", (1, 6), idx_dtype)
+    return g.op("emb", "Gather", [g.const("table", w8(10, 4), n_w), idx], n_o, **{"parameter_bits": 8, **attrs})
 
 
 def two_operands(g: G, op_type: str, y_shape: tuple[int, ...], n_o: int, *, n_y: int = 3) -> str:
@@ -327,6 +334,11 @@ CASES: list[Case] = [
     Case("csk60xx.layernorm.dtype", "ln",
          _g(lambda g, over: layernorm(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
          "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.layernorm.bits"})),
+    # -- Gather (spec/int8-seq-ops.md 2.8.5): integer indices, the output at the table's exponent ----------------
+    Case("csk60xx.gather.index_dtype", "emb", _g(lambda g, over: gather(g, idx_dtype="int16" if over else "int32")),
+         "indices in ('int32', 'int64')", "indices int16", "torch.long", also=frozenset({SHAPE})),
+    Case("csk60xx.gather.scale", "emb", _g(lambda g, over: gather(g, n_o=6 if over else 5)),
+         "n_o = n_w", "n_o 6, n_w 5", "scale_o = scale_w = 32"),
     Case("csk60xx.cat.dtype", "cat",
          _g(lambda g, over: g.op("cat", "iqCat", [g.quant((1, 4), name="x0"),
                                                   g.requant16(g.quant((1, 4), name="x1")) if over
@@ -425,6 +437,8 @@ MODULE_CASES_ON_IR: list[Case] = [
          "4 <= T <= 362", "row of 3", "at least 4", name="short"),
     Case("csk60xx.layernorm.bits", "ln", _g(lambda g, over: layernorm(g, parameter_bits=8 if over else 16)),
          "weight bits in (16,)", "8-bit weight", "weight_bits=16"),
+    Case("csk60xx.gather.bits", "emb", _g(lambda g, over: gather(g, parameter_bits=4 if over else 8)),
+         "weight bits in (8,)", "4-bit weight", "weight_bits=8"),
 ]
 
 #: module rules that cannot fire on an IR node: the IR op has no attribute for what they judge
@@ -435,6 +449,7 @@ NOT_ON_IR = {
                                      "torch op's input, which the Requant reads (activation.dtype judges the node)",
     "csk60xx.layernorm.eps": "LayerNormInt has no eps attribute: the chip's kernel adds a fixed 1e-5",
     "csk60xx.layernorm.dims": "LayerNormInt's gamma is 1-D: shape inference checks it covers the last one or two dims",
+    "csk60xx.gather.max_norm": "Gather has no max_norm attribute: the exporter writes the table as it is",
 }
 
 #: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
@@ -488,7 +503,7 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
     assert on_ir.isdisjoint(NOT_ON_IR) and on_ir.isdisjoint(WARNINGS_ON_IR)
     assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
     ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
-                "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt"}
+                "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt", "Gather"}
     for r in RULES:  # each one is bound to IR op types as well as to torch op ids
         assert set(r.ops) & ir_types, r.id
 

@@ -43,7 +43,9 @@ def test_op_codes_match_header():
                  "iqSigmoid": "SIGMOID", "iqTanh": "TANH", "LayerNormInt": "LAYERNORM"}.get(name, name)
         assert getattr(lib, f"LNN_SIM_OP_{const.upper()}") == code
     assert lib.LNN_SIM_OP_EXTERNAL == EXTERNAL_OP_CODE
-    assert lib.LNN_SIM_NUM_OP_TYPES == len(OP_CODES) + 2  # code 0 is unused; plugin ops share EXTERNAL
+    codes = [*OP_CODES.values(), EXTERNAL_OP_CODE]  # plugin ops share EXTERNAL; code 0 is unused
+    assert len(codes) == len(set(codes)) and 0 not in codes
+    assert lib.LNN_SIM_NUM_OP_TYPES == max(codes) + 1  # codes may leave gaps (reserved for ops to come)
     for name, code in DTYPE_CODES.items():
         assert getattr(lib, f"LNN_SIM_DT_{name.upper()}") == code
 

@@ -145,7 +145,8 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_SIGMOID 24   /* iqSigmoid: int16 (exponent >= 11) -> int8 at exponent 7 */
 #define LNN_SIM_OP_TANH 25      /* iqTanh: int16 (exponent >= 11) -> int8 at exponent 7 */
 #define LNN_SIM_OP_LAYERNORM 26 /* LayerNormInt: int8 rows, int16 gamma, int32 beta -> int8 */
-#define LNN_SIM_NUM_OP_TYPES 27
+#define LNN_SIM_OP_GATHER 30    /* Gather: rows of a constant int8 table [V, E] by int32 indices (embedding) */
+#define LNN_SIM_NUM_OP_TYPES 31
 
 /* Conv2dInt / Conv1dInt / ConvTranspose2dInt take an optional trailing attribute: the fused activation
  * applied to the requantized output (the chip's act_type). */
@@ -243,6 +244,11 @@ lnn_sim_status lnn_sim_activation_s16(int32_t op, int32_t in_exponent, int64_t c
 lnn_sim_status lnn_sim_layernorm_s8(int32_t in_exponent, int32_t gamma_exponent, int32_t out_exponent, int64_t rows,
                                     int32_t row, const int8_t *x, const int16_t *gamma, const int32_t *beta,
                                     int8_t *y);
+/* Gather (spec/int8-seq-ops.md 2.8.4): y[j, :] = table[idx[j], :] for `count` indices into a table of `rows` rows of
+ * `cols` int8 values. Returns LNN_SIM_E_INPUT for an index outside 0..rows-1 (its position in *bad when bad is not
+ * NULL; the rows before it are written). */
+lnn_sim_status lnn_sim_gather_s8(int64_t rows, int32_t cols, const int8_t *table, int64_t count, const int32_t *idx,
+                                 int8_t *y, int64_t *bad);
 /* Relu / Clip: y = min(max(q, lo), hi) on int8/int16/int32. */
 lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y);
 /* Transpose of a rank <= LNN_SIM_MAX_RANK tensor of elem_size-byte elements. */

@@ -394,6 +394,9 @@ def configure_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a CSK60xx-dialect ONNX file, or a PyTorch model as package.module:factory "
                                  "(checked randomly initialised, before any training; needs torch)")
     p.add_argument("--checkpoint", help="for a PyTorch model: a state_dict to load first")
+    p.add_argument("--input-dtype", action="append", metavar="[NAME=]DTYPE",
+                   help="for a PyTorch model: dtype of an example input, float32 (default), int64 or int32 (token "
+                        "ids of an embedding); NAME is the forward() argument or its position")
     _common(p)
 
 
@@ -404,14 +407,14 @@ def _is_factory(spec: str) -> bool:
 def _check_factory(args: argparse.Namespace, host: Any, share: int | None, psram: int | None) -> Any:
     """``lnn.check`` on a PyTorch model: op rules, calibration on random inputs, export, pack rules, memory."""
     import lnn_core as lnn
-    from lnn_core._model_args import build_float, load_checkpoint, random_inputs
+    from lnn_core._model_args import build_float, example_inputs, load_checkpoint
 
     if not args.input_shape:
         raise ConfigError(f"checking model {args.model!r} needs the shape of its inputs", {},
                           "add --input-shape 1,1,8,8 (once per forward() argument)", option="--input-shape",
                           value=None, valid="D1,D2,...")
-    inputs = random_inputs([s.partition("=")[2] or s for s in args.input_shape])
     model = build_float(args.model)
+    inputs = example_inputs(args, model)
     if args.checkpoint:  # the float model: the quantizer state of an lnn.init checkpoint is not used here
         load_checkpoint(model, args.checkpoint, args.model, allow_extra=True)
     options = {k: v for k, v in (("share_mem", share), ("psram", psram)) if v is not None}
@@ -426,6 +429,11 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
         report = _check_factory(args, host, share, psram)
         print(report.to_json() if args.json else report.table())
         return 0 if report.ok else 1
+    if args.input_dtype:
+        raise ConfigError("option --input-dtype is for a PyTorch model (package.module:factory)",
+                          {"model": args.model, "rule": "an ONNX file declares the dtype of each of its inputs"},
+                          "leave --input-dtype out for an ONNX file", option="--input-dtype",
+                          value=args.input_dtype, valid="only with package.module:factory")
     if not Path(args.model).exists():  # before the shapes, which are read differently for a factory
         raise ModelFileError(f"cannot read ONNX file '{args.model}': it does not exist", {},
                              "pass an ONNX file, or a PyTorch model as package.module:factory", path=args.model,

@@ -329,10 +329,13 @@ def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
             if k in out_scales:
                 info.exponent = scales_of[node.name][out_scales[k]]
             graph.tensors[info.name] = info
+    indices = {node.inputs[i] for node in graph.nodes for i in ops[node.op_type].index_inputs
+               if i < len(node.inputs)}  # token ids (an embedding's): integers that are not quantized
     for node in graph.nodes:
         for name in [*node.inputs, *node.outputs]:
             info = graph.tensors.get(name) if name else None
-            if info is not None and info.dtype in ("int8", "int16", "int32") and info.exponent is None:
+            if (info is not None and info.dtype in ("int8", "int16", "int32") and info.exponent is None
+                    and name not in indices):
                 raise r.fail(f"tensor {name!r} is an integer tensor without a scale",
                              {"rule": "every int8/int16/int32 tensor needs a power-of-two scale from an attribute"},
                              node=node)

@@ -27,7 +27,10 @@
    of the joined tensor (leading dimensions 1, 64-byte aligned byte offsets), the memory planner places
    them *inside* the joined buffer (:func:`.planner.plan_memory`, "in-place concatenation") and the
    join costs neither memory nor time.
-4. **Aliasing** (:mod:`.planner`): reshape-like ops (``OpDef.alias``) share their input's
+4. **Index narrowing** (:func:`.ops.gather.narrow_indices`): an embedding lookup's int64 indices become int32, the width
+   the chip's kernel reads (the vendor kernel narrows them into a heap copy at every call, spec 2.8.4): a graph
+   input changes its dtype (the simulator narrows the caller's array), a constant is converted.
+5. **Aliasing** (:mod:`.planner`): reshape-like ops (``OpDef.alias``) share their input's
    buffer. This is part of memory planning, not a rewrite.
 
 What cannot be made to fit is not touched here; the rules report it (``csk60xx.conv.weight_and_input``,
@@ -47,6 +50,7 @@ from lnn_core.graph import Graph, Node, TensorInfo
 
 from .inference import infer_shapes
 from .ops.conv import row_slices
+from .ops.gather import narrow_indices
 from .ops.opset import OpSet
 from .sizes import fit_node
 
@@ -91,6 +95,7 @@ class PassReport:
 
     fused: list[FusedRelu] = field(default_factory=list)
     splits: list[SplitRecord] = field(default_factory=list)
+    narrowed: list[str] = field(default_factory=list)  # int64 index tensors made int32
 
     def to_dict(self) -> dict[str, Any]:
         return {"fused_relu": [{"conv": f.conv, "relu": f.relu} for f in self.fused],
@@ -320,5 +325,6 @@ def run_rewrites(graph: Graph, limits: Mapping[str, Any], ops: OpSet | None = No
         report.fused = fuse_relu(graph, ops)
     if split:
         report.splits = split_large_ops(graph, limits, ops)
+    report.narrowed = narrow_indices(graph, ops)
     infer_shapes(graph, ops, path=graph.meta.get("source"))
     return report

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -334,11 +335,18 @@ class Simulator:
     def _consumers(self, tensor: int) -> list[int]:
         return [i for i, ins in enumerate(self._op_inputs) if tensor in ins]
 
+    def _is_index(self, spec: TensorSpec) -> bool:
+        """A graph input of integers (an embedding's token ids, which no quantize op reads): fed as it is."""
+        return spec.dtype.kind in "iu" and any(spec.index == s.index for s in self.inputs)
+
     def _boundary(self) -> tuple[dict[int, TensorSpec], dict[int, TensorSpec]]:
         """Quantize ops fed by graph inputs (op -> its int8 output) and dequantize ops writing graph outputs
-        (op -> its integer input), for :meth:`run` with ``integer=True``."""
+        (op -> its integer input), for :meth:`run` with ``integer=True``. Integer graph inputs (token ids) have no
+        quantize op: they are fed as they are."""
         quants: dict[int, TensorSpec] = {}
         for spec in self.inputs:
+            if self._is_index(spec):
+                continue
             users = self._consumers(spec.index)
             if len(users) != 1 or self.op_types[users[0]] != lib.LNN_SIM_OP_QUANT:
                 raise SimulatorError(
@@ -355,10 +363,11 @@ class Simulator:
 
     @property
     def int_inputs(self) -> list[TensorSpec]:
-        """The integer tensors :meth:`run` takes with ``integer=True`` (what the input quantize ops write)."""
+        """The integer tensors :meth:`run` takes with ``integer=True``, one per graph input: what its input quantize
+        op writes, or the input itself for integer inputs (token ids)."""
         quants, _ = self._boundary()
-        return [quants[op] for op in sorted(quants, key=lambda o: [s.index for s in self.inputs].index(
-            self._op_inputs[o][0]))]
+        by_input = {self._op_inputs[op][0]: spec for op, spec in quants.items()}
+        return [by_input.get(s.index, s) for s in self.inputs]
 
     @property
     def int_outputs(self) -> list[TensorSpec]:
@@ -368,29 +377,51 @@ class Simulator:
         by_output = {self._op_outputs[op][0]: spec for op, spec in dequants.items()}
         return [by_output.get(spec.index, spec) for spec in self.outputs]
 
+    def _coerce(self, spec: TensorSpec, value: Any, what: str) -> np.ndarray:
+        """``value`` as the array input ``spec`` takes: exactly its shape and dtype; an integer input (token ids)
+        takes any integer dtype whose values fit (int64 from torch is narrowed), never floats."""
+        arr = np.asarray(value)
+        if arr.shape == spec.shape and self._is_index(spec) and arr.dtype != spec.dtype:
+            if arr.dtype.kind not in "iu":
+                raise SimulatorError(
+                    f"{what}input {spec.name!r} of the model{self._where()} takes integers (token ids), not "
+                    f"{arr.dtype}", {"expected": f"integers (int64 or {spec.dtype}) {spec.shape}",
+                                     "actual": f"{arr.dtype} {arr.shape}"},
+                    "feed the token ids as an integer array (np.int64, e.g. np.load of an int64 .npy); float values "
+                    "are not indices", status=lib.LNN_SIM_E_INPUT, op_name=None, input=spec.name,
+                    expected=str(spec.dtype), actual=str(arr.dtype))
+            info = np.iinfo(spec.dtype)
+            if arr.size and (arr.min() < info.min or arr.max() > info.max):
+                raise SimulatorError(
+                    f"{what}input {spec.name!r} of the model{self._where()} holds values beyond {spec.dtype}",
+                    {"limit": f"{info.min}..{info.max}", "actual": f"{arr.min()}..{arr.max()}"},
+                    "token ids are row numbers of the embedding table", status=lib.LNN_SIM_E_INPUT, op_name=None,
+                    input=spec.name, limit=(int(info.min), int(info.max)), actual=(int(arr.min()), int(arr.max())))
+            arr = arr.astype(spec.dtype)
+        if arr.shape != spec.shape or arr.dtype != spec.dtype:
+            raise SimulatorError(
+                f"{what}input {spec.name!r} of the model{self._where()} does not match",
+                {"expected": f"{spec.dtype} {spec.shape}", "actual": f"{arr.dtype} {arr.shape}"},
+                f"convert with np.asarray(x, dtype=np.{spec.dtype.name}).reshape{spec.shape}",
+                status=lib.LNN_SIM_E_INPUT, op_name=None, input=spec.name, expected=str(spec.dtype),
+                actual=str(arr.dtype))
+        return np.ascontiguousarray(arr)
+
     def _check_inputs(self, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
         if len(inputs) != len(specs):
             raise SimulatorError(f"the model{self._where()} takes {len(specs)} {what}inputs, got {len(inputs)}",
                                  {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in specs)},
                                  "pass one array per graph input", status=lib.LNN_SIM_E_INPUT, op_name=None)
-        out = []
-        for spec, value in zip(specs, inputs):
-            arr = np.asarray(value)
-            if arr.shape != spec.shape or arr.dtype != spec.dtype:
-                raise SimulatorError(
-                    f"{what}input {spec.name!r} of the model{self._where()} does not match",
-                    {"expected": f"{spec.dtype} {spec.shape}", "actual": f"{arr.dtype} {arr.shape}"},
-                    f"convert with np.asarray(x, dtype=np.{spec.dtype.name}).reshape{spec.shape}",
-                    status=lib.LNN_SIM_E_INPUT, op_name=None)
-            out.append(np.ascontiguousarray(arr))
-        return out
+        return [self._coerce(spec, value, what) for spec, value in zip(specs, inputs)]
 
     def run(self, inputs: Sequence[np.ndarray], *, dump: bool = False, integer: bool = False
             ) -> list[np.ndarray] | tuple[list[np.ndarray], dict[str, np.ndarray]]:
         """Run the model once.
 
-        :param inputs: one array per graph input, with exactly the model's shape and dtype; with
-            ``integer=True`` one array per :attr:`int_inputs` entry instead.
+        :param inputs: one array per graph input, with exactly the model's shape and dtype (an integer input, an
+            embedding's token ids, takes any integer dtype whose values fit: int64 from torch is narrowed to the
+            model's int32; a float array is refused); with ``integer=True`` one array per :attr:`int_inputs` entry
+            instead.
         :param dump: also return ``{tensor name: array}`` of the graph inputs and of every op output,
             captured right after the op ran (integers as int8/16/32 arrays, float tensors as float32).
         :param integer: skip the graph's input quantize and output dequantize ops: take the int8 tensors the
@@ -400,19 +431,7 @@ class Simulator:
         """
         if integer:
             return self._run_integer(inputs, dump)
-        if len(inputs) != len(self.inputs):
-            raise SimulatorError(f"the model{self._where()} takes {len(self.inputs)} inputs, got {len(inputs)}",
-                                 {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in self.inputs)},
-                                 "pass one array per graph input", status=lib.LNN_SIM_E_INPUT, op_name=None)
-        for spec, value in zip(self.inputs, inputs):
-            arr = np.asarray(value)
-            if arr.shape != spec.shape or arr.dtype != spec.dtype:
-                raise SimulatorError(
-                    f"input {spec.name!r} of the model{self._where()} does not match",
-                    {"expected": f"{spec.dtype} {spec.shape}", "actual": f"{arr.dtype} {arr.shape}"},
-                    f"convert with np.asarray(x, dtype=np.{spec.dtype.name}).reshape{spec.shape}",
-                    status=lib.LNN_SIM_E_INPUT, op_name=None)
-            arr = np.ascontiguousarray(arr)
+        for spec, arr in zip(self.inputs, self._check_inputs(self.inputs, inputs, "")):
             lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
         dumped: dict[str, np.ndarray] = {}
         if dump:
@@ -435,6 +454,10 @@ class Simulator:
         arrays = dict(zip((s.index for s in int_inputs), self._check_inputs(int_inputs, inputs, "integer ")))
         captured: dict[int, np.ndarray] = {}
         dumped: dict[str, np.ndarray] = {}
+        for spec in self.inputs:  # integer inputs (token ids) are read as they are
+            if spec.index in arrays:
+                arr = arrays[spec.index]
+                lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
         for i, name in enumerate(self.op_names):
             if i in quants:  # the quantize op's output is written now, where its lifetime starts
                 spec = quants[i]
@@ -457,6 +480,9 @@ class Simulator:
             text = ffi.string(self._msg).decode("utf-8", "replace")
             if isinstance(pending, SimulatorError) or (pending is not None and not isinstance(pending, Exception)):
                 raise pending  # the kernel's own SimulatorError, or KeyboardInterrupt / SystemExit
+            if op_name is None:  # a whole run: the executor's message names the failing op first
+                named = re.match(r"op '([^']*)'", text)
+                op_name = named.group(1) if named and named.group(1) in self.op_names else None
             err = self._error(status, f"the simulator failed on the model{self._where()}: {text}", op_name)
             if pending is not None:
                 raise err from pending

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import ConfigError, ModelFileError
 
 __all__ = ["add_model_args", "load_factory", "build_float", "load_checkpoint", "parse_shape", "build_quantized",
-           "calibration_batches"]
+           "parse_dtypes", "random_inputs", "example_inputs", "INPUT_DTYPES", "calibration_batches"]
 
 #: samples per batch of ``--calibrate``
 CALIBRATION_BATCH = 32
@@ -33,6 +33,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a state_dict saved from the lnn.init model (stage 2) or lnn.constrain")
     p.add_argument("--input-shape", action="append", required=True, metavar="1,1,8,8",
                    help="shape of one example input (repeat for several inputs)")
+    p.add_argument("--input-dtype", action="append", metavar="[NAME=]DTYPE",
+                   help="dtype of an example input: float32 (default), int64 or int32 (token ids of an embedding: "
+                        "an integer input that is not quantized). NAME is the forward() argument or its position "
+                        "(0, 1, ...); a bare DTYPE needs a model of one input. Repeat for several inputs")
     p.add_argument("--target", default="csk60xx", help="target id (default csk60xx)")
     p.add_argument("--calibrate", action="append", metavar="DATA.npy",
                    help="calibrate the activation scales on these samples first (lnn.calibrate): a .npy array of N "
@@ -169,25 +173,107 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def random_inputs(shapes: list[str]) -> tuple[Any, ...]:
-    """Random example inputs of the ``--input-shape`` values (seeded: every run sees the same)."""
+#: ``--input-dtype`` values: float data (quantized at the graph's input) or integer token ids (not quantized)
+INPUT_DTYPES = ("float32", "int64", "int32")
+
+
+def _dtype_error(item: str, what: str, details: dict[str, Any], hint: str, valid: Any) -> ConfigError:
+    return ConfigError(f"option --input-dtype {item!r}: {what}", details, hint, option="--input-dtype", value=item,
+                       valid=valid)
+
+
+def parse_dtypes(items: list[str] | None, count: int, names: list[str] | None = None) -> list[str]:
+    """``--input-dtype`` values -> one dtype per example input (default float32).
+
+    :param items: ``DTYPE`` (only for a model of one input) or ``NAME=DTYPE``, NAME a forward() argument of
+        ``names`` or a 0-based position.
+    :param count: the number of example inputs (``--input-shape`` values).
+    """
+    out = ["float32"] * count
+    for item in items or []:
+        name, sep, dtype = item.rpartition("=")
+        if dtype not in INPUT_DTYPES:
+            raise _dtype_error(item, f"dtype {dtype!r} is not supported", {"valid": ", ".join(INPUT_DTYPES)},
+                               "write e.g. --input-dtype tokens=int64", INPUT_DTYPES)
+        if not sep:
+            if count != 1:
+                raise _dtype_error(item, f"a bare dtype is ambiguous for a model of {count} inputs",
+                                   {"inputs": ", ".join(names or [str(i) for i in range(count)])},
+                                   "name the input: --input-dtype NAME=int64 (a forward() argument or its position)",
+                                   "NAME=DTYPE")
+            out[0] = dtype
+            continue
+        if name.isdigit() and int(name) < count:
+            out[int(name)] = dtype
+        elif names is not None and name in names[:count]:
+            out[names.index(name)] = dtype
+        else:
+            raise _dtype_error(item, f"the model has no input {name!r}",
+                               {"inputs": ", ".join(names[:count] if names else []) or None,
+                                "positions": f"0..{count - 1}"},
+                               "name a forward() argument, or give its position (0 is the first)", "NAME=DTYPE")
+    return out
+
+
+def input_names(model: Any) -> list[str]:
+    """The names of ``model.forward``'s arguments, in order (what ``--input-dtype NAME=`` refers to)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def index_bound(model: Any) -> int:
+    """Random token ids lie in ``0 .. V-1``, ``V`` the smallest ``num_embeddings`` of the model's embedding
+    modules (1, i.e. all zeros, when it has none: a float model's ``F.embedding`` on a parameter; the lnn.init
+    model has a module for it)."""
+    sizes = [int(m.num_embeddings) for m in model.modules() if isinstance(getattr(m, "num_embeddings", None), int)]
+    return max(1, min(sizes)) if sizes else 1
+
+
+def random_inputs(shapes: list[str], dtypes: list[str] | None = None, *, index_high: int = 1) -> tuple[Any, ...]:
+    """Random example inputs of the ``--input-shape`` values (seeded: every run sees the same): uniform in [0, 1)
+    for float inputs, integers in ``0 .. index_high - 1`` for integer inputs (token ids)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    return tuple(torch.rand(parse_shape(s), generator=gen) for s in shapes)
+    out = []
+    for i, s in enumerate(shapes):
+        dtype = (dtypes or [])[i] if dtypes and i < len(dtypes) else "float32"
+        if dtype == "float32":
+            out.append(torch.rand(parse_shape(s), generator=gen))
+        else:
+            out.append(torch.randint(0, index_high, parse_shape(s), generator=gen, dtype=getattr(torch, dtype)))
+    return tuple(out)
+
+
+def example_inputs(args: argparse.Namespace, model: Any) -> tuple[Any, ...]:
+    """The random example inputs of ``args.input_shape`` and ``args.input_dtype`` for ``model``."""
+    shapes = [s.partition("=")[2] or s for s in args.input_shape]
+    dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), input_names(model))
+    return random_inputs(shapes, dtypes, index_high=index_bound(model))
 
 
 def build_quantized(args: argparse.Namespace, host: Any) -> tuple[Any, tuple[Any, ...]]:
     """The lnn.init model of ``args.model`` with ``args.checkpoint`` loaded, and random example inputs."""
     import lnn_core as lnn
 
-    inputs = random_inputs(args.input_shape)  # a malformed shape fails before the model is built
-    batches = calibration_batches(args.calibrate, inputs) if getattr(args, "calibrate", None) else None
-    model = lnn.init(build_float(args.model), target=args.target, host=host)
+    for s in args.input_shape:  # a malformed shape fails before the model is built
+        parse_shape(s)
+    float_model = build_float(args.model)
+    model = lnn.init(float_model, target=args.target, host=host)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, args.model)
-    if batches is not None:
-        lnn.calibrate(model, batches)
+    # argument names from the user's forward(); the ids' bound from the prepared model, whose embedding modules
+    # include the F.embedding calls
+    shapes = [s.partition("=")[2] or s for s in args.input_shape]
+    dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), input_names(float_model))
+    inputs = random_inputs(shapes, dtypes, index_high=index_bound(model))
+    if getattr(args, "calibrate", None):
+        lnn.calibrate(model, calibration_batches(args.calibrate, inputs))
     return model, inputs
 
 
@@ -227,7 +313,14 @@ def calibration_batches(paths: list[str], inputs: tuple[Any, ...]) -> list[tuple
                  "limit": f"N x {'x'.join(map(str, want))}", "actual": f"{'x'.join(map(str, arr.shape))} {arr.dtype}"},
                 f"save the samples as an array of shape (N, {', '.join(map(str, want))})", option="--calibrate",
                 value=path, valid=f"N x {'x'.join(map(str, want))}")
-        arrays.append(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
+        integer = not torch.is_floating_point(example)  # token ids stay integers, of the example's dtype
+        if integer and arr.dtype.kind == "f":
+            raise ConfigError(f"calibration data '{path}' holds {arr.dtype} for an integer input",
+                              {"rule": "an integer input (token ids) takes integer samples", "actual": str(arr.dtype)},
+                              "save the ids as an integer array (numpy int64)", option="--calibrate", value=path,
+                              valid="an integer array")
+        dtype = np.int64 if integer else np.float32
+        arrays.append(torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype)).to(example.dtype))
     n = arrays[0].shape[0]
     if any(a.shape[0] != n for a in arrays):
         raise ConfigError("the --calibrate files hold different numbers of samples",

@@ -145,7 +145,9 @@ def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, 
             cap.run(*inputs)
     finally:
         model.train(was_training)
-    np_inputs = [x.detach().cpu().numpy().astype(np.float32) for x in inputs]
+    # integer inputs (an embedding's token ids) stay integers; the simulator takes them as they are
+    np_inputs = [x.detach().cpu().numpy() if not x.is_floating_point() else x.detach().cpu().numpy().astype(np.float32)
+                 for x in inputs]
     result = host.simulate(proto, np_inputs, target, options)  # a plugin returning garbage is skipped there
     if result is None:
         raise LnnError(f"no installed plugin simulates target {target!r}", {},

@@ -8,7 +8,8 @@ zero point. The chip ops become ``Conv``, ``ConvTranspose``, ``Gemm`` (``MatMul`
 inputs that are not 2-D), ``Mul`` + ``Add`` (BatchNorm2dInt), ``AveragePool``, and ``Add``, ``Sub``,
 ``Mul``, ``Concat`` (iq*); ``Quant`` becomes ``QuantizeLinear`` and ``Dequant`` ``DequantizeLinear``;
 ``Requant`` a DequantizeLinear/QuantizeLinear pair; ``iqSigmoid``/``iqTanh`` a ``Gather`` from the chip's
-65536-entry int8 table of the int16 input (exact); ``LayerNormInt`` a float layer norm (ReduceMean, Sub, Mul,
+65536-entry int8 table of the int16 input (exact); ``Gather`` (an embedding) the standard ``Gather`` on the int8
+table by the integer indices (exact); ``LayerNormInt`` a float layer norm (ReduceMean, Sub, Mul,
 Sqrt, Div; not exact: the chip uses an rsqrt table, spec 2.3.4).
 Default-domain nodes whose inputs are all float (float islands, e.g. Dequant -> Sigmoid -> Quant)
 are copied unchanged. Each op node carries its IR node's name, the nodes around it add
@@ -437,6 +438,18 @@ def _layernorm(w: QdqWriter, node: Node) -> None:
     w.result("Add", [scaled, b_f])
 
 
+def _gather(w: QdqWriter, node: Node) -> None:
+    """Gather (an embedding): the standard ``Gather`` on the int8 table by the integer indices, writing the int8
+    output itself (its consumers dequantize it at the table's exponent). Exact: a row copy, as on the chip."""
+    table, idx = node.inputs[:2]
+    y = node.outputs[0]
+    if w.info(idx).dtype not in ("int32", "int64") or w.exponent(y) != w.exponent(table):
+        raise w.error(f"reads {w.info(idx).dtype} indices and writes exponent {w.exponent(y)}",
+                      {"rule": "Gather reads integer indices and writes the table's integers at its exponent"},
+                      "re-export the model with lnn export")
+    w.add("Gather", [table, idx], [y], name=node.name, axis=0)
+
+
 LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "Quant": _quant,
     "Dequant": _dequant,
@@ -455,6 +468,7 @@ LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "iqSigmoid": _table("sigmoid"),
     "iqTanh": _table("tanh"),
     "LayerNormInt": _layernorm,
+    "Gather": _gather,
     "Relu": _same_scale("Relu"),
     "MaxPool": _same_scale("MaxPool"),
     "Reshape": _same_scale("Reshape"),

@@ -106,6 +106,8 @@ class OpDef:
     :param variadic_scale: format of per-input scale names of variadic ops (``"scale_x_{i}"``).
     :param params: the op's weight/bias pairs (:class:`Params`).
     :param same_scale_inputs: constant inputs quantized at input 0's exponent (a clip's bounds).
+    :param index_inputs: inputs that hold integer indices, not quantized values (an embedding's token ids): they
+        carry no scale, and the packer narrows int64 ones to the kernel's int32.
     :param read: ``read(ctx)`` normalises a node as the reader builds it (before its inputs are counted):
         e.g. axes given as an input become the attribute. ``ctx`` is a :class:`ReadContext`.
 
@@ -152,6 +154,7 @@ class OpDef:
     variadic_scale: str | None = None
     params: tuple[Params, ...] = ()
     same_scale_inputs: tuple[int, ...] = ()
+    index_inputs: tuple[int, ...] = ()
     read: Callable[[ReadContext], None] | None = None
     rules: tuple[Rule, ...] = ()
     pack_rules: tuple[Rule, ...] = ()
