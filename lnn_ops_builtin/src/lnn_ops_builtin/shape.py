@@ -15,6 +15,45 @@ from lnn_core.ops import OpFamily
 
 __all__ = ["FAMILIES"]
 
+def _index_kind(item: Any) -> str:
+    """How one item of ``x[...]`` runs on the chip: ``int``, ``slice`` (constant bounds), ``...``, or what it is
+    (``None``, ``bool``, a step, a tensor or computed bound: none of these has an int8 Slice form)."""
+    if item is Ellipsis:
+        return "..."
+    if isinstance(item, bool) or item is None:
+        return repr(item)
+    if isinstance(item, int):
+        return "int"
+    if isinstance(item, slice):
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in
+                   (item.start, item.stop, item.step)):
+            return "slice with computed bounds"
+        return "slice" if item.step in (None, 1) else f"slice with step {item.step}"
+    return "tensor index" if hasattr(item, "op") else type(item).__name__
+
+
+def _index_text(idx: Any) -> str:
+    items = idx if isinstance(idx, tuple) else (idx,)
+
+    def one(it: Any) -> str:
+        if it is Ellipsis:
+            return "..."
+        if isinstance(it, slice):
+            parts = ["" if v is None else (str(v) if not hasattr(v, "op") else f"<{v}>")
+                     for v in (it.start, it.stop)]
+            return ":".join(parts) + ("" if it.step in (None, 1) else f":{it.step}")
+        return f"<{it}>" if hasattr(it, "op") else repr(it)
+
+    return "[" + ", ".join(one(it) for it in items) + "]"
+
+
+def _describe_slice(ctx: Any) -> dict[str, Any]:
+    """What the rules judge at lnn.init: the kind of every index item (``slice_kinds``) and its spelling."""
+    idx = ctx.node.args[1]
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return {"slice_kinds": [_index_kind(it) for it in items], "slice_index": _index_text(idx)}
+
+
 FAMILIES = [
     OpFamily(id="builtin.Flatten", kind="passthrough", modules=(nn.Flatten,), functions=(torch.flatten,),
              methods=("flatten",), description="flatten (Flatten/Reshape)"),
@@ -27,8 +66,9 @@ FAMILIES = [
     OpFamily(id="builtin.Transpose", kind="passthrough", functions=(torch.transpose, torch.permute, torch.t),
              methods=("transpose", "permute", "t"), description="transpose/permute (Transpose)"),
     OpFamily(id="builtin.Contiguous", kind="passthrough", methods=("contiguous",), description="no-op"),
-    OpFamily(id="builtin.Slice", kind="passthrough", functions=(operator.getitem,),
-             description="basic slicing x[a:b] (Slice)"),
+    OpFamily(id="builtin.Slice", kind="passthrough", functions=(operator.getitem,), describe=_describe_slice,
+             description="indexing with integers, constant slices a:b (step 1) and ...: x[:, -1], x[..., a:b], "
+                         "x[:, :, 1:5]; one Slice per cut axis (+ Squeeze for an integer)"),
     OpFamily(id="builtin.Dropout", kind="passthrough",
              modules=(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity),
              functions=(F.dropout, F.dropout1d, F.dropout2d), description="dropout; identity in eval"),
@@ -133,37 +173,67 @@ def write_unsqueeze(ctx: Any) -> str:
 
 
 def write_slice(ctx: Any) -> str:
-    """Basic slicing ``x[a:b, ...]`` with step 1 as one Slice (starts/ends/axes initializers)."""
+    """Indexing ``x[...]`` with integers, constant step-1 slices and ``...``: one single-axis Slice per cut axis
+    (the chip's Slice cuts one axis, step 1), then one Squeeze of the axes an integer picked."""
     import numpy as np
 
     from lnn_core.errors import ExportError
 
     idx = ctx.node.args[1]
-    idx = idx if isinstance(idx, tuple) else (idx,)
+    items = idx if isinstance(idx, tuple) else (idx,)
     rank = _rank(ctx)
-    starts, ends, axes = [], [], []
+    in_shape = list(ctx.shape(0))
+    cuts: list[tuple[int, int, int]] = []  # (axis, start, end)
+    squeeze: list[int] = []
     axis = 0
-    for i, item in enumerate(idx):
-        if item is Ellipsis:
-            axis = rank - (len(idx) - i - 1)
+    for i, item in enumerate(items):
+        kind = _index_kind(item)
+        if kind == "...":
+            axis = rank - sum(1 for it in items[i + 1:] if it is not Ellipsis)
             continue
-        if not isinstance(item, slice) or item.step not in (None, 1) or not all(
-                v is None or isinstance(v, int) for v in (item.start, item.stop)):
-            raise ExportError(f"op {ctx.path!r}: indexing {item!r} has no int8 form",
-                              {"rule": "only basic slices a:b with step 1 are exported"},
-                              "use slices with constant bounds and step 1", node=ctx.path, dialect="ir")
-        if item != slice(None):
-            starts.append(item.start or 0)
-            ends.append(item.stop if item.stop is not None else 2**62)
-            axes.append(axis)
+        if kind == "int":
+            size = int(in_shape[axis]) if isinstance(in_shape[axis], int) else None
+            start = item
+            if size is not None and not -size <= item < size:
+                raise ExportError(f"op {ctx.path!r}: index {item} is out of range for axis {axis} of size {size}",
+                                  {"index": _index_text(idx)}, "index inside the tensor", node=ctx.path,
+                                  dialect="ir")
+            end = item + 1 if item != -1 else 2**62
+            cuts.append((axis, start, end))
+            squeeze.append(axis)
+        elif kind == "slice":
+            if item != slice(None):
+                cuts.append((axis, item.start or 0, item.stop if item.stop is not None else 2**62))
+        else:
+            raise ExportError(f"op {ctx.path!r}: indexing {_index_text(idx)} has no int8 form ({kind})",
+                              {"rule": "integers, constant slices a:b with step 1 and ... (lnn.init reports this "
+                                       "as csk60xx.slice.index)"},
+                              "index with constants; subsample with a strided conv or pooling instead of a step",
+                              node=ctx.path, dialect="ir")
         axis += 1
-    if not axes:
+    if not cuts:
         return ctx.inputs[0]
-    y = _same(ctx)
-    ins = [ctx.inputs[0]] + [ctx.initializer(k, np.array(v, dtype=np.int64))
-                             for k, v in (("starts", starts), ("ends", ends), ("axes", axes))]
-    ctx.add("Slice", ins, [y], domain="")
-    return y
+    info = ctx.info(0)
+    x = ctx.inputs[0]
+    shape = list(in_shape)
+    for k, (ax, start, end) in enumerate(cuts):
+        size = shape[ax]
+        if isinstance(size, int):
+            b = max(0, min(size, start + size if start < 0 else start))
+            e = max(0, min(size, end + size if end < 0 else end))
+            shape[ax] = max(0, e - b)
+        last = k == len(cuts) - 1 and not squeeze
+        y = ctx.tensor(info.exponent, info.dtype, None if last else tuple(shape),
+                       suffix="" if last else f".slice{k}")
+        ins = [x] + [ctx.initializer(f"{name}{k}" if len(cuts) > 1 else name, np.array([v], dtype=np.int64))
+                     for name, v in (("starts", start), ("ends", end), ("axes", ax))]
+        ctx.add("Slice", ins, [y], domain="", suffix="" if len(cuts) == 1 else f".slice{k}")
+        x = y
+    if squeeze:
+        y = ctx.tensor(info.exponent, info.dtype)
+        ctx.add("Squeeze", [x], [y], {"axes": squeeze}, domain="", suffix=".squeeze")
+        x = y
+    return x
 
 
 WRITERS = {"builtin.Flatten": write_flatten, "builtin.Reshape": write_reshape, "builtin.Squeeze": write_squeeze,
