@@ -19,7 +19,7 @@ from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, Rule, RuleReport, Violation
 
 from .formats import DEFAULT_FORMAT
-from .inference import infer_node
+from .inference import infer_node, infer_shapes
 from .ops.opset import OpSet
 from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan
 from .rewrites import FusedRelu, SplitRecord, run_rewrites
@@ -224,7 +224,15 @@ def check_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None
         report.memory = {"fits": False, "reason": "shapes are unknown after an unsupported or invalid op"}
         return report
     passes = run_rewrites(g, limits, ops, fuse=fuse_relu, split=split)
+    if fmt.rewrite is not None:
+        passes.splits += fmt.rewrite(g, ops)
+        infer_shapes(g, ops, path=g.meta.get("source"))
     report.splits, report.fused, report.graph = passes.splits, passes.fused, g
+    if fmt.problems is not None:  # the format's loader and kernels: every broken contract, each with its node
+        types = {n.name: n.op_type for n in g.nodes}
+        for name, p in fmt.problems(g, ops):
+            report.violations.append(Violation(name, types.get(name, "graph"), p.rule, p.what, p.limit, p.actual,
+                                               p.hint, TARGET_ID))
     unknown = fmt.unsupported(g, ops)
     if unknown:
         report.memory = {"fits": False, "reason": f"op {unknown[0].name!r} ({unknown[0].op_type}) cannot be packed "

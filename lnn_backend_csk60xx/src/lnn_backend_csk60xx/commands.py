@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # numpy is imported by the commands that use it: `lnn --help`
     import numpy as np
 
 __all__ = ["configure_pack", "run_pack", "configure_run", "run_run", "configure_check", "run_check", "parse_bytes",
-           "parse_input_shapes"]
+           "parse_input_shapes", "configure_inspect", "run_inspect"]
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "MIB": 1024 ** 2}
 
@@ -163,6 +163,10 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
           f"PSRAM: {psram_rp.size} of {psram_rp.limit} bytes")
     if res.plan.spilled:
         print("moved to PSRAM: " + ", ".join(res.plan.spilled))
+    if res.plan.package:
+        from .report import package_line
+
+        print(package_line(res.plan))
     for s in res.passes.splits:
         print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}")
     if res.passes.fused:
@@ -394,6 +398,8 @@ def configure_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a CSK60xx-dialect ONNX file, or a PyTorch model as package.module:factory "
                                  "(checked randomly initialised, before any training; needs torch)")
     p.add_argument("--checkpoint", help="for a PyTorch model: a state_dict to load first")
+    p.add_argument("--format", default="lnn", metavar="NAME",
+                   help="judge against this package format too (default 'lnn'; 'thinker': the chip runtime's contract)")
     p.add_argument("--input-dtype", action="append", metavar="[NAME=]DTYPE",
                    help="for a PyTorch model: dtype of an example input, float32 (default), int64 or int32 (token "
                         "ids of an embedding); NAME is the forward() argument or its position")
@@ -441,7 +447,52 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
     with _progress(2, f"lnn check {Path(args.model).name}") as bar:
         graph, ops = _read(args.model, host, parse_input_shapes(args.input_shape))
         bar.update(1)
-        report = check_graph(graph, share_mem=share, psram=psram, rules_for=_rules_for(host), ops=ops)
+        report = check_graph(graph, share_mem=share, psram=psram, rules_for=_rules_for(host), ops=ops,
+                             package_format=args.format)
         bar.update(1)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
+
+
+# -- lnn inspect -------------------------------------------------------------------------------------
+
+
+def configure_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", help="a thinker package written by lnn pack --format thinker (or the vendor packer)")
+    p.add_argument("--json", action="store_true", help="every section as JSON on stdout")
+
+
+def run_inspect(args: argparse.Namespace, host: Any) -> int:
+    from .thinker.package import decode
+
+    path = Path(args.package)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read package '{path}': {exc.strerror}", {}, "check the path", path=str(path),
+                             node=None) from exc
+    info = decode(blob, path=str(path)).to_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{path}: thinker package, {len(blob)} bytes, platform {info['platform']}, CRC-24 {info['crc24']:#08x}")
+    print("memory:")
+    for m in info["memory"]:
+        print(f"  {m['role']:<10} {m['type']:<9} {m['bytes']:>10} B")
+    print(f"tensors ({len(info['tensors'])}):")
+    for t in info["tensors"]:
+        exp = "-" if t["exponent"] is None else f"{t['exponent']:g}"
+        where = "const" if t["constant"] else "act"
+        print(f"  {t['id']:>4} {t['name'][:40]:<40} {t['dtype']:<8} {str(tuple(t['shape'])):<22} n={exp:<4} "
+              f"{where:<5} {t['memory']:<9} @{t['offset']:<8} {t['bytes']:>8} B layout {t['layout']}")
+    print(f"ops ({len(info['ops'])}):")
+    for op in info["ops"]:
+        print(f"  {op['index']:>4} {op['type']:<18} in {op['inputs']} out {op['outputs']} temps {op['temps']}"
+              f"{' attrs ' + op['attrs'] if op['attrs'] else ''}")
+    io = info["io"]
+    print("inputs: " + ", ".join(f"{i['name']} (t{i['id']})" for i in io["inputs"]))
+    print("outputs: " + ", ".join(f"{o['name']} (t{o['id']})" for o in io["outputs"]))
+    print(f"dma ({len(info['dma'])}):")
+    for k, d in enumerate(info["dma"]):
+        print(f"  {k:>4} t{d['src']} -> t{d['dst']} {d['bytes']} B from {d['from']}")
+    return 0

@@ -37,6 +37,10 @@ class PackageFormat:
         Python kernel for formats that run plugin ops as external ops).
     :param plan: ``plan(graph, *, share_mem, psram, scratch, ops) -> MemoryPlan``.
     :param write: ``write(graph, plan, ops) -> bytes``.
+    :param problems: ``problems(graph, ops) -> [(node name, Problem)]``: every way the graph (after the rewrites)
+        breaks what the format's loader and kernels accept (``lnn check --format``); None: the writer's own refusal.
+    :param rewrite: ``rewrite(graph, ops) -> [SplitRecord]``: graph rewrites the format needs after the common ones
+        (in place; shapes are inferred again after it), e.g. the thinker runtime's lack of grouped convolutions.
     """
 
     name: str
@@ -45,6 +49,8 @@ class PackageFormat:
     supports: Callable[[OpDef], bool]
     plan: Callable[..., MemoryPlan]
     write: Callable[[Graph, MemoryPlan, OpSet], bytes]
+    problems: Callable[[Graph, OpSet], list[Any]] | None = None
+    rewrite: Callable[[Graph, OpSet], list[Any]] | None = None
 
     def unsupported(self, graph: Graph, ops: OpSet) -> list[Any]:
         """The nodes of ``graph`` this format cannot hold (unknown ops included)."""

@@ -23,6 +23,7 @@ from lnn_core.rules import Rule, RuleReport
 from .check import CheckReport, check_graph, infer_and_judge
 from .dialect import read_onnx
 from .formats import DEFAULT_FORMAT
+from .inference import infer_shapes
 from .limits import check_attr_nesting
 from .ops.opset import OpSet
 from .planner import MemoryPlan
@@ -80,6 +81,9 @@ def pack_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None 
         report.raise_if_errors(f"graph '{g.name}'")
     step("passes")
     passes = run_rewrites(g, limits, ops, fuse=fuse_relu, split=split)
+    if fmt.rewrite is not None:
+        passes.splits += fmt.rewrite(g, ops)
+        infer_shapes(g, ops, path=g.meta.get("source"))
     unsupported = fmt.unsupported(g, ops)
     if unsupported:
         node = unsupported[0]

@@ -256,7 +256,8 @@ class RegionPlan:
 @dataclass
 class MemoryPlan:
     """Result of :func:`plan_memory`: placements per tensor and per scratch buffer, plans per region,
-    the tensors moved to PSRAM, and the live bytes per step (``timeline``)."""
+    the tensors moved to PSRAM, and the live bytes per step (``timeline``). ``package`` holds what a package
+    format adds to its own plan (the thinker plan: where the constants live and their bytes, the DMA transfers)."""
 
     placements: dict[str, TensorPlacement]
     regions: dict[str, RegionPlan]
@@ -265,6 +266,7 @@ class MemoryPlan:
     num_steps: int
     scratch: dict[str, ScratchPlacement] = field(default_factory=dict)
     op_names: list[str] = field(default_factory=list)
+    package: dict[str, Any] = field(default_factory=dict)
 
     def live_bytes(self, region: str) -> dict[str, list[int]]:
         """Per step, the bytes live in ``region`` by kind: ``activations``, ``prefetch``, ``workspace``."""
@@ -293,6 +295,7 @@ class MemoryPlan:
             "alignment": self.alignment,
             "steps": self.num_steps,
             "spilled_to_psram": list(self.spilled),
+            "package": dict(self.package),
             "regions": {k: {"limit": r.limit, "size": r.size, "peak": r.peak, "lower_bound": r.lower_bound,
                             "total": r.total, "activation_lower_bound": r.activation_lower_bound,
                             "prefetch_total": r.prefetch_total, "workspace_total": r.workspace_total,

@@ -36,6 +36,9 @@ def lnn_register_target_ops(registry: Any) -> None:
     for op in builtin_ops():
         registry.add(TARGET_ID, op)
     registry.add_format(TARGET_ID, MODEL_BIN)
+    from .thinker import THINKER
+
+    registry.add_format(TARGET_ID, THINKER)
 
 
 def _opset(host: Any) -> Any:
@@ -65,6 +68,8 @@ def lnn_register_commands(registry: Any) -> None:
                  commands.configure_run, commands.run_run)
     registry.add("check", "list every hardware-rule violation of a CSK60xx ONNX file and whether it fits memory",
                  commands.configure_check, commands.run_check)
+    registry.add("inspect", "print every section of a thinker package (lnn pack --format thinker)",
+                 commands.configure_inspect, commands.run_inspect)
 
 
 @hookimpl

@@ -44,6 +44,15 @@ def _op(plan: MemoryPlan, step: int) -> str:
     return plan.op_names[step] if 0 <= step < len(plan.op_names) else str(step)
 
 
+def package_line(plan: MemoryPlan) -> str:
+    """What a package format's own plan adds (the thinker plan: its constants, DMA, and lnn's plan beside it)."""
+    p = plan.package
+    lnn = p.get("lnn_share_mem_bytes")
+    return (f"{p.get('format')} package: constants {p.get('parameters_bytes')} bytes in {p.get('parameters_in')}, "
+            f"{p.get('dma_transfers')} DMA transfers; share-memory {plan.regions[REGION_SHARE].size} bytes "
+            f"against {lnn if lnn is not None else 'no fit'} for lnn's model.bin plan of the same graph")
+
+
 def memory_table(plan: MemoryPlan, passes: PassReport | None = None, *, limit_rows: int | None = None) -> str:
     """The plan as text: a summary per region, the moved tensors, the splits, then one row per buffer."""
     lines = ["region       arena      peak  lower bound  activations  prefetch(max live)  workspace(max live)  limit"]
@@ -57,6 +66,8 @@ def memory_table(plan: MemoryPlan, passes: PassReport | None = None, *, limit_ro
                  f"weight prefetch buffers {share.prefetch_total} bytes and workspaces {share.workspace_total} "
                  "bytes in all (reused over time like tensors)")
     lines.append("moved to PSRAM: " + (", ".join(plan.spilled) if plan.spilled else "none"))
+    if plan.package:
+        lines.append(package_line(plan))
     if passes is not None:
         for f in passes.fused:
             lines.append(f"fused: {f.relu} into {f.conv}")

@@ -55,7 +55,7 @@ from .ops.opset import OpSet
 from .sizes import fit_node
 
 __all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops",
-           "run_rewrites"]
+           "run_rewrites", "split_groups", "crop_transposed_pads", "merge_leading_axes"]
 
 log = logging.getLogger("lnn.backend.rewrites")
 
@@ -302,6 +302,121 @@ def split_large_ops(graph: Graph, limits: Mapping[str, Any], ops: OpSet | None =
     for name in [k for k in graph.initializers if k not in used]:
         del graph.initializers[name]
         del graph.tensors[name]
+    return records
+
+
+def _replace(graph: Graph, node: Node, nodes: list[Node]) -> None:
+    i = graph.nodes.index(node)
+    graph.nodes[i:i + 1] = nodes
+
+
+def split_groups(graph: Graph, ops: OpSet | None = None) -> list[SplitRecord]:
+    """Cut every grouped convolution that is not depthwise into one convolution per group: a slice of the input
+    channels, the group's weights and bias, ``group=1``; an ``iqCat`` joins the outputs (same dtype and exponent,
+    so the integers are unchanged). For package formats whose runtime has only plain and depthwise convolutions
+    (the thinker package); lnn's simulator runs grouped convolutions as they are.
+    """
+    ops = ops if ops is not None else OpSet.builtin_only()
+    names = _Names(graph)
+    records = []
+    for node in list(graph.nodes):
+        op = ops.get(node.op_type)
+        group = node.attrs.get("group", 1)
+        if (op is None or "group" not in op.attrs or "output_padding" in op.attrs or group <= 1
+                or not _has_constant_weights(graph, node)):
+            continue
+        w = graph.initializers[node.inputs[1]]
+        if w.shape[1] == 1 and w.shape[0] == group:
+            continue  # depthwise
+        ci, co = w.shape[1], w.shape[0] // group
+        w_exp = graph.tensors[node.inputs[1]].exponent
+        has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
+        new, pieces = [], []
+        for k in range(group):
+            sl, x_k = _slice_node(graph, names, node, k, node.inputs[0], 1, k * ci, ci)
+            inputs = [x_k, _const(graph, names, f"{node.inputs[1]}/{node.name}/group{k}", w[k * co:(k + 1) * co],
+                                  w_exp)]
+            if has_bias:
+                inputs.append(_const(graph, names, f"{node.inputs[2]}/{node.name}/group{k}",
+                                     graph.initializers[node.inputs[2]][k * co:(k + 1) * co],
+                                     graph.tensors[node.inputs[2]].exponent))
+            y = _piece_output(graph, names, node, k, 1, co)
+            new += [sl, Node(names(f"{node.name}/group{k}"), node.op_type, inputs, [y], {**node.attrs, "group": 1},
+                             node.domain)]
+            pieces.append(y)
+        _replace(graph, node, [*new, *_join(graph, names, node, pieces, 1)])
+        records.append(SplitRecord(node.name, node.op_type, "groups", tuple([co] * group),
+                                   f"group={group} is neither 1 nor depthwise"))
+    return records
+
+
+def crop_transposed_pads(graph: Graph, ops: OpSet | None = None) -> list[SplitRecord]:
+    """A transposed convolution padded by a kernel or more (which the thinker runtime cannot run: it pads its input
+    by ``kernel - 1 - pad``) computes with pads ``min(pad, kernel - 1)``, and slices crop the rows and columns
+    the larger pads removed. The cropped values are the ones the original computed, so nothing changes."""
+    ops = ops if ops is not None else OpSet.builtin_only()
+    names = _Names(graph)
+    records = []
+    for node in list(graph.nodes):
+        op = ops.get(node.op_type)
+        if op is None or "output_padding" not in op.attrs:
+            continue
+        k = node.attrs["kernel_shape"]
+        pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+        kept = [min(p, k[j % 2] - 1) for j, p in enumerate(pads)]
+        if kept == pads:
+            continue
+        y = graph.tensors[node.outputs[0]]
+        shape = list(y.shape)
+        for j in range(4):
+            shape[2 + j % 2] += pads[j] - kept[j]
+        src = names(f"{y.name}/uncropped")
+        graph.tensors[src] = TensorInfo(src, y.dtype, tuple(shape), y.exponent)
+        new = [Node(names(f"{node.name}/uncropped"), node.op_type, list(node.inputs), [src],
+                    {**node.attrs, "pads": kept}, node.domain)]
+        cuts = [(axis, pads[axis - 2] - kept[axis - 2], y.shape[axis]) for axis in (2, 3)
+                if shape[axis] != y.shape[axis]]
+        for n, (axis, start, length) in enumerate(cuts):
+            sl, out = _slice_node(graph, names, node, n, src, axis, start, length)
+            if n == len(cuts) - 1:
+                del graph.tensors[out]
+                sl.outputs = [node.outputs[0]]
+            new.append(sl)
+            src = out
+        _replace(graph, node, new)
+        records.append(SplitRecord(node.name, node.op_type, "crop", tuple(pads[j] - kept[j] for j in range(4)),
+                                   f"pads {pads} reach the kernel {list(k)}"))
+    return records
+
+
+def merge_leading_axes(graph: Graph, ops: OpSet, rank_of: Callable[[Any], int | None]) -> list[SplitRecord]:
+    """Ops whose kernel reads only the trailing ``rank_of(op)`` axes read a reshape of their input with the leading
+    axes merged into one and write a reshape of their output (reshapes alias: no data moves, nothing changes)."""
+    names = _Names(graph)
+    records = []
+    for node in list(graph.nodes):
+        op = ops.get(node.op_type)
+        rank = rank_of(op) if op is not None else None
+        x = graph.tensors[node.inputs[0]] if node.inputs else None
+        if rank is None or x is None or len(x.shape) <= rank:
+            continue
+        y = graph.tensors[node.outputs[0]]
+        keep = rank - 1
+        new = []
+        x2 = names(f"{x.name}/merged")
+        graph.tensors[x2] = TensorInfo(x2, x.dtype, (int(np.prod(x.shape[:-keep])), *x.shape[-keep:]), x.exponent)
+        new.append(Node(names(f"{node.name}/merge_in"), "Reshape",
+                        [x.name, _const(graph, names, f"{x2}/shape", np.array(graph.tensors[x2].shape, np.int64),
+                                        None)], [x2], {}, ""))
+        y2 = names(f"{y.name}/merged")
+        graph.tensors[y2] = TensorInfo(y2, y.dtype, (int(np.prod(y.shape[:-keep])), *y.shape[-keep:]), y.exponent)
+        new.append(Node(node.name, node.op_type, [x2, *node.inputs[1:]], [y2], dict(node.attrs), node.domain))
+        new.append(Node(names(f"{node.name}/merge_out"), "Reshape",
+                        [y2, _const(graph, names, f"{y.name}/shape", np.array(y.shape, np.int64), None)],
+                        [y.name], {}, ""))
+        _replace(graph, node, new)
+        records.append(SplitRecord(node.name, node.op_type, "leading_axes", (int(np.prod(x.shape[:-keep])),),
+                                   f"the kernel reads {rank} axes; input {tuple(x.shape)}"))
     return records
 
 

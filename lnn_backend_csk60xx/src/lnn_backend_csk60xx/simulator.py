@@ -128,6 +128,10 @@ class Simulator:
         self.kernels = dict(kernels or {})
         self.max_macs = self._mac_limit(max_macs)
         data = bytes(model)
+        if data[:9] == b"thinker10":  # a thinker package: decoded into lnn's IR and packed as model.bin
+            from .thinker.graph import to_model_bin
+
+            data = to_model_bin(data, path=path)
         out = ffi.new("lnn_sim_model **")
         msg = ffi.new("char[]", lib.LNN_SIM_MAX_MSG)
         limit = self.max_macs if self.max_macs else _NO_MAC_LIMIT

@@ -26,6 +26,7 @@ from typing import Any
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import QUANT_LUNA, ThinkerLowering
 from ._rules import INT, at, dtype_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, engine_operands
 
@@ -109,10 +110,27 @@ def _op(op_type: str, code: int, torch_op: str, *extra: Any) -> OpDef:
     return OpDef(op_type, "thinker", (1, 1), _activation, attrs={**PLATFORM, **_CASTOR},
                  scales={"scale_x": ("in", 0), "scale_o": ("out", 0)}, rules=(check_input_bits,),
                  torch_ops=(torch_op,), pack_rules=(check_in_exponent, check_out_exponent, _DTYPE, *extra),
-                 view=_readers, workspace=_workspace, lowerings={"lnn": Lowering(code, 1, None, "activation.c")})
+                 view=_readers, workspace=_workspace, lowerings={"lnn": Lowering(code, 1, None, "activation.c"),
+                                                                  "thinker": _THINKER_ACT[op_type]})
 
 
 _IR_TYPES = ("iqSigmoid", "iqTanh")
+
+
+# -- thinker package (spec/thinker-package.md 3.5) ----------------------------------------------------------------
+
+
+def _thinker_sigmoid_workspace(node: Node, graph: Graph) -> int:
+    """iqSigmoid rescales a non-Q11 input through 2 bytes per input byte of scratch; its wrapper always reads a
+    workspace tensor, so one (of 16 bytes) is listed even when the input is on Q11."""
+    x = graph.tensors[node.inputs[0]]
+    return 2 * x.nbytes if x.exponent != 11 else 16
+
+
+_THINKER_ACT = {
+    "iqSigmoid": ThinkerLowering("iqSigmoid", workspace=_thinker_sigmoid_workspace),
+    "iqTanh": ThinkerLowering("iqTanh", attrs=lambda n, g: bytes([QUANT_LUNA, 0]), workspace=None),
+}
 
 OPS = (
     _op("iqSigmoid", 24, "builtin.Sigmoid"),

@@ -27,6 +27,23 @@ from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
 from ..sizes import FitPlan, Problem, align, chunks, conv_input_bytes, divisor_parts, shape_of
+from ..thinker.lowering import (
+    DecodedOp,
+    ThinkerLowering,
+    conv1d_attrs,
+    conv2d_attrs,
+    deconv_attrs,
+    read_conv1d_attrs,
+    read_conv2d_attrs,
+    read_deconv_attrs,
+    relayout_conv,
+    relayout_deconv,
+    restore_conv,
+    restore_deconv,
+)
+from ..thinker.lowering import (
+    Problem as TProblem,
+)
 from ._rules import bits_rule, buffer_rule, dtype_rule, exponent_rule, fmt, ints
 from ._window import (
     check_dilation,
@@ -412,23 +429,96 @@ def _conv_attrs(spatial: int, *extra: dict[str, AttrSpec]) -> dict[str, AttrSpec
     return {**out, **_QBITS, **PLATFORM, **_ACT}
 
 
+
+# -- thinker package (spec/thinker-package.md 3.3, 6) -------------------------------------------------------------
+
+
+def _thinker_conv_check(node: Node, graph: Graph) -> list[TProblem]:
+    """The runtime's conv contract: dilation 1, group 1 or depthwise, kernel within 32 KB, input within 64 KB
+    (the runtime's own splits of larger ones are wrong for the stored weight shape; lnn's split pass cuts them)."""
+    x, w = graph.tensors[node.inputs[0]].shape, graph.initializers.get(node.inputs[1])
+    out: list[TProblem] = []
+    d = node.attrs.get("dilations", [1] * (len(x) - 2))
+    if any(v != 1 for v in d):
+        out.append(TProblem("csk60xx.thinker.conv_dilation", "the runtime's convs take dilation 1", 1, list(d),
+                           "use dilation 1 (a larger kernel, or stride) for a thinker package"))
+    if w is None:
+        return out + [TProblem("csk60xx.thinker.conv_weight", "the weight must be a constant", "constant", "computed",
+                              "export the weights as initializers")]
+    group = node.attrs.get("group", 1)
+    k = math.prod(w.shape[2:])
+    if node.op_type == "ConvTranspose2dInt":
+        i_ch, o_ch = w.shape[0], w.shape[1] * group
+        kernel = align(o_ch, 2) * align(i_ch, 8) * k
+        k_hw, p = w.shape[2:], node.attrs.get("pads", [0, 0, 0, 0])
+        if any(p[j] > k_hw[j % 2] - 1 for j in range(4)):
+            out.append(TProblem("csk60xx.thinker.deconv_pads", "the runtime pads a transposed conv's input by "
+                                "kernel - 1 - pad, so each pad must be below the kernel", "pad <= kernel - 1", list(p),
+                                "use smaller padding (crop the output in a following slice)"))
+        if group != 1:
+            out.append(TProblem("csk60xx.thinker.deconv_group", "the runtime's transposed conv takes group 1", 1, group,
+                               "use group 1"))
+    elif group > 1:
+        if not (group == w.shape[0] and w.shape[1] == 1):
+            out.append(TProblem("csk60xx.thinker.conv_group", "the runtime's convs take group 1 or depthwise "
+                               "(group = C_out, one input channel per group)", "1 or depthwise", group,
+                               "split the grouped conv into convs and a concatenation"))
+        kernel = align(w.shape[0], 16) * k
+    else:
+        kernel = align(w.shape[0], 2) * align(w.shape[1], 8) * k
+    if kernel > 32768:
+        out.append(TProblem("csk60xx.thinker.conv_kernel_bytes", "the aligned kernel exceeds the 32 KB weight buffer",
+                           32768, kernel, "lnn's split pass cuts larger kernels: pack with split enabled"))
+    s_w = node.attrs.get("strides", [1, 1])[-1]
+    w_in = x[-1]
+    data = align(x[1], 8) * (x[2] if len(x) == 4 else 1) * align(w_in, 8 * s_w)
+    if data > 65536:
+        out.append(TProblem("csk60xx.thinker.conv_input_bytes", "the aligned input exceeds 64 KB", 65536, data,
+                           "lnn's split pass cuts 2-D conv inputs by rows; shrink the input of this conv"))
+    return out
+
+
+def _thinker_read_conv(read_attrs: Any):
+    def read(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+        attrs = read_attrs(d.attrs)
+        o_ch, i_ch = d.outputs[0].shape[1], d.inputs[0].shape[1]
+        w = restore_conv(d.inputs[1].data, o_ch, i_ch, attrs["kernel_shape"], attrs.get("group", 1))
+        return attrs, {1: w}
+    return read
+
+
+def _thinker_read_deconv(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    attrs = read_deconv_attrs(d.attrs)
+    return attrs, {1: restore_deconv(d.inputs[1].data, d.inputs[0].shape[1], d.outputs[0].shape[1])}
+
+
+_THINKER_CONV2D = ThinkerLowering("Conv2dInt", attrs=lambda n, g: conv2d_attrs(n), relayout={1: relayout_conv},
+                                  dma=True, workspace=lambda n, g: 0, check=_thinker_conv_check,
+                                  read=_thinker_read_conv(read_conv2d_attrs))
+_THINKER_CONV1D = ThinkerLowering("Conv1dInt", attrs=lambda n, g: conv1d_attrs(n), relayout={1: relayout_conv},
+                                  dma=True, workspace=lambda n, g: 0, check=_thinker_conv_check,
+                                  read=_thinker_read_conv(read_conv1d_attrs))
+_THINKER_DECONV = ThinkerLowering("ConvTranspose2dInt", attrs=lambda n, g: deconv_attrs(n),
+                                  relayout={1: relayout_deconv}, dma=True, workspace=lambda n, g: 0,
+                                  check=_thinker_conv_check, read=_thinker_read_deconv)
+
 OPS = (
     OpDef("Conv2dInt", "thinker", (2, 3), lambda c: _conv(c, 2),
           attrs=_conv_attrs(2, {"castor_mode": AttrSpec("str", default="luna", dialect_only=True)}), scales=_XWO,
           params=_WEIGHT_BIAS,
           rules=_CONV_RULES, pack_rules=_CONV_PACK_RULES + _CONV2D_PACK_RULES, torch_ops=("builtin.Conv2d",),
           view=_view, fit=conv_fit, fuses_relu=True, prefetch_bytes=_conv_prefetch, workspace=engine_operands,
-          lowerings={"lnn": Lowering(4, 3, _lower_conv2d, "conv.c")}),
+          lowerings={"lnn": Lowering(4, 3, _lower_conv2d, "conv.c"), "thinker": _THINKER_CONV2D}),
     OpDef("Conv1dInt", "thinker", (2, 3), lambda c: _conv(c, 1), attrs=_conv_attrs(1), scales=_XWO,
           params=_WEIGHT_BIAS, rules=_CONV_RULES, pack_rules=_CONV_PACK_RULES, torch_ops=("builtin.Conv1d",),
           view=_view, fit=conv_fit, fuses_relu=True, prefetch_bytes=_conv_prefetch,
           workspace=lambda g, n: engine_operands(g, n, whole=(0,)),
-          lowerings={"lnn": Lowering(5, 3, _lower_conv1d, "conv.c")}),
+          lowerings={"lnn": Lowering(5, 3, _lower_conv1d, "conv.c"), "thinker": _THINKER_CONV1D}),
     OpDef("ConvTranspose2dInt", "thinker", (2, 3), _deconv2d,
           attrs=_conv_attrs(2, {"output_padding": AttrSpec("ints", default=[0, 0], length=2, minimum=0)}),
           scales=_XWO, params=_WEIGHT_BIAS, rules=_DECONV_RULES, pack_rules=_DECONV_PACK_RULES,
           torch_ops=("builtin.ConvTranspose1d", "builtin.ConvTranspose2d"), view=_view, fit=deconv_fit,
           fuses_relu=True, prefetch_bytes=_deconv_prefetch,
           workspace=lambda g, n: engine_operands(g, n, whole=(0, "out")),
-          lowerings={"lnn": Lowering(6, 3, _lower_deconv, "conv.c")}),
+          lowerings={"lnn": Lowering(6, 3, _lower_deconv, "conv.c"), "thinker": _THINKER_DECONV}),
 )

@@ -8,6 +8,8 @@ with y of x's shape, ``[N, C, 1, 1]`` or a scalar. C kernels: ``csrc/ops/eltwise
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import DecodedOp, Problem, ThinkerLowering
 from ._rules import INT, at, bits_rule, dtype_rule, exponent_rule, seq
 from .base import INT_DTYPES, PLATFORM, AttrSpec, InferContext, Lowering, OpDef, engine_operands
 
@@ -121,16 +124,111 @@ def _binary_op(op_type: str, code: int, attrs: dict[str, AttrSpec], rules: tuple
                pack_rules: tuple[Any, ...], torch_op: str) -> OpDef:
     return OpDef(op_type, "thinker", (2, 2), _binary, attrs={**PLATFORM, **attrs}, scales=_XYO,
                  rules=(ELTWISE_BITS, *rules), pack_rules=pack_rules, torch_ops=(torch_op,),
-                 workspace=engine_operands, lowerings={"lnn": Lowering(code, 2, None, "eltwise.c")})
+                 workspace=engine_operands, lowerings={"lnn": Lowering(code, 2, None, "eltwise.c"),
+                                                              "thinker": _THINKER_BINARY[op_type]})
 
+
+
+# -- thinker package (spec/thinker-package.md 3.3) ----------------------------------------------------------------
+
+
+def _thinker_clip_inputs(node: Node, graph: Graph) -> list[Any]:
+    """The runtime reads integer bounds from two constant inputs of the input's dtype (its attributes are floats)."""
+    lo, hi = _lower_clip(node, graph)
+    dtype = np.dtype(graph.tensors[node.inputs[0]].dtype)
+    return [node.inputs[0], np.array([lo], dtype=dtype), np.array([hi], dtype=dtype)]
+
+
+def _thinker_clip_attrs(node: Node, graph: Graph) -> bytes:
+    lo, hi = _lower_clip(node, graph)
+    return struct.pack("<ff", float(hi), float(lo))
+
+
+def _thinker_read_clip(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    return {}, {1: d.inputs[1].data.reshape(()), 2: d.inputs[2].data.reshape(())}
+
+
+def _thinker_add_workspace(node: Node, graph: Graph) -> int:
+    """iqAdd rescales through the workspace when both operands' exponents differ from the output's."""
+    n = [graph.tensors[t].exponent for t in (*node.inputs, node.outputs[0])]
+    return graph.tensors[node.inputs[0]].nbytes if n[0] != n[2] and n[1] != n[2] else 0
+
+
+def _thinker_add_check(node: Node, graph: Graph) -> list[Problem]:
+    """The VENUS iqAdd adds operands of one shape and dtype (it broadcasts nothing)."""
+    a, b = (graph.tensors[t] for t in node.inputs)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return [Problem("csk60xx.thinker.add_shapes", "the runtime's iqAdd takes two operands of one shape and dtype",
+                        f"{a.dtype} {a.shape}", f"{b.dtype} {b.shape}",
+                        "expand the smaller operand in the layer that computes it (the runtime does not broadcast)")]
+    return []
+
+
+def _mul_operands(node: Node, graph: Graph) -> list[str]:
+    """The runtime scales by a one-element constant only as its second operand."""
+    a, b = node.inputs
+    if graph.tensors[a].nbytes == np.dtype(graph.tensors[a].dtype).itemsize and a in graph.initializers:
+        return [b, a]
+    return [a, b]
+
+
+def _mul_form(node: Node, graph: Graph) -> str:
+    """Which VENUS iqMul path runs: ``channel`` ([1,C,H,W] by [1,C,1,1]), ``scalar`` (by a one-element constant),
+    ``same`` (elementwise, one shape), else ``none``."""
+    a, b = (graph.tensors[t] for t in _mul_operands(node, graph))
+    if len(a.shape) == 4 and len(b.shape) == 4 and a.shape[1] == b.shape[1] and b.shape[2:] == (1, 1):
+        return "channel" if a.shape[0] == b.shape[0] == 1 and a.dtype == b.dtype == "int8" else "none"
+    if math.prod(b.shape) == 1 and b.name in graph.initializers:
+        return "scalar"
+    return "same" if a.shape == b.shape and a.dtype == b.dtype else "none"
+
+
+def _thinker_mul_workspace(node: Node, graph: Graph) -> int:
+    """The per-channel path expands the [1,C,1,1] operand through max(H*W, C) + C*H*W bytes of scratch."""
+    if _mul_form(node, graph) != "channel":
+        return 0
+    _, c, h, w = graph.tensors[_mul_operands(node, graph)[0]].shape
+    return max(h * w, c) + c * h * w
+
+
+def _thinker_mul_check(node: Node, graph: Graph) -> list[Problem]:
+    if _mul_form(node, graph) == "none":
+        shapes = [graph.tensors[t].shape for t in node.inputs]
+        return [Problem("csk60xx.thinker.mul_shapes", "the runtime's iqMul multiplies operands of one shape, by a "
+                        "one-element constant, or a [1,C,H,W] tensor by a [1,C,1,1] one (batch 1)",
+                        "one of these forms", shapes, "expand the operand in the layer that computes it")]
+    return []
+
+
+def _scalar(arr: np.ndarray, node: Node, graph: Graph) -> tuple[np.ndarray, int]:
+    """A one-element second operand is stored with rank 0: the runtime's scalar path tests ``ndim == 0``."""
+    return (arr.reshape(()) if arr.size == 1 else arr), 0
+
+
+def _thinker_sub_check(node: Node, graph: Graph) -> list[Problem]:
+    return [Problem("csk60xx.thinker.sub", "the VENUS iqSub kernel subtracts from its output buffer (vendor bug): "
+                    "the runtime computes it wrong", "no iqSub", "iqSub",
+                    "write x + (-1 * y): negate y in the layer that computes it (e.g. negate its weights), then add")]
+
+
+_THINKER_RELU = ThinkerLowering("Relu")
+_THINKER_CLIP = ThinkerLowering("Clip", attrs=_thinker_clip_attrs, inputs=_thinker_clip_inputs,
+                                workspace=None, read=_thinker_read_clip)
+_THINKER_BINARY = {
+    "iqAdd": ThinkerLowering("iqAdd", workspace=_thinker_add_workspace, check=_thinker_add_check),
+    "iqSub": ThinkerLowering("iqSub", check=_thinker_sub_check),
+    "iqMul": ThinkerLowering("iqMul", inputs=_mul_operands, relayout={1: _scalar}, workspace=_thinker_mul_workspace,
+                             check=_thinker_mul_check),
+}
 
 OPS = (
     OpDef("Relu", "", (1, 1), _passthrough,
           pack_rules=(dtype_rule("csk60xx.relu.dtype", "Relu", (INT,), INT),),
-          workspace=engine_operands, lowerings={"lnn": Lowering(11, 1, None, "eltwise.c")}),
+          workspace=engine_operands, lowerings={"lnn": Lowering(11, 1, None, "eltwise.c"), "thinker": _THINKER_RELU}),
     OpDef("Clip", "", (1, 3), _clip, same_scale_inputs=(1, 2),
           pack_rules=(dtype_rule("csk60xx.clip.dtype", "Clip", (("int8",),), ("int8",)),),
-          workspace=engine_operands, lowerings={"lnn": Lowering(12, 1, _lower_clip, "eltwise.c")}),
+          workspace=engine_operands, lowerings={"lnn": Lowering(12, 1, _lower_clip, "eltwise.c"),
+                                                         "thinker": _THINKER_CLIP}),
     _binary_op("iqAdd", 13, _MODE, (), _ADD_PACK_RULES, "builtin.Add"),
     _binary_op("iqSub", 14, _MODE, (check_sub_unverified,), _ADD_PACK_RULES, "builtin.Sub"),
     _binary_op("iqMul", 15, {}, (),

@@ -28,6 +28,7 @@ from lnn_core.errors import ModelFileError
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import ThinkerLowering
 from ._rules import at, seq
 from .base import AttrSpec, InferContext, Lowering, OpDef
 
@@ -139,10 +140,13 @@ _BITS = {
     "o_bits": AttrSpec("int", default=8),
 }
 
+#: thinker package (spec/thinker-package.md 3.5): table, indices; GatherAttrs {axis 0}; the wrapper forbids temps
+_THINKER_GATHER = ThinkerLowering("Gather", attrs=lambda n, g: bytes([0]), workspace=None)
+
 OPS = (
     OpDef("Gather", "thinker", (2, 2), _infer, attrs=_BITS,
           scales={"scale_w": ("in", 0), "scale_o": ("out", 0)}, index_inputs=(1,),
           rules=(check_bits, check_max_norm),
           pack_rules=(check_index_dtype, check_scale), torch_ops=("builtin.Embedding",),
-          lowerings={"lnn": Lowering(30, 2, _attrs, "gather.c")}),
+          lowerings={"lnn": Lowering(30, 2, _attrs, "gather.c"), "thinker": _THINKER_GATHER}),
 )

@@ -19,12 +19,15 @@ share-memory, is planned for the op (``kernel_workspace``).
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import Problem as ThinkerProblem
+from ..thinker.lowering import ThinkerLowering
 from ._rules import at, bits_rule, dtype_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, engine_operands, known_shapes
 
@@ -149,6 +152,25 @@ _BITS = {
     "o_bits": AttrSpec("int", default=8, choices=(8,)),
 }
 
+
+# -- thinker package (spec/thinker-package.md 3.5): gamma and beta are one DMA transfer; the kernel's 8T scratch --
+
+def _thinker_layernorm_check(node: Node, graph: Graph) -> list[ThinkerProblem]:
+    """The VENUS kernel normalizes dims[-3] * dims[-2] rows (dims[-3] over the last two): axes before those are
+    ignored, so they must be 1."""
+    x = graph.tensors[node.inputs[0]].shape
+    lead = math.prod(x[:-3])
+    if lead != 1:
+        return [ThinkerProblem("csk60xx.thinker.layernorm_rows", "the runtime's LayerNormInt ignores the axes before "
+                               "the last three (it would normalize the first batch item only)",
+                               "leading axes 1", list(x), "normalize a [N*C, H, W] (rank 3) view: reshape first")]
+    return []
+
+
+_THINKER_LAYERNORM = ThinkerLowering("LayerNormInt", attrs=lambda n, g: struct.pack("<bbxxf", 1, 1, 1e-5), dma=True,
+                                     workspace=lambda n, g: _kernel_workspace(g, n), check=_thinker_layernorm_check,
+                                     max_rank=3)
+
 OPS = (
     OpDef("LayerNormInt", "thinker", (3, 3), _infer, attrs={**_BITS, **PLATFORM},
           scales={"scale_x": ("in", 0), "scale_w": ("in", 1), "scale_o": ("out", 0)},
@@ -157,5 +179,5 @@ OPS = (
                       dtype_rule("csk60xx.layernorm.dtype", "LayerNormInt", (("int8",), ("int16",), ("int32",)),
                                  ("int8",))),
           torch_ops=("builtin.LayerNorm",), view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
-          lowerings={"lnn": Lowering(26, 3, None, "layernorm.c")}),
+          lowerings={"lnn": Lowering(26, 3, None, "layernorm.c"), "thinker": _THINKER_LAYERNORM}),
 )

@@ -11,6 +11,7 @@ Engine buffers (``A_n`` rounds up to a multiple of ``n``): the left matrix (acti
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,8 @@ from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
 from ..sizes import FitPlan, Problem, align, divisor_parts, shape_of
+from ..thinker.lowering import QUANT_LUNA, DecodedOp, ThinkerLowering, relayout_linear, restore_linear
+from ..thinker.lowering import Problem as TProblem
 from ._rules import bits_rule, buffer_rule, dtype_rule, exponent_rule
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, engine_operands, known_shapes, obits_dtype
 
@@ -128,10 +131,41 @@ _QBITS = {
     "o_bits": AttrSpec("int", default=8, choices=(8, 16, 32)),
 }
 
+
+# -- thinker package (spec/thinker-package.md 3.3, 6) -------------------------------------------------------------
+
+
+def _thinker_linear_workspace(node: Node, graph: Graph) -> int:
+    """With a bias the VENUS kernel accumulates int32 rows in the workspace (4 bytes per output element)."""
+    if len(node.inputs) < 3 or not node.inputs[2]:
+        return 0
+    return 4 * math.prod(graph.tensors[node.outputs[0]].shape)
+
+
+def _thinker_linear_check(node: Node, graph: Graph) -> list[TProblem]:
+    x = graph.tensors[node.inputs[0]].shape
+    out = []
+    if len(x) > 3:
+        out.append(TProblem("csk60xx.thinker.linear_rank", "the runtime's LinearInt reads inputs of rank 1 to 3",
+                           "rank <= 3", len(x), "flatten the leading dimensions first"))
+    if node.inputs[1] not in graph.initializers:
+        out.append(TProblem("csk60xx.thinker.linear_weight", "the weight must be a constant", "constant", "computed",
+                           "export the weights as initializers"))
+    return out
+
+
+def _thinker_read_linear(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    return {}, {1: restore_linear(d.inputs[1].data)}
+
+
+_THINKER_LINEAR = ThinkerLowering("LinearInt", attrs=lambda n, g: struct.pack("<ffiiB3x", 0.0, 0.0, 0, 0, QUANT_LUNA),
+                                  relayout={1: relayout_linear}, dma=True, workspace=_thinker_linear_workspace,
+                                  check=_thinker_linear_check, read=_thinker_read_linear, max_rank=3)
+
 OPS = (
     OpDef("LinearInt", "thinker", (2, 3), _infer, attrs={**_QBITS, **PLATFORM},
           scales={"scale_x": ("in", 0), "scale_w": ("in", 1), "scale_o": ("out", 0)}, params=(Params(1, 2),),
           rules=(bits_rule("csk60xx.linear.bits", "linear"), check_linear_in_features), pack_rules=_PACK_RULES,
           torch_ops=("builtin.Linear",), view=_view, fit=linear_fit, prefetch_bytes=_prefetch,
-          workspace=engine_operands, lowerings={"lnn": Lowering(7, 3, None, "fc.c")}),
+          workspace=engine_operands, lowerings={"lnn": Lowering(7, 3, None, "fc.c"), "thinker": _THINKER_LINEAR}),
 )

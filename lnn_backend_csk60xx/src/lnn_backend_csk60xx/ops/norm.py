@@ -6,9 +6,12 @@ Integer semantics (spec/int8-ops.md): per channel ``y = RQ_8(x * a[c] + b[c], n_
 
 from __future__ import annotations
 
+import math
+
 from lnn_core.graph import Graph, Node, TensorInfo
 
 from ..sizes import shape_of
+from ..thinker.lowering import ThinkerLowering
 from ._rules import dtype_rule, exponent_rule
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, engine_operands, obits_dtype
 
@@ -32,6 +35,12 @@ def _prefetch(graph: Graph, node: Node) -> int:
     return shape_of(graph, node.inputs[1])[0]
 
 
+
+# -- thinker package (spec/thinker-package.md 3.3): a, b read in place from the blob; H*W*4 bytes of workspace --
+
+_THINKER_BN = ThinkerLowering("BatchNorm2dInt", inputs=lambda n, g: n.inputs[:3],
+                              workspace=lambda n, g: 4 * math.prod(g.tensors[n.inputs[0]].shape[2:4]))
+
 OPS = (
     OpDef("BatchNorm2dInt", "thinker", (3, 5), _infer,
           attrs={"data_bits": AttrSpec("int", default=8, choices=(8,)),
@@ -42,5 +51,6 @@ OPS = (
                                     "BatchNorm output exponent n_o must be at most n_x + n_w.", "n_w"),
                       dtype_rule("csk60xx.batchnorm.dtype", "BatchNorm2dInt", (("int8",), ("int8",), ("int32",)),
                                  ("int8",))),
-          prefetch_bytes=_prefetch, workspace=engine_operands, lowerings={"lnn": Lowering(8, 3, None, "norm.c")}),
+          prefetch_bytes=_prefetch, workspace=engine_operands, lowerings={"lnn": Lowering(8, 3, None, "norm.c"),
+                                                                        "thinker": _THINKER_BN}),
 )

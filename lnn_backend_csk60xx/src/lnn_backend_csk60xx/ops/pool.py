@@ -15,6 +15,8 @@ from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
 from ..sizes import FitPlan, Problem, conv_input_bytes
+from ..thinker.lowering import DecodedOp, ThinkerLowering, pool_attrs, read_pool_attrs
+from ..thinker.lowering import Problem as TProblem
 from ._rules import at, bits_rule, buffer_rule, fmt, ints, seq
 from ._window import check_dilation, check_kernel_ge_stride, conv_geometry, geom2d, geometry_attrs, pad_rule, window
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, engine_operands, known_shapes, obits_dtype
@@ -123,6 +125,62 @@ def check_avgpool_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding
 _POOL_RULES = (pad_rule("csk60xx.pool.pad", "pool"), check_kernel_ge_stride, check_dilation,
                bits_rule("csk60xx.pool.bits", "pool"), check_pool_kernel, check_pool_ceil_mode)
 
+
+# -- thinker package (spec/thinker-package.md 3.3) ----------------------------------------------------------------
+
+
+def _a(v: int, k: int) -> int:
+    return (v + k - 1) // k * k
+
+
+def _thinker_avgpool_workspace(node: Node, graph: Graph) -> int:
+    """The VENUS average pool's scratch, input in share-memory (venus/avgpool2dint.h: a global non-power-of-two
+    pool keeps int32 sums after max(C*H*W, 4*outputs) bytes, more than the vendor packer's max(H*W, ...))."""
+    c, h, w = graph.tensors[node.inputs[0]].shape[1:4]
+    oh, ow = graph.tensors[node.outputs[0]].shape[2:4]
+    kh, kw = node.attrs["kernel_shape"]
+    s_w = node.attrs.get("strides", [1, 1])[1]
+    p = node.attrs.get("pads", [0, 0, 0, 0])
+    pow2 = (kh * kw) & (kh * kw - 1) == 0
+    if kh == h + p[0] + p[2] and kw == w + p[1] + p[3]:
+        ch = 8 if _a(c, 8) * h * w > 65536 else c
+        acc = ch * oh * ow * 4
+        return max(h * w, acc) if pow2 else max(ch * h * w, acc) + acc
+    ch = 8 if _a(c, 8) * h * _a(w, 8 * s_w) > 65536 else c
+    return ch * oh * ow * (2 if pow2 else 8)
+
+
+def _thinker_maxpool_workspace(node: Node, graph: Graph) -> int:
+    """The VENUS max pool needs scratch only when it pools an input above 64 KB by rows."""
+    c, h, w = graph.tensors[node.inputs[0]].shape[1:4]
+    s_w = node.attrs.get("strides", [1, 1])[1]
+    if _a(c, 8) * h * _a(w, 8 * s_w) <= 65536:
+        return 0
+    return max(60 * 1024, graph.tensors[node.outputs[0]].nbytes)
+
+
+def _thinker_pool_check(node: Node, graph: Graph) -> list[TProblem]:
+    rank = len(graph.tensors[node.inputs[0]].shape)
+    if rank != 4:
+        return [TProblem("csk60xx.thinker.pool_rank", "the runtime pools NCHW tensors", 4, rank,
+                        "reshape the input to N, C, H, W")]
+    d = node.attrs.get("dilations", [1, 1])
+    if any(v != 1 for v in d):
+        return [TProblem("csk60xx.thinker.pool_dilation", "the runtime's pools take dilation 1", 1, list(d),
+                        "use dilation 1")]
+    return []
+
+
+def _thinker_read_pool(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    return read_pool_attrs(d.attrs), {}
+
+
+_THINKER_AVGPOOL = ThinkerLowering("AvgPool2dInt", attrs=lambda n, g: pool_attrs(n),
+                                   workspace=_thinker_avgpool_workspace, check=_thinker_pool_check,
+                                   read=_thinker_read_pool)
+_THINKER_MAXPOOL = ThinkerLowering("MaxPool", attrs=lambda n, g: pool_attrs(n), workspace=_thinker_maxpool_workspace,
+                                   check=_thinker_pool_check, read=_thinker_read_pool)
+
 OPS = (
     OpDef("AvgPool2dInt", "thinker", (1, 1), lambda c: _pool(c, avg=True),
           attrs={**geometry_attrs(2, dilations=False), "ceil_mode": AttrSpec("int", default=0, choices=(0,)),
@@ -131,7 +189,7 @@ OPS = (
           scales={"scale_x": ("in", 0), "scale_o": ("out", 0)},
           rules=(*_POOL_RULES, check_avgpool_divisor), pack_rules=(check_avgpool_out_exponent,),
           torch_ops=("builtin.AvgPool1d", "builtin.AvgPool2d"), view=_view, workspace=engine_operands,
-          lowerings={"lnn": Lowering(9, 1, _lower_avgpool, "pool.c")}),
+          lowerings={"lnn": Lowering(9, 1, _lower_avgpool, "pool.c"), "thinker": _THINKER_AVGPOOL}),
     OpDef("MaxPool", "", (1, 1), lambda c: _pool(c, avg=False),
           attrs={**geometry_attrs(2), "ceil_mode": AttrSpec("int", default=0, choices=(0, 1)),
                  "auto_pad": AttrSpec("str", default="NOTSET", choices=("NOTSET",)),
@@ -141,5 +199,6 @@ OPS = (
                                   "MaxPool on an input above 64 KB runs by rows: A8(C)*kh*A_(8*s_w)(W) must be at "
                                   "most {max} bytes.", max="pool.row_bytes_max"),),
           torch_ops=("builtin.MaxPool1d", "builtin.MaxPool2d"), view=_view, fit=maxpool_fit,
-          workspace=engine_operands, lowerings={"lnn": Lowering(10, 1, _lower_maxpool, "pool.c")}),
+          workspace=engine_operands, lowerings={"lnn": Lowering(10, 1, _lower_maxpool, "pool.c"),
+                                                         "thinker": _THINKER_MAXPOOL}),
 )

@@ -9,6 +9,7 @@ the reshape-like ops alias their input's buffer (no data moves); ``Transpose`` p
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import DecodedOp, Problem, ThinkerLowering
 from ._rules import INT, at, seq
 from .base import INT_DTYPES, PLATFORM, AttrSpec, InferContext, Lowering, OpDef, ReadContext, engine_operands
 from .eltwise import ELTWISE_BITS
@@ -265,21 +267,128 @@ def check_transpose_rank(op: OpView, limits: Mapping[str, Any]) -> Finding | Non
 
 def _alias(op_type: str, inputs: tuple[int, int | None], infer: Any, code: int, **kw: Any) -> OpDef:
     """A reshape-like op: its output is the input buffer seen with another shape."""
-    return OpDef(op_type, "", inputs, infer, alias=True, lowerings={"lnn": Lowering(code, 1, None, "shape.c")}, **kw)
+    return OpDef(op_type, "", inputs, infer, alias=True, lowerings={"lnn": Lowering(code, 1, None, "shape.c"),
+                                                               "thinker": _THINKER_SHAPE[op_type]}, **kw)
 
+
+
+# -- thinker package (spec/thinker-package.md 3.3) ----------------------------------------------------------------
+
+
+def _thinker_axis(node: Node, graph: Graph) -> bytes:
+    if node.op_type == "iqCat":
+        return struct.pack("<b", node.attrs["dim"] % len(graph.tensors[node.outputs[0]].shape))
+    return struct.pack("<b", node.attrs.get("axis", 1))
+
+
+def _thinker_transpose_attrs(node: Node, graph: Graph) -> bytes:
+    perm = _lower_transpose(node, graph)
+    return struct.pack("<B8b", len(perm), *perm, *[0] * (8 - len(perm)))
+
+
+def _thinker_transpose_check(node: Node, graph: Graph) -> list[Problem]:
+    rank = len(graph.tensors[node.inputs[0]].shape)
+    if rank > 5:
+        return [Problem("csk60xx.thinker.transpose_rank", "the runtime transposes at most 5 axes", 5, rank,
+                        "merge axes with a Reshape first")]
+    return []
+
+
+def _squeezed_axes(node: Node, graph: Graph) -> list[int]:
+    x, y = graph.tensors[node.inputs[0]].shape, graph.tensors[node.outputs[0]].shape
+    if node.op_type == "Squeeze":
+        axes = node.attrs.get("axes")
+        return sorted(a % len(x) for a in axes) if axes is not None else [i for i, d in enumerate(x) if d == 1]
+    return sorted(a % len(y) for a in node.attrs["axes"])
+
+
+def _thinker_squeeze_attrs(node: Node, graph: Graph) -> bytes:
+    axes = _squeezed_axes(node, graph)
+    return struct.pack("<B7b", len(axes), *axes, *[0] * (7 - len(axes)))
+
+
+def _thinker_squeeze_check(node: Node, graph: Graph) -> list[Problem]:
+    n = len(_squeezed_axes(node, graph))
+    if n > 7:
+        return [Problem("csk60xx.thinker.squeeze_axes", "the runtime's SqueezeAttrs hold 7 axes", 7, n,
+                        "use a Reshape")]
+    return []
+
+
+def _thinker_read_axes(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    return {"axes": list(d.attrs[1:1 + d.attrs[0]])}, {}
+
+
+def _thinker_slice(node: Node, graph: Graph) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The axes the slice cuts (starts, steps, dims of every axis too)."""
+    x = graph.tensors[node.inputs[0]].shape
+    starts, steps, dims = slice_params(InferContext(graph, node, graph.meta.get("source")))
+    cut = [a for a in range(len(x)) if starts[a] != 0 or dims[a] != x[a] or steps[a] != 1]
+    return cut, starts, steps, dims
+
+
+def _thinker_slice_inputs(node: Node, graph: Graph) -> list[Any]:
+    cut, starts, _, dims = _thinker_slice(node, graph)
+    axis = cut[0] if cut else len(dims) - 1
+    return [node.inputs[0], *(np.array([v], dtype=np.int64) for v in (starts[axis], starts[axis] + dims[axis], axis,
+                                                                       1))]
+
+
+def _thinker_slice_check(node: Node, graph: Graph) -> list[Problem]:
+    """The runtime slices one axis with step 1, reads element 0 of each parameter, and copies nothing on axis 0."""
+    cut, _, steps, _ = _thinker_slice(node, graph)
+    out = []
+    if len(cut) > 1:
+        out.append(Problem("csk60xx.thinker.slice_axes", "the runtime's Slice cuts one axis", 1, len(cut),
+                           "slice one axis per Slice op"))
+    if any(steps[a] != 1 for a in cut):
+        out.append(Problem("csk60xx.thinker.slice_step", "the runtime's Slice takes step 1", 1,
+                           [steps[a] for a in cut], "slice with step 1"))
+    if 0 in cut:
+        out.append(Problem("csk60xx.thinker.slice_axis0", "the runtime's Slice copies nothing along axis 0",
+                           "axis >= 1", 0, "keep the batch axis whole; reshape to put the sliced axis later"))
+    return out
+
+
+def _thinker_read_flatten(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    """The axis, or (the vendor packer writes no attributes) the one that gives the output's first dimension."""
+    x, lead = d.inputs[0].shape, d.outputs[0].shape[0]
+    if d.attrs:
+        axis = struct.unpack_from("<b", d.attrs)[0]
+        if math.prod(x[:axis % (len(x) + 1)]) == lead:
+            return {"axis": axis}, {}
+    return {"axis": next((a for a in range(len(x) + 1) if math.prod(x[:a]) == lead), 1)}, {}
+
+
+_THINKER_SHAPE = {
+    "iqCat": ThinkerLowering("iqCat", attrs=_thinker_axis, workspace=lambda n, g: 0,
+                             read=lambda d: ({"dim": struct.unpack_from("<b", d.attrs)[0]}, {})),
+    "Reshape": ThinkerLowering("Reshape", workspace=None),
+    "Flatten": ThinkerLowering("Flatten", attrs=_thinker_axis, workspace=None, read=_thinker_read_flatten),
+    "Transpose": ThinkerLowering("Transpose", attrs=_thinker_transpose_attrs, check=_thinker_transpose_check,
+                                 read=lambda d: ({"perm": list(struct.unpack_from(f"<{d.attrs[0]}b", d.attrs, 1))},
+                                                 {})),
+    "Squeeze": ThinkerLowering("Squeeze", attrs=_thinker_squeeze_attrs, inputs=lambda n, g: n.inputs[:1],
+                               workspace=None, check=_thinker_squeeze_check, read=_thinker_read_axes),
+    "Unsqueeze": ThinkerLowering("Unsqueeze", attrs=_thinker_squeeze_attrs, inputs=lambda n, g: n.inputs[:1],
+                                 workspace=None, check=_thinker_squeeze_check, read=_thinker_read_axes),
+    "Slice": ThinkerLowering("Slice", inputs=_thinker_slice_inputs, workspace=None, check=_thinker_slice_check),
+}
 
 OPS = (
     OpDef("iqCat", "thinker", (1, None), _cat, attrs={"dim": AttrSpec("int", required=True), **PLATFORM},
           scales={"scale_o": ("out", 0)}, variadic_scale="scale_x_{i}", rules=(ELTWISE_BITS,),
           pack_rules=(check_cat_inputs, check_cat_dtype), torch_ops=("builtin.Cat",), join=True,
-          workspace=_cat_workspace, lowerings={"lnn": Lowering(16, None, _lower_cat, "shape.c")}),
+          workspace=_cat_workspace, lowerings={"lnn": Lowering(16, None, _lower_cat, "shape.c"),
+                                                         "thinker": _THINKER_SHAPE["iqCat"]}),
     _alias("Reshape", (2, 2), _reshape, 17, attrs={"allowzero": AttrSpec("int", choices=(0,))}),
     _alias("Flatten", (1, 1), _flatten, 18, attrs={"axis": AttrSpec("int", default=1)}),
     OpDef("Transpose", "", (1, 1), _transpose, attrs={"perm": AttrSpec("ints")}, pack_rules=(check_transpose_rank,),
-          workspace=engine_operands, lowerings={"lnn": Lowering(19, 1, _lower_transpose, "shape.c")}),
+          workspace=engine_operands, lowerings={"lnn": Lowering(19, 1, _lower_transpose, "shape.c"),
+                                    "thinker": _THINKER_SHAPE["Transpose"]}),
     _alias("Squeeze", (1, 2), _squeeze, 20, attrs={"axes": AttrSpec("ints")}, read=_axes_input),
     _alias("Unsqueeze", (1, 2), _unsqueeze, 21, attrs={"axes": AttrSpec("ints", required=True)}, read=_axes_input),
     OpDef("Slice", "", (3, 5), _slice, rules=(check_slice_index,), pack_rules=(check_slice_single_axis,),
           view=_slice_view, torch_ops=("builtin.Slice",),
-          lowerings={"lnn": Lowering(22, 1, _lower_slice, "shape.c")}),
+          lowerings={"lnn": Lowering(22, 1, _lower_slice, "shape.c"), "thinker": _THINKER_SHAPE["Slice"]}),
 )

@@ -1,0 +1,143 @@
+"""Cross-check ``lnn pack --format thinker`` against the vendor runtime (not CI: it needs the vendor build).
+
+For each model: pack it twice (lnn's model.bin and a thinker package), run model.bin in lnn's simulator and the
+package in the vendor's x86 ``test_thinker`` (LISTENAI thinker 3.0.4, VENUS build; how to build it: issue 14 /
+the backend README), and compare every output bit for bit. Models: ONNX files given on the command line, the
+linger ResNet-18 (``--resnet``), the models of tests/test_thinker_models.py (``--cases``) and the random models of
+tests/test_verify_random.py (``--seeds A:B``; a model the thinker check refuses is counted as refused).
+
+    python thinker_crosscheck.py --test-thinker /path/to/bin/test_thinker --resnet --cases --seeds 0:84
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lnn_backend_csk60xx.dialect import read_onnx
+from lnn_backend_csk60xx.pipeline import pack_graph
+from lnn_backend_csk60xx.simulator import Simulator
+from lnn_backend_csk60xx.thinker.package import decode
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO.parent / "shared" / "data" / "linger-demo"
+
+
+def crosscheck(tt: str, model, inputs: list[list[np.ndarray]]) -> tuple[bool, str]:
+    graph = read_onnx(model)
+    sim = Simulator(pack_graph(graph).blob)
+    res = pack_graph(graph, package_format="thinker")
+    work = Path(tempfile.mkdtemp())
+    (work / "m.pkg").write_bytes(res.blob)
+    pkg = decode(res.blob)
+    for k, arrays in enumerate(inputs):
+        ref = sim.run(arrays)
+        files = []
+        for i, a in enumerate(arrays):  # the package's input dtypes (token ids: int32)
+            files.append(work / f"in{i}.bin")
+            np.ascontiguousarray(a).astype(pkg.tensors[pkg.inputs[i]].dtype).tofile(files[-1])
+        outs = [work / f"out{j}.bin" for j in range(len(ref))]
+        for o in outs:
+            o.unlink(missing_ok=True)
+        run = subprocess.run([tt, str(work / "m.pkg"), *map(str, files), *map(str, outs)], capture_output=True,
+                             text=True)
+        if not all(o.exists() for o in outs):
+            return False, f"no output: {run.stdout[-300:]}"
+        for o, f in zip(ref, outs):
+            got = np.fromfile(f, dtype=o.dtype).reshape(o.shape)
+            if not np.array_equal(got, o):
+                return False, f"input {k}: {(got != o).sum()} of {o.size} values differ"
+    return True, f"{len(inputs)} inputs, share-memory {res.plan.regions['share_mem'].size} B"
+
+
+def _export_cases(out: Path) -> list[tuple[str, Path, list[tuple[int, ...]]]]:
+    import torch
+
+    import lnn_core as lnn
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_thinker_models import CASES
+
+    made = []
+    for name, (factory, shapes) in sorted(CASES.items()):
+        torch.manual_seed(0)
+        model = lnn.init(factory())
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(*[torch.randn(s) for s in shapes])
+        model.eval()
+        xs = tuple(torch.randn(s) for s in shapes)
+        lnn.export(model, xs if len(xs) > 1 else xs[0], out / f"{name}.onnx")
+        made.append((name, out / f"{name}.onnx", shapes))
+    return made
+
+
+def _export_seed(seed: int, out: Path) -> tuple[Path, tuple[int, ...]]:
+    import torch
+
+    import lnn_core as lnn
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_verify_random import Gen
+
+    torch.manual_seed(seed)
+    model, shape, _ = Gen(seed).build()
+    q = lnn.init(model)
+    q.train()
+    with torch.no_grad():
+        for _ in range(3):
+            q(torch.randn(shape))
+    q.eval()
+    lnn.export(q, torch.randn(shape), out / f"s{seed}.onnx")
+    return out / f"s{seed}.onnx", shape
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("onnx", nargs="*")
+    ap.add_argument("--test-thinker", required=True)
+    ap.add_argument("--resnet", action="store_true")
+    ap.add_argument("--cases", action="store_true")
+    ap.add_argument("--seeds", default=None, metavar="A:B")
+    args = ap.parse_args()
+    out = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    stats: collections.Counter = collections.Counter()
+
+    def check(name: str, model, inputs) -> None:
+        try:
+            ok, what = crosscheck(args.test_thinker, model, inputs)
+        except Exception as exc:  # a model the thinker check refuses
+            stats["refused"] += 1
+            print(f"{name}: refused: {str(exc).splitlines()[0][:160]}")
+            return
+        stats["equal" if ok else "different"] += 1
+        print(f"{name}: {'equal' if ok else 'DIFFERENT'} ({what})")
+
+    for f in args.onnx:
+        shape = Simulator(pack_graph(read_onnx(f)).blob).inputs[0].shape
+        check(f, f, [[rng.standard_normal(shape).astype(np.float32)] for _ in range(4)])
+    if args.resnet:
+        xs = np.load(DEMO / "resnet18_inputs.npy")
+        check("resnet18", DEMO / "resnet18-12-regular.onnx", [[xs[i:i + 1]] for i in range(4)])
+    if args.cases:
+        for name, path, shapes in _export_cases(out):
+            check(name, path, [[rng.standard_normal(s).astype(np.float32) * (1 + k) for s in shapes] for k in range(4)])
+    if args.seeds:
+        a, b = map(int, args.seeds.split(":"))
+        for seed in range(a, b):
+            path, shape = _export_seed(seed, out)
+            check(f"seed {seed}", path, [[rng.standard_normal(shape).astype(np.float32)] for _ in range(2)])
+    print(dict(stats))
+    return 0 if not stats["different"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Thinker packages of trained-side models run in lnn's simulator (decoded into lnn's IR) exactly like model.bin
+and like eval: ReLU6, transposed convs, depthwise convs, a conv split above 32 KB, Conv1d, linear layers, sigmoid and
+tanh, layer norm, pools, batch norm, concatenation, slices, two inputs and two outputs.
+
+The same models ran bit-exact in the vendor's x86 ``test_thinker`` (lnn_backend_csk60xx/benchmarks/
+thinker_crosscheck.py, which needs the vendor build and is not part of CI)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lnn_core as lnn
+from lnn_backend_csk60xx.check import check_graph
+from lnn_backend_csk60xx.dialect import read_onnx
+from lnn_backend_csk60xx.pipeline import pack_graph
+from lnn_backend_csk60xx.simulator import Simulator
+from lnn_backend_csk60xx.thinker.package import decode
+
+
+class _ReLU6Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # depthwise
+        self.c3 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c3(torch.relu(self.c2(nn.functional.relu6(self.c1(x)))))
+
+
+class _DeconvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(2, 6, 3, stride=2, padding=1)
+        self.d = nn.ConvTranspose2d(6, 3, 2, stride=2)
+
+    def forward(self, x):
+        return self.d(torch.relu(self.c(x)))
+
+
+class _SplitNet(nn.Module):  # 64 -> 96 3x3: 72 KB of aligned kernel, split into 3 convs and an iqCat
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(64, 96, 3, padding=1)
+        self.fc = nn.Linear(96 * 2 * 2, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.c(x)), 1))
+
+
+class _Conv1dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 8, 3, padding=1)
+        self.c2 = nn.Conv1d(8, 8, 5, padding=2, groups=8)
+        self.p = nn.AvgPool1d(2)
+
+    def forward(self, x):
+        return self.p(self.c2(torch.relu(self.c1(x))))
+
+
+class _GatedNet(nn.Module):  # sigmoid and tanh (Requant to int16 first), a product of two branches
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.a(x)) * torch.tanh(self.b(x))
+
+
+class _SeqNet(nn.Module):  # linear layers and a layer norm on [N, T, D]
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 16)
+        self.ln = nn.LayerNorm(16)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(self.ln(self.fc(x)))
+
+
+class _PoolNet(nn.Module):  # batch norm, max and average pools, a concatenation of two exponents
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(4, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.mp = nn.MaxPool2d(2)
+        self.ap = nn.AvgPool2d(2)
+
+    def forward(self, x):
+        return torch.cat([self.mp(torch.relu(self.bn(self.c(x)))), self.ap(x)], 1)
+
+
+class _TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x, y):
+        a = self.a(x)
+        return a + self.b(y), torch.relu(a)
+
+
+class _SliceNet(nn.Module):  # a slice of rows, flatten, unsqueeze
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(x)[:, :, 1:5, :].flatten(1).unsqueeze(1)
+
+
+class _GroupedNet(nn.Module):  # grouped convs (2-D and 1-D): one conv per group on a slice of the channels
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(8, 12, 3, padding=1, groups=4)
+        self.m = nn.Conv2d(12, 24, 1, groups=12)  # depthwise with a channel multiplier
+
+    def forward(self, x):
+        return self.m(torch.relu(self.c(x)))
+
+
+class _CroppedDeconvNet(nn.Module):  # pads that reach the kernel: computed with smaller pads, then cropped
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=(3, 2))
+
+    def forward(self, x):
+        return self.d(x)
+
+
+class _Batched4dNet(nn.Module):  # a layer norm and a linear on [N, C, H, W], N = 2: leading axes merged
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 1)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        return self.fc(self.ln(self.c(x)))
+
+
+CASES = {"relu6-depthwise": (_ReLU6Net, [(1, 3, 8, 8)]), "deconv": (_DeconvNet, [(1, 2, 8, 8)]),
+         "split": (_SplitNet, [(1, 64, 2, 2)]), "conv1d": (_Conv1dNet, [(1, 4, 16)]),
+         "gated": (_GatedNet, [(1, 3, 6, 6)]), "seq-layernorm": (_SeqNet, [(1, 5, 12)]),
+         "pools-cat": (_PoolNet, [(1, 4, 8, 8)]), "two-in-two-out": (_TwoInTwoOut, [(1, 3, 4, 4), (1, 3, 4, 4)]),
+         "slice": (_SliceNet, [(1, 4, 6, 6)]), "grouped": (_GroupedNet, [(1, 8, 5, 5)]),
+         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)]), "batched-4d": (_Batched4dNet, [(2, 4, 3, 8)])}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_thinker_package_runs_like_model_bin_and_eval(case, host, tmp_path):
+    factory, shapes = CASES[case]
+    torch.manual_seed(0)
+    model = lnn.init(factory(), host=host)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(*[torch.randn(s) for s in shapes])
+    model.eval()
+    xs = [torch.randn(s) for s in shapes]
+    path = tmp_path / f"{case}.onnx"
+    lnn.export(model, tuple(xs) if len(xs) > 1 else xs[0], path, host=host)
+    graph = read_onnx(path)
+    report = check_graph(graph, package_format="thinker")
+    assert report.ok, report.table()
+    res = pack_graph(graph, package_format="thinker")
+    pkg = decode(res.blob)
+    weight_ops = [op for op in pkg.ops if op.type in ("Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt",
+                                                      "LayerNormInt")]
+    assert len(pkg.dma) == len(weight_ops) and all(op.temps for op in weight_ops)
+    if case in ("split", "grouped"):
+        assert res.passes.splits and "iqCat" in {op.type for op in pkg.ops}
+    if case == "batched-4d":
+        assert sorted(s.axis for s in res.passes.splits) == ["leading_axes", "leading_axes"]
+    if case == "deconv-crop":
+        assert [s.axis for s in res.passes.splits] == ["crop"] and "Slice" in {op.type for op in pkg.ops}
+    on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)
+    for k in range(3):
+        xi = [torch.randn(s) * (1 + k) for s in shapes]
+        got, want = on_pkg.run([x.numpy() for x in xi]), on_bin.run([x.numpy() for x in xi])
+        with torch.no_grad():
+            ref = model(*xi)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        assert len(got) == len(want) == len(ref)
+        for a, b, r in zip(got, want, ref):
+            assert np.array_equal(a, b) and np.array_equal(a, r.numpy())
+
+
+class _EmbeddingNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.fc(self.e(ids))
+
+
+def test_thinker_package_with_an_embedding(host, tmp_path):
+    """Token ids as an integer graph input (int32 in the package), a Gather on the table, a linear after it."""
+    torch.manual_seed(0)
+    model = lnn.init(_EmbeddingNet(), host=host)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randint(0, 20, (1, 5)))
+    model.eval()
+    path = tmp_path / "emb.onnx"
+    lnn.export(model, torch.randint(0, 20, (1, 5)), path, host=host)
+    graph = read_onnx(path)
+    res = pack_graph(graph, package_format="thinker")
+    pkg = decode(res.blob)
+    assert [op.type for op in pkg.ops][:1] == ["Gather"] and pkg.tensors[pkg.inputs[0]].dtype == "int32"
+    on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)
+    ids = torch.randint(0, 20, (1, 5))
+    (a,), (b,) = on_pkg.run([ids.numpy()]), on_bin.run([ids.numpy()])
+    with torch.no_grad():
+        assert np.array_equal(a, b) and np.array_equal(a, model(ids).numpy())
