@@ -203,6 +203,10 @@ CASES: list[Case] = [
     # -- indexing (spec 3.29: Slice cuts one axis, step 1) --------------------------------------------------------
     Case("csk60xx.slice.index", "getitem", _m(lambda over: Sliced(2 if over else 1)),
          "integers, constant a:b with step 1, ...", "index [:, ::2] (slice with step 2)", "strided conv"),
+    # -- padding (spec 3.31: iqPad fills H and W with 0) -------------------------------------------------------
+    Case("csk60xx.pad.form", "pad", _m(lambda over: seq(conv=nn.Conv2d(1, 4, 3),
+                                                      pad=nn.ConstantPad2d(1, 0.5 if over else 0.0))),
+         "constant 0 on the last two axes, pads >= 0", "pad [1, 1, 1, 1] (value 0.5)", "ZeroPad2d"),
 ]
 
 

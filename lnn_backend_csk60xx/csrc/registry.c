@@ -32,6 +32,7 @@ extern const lnn_op_kernel lnn_op_sigmoid, lnn_op_tanh;
 extern const lnn_op_kernel lnn_op_layernorm;
 /* ops/gather.c */
 extern const lnn_op_kernel lnn_op_gather;
+extern const lnn_op_kernel lnn_op_pad;
 /* ops/external.c */
 extern const lnn_op_kernel lnn_op_external;
 
@@ -66,6 +67,7 @@ static const struct {
     {LNN_SIM_OP_TANH, &lnn_op_tanh},
     {LNN_SIM_OP_LAYERNORM, &lnn_op_layernorm},
     {LNN_SIM_OP_GATHER, &lnn_op_gather},
+    {LNN_SIM_OP_PAD, &lnn_op_pad},
 };
 
 const lnn_op_kernel *lnn_find_kernel(int32_t code) {

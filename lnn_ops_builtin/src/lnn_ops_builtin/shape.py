@@ -15,6 +15,10 @@ from lnn_core.ops import OpFamily
 
 __all__ = ["FAMILIES"]
 
+def _describe_pad_lazy(ctx: Any) -> dict[str, Any]:
+    return _describe_pad(ctx)
+
+
 def _index_kind(item: Any) -> str:
     """How one item of ``x[...]`` runs on the chip: ``int``, ``slice`` (constant bounds), ``...``, or what it is
     (``None``, ``bool``, a step, a tensor or computed bound: none of these has an int8 Slice form)."""
@@ -69,6 +73,11 @@ FAMILIES = [
     OpFamily(id="builtin.Slice", kind="passthrough", functions=(operator.getitem,), describe=_describe_slice,
              description="indexing with integers, constant slices a:b (step 1) and ...: x[:, -1], x[..., a:b], "
                          "x[:, :, 1:5]; one Slice per cut axis (+ Squeeze for an integer)"),
+    OpFamily(id="builtin.Pad", kind="passthrough", modules=(nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d,
+                                                            nn.ConstantPad2d), functions=(F.pad,),
+             describe=_describe_pad_lazy,
+             description="constant zero padding of the last two axes (F.pad, ZeroPad1d/2d, ConstantPad1d/2d with 0): "
+                         "iqPad, exact at any scale"),
     OpFamily(id="builtin.Dropout", kind="passthrough",
              modules=(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity),
              functions=(F.dropout, F.dropout1d, F.dropout2d), description="dropout; identity in eval"),
@@ -236,6 +245,72 @@ def write_slice(ctx: Any) -> str:
     return x
 
 
+# -- padding -----------------------------------------------------------------------------------------
+
+
+def _pad_sig(input, pad, mode="constant", value=None):  # noqa: A002
+    """Signature of F.pad."""
+
+
+def _pad_args(ctx: Any) -> tuple[list[Any], str, Any]:
+    """``(pad, mode, value)`` of a padding node: F.pad's ``pad`` order (last axis first: left, right, top, ...)."""
+    import inspect
+
+    module = getattr(ctx, "module", None)
+    if module is not None and hasattr(module, "padding"):
+        return [int(v) for v in module.padding], "constant", float(getattr(module, "value", 0.0))
+    bound = inspect.signature(_pad_sig).bind(*ctx.node.args, **ctx.node.kwargs)
+    bound.apply_defaults()
+    pad, mode, value = bound.arguments["pad"], bound.arguments["mode"], bound.arguments["value"]
+    return list(pad) if isinstance(pad, (list, tuple)) else [pad], mode, value
+
+
+def _describe_pad(ctx: Any) -> dict[str, Any]:
+    """What csk60xx.pad.form judges at lnn.init: the pads, mode and fill value."""
+    pad, mode, value = _pad_args(ctx)
+    return {"torch_pads": [p if isinstance(p, int) and not isinstance(p, bool) else str(p) for p in pad],
+            "torch_pad_mode": mode, "torch_pad_value": value}
+
+
+def write_pad(ctx: Any) -> str:
+    """Zero padding of the last two axes as one iqPad (an (N, C, L) tensor runs as (N, C, 1, L))."""
+    import numpy as np
+
+    from lnn_core.errors import ExportError
+
+    pad, mode, value = _pad_args(ctx)
+    rank = _rank(ctx)
+    if (mode != "constant" or value not in (None, 0, 0.0) or rank not in (3, 4) or len(pad) % 2
+            or not all(isinstance(p, int) and p >= 0 for p in pad) or any(pad[4:])
+            or (rank == 3 and any(pad[2:]))):
+        raise ExportError(f"op {ctx.path!r}: padding {pad} ({mode}, value {value}) of a rank-{rank} tensor has no "
+                          "int8 form", {"rule": "constant 0 on the last two axes of (N, C, H, W), or on L of "
+                                                "(N, C, L), pads >= 0 (csk60xx.pad.form)"},
+                          "pad with zeros on H and W only", node=ctx.path, dialect="ir")
+    left, right = pad[0], pad[1]
+    top, bottom = (pad[2], pad[3]) if len(pad) >= 4 else (0, 0)
+    info = ctx.info(0)
+    x = ctx.inputs[0]
+    shape = list(ctx.shape(0))
+    if rank == 3:
+        shape = [shape[0], shape[1], 1, shape[2]]
+        lifted = ctx.tensor(info.exponent, info.dtype, tuple(shape), suffix=".unsqueeze")
+        ctx.add("Unsqueeze", [x], [lifted], {"axes": [2]}, domain="", suffix=".unsqueeze")
+        x = lifted
+    out = [shape[0], shape[1], shape[2] + top + bottom if isinstance(shape[2], int) else shape[2],
+           shape[3] + left + right if isinstance(shape[3], int) else shape[3]]
+    pads = ctx.initializer("pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
+    fill = ctx.initializer("value", np.array(0, dtype=np.int8), info.exponent)
+    y = ctx.tensor(info.exponent, info.dtype, tuple(out) if rank == 3 else None, suffix=".pad" if rank == 3 else "")
+    ctx.add("iqPad", [x, pads, fill], [y], {"mode": "constant"})
+    if rank == 3:
+        z = ctx.tensor(info.exponent, info.dtype)
+        ctx.add("Squeeze", [y], [z], {"axes": [2]}, domain="", suffix=".squeeze")
+        y = z
+    return y
+
+
 WRITERS = {"builtin.Flatten": write_flatten, "builtin.Reshape": write_reshape, "builtin.Squeeze": write_squeeze,
            "builtin.Unsqueeze": write_unsqueeze, "builtin.Transpose": write_transpose,
-           "builtin.Contiguous": write_alias, "builtin.Slice": write_slice, "builtin.Dropout": write_alias}
+           "builtin.Contiguous": write_alias, "builtin.Slice": write_slice, "builtin.Pad": write_pad,
+           "builtin.Dropout": write_alias}

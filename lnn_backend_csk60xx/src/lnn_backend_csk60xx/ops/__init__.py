@@ -14,6 +14,7 @@ module          IR op types
 ``activation``  sigmoid and tanh on int16 (after a Requant)
 ``layernorm``   layer normalization over the last dimension (or the last two)
 ``gather``      embedding lookup (a row copy from an int8 table by integer indices)
+``pad``         constant zero padding of H and W (iqPad)
 ==============  ==============================================================================
 
 :data:`FAMILIES` lists the modules; the backend's plugin registers every ``OpDef`` in their ``OPS``
@@ -23,7 +24,7 @@ through ``lnn_register_target_ops``, exactly as a third-party op package registe
 
 from __future__ import annotations
 
-from . import activation, conv, eltwise, gather, layernorm, linear, norm, pool, quant, shape
+from . import activation, conv, eltwise, gather, layernorm, linear, norm, pad, pool, quant, shape
 from .base import AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands
 from .opset import OpSet
 
@@ -31,7 +32,7 @@ __all__ = ["FAMILIES", "builtin_ops", "AttrSpec", "InferContext", "Lowering", "O
            "ReadContext", "engine_operands"]
 
 #: the built-in op family modules, in registration order
-FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, gather)
+FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, gather, pad)
 
 
 def builtin_ops() -> tuple[OpDef, ...]:
