@@ -165,6 +165,9 @@ CASES: list[Case] = [
          _m(lambda over: seq(pool=nn.AvgPool2d(3, stride=1, padding=1 if over else 0, count_include_pad=False))),
          "count_include_pad=True", "count_include_pad=False with padding", "count_include_pad=True",
          name="count_include_pad"),
+    Case("csk60xx.avgpool.ties", "pool",  # area 6 can tie; area 4 cannot
+         _m(lambda over: seq(conv=nn.Conv2d(4, 4, 1), pool=nn.AvgPool2d((2, 3) if over else 2))),
+         "an odd or power-of-two window area", "window 2x3 (area 6)", "one LSB", severity="warning"),
     # -- element-wise ---------------------------------------------------------------------------------------
     Case("csk60xx.eltwise.bits", "q_add",
          lambda over: (TwoBranch(sub=False), by_path(a=lnn.LayerConfig(act_bits=16 if over else 8))),

@@ -172,7 +172,7 @@ def test_a_protobuf_without_a_graph(tmp_path):
 
 def test_missing_external_data(tmp_path, capsys):
     path = tmp_path / "m.onnx"
-    onnx.save(_conv(), path, save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+    onnx.save(_conv(), str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
               size_threshold=0)
     assert read_onnx(path) == read_onnx(_conv_same_weights(path))  # the data beside it: read as usual
     (tmp_path / "m.data").rename(tmp_path / "elsewhere.data")
@@ -183,8 +183,8 @@ def test_missing_external_data(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "external file 'm.data'" in err
     (tmp_path / "m.data").write_bytes(b"\0" * 10)  # too short for the offsets the file names
-    e = _err(path)
-    assert "external data cannot be read" in e.headline
+    e = _err(path)  # onnx >= 1.15 refuses the short file; onnx 1.14 reads it and the tensor cannot be decoded
+    assert "external data cannot be read" in e.headline or "initializer 'w' cannot be decoded" in e.headline
 
 
 def _conv_same_weights(path):

@@ -35,7 +35,8 @@ MODULE_RULES = frozenset({
     "csk60xx.deconv.kernel_size", "csk60xx.deconv.stride", "csk60xx.deconv.pad", "csk60xx.deconv.kernel_for_stride",
     "csk60xx.deconv.groups", "csk60xx.deconv.out_bits", "csk60xx.pool.pad",
     "csk60xx.linear.bits", "csk60xx.linear.in_features", "csk60xx.pool.bits", "csk60xx.pool.kernel_size",
-    "csk60xx.pool.ceil_mode", "csk60xx.avgpool.divisor", "csk60xx.eltwise.bits", "csk60xx.sub.unverified",
+    "csk60xx.pool.ceil_mode", "csk60xx.avgpool.divisor", "csk60xx.avgpool.ties", "csk60xx.eltwise.bits",
+    "csk60xx.sub.unverified",
     "csk60xx.activation.input_bits",
     "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
     "csk60xx.gather.bits", "csk60xx.gather.max_norm", "csk60xx.slice.index",
@@ -458,7 +459,7 @@ NOT_ON_IR = {
 }
 
 #: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
-WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified"})
+WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified", "csk60xx.avgpool.ties"})
 
 
 def _case_id(case: Case) -> str:
@@ -525,14 +526,17 @@ def test_a_linear_within_the_init_limit_packs():
 
 
 def test_warnings_do_not_stop_a_graph():
-    """The two warning rules fire at pack time too, and leave the graph fitting."""
+    """The warning rules fire at pack time too, and leave the graph fitting."""
     g = G()
     x = g.quant((1, 8, 4, 4))
     y = conv2d(g, x, w8(8, 4, 3, 3), n_o=4, group=2)
-    g.op("op", "iqSub", [y, g.quant((1, 8, 4, 4), n=4, name="y")], 4)
+    z = g.op("op", "iqSub", [y, g.quant((1, 8, 4, 4), n=4, name="y")], 4)
+    g.op("pool", "AvgPool2dInt", [z], 4, kernel_shape=[2, 3], strides=[2, 1])
     report = check_graph(g.graph)
     assert [(v.op_name, v.rule_id, v.severity) for v in report.violations] == [
-        ("conv", "csk60xx.conv.groups", "warning"), ("op", "csk60xx.sub.unverified", "warning")]
+        ("conv", "csk60xx.conv.groups", "warning"), ("op", "csk60xx.sub.unverified", "warning"),
+        ("pool", "csk60xx.avgpool.ties", "warning")]
+    assert "window 2x3 (area 6)" in report.violations[2].actual
     assert report.ok
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lnn_core.check_format import memory_lines, verdict_line
 from lnn_core.errors import HardwareLimitError, ModelFileError
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, Rule, RuleReport, Violation
@@ -108,24 +109,18 @@ class CheckReport:
     def table(self) -> str:
         """Violations as a table, then the memory fit and the splits."""
         lines = [RuleReport(self.target, list(self.violations), self.checked).table()]
-        if self.plan is not None:
-            m = self.memory
-            lines.append(f"memory: share-memory {m['share_mem_bytes']} of {m['share_mem_limit']} bytes "
-                         f"(activations lower bound {m['share_mem_activation_lower_bound']}, weight prefetch "
-                         f"{m['prefetch_bytes']}, workspace {m['workspace_bytes']}); PSRAM {m['psram_bytes']} of "
-                         f"{m['psram_limit']} bytes")
-            if m["spilled_to_psram"]:
-                lines.append("moved to PSRAM: " + ", ".join(m["spilled_to_psram"]))
-        else:
-            lines.append("memory: not planned" + (f" ({self.memory['reason']})" if self.memory.get("reason") else ""))
+        if self.plan is not None and self.memory.get("spilled_to_psram"):
+            lines.append("moved to PSRAM: " + ", ".join(self.memory["spilled_to_psram"]))
+        lines += memory_lines(self.memory, self.fits)
         for s in self.splits:
             lines.append(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts "
                          f"{list(s.parts)}: {s.reason}")
-        lines.append("fits: yes" if self.ok else "fits: NO")
+        lines.append(verdict_line(self.ok, len(self.errors), 0, self.fits))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "ok": self.ok, "fits": self.fits, "checked": self.checked,
+        """The ``lnn check --json`` schema (the same for an ONNX file and a factory; docs/cli-json.md)."""
+        return {"target": self.target, "ok": self.ok, "fits": self.fits, "checked": self.checked, "problems": [],
                 "violations": [v.to_dict() for v in self.violations], "memory": self.memory,
                 "splits": [s.to_dict() for s in self.splits],
                 "fused_relu": [{"conv": f.conv, "relu": f.relu} for f in self.fused]}
@@ -191,14 +186,16 @@ def _shape_check(op: OpView, limits: Mapping[str, Any]) -> Finding:
 _SHAPE_RULE = Rule("csk60xx.graph.shape", (), " ".join((_shape_check.__doc__ or "").split()), _shape_check)
 
 
-def _memory_summary(plan: MemoryPlan) -> dict[str, Any]:
+def _memory_summary(plan: MemoryPlan, graph: Graph | None = None) -> dict[str, Any]:
+    from .report import spill_advice
+
     share, psram = plan.regions[REGION_SHARE], plan.regions[REGION_PSRAM]
     return {"share_mem_bytes": share.size, "share_mem_peak": share.peak, "share_mem_limit": share.limit,
             "share_mem_lower_bound": share.lower_bound,
             "share_mem_activation_lower_bound": share.activation_lower_bound,
             "prefetch_bytes": share.prefetch_total, "workspace_bytes": share.workspace_total,
             "psram_bytes": psram.size, "psram_limit": psram.limit, "spilled_to_psram": list(plan.spilled),
-            "fits": True}
+            "spills": spill_advice(plan, graph), "fits": True}
 
 
 def check_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None = None,
@@ -243,7 +240,8 @@ def check_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None
     except HardwareLimitError as exc:
         report.violations.append(Violation(g.name, "graph", exc.rule_id, str(exc.details.get("rule", exc.rule_id)),
                                            exc.limit, exc.actual, exc.hint or "", TARGET_ID))
-        report.memory = {"fits": False, "reason": exc.headline, "needed": exc.actual, "limit": exc.limit}
+        report.memory = {"fits": False, "reason": exc.headline, "needed": exc.actual, "limit": exc.limit,
+                         "offenders": list(getattr(exc, "offenders", None) or [])}
         return report
     try:  # the package writer refuses what the loader would (exponent range, ranks, sizes): where no rule has
         if not report.errors:  # refused the graph already, that is one more thing to judge
@@ -253,10 +251,10 @@ def check_graph(graph: Graph, *, share_mem: int | None = None, psram: int | None
             getattr(exc, "node", None) or g.name, "graph", f"csk60xx.package.{fmt.name}",
             str(exc.details.get("rule", exc.headline)), getattr(exc, "limit", None),
             getattr(exc, "actual", exc.headline), exc.hint or "", TARGET_ID))
-        report.memory = {**_memory_summary(report.plan), "fits": False, "reason": exc.headline}
+        report.memory = {**_memory_summary(report.plan, g), "fits": False, "reason": exc.headline}
         report.plan = None
         return report
-    report.memory = _memory_summary(report.plan)
+    report.memory = _memory_summary(report.plan, g)
     log.info("checked %d ops: %d errors, %d warnings, share-memory %d bytes", report.checked, len(report.errors),
              len(report.violations) - len(report.errors), report.memory["share_mem_bytes"])
     return report

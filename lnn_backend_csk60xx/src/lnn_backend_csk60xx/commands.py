@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lnn_core.cli import result_stream
 from lnn_core.errors import ConfigError, HardwareLimitError, ModelFileError, SimulatorError
 from lnn_core.rules import RuleReport
 
@@ -69,14 +70,18 @@ def _common(p: argparse.ArgumentParser, *, sizes: bool = True) -> None:
         p.add_argument("--psram", metavar="BYTES", help="PSRAM size (default 8388608)")
         p.add_argument("--input-shape", action="append", metavar="NAME=D1,D2,...",
                        help="fix the shape of a graph input whose shape is symbolic in the file (repeatable)")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout (docs/cli-json.md)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (there is none when stderr is not "
+                                                                 "a terminal)")
 
 
 @contextmanager
-def _progress(total: int, desc: str) -> Iterator[Any]:
+def _progress(total: int, desc: str, args: argparse.Namespace | None = None) -> Iterator[Any]:
+    """A tqdm bar on stderr: shown when stderr is a terminal, never with ``--quiet``."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=None, leave=False)
+    quiet = bool(getattr(args, "quiet", False))
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=True if quiet else None, leave=False)
     try:
         yield bar
     finally:
@@ -118,14 +123,23 @@ def configure_pack(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _pack_summary(**values: Any) -> dict[str, Any]:
+    """``lnn pack --json``: one schema for success and refusal (docs/cli-json.md)."""
+    out: dict[str, Any] = {"ok": True, "model": None, "format": None, "bytes": None, "memory": None, "spills": [],
+                           "splits": [], "fused_relu": 0, "warnings": [], "reports": [], "error": None,
+                           "rule_id": None, "limit": None, "actual": None, "offenders": [], "violations": []}
+    out.update(values)
+    return out
+
+
 def run_pack(args: argparse.Namespace, host: Any) -> int:
     from .pipeline import pack_graph
-    from .report import memory_dict, memory_table, write_reports
+    from .report import memory_dict, memory_table, spill_advice, spill_warning, write_reports
 
     share, psram = _sizes(args)
     shapes = parse_input_shapes(args.input_shape)
     stages = ["read", "rules", "passes", "plan", "pack", "write"]
-    with _progress(len(stages), f"lnn pack {Path(args.model).name}") as bar:
+    with _progress(len(stages), f"lnn pack {Path(args.model).name}", args) as bar:
         def step(stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update(1)
@@ -142,7 +156,7 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
         out = Path(args.output)
         try:
             out.write_bytes(res.blob)
-            reports = ([str(f) for f in write_reports(res.plan, args.report_dir, passes=res.passes,
+            reports = ([str(f) for f in write_reports(res.plan, args.report_dir, passes=res.passes, graph=res.graph,
                                                       title=Path(args.model).name)] if args.report_dir else [])
         except OSError as exc:
             raise ConfigError(f"cannot write the packed model or its reports: {exc.strerror}",
@@ -150,46 +164,65 @@ def run_pack(args: argparse.Namespace, host: Any) -> int:
                               option="-o", value=str(exc.filename), valid="a writable path") from exc
     warnings = [v for v in (res.rules.violations if res.rules else []) if v.severity != "error"]
     share_rp, psram_rp = res.plan.regions["share_mem"], res.plan.regions["psram"]
+    spills = spill_advice(res.plan, res.graph)
+    stream = result_stream(args)
     if args.json:
-        summary = {"model": str(out), "format": res.format, "bytes": len(res.blob),
-                   "memory": memory_dict(res.plan, res.passes)["regions"],
-                   "spilled_to_psram": res.plan.spilled, "splits": [s.to_dict() for s in res.passes.splits],
-                   "fused_relu": len(res.passes.fused), "warnings": [v.to_dict() for v in warnings],
-                   "reports": reports}
-        print(json.dumps(summary, indent=2, default=str))
+        summary = _pack_summary(model=str(out), format=res.format, bytes=len(res.blob),
+                                memory=memory_dict(res.plan, res.passes)["regions"], spills=spills,
+                                splits=[s.to_dict() for s in res.passes.splits], fused_relu=len(res.passes.fused),
+                                warnings=[v.to_dict() for v in warnings], reports=reports)
+        print(json.dumps(summary, indent=2, default=str), file=stream)
         return 0
-    print(f"wrote {out} ({len(res.blob)} bytes, {len(res.graph.nodes)} ops)")
+    print(f"wrote {out} ({len(res.blob)} bytes, {len(res.graph.nodes)} ops)", file=stream)
     print(f"share-memory: {share_rp.size} of {share_rp.limit} bytes (lower bound {share_rp.lower_bound}); "
-          f"PSRAM: {psram_rp.size} of {psram_rp.limit} bytes")
-    if res.plan.spilled:
-        print("moved to PSRAM: " + ", ".join(res.plan.spilled))
+          f"PSRAM: {psram_rp.size} of {psram_rp.limit} bytes", file=stream)
+    spill_line = spill_warning(spills)
+    if spill_line:
+        print(spill_line, file=sys.stderr)
     if res.plan.package:
         from .report import package_line
 
-        print(package_line(res.plan))
+        print(package_line(res.plan), file=stream)
     for s in res.passes.splits:
-        print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}")
+        print(f"split: {s.node} ({s.op_type}) along {s.axis} into {len(s.parts)} parts: {s.reason}", file=stream)
     if res.passes.fused:
-        print(f"fused {len(res.passes.fused)} ReLU ops into convolutions")
+        print(f"fused {len(res.passes.fused)} ReLU ops into convolutions", file=stream)
     for v in warnings:
-        print(f"warning: {v.op_name} ({v.op_type}): {v.rule_id}: {v.actual}; hint: {v.hint}")
+        print(f"warning: {v.op_name} ({v.op_type}): {v.rule_id}: {v.actual}; hint: {v.hint}", file=stream)
     for f in reports:
-        print(f"report: {f}")
+        print(f"report: {f}", file=stream)
     if not reports:
-        print("\n".join(memory_table(res.plan).splitlines()[:3]))
+        print("\n".join(memory_table(res.plan).splitlines()[:3]), file=stream)
     return 0
 
 
 def _refuse(args: argparse.Namespace, exc: HardwareLimitError) -> int:
+    """Packing refused (rules or memory): the reasons, and the report folder's files when one was asked for."""
+    from .report import write_failure_reports
+
     violations = list(getattr(exc, "violations", []) or [])
+    reports: list[str] = []
+    if args.report_dir:
+        try:
+            reports = [str(f) for f in write_failure_reports(exc, args.report_dir)]
+        except OSError as err:
+            raise ConfigError(f"cannot write the reports: {err.strerror}", {"path": err.filename},
+                              "check the report folder is writable", option="--report-dir",
+                              value=str(err.filename), valid="a writable folder") from err
+    stream = result_stream(args)
     if args.json:
-        print(json.dumps({"ok": False, "error": exc.headline, "rule_id": getattr(exc, "rule_id", None),
-                          "limit": getattr(exc, "limit", None), "actual": getattr(exc, "actual", None),
-                          "violations": [v.to_dict() for v in violations]}, indent=2, default=str))
+        print(json.dumps(_pack_summary(ok=False, format=args.format, error=exc.headline, reports=reports,
+                                       rule_id=getattr(exc, "rule_id", None), limit=getattr(exc, "limit", None),
+                                       actual=getattr(exc, "actual", None),
+                                       offenders=list(getattr(exc, "offenders", None) or []),
+                                       violations=[v.to_dict() for v in violations]), indent=2, default=str),
+              file=stream)
     else:
         if violations:
-            print(RuleReport(TARGET_ID, violations).table())
+            print(RuleReport(TARGET_ID, violations).table(), file=stream)
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        for f in reports:
+            print(f"report: {f}", file=stream)
     return 1
 
 
@@ -382,12 +415,12 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
     if args.json:
         print(json.dumps({"outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape)}
                                       for p, s, a in zip(paths, out_specs, outputs)],
-                          "dumped": n_dumped, "dump_dir": args.dump}, indent=2))
+                          "dumped": n_dumped, "dump_dir": args.dump}, indent=2), file=result_stream(args))
         return 0
     for p, s, a in zip(paths, out_specs, outputs):
-        print(f"wrote {p}: {s.name} {a.dtype} {tuple(a.shape)}")
+        print(f"wrote {p}: {s.name} {a.dtype} {tuple(a.shape)}", file=result_stream(args))
     if args.dump:
-        print(f"dumped {n_dumped} tensors to {args.dump} (index.json lists them)")
+        print(f"dumped {n_dumped} tensors to {args.dump} (index.json lists them)", file=result_stream(args))
     return 0
 
 
@@ -424,7 +457,13 @@ def _check_factory(args: argparse.Namespace, host: Any, share: int | None, psram
     if args.checkpoint:  # the float model: the quantizer state of an lnn.init checkpoint is not used here
         load_checkpoint(model, args.checkpoint, args.model, allow_extra=True)
     options = {k: v for k, v in (("share_mem", share), ("psram", psram)) if v is not None}
-    return lnn.check(model, inputs, target=TARGET_ID, host=host, options=options)
+    with _progress(5, f"lnn check {args.model}", args) as bar:
+        def step(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(1)
+
+        step("build")
+        return lnn.check(model, inputs, target=TARGET_ID, host=host, options=options, progress=step)
 
 
 def run_check(args: argparse.Namespace, host: Any) -> int:
@@ -433,7 +472,7 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
     share, psram = _sizes(args)
     if _is_factory(args.model):
         report = _check_factory(args, host, share, psram)
-        print(report.to_json() if args.json else report.table())
+        print(report.to_json() if args.json else report.table(), file=result_stream(args))
         return 0 if report.ok else 1
     if args.input_dtype:
         raise ConfigError("option --input-dtype is for a PyTorch model (package.module:factory)",
@@ -444,13 +483,13 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
         raise ModelFileError(f"cannot read ONNX file '{args.model}': it does not exist", {},
                              "pass an ONNX file, or a PyTorch model as package.module:factory", path=args.model,
                              node=None)
-    with _progress(2, f"lnn check {Path(args.model).name}") as bar:
+    with _progress(2, f"lnn check {Path(args.model).name}", args) as bar:
         graph, ops = _read(args.model, host, parse_input_shapes(args.input_shape))
         bar.update(1)
         report = check_graph(graph, share_mem=share, psram=psram, rules_for=_rules_for(host), ops=ops,
                              package_format=args.format)
         bar.update(1)
-    print(report.to_json() if args.json else report.table())
+    print(report.to_json() if args.json else report.table(), file=result_stream(args))
     return 0 if report.ok else 1
 
 

@@ -229,7 +229,9 @@ def run(args: argparse.Namespace, host: Any) -> int:
                    out_dir=args.out_dir or "lnn-demo")
     res.pop("model")
     if args.json:
-        print(json.dumps(res, indent=2))
+        from lnn_core.cli import result_stream
+
+        print(json.dumps(res, indent=2), file=result_stream(args))
         return 0
     print(f"lnn demo: {res['dataset']}")
     print(f"  float accuracy            {res['float_accuracy']:6.2f} %")

@@ -54,7 +54,7 @@ from .ops.opset import OpSet
 from .sizes import align as _align_up
 
 __all__ = ["GreedyPlanner", "MemoryConfig", "TensorPlacement", "ScratchPlacement", "RegionPlan", "MemoryPlan",
-           "plan_memory", "REGION_SHARE", "REGION_PSRAM"]
+           "plan_memory", "layer_of", "REGION_SHARE", "REGION_PSRAM"]
 
 log = logging.getLogger("lnn.backend.planner")
 
@@ -494,6 +494,31 @@ def _plan_share(groups: list[_Group], scratch: list[_Scratch], alignment: int) -
     return planner
 
 
+def layer_of(graph: Graph) -> dict[str, str]:
+    """Tensor name -> the name of the op that writes it (the layer's module path in files lnn exports; a graph
+    input maps to ``input``)."""
+    out = {name: "input" for name in graph.inputs}
+    for node in graph.nodes:
+        for name in node.outputs:
+            out[name] = node.name
+    return out
+
+
+def _offenders(graph: Graph, groups: list[_Group], scratch: list[_Scratch], steps: set[int] | None,
+               count: int = 8) -> list[dict[str, Any]]:
+    """The largest buffers (live at ``steps``; all when None) with the layer that writes or uses each, for advice."""
+    layers = layer_of(graph)
+    rows = [{"layer": layers.get(g.root, g.root), "tensor": g.root, "kind": "activation", "bytes": g.size}
+            for g in groups if steps is None or any(g.first <= t <= g.last for t in steps)]
+    rows += [{"layer": sc.op, "tensor": sc.name, "kind": sc.kind, "bytes": sc.size}
+             for sc in scratch if steps is None or any(sc.first <= t <= sc.last for t in steps)]
+    return sorted(rows, key=lambda r: (-r["bytes"], r["tensor"]))[:count]
+
+
+def _describe(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{r['layer']}: {r['kind']} {r['tensor']!r} {r['bytes']} bytes" for r in rows)
+
+
 def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None = None,
                 config: MemoryConfig | None = None, scratch: bool = True, ops: OpSet | None = None) -> MemoryPlan:
     """Plan every activation tensor of ``graph`` (graph inputs and node outputs; not initializers), and
@@ -526,16 +551,20 @@ def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None
             g.first <= t <= g.last and g.size > (_workspace_cost(graph, cfg, g, t, ops) if cfg.scratch else 0)
             for t in hot_steps)]
         if not candidates:
+            offenders = _offenders(graph, share, prefetch + work, hot_steps)
             raise HardwareLimitError(
                 f"graph {graph.name!r} does not fit the share-memory of target csk60xx",
                 {"rule": f"csk60xx.memory.share_mem_bytes: share-memory holds {cfg.share_mem} bytes",
                  "actual": f"{planner.max_size} bytes needed with {len(spilled)} tensors already in PSRAM; "
                            "what is left (weight prefetch, workspaces, tensors the ops at the overflowing "
                            "steps read or write) cannot move",
-                 "steps": ", ".join(graph.nodes[t].name for t in sorted(hot_steps)[:5] if t < len(graph.nodes))},
-                "pass a larger --share-mem, or shrink the layers at these steps",
+                 "steps": ", ".join(graph.nodes[t].name for t in sorted(hot_steps)[:5] if t < len(graph.nodes)),
+                 "largest there": _describe(offenders)},
+                f"shrink the largest layers above (fewer channels, a stride of 2 earlier), or pass a --share-mem "
+                f"of at least {planner.max_size}",
                 target="csk60xx", rule_id="csk60xx.memory.share_mem_bytes", limit=cfg.share_mem,
-                actual=planner.max_size, op_name=None, violations=[])
+                actual=planner.max_size, op_name=offenders[0]["layer"] if offenders else None, violations=[],
+                offenders=offenders, steps=[graph.nodes[t].name for t in sorted(hot_steps) if t < len(graph.nodes)])
         victim = min(candidates, key=lambda g: (g.accesses / max(g.size, 1), -g.size, g.root))
         share.remove(victim)
         spilled.append(victim)
@@ -543,16 +572,17 @@ def plan_memory(graph: Graph, *, share_mem: int | None = None, psram: int | None
                  planner.max_size, cfg.share_mem, victim.root, victim.size, victim.accesses)
     psram_planner = _plan_share(spilled, [], cfg.alignment)
     if psram_planner.max_size > cfg.psram:
-        biggest = sorted(groups, key=lambda g: -g.size)[:3]
+        offenders = _offenders(graph, spilled, [], None)
         raise HardwareLimitError(
             f"graph {graph.name!r} does not fit the memory of target csk60xx (share-memory + PSRAM)",
             {"rule": f"csk60xx.memory.psram_bytes: activations moved to PSRAM must fit {cfg.psram} bytes",
              "actual": f"{psram_planner.max_size} bytes of PSRAM needed after {planner.max_size} bytes "
                        f"of share-memory ({cfg.share_mem} bytes available)",
-             "largest": ", ".join(f"{g.root} ({g.size} bytes)" for g in biggest)},
-            "reduce the input size or the channel counts of the largest layers",
+             "largest in PSRAM": _describe(offenders)},
+            "reduce the input size or the channel counts of the largest layers above",
             target="csk60xx", rule_id="csk60xx.memory.psram_bytes", limit=cfg.psram,
-            actual=psram_planner.max_size, op_name=None, violations=[])
+            actual=psram_planner.max_size, op_name=offenders[0]["layer"] if offenders else None, violations=[],
+            offenders=offenders, steps=[])
 
     placements: dict[str, TensorPlacement] = {}
     regions: dict[str, RegionPlan] = {}

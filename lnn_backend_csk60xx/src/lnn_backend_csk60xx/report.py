@@ -16,28 +16,57 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan
+from lnn_core.graph import Graph
+
+from .planner import REGION_PSRAM, REGION_SHARE, MemoryPlan, layer_of
 from .rewrites import PassReport
 
-__all__ = ["memory_table", "memory_json", "memory_dict", "write_png", "write_reports"]
+__all__ = ["memory_table", "memory_json", "memory_dict", "write_png", "write_reports", "spill_advice",
+           "spill_warning", "write_failure_reports", "short_label"]
 
 log = logging.getLogger("lnn.backend.report")
 
 _REGIONS = (REGION_SHARE, REGION_PSRAM)
 
 
-def memory_dict(plan: MemoryPlan, passes: PassReport | None = None) -> dict[str, Any]:
+def spill_advice(plan: MemoryPlan, graph: Graph | None) -> list[dict[str, Any]]:
+    """One entry per activation moved to PSRAM: the tensor, the layer that writes it, its bytes and the ops that
+    read it (each read goes through the slower PSRAM path)."""
+    layers = layer_of(graph) if graph is not None else {}
+    readers: dict[str, list[str]] = {}
+    for node in graph.nodes if graph is not None else []:
+        for name in node.inputs:
+            if name:
+                readers.setdefault(name, []).append(node.name)
+    out = []
+    for name in plan.spilled:
+        group = [p for p in plan.placements.values() if p.name == name or p.alias_of == name]
+        size = max((p.offset + p.size for p in group), default=0) - min((p.offset for p in group), default=0)
+        read = sorted({r for p in group for r in readers.get(p.name, [])})
+        out.append({"tensor": name, "layer": layers.get(name, name), "bytes": size, "read_by": read})
+    return out
+
+
+def spill_warning(spills: list[dict[str, Any]]) -> str | None:
+    """One line for the user when activations live in PSRAM (None when none do)."""
+    from lnn_core.check_format import spill_line
+
+    return spill_line(spills)
+
+
+def memory_dict(plan: MemoryPlan, passes: PassReport | None = None, graph: Graph | None = None) -> dict[str, Any]:
     """Everything the reports show, as plain data (the JSON report)."""
     out = plan.to_dict()
     out["live_bytes"] = {r: plan.live_bytes(r) for r in _REGIONS}
     out["ops"] = list(plan.op_names)
+    out["spills"] = spill_advice(plan, graph)
     if passes is not None:
         out["passes"] = passes.to_dict()
     return out
 
 
-def memory_json(plan: MemoryPlan, passes: PassReport | None = None) -> str:
-    return json.dumps(memory_dict(plan, passes), indent=2, sort_keys=False)
+def memory_json(plan: MemoryPlan, passes: PassReport | None = None, graph: Graph | None = None) -> str:
+    return json.dumps(memory_dict(plan, passes, graph), indent=2, sort_keys=False)
 
 
 def _op(plan: MemoryPlan, step: int) -> str:
@@ -53,7 +82,8 @@ def package_line(plan: MemoryPlan) -> str:
             f"against {lnn if lnn is not None else 'no fit'} for lnn's model.bin plan of the same graph")
 
 
-def memory_table(plan: MemoryPlan, passes: PassReport | None = None, *, limit_rows: int | None = None) -> str:
+def memory_table(plan: MemoryPlan, passes: PassReport | None = None, *, limit_rows: int | None = None,
+                 graph: Graph | None = None) -> str:
     """The plan as text: a summary per region, the moved tensors, the splits, then one row per buffer."""
     lines = ["region       arena      peak  lower bound  activations  prefetch(max live)  workspace(max live)  limit"]
     for r in _REGIONS:
@@ -68,6 +98,9 @@ def memory_table(plan: MemoryPlan, passes: PassReport | None = None, *, limit_ro
     lines.append("moved to PSRAM: " + (", ".join(plan.spilled) if plan.spilled else "none"))
     if plan.package:
         lines.append(package_line(plan))
+    warning = spill_warning(spill_advice(plan, graph)) if graph is not None else None
+    if warning:
+        lines.append(warning)
     if passes is not None:
         for f in passes.fused:
             lines.append(f"fused: {f.relu} into {f.conv}")
@@ -93,6 +126,32 @@ def memory_table(plan: MemoryPlan, passes: PassReport | None = None, *, limit_ro
     return "\n".join(lines).rstrip() + "\n"
 
 
+def short_label(name: str, width: int = 18) -> str:
+    """A layer name short enough for an axis: the last parts of a module path, elided in the middle if need be."""
+    if len(name) <= width:
+        return name
+    tail = name
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        tail = "…" + ".".join(parts[i:])
+        if len(tail) <= width:
+            return tail
+    half = (width - 1) // 2
+    return name[:half] + "…" + name[-(width - 1 - half):]
+
+
+def _label_steps(ax: Any, plan: MemoryPlan, most: int = 60) -> None:
+    """The layer names under the x axis, rotated; at most ``most`` of them (every k-th) so they stay readable."""
+    n = len(plan.op_names)
+    if not n:
+        return
+    every = max(1, -(-n // most))
+    ticks = list(range(0, n, every))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([short_label(plan.op_names[t]) for t in ticks], rotation=60, ha="right",
+                       fontsize="x-small" if len(ticks) > 20 else "small")
+
+
 def write_png(plan: MemoryPlan, path: str | Path, *, title: str = "memory plan") -> Path:
     """Draw memory over time: share-memory placements (offset vs. op step) and live bytes per region.
 
@@ -105,7 +164,8 @@ def write_png(plan: MemoryPlan, path: str | Path, *, title: str = "memory plan")
     from matplotlib.patches import Rectangle
 
     colors = {"tensor": "#4c72b0", "prefetch": "#dd8452", "workspace": "#55a868"}
-    fig, (ax_map, ax_live) = plt.subplots(2, 1, figsize=(11, 8), constrained_layout=True)
+    fig, (ax_map, ax_live) = plt.subplots(2, 1, figsize=(max(11, 0.2 * len(plan.op_names)), 9),
+                                          constrained_layout=True)
     steps = max(plan.num_steps, 1)
     share = plan.regions[REGION_SHARE]
     for p, size in plan.buffers(REGION_SHARE):
@@ -117,8 +177,9 @@ def write_png(plan: MemoryPlan, path: str | Path, *, title: str = "memory plan")
     ax_map.axhline(share.limit, color="red", linewidth=1, linestyle="--", label=f"limit {share.limit} B")
     ax_map.axhline(share.peak, color="black", linewidth=1, linestyle=":", label=f"peak {share.peak} B")
     ax_map.set_xlim(-1, steps)
+    _label_steps(ax_map, plan)
     ax_map.set_ylim(0, max(share.peak, 1) * 1.08)
-    ax_map.set_xlabel("op step")
+    ax_map.set_xlabel("layer (op step)")
     ax_map.set_ylabel("share-memory offset (bytes)")
     ax_map.set_title(f"{title}: share-memory placements (blue tensors, orange weight prefetch, green workspace)")
     ax_map.legend(loc="upper right")
@@ -132,7 +193,9 @@ def write_png(plan: MemoryPlan, path: str | Path, *, title: str = "memory plan")
         ax_live.plot(xs, psram, color="purple", label="PSRAM activations")
     ax_live.axhline(share.lower_bound, color="black", linewidth=1, linestyle=":",
                     label=f"share-memory lower bound {share.lower_bound} B")
-    ax_live.set_xlabel("op step")
+    ax_live.set_xlim(-1, steps)
+    _label_steps(ax_live, plan)
+    ax_live.set_xlabel("layer (op step)")
     ax_live.set_ylabel("live bytes")
     ax_live.legend(loc="upper right", fontsize="small")
     path = Path(path)
@@ -142,15 +205,38 @@ def write_png(plan: MemoryPlan, path: str | Path, *, title: str = "memory plan")
 
 
 def write_reports(plan: MemoryPlan, folder: str | Path, *, passes: PassReport | None = None,
-                  title: str = "memory plan") -> list[Path]:
+                  title: str = "memory plan", graph: Graph | None = None) -> list[Path]:
     """Write ``memory.txt``, ``memory.json`` and (when matplotlib is installed) ``memory.png`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "memory.txt", folder / "memory.json"]
-    written[0].write_text(memory_table(plan, passes), encoding="utf-8")
-    written[1].write_text(memory_json(plan, passes), encoding="utf-8")
+    written[0].write_text(memory_table(plan, passes, graph=graph), encoding="utf-8")
+    written[1].write_text(memory_json(plan, passes, graph), encoding="utf-8")
     try:
         written.append(write_png(plan, folder / "memory.png", title=title))
     except ModuleNotFoundError:
         log.warning("matplotlib is not installed: memory.png not written (pip install lnn-backend-csk60xx[report])")
+    return written
+
+
+def write_failure_reports(exc: Any, folder: str | Path) -> list[Path]:
+    """When packing is refused: ``memory.txt`` and ``memory.json`` with the reason, the rule violations and the
+    largest buffers with the layers that hold them (what to shrink); no plan, so no picture."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    offenders = list(getattr(exc, "offenders", None) or [])
+    violations = [v.to_dict() for v in getattr(exc, "violations", None) or []]
+    data = {"ok": False, "error": exc.headline, "rule_id": getattr(exc, "rule_id", None),
+            "limit": getattr(exc, "limit", None), "actual": getattr(exc, "actual", None),
+            "steps": list(getattr(exc, "steps", None) or []), "offenders": offenders, "violations": violations}
+    lines = ["packing refused: " + str(exc), ""]
+    if offenders:
+        lines.append("largest buffers (what to shrink first):")
+        lines.append(f"{'layer':<40} {'kind':<11} {'bytes':>9}  tensor")
+        lines += [f"{r['layer'][:40]:<40} {r['kind']:<11} {r['bytes']:>9}  {r['tensor']}" for r in offenders]
+    for v in violations:
+        lines.append(f"violation: {v.get('op_name')} ({v.get('op_type')}): {v.get('rule_id')}: {v.get('actual')}")
+    written = [folder / "memory.txt", folder / "memory.json"]
+    written[0].write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    written[1].write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     return written

@@ -82,6 +82,7 @@ __all__ = [
     "UncalibratedError",
     "UncalibratedWarning",
     "disable_quant",
+    "analyse",
     "export",
     "to_ir",
     "verify",
@@ -127,7 +128,13 @@ _LAZY = {
 }
 
 
+#: submodules reachable as attributes (``lnn.analyse.weights(model)``), imported on first access
+_SUBMODULES = ("analyse",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # the import binds it as an attribute too
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lnn_core' has no attribute {name!r}")
@@ -137,4 +144,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -2,8 +2,16 @@
 
 Exit codes: 0 success, 1 the command ran and found a problem (violations, mismatches; ``lnn plugins``: a
 plugin was skipped), 2 usage or input error (bad arguments, unreadable files, broken plugins when asked
-to be strict). A plugin that fails (import, hook, garbage result, a command whose arguments cannot be set
-up) is skipped with a warning naming it; ``lnn plugins`` always runs and lists it.
+to be strict) or a crash of the command (one line on stderr; ``-v`` adds the traceback).
+
+``--json``: the result is the only thing on stdout. A command writes its result to ``result_stream(args)``; while
+a command with ``--json`` runs, everything else written to stdout (``print`` in user code, torch's graph dumps and
+C-level messages on file descriptor 1) goes to stderr, and the result follows on stdout when the command ends (a
+command that writes nothing there gets what it printed, as before).
+The schemas are in docs/cli-json.md.
+
+A plugin that fails (import, hook, garbage result, a command whose arguments cannot be set up) is skipped with a
+warning naming it; ``lnn plugins`` always runs and lists it.
 
 Start-up cost: the host imports every plugin module (cheap by convention) and fills only the
 registries a command uses; ``lnn --help``, ``lnn plugins``, ``lnn pack``, ``lnn run`` and ``lnn check
@@ -13,14 +21,94 @@ FILE.onnx`` import no torch (``benchmarks/bench_cli.py`` measures them).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TextIO
 
 from .errors import LnnError
 from .plugins import PluginHost
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "result_stream", "progress_bar"]
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str, *, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A tqdm bar on stderr over ``total`` named stages; yields ``step(stage_name)``. Shown only when stderr is a
+    terminal (tqdm's ``disable=None``) and never with ``quiet``."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=True if quiet else None, leave=False)
+
+    def step(stage: str) -> None:
+        bar.set_postfix_str(stage)
+        bar.update(1)
+
+    try:
+        yield step
+    finally:
+        bar.close()
+
+
+def result_stream(args: argparse.Namespace) -> TextIO:
+    """Where a command writes its result (``args.stdout``; ``sys.stdout`` when the command is called directly)."""
+    return getattr(args, "stdout", None) or sys.stdout
+
+
+@contextlib.contextmanager
+def _stdout_for_results(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--json``: the command's result (written to ``args.stdout``) is all that reaches stdout.
+
+    ``sys.stdout`` points to stderr while the command runs, and so does file descriptor 1 (torch's C++ side prints
+    there); the result, gathered in a buffer, is written once both are restored.
+    """
+    if not getattr(args, "json", False):
+        args.stdout = sys.stdout
+        yield
+        return
+    out, buffer = sys.stdout, io.StringIO()
+    args.stdout = buffer
+    saved = None
+    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        out.flush()
+        sys.stderr.flush()
+        saved = (1, os.dup(1))  # file descriptor 1 itself: C code writes there whatever sys.stdout is
+        os.dup2(2, 1)
+    echo = _Echo(sys.stderr)
+    sys.stdout = echo
+    try:
+        yield
+    finally:
+        sys.stdout = out
+        if saved is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved[1], saved[0])
+            os.close(saved[1])
+        # a command that prints its result instead of writing it to args.stdout (a plugin's older command) still
+        # gets it on stdout, as before, with whatever else was printed
+        out.write(buffer.getvalue() or echo.copy.getvalue())
+        out.flush()
+
+
+class _Echo(io.TextIOBase):
+    """``sys.stdout`` during a ``--json`` command: writes go to stderr, and a copy is kept."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target, self.copy = target, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def writable(self) -> bool:
+        return True
 
 
 def build_parser(host: PluginHost) -> argparse.ArgumentParser:
@@ -70,7 +158,8 @@ def main(argv: Sequence[str] | None = None, *, host: PluginHost | None = None) -
         parser.print_help()
         return 2
     try:
-        return int(args._run(args, host) or 0)
+        with _stdout_for_results(args):
+            return int(args._run(args, host) or 0)
     except LnnError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -87,10 +176,8 @@ def main(argv: Sequence[str] | None = None, *, host: PluginHost | None = None) -
 
 
 def _internal_error(args: argparse.Namespace, host: PluginHost, exc: Exception) -> int:
-    """One message naming the command and the plugin that provides it; the traceback with ``-v``."""
+    """One line naming the command, the plugin that provides it and the exception; the traceback with ``-v``."""
     import traceback
-
-    from .errors import format_message
 
     command = getattr(args, "command", None) or "?"
     try:
@@ -100,10 +187,10 @@ def _internal_error(args: argparse.Namespace, host: PluginHost, exc: Exception) 
     plugin = source.split(" ", 1)[0].strip("'") if source else "?"
     if args.verbose:
         traceback.print_exception(exc, file=sys.stderr)
-    print(format_message(f"lnn {command}: internal error in plugin {source}",
-                         {"cause": f"{type(exc).__name__}: {exc}"},
-                         f"this is a defect of the command, not of your input: run again with -v for the traceback "
-                         f"and report it; to run without the plugin set LNN_DISABLE_PLUGINS={plugin}"), file=sys.stderr)
+    cause = " ".join(str(exc).split()) or "(no message)"
+    print(f"lnn {command}: internal error in plugin {source}: {type(exc).__name__}: {cause[:300]} (a defect of the "
+          f"command, not of your input; hint: run again with -v for the traceback and report it; "
+          f"LNN_DISABLE_PLUGINS={plugin} runs without the plugin)", file=sys.stderr)
     return 2
 
 

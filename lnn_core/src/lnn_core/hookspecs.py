@@ -120,7 +120,9 @@ def lnn_register_sim_kernels(registry: SimKernelRegistry) -> None:
 def lnn_register_commands(registry: CommandRegistry) -> None:
     """Contribute subcommands to the ``lnn`` command line.
 
-    :param registry: call ``registry.add(name, help, configure, run)``.
+    :param registry: call ``registry.add(name, help, configure, run)``. ``run(args, host)`` returns the exit code
+        (0 ok, 1 problems found) and writes its result to ``lnn_core.cli.result_stream(args)``: with ``--json`` that
+        is the only thing that reaches stdout (anything printed elsewhere goes to stderr; docs/cli-json.md).
     """
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -20,6 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from .calibration import UncalibratedWarning, require_calibrated
+from .check_format import memory_lines, verdict_line
 from .errors import LnnError, format_message
 from .exporter import ExampleRunner, FloatIslandWarning, to_ir
 from .plugins import PluginHost, PluginLoadWarning
@@ -116,20 +118,28 @@ def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
+_NO_PROGRESS: Callable[[str], None] = lambda _stage: None
+
+
 def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, host: PluginHost | None = None,
-           options: dict[str, Any] | None = None, allow_uncalibrated: bool = False) -> VerifyReport:
+           options: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+           allow_uncalibrated: bool = False) -> VerifyReport:
     """Export, pack and simulate ``model`` and compare every shared tensor with eval mode.
 
     :param model: a model prepared by ``lnn.init`` (trained or not).
     :param example_inputs: a tensor or tuple of tensors (any batch size the target supports).
+    :param progress: called with the name of each stage as it starts (``export``, ``eval``, ``simulate``,
+        ``compare``; for progress bars).
     :param allow_uncalibrated: verify a model whose activation quantizers never saw data (a warning instead of
         :class:`~lnn_core.calibration.UncalibratedError`; its integers are all zero, so the proof is weak).
     :return: a :class:`VerifyReport`; ``report.ok`` is the verdict, ``report.table()`` explains it.
     """
+    step = progress or _NO_PROGRESS
     host = host or PluginHost()
     info: LnnInfo = getattr(model, "lnn", None)
     target = target or (info.target if info is not None else "csk60xx")
     inputs = _as_inputs(example_inputs)
+    step("export")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FloatIslandWarning)
         warnings.simplefilter("ignore", UncalibratedWarning)  # said once, below
@@ -138,6 +148,7 @@ def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, 
     writer = host.exporters[target]
     proto = writer(graph, host=host)
     was_training = model.training
+    step("eval")
     try:
         model.eval()
         with torch.no_grad():
@@ -148,11 +159,13 @@ def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, 
     # integer inputs (an embedding's token ids) stay integers; the simulator takes them as they are
     np_inputs = [x.detach().cpu().numpy() if not x.is_floating_point() else x.detach().cpu().numpy().astype(np.float32)
                  for x in inputs]
+    step("simulate")
     result = host.simulate(proto, np_inputs, target, options)  # a plugin returning garbage is skipped there
     if result is None:
         raise LnnError(f"no installed plugin simulates target {target!r}", {},
                        "install the target's backend (e.g. lnn-backend-csk60xx)")
     outputs, tensors = result
+    step("compare")
     report = VerifyReport(target)
     sources: dict[str, str] = graph.meta.get("sources", {})
     for node in graph.nodes:
@@ -200,35 +213,52 @@ class CheckReport:
     problems: list[str] = attrs.field(factory=list)  # export problems, unsupported ops, float islands
     memory: dict[str, Any] = attrs.field(factory=dict)
     checked: int = 0
+    fits: bool | None = None  # the memory plan fits (None: the model could not be exported, memory not judged)
+    splits: list[dict[str, Any]] = attrs.field(factory=list)
+    fused_relu: list[dict[str, Any]] = attrs.field(factory=list)
+
+    @property
+    def errors(self) -> list[Violation]:
+        return [v for v in self.violations if v.severity == "error"]
 
     @property
     def ok(self) -> bool:
-        return not [v for v in self.violations if v.severity == "error"] and not self.problems
+        return not self.errors and not self.problems and self.fits is not False
 
     def table(self) -> str:
         rep = RuleReport(self.target, list(self.violations), self.checked)
         lines = [rep.table()]
         lines += [f"problem: {p}" for p in self.problems]
-        if self.memory:
-            lines.append("memory: " + ", ".join(f"{k} {v}" for k, v in self.memory.items()))
-        lines.append("fits: yes" if self.ok else "fits: NO")
+        lines += memory_lines(self.memory, self.fits)
+        lines.append(verdict_line(self.ok, len(self.errors), len(self.problems), self.fits))
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``lnn check --json`` schema (the same for an ONNX file and a factory; docs/cli-json.md)."""
+        return {"target": self.target, "ok": self.ok, "fits": self.fits, "checked": self.checked,
+                "problems": list(self.problems), "violations": [v.to_dict() for v in self.violations],
+                "memory": self.memory, "splits": list(self.splits), "fused_relu": list(self.fused_relu)}
+
     def to_json(self) -> str:
-        return json.dumps({"target": self.target, "ok": self.ok, "problems": self.problems, "memory": self.memory,
-                           "violations": [v.to_dict() for v in self.violations]}, indent=2, default=str)
+        return json.dumps(self.to_dict(), indent=2, default=str)
 
 
 def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", host: PluginHost | None = None,
-          calibration_steps: int = 2, options: dict[str, Any] | None = None) -> CheckReport:
+          calibration_steps: int = 2, options: dict[str, Any] | None = None,
+          progress: Callable[[str], None] | None = None) -> CheckReport:
     """Judge a float (e.g. randomly initialised) model for ``target`` before any training.
 
     Runs the op-level rules, calibrates the quantizers on ``example_inputs`` so that an export is
     possible, exports, and asks the target's backend for pack-time rules and the memory fit. All
     problems are collected; nothing is raised for a model that does not fit.
+
+    :param progress: called with the name of each stage as it starts (``rules``, ``calibrate``, ``export``,
+        ``pack check``; for progress bars).
     """
+    step = progress or _NO_PROGRESS
     host = host or PluginHost()
     report = CheckReport(target)
+    step("rules")
     inputs = _as_inputs(example_inputs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -240,9 +270,11 @@ def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", hos
         report.violations.extend(op_report.violations)
         report.checked = op_report.checked
         qmodel.train()
+        step("calibrate")
         with torch.no_grad():
             for _ in range(max(1, calibration_steps)):
                 ExampleRunner(qmodel).run(*inputs)  # a wrong input shape: a ConfigError naming the module
+        step("export")
         try:
             graph = to_ir(qmodel, inputs, host=host)
         except LnnError as exc:
@@ -256,9 +288,15 @@ def check(model: nn.Module, example_inputs: Any, *, target: str = "csk60xx", hos
         if issubclass(w.category, PluginLoadWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if graph is not None:
+        step("pack check")
         pack_report = host.check_graph(graph, target, options)  # validated: a broken plugin is skipped
         if pack_report is not None:
             seen = {(v.op_name, v.rule_id) for v in report.violations}
             report.violations.extend(v for v in pack_report.violations if (v.op_name, v.rule_id) not in seen)
             report.memory = dict(getattr(pack_report, "memory", {}) or {})
+            fits = getattr(pack_report, "fits", report.memory.get("fits"))
+            report.fits = bool(fits) if fits is not None else None
+            report.splits = [s.to_dict() if hasattr(s, "to_dict") else dict(s)
+                             for s in getattr(pack_report, "splits", None) or []]
+            report.fused_relu = [{"conv": f.conv, "relu": f.relu} for f in getattr(pack_report, "fused", None) or []]
     return report

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from lnn_core.cli import result_stream
+
 from ..demo import _with_float_weights
 from .data import LABELS, load_dataset
 from .frontend import FrontEnd, mfcc, write_wav
@@ -258,5 +260,5 @@ def run_cli(args: Any, host: Any) -> int:
             cfg[key] = value
     res = run_kws_demo(**cfg, seed=args.seed, cache_dir=args.cache_dir, workers=args.workers,
                        out_dir=args.out_dir or "lnn-demo-kws", progress=not args.json, host=host)
-    print(json.dumps(res, indent=2) if args.json else summary_table(res))
+    print(json.dumps(res, indent=2) if args.json else summary_table(res), file=result_stream(args))
     return 0 if all(r["bit_exact"] and r["simulator_equals_eval"] for r in res["models"]) else 1

@@ -81,10 +81,10 @@ def mfcc(audio: np.ndarray) -> np.ndarray:
     to_mel, to_cep = mel_filterbank().T.astype(np.float32), dct_matrix().T.astype(np.float32)
     flat = x.reshape(-1, x.shape[-1])
     out = np.empty((len(flat), n_frames, N_MFCC), np.float32)
-    for i in range(0, len(flat), 128):  # in batches: the framed clips take 125 kB each
-        spec = np.fft.rfft(flat[i:i + 128, idx] * window, NFFT)
-        power = spec.real ** 2 + spec.imag ** 2
-        out[i:i + 128] = np.log(power @ to_mel + np.float32(LOG_FLOOR)) @ to_cep
+    for i in range(len(flat)):  # clip by clip: with numpy 2.2 and older the FFT and the products of a batch round
+        spec = np.fft.rfft(flat[i, idx] * window, NFFT)  # differently from those of one clip, and a clip's features
+        power = spec.real ** 2 + spec.imag ** 2  # must not depend on its batch (`lnn run` input = the test set's row)
+        out[i] = np.log(power @ to_mel + np.float32(LOG_FLOOR)) @ to_cep
     return out.reshape(*x.shape[:-1], n_frames, N_MFCC)
 
 

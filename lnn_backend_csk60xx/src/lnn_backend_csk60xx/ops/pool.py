@@ -102,6 +102,23 @@ def check_avgpool_divisor(op: OpView, limits: Mapping[str, Any]) -> Finding | No
     return None
 
 
+@rule("csk60xx.avgpool.ties", ops=(), severity="warning")
+def check_avgpool_ties(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """An even window area that is not a power of two can give exact ties (sum / area = k + 1/2): lnn rounds them
+    half up (spec int8-ops.md 3.10); the vendor's x86 Luna library rounds some of them the other way, depending on
+    the area (measured on areas 3..66: odd part 3, 9, 11, 13, 21, 33 away from zero, 5, 7, 15 toward zero); which
+    one the silicon does is unverified."""
+    k = ints(op, "kernel_shape")
+    if not k:
+        return None
+    area = k[0] * (k[1] if len(k) > 1 else 1)
+    if area % 2 or area & (area - 1) == 0:
+        return None
+    return Finding(actual=f"window {fmt(k)} (area {area})", limit="an odd or power-of-two window area",
+                   hint="use a window whose area is odd or a power of two (e.g. 2x2, 3x3, 4x4), or check this "
+                        "layer on a board: a tie may differ by one LSB")
+
+
 @rule("csk60xx.avgpool.out_exponent", ops=())
 def check_avgpool_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
     """AvgPool2dInt: a power-of-two window needs n_o = n_x (the chip shifts by log2 of the area); other
@@ -187,7 +204,7 @@ OPS = (
                  "data_bits": AttrSpec("int", default=8, choices=(8,)),
                  "o_bits": AttrSpec("int", default=8, choices=(8, 16)), **PLATFORM},
           scales={"scale_x": ("in", 0), "scale_o": ("out", 0)},
-          rules=(*_POOL_RULES, check_avgpool_divisor), pack_rules=(check_avgpool_out_exponent,),
+          rules=(*_POOL_RULES, check_avgpool_divisor, check_avgpool_ties), pack_rules=(check_avgpool_out_exponent,),
           torch_ops=("builtin.AvgPool1d", "builtin.AvgPool2d"), view=_view, workspace=engine_operands,
           lowerings={"lnn": Lowering(9, 1, _lower_avgpool, "pool.c"), "thinker": _THINKER_AVGPOOL}),
     OpDef("MaxPool", "", (1, 1), lambda c: _pool(c, avg=False),
