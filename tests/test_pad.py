@@ -136,3 +136,22 @@ def test_simulator_pads_like_numpy(host, c, h, w, pads, seed):
     inner = conv[:, :, top:top + h, left:left + w]
     expected = np.pad(inner.numpy(), ((0, 0), (0, 0), (top, bottom), (left, right)))
     assert np.array_equal(conv.numpy(), expected)
+
+
+def test_the_pad_hints_lead_somewhere_that_works(host):
+    """A conv padded beyond the chip's 4 per side is refused with a hint to pad in front; doing so verifies."""
+    with pytest.raises(HardwareLimitError) as exc:
+        lnn.init(nn.Sequential(nn.Conv2d(1, 4, 5, padding=5)), host=host)
+    (v,) = [v for v in exc.value.violations if v.rule_id == "csk60xx.conv.pad"]
+    assert "nn.ZeroPad2d" in v.hint
+    with pytest.raises(lnn.ConfigError) as exc:
+        lnn.init(nn.Sequential(nn.Conv2d(1, 4, 2, padding="same")), host=host)
+    assert "nn.ZeroPad2d" in exc.value.hint
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 6, 6)
+    for net, side in ((nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(1, 4, 5, padding=4)), 12),  # padding 5 = 1 + 4
+                      (nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 4, 2)), 6)):  # 'same', even kernel
+        m = lnn.calibrate(lnn.init(net, host=host), [x]).eval()
+        with torch.no_grad():
+            assert tuple(m(x).shape[-2:]) == (side, side)
+        assert lnn.verify(m, x[:2], host=host).ok

@@ -14,7 +14,7 @@ module          IR op types
 ``activation``  sigmoid and tanh on int16 (after a Requant)
 ``layernorm``   layer normalization over the last dimension (or the last two)
 ``gather``      embedding lookup (a row copy from an int8 table by integer indices)
-``pad``         constant zero padding of H and W (iqPad)
+``pad``         constant zero padding of H and W
 ==============  ==============================================================================
 
 :data:`FAMILIES` lists the modules; the backend's plugin registers every ``OpDef`` in their ``OPS``

@@ -7,7 +7,7 @@ through and nothing is computed::
 
 Dialect: ``thinker::iqPad(x, pads, value)`` with ``mode="constant"``; ``pads`` an int64 constant in ONNX order
 (all begins, then all ends), ``value`` an int8 constant 0. Limits (spec 5.x): a 4-D tensor, pads on H and W only
-(N and C pads 0), fill 0, no negative pad (a crop is a Slice). The shape rule refuses any other iqPad node; the
+(N and C pads 0), fill 0, no negative pad (a crop is slicing). The shape rule refuses any other iqPad node; the
 torch op (``F.pad``, ``nn.ZeroPad1d/2d``, ``nn.ConstantPad1d/2d``) is judged at ``lnn.init`` by
 ``csk60xx.pad.form``.
 """
