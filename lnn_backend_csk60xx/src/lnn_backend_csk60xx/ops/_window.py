@@ -117,7 +117,7 @@ def pad_rule(rule_id: str, section: str) -> Rule:
         if max(p) > pmax or over_kernel:
             return Finding(actual=f"pads {fmt(p)} with kernel {fmt(k)}", limit=f"0..{pmax} and <= kernel",
                            hint=f"pad at most {pmax} per side and at most the kernel size: lower padding= "
-                                + ("and pad the rest in front with nn.ZeroPad2d / F.pad (the chip's iqPad), "
+                                + ("and pad the rest in front with nn.ZeroPad2d / F.pad (one more op), "
                                    if section == "conv" else "") + "or enlarge the kernel")
         return None
 
