@@ -155,3 +155,23 @@ def test_the_pad_hints_lead_somewhere_that_works(host):
         with torch.no_grad():
             assert tuple(m(x).shape[-2:]) == (side, side)
         assert lnn.verify(m, x[:2], host=host).ok
+
+
+def test_pack_folds_a_pad_into_the_conv_that_reads_it(host):
+    """lnn pack folds a zero padding into the next conv's pads when they stay within the limits (one op fewer;
+    the same integers as eval), and keeps it as iqPad when they would not."""
+    from lnn_backend_csk60xx.dialect import read_onnx
+    from lnn_backend_csk60xx.pipeline import pack_graph
+    from lnn_backend_csk60xx.simulator import Simulator
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 7, 6)
+    for net, folded in ((nn.Sequential(nn.ZeroPad2d((1, 0, 2, 1)), nn.Conv2d(1, 4, 3, padding=1)), True),
+                        (nn.Sequential(nn.ZeroPad2d(3), nn.Conv2d(1, 4, 3, padding=1)), False)):  # 4 > kernel 3
+        m = lnn.calibrate(lnn.init(net, host=host), [x]).eval()
+        proto = lnn.export(m, x[:1], host=host)
+        result = pack_graph(read_onnx(proto))
+        assert bool(result.passes.folded_pads) is folded
+        out = Simulator(result.blob).run([x[:1].numpy()])[0]
+        with torch.no_grad():
+            assert np.array_equal(np.asarray(out, dtype=np.float32).reshape(m(x[:1]).shape), m(x[:1]).numpy())
