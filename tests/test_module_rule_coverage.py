@@ -55,6 +55,17 @@ class Sliced(nn.Module):
         return self.conv(x)[:, ::2] if self.step == 2 else self.conv(x)[:, 0:2]
 
 
+class SelfSimilarity(nn.Module):
+    """``a(x) @ b(x).transpose(-1, -2)``: the quantized matmul module is ``q_matmul``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.a(x) @ self.b(x).transpose(-1, -2)
+
+
 def by_path(**layers: lnn.LayerConfig) -> lnn.QuantConfig:
     return lnn.QuantConfig(by_path=dict(layers))
 
@@ -195,6 +206,19 @@ CASES: list[Case] = [
     Case("csk60xx.layernorm.bits", "ln",
          lambda over: (seq(fc=nn.Linear(4, 8), ln=nn.LayerNorm(8)),
                        by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- softmax / log-softmax, matmul (spec/int8-seq-ops.md 2.4.5, 2.5.5, 2.9.5) ----------------------------------
+    Case("csk60xx.softmax.dim", "sm", _m(lambda over: seq(fc=nn.Linear(4, 8), sm=nn.Softmax(dim=-2 if over else -1))),
+         "dim=-1 (the last dimension)", "dim=-2", "move the softmax dimension last"),
+    Case("csk60xx.softmax.dim", "sm", _m(lambda over: seq(fc=nn.Linear(4, 8),
+                                                          sm=nn.LogSoftmax(dim=None if over else -1))),
+         "dim=-1 (the last dimension)", "dim=None", "give dim explicitly", name="implicit"),
+    Case("csk60xx.softmax.input_bits", "sm",
+         lambda over: (seq(fc=nn.Linear(4, 8), sm=nn.Softmax(-1)),
+                       by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
+         "input bits in (8,)", "16-bit input", "act_bits=8"),
+    Case("csk60xx.bmm.bits", "q_matmul",
+         lambda over: (SelfSimilarity(), by_path(b=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
     # -- embedding (spec/int8-seq-ops.md 2.8.5) -----------------------------------------------------------------
     Case("csk60xx.gather.bits", "emb",

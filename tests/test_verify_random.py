@@ -12,7 +12,9 @@ units ``tanh(x) * sigmoid(branch(x))``; from seed ``LAYERNORM_FROM`` on also Lay
 the last two (``nn.LayerNorm`` and ``F.layer_norm``, affine or not); from seed ``EMBED_FROM`` on the input is token
 ids (int64 [N, L], never quantized) read by an embedding head (``nn.Embedding`` or ``F.embedding``, with or without
 ``padding_idx``; sometimes a second head on the same ids added to the first), and the rest of the model runs on
-its [N, L, E] output.
+its [N, L, E] output; from seed ``ATTENTION_FROM`` on (token models too) also softmax / log-softmax over the last
+dimension (every spelling) and attention blocks ``softmax(q(x) @ k(x)^T) @ v(x)`` (matmul as ``@``,
+``torch.matmul``, ``torch.bmm``, ``Tensor.matmul``).
 
 Quantizer state is pushed to the corners: after a few calibration forwards in train mode, some models get their
 weights (and BatchNorm statistics) perturbed so that outputs saturate, and some activation quantizers get a
@@ -53,7 +55,7 @@ from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
 
-N_MODELS = 100
+N_MODELS = 112
 
 # Every kind is forced into (at least) two models: seed i forces FORCED[i % len(FORCED)].
 FORCED = (
@@ -69,6 +71,9 @@ SQUASH = ("sigmoid", "tanh", "gated")
 LAYERNORM_FROM = 72
 # Seeds from EMBED_FROM on (the earlier ones stay the models they were) read token ids through embedding heads.
 EMBED_FROM = 84
+# Seeds from ATTENTION_FROM on also draw softmax / log-softmax and attention blocks, and force one of them.
+ATTENTION_FROM = 100
+ATTENTION = ("softmax", "log_softmax", "attention")
 
 # IR op kinds (see _classify) that the run must have compared at least once.
 REQUIRED = (
@@ -76,7 +81,8 @@ REQUIRED = (
     "Conv1dInt", "ConvTranspose2dInt/s1", "ConvTranspose2dInt/s2", "LinearInt", "BatchNorm2dInt", "Relu", "Clip",
     "MaxPool", "AvgPool2dInt", "AvgPool2dInt/even-area", "AvgPool2dInt/global", "iqAdd", "iqSub", "iqMul",
     "iqMul/broadcast", "iqMul/scalar", "iqCat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-    "Conv2dInt/int16", "LinearInt/int16", "iqSigmoid", "iqTanh", "LayerNormInt", "Gather",
+    "Conv2dInt/int16", "LinearInt/int16", "iqSigmoid", "iqTanh", "LayerNormInt", "Gather", "SoftmaxInt",
+    "LogSoftmaxInt", "BmmInt",
 )
 
 MAX_HW = 14  # largest spatial size the generator lets a tensor grow to
@@ -166,6 +172,21 @@ class Net(nn.Module):
                 w = self.fparams[p["name"] + "_w"] if p["weight"] else None
                 b = self.fparams[p["name"] + "_b"] if p["bias"] else None
                 y = F.layer_norm(a[0], p["dims"], w, b, 1e-5)
+            elif op == "softmax":
+                fn = {(False, "F"): F.softmax, (False, "torch"): torch.softmax, (True, "F"): F.log_softmax,
+                      (True, "torch"): torch.log_softmax}.get((p["log"], p["how"]))
+                if fn is None:
+                    y = a[0].log_softmax(p["dim"]) if p["log"] else a[0].softmax(dim=p["dim"])
+                else:
+                    y = fn(a[0], p["dim"])
+            elif op == "mm":
+                b = a[1].transpose(-1, -2) if p["tb"] else a[1]
+                if p["how"] == "@":
+                    y = a[0] @ b
+                elif p["how"] == "method":
+                    y = a[0].matmul(b)
+                else:
+                    y = (torch.bmm if p["how"] == "bmm" else torch.matmul)(a[0], b)
             elif op == "emb_fn":
                 y = F.embedding(a[0], self.fparams[p["name"] + "_table"], padding_idx=p["pad"])
             elif op == "gap_fn":
@@ -514,6 +535,41 @@ class Gen:
             self.emit("ln_fn", [self.cur], s, "layernorm", name=name, dims=shape, weight=weight, bias=bias)
         return True
 
+    def softmax(self, log: bool | None = None, src: int | None = None) -> int:
+        """softmax / log-softmax over the last dimension, in one of its spellings (module, F, torch, method)."""
+        r = self.r
+        src = self.cur if src is None else src
+        s = self.shapes[src]
+        log = r.random() < 0.4 if log is None else log
+        dim = r.choice([-1, len(s) - 1])
+        how = r.choice(["module", "F", "torch", "method"])
+        kind = "log_softmax" if log else "softmax"
+        if how == "module":
+            name = self.name()
+            self.layers[name] = nn.LogSoftmax(dim) if log else nn.Softmax(dim=dim)
+            return self.emit("mod", [src], s, kind, name=name)
+        return self.emit("softmax", [src], s, kind, how=how, log=log, dim=dim)
+
+    def attention(self) -> bool:
+        """``softmax(q(x) @ k(x)^T) @ v(x)`` on a [N, T, D] value: linears, two matmuls (BmmInt) and a softmax."""
+        r = self.r
+        if not self.to_rank(3):
+            return False
+        x = self.cur
+        n, t, d = self.shapes[x]
+        dk, dv = r.randint(1, 8), r.randint(1, MAX_C)
+        proj = {}
+        for role, out_f in (("q", dk), ("k", dk), ("v", dv)):
+            name = self.name()
+            self.layers[name] = nn.Linear(d, out_f, bias=r.random() < 0.7)
+            proj[role] = self.emit("mod", [x], (n, t, out_f), "linear_r3", name=name)
+        how = r.choice(["@", "matmul", "bmm", "method"])
+        scores = self.emit("mm", [proj["q"], proj["k"]], (n, t, t), "matmul", how=how, tb=True)
+        probs = self.softmax(log=False, src=scores)
+        self.emit("mm", [probs, proj["v"]], (n, t, dv), "matmul", how=r.choice(["@", "matmul", "bmm", "method"]),
+                  tb=False)
+        return True
+
     def embedding(self, dim: int | None = None) -> int:
         """An embedding head on the token ids v0: ``nn.Embedding`` or ``F.embedding``, maybe with a padding row."""
         r = self.r
@@ -851,6 +907,9 @@ class Gen:
             "tanh": lambda: self.squash("tanh") is not None,
             "gated": self.gated,
             "layernorm": self.layernorm,
+            "softmax": lambda: self.softmax(log=False) is not None,
+            "log_softmax": lambda: self.softmax(log=True) is not None,
+            "attention": self.attention,
             "embedding_add": self.embedding_add,
         }
         return table[kind]()
@@ -864,6 +923,8 @@ class Gen:
         tokens = self.seed >= EMBED_FROM
         if tokens:
             forced = r.choice(["layernorm", "embedding_add", "linear", "conv1d", "gated", "cat"])
+        if self.seed >= ATTENTION_FROM:
+            forced = ATTENTION[self.seed % len(ATTENTION)]
         one_d = forced.startswith("conv1d") or (forced not in ("deconv_s1", "deconv_s2") and r.random() < 0.15)
         n = r.randint(1, 2)
         c = r.randint(1, MAX_C)
@@ -892,7 +953,8 @@ class Gen:
                 "bn2d", "relu", "relu", "relu6", "clamp", "maxpool", "avgpool", "avgpool_even", "gap", "add", "add",
                 "sub", "mul", "mul_se", "mul_const", "cat", "cat", "flatten", "view", "transpose", "squeeze",
                 "unsqueeze"] + (list(SQUASH) * 2 if squash else []) \
-            + (["layernorm"] * 2 if self.seed >= LAYERNORM_FROM else []) + (["embedding_add"] if tokens else [])
+            + (["layernorm"] * 2 if self.seed >= LAYERNORM_FROM else []) + (["embedding_add"] if tokens else []) \
+            + (list(ATTENTION) if self.seed >= ATTENTION_FROM else [])
         done = 1
         while done < target:
             kind = forced if done == pos else r.choice(pool)
@@ -1161,11 +1223,12 @@ def _run_seed(seed: int, host: Any) -> Result:
             _set_exponent(m.out_q, n)
             notes.append(f"{node.target}: exponent {n} (shift {cap - n})")
     from lnn_ops_builtin.layernorm import QLayerNorm
+    from lnn_ops_builtin.softmax import QSoftmax
 
     owners = {id(q): o for o in qmodel.modules() if isinstance(o, nn.Module)
               for q in getattr(o, "_modules", {}).values() if isinstance(q, ActQuantizer)}
-    for name, m in qmodel.named_modules():  # LayerNormInt reads int8 at exponent >= 0 (|x| <= 127 or finer)
-        q = m.input_quantizers[0] if isinstance(m, QLayerNorm) else None
+    for name, m in qmodel.named_modules():  # LayerNormInt, SoftmaxInt read int8 at exponent >= 0 (|x| <= 127 or finer)
+        q = m.input_quantizers[0] if isinstance(m, (QLayerNorm, QSoftmax)) else None
         if q is None or q.eval_exponent() >= 0:
             continue
         _set_exponent(q, 0)
@@ -1177,7 +1240,7 @@ def _run_seed(seed: int, host: Any) -> Result:
                 owner.weight.mul_(0.25)
                 if getattr(owner, "bias", None) is not None:
                     owner.bias.mul_(0.25)
-        notes.append(f"{name}: input exponent {q.eval_exponent()} (LayerNorm reads exponents >= 0)")
+        notes.append(f"{name}: input exponent {q.eval_exponent()} (LayerNorm / softmax read exponents >= 0)")
     if gen.vocab:
         x = ids()
     else:

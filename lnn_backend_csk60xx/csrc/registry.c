@@ -30,6 +30,10 @@ extern const lnn_op_kernel lnn_op_cat, lnn_op_reshape, lnn_op_flatten, lnn_op_tr
 extern const lnn_op_kernel lnn_op_sigmoid, lnn_op_tanh;
 /* ops/layernorm.c */
 extern const lnn_op_kernel lnn_op_layernorm;
+/* ops/softmax.c */
+extern const lnn_op_kernel lnn_op_softmax, lnn_op_logsoftmax;
+/* ops/bmm.c */
+extern const lnn_op_kernel lnn_op_bmm;
 /* ops/gather.c */
 extern const lnn_op_kernel lnn_op_gather;
 extern const lnn_op_kernel lnn_op_pad;
@@ -66,6 +70,9 @@ static const struct {
     {LNN_SIM_OP_SIGMOID, &lnn_op_sigmoid},
     {LNN_SIM_OP_TANH, &lnn_op_tanh},
     {LNN_SIM_OP_LAYERNORM, &lnn_op_layernorm},
+    {LNN_SIM_OP_SOFTMAX, &lnn_op_softmax},
+    {LNN_SIM_OP_LOGSOFTMAX, &lnn_op_logsoftmax},
+    {LNN_SIM_OP_BMM, &lnn_op_bmm},
     {LNN_SIM_OP_GATHER, &lnn_op_gather},
     {LNN_SIM_OP_PAD, &lnn_op_pad},
 };

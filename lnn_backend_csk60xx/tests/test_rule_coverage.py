@@ -39,8 +39,8 @@ MODULE_RULES = frozenset({
     "csk60xx.sub.unverified",
     "csk60xx.activation.input_bits",
     "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
-    "csk60xx.gather.bits", "csk60xx.gather.max_norm", "csk60xx.slice.index",
-    "csk60xx.pad.form",
+    "csk60xx.softmax.dim", "csk60xx.softmax.input_bits", "csk60xx.bmm.bits",
+    "csk60xx.gather.bits", "csk60xx.gather.max_norm", "csk60xx.slice.index", "csk60xx.pad.form",
 })
 
 #: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
@@ -116,6 +116,20 @@ def layernorm(g: G, shape: tuple[int, ...] = (1, 2, 8), *, n_x: int = 4, n_g: in
     return g.op("ln", "LayerNormInt", [x, g.const("gamma", np.ones(t, np.int16), n_g),
                                        g.const("beta", np.zeros(t, np.int32), 10 + n_g)], n_o,
                 **{"parameter_bits": 16, **attrs})
+
+
+def softmax(g: G, shape: tuple[int, ...] = (1, 2, 8), *, n_x: int = 4, n_o: int = 7, op_type: str = "SoftmaxInt",
+            x: str | None = None, **attrs: object) -> str:
+    """SoftmaxInt / LogSoftmaxInt (node ``sm``) over the last dimension of a quantized input."""
+    x = x if x is not None else g.quant(shape, n_x)
+    return g.op("sm", op_type, [x], n_o, **{"dim": -1, **attrs})
+
+
+def bmm(g: G, xs: tuple[int, ...] = (1, 2, 8), ys: tuple[int, ...] = (1, 8, 4), *, n_o: int = 5,
+        x: str | None = None) -> str:
+    """BmmInt (node ``bmm``) of x at exponent 4 and y at exponent 3."""
+    x = x if x is not None else g.quant(xs, 4)
+    return g.op("bmm", "BmmInt", [x, g.quant(ys, 3, name="y")], n_o)
 
 
 def gather(g: G, *, idx_dtype: str = "int64", n_w: int = 5, n_o: int = 5, **attrs: object) -> str:
@@ -336,6 +350,33 @@ CASES: list[Case] = [
     Case("csk60xx.layernorm.dtype", "ln",
          _g(lambda g, over: layernorm(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
          "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.layernorm.bits"})),
+    # -- SoftmaxInt / LogSoftmaxInt (spec/int8-seq-ops.md 2.4.5, 2.5.5) ---------------------------------------------
+    Case("csk60xx.softmax.in_exponent", "sm", _g(lambda g, over: softmax(g, n_x=26 if over else 25)),
+         "0 <= n_x <= 25", "n_x 26", "exponent 25 or less"),
+    Case("csk60xx.softmax.in_exponent", "sm", _g(lambda g, over: softmax(g, n_x=-1 if over else 0)),
+         "0 <= n_x <= 25", "n_x -1", "|x| < 128", also=frozenset({"csk60xx.quant.exponent"}), name="coarse"),
+    Case("csk60xx.softmax.row", "sm", _g(lambda g, over: softmax(g, (1, 2049 if over else 2048))),
+         "row <= 2048", "row of 2049", "rows of <= 2048"),
+    Case("csk60xx.softmax.out_exponent", "sm", _g(lambda g, over: softmax(g, n_o=16 if over else 15)),
+         "n_o <= 15", "n_o 16", "at most 2^15"),
+    Case("csk60xx.softmax.out_exponent", "sm",
+         _g(lambda g, over: softmax(g, n_o=26 if over else 25, op_type="LogSoftmaxInt")),
+         "n_o <= 25", "n_o 26", "at most 2^25", name="log"),
+    Case("csk60xx.softmax.dtype", "sm",
+         _g(lambda g, over: softmax(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
+         "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.softmax.input_bits"})),
+    # -- BmmInt (spec/int8-seq-ops.md 2.9.5) ------------------------------------------------------------------------
+    Case("csk60xx.bmm.rank", "bmm", _g(lambda g, over: bmm(g, (2, 2, 8) if over else (1, 2, 8))),
+         "equal ranks in (2, 3), equal batches", "operands (2, 2, 8) and (1, 8, 4)", "[batch, M, K]",
+         also=frozenset({SHAPE})),
+    Case("csk60xx.bmm.right_matrix", "bmm",
+         _g(lambda g, over: bmm(g, (1, 2, 64), (1, 64, 513 if over else 512))),
+         "<= 32768 bytes", "right matrix (64, 513): 33024 bytes", "split the product"),
+    Case("csk60xx.bmm.out_exponent", "bmm", _g(lambda g, over: bmm(g, n_o=8 if over else 7)),
+         "n_o <= 7", "n_o 8 > n_x 4 + n_y 3", "at most 2^7"),
+    Case("csk60xx.bmm.dtype", "bmm",
+         _g(lambda g, over: bmm(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
+         "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.bmm.bits"})),
     # -- Gather (spec/int8-seq-ops.md 2.8.5): integer indices, the output at the table's exponent ----------------
     Case("csk60xx.gather.index_dtype", "emb", _g(lambda g, over: gather(g, idx_dtype="int16" if over else "int32")),
          "indices in ('int32', 'int64')", "indices int16", "torch.long", also=frozenset({SHAPE})),
@@ -439,6 +480,17 @@ MODULE_CASES_ON_IR: list[Case] = [
          "4 <= T <= 362", "row of 3", "at least 4", name="short"),
     Case("csk60xx.layernorm.bits", "ln", _g(lambda g, over: layernorm(g, parameter_bits=8 if over else 16)),
          "weight bits in (16,)", "8-bit weight", "weight_bits=16"),
+    Case("csk60xx.softmax.dim", "sm", _g(lambda g, over: softmax(g, dim=1 if over else 2)),
+         "dim=-1 (the last dimension)", "dim=1 of a rank-3 input", "move the softmax dimension last"),
+    Case("csk60xx.softmax.dim", "sm",  # the chip reads any LogSoftmaxInt dim but -1 as axis 1
+         _g(lambda g, over: softmax(g, op_type="LogSoftmaxInt", dim=2 if over else -1)),
+         "dim=-1 (the last dimension)", "dim=2 of a rank-3 input", "log-softmax", name="log"),
+    Case("csk60xx.softmax.input_bits", "sm",
+         _g(lambda g, over: softmax(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
+         "input bits in (8,)", "16-bit input", "act_bits=8", also=frozenset({SHAPE, "csk60xx.softmax.dtype"})),
+    Case("csk60xx.bmm.bits", "bmm",
+         _g(lambda g, over: bmm(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
+         "input bits in (8,)", "16-bit input", "act_bits=8", also=frozenset({SHAPE, "csk60xx.bmm.dtype"})),
     Case("csk60xx.gather.bits", "emb", _g(lambda g, over: gather(g, parameter_bits=4 if over else 8)),
          "weight bits in (8,)", "4-bit weight", "weight_bits=8"),
 ]
@@ -509,8 +561,8 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
     assert on_ir.isdisjoint(NOT_ON_IR) and on_ir.isdisjoint(WARNINGS_ON_IR)
     assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
     ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
-                "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt", "Gather", "Slice",
-                    "iqPad"}
+                "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt", "SoftmaxInt", "LogSoftmaxInt",
+                "BmmInt", "Gather", "Slice", "iqPad"}
     for r in RULES:  # each one is bound to IR op types as well as to torch op ids
         assert set(r.ops) & ir_types, r.id
 

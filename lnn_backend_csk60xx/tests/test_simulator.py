@@ -40,7 +40,8 @@ def test_op_codes_match_header():
         const = {"Conv2dInt": "CONV2D", "Conv1dInt": "CONV1D", "ConvTranspose2dInt": "DECONV2D",
                  "LinearInt": "LINEAR", "BatchNorm2dInt": "BATCHNORM2D", "AvgPool2dInt": "AVGPOOL2D",
                  "MaxPool": "MAXPOOL2D", "iqAdd": "ADD", "iqSub": "SUB", "iqMul": "MUL", "iqCat": "CAT",
-                 "iqSigmoid": "SIGMOID", "iqTanh": "TANH", "LayerNormInt": "LAYERNORM",
+                 "iqSigmoid": "SIGMOID", "iqTanh": "TANH", "LayerNormInt": "LAYERNORM", "SoftmaxInt": "SOFTMAX",
+                 "LogSoftmaxInt": "LOGSOFTMAX", "BmmInt": "BMM",
                  "iqPad": "PAD"}.get(name, name)
         assert getattr(lib, f"LNN_SIM_OP_{const.upper()}") == code
     assert lib.LNN_SIM_OP_EXTERNAL == EXTERNAL_OP_CODE

@@ -145,6 +145,9 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_SIGMOID 24   /* iqSigmoid: int16 (exponent >= 11) -> int8 at exponent 7 */
 #define LNN_SIM_OP_TANH 25      /* iqTanh: int16 (exponent >= 11) -> int8 at exponent 7 */
 #define LNN_SIM_OP_LAYERNORM 26 /* LayerNormInt: int8 rows, int16 gamma, int32 beta -> int8 */
+#define LNN_SIM_OP_SOFTMAX 27   /* SoftmaxInt: int8 rows (last dim) -> int8 (n_o <= 15); model not vendor-verified */
+#define LNN_SIM_OP_LOGSOFTMAX 28 /* LogSoftmaxInt: int8 rows (last dim) -> int8 (n_o <= 25); not vendor-verified */
+#define LNN_SIM_OP_BMM 29       /* BmmInt: int8 [B,M,K] x int8 [B,K,N] -> int8 */
 #define LNN_SIM_OP_GATHER 30    /* Gather: rows of a constant int8 table [V, E] by int32 indices (embedding) */
 #define LNN_SIM_OP_PAD 33       /* iqPad: zeros around H and W of a 4-D tensor (dtype and scale pass through) */
 #define LNN_SIM_NUM_OP_TYPES 34
@@ -245,6 +248,13 @@ lnn_sim_status lnn_sim_activation_s16(int32_t op, int32_t in_exponent, int64_t c
 lnn_sim_status lnn_sim_layernorm_s8(int32_t in_exponent, int32_t gamma_exponent, int32_t out_exponent, int64_t rows,
                                     int32_t row, const int8_t *x, const int16_t *gamma, const int32_t *beta,
                                     int8_t *y);
+/* SoftmaxInt / LogSoftmaxInt (spec/int8-seq-ops.md 2.4.4, 2.5.4; the HiFi core as the spec models it, not
+ * vendor-verified) on `rows` rows of `row` int8 values; scratch holds 3 * row int64 entries. */
+lnn_sim_status lnn_sim_softmax_s8(int32_t in_exponent, int32_t out_exponent, int32_t log_form, int64_t rows,
+                                  int32_t row, const int8_t *x, int8_t *y, int64_t *scratch);
+/* BmmInt (spec/int8-seq-ops.md 2.9.4): per batch z = SAT_8(SHR(x_b @ y_b, shift)), x [M,K], y [K,N] row-major. */
+lnn_sim_status lnn_sim_bmm_s8(int32_t shift, int64_t batch, int32_t m, int32_t k, int32_t n, const int8_t *x,
+                              const int8_t *y, int8_t *z);
 /* Gather (spec/int8-seq-ops.md 2.8.4): y[j, :] = table[idx[j], :] for `count` indices into a table of `rows` rows of
  * `cols` int8 values. Returns LNN_SIM_E_INPUT for an index outside 0..rows-1 (its position in *bad when bad is not
  * NULL; the rows before it are written). */

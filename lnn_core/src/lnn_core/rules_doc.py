@@ -2,6 +2,10 @@
 
 ``lnn rules`` prints it as plain text for a terminal (:func:`rules_text`), ``lnn rules --markdown`` as a
 Markdown document (:func:`rules_markdown`, ``docs/SUPPORTED_OPS.md``). Both list the same rows.
+
+A target op whose object says ``bit_verified = False`` (its integers follow a stated model that was not checked
+bit for bit against the vendor's kernels) is marked: in the target's section, and on every op family that
+exports to it (the op object's ``torch_ops``), as "not bit-verified against the vendor".
 """
 
 from __future__ import annotations
@@ -28,13 +32,33 @@ def _spellings(fam: Any) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+#: the mark of an op whose integers are not verified against the vendor's kernels
+UNVERIFIED = "not bit-verified against the vendor"
+
+
+def _unverified(host: Any, tid: str) -> list[tuple[str, tuple[str, ...]]]:
+    """``(op type, torch op ids)`` of ``tid``'s target ops registered with ``bit_verified = False``."""
+    out = []
+    for op_type, op in sorted(host.target_ops.ops(tid).items()):
+        if getattr(op, "bit_verified", True) is False:
+            out.append((op_type, tuple(str(t) for t in getattr(op, "torch_ops", ()) or ())))
+    return out
+
+
 def _sections(host: Any, target: str | None) -> tuple[list[tuple[str, str, list[str], str]], list[Any]]:
-    """(family rows, [(target id, target, [(rule id, applies to, rule text)])]).
+    """(family rows, [(target id, target, [(rule id, applies to, rule text)], [(unverified op, torch ops)])]).
 
     :raises RegistryError: ``target`` is not registered (the message lists the registered ones).
     """
-    families = [(fid, fam.kind, _spellings(fam), fam.description) for fid, fam in sorted(host.ops.items())]
     targets = [(target, host.targets[target])] if target else sorted(host.targets.items())
+    marks: dict[str, list[str]] = {}
+    for tid, _ in targets:
+        for _, torch_ops in _unverified(host, tid):
+            for fid in torch_ops:
+                marks.setdefault(fid, []).append(tid)
+    families = [(fid, fam.kind, _spellings(fam), fam.description
+                 + "".join(f" [{UNVERIFIED} ({t})]" for t in dict.fromkeys(marks.get(fid, ()))))
+                for fid, fam in sorted(host.ops.items())]
     sections = []
     for tid, tgt in targets:
         seen: dict[str, Any] = {}
@@ -43,7 +67,7 @@ def _sections(host: Any, target: str | None) -> tuple[list[tuple[str, str, list[
             for r in host.rules_for(op_type, tid):
                 seen.setdefault(r.id, r)
         rows = [(rid, list(r.ops), r.describe(tgt.limits)) for rid, r in sorted(seen.items())]
-        sections.append((tid, tgt, rows))
+        sections.append((tid, tgt, rows, _unverified(host, tid)))
     return families, sections
 
 
@@ -60,11 +84,18 @@ def rules_markdown(host: Any, target: str | None = None) -> str:
     lines += ["## Operator families", "", "| id | kind | replaces | description |", "|---|---|---|---|"]
     for fid, kind, spellings, description in families:
         lines.append(f"| `{fid}` | {kind} | {', '.join(f'`{_cell(s)}`' for s in spellings)} | {_cell(description)} |")
-    for tid, tgt, rows in sections:
+    for tid, tgt, rows, unverified in sections:
         lines += ["", f"## Target `{tid}`: {_cell(tgt.description)}", "", "| rule | applies to | rule text |",
                   "|---|---|---|"]
         for rid, ops, text in rows:
             lines.append(f"| `{rid}` | {', '.join(f'`{o}`' for o in ops)} | {_cell(text)} |")
+        if unverified:
+            lines += ["", f"### Ops of `{tid}` {UNVERIFIED}", "",
+                      "Their integers follow the stated model of the vendor's kernel; lnn's training side, export "
+                      "and simulator agree bit for bit with that model, which was not checked against the vendor's "
+                      "binaries.", "", "| op type | exported from |", "|---|---|"]
+            for op_type, torch_ops in unverified:
+                lines.append(f"| `{op_type}` | {', '.join(f'`{t}`' for t in torch_ops) or '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -76,9 +107,13 @@ def rules_text(host: Any, target: str | None = None, width: int = 100) -> str:
         lines.append(f"  {fid}  ({kind}) {description}")
         lines += textwrap.wrap("replaces " + ", ".join(spellings), width, initial_indent="      ",
                                subsequent_indent="        ")
-    for tid, tgt, rows in sections:
+    for tid, tgt, rows, unverified in sections:
         lines += ["", f"target {tid}: {tgt.description} ({len(rows)} rules)"]
         for rid, ops, text in rows:
             lines.append(f"  {rid}  [{', '.join(ops)}]")
             lines += textwrap.wrap(" ".join(text.split()), width, initial_indent="      ", subsequent_indent="      ")
+        if unverified:
+            lines.append(f"  ops {UNVERIFIED} (they follow the vendor kernel's stated model):")
+            for op_type, torch_ops in unverified:
+                lines.append(f"    {op_type}" + (f"  [from {', '.join(torch_ops)}]" if torch_ops else ""))
     return "\n".join(lines) + "\n"

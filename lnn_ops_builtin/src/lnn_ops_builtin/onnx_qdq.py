@@ -10,7 +10,9 @@ inputs that are not 2-D), ``Mul`` + ``Add`` (BatchNorm2dInt), ``AveragePool``, a
 ``Requant`` a DequantizeLinear/QuantizeLinear pair; ``iqSigmoid``/``iqTanh`` a ``Gather`` from the chip's
 65536-entry int8 table of the int16 input (exact); ``Gather`` (an embedding) the standard ``Gather`` on the int8
 table by the integer indices (exact); ``LayerNormInt`` a float layer norm (ReduceMean, Sub, Mul,
-Sqrt, Div; not exact: the chip uses an rsqrt table, spec 2.3.4).
+Sqrt, Div; not exact: the chip uses an rsqrt table, spec 2.3.4); ``SoftmaxInt``/``LogSoftmaxInt`` a float
+``Softmax``/``LogSoftmax`` over the last axis (not exact: the chip's core is a fixed-point HiFi routine, spec 2.4.4);
+``BmmInt`` a ``MatMul`` (exact while the integer sums stay below 2^24).
 Default-domain nodes whose inputs are all float (float islands, e.g. Dequant -> Sigmoid -> Quant)
 are copied unchanged. Each op node carries its IR node's name, the nodes around it add
 ``.quantize``, ``.dequantize``, ``.round_half_up``; graph input and output names and symbolic
@@ -443,6 +445,23 @@ def _layernorm(w: QdqWriter, node: Node) -> None:
     w.result("Add", [scaled, b_f])
 
 
+def _softmax(op_type: str) -> Callable[[QdqWriter, Node], None]:
+    def lower(w: QdqWriter, node: Node) -> None:
+        w.result(op_type, [w.dq(node.inputs[0])], axis=-1)
+
+    lower.__doc__ = (f"``{op_type}`` over the last axis in float between DequantizeLinear and QuantizeLinear. Not "
+                     "exact: the chip's core is a fixed-point HiFi routine (spec 2.4.4); most outputs agree with "
+                     "eval, the rest are one step off.")
+    return lower
+
+
+def _bmm(w: QdqWriter, node: Node) -> None:
+    """BmmInt as ``MatMul`` of the dequantized operands (exact in float32 while the integer sums stay below 2^24,
+    i.e. K < 1024), rounded half up to the output exponent (spec 2.9.4)."""
+    x, y = node.inputs[:2]
+    w.result("MatMul", [w.dq(x), w.dq(y)], grid=w.exponent(x) + w.exponent(y))
+
+
 def _gather(w: QdqWriter, node: Node) -> None:
     """Gather (an embedding): the standard ``Gather`` on the int8 table by the integer indices, writing the int8
     output itself (its consumers dequantize it at the table's exponent). Exact: a row copy, as on the chip."""
@@ -474,6 +493,9 @@ LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "iqSigmoid": _table("sigmoid"),
     "iqTanh": _table("tanh"),
     "LayerNormInt": _layernorm,
+    "SoftmaxInt": _softmax("Softmax"),
+    "LogSoftmaxInt": _softmax("LogSoftmax"),
+    "BmmInt": _bmm,
     "Gather": _gather,
     "Relu": _same_scale("Relu"),
     "MaxPool": _same_scale("MaxPool"),

@@ -15,9 +15,9 @@ from lnn_core import hookimpl
 
 def _families() -> tuple[ModuleType, ...]:
     """The family modules, in registration order (imported here: they import torch)."""
-    from . import activations, conv, elementwise, embedding, layernorm, norm, pool, shape, sigmoid
+    from . import activations, bmm, conv, elementwise, embedding, layernorm, norm, pool, shape, sigmoid, softmax
 
-    return (conv, norm, elementwise, pool, activations, shape, sigmoid, layernorm, embedding)
+    return (conv, norm, elementwise, pool, activations, shape, sigmoid, layernorm, softmax, bmm, embedding)
 
 
 @hookimpl

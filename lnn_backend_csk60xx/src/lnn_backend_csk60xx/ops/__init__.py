@@ -13,6 +13,8 @@ module          IR op types
 ``shape``       concatenation, reshape-like ops, transpose, slice
 ``activation``  sigmoid and tanh on int16 (after a Requant)
 ``layernorm``   layer normalization over the last dimension (or the last two)
+``softmax``     softmax and log-softmax over the last dimension (not bit-verified against the vendor)
+``bmm``         batched matrix product of two activations
 ``gather``      embedding lookup (a row copy from an int8 table by integer indices)
 ``pad``         constant zero padding of H and W
 ==============  ==============================================================================
@@ -24,7 +26,7 @@ through ``lnn_register_target_ops``, exactly as a third-party op package registe
 
 from __future__ import annotations
 
-from . import activation, conv, eltwise, gather, layernorm, linear, norm, pad, pool, quant, shape
+from . import activation, bmm, conv, eltwise, gather, layernorm, linear, norm, pad, pool, quant, shape, softmax
 from .base import AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands
 from .opset import OpSet
 
@@ -32,7 +34,7 @@ __all__ = ["FAMILIES", "builtin_ops", "AttrSpec", "InferContext", "Lowering", "O
            "ReadContext", "engine_operands"]
 
 #: the built-in op family modules, in registration order
-FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, gather, pad)
+FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, softmax, bmm, gather, pad)
 
 
 def builtin_ops() -> tuple[OpDef, ...]:

@@ -1,0 +1,278 @@
+"""Softmax and log-softmax over the last dimension (spec/int8-seq-ops.md 2.4, 2.5): ``F.softmax``,
+``torch.softmax``, ``x.softmax``, ``nn.Softmax`` and the same four for ``log_softmax``.
+
+On the chip (``SoftmaxInt`` / ``LogSoftmaxInt``) each row of int8 values at exponent ``n_x`` is widened to Q25
+(``x25 = SAT_32(x * 2^(25 - n_x))``) and goes through the HiFi routine ``vec_softmax32x32`` (Q25 in, Q15 out):
+
+    y15 = softmax_q15(x25)                                   (:func:`softmax_q15`)
+    softmax:      y = SAT_8(SHR(y15, 15 - n_o))                                    n_o <= 15
+    log-softmax:  l = s <= 0 ? -2^31 : min(0, R(ln(y15 / 2^15) * 2^25))             (vec_logn_32x32, Q25)
+                  y = SAT_8(SHR(l, 25 - n_o))                                      n_o <= 25
+
+The HiFi core is a closed binary: :func:`softmax_q15` is the reference model the spec states (max subtraction, a
+log2-domain Q23 exponent with a 5-term polynomial, a saturating sum, a normalized reciprocal with two Newton
+steps; spec int8-ops.md 3.23), and the log is the correctly rounded natural log of the Q15 probability at Q25. Both
+are NOT bit-verified against the vendor's binaries (``lnn rules`` marks the ops).
+
+The QAT modules compute exactly those integers: in training the forward value is the chip's probability (or its
+log) and the gradient is the float function's at the float input (straight-through, as linger), followed by the
+output quantizer (capped at 15 / 25); in eval the output is exactly the chip's integers times ``2**-n_o``.
+
+For attention modules: :func:`softmax_int` / :func:`log_softmax_int` are the functional forms (input already on
+its grid, input exponent and output quantizer given by the caller).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lnn_core.errors import LnnError
+from lnn_core.ops import OpFamily
+from lnn_core.quant.functional import requant
+from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.quantizers import ActQuantizer
+from lnn_core.quant.rewrite import BuildContext, Built
+
+__all__ = ["QSoftmax", "FAMILIES", "WRITERS", "softmax_q15", "log_q25", "softmax_int", "ROW_MAX",
+           "SOFTMAX_OUT_MAX", "LOG_OUT_MAX", "IN_EXPONENT_MAX"]
+
+#: the longest row the chip's softmax takes (tpacker asserts it for every platform, spec 2.4.3)
+ROW_MAX = 2048
+#: the output exponent's upper bounds: the right shifts 15 - n_o and 25 - n_o are unsigned
+SOFTMAX_OUT_MAX = 15
+LOG_OUT_MAX = 25
+#: the input exponent's bounds: x is widened to Q25 by a left shift of 25 - n_x
+IN_EXPONENT_MAX = 25
+IN_EXPONENT_MIN = 0
+
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
+#: ``log2(e) / 4`` in Q31: turns a natural-log Q25 difference into a log2-domain Q23 value
+_LOG2E_Q31 = 774541002
+#: Horner coefficients (Q23) of ``2^f`` on ``f`` in [-1, 0)
+_POLY = (57364, 446161, 2008107, 5813551, 8388575)
+#: the reciprocal's seed ``0xBB5000 - X`` (X the normalized sum in [0.5, 1), Q23; the seed is Q22)
+_SEED = 0xBB5000
+
+
+def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
+    """``floor(v / 2^s + 0.5)`` for int64 ``v`` and ``s >= 1``."""
+    return (v + (1 << (s - 1))) >> s
+
+
+@torch.no_grad()
+def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
+    """The chip's softmax core (the stated model of HiFi ``vec_softmax32x32``): int64 Q25 rows (last dim) in,
+    int64 Q15 probabilities out."""
+    x25 = x25.to(torch.int64)
+    m = x25.amax(dim=-1, keepdim=True)
+    d = (x25 - m).clamp_(min=_INT32_MIN)
+    t = _rshift_round(d * _LOG2E_Q31, 31).clamp_(_INT32_MIN, _INT32_MAX)  # log2-domain Q23, <= 0
+    e_exp = (t >> 23) + 1  # <= 1
+    f = (t & 0x7FFFFF) - 0x800000  # the Q23 fraction in [-1, 0)
+    y = torch.full_like(f, _POLY[0])
+    for p in _POLY[1:]:
+        y = _rshift_round(y * f, 23) + p
+    e = torch.where(e_exp >= 0, y << e_exp.clamp(min=0), y >> (-e_exp).clamp(max=62))  # y > 0: trunc = floor
+    s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)  # the saturating sum of non-negative terms
+    msb = torch.floor(torch.log2(s.double())).to(torch.int64)  # s >= 1
+    # exact msb: correct float rounding of log2 near powers of two
+    msb = torch.where((1 << msb) > s, msb - 1, msb)
+    msb = torch.where((1 << (msb + 1)) <= s, msb + 1, msb)
+    n = (30 - msb) - 8  # nsa - 8
+    x_n = torch.where(n < 0, s >> (-n).clamp(min=0), (s << n.clamp(min=0)).clamp(max=_INT32_MAX))
+    n = n + 1
+    r = _SEED - x_n
+    for _ in range(2):
+        err = 2 * (0x400000 - _rshift_round(x_n * r, 23))
+        r = r + _rshift_round(r * err, 23)
+    r = torch.where(n < 0, r >> (-n).clamp(min=0), (r << n.clamp(min=0)).clamp(_INT32_MIN, _INT32_MAX))
+    return _rshift_round(r * e, 31).clamp_(_INT32_MIN, _INT32_MAX)
+
+
+def log_q25_scalar(s: int) -> int:
+    """``vec_logn_32x32`` as modelled: the natural log of the Q15 value ``s`` at Q25, clamped to ``[-2^31, 0]``
+    (``-2^31`` for ``s <= 0``)."""
+    if s <= 0:
+        return _INT32_MIN
+    return min(0, math.floor(math.log(s / 32768.0) * 33554432.0 + 0.5))
+
+
+@functools.cache
+def _log_table(size: int = 1 << 16) -> torch.Tensor:
+    """:func:`log_q25_scalar` of ``0 .. size - 1`` (int64); a pure function's cache."""
+    return torch.tensor([log_q25_scalar(s) for s in range(size)], dtype=torch.int64)
+
+
+@torch.no_grad()
+def log_q25(y15: torch.Tensor) -> torch.Tensor:
+    """:func:`log_q25_scalar` of every element of an int64 tensor of Q15 probabilities."""
+    table = _log_table()
+    big = y15 >= table.numel()
+    out = table.to(y15.device)[y15.clamp(0, table.numel() - 1)]
+    return torch.where(big, torch.zeros_like(out), out)
+
+
+@torch.no_grad()
+def chip_int(q: torch.Tensor, n_x: int, log: bool) -> torch.Tensor:
+    """The kernel's result before the output shift: Q15 probabilities (softmax) or Q25 logs (log-softmax) of the
+    int8 integers ``q`` (int64, rows last) at exponent ``n_x``."""
+    x25 = (q << (IN_EXPONENT_MAX - n_x)).clamp_(_INT32_MIN, _INT32_MAX)
+    y15 = softmax_q15(x25)
+    return log_q25(y15) if log else y15
+
+
+def int_input(x: torch.Tensor, n_x: int) -> torch.Tensor:
+    """The int8 integers (int64) of ``x`` at exponent ``n_x``."""
+    return torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127).to(torch.int64)
+
+
+def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = False, training: bool = False,
+                observe: bool = True) -> torch.Tensor:
+    """Functional QAT softmax (``log=True``: log-softmax) over the last dim of ``x``, a tensor already on the grid
+    of exponent ``n_x`` (``0 <= n_x <= 25``): the chip's integers forward, the float function's gradient backward,
+    then ``out_q`` (its exponent capped at 15 / 25). In eval (``training=False``) the result is exactly the chip's
+    integers times ``2**-n_o``. An attention module calls this with its own output quantizer."""
+    cap = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
+    acc_q = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
+    acc = chip_int(int_input(x, n_x), n_x, log)
+    if training:
+        ref = F.log_softmax(x, dim=-1) if log else F.softmax(x, dim=-1)
+        chip = (acc.double() * 2.0**-acc_q).to(ref.dtype)
+        y = ref + (chip - ref).detach()
+        return out_q(y, cap) if observe else out_q(y.detach(), cap)
+    n_o = out_q.eval_exponent(cap)
+    return (requant(acc.double(), acc_q - n_o, 8) * 2.0**-n_o).float()
+
+
+class QSoftmax(QModule):
+    """Softmax / log-softmax over the last dimension: the chip's ``SoftmaxInt`` / ``LogSoftmaxInt``."""
+
+    def __init__(self, op_id: str, *, log: bool, dim: int | None, recipe: Any, stage: str, path: str) -> None:
+        super().__init__(recipe, act_bits=8, stage=stage, clamps=())
+        self.op_id = op_id  # type: ignore[misc]
+        self.log = log
+        self.dim = dim
+        self.path = path
+        self.out_q = ActQuantizer(8, recipe, cap=self.output_cap)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, log={self.log}"
+
+    def output_cap(self, exponent_of: Any = None) -> int:
+        """15 (softmax) / 25 (log-softmax): the kernel's output shift is unsigned."""
+        return LOG_OUT_MAX if self.log else SOFTMAX_OUT_MAX
+
+    @property
+    def kind(self) -> str:
+        return "log_softmax" if self.log else "softmax"
+
+    def _check(self, x: torch.Tensor) -> int:
+        """The input's exponent, after the checks that need the input's shape (rank and row length)."""
+        if self.dim is None or self.dim not in (-1, x.dim() - 1):
+            raise _dim_error(self.path, self.kind, self.dim, x.dim())
+        row = x.shape[-1] if x.dim() else 1
+        if row > ROW_MAX:
+            raise LnnError(
+                f"{self.kind} {self.path!r}: a row of {row} elements",
+                {"rule": "csk60xx.softmax.row: the chip's softmax takes rows of at most 2048 elements",
+                 "limit": f"row <= {ROW_MAX}", "actual": f"row of {row}"},
+                f"split the last dimension into rows of <= {ROW_MAX} (or reduce the sequence length)",
+                rule="csk60xx.softmax.row", limit=ROW_MAX, actual=row, node=self.path)
+        if self.in_bits(0) != 8:
+            raise LnnError(
+                f"{self.kind} {self.path!r}: the input has {self.in_bits(0)} bits",
+                {"rule": "csk60xx.softmax.input_bits: the chip's softmax reads int8", "limit": "8-bit input",
+                 "actual": f"{self.in_bits(0)}-bit input"},
+                "give the layer that feeds this op act_bits=8 (QuantConfig.by_path)",
+                rule="csk60xx.softmax.input_bits", limit=8, actual=self.in_bits(0), node=self.path)
+        n_x = self.in_exponent(0)
+        if not IN_EXPONENT_MIN <= n_x <= IN_EXPONENT_MAX:
+            raise LnnError(
+                f"{self.kind} {self.path!r}: input exponent {n_x}",
+                {"rule": "csk60xx.softmax.in_exponent: the kernel widens x to Q25 by a left shift of 25 - n_x",
+                 "limit": f"{IN_EXPONENT_MIN} <= n_x <= {IN_EXPONENT_MAX}", "actual": f"n_x {n_x}"},
+                "scale the softmax input into |x| < 128 (e.g. divide the logits) so its exponent is >= 0",
+                rule="csk60xx.softmax.in_exponent", limit=f"{IN_EXPONENT_MIN}..{IN_EXPONENT_MAX}", actual=n_x,
+                node=self.path)
+        return n_x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantizing:
+            y = F.log_softmax(x, dim=self.dim) if self.log else F.softmax(x, dim=self.dim)
+            return self.out_q(y, self.output_cap())
+        n_x = self._check(x)
+        return softmax_int(x, n_x, self.out_q, log=self.log, training=self.training, observe=self.out_q.observe)
+
+    def op_attrs(self) -> dict[str, Any]:
+        return {**super().op_attrs(), "dim": self.dim, "kind": self.kind}
+
+
+def _dim_error(path: str, kind: str, dim: Any, rank: int | None) -> LnnError:
+    where = f" of a rank-{rank} input" if rank is not None else ""
+    return LnnError(
+        f"{kind} {path!r}: dim={dim}{where} is not the last dimension",
+        {"rule": "csk60xx.softmax.dim: the chip's softmax runs over the last dimension only",
+         "limit": "dim=-1 (or the last index)", "actual": f"dim={dim}"},
+        f"move the {kind} dimension last (x.transpose(d, -1)), apply {kind}(dim=-1), and transpose back",
+        rule="csk60xx.softmax.dim", limit=-1, actual=dim, node=path)
+
+
+def _sig(input, dim=None, _stacklevel=3, dtype=None):  # noqa: A002
+    """Signature of F.softmax / torch.softmax / Tensor.softmax (dtype may come third)."""
+
+
+def _build(op_id: str, log: bool):
+    def build(ctx: BuildContext) -> Built | None:
+        common = dict(recipe=ctx.recipe, stage=ctx.stage, path=ctx.path)
+        if ctx.module is not None:
+            dim, src = ctx.module.dim, ctx.node.args[0] if ctx.node.args else ctx.node.kwargs.get("input")
+        else:
+            if "out" in ctx.node.kwargs:
+                return None
+            try:
+                a = ctx.bind(_sig)
+            except TypeError:
+                return None
+            dim, src = a["dim"], a["input"]
+            if a.get("dtype") is not None or not isinstance(a.get("_stacklevel", 3), int):
+                return None
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool)):
+            return None  # a computed dim: no chip form
+        return Built(QSoftmax(op_id, log=log, dim=dim, **common), [src])
+
+    return build
+
+
+FAMILIES = [
+    OpFamily(id="builtin.Softmax", kind="compute", modules=(nn.Softmax,), functions=(F.softmax, torch.softmax),
+             methods=("softmax",), build=_build("builtin.Softmax", False),
+             description="softmax over the last dim (rows <= 2048): SoftmaxInt, int8 in, Q25 -> HiFi softmax -> "
+                         "int8 out (n_o <= 15)"),
+    OpFamily(id="builtin.LogSoftmax", kind="compute", modules=(nn.LogSoftmax,),
+             functions=(F.log_softmax, torch.log_softmax), methods=("log_softmax",),
+             build=_build("builtin.LogSoftmax", True),
+             description="log-softmax over the last dim (rows <= 2048): LogSoftmaxInt, int8 in, Q25 -> HiFi softmax "
+                         "and log -> int8 out (n_o <= 25)"),
+]
+
+
+# -- IR ----------------------------------------------------------------------------------------------
+
+
+def write_softmax(ctx: Any) -> str:
+    """``SoftmaxInt`` / ``LogSoftmaxInt`` with ``dim = -1`` (linger 1.1.1's node form, spec 2.4.3, 2.5.3; the chip
+    reads the last axis only when dim is -1)."""
+    m: QSoftmax = ctx.module
+    y = ctx.tensor(m.out_q.eval_exponent(m.output_cap()), "int8")
+    ctx.add("LogSoftmaxInt" if m.log else "SoftmaxInt", [ctx.inputs[0]], [y],
+            {"data_bits": 8, "o_bits": 8, "dim": -1})
+    return y
+
+
+WRITERS = {"builtin.Softmax": write_softmax, "builtin.LogSoftmax": write_softmax}
