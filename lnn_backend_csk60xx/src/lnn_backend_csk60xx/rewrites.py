@@ -8,8 +8,8 @@
    (tpacker's CR_fusion). The simulator clamps the conv's requantized integers at 0, which is exactly
    what the ReLU op computed, so no result changes; the conv now writes the ReLU's output tensor and
    the conv's own output tensor disappears. A clip is never fused (the chip drops it, spec 3.13).
-   **Pad folding** (:func:`fold_pads`, with the fusion): a zero padding op whose only reader is a Conv2dInt
-   becomes part of the conv's ``pads`` when the sum stays within the conv's pad limit and its kernel (the
+   **Pad folding** (:func:`.ops.pad.fold_pads`, with the fusion): a zero padding op whose only reader is a 2-D
+   convolution becomes part of the conv's ``pads`` when the sum stays within the conv's pad limit and its kernel (the
    conv reads zeros there either way: the same integers, one op and one buffer fewer); otherwise it stays.
 3. **Splits** (:func:`split_large_ops`): ops whose buffers exceed the engine limits are cut as the
    vendor's packer cuts them (the decisions are made once, by the op family's ``OpDef.fit``):
@@ -55,6 +55,7 @@ from .inference import infer_shapes
 from .ops.conv import row_slices
 from .ops.gather import narrow_indices
 from .ops.opset import OpSet
+from .ops.pad import fold_pads
 from .sizes import fit_node
 
 __all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "fold_pads", "split_large_ops",
@@ -132,39 +133,6 @@ def fuse_relu(graph: Graph, ops: OpSet | None = None) -> list[FusedRelu]:
     if fused:
         log.info("fused %d ReLU ops into the convolutions before them", len(fused))
     return fused
-
-
-def fold_pads(graph: Graph, limits: Mapping[str, Any], ops: OpSet | None = None) -> list[str]:
-    """Fold each zero padding of H and W into the one Conv2dInt that reads it when the conv's pads stay within
-    ``conv.pad_max`` and its kernel; in place. Returns the names of the folded padding ops."""
-    from .ops.base import InferContext
-    from .ops.pad import hw_pads
-
-    consumers = graph.consumers()
-    pmax = int(limits["conv.pad_max"])
-    drop: list[str] = []
-    for node in graph.nodes:
-        if node.op_type != "iqPad" or node.op_type not in (ops or OpSet.builtin_only()):
-            continue
-        mid = node.outputs[0]
-        users = consumers.get(mid, [])
-        if len(users) != 1 or mid in graph.outputs or users[0].op_type != "Conv2dInt" or users[0].inputs[0] != mid:
-            continue
-        conv = users[0]
-        top, left, bottom, right = hw_pads(InferContext(graph, node, graph.meta.get("source")))
-        p = [int(v) for v in conv.attrs.get("pads", [0, 0, 0, 0])]
-        k = [int(v) for v in conv.attrs.get("kernel_shape", [1, 1])]
-        new = [p[0] + top, p[1] + left, p[2] + bottom, p[3] + right]
-        if max(new) > pmax or new[0] > k[0] or new[2] > k[0] or new[1] > k[1] or new[3] > k[1]:
-            continue
-        conv.attrs["pads"] = new
-        conv.inputs[0] = node.inputs[0]
-        del graph.tensors[mid]
-        drop.append(node.name)
-    graph.nodes = [n for n in graph.nodes if n.name not in drop]
-    if drop:
-        log.info("folded %d padding ops into the convolutions after them", len(drop))
-    return drop
 
 
 class _Names:

@@ -14,6 +14,7 @@ torch op (``F.pad``, ``nn.ZeroPad1d/2d``, ``nn.ConstantPad1d/2d``) is judged at 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,8 +24,11 @@ from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
 from .base import AttrSpec, InferContext, Lowering, OpDef
+from .conv import PADS_FOLD_INTO
 
-__all__ = ["OPS", "hw_pads"]
+__all__ = ["OPS", "hw_pads", "fold_pads"]
+
+log = logging.getLogger("lnn.backend.rewrites")
 
 
 def hw_pads(c: InferContext) -> tuple[int, int, int, int]:
@@ -86,3 +90,34 @@ OPS = (
           same_scale_inputs=(2,), rules=(check_pad_form,), torch_ops=("builtin.Pad",),
           lowerings={"lnn": Lowering(33, 1, _lower, "pad.c")}),
 )
+
+
+def fold_pads(graph: Graph, limits: Mapping[str, Any], ops: Any = None) -> list[str]:
+    """Fold each zero padding of H and W into the one 2-D convolution that reads it when the conv's pads stay within
+    ``conv.pad_max`` and its kernel; in place. Returns the names of the folded padding ops."""
+    consumers = graph.consumers()
+    pmax = int(limits["conv.pad_max"])
+    drop: list[str] = []
+    for node in graph.nodes:
+        if node.op_type != OPS[0].op_type:
+            continue
+        mid = node.outputs[0]
+        users = consumers.get(mid, [])
+        if (len(users) != 1 or mid in graph.outputs or users[0].op_type not in PADS_FOLD_INTO
+                or users[0].inputs[0] != mid):
+            continue
+        conv = users[0]
+        top, left, bottom, right = hw_pads(InferContext(graph, node, graph.meta.get("source")))
+        p = [int(v) for v in conv.attrs.get("pads", [0, 0, 0, 0])]
+        k = [int(v) for v in conv.attrs.get("kernel_shape", [1, 1])]
+        new = [p[0] + top, p[1] + left, p[2] + bottom, p[3] + right]
+        if max(new) > pmax or new[0] > k[0] or new[2] > k[0] or new[1] > k[1] or new[3] > k[1]:
+            continue
+        conv.attrs["pads"] = new
+        conv.inputs[0] = node.inputs[0]
+        del graph.tensors[mid]
+        drop.append(node.name)
+    graph.nodes = [n for n in graph.nodes if n.name not in drop]
+    if drop:
+        log.info("folded %d padding ops into the convolutions after them", len(drop))
+    return drop
