@@ -153,8 +153,23 @@ def infer_and_judge(graph: Graph, *, rules_for: Callable[[str], list[Rule]] | No
     report = RuleReport(TARGET_ID)
     graph.toposort(path=graph.meta.get("source"))
     complete = True
+    island_of = {n: i for i in graph.meta.get("float_islands", ()) for n in i.get("ir_nodes", ())}
+    judged: set[str] = set()
     for node in graph.nodes:
         op = op_view(graph, node, ops)
+        island = island_of.get(node.name)
+        if island is not None:  # a layer kept float: one violation naming its module, not one per ONNX node
+            complete = False
+            if island["node"] not in judged:
+                judged.add(island["node"])
+                where = island.get("module") or island["node"]
+                report.extend(_violation(
+                    check_op_supported, OpView(where, island["op"]), limits,
+                    actual=f"{island['op']} kept float (module {where!r}): the chip has no float ops",
+                    limit="every op of the quantized graph an integer op",
+                    hint="quantize the layer (remove lnn.disable_quant / LayerConfig(float=True) there, or "
+                         "replace the op with a supported one), or export it with dialect='qdq'"))
+            continue
         if node.op_type not in ops:
             report.extend(_violation(check_op_supported, op, limits))
             complete = False
@@ -174,7 +189,7 @@ def infer_and_judge(graph: Graph, *, rules_for: Callable[[str], list[Rule]] | No
             if info.exponent is None and old is not None:
                 info.exponent = old.exponent
             graph.tensors[info.name] = info
-    report.check_ops((op_view(graph, n, ops) for n in graph.nodes), rules_for, limits)
+    report.check_ops((op_view(graph, n, ops) for n in graph.nodes if n.name not in island_of), rules_for, limits)
     return report, complete
 
 

@@ -511,6 +511,26 @@ def _value_info(info: TensorInfo) -> onnx.ValueInfoProto:
                                          list(info.shape) if info.shape is not None else None)
 
 
+def _refuse_float_islands(graph: Graph) -> None:
+    """The chip has no float: a layer kept float inside the quantized graph (``lnn.disable_quant``,
+    ``LayerConfig(float=True)``, an op without a quantized form) cannot be written, whatever its ONNX ops."""
+    present = {n.name for n in graph.nodes}
+    islands = [i for i in graph.meta.get("float_islands", ()) if present.intersection(i.get("ir_nodes", ()))]
+    if not islands:
+        return
+    where = [f"{i['op']} (module {i['module']!r})" if i.get("module") else f"{i['op']} (node {i['node']!r})"
+             for i in islands]
+    first = islands[0]
+    raise ExportError(
+        f"{where[0]} is kept float inside the quantized graph; the CSK60xx dialect has no float ops"
+        + (f" ({len(islands) - 1} more)" if len(islands) > 1 else ""),
+        {"float ops": "; ".join(where),
+         "rule": "every op of the quantized graph runs on the chip in integers"},
+        "quantize the layer (remove lnn.disable_quant / LayerConfig(float=True) there, or replace the op with a "
+        "supported one), or export the float layer with dialect='qdq'",
+        node=first["node"], module=first.get("module", ""), dialect="csk60xx", ops=where)
+
+
 def write_onnx(graph: Graph, *, ops: OpSet | None = None) -> onnx.ModelProto:
     """Write ``graph`` in the CSK60xx dialect: domain ``thinker`` (opset 1), default opset 12.
 
@@ -523,6 +543,7 @@ def write_onnx(graph: Graph, *, ops: OpSet | None = None) -> onnx.ModelProto:
     :raises ExportError: an op the run's ``ops`` do not know, or a scaled tensor without exponent.
     """
     schemas = ops if ops is not None else OpSet.builtin_only()
+    _refuse_float_islands(graph)
     nodes = []
     extra_domains: set[str] = set()
     for node in graph.nodes:

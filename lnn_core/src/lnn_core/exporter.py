@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import itertools
+import operator
 import os
 import warnings
 from collections.abc import Sequence
@@ -181,6 +182,10 @@ class _Exporter:
         self.islands: list[tuple[str, str]] = []
         self.island_nodes: set[fx.Node] = set()  # float ops on quantized data, and the float ops they feed
         self.sources: dict[str, str] = {}  # IR tensor -> fx node whose eval value it holds
+        self.island_meta: list[dict[str, Any]] = []
+        # graph input -> the example value: a float op reading a graph input directly is traced on it (the lengths
+        # of pack_padded_sequence must be real lengths), other inputs of float ops on zeros of their shape
+        self.examples: dict[fx.Node, Any] = {}
 
     @property
     def g(self) -> Graph:
@@ -243,6 +248,9 @@ class _Exporter:
                           f"{listing}", FloatIslandWarning, stacklevel=3)
         self.g.toposort()
         self.g.meta["sources"] = dict(self.sources)
+        # float islands, for dialects of targets that have no float (the CSK60xx writer refuses them by module):
+        # one {"node", "op", "module", "ir_nodes"} per float op on quantized data
+        self.g.meta["float_islands"] = list(self.island_meta)
         return self.g
 
     def visit(self, node: fx.Node) -> None:
@@ -267,6 +275,9 @@ class _Exporter:
             self.select(node, role.index)
         elif kind == "op" and self.host.exporters.node_writer("ir", role.op) is not None:
             self.write_op(node, role.op)
+        elif (node.op == "call_function" and node.target is operator.getitem
+              and isinstance(self.tmap.get(node.args[0]), _Outputs)):  # one value of a float op's tuple
+            self.select(node, node.args[1])
         else:
             ins = flat_nodes((node.args, node.kwargs))
             self.float_op(node, [i for i in ins if isinstance(self.tmap.get(i), str)], role)
@@ -341,19 +352,27 @@ class _Exporter:
 
     def float_op(self, node: fx.Node, tensor_ins: list[fx.Node], role: NodeRole) -> None:
         """Write a float op with torch's ONNX exporter and splice its nodes in."""
-        if role.quantized or any(i in self.island_nodes for i in tensor_ins):  # every op of the island is listed
+        island = role.quantized or any(i in self.island_nodes for i in tensor_ins)
+        if island:  # every op of the island is listed
             self.islands.append((node.name, role.name))
             self.island_nodes.add(node)
+        first_ir_node = len(self.g.nodes)
         args_in = [self.dequant(self.tmap[i]) for i in tensor_ins]
         sub = _single_node_module(self.model, node, tensor_ins)
-        examples = tuple(torch.zeros(_concrete(self.g.tensors[a].shape, node.name), dtype=torch.float32)
-                         for a in args_in)
+        examples = tuple(
+            self.examples[i] if isinstance(self.examples.get(i), torch.Tensor) and self.tmap[i] == a else
+            torch.zeros(_concrete(self.g.tensors[a].shape, node.name), dtype=torch.float32)
+            for i, a in zip(tensor_ins, args_in))
+        tree = _float_tree(node.meta.get("tensor_meta"))  # a module may return a tuple (nn.GRU: (y, h_n))
+        metas = [m for m in _leaves(tree) if m is not None] if isinstance(tree, _Outputs) else [tree]
+        n_out = len(metas)
+        out_names = [f"out{i}" for i in range(n_out)] if isinstance(tree, _Outputs) else ["out"]
         buf = io.BytesIO()
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(sub, examples, buf, dynamo=False, opset_version=13,
-                                  input_names=[f"in{i}" for i in range(len(examples))], output_names=["out"])
+                                  input_names=[f"in{i}" for i in range(len(examples))], output_names=out_names)
             except Exception as exc:
                 raise ExportError(
                     f"float op {role.name} (node {node.name!r}) cannot be written to ONNX",
@@ -369,8 +388,8 @@ class _Exporter:
         for init in proto.graph.initializer:
             rename[init.name] = self.b.fresh(f"{prefix}.{init.name}")
             self.g.add_initializer(rename[init.name], numpy_helper.to_array(init))
-        out_name = self.b.fresh(node.name)
-        rename["out"] = out_name
+        outs = [self.b.fresh(node.name if len(out_names) == 1 else f"{node.name}.{i}") for i in range(n_out)]
+        rename.update(zip(out_names, outs))
         for n in proto.graph.node:
             for o in n.output:
                 if o not in rename:
@@ -384,13 +403,37 @@ class _Exporter:
                     attrs_[k] = v.decode()
             self.g.add_node(Node(self.b.fresh(f"{prefix}.{n.op_type}"), n.op_type,
                                  [rename.get(i, i) for i in n.input], [rename[o] for o in n.output], attrs_, n.domain))
-        self.g.add_tensor(out_name, _dtype(node), _shape(node, self.dynamic_batch), None)
-        self.tmap[node] = out_name
+        if island:
+            self.island_meta.append({"node": node.name, "op": role.name, "module": _module_path(self.model, node)[0],
+                                     "ir_nodes": [n.name for n in self.g.nodes[first_ir_node:]]})
+        if not isinstance(tree, _Outputs):
+            self.g.add_tensor(outs[0], _dtype(node), _shape(node, self.dynamic_batch), None)
+            self.tmap[node] = outs[0]
+            return
+        for name, meta in zip(outs, metas):
+            self.g.add_tensor(name, _TORCH_DTYPE.get(meta.dtype, "float32"), _shape_of(meta, self.dynamic_batch), None)
+        it = iter(outs)
+        self.tmap[node] = _map_outputs(tree, lambda _: next(it))
 
 
 def _leaves(value: Any) -> list[Any]:
     """The IR tensors of a value: itself, or every output of an op with several, in order."""
     return [t for v in value for t in _leaves(v)] if isinstance(value, _Outputs) else [value]
+
+
+def _float_tree(meta: Any) -> Any:
+    """A float op's return value as recorded by the example run: its TensorMetadata (one tensor), or an
+    :class:`_Outputs` shaped like a (nested) tuple, None where a value is not a tensor."""
+    if isinstance(meta, (tuple, list)) and not hasattr(meta, "shape"):
+        return _Outputs(_float_tree(m) for m in meta)
+    return meta if hasattr(meta, "shape") else None
+
+
+def _map_outputs(tree: Any, leaf: Any) -> Any:
+    """``tree`` with every tensor's metadata replaced by ``leaf(meta)`` (None stays None)."""
+    if isinstance(tree, _Outputs):
+        return _Outputs(_map_outputs(t, leaf) for t in tree)
+    return None if tree is None else leaf(tree)
 
 
 def _nest(tree: Any, names: list[str]) -> Any:
@@ -566,8 +609,9 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
         model.eval()
         with torch.no_grad():
             ExampleRunner(model, shapes=True).run(*inputs)
-            graph = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict).run(
-                input_names, output_names)
+            exporter = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict)
+            exporter.examples = dict(zip((n for n in model.graph.nodes if n.op == "placeholder"), inputs))
+            graph = exporter.run(input_names, output_names)
     finally:
         model.train(was_training)
         with torch.no_grad():

@@ -441,7 +441,7 @@ class _Rewriter:
                 continue
             fam = self.family(node)
             if fam is None:
-                if self.is_float_module(node):
+                if self.is_float_module(node) or self.configured_float(node):
                     self.info.islands.append(node.name)
                 elif quantized_in or any(i in island for i in ins):  # strict names every op of a chain
                     unsupported.append(node)
@@ -466,6 +466,19 @@ class _Rewriter:
         self.classify()
         self.graph.lint()
         self.gm.recompile()
+
+    def configured_float(self, node: fx.Node) -> bool:
+        """Whether the config keeps a module without a quantized form float (``by_path={"rnn":
+        LayerConfig(float=True)}`` or ``by_type={"GRU": ...}``): then it is a float island on purpose, like
+        ``lnn.disable_quant``, not an unsupported op. Only a float setting counts as a match for such a module
+        (bits for a layer that has no quantized form would be silently ignored)."""
+        if node.op != "call_module":
+            return False
+        path, float_type = str(node.target), type(self.module_of(node)).__name__
+        if not self.config.for_layer(path, "", float_type).float:
+            return False
+        self.configured.append((path, "", float_type))
+        return True
 
     def selects(self, node: fx.Node) -> bool:
         """Whether ``node`` picks outputs of an op with several outputs (``y, h = op(x)`` traces to getitem)."""
@@ -506,6 +519,17 @@ class _Rewriter:
         return NodeRole(kind, op_id if kind == "op" else None, quantized, index,
                         op_name(node, self.gm) if kind == "float" else "")
 
+    def may_pick_from_tuple(self, node: fx.Node, src: fx.Node) -> bool:
+        """Whether ``node`` may be ``value[i]`` on the tuple a float op returned (``y, h = gru(x)``): a float
+        module or an op without a family may return several values, and a Quant cannot move in front of the
+        selection (it would quantize the tuple). Only an int index can pick from a tuple; ``x[0]`` on a float
+        tensor is then merely quantized after the selection instead of before (the same integers)."""
+        if not (node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2
+                and isinstance(node.args[1], int)):
+            return False
+        return self.prov.get(src) is FLOAT and src.op in ("call_module", "call_function", "call_method") and (
+            self.is_float_module(src) or self.family(src) is None)
+
     def record_passthrough(self, node: fx.Node, fam: Any, provider: ActQuantizer) -> None:
         """Remember a passthrough op on quantized data, with the attributes its rules judge."""
         path = str(node.target) if node.op == "call_module" else node.name
@@ -538,7 +562,7 @@ class _Rewriter:
             fam = self.family(node)
             ins = [i for i in flat_nodes((node.args, node.kwargs)) if self.prov.get(i) is not META]
             if (fam is None or fam.kind != "passthrough" or self.is_float_module(node) or len(ins) != 1
-                    or self.selects(node)):
+                    or self.selects(node) or self.may_pick_from_tuple(node, ins[0])):
                 break
             chain.append(node)
             node = ins[0]
@@ -654,7 +678,9 @@ class _Rewriter:
             return
         found = [(n.name, op_name(n, self.gm), _call_site(n)) for n in nodes]
         self.info.unsupported.extend(found)
-        lines = "\n".join(f"{op} (node {name!r}) at {site}" for name, op, site in found)
+        # a module is named by its path (what lnn.disable_quant and QuantConfig.by_path take), a function by node
+        where = {n.name: f"module {str(n.target)!r}" if n.op == "call_module" else f"node {n.name!r}" for n in nodes}
+        lines = "\n".join(f"{op} ({where[name]}) at {site}" for name, op, site in found)
         if self.config.strict:
             raise UnsupportedOpError(
                 f"{len(found)} op(s) without a quantized form run on quantized data: "
@@ -663,12 +689,15 @@ class _Rewriter:
                 "replace the op with a supported one, keep the surrounding layer in float with "
                 "lnn.disable_quant(...), or install a plugin that provides it",
                 op=found[0][1], call_site=found[0][2], ops=found)
+        paths = {n.name: str(n.target) for n in nodes if n.op == "call_module"}
         for name, op, site in found:
+            keep = (f"; lnn.disable_quant(model.{paths[name]}) keeps it float without this warning"
+                    if name in paths else "")
             warnings.warn(
-                f"op {op} (node {name!r}) has no quantized form and runs in float on quantized data\n"
+                f"op {op} ({where[name]}) has no quantized form and runs in float on quantized data\n"
                 f"  call site: {site}\n"
                 "  hint: it is kept as a float island (Dequant -> float op -> Quant); pass strict=True to "
-                "make this an error", UnsupportedOpWarning, stacklevel=5)
+                f"make this an error{keep}", UnsupportedOpWarning, stacklevel=5)
 
     def mark_ahead_relu(self) -> None:
         def consumers(node: fx.Node) -> list[fx.Node]:
