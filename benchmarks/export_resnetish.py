@@ -1,16 +1,20 @@
-"""Export the ResNet-ish model of ``bench_qat.py`` in both dialects, for the simulator-against-onnxruntime benchmark.
+"""Export the models of ``bench_qat.py`` (ResNet-ish, digits CNN) for the simulator-against-onnxruntime benchmark.
 
     python benchmarks/export_resnetish.py OUTDIR
-    python lnn_backend_csk60xx/benchmarks/bench_vs_ort.py --csk OUTDIR/resnetish.onnx --qdq OUTDIR/resnetish.qdq.onnx
+    python lnn_backend_csk60xx/benchmarks/bench_vs_ort.py --csk OUTDIR/resnetish.onnx \\
+        --qdq OUTDIR/resnetish.qdq.onnx --float OUTDIR/resnetish.float.onnx
 
-The model (0.73 M parameters, 3x32x32 input, batch 1) is quantized with ``lnn.init``, calibrated by a few
-training-mode forwards on seeded random data, and exported with its frozen exponents: the CSK60xx dialect
-(what ``lnn pack`` and the simulator read) and standard QDQ (what onnxruntime runs with its int8 kernels).
+Each model (ResNet-ish: 0.73 M parameters, 3x32x32 input; digits: 1x8x8 input; batch 1) is quantized with
+``lnn.init``, calibrated by a few training-mode forwards on seeded random data, and exported with its frozen
+exponents: the CSK60xx dialect (what ``lnn pack`` and the simulator read) and standard QDQ. The float model itself
+(its BatchNorm statistics set by the same forwards) is exported too, as ``NAME.float.onnx``: onnxruntime runs it in
+float and ``bench_vs_ort.py`` quantizes it with onnxruntime's own ``quantize_static`` (its fastest int8 path).
 Untrained weights time the same as trained ones.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -18,9 +22,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_qat  # the model and the plugin host set-up live there
+import bench_qat  # the models and the plugin host set-up live there
 
 import lnn_core as lnn
+
+MODELS = {"resnetish": (bench_qat.ResNetish, (3, 32, 32)), "digits": (bench_qat.DigitsCNN, (1, 8, 8))}
+
+
+def export(name: str, out: Path, host: object) -> None:
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = make()
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics of the float model: the same kind of data as the calibration
+        for _ in range(4):
+            model(torch.randn(8, *shape))
+    model.eval()
+    qmodel = lnn.init(copy.deepcopy(model), target="csk60xx", host=host)
+    qmodel.train()
+    with torch.no_grad():
+        for _ in range(4):
+            qmodel(torch.randn(8, *shape))
+    qmodel.eval()
+    x = torch.randn(1, *shape)
+    lnn.export(qmodel, x, out / f"{name}.onnx", host=host)
+    lnn.export(qmodel, x, out / f"{name}.qdq.onnx", dialect="qdq", host=host)
+    torch.onnx.export(model, (x,), str(out / f"{name}.float.onnx"), dynamo=False, opset_version=13,
+                      input_names=["x"], output_names=["y"])
+    print(f"wrote {out / name}.onnx, {name}.qdq.onnx and {name}.float.onnx")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,18 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args[0])
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
     host = bench_qat.isolated_host([bench_qat.lnn_ops_builtin.plugin, bench_qat.lnn_backend_csk60xx.plugin])
-    qmodel = lnn.init(bench_qat.ResNetish(), target="csk60xx", host=host)
-    qmodel.train()
-    with torch.no_grad():
-        for _ in range(4):
-            qmodel(torch.randn(8, 3, 32, 32))
-    qmodel.eval()
-    x = torch.randn(1, 3, 32, 32)
-    lnn.export(qmodel, x, out / "resnetish.onnx", host=host)
-    lnn.export(qmodel, x, out / "resnetish.qdq.onnx", dialect="qdq", host=host)
-    print(f"wrote {out / 'resnetish.onnx'} and {out / 'resnetish.qdq.onnx'}")
+    for name in MODELS:
+        export(name, out, host)
     return 0
 
 

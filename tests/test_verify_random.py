@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lnn_core as lnn
+from lnn_backend_csk60xx.simulator import ISA_PATHS, available_isas
 from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
@@ -1309,6 +1310,17 @@ def test_random_model_is_bit_exact(seed, host):
     assert res.report.tensors, f"nothing was compared\n{res.description}"
     assert res.report.ok, f"{res.report.table()}\n{res.description}\n  {res.state}"
     assert not res.problems, "\n".join(res.problems) + f"\n{res.description}"
+
+
+@pytest.mark.parametrize("isa", [p for p in ISA_PATHS if p != available_isas()[-1]])
+@pytest.mark.parametrize("seed", range(N_MODELS))
+def test_random_model_on_every_path(seed, isa, host, monkeypatch):
+    """The corpus again through the simulator's other instruction-set paths (the test above takes the best one)."""
+    if isa not in available_isas():
+        pytest.skip(f"this CPU or build has no {isa} path")
+    monkeypatch.setenv("LNN_SIM_ISA", isa)
+    res = _run_seed.__wrapped__(seed, host)  # not the cached result of the best path
+    assert res.report.ok, f"{res.report.table()}\n{res.description}\n  {res.state}"
 
 
 def test_every_op_kind_was_compared(host):

@@ -33,8 +33,38 @@ lnn_sim_status lnn_sim_invoke(lnn_sim_model *m, char *msg, size_t n) {
     return LNN_SIM_OK;
 }
 
+lnn_sim_status lnn_sim_run_rows(lnn_sim_model *m, int64_t rows, const uint8_t *const *inputs, uint8_t *const *outputs,
+                                int64_t *failed_row, char *msg, size_t n) {
+    int64_t r;
+    int32_t i;
+    if (msg != NULL && n > 0) msg[0] = '\0';
+    if (failed_row != NULL) *failed_row = -1;
+    if (m == NULL || rows < 0 || (rows > 0 && (inputs == NULL || outputs == NULL)))
+        return LNN_FAIL(LNN_SIM_E_ARG, "NULL model or buffers, or a negative row count");
+    for (r = 0; r < rows; ++r) {
+        lnn_sim_status st;
+        for (i = 0; i < m->n_inputs; ++i) {
+            const lnn_tensor *t = &m->tensors[m->inputs[i]];
+            if (t->region == LNN_SIM_REGION_FLASH) return LNN_FAIL(LNN_SIM_E_ARG, "graph input '%s' is a constant", t->name);
+            memcpy(t->data, inputs[i] + (size_t)r * t->size, t->size);
+        }
+        st = lnn_sim_invoke(m, msg, n);
+        if (st != LNN_SIM_OK) {
+            if (failed_row != NULL) *failed_row = r;
+            return st;
+        }
+        for (i = 0; i < m->n_outputs; ++i) {
+            const lnn_tensor *t = &m->tensors[m->outputs[i]];
+            memcpy(outputs[i] + (size_t)r * t->size, t->data, t->size);
+        }
+    }
+    return LNN_SIM_OK;
+}
+
 /* ---- accessors ------------------------------------------------------------------------------- */
 
+const char *lnn_sim_isa(const lnn_sim_model *m) { return m ? lnn_isa_name(m->isa) : NULL; }
+int32_t lnn_sim_isa_available(void) { return lnn_isa_available(); }
 int32_t lnn_sim_num_tensors(const lnn_sim_model *m) { return m ? m->n_tensors : 0; }
 int32_t lnn_sim_num_ops(const lnn_sim_model *m) { return m ? m->n_ops : 0; }
 int32_t lnn_sim_num_inputs(const lnn_sim_model *m) { return m ? m->n_inputs : 0; }

@@ -21,6 +21,7 @@
 #ifndef LNN_SIM_MODEL_H
 #define LNN_SIM_MODEL_H
 
+#include "lnn_gemm.h"
 #include "lnn_sim_internal.h"
 
 #include <stddef.h>
@@ -72,6 +73,8 @@ typedef struct {
     int32_t k, n;
     const struct lnn_op_kernel *kernel; /* the registration of op->type, set by the loader */
     uint64_t macs;                      /* the op's work (see LNN_SIM_DEFAULT_MAX_MACS), set by the loader */
+    uint8_t *packed; /* weights re-laid-out by prepare for the model's instruction-set path (lnn_gemm.h), or NULL;
+                      * owned by the op, freed with the model */
 } lnn_op;
 
 struct lnn_sim_model {
@@ -98,6 +101,7 @@ struct lnn_sim_model {
      * the same geometry and reuse it; setting a tensor or starting a run forgets it. */
     int32_t col_op, col_tensor;
     uint64_t macs; /* the sum of the ops' work */
+    int32_t isa;   /* LNN_ISA_*: the kernels' instruction-set path, chosen before the ops are prepared */
 };
 
 /* scratch an op needs while it runs: accumulator plane entries (int32 and int64 each) and im2col bytes; and its

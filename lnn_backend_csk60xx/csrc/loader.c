@@ -587,6 +587,8 @@ void lnn_sim_free(lnn_sim_model *m) {
     int r;
     if (m == NULL) return;
     for (r = 0; r < LNN_SIM_NUM_REGIONS; ++r) free(m->arena[r]);
+    if (m->ops != NULL)
+        for (r = 0; r < m->n_ops; ++r) free(m->ops[r].packed);
     free(m->acc32);
     free(m->acc64);
     free(m->col);
@@ -699,7 +701,8 @@ lnn_sim_status lnn_sim_load_ex(const uint8_t *image, size_t size, uint64_t max_m
     m = (struct lnn_sim_model *)calloc(1, sizeof *m);
     if (m == NULL) return lnn_fail(msg, msg_size, LNN_SIM_E_NOMEM, "out of memory");
     m->col_op = -1;
-    st = load(m, image, size, max_macs, msg, msg_size);
+    m->isa = lnn_isa_select(msg, msg_size); /* LNN_SIM_ISA, read once per load */
+    st = m->isa < 0 ? LNN_SIM_E_ARG : load(m, image, size, max_macs, msg, msg_size);
     if (st != LNN_SIM_OK) {
         lnn_sim_free(m);
         return st;

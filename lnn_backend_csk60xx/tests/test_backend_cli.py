@@ -146,8 +146,62 @@ def test_run_input_errors(files, capsys):
         assert main(["run", str(tmp / "m.bin"), *inputs, "-o", str(tmp / "y.npy")]) == 2, inputs
         err = capsys.readouterr().err
         assert message in err and "hint:" in err, (inputs, err)
-    assert main(["run", str(tmp / "m.bin"), str(tmp / "x.npy"), "-o", str(tmp / "y.npy"), "--int"]) == 2
+    np.save(tmp / "x16.npy", quantize(x, 4).astype(np.int16))
+    assert main(["run", str(tmp / "m.bin"), str(tmp / "x16.npy"), "-o", str(tmp / "y.npy"), "--int"]) == 2
     assert "integer input 'q'" in capsys.readouterr().err
+    assert main(["run", str(tmp / "m.bin"), str(tmp / "x.npy"), "-o", str(tmp / "y.npy"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_run_int_states_and_applies_the_input_exponent(files, capsys):
+    """--int with a float input quantizes it with the input's exponent exactly as the Quant op does (ties, NaN,
+    saturation), and says which exponents the integers are at."""
+    tmp, src, x = files
+    assert main(["pack", str(src), "-o", str(tmp / "m.bin")]) == 0
+    x = x.copy()
+    x.reshape(-1)[:6] = [0.03125, -0.03125, 1000.0, -1000.0, np.nan, 0.09375]  # half-steps of 2^-4, extremes
+    np.save(tmp / "x.npy", x)
+    _, dump = Simulator((tmp / "m.bin").read_bytes()).run([x], dump=True)
+    capsys.readouterr()
+    assert main(["run", str(tmp / "m.bin"), str(tmp / "x.npy"), "-o", str(tmp / "a.npy"), "--int"]) == 0
+    cap = capsys.readouterr()
+    assert np.array_equal(np.load(tmp / "a.npy"), dump["a"])
+    assert "input q: int8 at exponent 4 (value = integer * 2^-4)" in cap.out
+    assert "wrote" in cap.out and "a int8 (1, 4, 6, 6) at exponent 2" in cap.out
+    assert "quantized for 'q' at exponent 4" in cap.err
+
+
+def test_run_a_batch_of_rows_on_threads(files, capsys):
+    """N rows stacked along the first axis give N rows of output, each the single run's; .npy and raw .bin; --int."""
+    tmp, src, _ = files
+    assert main(["pack", str(src), "-o", str(tmp / "m.bin")]) == 0
+    sim = Simulator((tmp / "m.bin").read_bytes())
+    xs = (RNG.standard_normal((7, 2, 6, 6)) * 3).astype(np.float32)
+    singles = [sim.run([xs[i:i + 1]], dump=True) for i in range(7)]
+    np.save(tmp / "xs.npy", xs)
+    xs.astype("<f4").tofile(tmp / "xs.bin")
+    for threads in ("1", "3"):
+        capsys.readouterr()
+        assert main(["run", str(tmp / "m.bin"), str(tmp / "xs.npy"), "-o", str(tmp / "ys.npy"),
+                     "--threads", threads]) == 0
+        assert "(7, 4, 6, 6) (7 rows)" in capsys.readouterr().out
+        assert np.array_equal(np.load(tmp / "ys.npy"), np.concatenate([s[0][0] for s in singles]))
+        assert main(["run", str(tmp / "m.bin"), str(tmp / "xs.bin"), "-o", str(tmp / "ys.bin"),
+                     "--threads", threads]) == 0
+        assert np.array_equal(np.fromfile(tmp / "ys.bin", "<f4").reshape(7, 4, 6, 6), np.load(tmp / "ys.npy"))
+        capsys.readouterr()
+        assert main(["run", str(tmp / "m.bin"), str(tmp / "xs.npy"), "-o", str(tmp / "as.npy"), "--int",
+                     "--threads", threads, "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["rows"] == 7 and data["outputs"][0]["exponent"] == 2 and data["inputs"][0]["exponent"] == 4
+        assert np.array_equal(np.load(tmp / "as.npy"), np.concatenate([s[1]["a"] for s in singles]))
+    assert main(["run", str(tmp / "m.bin"), str(tmp / "xs.npy"), "-o", str(tmp / "ys.npy"), "--dump",
+                 str(tmp / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--dump takes one row" in err and "(7, 2, 6, 6)" in err and "hint:" in err
+    np.save(tmp / "odd.npy", xs[:, :1])
+    assert main(["run", str(tmp / "m.bin"), str(tmp / "odd.npy"), "-o", str(tmp / "ys.npy")]) == 2
+    assert "does not match" in capsys.readouterr().err
 
 
 def test_run_refuses_a_smaller_share_memory_with_the_needed_figure(files, capsys):

@@ -293,6 +293,16 @@ void lnn_sim_free(lnn_sim_model *model);
 /* the MACs of the whole model / of op i (saturated at UINT64_MAX) */
 uint64_t lnn_sim_macs(const lnn_sim_model *model);
 uint64_t lnn_sim_op_macs(const lnn_sim_model *model, int32_t op);
+/* the instruction-set path the model's kernels take ("portable", "avx2", "avx512vnni"): the best the CPU has,
+ * or the one the environment variable LNN_SIM_ISA named when the model was loaded (same integers on every path) */
+const char *lnn_sim_isa(const lnn_sim_model *model);
+/* Run `rows` rows one after the other: for each row r, graph input i takes the tensor-size bytes at
+ * inputs[i] + r * size, the model runs (lnn_sim_invoke), and graph output o is copied to outputs[o] + r * size.
+ * Each row's result is the one a single run gives. On failure *failed_row (if not NULL) names the row. */
+lnn_sim_status lnn_sim_run_rows(lnn_sim_model *model, int64_t rows, const uint8_t *const *inputs,
+                                uint8_t *const *outputs, int64_t *failed_row, char *msg, size_t msg_size);
+/* the paths this build and CPU can run, as a bit set: 1 portable, 2 avx2, 4 avx512vnni */
+int32_t lnn_sim_isa_available(void);
 
 int32_t lnn_sim_num_tensors(const lnn_sim_model *model);
 int32_t lnn_sim_num_ops(const lnn_sim_model *model);

@@ -24,6 +24,8 @@
  */
 #include "lnn_sim_model.h"
 
+#include <stdlib.h>
+
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && \
     !defined(LNN_SIM_NO_SIMD)
 #define LNN_X86_AVX2 1
@@ -164,10 +166,11 @@ __attribute__((target("avx2"))) static void dot42_avx2(const int16_t *c0, const 
 #undef LNN_MAC
 #endif
 
-static dot42_fn pick_dot42(void) {
+static dot42_fn pick_dot42(int32_t isa) {
 #ifdef LNN_X86_AVX2
-    if (__builtin_cpu_supports("avx2")) return dot42_avx2;
+    if (isa != LNN_ISA_PORTABLE && __builtin_cpu_supports("avx2")) return dot42_avx2;
 #endif
+    (void)isa;
     return dot42_c;
 }
 
@@ -176,12 +179,12 @@ static void store_rq(const lnn_sim_conv_params *p, void *y, int64_t i, int64_t a
 }
 
 /* Output channels m0..m1-1 from the window matrix col ([P][K], int16). wbuf holds LNN_COL_BLOCK * K int16. */
-static void conv_col(const lnn_sim_conv_params *p, int64_t K, int64_t P, int32_t m0, int32_t m1, const int16_t *col,
+static void conv_col(const lnn_sim_conv_params *p, int32_t isa, int64_t K, int64_t P, int32_t m0, int32_t m1, const int16_t *col,
                      const int8_t *w, const int32_t *bias, void *y, int64_t ybase, int16_t *wbuf) {
     int32_t m = m0;
     int64_t q, i;
     if (K <= LNN_ACC32_TERMS) {
-        const dot42_fn dot = pick_dot42();
+        const dot42_fn dot = pick_dot42(isa);
         for (; m < m1; m += LNN_COL_BLOCK) { /* four output channels share each load of two windows */
             const int32_t nm = m1 - m < LNN_COL_BLOCK ? m1 - m : LNN_COL_BLOCK;
             int32_t s[2 * LNN_COL_BLOCK], j;
@@ -230,9 +233,9 @@ static void flush_chunk(const int32_t *acc32, int64_t *acc64, int64_t count, int
     }
 }
 
-lnn_sim_status lnn_sim_conv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_shape4 *in, const int8_t *x,
-                                 const lnn_sim_shape4 *wshape, const int8_t *w, const int32_t *bias,
-                                 const lnn_sim_shape4 *out, void *y, const lnn_sim_scratch *scratch) {
+static lnn_sim_status conv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_shape4 *in, const int8_t *x,
+                                const lnn_sim_shape4 *wshape, const int8_t *w, const int32_t *bias,
+                                const lnn_sim_shape4 *out, void *y, const lnn_sim_scratch *scratch, int32_t isa) {
     const int32_t H = in->h, W = in->w, Ho = out->h, Wo = out->w;
     const int32_t cin_g = wshape->c, kk = p->kh * p->kw;
     const int32_t m_g = out->c / p->groups;
@@ -253,7 +256,7 @@ lnn_sim_status lnn_sim_conv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_sha
                 int16_t *col = (int16_t *)(void *)scratch->col;
                 if (!(scratch->col_ready && in->n == 1 && p->groups == 1))
                     im2col(p, in, x + ((int64_t)n * in->c + (int64_t)g * cin_g) * hw_in, cin_g, out, col);
-                conv_col(p, K, hw_out, g * m_g, (g + 1) * m_g, col, w, bias, y, (int64_t)n * out->c * hw_out,
+                conv_col(p, isa, K, hw_out, g * m_g, (g + 1) * m_g, col, w, bias, y, (int64_t)n * out->c * hw_out,
                          col + K * hw_out);
             }
         }
@@ -376,6 +379,43 @@ lnn_sim_status lnn_sim_deconv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_s
     return LNN_SIM_OK;
 }
 
+/* the public kernel (raw weights): the int16 im2col path with AVX2 where the CPU has it */
+lnn_sim_status lnn_sim_conv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_shape4 *in, const int8_t *x,
+                                 const lnn_sim_shape4 *wshape, const int8_t *w, const int32_t *bias,
+                                 const lnn_sim_shape4 *out, void *y, const lnn_sim_scratch *scratch) {
+    return conv2d_s8(p, in, x, wshape, w, bias, out, y, scratch, LNN_ISA_AVX2);
+}
+
+/* The AVX-512 VNNI path (lnn_gemm.h): a window matrix of u8 and weights packed at load time. */
+static int vnni_conv(const lnn_sim_model *m, const lnn_op *op, int deconv) {
+    const int64_t K = (int64_t)op->s_w.c * op->s_w.h * op->s_w.w;
+    return m->isa == LNN_ISA_AVX512VNNI && !deconv && K >= 4 && K <= LNN_ACC32_TERMS &&
+           op->s_out.c / op->p.conv.groups >= 4;
+}
+
+static lnn_sim_status run_conv_vnni(lnn_sim_model *m, const lnn_op *op, int col_ready) {
+    const lnn_sim_conv_params *p = &op->p.conv;
+    const lnn_tensor *x = LNN_IN(m, op, 0);
+    lnn_tensor *y = LNN_OUT(m, op, 0);
+    const int32_t cin_g = op->s_w.c, m_g = op->s_out.c / p->groups;
+    const int64_t K = (int64_t)cin_g * p->kh * p->kw, P = (int64_t)op->s_out.h * op->s_out.w;
+    const int64_t hw_in = (int64_t)op->s_in.h * op->s_in.w;
+    const lnn_gemm_window g = {p->kh, p->kw, p->sh, p->sw, p->pt, p->pl, p->dh, p->dw};
+    const int32_t *bias = op->n_in > 2 && op->in[2] >= 0 ? (const int32_t *)LNN_IN(m, op, 2)->data : NULL;
+    uint8_t *col = (uint8_t *)m->col;
+    int32_t b, gi;
+    for (b = 0; b < op->s_in.n; ++b) {
+        for (gi = 0; gi < p->groups; ++gi) {
+            if (!(col_ready && op->s_in.n == 1 && p->groups == 1))
+                lnn_gemm_im2col_u8(&g, (const int8_t *)x->data + ((int64_t)b * op->s_in.c + (int64_t)gi * cin_g) * hw_in,
+                                   cin_g, op->s_in.h, op->s_in.w, op->s_out.h, op->s_out.w, col);
+            lnn_gemm_conv_vnni(op->packed, op->s_out.c, K, gi * m_g, (gi + 1) * m_g, col, P, bias, p->shift,
+                               p->out_dtype, y->data, (int64_t)b * op->s_out.c * P);
+        }
+    }
+    return LNN_SIM_OK;
+}
+
 /* ---- registrations ------------------------------------------------------------------------------- */
 
 /* attributes: kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, groups [, output_padding h, w for deconv]
@@ -451,6 +491,18 @@ static lnn_sim_status prepare_conv(const lnn_sim_model *m, lnn_op *op, lnn_scrat
     op->p.conv.out_dtype = y->dtype;
     need->acc = (int64_t)op->s_out.h * op->s_out.w;
     need->col = deconv ? 0 : lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out);
+    if (vnni_conv(m, op, deconv) && w->region == LNN_SIM_REGION_FLASH) {
+        const int64_t K = (int64_t)op->s_w.c * a[0] * a[1];
+        const int64_t bytes = lnn_gemm_conv_packed_bytes(op->s_out.c, K);
+        const lnn_gemm_window g = {a[0], a[1], a[2], a[3], a[4], a[5], a[8], a[9]};
+        const int64_t col = lnn_gemm_conv_col_bytes(&g, op->s_w.c, op->s_out.h, op->s_out.w);
+        op->packed = (uint8_t *)malloc((size_t)bytes);
+        if (op->packed == NULL)
+            return LNN_FAIL(LNN_SIM_E_NOMEM, "op '%s': out of memory for %lld bytes of packed weights", op->name,
+                            (long long)bytes);
+        lnn_gemm_conv_pack((const int8_t *)(m->weights + w->offset), op->s_out.c, K, op->packed);
+        if (col > need->col) need->col = col;
+    }
     /* every output (conv) or input (deconv scatter) element takes C_in/g (C_out/g) * kh * kw products */
     need->macs = lnn_mul_sat(lnn_mul_sat((uint64_t)(deconv ? x->numel : y->numel), (uint64_t)op->s_w.c),
                              (uint64_t)a[0] * (uint64_t)a[1]);
@@ -463,7 +515,7 @@ static int same_windows(const lnn_sim_model *m, const lnn_op *op) {
     const lnn_op *prev;
     if (m->col_op < 0 || m->col_tensor != op->in[0]) return 0;
     prev = &m->ops[m->col_op];
-    return prev->type == op->type && op->s_in.n == 1 && op->p.conv.groups == 1 && prev->p.conv.groups == 1 &&
+    return prev->type == op->type && (prev->packed == NULL) == (op->packed == NULL) && op->s_in.n == 1 && op->p.conv.groups == 1 && prev->p.conv.groups == 1 &&
            prev->s_w.c == op->s_w.c && prev->s_out.h == op->s_out.h && prev->s_out.w == op->s_out.w &&
            prev->p.conv.kh == op->p.conv.kh && prev->p.conv.kw == op->p.conv.kw && prev->p.conv.sh == op->p.conv.sh &&
            prev->p.conv.sw == op->p.conv.sw && prev->p.conv.pt == op->p.conv.pt && prev->p.conv.pl == op->p.conv.pl &&
@@ -495,13 +547,16 @@ static lnn_sim_status run_conv(lnn_sim_model *m, const lnn_op *op, char *msg, si
     lnn_sim_scratch scratch = model_scratch(m);
     lnn_sim_status st;
     (void)msg, (void)n;
-    if (lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out) > 0) {
+    if (op->packed != NULL || lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out) > 0) {
         scratch.col_ready = same_windows(m, op);
         m->col_op = (int32_t)(op - m->ops);
         m->col_tensor = op->in[0];
     }
-    st = lnn_sim_conv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
-                           op_bias(m, op), &op->s_out, y->data, &scratch);
+    if (op->packed != NULL)
+        st = run_conv_vnni(m, op, scratch.col_ready);
+    else
+        st = conv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
+                       op_bias(m, op), &op->s_out, y->data, &scratch, m->isa);
     return st != LNN_SIM_OK ? st : fused_activation(op, y);
 }
 

@@ -10,6 +10,32 @@
  */
 #include "lnn_sim_model.h"
 
+/* SHR(v, s) for |v| <= 2^14 and s >= -16 as branch-free int32 arithmetic with loop-invariant shift counts, so
+ * that the loops below vectorise: s > 0: ((v >> (s - 1)) + 1) >> 1 (half-up); s = 0: v; s < 0: v * 2^-s, at most
+ * 2^30 in magnitude (int8 operands: |v| <= 2^7; products of two: |v| <= 2^14), so a sum of two stays in int32.
+ * For s > 17 the result is 0 for such v, as for s = 17, so the count is capped there. */
+typedef struct {
+    int32_t l, r1, add, r2;
+} lnn_shr32;
+
+static lnn_shr32 shr32_of(int32_t s) {
+    lnn_shr32 k = {0, 0, 0, 0};
+    if (s > 0) {
+        k.r1 = (s > 17 ? 17 : s) - 1;
+        k.add = 1;
+        k.r2 = 1;
+    } else if (s < 0) {
+        k.l = -s;
+    }
+    return k;
+}
+
+static inline int32_t shr32(int32_t v, lnn_shr32 k) {
+    return (((int32_t)((uint32_t)v << k.l) >> k.r1) + k.add) >> k.r2;
+}
+
+static inline int8_t sat8(int32_t v) { return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v)); }
+
 lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count, const int8_t *x,
                                   const int8_t *y, int8_t *out) {
     int64_t i;
@@ -17,6 +43,20 @@ lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count
     if (p->y_inner < 1 || p->y_period < 1) return LNN_SIM_E_ATTR;
     if (p->op != LNN_SIM_OP_MUL && (p->shift_x < -LNN_SIM_MAX_LEFT_SHIFT || p->shift_y < -LNN_SIM_MAX_LEFT_SHIFT))
         return LNN_SIM_E_ATTR;
+    if (p->op != LNN_SIM_OP_MUL && p->shift_x >= -16 && p->shift_y >= -16) { /* the int32 form (exact here) */
+        const lnn_shr32 kx = shr32_of(p->shift_x), ky = shr32_of(p->shift_y);
+        if (p->op == LNN_SIM_OP_ADD) {
+            for (i = 0; i < count; ++i) out[i] = sat8(shr32(x[i], kx) + shr32(y[i], ky));
+        } else {
+            for (i = 0; i < count; ++i) out[i] = sat8(shr32(x[i], kx) - shr32(y[i], ky));
+        }
+        return LNN_SIM_OK;
+    }
+    if (p->op == LNN_SIM_OP_MUL && same && p->shift_x >= -16) {
+        const lnn_shr32 k = shr32_of(p->shift_x);
+        for (i = 0; i < count; ++i) out[i] = sat8(shr32((int32_t)x[i] * y[i], k));
+        return LNN_SIM_OK;
+    }
     switch (p->op) {
     case LNN_SIM_OP_ADD:
         if (p->shift_x == 0 && p->shift_y == 0) {

@@ -4,9 +4,12 @@
  *   LinearInt: y[r, j] = RQ_out(b[j] + sum_k x[r, k] * w[j, k], shift),  shift = n_x + n_w - n_o
  *
  * Dot products run in int32 over chunks of LNN_ACC32_TERMS terms (exact, see lnn_sim_internal.h)
- * and are summed in int64.
+ * and are summed in int64. On the avx512vnni path (lnn_gemm.h) the weights are packed at load time and
+ * every row is a u8 x s8 GEMV (K <= LNN_ACC32_TERMS).
  */
 #include "lnn_sim_model.h"
+
+#include <stdlib.h>
 
 lnn_sim_status lnn_sim_linear_s8(const lnn_sim_linear_params *p, int64_t rows, int32_t k, int32_t n,
                                  const int8_t *x, const int8_t *w, const int32_t *bias, void *y) {
@@ -62,6 +65,15 @@ static lnn_sim_status prepare_linear(const lnn_sim_model *m, lnn_op *op, lnn_scr
     need->macs = lnn_mul_sat((uint64_t)y->numel, (uint64_t)op->k);
     op->p.lin.shift = x->exponent + w->exponent - y->exponent;
     op->p.lin.out_dtype = y->dtype;
+    if (m->isa == LNN_ISA_AVX512VNNI && op->k <= LNN_ACC32_TERMS && w->region == LNN_SIM_REGION_FLASH) {
+        const int64_t bytes = lnn_gemm_linear_packed_bytes(op->n, op->k);
+        op->packed = (uint8_t *)malloc((size_t)bytes);
+        if (op->packed == NULL)
+            return LNN_FAIL(LNN_SIM_E_NOMEM, "op '%s': out of memory for %lld bytes of packed weights", op->name,
+                            (long long)bytes);
+        lnn_gemm_linear_pack((const int8_t *)(m->weights + w->offset), op->n, op->k, op->packed);
+        need->col = ((int64_t)op->k + 3) & ~(int64_t)3; /* one row of x + 128 */
+    }
     return LNN_SIM_OK;
 }
 
@@ -69,6 +81,12 @@ static lnn_sim_status run_linear(lnn_sim_model *m, const lnn_op *op, char *msg, 
     const lnn_tensor *x = LNN_IN(m, op, 0), *w = LNN_IN(m, op, 1), *y = LNN_OUT(m, op, 0);
     const int32_t *bias = op->n_in > 2 && op->in[2] >= 0 ? (const int32_t *)LNN_IN(m, op, 2)->data : NULL;
     (void)msg, (void)n;
+    if (op->packed != NULL) {
+        m->col_op = -1; /* the scratch no longer holds a conv's window matrix */
+        lnn_gemm_linear_vnni(op->packed, op->n, op->k, (const int8_t *)x->data, op->rows, bias, op->p.lin.shift,
+                             op->p.lin.out_dtype, y->data, (uint8_t *)m->col);
+        return LNN_SIM_OK;
+    }
     return lnn_sim_linear_s8(&op->p.lin, op->rows, op->k, op->n, (const int8_t *)x->data, (const int8_t *)w->data,
                              bias, y->data);
 }

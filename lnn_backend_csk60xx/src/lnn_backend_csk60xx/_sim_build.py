@@ -15,14 +15,15 @@ Build variants (environment variables):
     defined and UBSan does not report it.
 
 ``LNN_SIM_NO_SIMD=1``
-    leave out the AVX2 convolution kernel (the portable C loop runs everywhere; the integers are
-    identical, which is how the AVX2 kernel is checked).
+    leave out the AVX2 and AVX-512 VNNI kernels (the portable C loops run everywhere; the integers are
+    identical).
 
 Otherwise the simulator is built with ``-O3`` (single thread, no OpenMP) and
 ``-ffp-contract=off``, so that quantization's ``floorf(2^n * x + 0.5f)`` is never fused into an FMA. On
-x86 with GCC or Clang the convolution's dot products also have an AVX2 version (a function-level
-``target("avx2")`` attribute, chosen at run time with ``__builtin_cpu_supports``), so the binary runs on
-any x86-64 CPU.
+x86 with GCC or Clang the kernels also have AVX2 and AVX-512 VNNI versions (function-level ``target(...)``
+attributes, csrc/gemm.c and ops/conv.c), chosen when a model loads with ``__builtin_cpu_supports``, so the
+binary runs on any x86-64 CPU. The environment variable ``LNN_SIM_ISA`` (portable, avx2, avx512vnni) forces
+one path at load time (csrc/lnn_gemm.h); ``Simulator.isa`` tells which ran.
 """
 
 from __future__ import annotations
@@ -142,6 +143,11 @@ lnn_sim_status lnn_sim_load_ex(const uint8_t *image, size_t size, uint64_t max_m
 void lnn_sim_free(lnn_sim_model *model);
 uint64_t lnn_sim_macs(const lnn_sim_model *model);
 uint64_t lnn_sim_op_macs(const lnn_sim_model *model, int32_t op);
+const char *lnn_sim_isa(const lnn_sim_model *model);
+int32_t lnn_sim_isa_available(void);
+lnn_sim_status lnn_sim_run_rows(lnn_sim_model *model, int64_t rows, const uint8_t *const *inputs,
+                                uint8_t *const *outputs, int64_t *failed_row, char *msg, size_t msg_size);
+lnn_sim_status lnn_sim_quant_s8(int32_t exponent, int64_t count, const float *x, int8_t *y);
 int32_t lnn_sim_num_tensors(const lnn_sim_model *model);
 int32_t lnn_sim_num_ops(const lnn_sim_model *model);
 int32_t lnn_sim_num_inputs(const lnn_sim_model *model);

@@ -231,11 +231,17 @@ def _refuse(args: argparse.Namespace, exc: HardwareLimitError) -> int:
 
 def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model.bin written by lnn pack")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="one .npy or raw .bin file per graph input")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="one .npy or raw .bin file per graph input: one row of the input's shape (b, ...), or a "
+                        "batch of N rows stacked along the first axis (N*b, ...), which gives N rows of output")
     p.add_argument("-o", "--output", action="append", required=True, metavar="OUTPUT",
                    help="output file (.npy or raw .bin); once per graph output, or once for all (name_<i>)")
     p.add_argument("--int", action="store_true", dest="integer",
-                   help="feed and return the integer tensors (skip the input quantize and output dequantize ops)")
+                   help="feed and return the integer tensors (skip the input quantize and output dequantize ops); "
+                        "prints each tensor's exponent (value = integer * 2^-exponent); a float input file is "
+                        "quantized with its input's exponent exactly as the model's quantize op would")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="threads for a batch of rows (each row bit-identical to a single run; default 1)")
     p.add_argument("--dump", metavar="DIR", help="write every tensor as DIR/<name>.npy (index.json lists them)")
     p.add_argument("--share-mem", metavar="BYTES",
                    help="share-memory of the board; refused when the model's plan needs more")
@@ -248,6 +254,24 @@ def _status(name: str) -> int:
     from ._sim import lib
 
     return int(getattr(lib, name))
+
+
+def _apply_exponent(arr: np.ndarray, spec: Any, path: str) -> np.ndarray:
+    """--int with a float input file: quantize it with the integer input's exponent, exactly as the model's
+    quantize op would (SAT_8(floorf(2^n * x + 0.5f)), NaN -> 0)."""
+    import numpy as np
+
+    from ._sim import ffi, lib
+
+    if not np.issubdtype(arr.dtype, np.floating) or spec.dtype != np.int8 or spec.exponent is None:
+        return arr
+    x = np.ascontiguousarray(arr, dtype=np.float32)
+    q = np.empty(x.shape, np.int8)
+    lib.lnn_sim_quant_s8(spec.exponent, x.size, ffi.cast("float *", ffi.from_buffer(x)),
+                         ffi.cast("int8_t *", ffi.from_buffer(q)))
+    print(f"--int: float input '{path}' quantized for {spec.name!r} at exponent {spec.exponent} "
+          f"(int8 = saturate(floor(x * 2^{spec.exponent} + 0.5)))", file=sys.stderr)
+    return q
 
 
 def _load_input(path: str, spec: Any) -> np.ndarray:
@@ -266,13 +290,16 @@ def _load_input(path: str, spec: Any) -> np.ndarray:
     if p.suffix.lower() == ".bin":
         data = p.read_bytes()
         want = int(np.prod(spec.shape)) * spec.dtype.itemsize
-        if len(data) != want:
-            raise SimulatorError(f"raw input '{path}' has {len(data)} bytes; input {spec.name!r} needs {want}",
-                                 {"expected": f"{spec.dtype} {spec.shape}, little-endian, C order",
-                                  "actual": f"{len(data)} bytes"},
+        if want == 0 or len(data) == 0 or len(data) % want != 0:
+            raise SimulatorError(f"raw input '{path}' has {len(data)} bytes; input {spec.name!r} needs {want} "
+                                 "per row", {"expected": f"{spec.dtype} {spec.shape} per row, little-endian, C order",
+                                             "actual": f"{len(data)} bytes"},
                                  "write it with array.astype('<f4' or the dtype above).tofile(path)",
                                  status=_status("LNN_SIM_E_INPUT"), op_name=None)
-        return np.frombuffer(data, dtype=spec.dtype.newbyteorder("<")).astype(spec.dtype).reshape(spec.shape)
+        rows = len(data) // want
+        shape = (rows * spec.shape[0], *spec.shape[1:]) if spec.shape else (rows,)
+        arr = np.frombuffer(data, dtype=spec.dtype.newbyteorder("<")).astype(spec.dtype)
+        return arr.reshape(spec.shape if rows == 1 else shape)
     raise ConfigError(f"input '{path}' is neither .npy nor .bin", {"expected": ".npy or raw .bin"},
                       "save the input with numpy.save, or as raw little-endian bytes with a .bin suffix",
                       option="INPUT", value=path, valid=".npy, .bin")
@@ -403,22 +430,49 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
                              "pass one file per graph input, in this order", status=_status("LNN_SIM_E_INPUT"),
                              op_name=None)
     arrays = [_load_input(f, spec) for f, spec in zip(args.inputs, specs)]
+    if args.integer:
+        arrays = [_apply_exponent(a, spec, f) for a, f, spec in zip(arrays, args.inputs, specs)]
     out_specs = sim.int_outputs if args.integer else sim.outputs
     paths = _output_paths(args.output, len(out_specs))  # every path is checked before the model runs
+    batch = any(tuple(a.shape) != tuple(s.shape) for a, s in zip(arrays, specs))
+    if args.threads < 1:
+        raise ConfigError(f"lnn run --threads must be at least 1, got {args.threads}", {},
+                          "pass --threads 2 (or the number of cores)", option="--threads", value=args.threads,
+                          valid=">= 1")
+    if batch and args.dump:
+        raise ConfigError(f"lnn run --dump takes one row of each input, the inputs of '{path}' hold a batch",
+                          {"inputs": ", ".join(f"{s.name} {tuple(a.shape)} (one row: {s.shape})"
+                                               for a, s in zip(arrays, specs))},
+                          "dump one row: save x[:1] (one row of the batch) and run that", option="--dump",
+                          value=args.dump, valid="inputs of one row")
     if args.dump:
         _dump_folder(Path(args.dump))
-    result = sim.run(arrays, dump=bool(args.dump), integer=args.integer)
-    outputs, dumped = result if args.dump else (result, {})
+    if batch:
+        outputs, dumped = sim.run_batch(arrays, threads=args.threads, integer=args.integer), {}
+    else:
+        result = sim.run(arrays, dump=bool(args.dump), integer=args.integer)
+        outputs, dumped = result if args.dump else (result, {})
     for p, arr in zip(paths, outputs):
         _save(p, arr)
     n_dumped = _dump(Path(args.dump), dumped, {s.name: s for s in sim.tensors}) if args.dump else 0
+    rows = arrays[0].shape[0] // specs[0].shape[0] if batch and specs[0].shape else 1
     if args.json:
-        print(json.dumps({"outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape)}
-                                      for p, s, a in zip(paths, out_specs, outputs)],
-                          "dumped": n_dumped, "dump_dir": args.dump}, indent=2), file=result_stream(args))
+        doc: dict[str, Any] = {
+            "outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape),
+                         "exponent": s.exponent} for p, s, a in zip(paths, out_specs, outputs)],
+            "inputs": [{"tensor": s.name, "dtype": str(s.dtype), "exponent": s.exponent} for s in specs],
+            "rows": rows, "dumped": n_dumped, "dump_dir": args.dump}
+        print(json.dumps(doc, indent=2), file=result_stream(args))
         return 0
+    if args.integer:
+        for s in specs:
+            if s.exponent is not None:
+                print(f"input {s.name}: {s.dtype} at exponent {s.exponent} (value = integer * 2^{-s.exponent})",
+                      file=result_stream(args))
     for p, s, a in zip(paths, out_specs, outputs):
-        print(f"wrote {p}: {s.name} {a.dtype} {tuple(a.shape)}", file=result_stream(args))
+        exp = f" at exponent {s.exponent}" if args.integer and s.exponent is not None else ""
+        print(f"wrote {p}: {s.name} {a.dtype} {tuple(a.shape)}{exp}" + (f" ({rows} rows)" if batch else ""),
+              file=result_stream(args))
     if args.dump:
         print(f"dumped {n_dumped} tensors to {args.dump} (index.json lists them)", file=result_stream(args))
     return 0

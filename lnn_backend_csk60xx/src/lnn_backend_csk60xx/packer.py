@@ -207,6 +207,9 @@ _C_TENSOR = re.compile(r"\b(?:tensor|weight|constant|input|output) '([^']*)'")
 
 def _validate(blob: bytes, graph: Graph) -> None:
     """Load the image with the C loader (no MAC limit): the packer refuses whatever the simulator would."""
+    from .simulator import check_isa_env
+
+    check_isa_env()
     out = ffi.new("lnn_sim_model **")
     msg = ffi.new("char[]", lib.LNN_SIM_MAX_MSG)
     status = lib.lnn_sim_load_ex(blob, len(blob), 2 ** 64 - 1, out, msg, lib.LNN_SIM_MAX_MSG)

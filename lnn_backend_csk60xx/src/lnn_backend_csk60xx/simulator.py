@@ -17,10 +17,13 @@ run with a :class:`SimulatorError` chained to the kernel's exception.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +34,7 @@ from lnn_core.errors import ConfigError, ModelFileError, SimulatorError
 from ._sim import ffi, lib
 from .limits import SIM_LIMITS
 
-__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES"]
+__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES", "ISA_PATHS", "available_isas", "check_isa_env"]
 
 log = logging.getLogger("lnn.backend.simulator")
 
@@ -44,6 +47,30 @@ _REGIONS = {lib.LNN_SIM_REGION_FLASH: "flash", lib.LNN_SIM_REGION_PSRAM: "psram"
 #: status code -> name (``LNN_SIM_E_<REASON>``)
 STATUS_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("LNN_SIM_E_") or n == "LNN_SIM_OK"}
 _MAX_IO = lib.LNN_SIM_MAX_OP_INPUTS
+#: the instruction-set paths of the C kernels, in the order of their bits in lnn_sim_isa_available()
+ISA_PATHS = ("portable", "avx2", "avx512vnni")
+
+
+def available_isas() -> tuple[str, ...]:
+    """The paths this build of the simulator and this CPU can run (``LNN_SIM_ISA`` may name any of them)."""
+    bits = int(lib.lnn_sim_isa_available())
+    return tuple(name for i, name in enumerate(ISA_PATHS) if bits & (1 << i))
+
+
+def check_isa_env() -> None:
+    """Refuse an ``LNN_SIM_ISA`` that names no path, or one this CPU cannot run, before the C loader reads it."""
+    value = os.environ.get("LNN_SIM_ISA", "")
+    if not value or value in available_isas():
+        return
+    known = value in ISA_PATHS
+    raise ConfigError(
+        f"environment variable LNN_SIM_ISA={value!r}: " +
+        ("this CPU or build cannot run that path" if known else "not a path of the C simulator"),
+        {"valid": ", ".join(available_isas()), "all paths": ", ".join(ISA_PATHS)},
+        "unset LNN_SIM_ISA (the simulator takes the best path the CPU has) or name one of the valid paths",
+        option="LNN_SIM_ISA", value=value, valid=available_isas())
+
+
 _FILE_ERRORS = {lib.LNN_SIM_E_TRUNCATED, lib.LNN_SIM_E_MAGIC, lib.LNN_SIM_E_VERSION, lib.LNN_SIM_E_TARGET,
                 lib.LNN_SIM_E_CRC, lib.LNN_SIM_E_SECTION, lib.LNN_SIM_E_STRING, lib.LNN_SIM_E_TENSOR,
                 lib.LNN_SIM_E_OP, lib.LNN_SIM_E_ATTR, lib.LNN_SIM_E_SHAPE, lib.LNN_SIM_E_PLAN, lib.LNN_SIM_E_LIMIT,
@@ -128,6 +155,7 @@ class Simulator:
         self.kernels = dict(kernels or {})
         self.max_macs = self._mac_limit(max_macs)
         data = bytes(model)
+        check_isa_env()
         if data[:9] == b"thinker10":  # a thinker package: decoded into lnn's IR and packed as model.bin
             from .thinker.graph import to_model_bin
 
@@ -142,6 +170,8 @@ class Simulator:
             text = ffi.string(msg).decode("utf-8", "replace")
             raise self._error(status, f"cannot load packed model{self._where()}: {text}", None)
         self._model = ffi.gc(out[0], lib.lnn_sim_free)
+        self._blob = data
+        self._clones: list[Simulator] = []  # run_batch's workers beyond this one (each its own arenas)
         self._msg = msg
         self.tensors = [self._spec(t) for t in range(lib.lnn_sim_num_tensors(self._model))]
         self.inputs = [self.tensors[lib.lnn_sim_input_index(self._model, i)]
@@ -181,6 +211,15 @@ class Simulator:
                               "pass e.g. max_macs=100_000_000_000, or 0 for no limit", option="max_macs",
                               value=value, valid="int >= 0")
         return int(value)
+
+    @property
+    def isa(self) -> str:
+        """The instruction-set path of the C kernels: ``"portable"``, ``"avx2"`` or ``"avx512vnni"``.
+
+        The best the CPU has, unless the environment variable ``LNN_SIM_ISA`` named another when the model was
+        loaded (read once, at load). Every path computes the same integers; the variable is there to test that.
+        """
+        return ffi.string(lib.lnn_sim_isa(self._model)).decode()
 
     @property
     def macs(self) -> int:
@@ -450,6 +489,111 @@ class Simulator:
             self._check(lib.lnn_sim_invoke(self._model, self._msg, lib.LNN_SIM_MAX_MSG), None)
         outputs = [self._read(spec) for spec in self.outputs]
         return (outputs, dumped) if dump else outputs
+
+    def run_batch(self, inputs: Sequence[np.ndarray], *, threads: int = 1, integer: bool = False
+                  ) -> list[np.ndarray]:
+        """Run the model on a batch of rows, in parallel on ``threads`` threads.
+
+        A row is one input of the model's own shape: for a model input of shape ``(b, *rest)`` the batch array has
+        shape ``(N * b, *rest)`` (``N`` rows; every graph input the same ``N``). The outputs come back the same
+        way, ``(N * b_out, *rest_out)``, row ``i`` of each at ``[i * b_out:(i + 1) * b_out]``. Each row's result
+        is bit-identical to :meth:`run` on that row alone: the rows run one after the other inside C (the GIL is
+        released for the whole chunk), and each thread has its own copy of the model (its own arenas and scratch,
+        loaded once and kept for later calls).
+
+        :param threads: threads to use (at most one per row); 1 runs in the calling thread.
+        :param integer: as in :meth:`run`: the rows of :attr:`int_inputs` in, of :attr:`int_outputs` out.
+        :raises SimulatorError: wrong input count, dtype or shape, or a row failed (the error names the row).
+        :raises ConfigError: ``threads`` is not a positive integer.
+        """
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ConfigError(f"Simulator.run_batch threads must be a positive integer, got {threads!r}", {},
+                              "pass threads=os.cpu_count() or a smaller number", option="threads", value=threads,
+                              valid="int >= 1")
+        specs = self.int_inputs if integer else self.inputs
+        out_specs = self.int_outputs if integer else self.outputs
+        arrays, rows = self._batch_inputs(specs, inputs)
+        outputs = [np.empty((rows * s.shape[0], *s.shape[1:]) if s.shape else (rows,), dtype=s.dtype)
+                   for s in out_specs]
+        n_threads = max(1, min(int(threads), rows))
+        while len(self._clones) < n_threads - 1:
+            self._clones.append(Simulator(self._blob, path=self.path, kernels=self.kernels, max_macs=self.max_macs))
+        bounds = [rows * t // n_threads for t in range(n_threads + 1)]
+        work = [(w, bounds[t], bounds[t + 1]) for t, w in enumerate([self, *self._clones[:n_threads - 1]])]
+
+        def chunk(worker: Simulator, lo: int, hi: int) -> None:
+            worker._rows(specs, out_specs, arrays, outputs, lo, hi, integer)
+
+        if n_threads == 1:
+            chunk(*work[0])
+        else:
+            with ThreadPoolExecutor(max_workers=n_threads) as pool:
+                for fut in [pool.submit(chunk, *job) for job in work]:
+                    fut.result()  # the first failing chunk in row order raises
+        return outputs
+
+    def _batch_inputs(self, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray]
+                      ) -> tuple[list[np.ndarray], int]:
+        if len(inputs) != len(specs):
+            raise SimulatorError(f"the model{self._where()} takes {len(specs)} inputs, got {len(inputs)}",
+                                 {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in specs)},
+                                 "pass one batch array per graph input", status=lib.LNN_SIM_E_INPUT, op_name=None)
+        arrays, counts = [], []
+        for spec, value in zip(specs, inputs):
+            arr = np.asarray(value)
+            b = spec.shape[0] if spec.shape else 1
+            ok = (arr.ndim == max(len(spec.shape), 1) and tuple(arr.shape[1:]) == tuple(spec.shape[1:]) and b > 0
+                  and arr.shape[0] % b == 0)
+            if not ok:
+                rest = ", ".join(str(d) for d in spec.shape[1:])
+                raise SimulatorError(
+                    f"batch input {spec.name!r} of the model{self._where()} does not match",
+                    {"expected": f"{spec.dtype} (N * {b}{', ' + rest if rest else ''}) for N rows of {spec.shape}",
+                     "actual": f"{arr.dtype} {arr.shape}"},
+                    f"stack the rows along the first axis: np.concatenate(rows).astype(np.{spec.dtype.name})",
+                    status=lib.LNN_SIM_E_INPUT, op_name=None)
+            # dtype as run() takes it (token ids: any integer dtype whose values fit), on the whole batch at once
+            arrays.append(self._coerce(dataclasses.replace(spec, shape=tuple(arr.shape)), arr, "batch "))
+            counts.append(arr.shape[0] // b)
+        if len(set(counts)) > 1:
+            raise SimulatorError(f"the batch inputs of the model{self._where()} have different row counts",
+                                 {"rows": ", ".join(f"{s.name}: {c}" for s, c in zip(specs, counts))},
+                                 "give every graph input the same number of rows", status=lib.LNN_SIM_E_INPUT,
+                                 op_name=None)
+        return arrays, counts[0] if counts else 0
+
+    def _rows(self, specs: Sequence[TensorSpec], out_specs: Sequence[TensorSpec], arrays: list[np.ndarray],
+              outputs: list[np.ndarray], lo: int, hi: int, integer: bool) -> None:
+        """Rows lo..hi-1 of a batch on this simulator (one thread)."""
+        def rows_of(arr: np.ndarray, spec: TensorSpec, a: int, b: int) -> np.ndarray:
+            n = spec.shape[0] if spec.shape else 1
+            return arr[a * n:b * n]
+
+        if integer:  # the integer boundary skips ops one by one: row by row in Python
+            for r in range(lo, hi):
+                try:
+                    res = self._run_integer([rows_of(a, s, r, r + 1).reshape(s.shape) for a, s in zip(arrays, specs)],
+                                            False)
+                except SimulatorError as exc:
+                    raise self._row_error(r, exc) from exc
+                for out, spec, value in zip(outputs, out_specs, res):
+                    rows_of(out, spec, r, r + 1)[...] = value.reshape(rows_of(out, spec, r, r + 1).shape)
+            return
+        keep = [ffi.from_buffer(rows_of(a, s, lo, hi)) for a, s in zip(arrays, specs)]
+        outs = [ffi.from_buffer(rows_of(o, s, lo, hi)) for o, s in zip(outputs, out_specs)]
+        ins_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", k) for k in keep] or [ffi.NULL])
+        outs_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", o) for o in outs] or [ffi.NULL])
+        failed = ffi.new("int64_t *")
+        status = lib.lnn_sim_run_rows(self._model, hi - lo, ins_p, outs_p, failed, self._msg, lib.LNN_SIM_MAX_MSG)
+        try:
+            self._check(status, None)
+        except SimulatorError as exc:
+            raise self._row_error(lo + int(failed[0]), exc) from exc
+
+    def _row_error(self, row: int, exc: SimulatorError) -> SimulatorError:
+        return SimulatorError(f"row {row} of the batch failed on the model{self._where()}", {"cause": exc.headline},
+                              "run that row alone with Simulator.run(..., dump=True) to see its tensors",
+                              status=getattr(exc, "status", None), op_name=getattr(exc, "op_name", None), row=row)
 
     def _run_integer(self, inputs: Sequence[np.ndarray], dump: bool
                      ) -> list[np.ndarray] | tuple[list[np.ndarray], dict[str, np.ndarray]]:

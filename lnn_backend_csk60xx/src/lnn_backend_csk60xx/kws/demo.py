@@ -2,7 +2,9 @@
 
 data (eSpeak NG, cached) -> MFCC front end -> for each model: float training -> stage 1 (``lnn.constrain``) ->
 stage 2 (``lnn.init``, QAT) -> export (CSK60xx dialect and QDQ) -> pack (memory plan, model.bin) -> the C int8
-simulator on every test clip -> ``lnn.verify`` (every intermediate tensor) -> one summary table.
+simulator on every test clip -> ``lnn.verify`` (every intermediate tensor) -> one summary table. Then the CRNN
+streams a 5 s sentence hop by hop through the keyword detector (:mod:`.stream`). Until the GRU op family exists
+the CRNN stops after float training (the table says so) and streams in float.
 Needs the ``demo`` extra (torch, lnn-ops-builtin, espeakng-loader).
 """
 
@@ -18,36 +20,60 @@ import numpy as np
 from lnn_core.cli import result_stream
 
 from ..demo import _with_float_weights
-from .data import LABELS, load_dataset
+from .data import LABELS, UNKNOWN, load_dataset
 from .frontend import FrontEnd, mfcc, write_wav
-from .models import MODELS
+from .models import FRAMES_PER_STEP, MODELS
 
 __all__ = ["run_kws_demo", "run_cli", "summary_table", "FULL", "QUICK"]
 
-# (clips, float epochs, stage-1 epochs, QAT epochs)
-FULL = {"clips": 4000, "epochs": 30, "stage1_epochs": 2, "qat_epochs": 4}
-QUICK = {"clips": 360, "epochs": 3, "stage1_epochs": 1, "qat_epochs": 1}
+# (clips, float epochs of the DS-CNN and of the CRNN, stage-1 epochs, QAT epochs)
+FULL = {"clips": 4000, "epochs": 30, "crnn_epochs": 16, "stage1_epochs": 2, "qat_epochs": 4}
+QUICK = {"clips": 360, "epochs": 3, "crnn_epochs": 2, "stage1_epochs": 1, "qat_epochs": 1}
 
 
 def _train(model: Any, x: Any, y: Any, epochs: int, lr: float, seed: int, desc: str, progress: bool,
-           one_cycle: bool) -> None:
+           one_cycle: bool, chain: int = 1, frames_per_step: int = 1) -> None:
+    """Adam with one-cycle or cosine learning rates, batches of 64.
+
+    ``chain > 1`` (the CRNN, scoring every ``frames_per_step`` frames): each example is ``chain`` clips one
+    after the other along time (each cut to whole steps), with the loss at the last step of each clip: the model
+    learns to decide at a clip's end from a zero state and from the state the previous clip left, i.e. to forget
+    the last word, which a stream needs. And where the first clip holds no keyword (unknown or silence), every
+    one of its steps adds half of ``-log P(not a keyword)``: no keyword posterior while a word is half heard
+    either. Against overfitting (the GRU learns the training voices by heart), these chains also get Gaussian
+    noise (standard deviation 0.3) on their normalized features and AdamW's weight decay (0.01).
+    """
     import torch
     from tqdm import tqdm
 
     batch = 64
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = (torch.optim.Adam(model.parameters(), lr=lr) if chain == 1
+           else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01))
     steps = max(1, epochs) * -(-len(x) // batch)
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps) if one_cycle
              else torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps))
     model.train()
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="batch")
+    steps_per_clip = x.shape[2] // frames_per_step
+    whole = steps_per_clip * frames_per_step
     for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
+        perms = [torch.randperm(len(x), generator=g) for _ in range(chain)]
         for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            if chain == 1:
+                idx = perms[0][i:i + batch]
+                loss = torch.nn.functional.cross_entropy(_clip_scores(model(x[idx])), y[idx])
+            else:
+                idx = [p[i:i + batch] for p in perms]
+                xb = torch.cat([x[j][:, :, :whole] for j in idx], dim=2)
+                out = model(xb + 0.3 * torch.randn(xb.shape, generator=g))
+                loss = sum(torch.nn.functional.cross_entropy(out[:, steps_per_clip * (k + 1) - 1], y[j])
+                           for k, j in enumerate(idx)) / chain
+                log_p = torch.log_softmax(out[:, :steps_per_clip], -1)
+                not_keyword = torch.logsumexp(log_p[..., UNKNOWN:], -1)  # log(P(unknown) + P(silence)), per step
+                mask = (y[idx[0]] >= UNKNOWN).to(log_p.dtype)[:, None]
+                loss = loss - 0.5 * (not_keyword * mask).sum() / (mask.sum() * steps_per_clip).clamp(min=1.0)
             loss.backward()
             opt.step()
             sched.step()
@@ -56,21 +82,41 @@ def _train(model: Any, x: Any, y: Any, epochs: int, lr: float, seed: int, desc: 
     bar.close()
 
 
+def _clip_scores(out: Any) -> Any:
+    """A model's output -> the clip's scores ``(N, 12)``: a step-by-step model's ``(N, steps, 12)`` gives its last."""
+    return out[:, -1] if out.ndim == 3 else out
+
+
 def _predict(model: Any, x: Any) -> Any:
     import torch
 
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
+        return torch.cat([_clip_scores(model(x[i:i + 256])) for i in range(0, len(x), 256)])
 
 
 def _accuracy(model: Any, x: Any, y: Any) -> float:
     return float((_predict(model, x).argmax(1) == y).float().mean()) * 100.0
 
 
+def _int8_blocker(build: Any, host: Any) -> str | None:
+    """Why the int8 path cannot run for this model (an op without a quantized form), or None when it can."""
+    import lnn_core as lnn
+    from lnn_core.errors import UnsupportedOpError
+
+    try:
+        lnn.init(build(), host=host, strict=True)
+    except UnsupportedOpError as exc:
+        found = getattr(exc, "ops", None) or [(None, getattr(exc, "op", "?"), None)]
+        ops = sorted({f"{op[1]} ({op[0]})" if isinstance(op, tuple) else str(op) for op in found})
+        return f"no int8 form yet for {', '.join(ops)} (the GRU op family, issue 10)"
+    return None
+
+
 def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: dict[str, int], seed: int, host: Any,
-          out: Path, progress: bool) -> dict[str, Any]:
-    """One model through the whole flow; its row of the summary."""
+          out: Path, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One model through the whole flow: its row of the summary, and its models ``{"float": ..., "int8": ...}``
+    (``int8`` and the int8 figures of the row are None when the model has an op without a quantized form)."""
     import torch
     from tqdm import tqdm
 
@@ -83,18 +129,30 @@ def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: di
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
+    fps = FRAMES_PER_STEP.get(name, 1)
+    chain = 2 if name in FRAMES_PER_STEP else 1
     float_model = build()
-    _train(float_model, xtr, ytr, cfg["epochs"], 1e-2, seed, f"{name}: float training", progress, True)
+    epochs = cfg["crnn_epochs" if name in FRAMES_PER_STEP else "epochs"]
+    _train(float_model, xtr, ytr, epochs, 1e-2, seed, f"{name}: float training", progress, True, chain, fps)
     float_acc = _accuracy(float_model, xte, yte)
+    row: dict[str, Any] = {"model": name, "parameters": sum(p.numel() for p in float_model.parameters()),
+                           "float_accuracy": round(float_acc, 2)}
+    blocker = _int8_blocker(build, host)
+    if blocker is not None:
+        torch.save(float_model.state_dict(), out / f"kws_{name}_float.pt")
+        row.update({"int8_blocked": blocker, "train_seconds": round(time.perf_counter() - t0, 1)})
+        return row, {"float": float_model, "int8": None}
 
     stage1 = lnn.constrain(build(), host=host)
     stage1.load_state_dict(_with_float_weights(stage1, float_model), strict=True)
-    _train(stage1, xtr, ytr, cfg["stage1_epochs"], 1e-3, seed + 1, f"{name}: stage 1 (constrain)", progress, False)
+    _train(stage1, xtr, ytr, cfg["stage1_epochs"], 1e-3, seed + 1, f"{name}: stage 1 (constrain)", progress, False,
+           chain, fps)
     constrained_acc = _accuracy(stage1, xte, yte)
 
     qmodel = lnn.init(build(), host=host)
     qmodel.load_state_dict(stage1.state_dict(), strict=True)
-    _train(qmodel, xtr, ytr, cfg["qat_epochs"], 3e-4, seed + 2, f"{name}: stage 2 (QAT)", progress, False)
+    _train(qmodel, xtr, ytr, cfg["qat_epochs"], 3e-4, seed + 2, f"{name}: stage 2 (QAT)", progress, False, chain,
+           fps)
     eval_scores = _predict(qmodel, xte).numpy()
     int8_acc = float((eval_scores.argmax(1) == yte.numpy()).mean()) * 100.0
     train_s = time.perf_counter() - t0
@@ -110,16 +168,14 @@ def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: di
     sim = Simulator(packed.blob)
     x_np = xte.numpy()
     t1 = time.perf_counter()
-    sim_scores = np.stack([sim.run([x_np[i:i + 1]])[0][0] for i in tqdm(
+    sim_scores = np.stack([np.asarray(sim.run([x_np[i:i + 1]])[0][0]).reshape(-1, len(LABELS))[-1] for i in tqdm(
         range(len(x_np)), desc=f"{name}: C simulator, {len(x_np)} test clips", disable=not progress, leave=False)])
     sim_ms = (time.perf_counter() - t1) * 1000.0 / len(x_np)  # one clip is one second of audio
     report = lnn.verify(qmodel, xte[:1], host=host)
     share = packed.plan.regions[REGION_SHARE]
     psram = packed.plan.regions.get(REGION_PSRAM)
-    return {
-        "model": name,
-        "parameters": sum(p.numel() for p in float_model.parameters()),
-        "float_accuracy": round(float_acc, 2),
+    row.update({
+        "int8_blocked": None,
         "constrained_accuracy": round(constrained_acc, 2),
         "int8_accuracy": round(int8_acc, 2),
         "int8_minus_float": round(int8_acc - float_acc, 2),
@@ -135,10 +191,11 @@ def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: di
         "flash_bytes": len(packed.blob),
         "sim_ms_per_audio_second": round(sim_ms, 3),
         "train_seconds": round(train_s, 1),
-    }
+    })
+    return row, {"float": float_model, "int8": qmodel, "sim": sim}
 
 
-def run_kws_demo(*, clips: int = FULL["clips"], epochs: int = FULL["epochs"],
+def run_kws_demo(*, clips: int = FULL["clips"], epochs: int = FULL["epochs"], crnn_epochs: int = FULL["crnn_epochs"],
                  stage1_epochs: int = FULL["stage1_epochs"], qat_epochs: int = FULL["qat_epochs"], seed: int = 0,
                  cache_dir: str | Path | None = None, workers: int | None = None, out_dir: str | Path = "lnn-demo-kws",
                  models: tuple[str, ...] = tuple(MODELS), progress: bool = True, host: Any = None) -> dict[str, Any]:
@@ -170,9 +227,14 @@ def run_kws_demo(*, clips: int = FULL["clips"], epochs: int = FULL["epochs"],
     _write_examples(out / "examples", data, feats)
 
     host = host or lnn.PluginHost()
-    rows = [_flow(name, MODELS[name], xtr, ytr, xte, yte, {"epochs": epochs, "stage1_epochs": stage1_epochs,
-                                                           "qat_epochs": qat_epochs}, seed, host, out, progress)
-            for name in models]
+    cfg = {"epochs": epochs, "crnn_epochs": crnn_epochs, "stage1_epochs": stage1_epochs, "qat_epochs": qat_epochs}
+    rows, trained = [], {}
+    for name in models:
+        row, trained[name] = _flow(name, MODELS[name], xtr, ytr, xte, yte, cfg, seed, host, out, progress)
+        rows.append(row)
+    streaming = None
+    if "crnn" in trained:
+        streaming = _streaming(trained["crnn"], front, clips, seed, cache_dir, out, progress)
     result = {
         "dataset": {"clips": len(data.labels), "train_clips": int((~data.test).sum()),
                     "test_clips": int(data.test.sum()), "train_voices": len(data.train_speakers),
@@ -183,12 +245,49 @@ def run_kws_demo(*, clips: int = FULL["clips"], epochs: int = FULL["epochs"],
         "front_end": {"features": "MFCC 49 x 10 (40 ms frames, 20 ms hop, 40 mel bands)",
                       "seconds": round(feat_s, 1)},
         "models": rows,
+        "streaming": streaming,
         "files": str(out),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "summary.txt").write_text(summary_table(result) + "\n")
     return result
+
+
+def _streaming(models: dict[str, Any], front: FrontEnd, clips: int, seed: int, cache_dir: Any, out: Path,
+               progress: bool) -> dict[str, Any]:
+    """The CRNN streamed over the 5 s test sentence, hop by hop, by each runner that exists: the detector's
+    firings, their scoring, ``stream.png`` and ``sentence.wav``."""
+    from tqdm import tqdm
+
+    from .stream import Detector, float_torch_step, plot_stream, score_firings, stream, synthesize_sentence
+
+    sentence = synthesize_sentence(seed, clips=clips, cache_dir=cache_dir)
+    write_wav(out / "sentence.wav", sentence.audio)
+    detector = Detector()
+    runners = {"float": float_torch_step(models["float"])}
+    res: dict[str, Any] = {"voice": sentence.voice, "seconds_of_audio": len(sentence.audio) / 16000,
+                           "words": [{"word": w, "start_s": round(a / 16000, 3), "end_s": round(b / 16000, 3)}
+                                     for w, a, b in sentence.words],
+                           "detector": {"threshold": detector.threshold, "release": detector.release,
+                                        "smooth_frames": detector.smooth, "refractory_s": detector.refractory},
+                           "runs": {}}
+    if models.get("int8") is None:
+        res["int8_blocked"] = "the int8 CRNN needs the GRU op family (issue 10): streamed in float only"
+    results = {}
+    for kind, step in tqdm(runners.items(), desc="streaming the 5 s sentence", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        results[kind] = r = stream(sentence.audio, front, step, detector)
+        ms = (time.perf_counter() - t0) * 1000.0 / res["seconds_of_audio"]
+        res["runs"][kind] = {"firings": [{"keyword": f.keyword, "time_s": f.time, "posterior": f.posterior}
+                                         for f in r.firings],
+                             **score_firings(sentence, r.firings), "ms_per_audio_second": round(ms, 2)}
+    best = "sim" if "sim" in results else "int8" if "int8" in results else "float"
+    plot_stream(out / "stream.png", sentence, results[best], detector,
+                f"lnn demo kws: the CRNN ({best}) streamed over 5 s, {sentence.voice} (a voice not heard in training)")
+    res["plot"] = str(out / "stream.png")
+    res["plotted_run"] = best
+    return res
 
 
 def _writable_out(out_dir: str | Path) -> Path:
@@ -231,6 +330,10 @@ def summary_table(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in res["models"]:
+        if r["int8_blocked"]:
+            lines.append(f"| {r['model']} ({r['parameters']:,} params) | {r['float_accuracy']:.2f} % | "
+                         "- | - | - | - | - | - |")
+            continue
         exact = r["bit_exact"] and r["simulator_equals_eval"]
         psram = f" + PSRAM {r['psram_bytes']:,}" if r["spilled_to_psram"] else ""
         lines.append(
@@ -240,11 +343,30 @@ def summary_table(res: dict[str, Any]) -> str:
             f"{r['flash_bytes']:,} | {r['sim_ms_per_audio_second']:.2f} |")
     lines.append("")
     for r in res["models"]:
+        if r["int8_blocked"]:
+            lines.append(f"  {r['model']}: float only: {r['int8_blocked']}; training {r['train_seconds']} s")
+            continue
         lines.append(f"  {r['model']}: stage 1 (constrained) {r['constrained_accuracy']:.2f} %; "
                      f"{r['tensors_verified']} tensors verified by lnn.verify; simulator scores "
                      f"{'equal' if r['simulator_equals_eval'] else 'DIFFER from'} eval mode on "
                      f"{'every' if r['simulator_equals_eval'] else str(r['clips_differing']) + ' of the'} "
                      f"{d['test_clips']} test clips; training {r['train_seconds']} s")
+    st = res.get("streaming")
+    if st:
+        words = ", ".join(f"{w['word']} {w['start_s']:.2f}-{w['end_s']:.2f} s" for w in st["words"])
+        lines += ["", f"streaming: the CRNN over a {st['seconds_of_audio']:.0f} s sentence by {st['voice']} "
+                      f"(not heard in training): the front end every 20 ms hop, the CRNN every two frames (40 ms) with "
+                      f"its GRU state carried: {words}",
+                  f"  detector: 160 ms mean posterior >= {st['detector']['threshold']} fires "
+                  f"(re-armed below {st['detector']['release']}, {st['detector']['refractory_s']} s apart)"]
+        for kind, run in st["runs"].items():
+            fired = ", ".join(f"{f['keyword']} at {f['time_s']:.2f} s" for f in run["firings"]) or "nothing"
+            verdict = ("both keywords detected, no false firing" if run["ok"] else
+                       f"missed {run['missed'] or 'none'}, false firings {run['false_firings'] or 'none'}")
+            lines.append(f"  {kind}: fired {fired}: {verdict}; {run['ms_per_audio_second']:.1f} ms per s of audio")
+        if st.get("int8_blocked"):
+            lines.append(f"  {st['int8_blocked']}")
+        lines.append(f"  plot: {st['plot']}")
     lines.append(f"  files in {res['files']}; total {res['seconds']} s")
     return "\n".join(lines)
 
@@ -252,13 +374,16 @@ def summary_table(res: dict[str, Any]) -> str:
 def run_cli(args: Any, host: Any) -> int:
     """``lnn demo kws [--quick] [--clips N] [--epochs N] [--qat-epochs N] [--cache-dir DIR] [--workers N] ...``.
 
-    Exit 0 when every model's simulator scores equal eval mode on every test clip and ``lnn.verify`` passes, 1 if not.
+    Exit 0 when every model's simulator scores equal eval mode on every test clip and ``lnn.verify`` passes, 1 if not
+    (a model whose int8 path cannot run yet, the CRNN before the GRU op family, is reported as float only).
     """
     cfg = dict(QUICK if args.quick else FULL)
-    for key, value in (("clips", args.clips), ("epochs", args.epochs), ("qat_epochs", args.qat_epochs)):
+    for key, value in (("clips", args.clips), ("epochs", args.epochs), ("crnn_epochs", args.epochs),
+                       ("qat_epochs", args.qat_epochs)):
         if value is not None:
             cfg[key] = value
     res = run_kws_demo(**cfg, seed=args.seed, cache_dir=args.cache_dir, workers=args.workers,
                        out_dir=args.out_dir or "lnn-demo-kws", progress=not args.json, host=host)
     print(json.dumps(res, indent=2) if args.json else summary_table(res), file=result_stream(args))
-    return 0 if all(r["bit_exact"] and r["simulator_equals_eval"] for r in res["models"]) else 1
+    ran = [r for r in res["models"] if not r["int8_blocked"]]
+    return 0 if all(r["bit_exact"] and r["simulator_equals_eval"] for r in ran) else 1

@@ -31,7 +31,7 @@ import numpy as np
 
 from lnn_core.errors import ConfigError
 
-__all__ = ["FrontEnd", "mfcc", "mel_filterbank", "dct_matrix", "main"]
+__all__ = ["FrontEnd", "StreamingMfcc", "mfcc", "mfcc_of_frames", "mel_filterbank", "dct_matrix", "main"]
 
 SAMPLE_RATE = 16000
 FRAME, HOP, NFFT = 640, 320, 1024
@@ -65,6 +65,38 @@ def dct_matrix(n_out: int = N_MFCC, n_in: int = N_MELS) -> np.ndarray:
     return m
 
 
+def _window() -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FRAME) / FRAME)).astype(np.float32)  # periodic Hann
+
+
+def mfcc_of_frames(frames: np.ndarray) -> np.ndarray:
+    """Raw MFCC of ready-cut frames: ``(n, 640)`` float32 samples (scaled by 1/32768) -> ``(n, 10)`` float32.
+
+    The one computation of the front end: :func:`mfcc` (whole clips, many frames per call) and
+    :class:`StreamingMfcc` (one hop at a time) both call it, and each output row depends on its own frame alone,
+    computed the same way whatever the number of rows: one FFT per frame (numpy 2.2 and older round the FFTs of
+    a batch differently from one frame's), and the mel and DCT sums are numpy reductions along the row (a matrix
+    product's rounding may depend on how many rows it is given). So framewise and whole-clip features
+    are the same numbers.
+    """
+    bins, weights, starts = _mel_sparse()
+    windowed = np.asarray(frames, np.float32) * _window()
+    spec = np.empty((len(windowed), NFFT // 2 + 1), np.complex64)
+    for i, row in enumerate(windowed):  # frame by frame: numpy 2.2 and older round a batched FFT differently
+        spec[i] = np.fft.rfft(row, NFFT)
+    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    mel = np.add.reduceat(power[:, bins] * weights, starts, axis=1)
+    logmel = np.log(mel + np.float32(LOG_FLOOR))
+    return (logmel[:, None, :] * dct_matrix().astype(np.float32)[None]).sum(axis=2)
+
+
+def _mel_sparse() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mel filterbank's non-zero weights, filter by filter: (bin indices, weights float32, filter starts)."""
+    fb = mel_filterbank()
+    rows, cols = np.nonzero(fb)
+    return cols, fb[rows, cols].astype(np.float32), np.searchsorted(rows, np.arange(fb.shape[0]))
+
+
 def mfcc(audio: np.ndarray) -> np.ndarray:
     """Raw MFCC of int16 (or float, same scale) clips: ``(..., 16000)`` -> ``(..., 49, 10)`` float32.
 
@@ -77,15 +109,33 @@ def mfcc(audio: np.ndarray) -> np.ndarray:
                           "pass 1 s clips at 16 kHz", option="audio", value=x.shape[-1], valid=f">= {FRAME}")
     n_frames = 1 + (x.shape[-1] - FRAME) // HOP
     idx = np.arange(n_frames)[:, None] * HOP + np.arange(FRAME)[None, :]
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FRAME) / FRAME)).astype(np.float32)  # periodic Hann
-    to_mel, to_cep = mel_filterbank().T.astype(np.float32), dct_matrix().T.astype(np.float32)
     flat = x.reshape(-1, x.shape[-1])
     out = np.empty((len(flat), n_frames, N_MFCC), np.float32)
-    for i in range(len(flat)):  # clip by clip: with numpy 2.2 and older the FFT and the products of a batch round
-        spec = np.fft.rfft(flat[i, idx] * window, NFFT)  # differently from those of one clip, and a clip's features
-        power = spec.real ** 2 + spec.imag ** 2  # must not depend on its batch (`lnn run` input = the test set's row)
-        out[i] = np.log(power @ to_mel + np.float32(LOG_FLOOR)) @ to_cep
+    for i in range(0, len(flat), 32):  # in batches: the framed clips take 125 kB each
+        block = flat[i:i + 32, idx]
+        out[i:i + 32] = mfcc_of_frames(block.reshape(-1, FRAME)).reshape(len(block), n_frames, N_MFCC)
     return out.reshape(*x.shape[:-1], n_frames, N_MFCC)
+
+
+class StreamingMfcc:
+    """The front end one hop at a time, as the DSP runs it: feed samples as they come, get each frame's MFCC.
+
+    Keeps the last 640 samples; every 320 new samples complete one frame. Over a recording, the frames it gives
+    are exactly those of :func:`mfcc` on the whole recording (same frame cuts, same computation per frame).
+    """
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(0, np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """int16 (or same-scale float) samples -> the raw MFCC ``(n, 10)`` of the n frames they complete."""
+        self._buf = np.concatenate([self._buf, np.asarray(samples, np.float32).ravel() / np.float32(32768.0)])
+        n = 0 if len(self._buf) < FRAME else 1 + (len(self._buf) - FRAME) // HOP
+        if n == 0:
+            return np.zeros((0, N_MFCC), np.float32)
+        frames = self._buf[np.arange(n)[:, None] * HOP + np.arange(FRAME)[None, :]]
+        self._buf = self._buf[n * HOP:]
+        return mfcc_of_frames(frames)
 
 
 @dataclass(frozen=True)
