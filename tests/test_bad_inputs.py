@@ -8,6 +8,7 @@ import sys
 import textwrap
 import uuid
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,9 @@ def test_factory_string_imports_from_the_current_folder(user_folder, command, ho
     tmp, name = user_folder
     before = list(sys.path)
     extra = ["-o", str(tmp / "m.onnx")] if command == "export" else []
+    if command != "check":  # export and verify refuse a model whose activation scales never saw data
+        np.save(tmp / "samples.npy", np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))
+        extra += ["--calibrate", str(tmp / "samples.npy")]
     code, out, err = _run([command, f"{name}:dscnn", "--input-shape", "1,1,8,8", *extra], host, capsys)
     assert code == 0, err
     assert sys.path == before  # the folder was on the path for the import only
@@ -64,7 +68,8 @@ def test_factory_string_imports_from_the_current_folder(user_folder, command, ho
 
 def _checkpoints(tmp, name):
     torch.save(lnn.init(build_float(f"{name}:wider")).state_dict(), tmp / "wider.pt")
-    torch.save(lnn.init(build_float(f"{name}:dscnn")).state_dict(), tmp / "good.pt")
+    good = lnn.calibrate(lnn.init(build_float(f"{name}:dscnn")), [torch.rand(4, 1, 8, 8)])  # as after training
+    torch.save(good.state_dict(), tmp / "good.pt")
     torch.save(torch.zeros(3), tmp / "tensor.pt")
     torch.save([torch.zeros(3)], tmp / "list.pt")
     (tmp / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 8)
@@ -177,7 +182,7 @@ class _TwoLayers(torch.nn.Module):
 
 @pytest.mark.parametrize("api", ["export", "verify", "check"])
 def test_python_api_wrong_shape_is_an_lnn_error_with_the_module_path(api, host):
-    model = lnn.init(_TwoLayers(), host=host)
+    model = lnn.calibrate(lnn.init(_TwoLayers(), host=host), [torch.rand(2, 1, 8, 8)])
     calls = {"export": lambda x: lnn.export(model, x, host=host), "verify": lambda x: lnn.verify(model, x, host=host),
              "check": lambda x: lnn.check(_TwoLayers(), x, host=host)}
     for x, path in ((torch.rand(1, 2, 8, 8), "stem"), (torch.rand(1, 1, 6, 6), "head")):

@@ -241,7 +241,8 @@ def test_float_token_ids_are_refused_naming_the_embedding(host):
 
 
 def test_an_index_outside_the_table_is_an_error_on_both_sides(host):
-    q = lnn.init(nn.Sequential(OrderedDict(emb=nn.Embedding(V, E), fc=nn.Linear(E, 3))), host=host).eval()
+    q = lnn.init(nn.Sequential(OrderedDict(emb=nn.Embedding(V, E), fc=nn.Linear(E, 3))), host=host)
+    q = lnn.calibrate(q, [tokens(4, L)]).eval()
     with pytest.raises(IndexError):  # torch's own refusal
         q(torch.tensor([[V]]))
     from lnn_backend_csk60xx.pipeline import pack_onnx
@@ -315,18 +316,28 @@ def textmod(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _calibration_files() -> tuple[list[str], list[str]]:
+    """``--calibrate`` options (integer token ids, float features) for the Text and Mixed models."""
+    rng = np.random.default_rng(0)
+    np.save("cal_ids.npy", rng.integers(0, V, (8, L)))
+    np.save("cal_feats.npy", rng.random((8, L, 5), dtype=np.float32))
+    return ["--calibrate", "cal_ids.npy"], ["--calibrate", "cal_feats.npy", "--calibrate", "cal_ids.npy"]
+
+
 def test_cli_verify_export_check_take_integer_inputs(textmod, host, capsys):
-    assert main(["verify", "textmods:Text", "--input-shape", f"2,{L}", "--input-dtype", "int64"], host=host) == 0
+    text_cal, mixed_cal = _calibration_files()
+    assert main(["verify", "textmods:Text", "--input-shape", f"2,{L}", "--input-dtype", "int64", *text_cal],
+                host=host) == 0
     assert "bit-exact" in capsys.readouterr().out
     assert main(["verify", "textmods:Mixed", "--input-shape", f"2,{L},5", "--input-shape", f"2,{L}",
-                 "--input-dtype", "tokens=int64"], host=host) == 0
+                 "--input-dtype", "tokens=int64", *mixed_cal], host=host) == 0
     assert main(["verify", "textmods:Mixed", "--input-shape", f"2,{L},5", "--input-shape", f"2,{L}",
-                 "--input-dtype", "1=int32"], host=host) == 0
+                 "--input-dtype", "1=int32", *mixed_cal], host=host) == 0
     assert main(["check", "textmods:Mixed", "--input-shape", f"2,{L},5", "--input-shape", f"2,{L}",
                  "--input-dtype", "tokens=int64"], host=host) == 0
     assert "fits: yes" in capsys.readouterr().out
     assert main(["export", "textmods:Mixed", "--input-shape", f"2,{L},5", "--input-shape", f"2,{L}",
-                 "--input-dtype", "tokens=int64", "-o", "m.onnx"], host=host) == 0
+                 "--input-dtype", "tokens=int64", "-o", "m.onnx", *mixed_cal], host=host) == 0
     assert main(["check", "m.onnx"], host=host) == 0  # the file declares the token input's dtype
     assert main(["pack", "m.onnx", "-o", "m.bin"], host=host) == 0
     np.save("feats.npy", np.random.rand(2, L, 5).astype(np.float32))
@@ -363,8 +374,9 @@ def test_cli_bad_input_dtypes_are_clear_errors(textmod, host, capsys, argv, head
 def test_cli_float_example_for_an_embedding_and_input_dtype_on_an_onnx_file(textmod, host, capsys):
     assert main(["verify", "textmods:Text", "--input-shape", f"2,{L}"], host=host) == 2
     assert "embedding 'emb': its indices are float32" in capsys.readouterr().err
-    assert main(["export", "textmods:Text", "--input-shape", f"2,{L}", "--input-dtype", "int64", "-o", "t.onnx"],
-                host=host) == 0
+    text_cal, _ = _calibration_files()
+    assert main(["export", "textmods:Text", "--input-shape", f"2,{L}", "--input-dtype", "int64", "-o", "t.onnx",
+                 *text_cal], host=host) == 0
     assert main(["check", "t.onnx", "--input-dtype", "int64"], host=host) == 2
     assert "option --input-dtype is for a PyTorch model" in capsys.readouterr().err
 

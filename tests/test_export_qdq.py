@@ -456,15 +456,16 @@ def test_quant_rounds_float_input_like_the_chip(ref):
 
 
 class Int16Head(nn.Module):
-    """A float island (mean over H, W: a ReduceMean) and a 16-bit linear output: written at opset 21."""
+    """A float island (mean over the channels: a ReduceMean; a spatial mean would be int8 global pooling) and a
+    16-bit linear output: written at opset 21."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c = nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
+        self.fc = nn.Linear(64, 4)
 
     def forward(self, x):
-        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+        return self.fc(torch.relu(self.c(x)).mean(1).flatten(1))
 
 
 def test_int16_output_uses_opset_21(qhost, tmp_path):

@@ -43,6 +43,18 @@ class TwoBranch(nn.Module):
         return self.a(x) - self.b(x) if self.sub else self.a(x) + self.b(x)
 
 
+class Sliced(nn.Module):
+    """A conv whose output is indexed with a step (no int8 Slice form) or without one."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x)[:, ::2] if self.step == 2 else self.conv(x)[:, 0:2]
+
+
 class SelfSimilarity(nn.Module):
     """``a(x) @ b(x).transpose(-1, -2)``: the quantized matmul module is ``q_matmul``."""
 
@@ -215,6 +227,13 @@ CASES: list[Case] = [
     Case("csk60xx.gather.max_norm", "emb",
          _m(lambda over: seq(emb=nn.Embedding(10, 4, max_norm=1.0 if over else None))),
          "max_norm None", "max_norm 1", "without max_norm"),
+    # -- indexing (spec 3.29: Slice cuts one axis, step 1) --------------------------------------------------------
+    Case("csk60xx.slice.index", "getitem", _m(lambda over: Sliced(2 if over else 1)),
+         "integers, constant a:b with step 1, ...", "index [:, ::2] (slice with step 2)", "strided conv"),
+    # -- padding (spec 3.31: iqPad fills H and W with 0) -------------------------------------------------------
+    Case("csk60xx.pad.form", "pad", _m(lambda over: seq(conv=nn.Conv2d(1, 4, 3),
+                                                      pad=nn.ConstantPad2d(1, 0.5 if over else 0.0))),
+         "constant 0 on the last two axes, pads >= 0", "pad [1, 1, 1, 1] (value 0.5)", "ZeroPad2d"),
 ]
 
 

@@ -45,6 +45,16 @@ MODULE = textwrap.dedent("""
 """)
 
 
+def _cal(side: int) -> list[str]:
+    """``--calibrate`` with samples of a (1, side, side) input, saved in the current folder (export and verify
+    refuse a model whose activation scales never saw data)."""
+    import numpy as np
+
+    path = f"cal{side}.npy"
+    np.save(path, np.random.default_rng(0).random((4, 1, side, side), dtype=np.float32))
+    return ["--calibrate", path]
+
+
 def _schemas() -> dict[str, dict[str, str]]:
     """The tables of docs/cli-json.md: command -> key -> type."""
     text = (ROOT / "docs" / "cli-json.md").read_text(encoding="utf-8")
@@ -95,7 +105,8 @@ def test_json_stdout_holds_only_the_result_while_the_model_prints(noisy, capfd):
     data, err = _json_only(capfd, 0, ["check", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "--json"])
     assert "graph dump from forward" in err and "fd-level graph dump" in err  # moved, not lost
     _conforms(data, "lnn check")
-    data, err = _json_only(capfd, 0, ["verify", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "--json"])
+    data, err = _json_only(capfd, 0, ["verify", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "--json",
+                                           *_cal(16)])
     assert "fd-level graph dump" in err and data["ok"] is True
     _conforms(data, "lnn verify")
     assert all(set(t) >= {"name", "shape", "exponent", "equal"} for t in data["tensors"])
@@ -106,7 +117,7 @@ def test_json_stdout_holds_only_the_result_while_the_model_prints(noisy, capfd):
 
 
 def test_check_has_one_schema_for_onnx_files_and_factories(noisy, capfd):
-    assert main(["export", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "-o", "n.onnx"]) == 0
+    assert main(["export", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "-o", "n.onnx", *_cal(16)]) == 0
     capfd.readouterr()
     for argv, code in ((["check", "n.onnx"], 0), (["check", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16"], 0),
                        (["check", "n.onnx", "--share-mem", "4K"], 1),
@@ -120,7 +131,7 @@ def test_check_has_one_schema_for_onnx_files_and_factories(noisy, capfd):
 
 
 def test_pack_schema_on_success_and_refusal_and_reports_when_refused(noisy, capfd):
-    assert main(["export", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "-o", "n.onnx"]) == 0
+    assert main(["export", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "-o", "n.onnx", *_cal(16)]) == 0
     capfd.readouterr()
     data, _ = _json_only(capfd, 0, ["pack", "n.onnx", "-o", "n.bin", "--json"])
     _conforms(data, "lnn pack")
@@ -142,7 +153,7 @@ def test_pack_schema_on_success_and_refusal_and_reports_when_refused(noisy, capf
 
 
 def test_activations_in_psram_are_a_warning_with_bytes_and_readers(noisy, capfd):
-    assert main(["export", "lnn_first_noisy:small", "--input-shape", "1,1,128,128", "-o", "s.onnx"]) == 0
+    assert main(["export", "lnn_first_noisy:small", "--input-shape", "1,1,128,128", "-o", "s.onnx", *_cal(128)]) == 0
     capfd.readouterr()
     assert main(["pack", "s.onnx", "-o", "s.bin", "--share-mem", "48K"]) == 0
     out, err = capfd.readouterr()
@@ -166,7 +177,7 @@ def test_check_summary_says_one_thing(noisy, capfd):
 def test_run_and_plugins_json_conform(noisy, capfd):
     import numpy as np
 
-    assert main(["export", "lnn_first_noisy:small", "--input-shape", "1,1,16,16", "-o", "s.onnx"]) == 0
+    assert main(["export", "lnn_first_noisy:small", "--input-shape", "1,1,16,16", "-o", "s.onnx", *_cal(16)]) == 0
     assert main(["pack", "s.onnx", "-o", "s.bin"]) == 0
     np.save("x.npy", np.zeros((1, 1, 16, 16), np.float32))
     capfd.readouterr()
@@ -227,7 +238,7 @@ def _on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
 
 
 def test_progress_on_a_terminal_and_quiet_silences_it(noisy):
-    assert main(["export", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "-o", "n.onnx"]) == 0
+    assert main(["export", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "-o", "n.onnx", *_cal(16)]) == 0
     code, out, err = _on_a_terminal(["pack", "n.onnx", "-o", "n.bin", "--json"])
     assert code == 0 and json.loads(out)["ok"] and "lnn pack n.onnx" in err  # the bar, on stderr only
     code, out, err = _on_a_terminal(["pack", "n.onnx", "-o", "n.bin", "--json", "--quiet"])
@@ -237,5 +248,5 @@ def test_progress_on_a_terminal_and_quiet_silences_it(noisy):
     code, out, err = _on_a_terminal(["check", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "--json"])
     assert code == 0 and json.loads(out)["ok"] and "lnn check lnn_first_noisy:Noisy" in err
     code, out, err = _on_a_terminal(["verify", "lnn_first_noisy:Noisy", "--input-shape", "1,1,16,16", "--json",
-                                     "-q"])
+                                     "-q", *_cal(16)])
     assert code == 0 and json.loads(out)["ok"] and "lnn verify" not in err

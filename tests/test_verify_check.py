@@ -95,10 +95,14 @@ def test_check_collects_rules_and_unsupported_ops_without_raising(host):
 
 def test_export_and_verify_commands(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert main(["export", "lnn_backend_csk60xx.demo:build_model", "--input-shape", "1,1,8,8", "-o", str(out)]) == 0
+    data = tmp_path / "samples.npy"
+    np.save(data, np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
+    assert main(["export", "lnn_backend_csk60xx.demo:build_model", "--input-shape", "1,1,8,8", "-o", str(out),
+                 "--calibrate", str(data)]) == 0
     assert out.stat().st_size > 1000
     capsys.readouterr()
-    assert main(["verify", "lnn_backend_csk60xx.demo:build_model", "--input-shape", "1,1,8,8", "--json"]) == 0
+    assert main(["verify", "lnn_backend_csk60xx.demo:build_model", "--input-shape", "1,1,8,8", "--json",
+                 "--calibrate", str(data)]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
     assert main(["export", "no_such_module:f", "--input-shape", "1,1,8,8", "-o", str(out)]) == 2
     assert "cannot be imported" in capsys.readouterr().err

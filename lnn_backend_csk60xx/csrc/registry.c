@@ -38,6 +38,8 @@ extern const lnn_op_kernel lnn_op_bmm;
 extern const lnn_op_kernel lnn_op_gather;
 /* ops/gru.c */
 extern const lnn_op_kernel lnn_op_gru;
+/* ops/pad.c */
+extern const lnn_op_kernel lnn_op_pad;
 /* ops/external.c */
 extern const lnn_op_kernel lnn_op_external;
 
@@ -76,6 +78,7 @@ static const struct {
     {LNN_SIM_OP_BMM, &lnn_op_bmm},
     {LNN_SIM_OP_GATHER, &lnn_op_gather},
     {LNN_SIM_OP_GRU, &lnn_op_gru},
+    {LNN_SIM_OP_PAD, &lnn_op_pad},
 };
 
 const lnn_op_kernel *lnn_find_kernel(int32_t code) {

@@ -40,7 +40,7 @@ MODULE_RULES = frozenset({
     "csk60xx.activation.input_bits",
     "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
     "csk60xx.softmax.dim", "csk60xx.softmax.input_bits", "csk60xx.bmm.bits",
-    "csk60xx.gather.bits", "csk60xx.gather.max_norm",
+    "csk60xx.gather.bits", "csk60xx.gather.max_norm", "csk60xx.slice.index", "csk60xx.pad.form",
 })
 
 #: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
@@ -536,6 +536,10 @@ NOT_ON_IR = {
     "csk60xx.layernorm.eps": "LayerNormInt has no eps attribute: the chip's kernel adds a fixed 1e-5",
     "csk60xx.layernorm.dims": "LayerNormInt's gamma is 1-D: shape inference checks it covers the last one or two dims",
     "csk60xx.gather.max_norm": "Gather has no max_norm attribute: the exporter writes the table as it is",
+    "csk60xx.slice.index": "a Slice node has constant starts/ends/axes, never the torch index spelling; "
+                           "csk60xx.slice.single_axis judges its axes and steps",
+    "csk60xx.pad.form": "an iqPad node holds constant pads and fill; its shape rule refuses any other form than "
+                        "zeros around H and W (the module rule judges the torch spelling)",
 }
 
 #: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
@@ -590,7 +594,7 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
     assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
     ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
                 "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt", "SoftmaxInt", "LogSoftmaxInt",
-                "BmmInt", "Gather"}
+                "BmmInt", "Gather", "Slice", "iqPad"}
     for r in RULES:  # each one is bound to IR op types as well as to torch op ids
         assert set(r.ops) & ir_types, r.id
 

@@ -41,7 +41,8 @@ def test_op_codes_match_header():
                  "LinearInt": "LINEAR", "BatchNorm2dInt": "BATCHNORM2D", "AvgPool2dInt": "AVGPOOL2D",
                  "MaxPool": "MAXPOOL2D", "iqAdd": "ADD", "iqSub": "SUB", "iqMul": "MUL", "iqCat": "CAT",
                  "iqSigmoid": "SIGMOID", "iqTanh": "TANH", "LayerNormInt": "LAYERNORM", "SoftmaxInt": "SOFTMAX",
-                 "LogSoftmaxInt": "LOGSOFTMAX", "BmmInt": "BMM", "GRUInt": "GRU"}.get(name, name)
+                 "LogSoftmaxInt": "LOGSOFTMAX", "BmmInt": "BMM", "GRUInt": "GRU",
+                 "iqPad": "PAD"}.get(name, name)
         assert getattr(lib, f"LNN_SIM_OP_{const.upper()}") == code
     assert lib.LNN_SIM_OP_EXTERNAL == EXTERNAL_OP_CODE
     codes = [*OP_CODES.values(), EXTERNAL_OP_CODE]  # plugin ops share EXTERNAL; code 0 is unused

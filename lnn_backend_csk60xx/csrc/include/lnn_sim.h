@@ -150,7 +150,8 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_BMM 29       /* BmmInt: int8 [B,M,K] x int8 [B,K,N] -> int8 */
 #define LNN_SIM_OP_GATHER 30    /* Gather: rows of a constant int8 table [V, E] by int32 indices (embedding) */
 #define LNN_SIM_OP_GRU 32       /* GRUInt: int8 sequence (batch 1, forward, zero state) -> int8 y and h_n */
-#define LNN_SIM_NUM_OP_TYPES 33
+#define LNN_SIM_OP_PAD 33       /* iqPad: zeros around H and W of a 4-D tensor (dtype and scale pass through) */
+#define LNN_SIM_NUM_OP_TYPES 34
 
 /* Conv2dInt / Conv1dInt / ConvTranspose2dInt take an optional trailing attribute: the fused activation
  * applied to the requantized output (the chip's act_type). */
@@ -274,6 +275,8 @@ lnn_sim_status lnn_sim_transpose(int32_t rank, const int32_t *dims, const int32_
                                  const void *x, void *y);
 /* Slice with unit or positive steps: y[i0, i1, ...] = x[start0 + i0*step0, start1 + i1*step1, ...]. The caller
  * guarantees start_d + (out_dims_d - 1) * step_d < in_dims_d. */
+lnn_sim_status lnn_sim_pad2d(int64_t planes, int32_t h, int32_t w, int32_t top, int32_t left, int32_t bottom,
+                             int32_t right, int32_t elem_size, const void *x, void *y);
 lnn_sim_status lnn_sim_slice(int32_t rank, const int32_t *in_dims, const int32_t *out_dims, const int32_t *starts,
                              const int32_t *steps, int32_t elem_size, const void *x, void *y);
 

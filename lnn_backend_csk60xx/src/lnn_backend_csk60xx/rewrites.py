@@ -8,6 +8,9 @@
    (tpacker's CR_fusion). The simulator clamps the conv's requantized integers at 0, which is exactly
    what the ReLU op computed, so no result changes; the conv now writes the ReLU's output tensor and
    the conv's own output tensor disappears. A clip is never fused (the chip drops it, spec 3.13).
+   **Pad folding** (:func:`.ops.pad.fold_pads`, with the fusion): a zero padding op whose only reader is a 2-D
+   convolution becomes part of the conv's ``pads`` when the sum stays within the conv's pad limit and its kernel (the
+   conv reads zeros there either way: the same integers, one op and one buffer fewer); otherwise it stays.
 3. **Splits** (:func:`split_large_ops`): ops whose buffers exceed the engine limits are cut as the
    vendor's packer cuts them (the decisions are made once, by the op family's ``OpDef.fit``):
 
@@ -52,9 +55,10 @@ from .inference import infer_shapes
 from .ops.conv import row_slices
 from .ops.gather import narrow_indices
 from .ops.opset import OpSet
+from .ops.pad import fold_pads
 from .sizes import fit_node
 
-__all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "split_large_ops",
+__all__ = ["MAX_JOIN_INPUTS", "FusedRelu", "SplitRecord", "PassReport", "fuse_relu", "fold_pads", "split_large_ops",
            "run_rewrites", "split_groups", "crop_transposed_pads", "merge_leading_axes"]
 
 log = logging.getLogger("lnn.backend.rewrites")
@@ -94,6 +98,7 @@ class PassReport:
     """What the rewrites changed."""
 
     fused: list[FusedRelu] = field(default_factory=list)
+    folded_pads: list[str] = field(default_factory=list)  # padding ops folded into the conv that reads them
     splits: list[SplitRecord] = field(default_factory=list)
     narrowed: list[str] = field(default_factory=list)  # int64 index tensors made int32
 
@@ -438,6 +443,7 @@ def run_rewrites(graph: Graph, limits: Mapping[str, Any], ops: OpSet | None = No
     report = PassReport()
     if fuse:
         report.fused = fuse_relu(graph, ops)
+        report.folded_pads = fold_pads(graph, limits, ops)
     if split:
         report.splits = split_large_ops(graph, limits, ops)
     report.narrowed = narrow_indices(graph, ops)

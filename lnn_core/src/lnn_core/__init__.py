@@ -50,6 +50,7 @@ import pluggy
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from .api import constrain, init
+    from .calibration import UncalibratedError, UncalibratedWarning, calibrate
     from .errors import (
         ConfigError,
         ExportError,
@@ -77,6 +78,9 @@ __all__ = [
     "hookimpl",
     "init",
     "constrain",
+    "calibrate",
+    "UncalibratedError",
+    "UncalibratedWarning",
     "disable_quant",
     "analyse",
     "export",
@@ -107,6 +111,7 @@ __all__ = [
 _LAZY = {
     "init": "lnn_core.api",
     "constrain": "lnn_core.api",
+    **{name: "lnn_core.calibration" for name in ("calibrate", "UncalibratedError", "UncalibratedWarning")},
     "disable_quant": "lnn_core.quant.rewrite",
     "export": "lnn_core.exporter",
     "to_ir": "lnn_core.exporter",

@@ -72,7 +72,7 @@ def _export_run(args: argparse.Namespace, host: Any) -> int:
 
     model, inputs = build_quantized(args, host)
     lnn.export(model, inputs, args.output, dialect=args.dialect, dynamic_batch=args.dynamic_batch,
-               strict=args.strict, host=host)
+               strict=args.strict, host=host, allow_uncalibrated=args.allow_uncalibrated)
     print(f"wrote {args.output} ({args.dialect} dialect)")
     return 0
 
@@ -95,7 +95,8 @@ def _verify_run(args: argparse.Namespace, host: Any) -> int:
     with progress_bar(5, f"lnn verify {args.model}", quiet=args.quiet) as step:
         step("build")
         model, inputs = build_quantized(args, host)
-        report = lnn.verify(model, inputs, target=args.target, host=host, progress=step)
+        report = lnn.verify(model, inputs, target=args.target, host=host, progress=step,
+                            allow_uncalibrated=args.allow_uncalibrated)
     print(report.to_json() if args.json else report.table(), file=result_stream(args))
     return 0 if report.ok else 1
 

@@ -21,7 +21,10 @@ from typing import Any
 from .errors import ConfigError, ModelFileError
 
 __all__ = ["add_model_args", "load_factory", "build_float", "load_checkpoint", "parse_shape", "build_quantized",
-           "parse_dtypes", "random_inputs", "example_inputs", "INPUT_DTYPES"]
+           "parse_dtypes", "random_inputs", "example_inputs", "INPUT_DTYPES", "calibration_batches"]
+
+#: samples per batch of ``--calibrate``
+CALIBRATION_BATCH = 32
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -35,6 +38,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "an integer input that is not quantized). NAME is the forward() argument or its position "
                         "(0, 1, ...); a bare DTYPE needs a model of one input. Repeat for several inputs")
     p.add_argument("--target", default="csk60xx", help="target id (default csk60xx)")
+    p.add_argument("--calibrate", action="append", metavar="DATA.npy",
+                   help="calibrate the activation scales on these samples first (lnn.calibrate): a .npy array of N "
+                        "inputs shaped like --input-shape without its first axis, run in batches of "
+                        f"{CALIBRATION_BATCH} (repeat once per forward() argument)")
+    p.add_argument("--allow-uncalibrated", action="store_true",
+                   help="go on with a warning when activation scales never saw data (no --checkpoint of a trained "
+                        "model, no --calibrate): the integers are then meaningless, for testing the plumbing only")
 
 
 @contextlib.contextmanager
@@ -261,4 +271,61 @@ def build_quantized(args: argparse.Namespace, host: Any) -> tuple[Any, tuple[Any
     # include the F.embedding calls
     shapes = [s.partition("=")[2] or s for s in args.input_shape]
     dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), input_names(float_model))
-    return model, random_inputs(shapes, dtypes, index_high=index_bound(model))
+    inputs = random_inputs(shapes, dtypes, index_high=index_bound(model))
+    if getattr(args, "calibrate", None):
+        lnn.calibrate(model, calibration_batches(args.calibrate, inputs))
+    return model, inputs
+
+
+def calibration_batches(paths: list[str], inputs: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The ``--calibrate`` files as batches of :data:`CALIBRATION_BATCH` samples, one array per forward() argument.
+
+    Each file is a .npy array of N samples whose shape after the first axis is the matching example input's
+    (``--input-shape`` without its batch axis); all files hold the same N.
+    """
+    import numpy as np
+    import torch
+
+    if len(paths) != len(inputs):
+        raise ConfigError(f"{len(paths)} --calibrate file(s) for {len(inputs)} input(s)",
+                          {"rule": "one --calibrate file per --input-shape, in the same order",
+                           "limit": len(inputs), "actual": len(paths)},
+                          "repeat --calibrate once per forward() argument", option="--calibrate",
+                          value=paths, valid=f"{len(inputs)} file(s)")
+    arrays = []
+    for path, example in zip(paths, inputs):
+        if not os.path.isfile(path):
+            raise ModelFileError(f"cannot read calibration data '{path}': it does not exist", {},
+                                 "pass a .npy file written by numpy.save(path, samples)", path=path, node=None)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise ModelFileError(f"cannot read calibration data '{path}': numpy.load cannot read it",
+                                 {"cause": f"{type(exc).__name__}: {str(exc).strip()[:120]}"},
+                                 "pass a .npy file written by numpy.save(path, samples) (no pickled objects)",
+                                 path=path, node=None) from exc
+        want = tuple(example.shape[1:])
+        if (arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want or arr.shape[0] == 0
+                or arr.dtype.kind not in "fiub"):
+            raise ConfigError(
+                f"calibration data '{path}' does not fit the input shape {list(example.shape)}",
+                {"rule": "N samples, each of the input's shape without its batch axis (numbers)",
+                 "limit": f"N x {'x'.join(map(str, want))}", "actual": f"{'x'.join(map(str, arr.shape))} {arr.dtype}"},
+                f"save the samples as an array of shape (N, {', '.join(map(str, want))})", option="--calibrate",
+                value=path, valid=f"N x {'x'.join(map(str, want))}")
+        integer = not torch.is_floating_point(example)  # token ids stay integers, of the example's dtype
+        if integer and arr.dtype.kind == "f":
+            raise ConfigError(f"calibration data '{path}' holds {arr.dtype} for an integer input",
+                              {"rule": "an integer input (token ids) takes integer samples", "actual": str(arr.dtype)},
+                              "save the ids as an integer array (numpy int64)", option="--calibrate", value=path,
+                              valid="an integer array")
+        dtype = np.int64 if integer else np.float32
+        arrays.append(torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype)).to(example.dtype))
+    n = arrays[0].shape[0]
+    if any(a.shape[0] != n for a in arrays):
+        raise ConfigError("the --calibrate files hold different numbers of samples",
+                          {"rule": "sample i of every file is one call of forward()", "limit": n,
+                           "actual": ", ".join(str(a.shape[0]) for a in arrays)},
+                          "save the same number of samples for every input", option="--calibrate", value=paths,
+                          valid="files of equal length")
+    return [tuple(a[i:i + CALIBRATION_BATCH] for a in arrays) for i in range(0, n, CALIBRATION_BATCH)]

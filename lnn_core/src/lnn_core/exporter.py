@@ -36,6 +36,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .calibration import require_calibrated
 from .errors import ConfigError, ExportError, LnnError
 from .graph import IR_DOMAIN, Graph, Node, TensorInfo
 from .plugins import PluginHost
@@ -580,8 +581,12 @@ class ExampleRunner(fx.Interpreter):
 
 def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] | None = None,
           output_names: Sequence[str] | None = None, dynamic_batch: bool = False, strict: bool = False,
-          host: PluginHost | None = None) -> Graph:
-    """The IR of a model prepared by ``lnn.init``, with the exponents its eval forward uses."""
+          host: PluginHost | None = None, allow_uncalibrated: bool = False) -> Graph:
+    """The IR of a model prepared by ``lnn.init``, with the exponents its eval forward uses.
+
+    :param allow_uncalibrated: warn (:class:`~lnn_core.calibration.UncalibratedWarning`) instead of raising
+        :class:`~lnn_core.calibration.UncalibratedError` when activation quantizers never saw data.
+    """
     info = getattr(model, "lnn", None)
     if not isinstance(info, LnnInfo) or not isinstance(model, fx.GraphModule):
         raise ExportError(
@@ -612,6 +617,8 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
         with torch.no_grad():
             for k, v in model.state_dict(keep_vars=True).items():
                 v.copy_(saved[k])
+    # after the graph is built: a wrong input or an op without an int8 form is the first thing to fix
+    require_calibrated(model, "export", allow=allow_uncalibrated)
     _share_constants(graph, getattr(info, "shared", {}))
     graph.meta["producer"] = "lnn"
     graph.meta["target"] = info.target
@@ -638,19 +645,22 @@ def _share_constants(graph: Graph, shared: dict[str, str]) -> None:
 
 def export(model: nn.Module, example_inputs: Any, path: str | None = None, *, dialect: str = "csk60xx",
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
-           dynamic_batch: bool = False, strict: bool = False, host: PluginHost | None = None) -> Any:
+           dynamic_batch: bool = False, strict: bool = False, host: PluginHost | None = None,
+           allow_uncalibrated: bool = False) -> Any:
     """Export a quantized model to ONNX in ``dialect`` (``csk60xx`` or ``qdq``); returns the ModelProto.
 
     :param path: where to save the file (None: only return the ModelProto).
     :param dynamic_batch: make the first axis of inputs and outputs symbolic (``N``).
     :param strict: refuse float islands instead of writing Dequant -> float op -> Quant.
+    :param allow_uncalibrated: export a model whose activation quantizers never saw data with a warning
+        instead of an :class:`~lnn_core.calibration.UncalibratedError` (see :func:`lnn_core.calibration`).
     """
     host = host or PluginHost()
     writer = host.exporters[dialect]
     if path is not None:
         _writable(str(path))  # before the export's work
     graph = to_ir(model, example_inputs, input_names=input_names, output_names=output_names,
-                  dynamic_batch=dynamic_batch, strict=strict, host=host)
+                  dynamic_batch=dynamic_batch, strict=strict, host=host, allow_uncalibrated=allow_uncalibrated)
     proto = writer(graph, host=host)
     if path is not None:
         import onnx

@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .calibration import UncalibratedWarning, require_calibrated
 from .check_format import memory_lines, verdict_line
 from .errors import LnnError, format_message
 from .exporter import ExampleRunner, FloatIslandWarning, to_ir
@@ -105,7 +106,9 @@ class _Capture(ExampleRunner):
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach()
+            # a copy: a later in-place op (ReLU(inplace=True), x.relu_(), x += y) would overwrite the tensor
+            # itself, and the capture would then hold a value the graph never had at this node
+            self.values[n.name] = out.detach().clone()
         elif isinstance(out, (tuple, list)):  # an op with several outputs: kept for the graph outputs
             self.tuples[n.name] = out
         return out
@@ -119,13 +122,16 @@ _NO_PROGRESS: Callable[[str], None] = lambda _stage: None
 
 
 def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, host: PluginHost | None = None,
-           options: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> VerifyReport:
+           options: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+           allow_uncalibrated: bool = False) -> VerifyReport:
     """Export, pack and simulate ``model`` and compare every shared tensor with eval mode.
 
     :param model: a model prepared by ``lnn.init`` (trained or not).
     :param example_inputs: a tensor or tuple of tensors (any batch size the target supports).
     :param progress: called with the name of each stage as it starts (``export``, ``eval``, ``simulate``,
         ``compare``; for progress bars).
+    :param allow_uncalibrated: verify a model whose activation quantizers never saw data (a warning instead of
+        :class:`~lnn_core.calibration.UncalibratedError`; its integers are all zero, so the proof is weak).
     :return: a :class:`VerifyReport`; ``report.ok`` is the verdict, ``report.table()`` explains it.
     """
     step = progress or _NO_PROGRESS
@@ -136,7 +142,9 @@ def verify(model: nn.Module, example_inputs: Any, *, target: str | None = None, 
     step("export")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FloatIslandWarning)
-        graph = to_ir(model, inputs, host=host)
+        warnings.simplefilter("ignore", UncalibratedWarning)  # said once, below
+        graph = to_ir(model, inputs, host=host, allow_uncalibrated=True)
+    require_calibrated(model, "verify", allow=allow_uncalibrated)
     writer = host.exporters[target]
     proto = writer(graph, host=host)
     was_training = model.training

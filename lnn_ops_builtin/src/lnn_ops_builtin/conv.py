@@ -225,7 +225,8 @@ def _same_padding(kernel: Sequence[int], dilation: Sequence[int], path: str) -> 
             raise ConfigError(
                 f"layer {path!r}: padding='same' with kernel {k} and dilation {d} needs asymmetric padding",
                 {"rule": "the chip pads both sides equally", "actual": f"total padding {total}"},
-                "use an odd kernel size, or pad explicitly with F.pad before the conv",
+                "use an odd kernel size, or pad asymmetrically in front with nn.ZeroPad2d((left, right, top, "
+                "bottom)) / F.pad (the chip's iqPad) and give the conv padding=0",
                 option="padding", value="same", valid="symmetric padding")
         pads.append(total // 2)
     return tuple(pads)

@@ -404,6 +404,11 @@ def _same_scale(op_type: str, *, axes_input: bool = False) -> Callable[[QdqWrite
     return lower
 
 
+def _pad(w: QdqWriter, node: Node) -> None:
+    """iqPad as a standard Pad with zeros between DequantizeLinear and QuantizeLinear (exact: 0 at any scale)."""
+    w.result("Pad", [w.dq(node.inputs[0]), node.inputs[1]], mode="constant")
+
+
 #: IR op type -> lowering ``fn(writer, node)``. Default-domain nodes whose inputs are all float
 #: (float islands) are copied unchanged and need no entry.
 def _layernorm(w: QdqWriter, node: Node) -> None:
@@ -482,6 +487,7 @@ LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "iqSub": _add_sub("Sub"),
     "iqMul": _mul,
     "iqCat": _cat,
+    "iqPad": _pad,
     "Clip": _clip,
     "Requant": _requant,
     "iqSigmoid": _table("sigmoid"),

@@ -1,5 +1,6 @@
 """Pooling: MaxPool1d/2d (exact on the integer grid: a passthrough), AvgPool1d/2d and global
-average pooling (``AdaptiveAvgPool`` to 1).
+average pooling (``AdaptiveAvgPool`` to 1, and ``x.mean``/``torch.mean`` over the spatial dims of an
+(N, C, L) or (N, C, H, W) tensor, keepdim or not).
 
 Average pooling keeps the input exponent (``n_o = n_x``, required by the chip for power-of-two
 windows and kept for all) and rounds half-up (spec 3.10)::
@@ -35,12 +36,27 @@ class QAvgPool(QModule):
 
     def __init__(self, op_id: str, dims: int, kernel: list[int] | None, stride: list[int] | None,
                  padding: list[int] | None, *, ceil_mode: bool = False, count_include_pad: bool = True,
-                 divisor_override: int | None = None, keepdim: bool = True, recipe: Any, act_bits: int,
-                 stage: str) -> None:
+                 divisor_override: int | None = None, keepdim: bool = True, mean_dims: tuple[int, ...] | None = None,
+                 recipe: Any, act_bits: int, stage: str) -> None:
         super().__init__(recipe, act_bits=act_bits, stage=stage, clamps=())
         self.op_id = op_id  # type: ignore[misc]
+        self.keepdim = keepdim
+        #: the ``dim`` of a ``mean`` spelling, as written (negative dims resolve against the input's rank)
+        self.mean_dims = mean_dims
         self.dims, self.kernel, self.stride, self.padding = dims, kernel, stride, padding
         self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
+
+    def _check_mean(self, x: torch.Tensor) -> None:
+        """A ``mean`` spelling is global pooling only over the spatial dims of a rank-3 or rank-4 tensor."""
+        if self.mean_dims is None:
+            return
+        rank = x.dim()
+        dims = sorted(d % rank for d in self.mean_dims) if rank else []
+        if rank not in (3, 4) or dims != list(range(2, rank)) or len(set(dims)) != len(self.mean_dims):
+            raise ValueError(
+                f"mean over dims {list(self.mean_dims)} of a rank-{rank} tensor {tuple(x.shape)} is not global "
+                "average pooling: lnn runs mean only over the spatial dims of (N, C, L) or (N, C, H, W), e.g. "
+                "x.mean(dim=(2, 3)) or x.mean(-1) on (N, C, L)")
 
     def _float(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is None:
@@ -66,17 +82,22 @@ class QAvgPool(QModule):
         return s, area
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_mean(x)
         y = self._float(x)
         if not self.quantizing:
-            return y
+            return self._shape(y)
         n = self.in_exponent(0)
         if self.training:
-            return fake_quant(y, n, self.act_bits)
+            return self._shape(fake_quant(y, n, self.act_bits))
         with torch.no_grad():
             s, area = self._sum_area(x.double() * 2.0**n)
             lo, hi = qrange(self.act_bits)
             q = torch.floor((2.0 * s + area) / (2.0 * area)).clamp(lo, hi)
-            return (q * 2.0**-n).float()
+            return self._shape((q * 2.0**-n).float())
+
+    def _shape(self, y: torch.Tensor) -> torch.Tensor:
+        """Global pooling keeps (N, C, 1, ..) unless a ``mean(..., keepdim=False)`` asked for (N, C)."""
+        return y if self.keepdim else y.flatten(1)
 
     def op_attrs(self) -> dict[str, Any]:
         attrs = super().op_attrs()
@@ -98,6 +119,28 @@ def _adaptive_sig(input, output_size):  # noqa: A002
     """Signature of F.adaptive_avg_poolNd."""
 
 
+def _mean_sig(input, dim=None, keepdim=False, *, dtype=None):  # noqa: A002
+    """Signature of torch.mean / Tensor.mean."""
+
+
+def _is_mean(node: Any) -> bool:
+    return node.target is torch.mean or (node.op == "call_method" and node.target == "mean")
+
+
+def _build_mean(op_id: str, ctx: BuildContext, kw: dict[str, Any]) -> Built | None:
+    """``mean`` over the spatial dims: global average pooling. Dims that cannot be spatial (none given, the
+    batch or channel axis) have no int8 form: None, so ``lnn.init`` reports the call site at once."""
+    a = ctx.bind(_mean_sig)
+    dim = a["dim"]
+    dims = tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
+    if dim is None or not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        return None
+    if any(d in (0, 1) for d in dims) or a["dtype"] not in (None, torch.float32) or len(dims) > 2:
+        return None
+    return Built(QAvgPool(op_id, 2, None, None, None, keepdim=bool(a["keepdim"]), mean_dims=dims, **kw),
+                 [a["input"]])
+
+
 def _build_avg(op_id: str, dims: int):
     def build(ctx: BuildContext) -> Built | None:
         kw = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, stage=ctx.stage)
@@ -111,6 +154,8 @@ def _build_avg(op_id: str, dims: int):
                          count_include_pad=bool(m.count_include_pad),
                          divisor_override=getattr(m, "divisor_override", None), **kw)
             return Built(q, [ctx.node.args[0]])
+        if _is_mean(ctx.node):
+            return _build_mean(op_id, ctx, kw)
         if ctx.node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
             a = ctx.bind(_adaptive_sig)
             return _adaptive(op_id, dims, a["output_size"], ctx, kw)
@@ -162,8 +207,11 @@ FAMILIES = [
              functions=(F.avg_pool1d, F.adaptive_avg_pool1d), build=_build_avg("builtin.AvgPool1d", 1),
              description="average pooling with half-up rounding; adaptive only to output size 1"),
     OpFamily(id="builtin.AvgPool2d", kind="stateless", modules=(nn.AvgPool2d, nn.AdaptiveAvgPool2d),
-             functions=(F.avg_pool2d, F.adaptive_avg_pool2d), build=_build_avg("builtin.AvgPool2d", 2),
-             description="average pooling with half-up rounding; adaptive only to output size 1"),
+             functions=(F.avg_pool2d, F.adaptive_avg_pool2d, torch.mean), methods=("mean",),
+             build=_build_avg("builtin.AvgPool2d", 2),
+             description="average pooling with half-up rounding; adaptive only to output size 1; mean over the "
+                         "spatial dims (x.mean((2, 3)), torch.mean(x, -1) on (N, C, L), keepdim or not) as global "
+                         "pooling"),
 ]
 
 
@@ -199,7 +247,8 @@ def _out4(ctx: Any, rank1: bool) -> Any:
 def write_avg(ctx: Any) -> str:
     """AvgPool2dInt (n_o = n_x); global pooling uses the whole input as the window."""
     m: QAvgPool = ctx.module
-    rank1 = m.dims == 1
+    in_shape = ctx.shape(0)
+    rank1 = m.dims == 1 if m.kernel is not None or in_shape is None else len(in_shape) == 3
     n = ctx.exponent(0)
     x = _lift(ctx, ctx.inputs[0], rank1)
     if m.kernel is None:
@@ -208,6 +257,14 @@ def write_avg(ctx: Any) -> str:
     else:
         lift = (lambda v, fill: [fill] + list(v)) if rank1 else (lambda v, fill: list(v))
         k, s, p = lift(m.kernel, 1), lift(m.stride, 1), lift(m.padding, 0)
+    if not getattr(m, "keepdim", True):  # mean(..., keepdim=False): pool, then drop the unit spatial axes
+        pooled_shape = None if in_shape is None else (*in_shape[:2], 1, 1)
+        y = ctx.tensor(n, "int8", pooled_shape, suffix=".pool")
+        ctx.add("AvgPool2dInt", [x], [y], {"kernel_shape": k, "strides": s, "pads": p + p, "ceil_mode": 0,
+                                           "data_bits": 8, "o_bits": 8}, suffix=".pool")
+        out = ctx.tensor(n, "int8", ctx.out_shape)
+        ctx.add("Squeeze", [y], [out], {"axes": [2, 3]}, domain="", suffix=".squeeze")
+        return out
     y = ctx.tensor(n, "int8", _out4(ctx, rank1), suffix=".out" if rank1 else "")
     ctx.add("AvgPool2dInt", [x], [y], {"kernel_shape": k, "strides": s, "pads": p + p, "ceil_mode": 0,
                                        "data_bits": 8, "o_bits": 8})

@@ -17,6 +17,7 @@ module          IR op types
 ``bmm``         batched matrix product of two activations
 ``gather``      embedding lookup (a row copy from an int8 table by integer indices)
 ``gru``         one-layer forward GRU on one sequence (``GRUInt``)
+``pad``         constant zero padding of H and W
 ==============  ==============================================================================
 
 :data:`FAMILIES` lists the modules; the backend's plugin registers every ``OpDef`` in their ``OPS``
@@ -26,7 +27,7 @@ through ``lnn_register_target_ops``, exactly as a third-party op package registe
 
 from __future__ import annotations
 
-from . import activation, bmm, conv, eltwise, gather, gru, layernorm, linear, norm, pool, quant, shape, softmax
+from . import activation, bmm, conv, eltwise, gather, gru, layernorm, linear, norm, pad, pool, quant, shape, softmax
 from .base import AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands
 from .opset import OpSet
 
@@ -34,7 +35,7 @@ __all__ = ["FAMILIES", "builtin_ops", "AttrSpec", "InferContext", "Lowering", "O
            "ReadContext", "engine_operands"]
 
 #: the built-in op family modules, in registration order
-FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, softmax, bmm, gather, gru)
+FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, softmax, bmm, gather, gru, pad)
 
 
 def builtin_ops() -> tuple[OpDef, ...]:

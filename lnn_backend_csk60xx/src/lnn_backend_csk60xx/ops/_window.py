@@ -116,8 +116,9 @@ def pad_rule(rule_id: str, section: str) -> Rule:
         over_kernel = [i for i, v in enumerate(p) if kk and v > kk[i]]
         if max(p) > pmax or over_kernel:
             return Finding(actual=f"pads {fmt(p)} with kernel {fmt(k)}", limit=f"0..{pmax} and <= kernel",
-                           hint=f"pad at most {pmax} per side (pad the input with F.pad in a float island, or "
-                                "enlarge the kernel)")
+                           hint=f"pad at most {pmax} per side and at most the kernel size: lower padding= "
+                                + ("and pad the rest in front with nn.ZeroPad2d / F.pad (one more op), "
+                                   if section == "conv" else "") + "or enlarge the kernel")
         return None
 
     return check

@@ -58,8 +58,8 @@ from ._window import (
 )
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, engine_operands, known_shapes, obits_dtype
 
-__all__ = ["OPS", "conv_fit", "deconv_fit", "row_slices", "conv_weight_bytes", "depthwise_weight_bytes",
-           "deconv_weight_bytes"]
+__all__ = ["OPS", "PADS_FOLD_INTO", "conv_fit", "deconv_fit", "row_slices", "conv_weight_bytes",
+           "depthwise_weight_bytes", "deconv_weight_bytes"]
 
 _BITS = (8, 16, 32)
 _XWO = {"scale_x": ("in", 0), "scale_w": ("in", 1), "scale_o": ("out", 0)}
@@ -522,3 +522,7 @@ OPS = (
           workspace=lambda g, n: engine_operands(g, n, whole=(0, "out")),
           lowerings={"lnn": Lowering(6, 3, _lower_deconv, "conv.c"), "thinker": _THINKER_DECONV}),
 )
+
+#: the ops whose zero ``pads`` read exactly what a zero padding op in front of them writes: ``lnn pack`` folds such
+#: a padding into them (:func:`.pad.fold_pads`; a transposed conv's pads crop instead, a 1-D conv runs lifted)
+PADS_FOLD_INTO = (OPS[0].op_type,)

@@ -233,6 +233,22 @@ def check_slice_single_axis(op: OpView, limits: Mapping[str, Any]) -> Finding | 
     return None
 
 
+@rule("csk60xx.slice.index", ops=())
+def check_slice_index(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """Indexing x[...] (judged at lnn.init) runs as Slice ops cutting one axis each with step 1: integers,
+    constant slices a:b and ... only (no step, None, bool, tensor index or computed bound)."""
+    kinds = op.attrs.get("slice_kinds")
+    if kinds is None:  # an IR Slice: csk60xx.slice.single_axis judges it
+        return None
+    bad = [k for k in kinds if k not in ("int", "slice", "...")]
+    if not bad:
+        return None
+    return Finding(actual=f"index {op.attrs.get('slice_index', '?')} ({', '.join(bad)})",
+                   limit="integers, constant a:b with step 1, ...",
+                   hint="index with constants, one item per axis; subsample with a strided conv or pooling instead "
+                        "of a step, and add axes with unsqueeze instead of None")
+
+
 @rule("csk60xx.transpose.rank", ops=(), rmax="transpose.max_rank")
 def check_transpose_rank(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
     """Transpose supports at most {rmax} axes; a 4-D transpose must keep axis 0 in place (perm[0] = 0)."""
@@ -372,6 +388,7 @@ OPS = (
                                     "thinker": _THINKER_SHAPE["Transpose"]}),
     _alias("Squeeze", (1, 2), _squeeze, 20, attrs={"axes": AttrSpec("ints")}, read=_axes_input),
     _alias("Unsqueeze", (1, 2), _unsqueeze, 21, attrs={"axes": AttrSpec("ints", required=True)}, read=_axes_input),
-    OpDef("Slice", "", (3, 5), _slice, pack_rules=(check_slice_single_axis,), view=_slice_view,
+    OpDef("Slice", "", (3, 5), _slice, rules=(check_slice_index,), pack_rules=(check_slice_single_axis,),
+          view=_slice_view, torch_ops=("builtin.Slice",),
           lowerings={"lnn": Lowering(22, 1, _lower_slice, "shape.c"), "thinker": _THINKER_SHAPE["Slice"]}),
 )
