@@ -48,13 +48,15 @@ class _Calibration:
 
     def __init__(self, name: str, shape: tuple[int, ...], count: int = 16) -> None:
         rng = np.random.default_rng(1)
-        self._items = iter([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(count)])
+        self._data = [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(count)]
+        self._items = iter(self._data)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._items, None)
 
-    def rewind(self) -> None:  # not needed by quantize_static, part of the protocol
-        raise NotImplementedError
+    def rewind(self) -> None:
+        """Start again from the first input (calibrators that read the data twice call this)."""
+        self._items = iter(self._data)
 
 
 def _session(ort, path: Path):
