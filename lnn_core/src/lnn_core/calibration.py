@@ -81,8 +81,8 @@ def require_calibrated(model: nn.Module, action: str, *, allow: bool = False, di
     hint = ("run lnn.calibrate(model, batches) on a few hundred samples (CLI: --calibrate data.npy), "
             "or load the checkpoint of the trained model")
     if allow:
-        warnings.warn(f"{headline}; its scales are the untrained defaults (2**-{_hi(model)}) and every activation rounds "
-                      "to zero: the exported integers are meaningless", UncalibratedWarning, stacklevel=3)
+        warnings.warn(f"{headline}; its scales are the untrained defaults (2**-{_hi(model)}) and every activation "
+                      "rounds to zero: the exported integers are meaningless", UncalibratedWarning, stacklevel=3)
         return
     raise UncalibratedError(headline, {"rule": rule, "limit": ">= 1 observed batch per quantizer",
                                        "actual": f"0 batches ({len(missing)} quantizers)"},
