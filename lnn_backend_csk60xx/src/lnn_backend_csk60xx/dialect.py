@@ -569,7 +569,8 @@ def write_onnx(graph: Graph, *, ops: OpSet | None = None) -> onnx.ModelProto:
         for name, spec in schema.attrs.items():
             if spec.dialect_only:
                 attrs.setdefault(name, spec.default)
-        nodes.append(helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name,
+        inputs = schema.write(list(node.inputs)) if schema.write is not None else node.inputs
+        nodes.append(helper.make_node(node.op_type, inputs, node.outputs, name=node.name,
                                       domain=schema.domain, **dict(sorted(attrs.items()))))
     inits = [numpy_helper.from_array(arr, name) for name, arr in graph.initializers.items()]
     g = helper.make_graph(nodes, graph.name, [_value_info(graph.tensors[n]) for n in graph.inputs],

@@ -110,6 +110,8 @@ class OpDef:
         carry no scale, and the packer narrows int64 ones to the kernel's int32.
     :param read: ``read(ctx)`` normalises a node as the reader builds it (before its inputs are counted):
         e.g. axes given as an input become the attribute. ``ctx`` is a :class:`ReadContext`.
+    :param write: ``write(inputs) -> inputs``: the node's inputs in the file's order, when it differs from the
+        IR's (the recurrent ops: the file puts the optional inputs before the weights); the inverse of ``read``.
 
     Shape inference and checks:
 
@@ -156,6 +158,7 @@ class OpDef:
     same_scale_inputs: tuple[int, ...] = ()
     index_inputs: tuple[int, ...] = ()
     read: Callable[[ReadContext], None] | None = None
+    write: Callable[[list[str]], list[str]] | None = None
     rules: tuple[Rule, ...] = ()
     pack_rules: tuple[Rule, ...] = ()
     torch_ops: tuple[str, ...] = ()
