@@ -133,12 +133,15 @@ def bmm(g: G, xs: tuple[int, ...] = (1, 2, 8), ys: tuple[int, ...] = (1, 8, 4), 
 
 
 def gru(g: G, *, batch: int = 1, batch_first: int = 1, n_i: int = 4, n_iw: int = 7, n_hw: int = 7, n_o: int = 8,
-        n_h: int | None = None, x: str | None = None, **attrs: object) -> str:
+        n_h: int | None = None, x: str | None = None, lengths: bool = False, h0: bool = False,
+        **attrs: object) -> str:
     """GRUInt (node ``gru``): D = 3, H = 2, T = 4 on a quantized input; outputs ``gru_out`` (y) and ``gru_h``."""
     shape = (batch, 4, 3) if batch_first else (4, batch, 3)
     x = x if x is not None else g.quant(shape, n_i)
     ins = [x, g.const("w_ih", w8(6, 3), n_iw), g.const("w_hh", w8(6, 2), n_hw),
            g.const("b_ih", np.zeros(6, np.int32), n_i + n_iw), g.const("b_hh", np.zeros(6, np.int32), n_o + n_hw)]
+    ins += [g.const("len", i64(4))] if lengths or h0 else []
+    ins += [g.quant((1, batch, 2), n_o, name="h0")] if h0 else []
     g.graph.add_node(Node("gru", "GRUInt", ins, ["gru_out", "gru_h"], {"batch_first": batch_first, **attrs},
                           "thinker"))
     g.graph.add_tensor("gru_out", "int8", None, n_o)
@@ -389,7 +392,12 @@ CASES: list[Case] = [
     Case("csk60xx.gru.batch", "gru", _g(lambda g, over: gru(g, batch=2 if over else 1, batch_first=0)),
          "batch <= 1", "batch 2", "one at a time", name="seq_first"),
     Case("csk60xx.gru.direction", "gru", _g(lambda g, over: gru(g, go_forward=0 if over else 1)),
-         "go_forward in (1,)", "go_forward 0", "unidirectional"),
+         "the vendor runtime runs go_forward in (1,) only", "go_forward 0", "unidirectional"),
+    Case("csk60xx.gru.vendor_state", "gru", _g(lambda g, over: gru(g, lengths=over)),
+         "the vendor runtime: zero initial state, all T steps", "lengths given", "zero state"),
+    Case("csk60xx.gru.vendor_state", "gru", _g(lambda g, over: gru(g, lengths=over, h0=over)),
+         "the vendor runtime: zero initial state, all T steps", "lengths given and h0 given", "zero state",
+         name="h0"),
     Case("csk60xx.gru.in_alignment", "gru", _g(lambda g, over: gru(g, n_i=3 if over else 4)),
          "n_i + n_iw >= 11", "n_i + n_iw = 3 + 7 = 10", "finer scale"),
     Case("csk60xx.gru.hidden_alignment", "gru", _g(lambda g, over: gru(g, n_hw=2 if over else 3)),
@@ -581,7 +589,7 @@ NOT_ON_IR = {
 WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified", "csk60xx.avgpool.ties"})
 
 #: pack-time warning rules (what the vendor runtime does differently): their cases fire as warnings
-PACK_WARNINGS = frozenset({"csk60xx.lstm.vendor_lengths"})
+PACK_WARNINGS = frozenset({"csk60xx.lstm.vendor_lengths", "csk60xx.gru.direction", "csk60xx.gru.vendor_state"})
 
 
 def _case_id(case: Case) -> str:

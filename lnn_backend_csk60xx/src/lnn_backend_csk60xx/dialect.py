@@ -481,6 +481,12 @@ def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[s
             raise r.fail(f"bias {name!r} scales with output {index}, which has no scale attribute", node=node)
         exp = n_x + graph.tensors[node.inputs[pair.weight]].exponent
         _set_exponent(r, graph, node, name, exp, "bias (n_x + n_w)")
+    for i, src in schema.input_exponents.items():  # a recurrent op's initial state: at a scale of the op
+        if i < len(node.inputs) and node.inputs[i]:
+            exp = src if isinstance(src, int) else scales[src]
+            info = graph.tensors.get(node.inputs[i])
+            if info is not None and info.dtype not in ("float32", "float64"):
+                _set_exponent(r, graph, node, node.inputs[i], exp, f"{node.op_type} input {i}")
     for i in schema.same_scale_inputs:  # constants quantized at the input's scale (a clip's bounds)
         if len(node.inputs) > i and node.inputs[i] in graph.initializers:
             src = graph.tensors[node.inputs[0]].exponent
