@@ -252,20 +252,23 @@ lnn_sim_status lnn_sim_layernorm_s8(int32_t in_exponent, int32_t gamma_exponent,
                                     int8_t *y);
 /* GRUInt (spec/int8-seq-ops.md 2.2.4) on one sequence of `steps` int8 rows of d values, hidden size h: the first
  * `length` rows, forward or (reverse = 1) backward, from h0 (int8 at n_o; NULL: zeros): w_ih [3h,d], w_hh [3h,h]
- * int8 (gates r, z, n), b_ih, b_hh int32 [3h]; writes y [steps,h] (rows >= length zero) and the last state h_n [h]. scratch holds 6h int64 entries. LNN_SIM_E_ATTR when n_i + n_iw < 11,
- * n_o + n_hw < 11 or n_o > 14 (the chip's shifts there are not scalings). */
+ * int8 (gates r, z, n), b_ih, b_hh int32 [3h]; writes y [steps,h] (rows >= length zero) and the last state h_n
+ * [h]. scratch holds 6h int64 entries, acc 3h int32; isa as for lnn_sim_lstm_s8. LNN_SIM_E_ATTR when
+ * n_i + n_iw < 11, n_o + n_hw < 11 or n_o > 14 (the chip's shifts there are not scalings). */
 lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
                               int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
                               const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
-                              int8_t *y, int8_t *h_n, int64_t *scratch);
+                              int8_t *y, int8_t *h_n, int32_t isa, int64_t *scratch, int32_t *acc);
 /* LSTMInt (spec/int8-seq-ops.md 2.1.4) on one sequence of `steps` int8 rows of d values, hidden size h: the first
  * `length` rows, forward or (reverse = 1) backward, from h0 (int8 at n_o) and c0 (int16 Q7), NULL: zeros; w_ih [4h,d],
  * w_hh [4h,h] int8 (gates i, f, g, o), b_ih, b_hh int32 [4h]; writes y [steps,h] (rows >= length zero) and the last
- * state h_n [h], c_n [h]. scratch holds 8h int64 entries. LNN_SIM_E_ATTR outside the chip's shift contract. */
+ * state h_n [h], c_n [h]. scratch holds 8h int64 entries, acc 4h int32; isa: the dot products' instruction-set path
+ * (0 portable, 1 avx2, 2 avx512vnni: avx2's). LNN_SIM_E_ATTR outside the chip's shift contract. */
 lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
                                int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
                                const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
-                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int64_t *scratch);
+                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int32_t isa, int64_t *scratch,
+                               int32_t *acc);
 /* SoftmaxInt / LogSoftmaxInt (spec/int8-seq-ops.md 2.4.4, 2.5.4; the HiFi core as the spec models it, not
  * vendor-verified) on `rows` rows of `row` int8 values; scratch holds 3 * row int64 entries. */
 lnn_sim_status lnn_sim_softmax_s8(int32_t in_exponent, int32_t out_exponent, int32_t log_form, int64_t rows,

@@ -17,9 +17,10 @@
  * sig8 / tanh8 are the Q11 -> Q7 activations of ops/activation.c. The chip's Luna routines do no scaling for a
  * negative shift (spec 1.1): the loader accepts the right-shift range only (n_i + n_iw >= 11, n_o + n_hw >= 11,
  * n_o <= 14) and batch 1 (the chip addresses x batch-major whatever batch_first says). Scratch: gi and gh, 6H
- * int64 entries (the chip's 24H bytes).
+ * int64 entries (the chip's 24H bytes), and 3H int32 dot products.
  */
 #include "lnn_sim_model.h"
+#include "rnn_gates.h"
 
 #define LNN_GRU_Q 11
 
@@ -28,32 +29,26 @@ static int64_t sat(int64_t v, int bits) {
     return lnn_sat(v, -hi - 1, hi);
 }
 
-static int64_t act8(int32_t op, int64_t t) {
-    int16_t in = (int16_t)t; /* t is already SAT_16 */
-    int8_t out;
-    (void)lnn_sim_activation_s16(op, LNN_GRU_Q, 1, &in, &out);
-    return out;
-}
 
-/* gates[j] = SAT_32(SHR(SAT_32(SAT_32(v . W[j,:]) + b[j]), s)) for j < rows (|v . W[j,:]| < 2^14 k: int32 is
- * exact) */
-static void gate_rows(const int8_t *v, int32_t k, const int8_t *w, const int32_t *b, int32_t rows, int32_t s,
-                      int64_t *gates) {
-    int32_t j, i;
-    for (j = 0; j < rows; ++j) {
-        const int8_t *wj = w + (int64_t)j * k;
-        int32_t acc = 0;
-        for (i = 0; i < k; ++i) acc += (int32_t)v[i] * wj[i];
-        gates[j] = sat(lnn_shr(sat((int64_t)acc + b[j], 32), s), 32);
-    }
+/* gates[j] = SAT_32(SHR(SAT_32(SAT_32(v . W[j,:]) + b[j]), s)) for j < rows (v . W[j,:] exact in int32, see
+ * rnn_gates.h; acc: rows int32 of scratch) */
+static void gate_rows(lnn_rnn_matvec_fn matvec, const int8_t *v, int32_t k, const int8_t *w, const int32_t *b,
+                      int32_t rows, int32_t s, int64_t *gates, int32_t *acc) {
+    int32_t j;
+    matvec(v, k, w, rows, acc);
+    for (j = 0; j < rows; ++j) gates[j] = sat(lnn_shr(sat((int64_t)acc[j] + b[j], 32), s), 32);
 }
 
 lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
                               int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
                               const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
-                              int8_t *y, int8_t *h_n, int64_t *scratch) {
+                              int8_t *y, int8_t *h_n, int32_t isa, int64_t *scratch, int32_t *acc) {
     const int32_t s_i = n_i + n_iw - LNN_GRU_Q, s_h = n_o + n_hw - LNN_GRU_Q, s_o = 14 - n_o;
+    const lnn_rnn_matvec_fn matvec = lnn_rnn_pick_matvec(isa);
     int64_t *gi = scratch, *gh = scratch + 3 * (int64_t)h, s, t;
+    /* after the dot products, acc (12h bytes) holds the activations' int16 inputs and int8 outputs (9h bytes) */
+    int16_t *g16 = (int16_t *)(void *)acc, *n16 = g16 + 2 * h;
+    int8_t *a8 = (int8_t *)(n16 + h), *n8 = a8 + 2 * h;
     int32_t j;
     if (s_i < 0 || s_h < 0 || s_o < 0 || s_i > 62 || s_h > 62 || s_o > 62 || steps < 0 || length < 0 ||
         length > steps || d < 1 || h < 1)
@@ -61,15 +56,16 @@ lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n
     for (j = 0; j < h; ++j) h_n[j] = h0 ? h0[j] : 0;
     for (s = 0; s < length; ++s) {
         t = reverse ? length - 1 - s : s;
-        gate_rows(x + t * d, d, w_ih, b_ih, 3 * h, s_i, gi);
-        gate_rows(h_n, h, w_hh, b_hh, 3 * h, s_h, gh);
+        gate_rows(matvec, x + t * d, d, w_ih, b_ih, 3 * h, s_i, gi, acc);
+        gate_rows(matvec, h_n, h, w_hh, b_hh, 3 * h, s_h, gh, acc);
+        for (j = 0; j < 2 * h; ++j) g16[j] = (int16_t)sat(gi[j] + gh[j], 16);
+        (void)lnn_sim_activation_s16(LNN_SIM_OP_SIGMOID, LNN_GRU_Q, 2 * h, g16, a8); /* r, z */
+        for (j = 0; j < h; ++j) /* n's input: gi_n + SAT_32(SHR(r * gh_n, 7)) */
+            n16[j] = (int16_t)sat(gi[2 * h + j] + sat(lnn_shr(a8[j] * gh[2 * h + j], 7), 32), 16);
+        (void)lnn_sim_activation_s16(LNN_SIM_OP_TANH, LNN_GRU_Q, h, n16, n8);
         for (j = 0; j < h; ++j) {
-            const int64_t r = act8(LNN_SIM_OP_SIGMOID, sat(gi[j] + gh[j], 16));
-            const int64_t z = act8(LNN_SIM_OP_SIGMOID, sat(gi[h + j] + gh[h + j], 16));
-            const int64_t rn = sat(lnn_shr(r * gh[2 * h + j], 7), 32);
-            const int64_t nn = act8(LNN_SIM_OP_TANH, sat(gi[2 * h + j] + rn, 16));
-            const int64_t h7 = sat(lnn_shr(h_n[j], 1), 8);
-            h_n[j] = (int8_t)sat(lnn_shr(sat(z * h7, 16) + sat((128 - z) * nn, 16), s_o), 8);
+            const int64_t z = a8[h + j], h7 = sat(lnn_shr(h_n[j], 1), 8);
+            h_n[j] = (int8_t)sat(lnn_shr(sat(z * h7, 16) + sat((128 - z) * n8[j], 16), s_o), 8);
         }
         for (j = 0; j < h; ++j) y[t * h + j] = h_n[j];
     }
@@ -155,7 +151,7 @@ static lnn_sim_status run_gru(lnn_sim_model *m, const lnn_op *op, char *msg, siz
                           op->n_attrs ? op->attrs[0] : 0, op->k, op->n, (const int8_t *)x->data,
                           (const int8_t *)wi->data, (const int8_t *)wh->data, (const int32_t *)bi->data,
                           (const int32_t *)bh->data, op->n_in > 6 ? (const int8_t *)LNN_IN(m, op, 6)->data : NULL,
-                          (int8_t *)y->data, (int8_t *)hn->data, m->acc64);
+                          (int8_t *)y->data, (int8_t *)hn->data, m->isa, m->acc64, m->acc32);
 }
 
 const lnn_op_kernel lnn_op_gru = {"GRUInt", 2, prepare_gru, run_gru, NULL};

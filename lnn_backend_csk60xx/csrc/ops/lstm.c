@@ -13,9 +13,11 @@
  *   p = f * c + i * g;  c = SAT_16(SHR(p, 7));  h = SAT_8(SHR(o * tanh8(SAT_16(SHR(p, 3))), 14 - n_o))
  *
  * Rows of y at and after L are zeros. The loader accepts the chip's shift contract only (n_o <= 14, left
- * alignment shifts <= 30) and batch 1. Scratch: gi and gh, 8H int64 entries (the chip's 40H bytes).
+ * alignment shifts <= 30) and batch 1. Scratch: gi and gh, 8H int64 entries (the chip's 40H bytes), and 4H int32
+ * dot products.
  */
 #include "lnn_sim_model.h"
+#include "rnn_gates.h"
 
 #define LNN_LSTM_Q 11
 
@@ -24,36 +26,32 @@ static int64_t sat(int64_t v, int bits) {
     return lnn_sat(v, -hi - 1, hi);
 }
 
-static int64_t act8(int32_t op, int64_t t) {
-    int16_t in = (int16_t)t; /* t is already SAT_16 */
-    int8_t out;
-    (void)lnn_sim_activation_s16(op, LNN_LSTM_Q, 1, &in, &out);
-    return out;
-}
 
 /* the Q11 alignment of a gate sum at exponent q, both directions */
 static int64_t q11(int64_t v, int32_t q) {
     return q < LNN_LSTM_Q ? sat(v * ((int64_t)1 << (LNN_LSTM_Q - q)), 32) : sat(lnn_shr(v, q - LNN_LSTM_Q), 32);
 }
 
-/* gates[j] = Q11(SAT_32(SAT_32(v . W[j,:]) + b[j]), q) for j < rows (|v . W[j,:]| < 2^14 k: int32 is exact) */
-static void gate_rows(const int8_t *v, int32_t k, const int8_t *w, const int32_t *b, int32_t rows, int32_t q,
-                      int64_t *gates) {
-    int32_t j, i;
-    for (j = 0; j < rows; ++j) {
-        const int8_t *wj = w + (int64_t)j * k;
-        int32_t acc = 0;
-        for (i = 0; i < k; ++i) acc += (int32_t)v[i] * wj[i];
-        gates[j] = q11(sat((int64_t)acc + b[j], 32), q);
-    }
+/* gates[j] = Q11(SAT_32(SAT_32(v . W[j,:]) + b[j]), q) for j < rows (v . W[j,:] exact in int32, see rnn_gates.h;
+ * acc: rows int32 of scratch) */
+static void gate_rows(lnn_rnn_matvec_fn matvec, const int8_t *v, int32_t k, const int8_t *w, const int32_t *b,
+                      int32_t rows, int32_t q, int64_t *gates, int32_t *acc) {
+    int32_t j;
+    matvec(v, k, w, rows, acc);
+    for (j = 0; j < rows; ++j) gates[j] = q11(sat((int64_t)acc[j] + b[j], 32), q);
 }
 
 lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
                                int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
                                const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
-                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int64_t *scratch) {
+                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int32_t isa, int64_t *scratch,
+                               int32_t *acc) {
     const int32_t q_i = n_i + n_iw, q_h = n_o + n_hw, s_o = 14 - n_o;
+    const lnn_rnn_matvec_fn matvec = lnn_rnn_pick_matvec(isa);
     int64_t *gi = scratch, *gh = scratch + 4 * (int64_t)h, s, t;
+    /* after the dot products, acc (16h bytes) holds the activations' int16 inputs and int8 outputs (15h bytes) */
+    int16_t *g16 = (int16_t *)(void *)acc, *p16 = g16 + 4 * h;
+    int8_t *a8 = (int8_t *)(p16 + h), *tau = a8 + 4 * h;
     int32_t j;
     if (LNN_LSTM_Q - q_i > 30 || LNN_LSTM_Q - q_h > 30 || q_i - LNN_LSTM_Q > 62 || q_h - LNN_LSTM_Q > 62 ||
         s_o < 0 || s_o > 62 || steps < 0 || length < 0 || length > steps || d < 1 || h < 1)
@@ -64,18 +62,19 @@ lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t 
     }
     for (s = 0; s < length; ++s) {
         t = reverse ? length - 1 - s : s;
-        gate_rows(x + t * d, d, w_ih, b_ih, 4 * h, q_i, gi);
-        gate_rows(h_n, h, w_hh, b_hh, 4 * h, q_h, gh);
+        gate_rows(matvec, x + t * d, d, w_ih, b_ih, 4 * h, q_i, gi, acc);
+        gate_rows(matvec, h_n, h, w_hh, b_hh, 4 * h, q_h, gh, acc);
+        for (j = 0; j < 4 * h; ++j) g16[j] = (int16_t)sat(gi[j] + gh[j], 16);
+        (void)lnn_sim_activation_s16(LNN_SIM_OP_SIGMOID, LNN_LSTM_Q, 2 * h, g16, a8); /* i, f */
+        (void)lnn_sim_activation_s16(LNN_SIM_OP_TANH, LNN_LSTM_Q, h, g16 + 2 * h, a8 + 2 * h); /* g */
+        (void)lnn_sim_activation_s16(LNN_SIM_OP_SIGMOID, LNN_LSTM_Q, h, g16 + 3 * h, a8 + 3 * h); /* o */
         for (j = 0; j < h; ++j) {
-            const int64_t ig = act8(LNN_SIM_OP_SIGMOID, sat(gi[j] + gh[j], 16));
-            const int64_t fg = act8(LNN_SIM_OP_SIGMOID, sat(gi[h + j] + gh[h + j], 16));
-            const int64_t gg = act8(LNN_SIM_OP_TANH, sat(gi[2 * h + j] + gh[2 * h + j], 16));
-            const int64_t og = act8(LNN_SIM_OP_SIGMOID, sat(gi[3 * h + j] + gh[3 * h + j], 16));
-            const int64_t p = fg * c_n[j] + ig * gg;
-            const int64_t tau = act8(LNN_SIM_OP_TANH, sat(lnn_shr(p, 3), 16));
+            const int64_t p = (int64_t)a8[h + j] * c_n[j] + (int64_t)a8[j] * a8[2 * h + j];
+            p16[j] = (int16_t)sat(lnn_shr(p, 3), 16);
             c_n[j] = (int16_t)sat(lnn_shr(p, 7), 16);
-            h_n[j] = (int8_t)sat(lnn_shr(og * tau, s_o), 8);
         }
+        (void)lnn_sim_activation_s16(LNN_SIM_OP_TANH, LNN_LSTM_Q, h, p16, tau);
+        for (j = 0; j < h; ++j) h_n[j] = (int8_t)sat(lnn_shr((int64_t)a8[3 * h + j] * tau[j], s_o), 8);
         for (j = 0; j < h; ++j) y[t * h + j] = h_n[j];
     }
     for (t = length * h; t < steps * h; ++t) y[t] = 0;
@@ -165,7 +164,8 @@ static lnn_sim_status run_lstm(lnn_sim_model *m, const lnn_op *op, char *msg, si
                            (const int32_t *)bi->data, (const int32_t *)bh->data,
                            op->n_in > 6 ? (const int8_t *)LNN_IN(m, op, 6)->data : NULL,
                            op->n_in > 6 ? (const int16_t *)LNN_IN(m, op, 7)->data : NULL, (int8_t *)y->data,
-                           (int8_t *)LNN_OUT(m, op, 1)->data, (int16_t *)LNN_OUT(m, op, 2)->data, m->acc64);
+                           (int8_t *)LNN_OUT(m, op, 1)->data, (int16_t *)LNN_OUT(m, op, 2)->data, m->isa,
+                           m->acc64, m->acc32);
 }
 
 const lnn_op_kernel lnn_op_lstm = {"LSTMInt", 3, prepare_lstm, run_lstm, NULL};

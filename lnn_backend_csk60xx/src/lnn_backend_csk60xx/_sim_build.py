@@ -180,11 +180,12 @@ lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *model, int32_t op, char *msg, si
 lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
                                int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
                                const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
-                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int64_t *scratch);
+                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int32_t isa, int64_t *scratch,
+                               int32_t *acc);
 lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
                               int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
                               const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
-                              int8_t *y, int8_t *h_n, int64_t *scratch);
+                              int8_t *y, int8_t *h_n, int32_t isa, int64_t *scratch, int32_t *acc);
 """
 
 
