@@ -118,6 +118,13 @@ def test_a_model_without_state_and_a_foreign_state_are_refused():
     assert e.value.hint
     with pytest.raises(SimulatorError, match="does not name its state inputs"):
         Simulator(pack_onnx(gru_model(3)[0])).stream(state={"h": np.zeros((1, 1, H), np.float32)})
+    stream = Simulator(pack_onnx(lstm_model(3)[0])).stream()
+    stream.state["c0"] = np.zeros((1, H), np.int16)  # the shape is [1, 1, H]
+    with pytest.raises(SimulatorError, match="state input 'c0' .* does not match") as e:
+        stream.run([np.zeros((1, 3, D), np.float32)])
+    assert e.value.expected == "int16" and e.value.hint
+    with pytest.raises(SimulatorError, match=r"takes 1 inputs \(the state is carried\), got 2"):
+        stream.run([np.zeros((1, 3, D), np.float32)] * 2)
 
 
 def test_lengths_beyond_the_sequence_stop_the_run_naming_the_op():
