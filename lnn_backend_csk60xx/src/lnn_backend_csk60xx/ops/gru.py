@@ -27,8 +27,9 @@ their y concatenated on the last dim; stacked layers: chained nodes.
 Dialect (linger 1.1.1, spec 2.2.3): ``thinker::GRUInt`` with the inputs in linger's order ``x[, lengths[, h0]],
 w_ih, w_hh, b_ih, b_hh`` (the reader reorders them to the IR's, the writer back), the attributes above, the
 ``scale_*`` and ``platform_quant``. linger declares ``h_n`` float32; the chip keeps the int8 state in it, so the
-IR gives it int8 ``[1, B, H]`` at ``scale_h``. linger names the lengths / h0 variants ``GRUInt_Is8_Is64*`` (no
-vendor toolchain packs them) with a float h0; lnn writes ``GRUInt`` with an int8 h0.
+IR gives it int8 ``[1, B, H]`` at ``scale_h``. linger names the lengths / h0 variants ``GRUInt_Is8_Is64`` and
+``GRUInt_Is8_Is64_If32`` (no vendor toolchain packs them), the latter with a float h0: the reader reads both as
+``GRUInt`` (and refuses the float h0 with the fix); lnn writes ``GRUInt`` with an int8 h0.
 
 Limits (spec 2.2.5, 6.2; ``[gru]`` of the target): batch 1 (the chip addresses x batch-major whatever
 ``batch_first`` says), ``n_i + n_iw >= 11`` and ``n_o + n_hw >= 11`` (the Q11 alignment only shifts right),
@@ -335,7 +336,8 @@ OPS = (
           scales={"scale_i": ("in", 0), "scale_iw": ("in", 1), "scale_hw": ("in", 2), "scale_o": ("out", 0),
                   "scale_h": ("out", 1)},
           params=(Params(1, 3), Params(2, 4, x=("out", 0))), index_inputs=(LENGTHS,),
-          input_exponents={H0: "scale_o"}, read=_read, write=_write,
+          input_exponents={H0: "scale_o"}, file_op_types=("GRUInt_Is8_Is64", "GRUInt_Is8_Is64_If32"), read=_read,
+          write=_write,
           pack_rules=(check_batch, check_direction, check_vendor_state, check_in_alignment, check_hidden_alignment,
                       check_out_exponent, _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
