@@ -299,3 +299,50 @@ def test_a_cell_in_a_python_loop_is_a_clear_error_naming_the_module(cell, host):
     e = exc.value
     assert e.module == "cell" and str(e).splitlines()[0].startswith(f"{cell.__name__} 'cell':")
     assert f"nn.{cell.__name__[:-4]}" in e.hint
+
+
+# -- streaming in eval mode ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,kwargs", [("GRU", {}), ("LSTM", {"num_layers": 2})])
+def test_streaming_in_chunks_with_the_state_carried_gives_the_whole_sequences_integers(kind, kwargs, host):
+    """The eval-mode QAT module takes the state and returns it: a 50-frame sequence fed 1, 7 or 25 frames at a
+    time, each call starting from the previous call's state, gives exactly the integers of one call on the whole
+    sequence (outputs and final state)."""
+    m = _qat(Tagger(kind, batch_first=True, **kwargs), (2, 20, 5), host, steps=1)
+    x = _rnn_input(m, torch.randn(2, 50, 5))
+    with torch.no_grad():
+        y_all, state_all = m.rnn(x)
+        for chunk in (1, 7, 25):
+            state, ys = None, []
+            for t in range(0, 50, chunk):
+                y, state = m.rnn(x[:, t:t + chunk], state)
+                ys.append(y)
+            torch.testing.assert_close(torch.cat(ys, 1), y_all, rtol=0, atol=0)
+            flat = (lambda s: list(s) if isinstance(s, tuple) else [s])
+            for got, want in zip(flat(state), flat(state_all), strict=True):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+    n = m.rnn.state_exponent
+    assert torch.equal(torch.floor(y_all * 2.0**n), y_all * 2.0**n)
+
+
+# -- QDQ -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,kwargs", [("GRU", {"batch_first": True}), ("GRU", {"batch_first": False}),
+                                         ("LSTM", {"batch_first": True, "bidirectional": True, "num_layers": 2})])
+def test_qdq_writes_the_standard_onnx_rnn_and_onnxruntime_agrees_with_eval_closely(kind, kwargs, host):
+    """The QDQ form holds ONNX GRU / LSTM nodes on dequantized weights; onnxruntime's outputs are within a few steps
+    of eval's integers (the chip's gates are fixed-point functions, not exact sigmoid / tanh)."""
+    import onnxruntime as ort
+
+    m = _qat(Tagger(kind, **kwargs), (4, 9, 5) if kwargs["batch_first"] else (9, 4, 5), host)
+    x = torch.randn(1, 9, 5) if kwargs["batch_first"] else torch.randn(9, 1, 5)
+    proto = lnn.export(m, x, dialect="qdq", host=host)
+    assert {kind} <= {n.op_type for n in proto.graph.node}
+    sess = ort.InferenceSession(proto.SerializeToString())
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = m(x).numpy()
+    n_out = int(np.round(-np.log2(np.min(np.abs(np.diff(np.unique(want.ravel()))))))) if want.size > 1 else 0
+    assert np.abs(got - want).max() <= 8 * 2.0**-n_out + 0.05
