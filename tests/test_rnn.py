@@ -17,7 +17,7 @@ from torch import nn
 
 import lnn_core as lnn
 from lnn_backend_csk60xx.ops.gru import gru_int
-from lnn_core.errors import HardwareLimitError, LnnError, ModelFileError
+from lnn_core.errors import LnnError, ModelFileError
 from lnn_core.exporter import to_ir
 from lnn_ops_builtin.rnn import QRNN
 
@@ -194,6 +194,66 @@ def test_acceptance_crnn_verifies_bit_exact(batch_first, host):
     assert graph.tensors[node.inputs[3]].exponent == n_i + n_iw and graph.tensors[node.inputs[4]].exponent == 8 + n_hw
 
 
+def test_acceptance_two_layer_bidirectional_lstm_tagger_verifies_bit_exact(host):
+    """Issue 10's tagger: a 2-layer bidirectional LSTM (batch_first) between two Linears, after QAT: four LSTMInt
+    nodes (go_forward 1 and 0 per layer), an iqCat per layer, every tensor identical on the C simulator."""
+    m = _qat(Tagger("LSTM", d=12, hidden=16, out=5, batch_first=True, bidirectional=True, num_layers=2),
+             (4, 11, 5), host)
+    x = torch.randn(1, 11, 5)
+    report = lnn.verify(m, x, host=host)
+    assert report.ok, report.table()
+    graph = to_ir(m, x, host=host)
+    nodes = [n for n in graph.nodes if n.op_type == "LSTMInt"]
+    assert [n.attrs["go_forward"] for n in nodes] == [1, 0, 1, 0]
+    assert [n.attrs["input_size"] for n in nodes] == [12, 12, 32, 32]
+    assert sum(n.op_type == "iqCat" and n.attrs["dim"] == 2 for n in graph.nodes) == 2
+    for n in nodes:
+        y, h_n, c_n = (graph.tensors[t] for t in n.outputs)
+        assert (y.exponent, h_n.exponent, c_n.exponent, c_n.dtype) == (7, 7, 7, "int16")
+
+
+class StateLSTM(nn.Module):
+    """An LSTM with an initial state (graph inputs ``h0``, ``c0``) between two Linears."""
+
+    def __init__(self, kind: str = "LSTM") -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.rnn = getattr(nn, kind)(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, h0, c0):
+        y, _ = self.rnn(self.fc(x), (h0, c0) if isinstance(self.rnn, nn.LSTM) else h0 + 0 * c0)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_an_rnn_with_an_initial_state_verifies_bit_exact(kind, host):
+    """h0 (and c0) are graph inputs: quantized by their Quant, requantized to the state's formats (int8 at n_o,
+    int16 Q7), written as the node's lengths = [T], h0, c0 inputs; every tensor identical on the simulator."""
+    lstm = kind == "LSTM"
+    m = lnn.init(StateLSTM(kind), host=host)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    m.train()
+    for _ in range(3):
+        c0 = torch.randn(1, 4, 8) if lstm else torch.zeros(1, 4, 8)
+        args = (torch.randn(4, 9, 5), torch.randn(1, 4, 8) * 0.3, c0)
+        loss = m(*args).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    args = (torch.randn(1, 9, 5), torch.randn(1, 1, 8) * 0.3, torch.randn(1, 1, 8) if lstm else torch.zeros(1, 1, 8))
+    report = lnn.verify(m, args, host=host)
+    assert report.ok, report.table()
+    graph = to_ir(m, args, host=host)
+    (node,) = [n for n in graph.nodes if n.op_type == f"{kind}Int"]
+    assert len(node.inputs) == (8 if lstm else 7)
+    assert graph.initializers[node.inputs[5]].tolist() == [9]
+    assert graph.tensors[node.inputs[6]].exponent == m.rnn.state_exponent
+    if lstm:
+        assert (graph.tensors[node.inputs[7]].exponent, graph.tensors[node.inputs[7]].dtype) == (7, "int16")
+
+
 def test_the_kws_demo_crnn_quantizes_and_verifies(host):
     from lnn_backend_csk60xx.kws.models import build_crnn
 
@@ -217,15 +277,17 @@ class WithState(nn.Module):
         return y
 
 
-def test_what_the_chips_gru_cannot_run_is_refused_at_init_all_at_once(host):
-    with pytest.raises(HardwareLimitError) as exc:
-        lnn.init(WithState("GRU", bidirectional=True), host=host)
-    found = {(v.op_name, v.rule_id) for v in exc.value.violations}
-    assert found == {("rnn", "csk60xx.gru.direction"), ("rnn", "csk60xx.gru.initial_state")}
-    by_rule = {v.rule_id: v for v in exc.value.violations}
-    assert by_rule["csk60xx.gru.direction"].actual == "go_forward 0"
-    assert by_rule["csk60xx.gru.initial_state"].limit == "zero initial state"
-    assert "'rnn'" in str(exc.value).splitlines()[0]
+def test_what_the_vendor_runtime_runs_differently_is_a_warning_naming_the_node(host):
+    """A bidirectional GRU and a GRU with an initial state run on lnn's simulator as in PyTorch; ``lnn.check`` says
+    what the vendor runtime would do instead (the reverse node runs forward, h0 is not read), as warnings."""
+    report = lnn.check(Tagger("GRU", batch_first=True, bidirectional=True), (torch.randn(1, 7, 5),), host=host)
+    found = {(v.op_name, v.rule_id, v.severity) for v in report.violations}
+    assert found == {("rnn.l0_reverse", "csk60xx.gru.direction", "warning")}, report.table()
+    report = lnn.check(WithState("GRU"), (torch.randn(1, 7, 5), torch.zeros(1, 1, 8)), host=host)
+    found = {(v.op_name, v.rule_id, v.severity) for v in report.violations}
+    assert found == {("rnn", "csk60xx.gru.vendor_state", "warning")}, report.table()
+    m = _qat(Tagger("GRU", batch_first=True, bidirectional=True), (4, 7, 5), host)
+    assert lnn.verify(m, torch.randn(1, 7, 5), host=host).ok
 
 
 @pytest.mark.parametrize("kind,kwargs,option,actual", [
