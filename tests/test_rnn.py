@@ -408,3 +408,79 @@ def test_qdq_writes_the_standard_onnx_rnn_and_onnxruntime_agrees_with_eval_close
         want = m(x).numpy()
     n_out = int(np.round(-np.log2(np.min(np.abs(np.diff(np.unique(want.ravel()))))))) if want.size > 1 else 0
     assert np.abs(got - want).max() <= 8 * 2.0**-n_out + 0.05
+
+
+# -- the backward, exactly -------------------------------------------------------------------------------------
+
+
+def _ste(value: torch.Tensor, pre: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """``value`` forward; ``slope * d(pre)`` backward."""
+    return value + (pre - pre.detach()) * slope
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_bptt_node_is_the_gradient_of_the_float_recurrence_at_the_chips_values(kind, reverse):
+    """One autograd node per layer and direction: its gradients equal autograd's through the float recurrence whose
+    every gate, state and rounded product takes the chip's value (straight-through: the float function's slope at
+    that value, zero where the state saturates)."""
+    from lnn_ops_builtin.rnn import GATE_Q, _align, _exact_matmul, _RNNFunction, _steps, _to_int
+
+    torch.manual_seed(4)
+    g_n = 3 if kind == "GRU" else 4
+    b, t_len, d, hid = 3, 6, 5, 4
+    n_i, n_iw, n_hw, n_o = 5, 6, 6, 8 if kind == "GRU" else 7
+    grid = lambda v, n: torch.round(v * 2.0**n) * 2.0**-n
+    x = grid(torch.randn(b, t_len, d), n_i).double().requires_grad_(True)
+    w_ih = grid(torch.randn(g_n * hid, d), n_iw).double().requires_grad_(True)
+    w_hh = grid(torch.randn(g_n * hid, hid), n_hw).double().requires_grad_(True)
+    b_ih = grid(torch.randn(g_n * hid), n_i + n_iw).double().requires_grad_(True)
+    b_hh = grid(torch.randn(g_n * hid), n_o + n_hw).double().requires_grad_(True)
+    h0 = grid(torch.randn(b, hid) * 0.3, n_o).double().requires_grad_(True)
+    c0 = grid(torch.randn(b, hid), 7).double().requires_grad_(True) if kind == "LSTM" else None
+    exps = (n_i, n_iw, n_hw, n_o)
+    y, h_n, c_n = _RNNFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, kind, exps, reverse)
+    dy, dh = torch.randn_like(y), torch.randn_like(h_n)
+    loss = (y * dy).sum() + (h_n * dh).sum() + ((c_n * torch.ones_like(c_n)).sum() if kind == "LSTM" else 0)
+    leaves = [x, w_ih, w_hh, b_ih, b_hh, h0] + ([c0] if kind == "LSTM" else [])
+    got = torch.autograd.grad(loss, leaves)
+
+    gi_int = _align(_exact_matmul(_to_int(x, n_i), _to_int(w_ih, n_iw).t()), _to_int(b_ih, n_i + n_iw), n_i + n_iw - 11)
+    _, _, _, sv = _steps(kind, gi_int, _to_int(w_hh, n_hw), _to_int(b_hh, n_o + n_hw), _to_int(h0, n_o),
+                         _to_int(c0, 7) if c0 is not None else None, s_h=n_o + n_hw - GATE_Q, n_o=n_o,
+                         reverse=reverse, keep=True)
+    q7 = 2.0**-7
+    h, c = h0, c0
+    ys: list = [None] * t_len
+    for t in (range(t_len - 1, -1, -1) if reverse else range(t_len)):
+        gi = x[:, t] @ w_ih.t() + b_ih
+        gh = h @ w_hh.t() + b_hh
+        if kind == "GRU":
+            r_q, z_q, n_q = (sv[k][:, t].double() * q7 for k in ("r", "z", "n"))
+            r = _ste(r_q, gi[:, :hid] + gh[:, :hid], r_q * (1 - r_q))
+            z = _ste(z_q, gi[:, hid:2 * hid] + gh[:, hid:2 * hid], z_q * (1 - z_q))
+            ghn = _ste(sv["ghn"][:, t].double() * 2.0**-GATE_Q, gh[:, 2 * hid:], torch.ones_like(z_q))
+            n = _ste(n_q, gi[:, 2 * hid:] + r * ghn, 1 - n_q * n_q)
+            h_f = (1 - z) * n + z * h
+        else:
+            i_q, f_q, g_q, o_q, tau_q = (sv[k][:, t].double() * q7 for k in ("i", "f", "g", "o", "tau"))
+            a = gi + gh
+            i = _ste(i_q, a[:, :hid], i_q * (1 - i_q))
+            f = _ste(f_q, a[:, hid:2 * hid], f_q * (1 - f_q))
+            g = _ste(g_q, a[:, 2 * hid:3 * hid], 1 - g_q * g_q)
+            o = _ste(o_q, a[:, 3 * hid:], o_q * (1 - o_q))
+            c_f = f * c + i * g
+            tau = _ste(tau_q, c_f, 1 - tau_q * tau_q)
+            c = _ste(torch.floor(c_f.detach() * 128 + 0.5).clamp(-32768, 32767) * q7, c_f, torch.ones_like(c_f))
+            h_f = o * tau
+        h_q = torch.floor(h_f.detach() * 2.0**n_o + 0.5).clamp(-128, 127) * 2.0**-n_o
+        if kind == "GRU":  # the chip rounds h to Q7 before the update: the value is the kernel's own
+            h_q = y[:, t].detach()
+        h = _ste(h_q, h_f, sv["ok"][:, t].double())
+        ys[t] = h
+    y_ref = torch.stack(ys, 1)
+    torch.testing.assert_close(y_ref.detach(), y.detach(), rtol=0, atol=0)
+    loss_ref = (y_ref * dy).sum() + (h * dh).sum() + (c.sum() if kind == "LSTM" else 0)
+    want = torch.autograd.grad(loss_ref, leaves)
+    for a_, b_ in zip(got, want, strict=True):
+        torch.testing.assert_close(a_, b_, rtol=1e-9, atol=1e-9)
