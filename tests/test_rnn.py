@@ -17,7 +17,7 @@ from torch import nn
 
 import lnn_core as lnn
 from lnn_backend_csk60xx.ops.gru import gru_int
-from lnn_core.errors import HardwareLimitError, LnnError, ModelFileError
+from lnn_core.errors import LnnError, ModelFileError, TraceError
 from lnn_core.exporter import to_ir
 from lnn_ops_builtin.rnn import QRNN
 
@@ -194,6 +194,66 @@ def test_acceptance_crnn_verifies_bit_exact(batch_first, host):
     assert graph.tensors[node.inputs[3]].exponent == n_i + n_iw and graph.tensors[node.inputs[4]].exponent == 8 + n_hw
 
 
+def test_acceptance_two_layer_bidirectional_lstm_tagger_verifies_bit_exact(host):
+    """Issue 10's tagger: a 2-layer bidirectional LSTM (batch_first) between two Linears, after QAT: four LSTMInt
+    nodes (go_forward 1 and 0 per layer), an iqCat per layer, every tensor identical on the C simulator."""
+    m = _qat(Tagger("LSTM", d=12, hidden=16, out=5, batch_first=True, bidirectional=True, num_layers=2),
+             (4, 11, 5), host)
+    x = torch.randn(1, 11, 5)
+    report = lnn.verify(m, x, host=host)
+    assert report.ok, report.table()
+    graph = to_ir(m, x, host=host)
+    nodes = [n for n in graph.nodes if n.op_type == "LSTMInt"]
+    assert [n.attrs["go_forward"] for n in nodes] == [1, 0, 1, 0]
+    assert [n.attrs["input_size"] for n in nodes] == [12, 12, 32, 32]
+    assert sum(n.op_type == "iqCat" and n.attrs["dim"] == 2 for n in graph.nodes) == 2
+    for n in nodes:
+        y, h_n, c_n = (graph.tensors[t] for t in n.outputs)
+        assert (y.exponent, h_n.exponent, c_n.exponent, c_n.dtype) == (7, 7, 7, "int16")
+
+
+class StateLSTM(nn.Module):
+    """An LSTM with an initial state (graph inputs ``h0``, ``c0``) between two Linears."""
+
+    def __init__(self, kind: str = "LSTM") -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.rnn = getattr(nn, kind)(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, h0, c0):
+        y, _ = self.rnn(self.fc(x), (h0, c0) if isinstance(self.rnn, nn.LSTM) else h0 + 0 * c0)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_an_rnn_with_an_initial_state_verifies_bit_exact(kind, host):
+    """h0 (and c0) are graph inputs: quantized by their Quant, requantized to the state's formats (int8 at n_o,
+    int16 Q7), written as the node's lengths = [T], h0, c0 inputs; every tensor identical on the simulator."""
+    lstm = kind == "LSTM"
+    m = lnn.init(StateLSTM(kind), host=host)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    m.train()
+    for _ in range(3):
+        c0 = torch.randn(1, 4, 8) if lstm else torch.zeros(1, 4, 8)
+        args = (torch.randn(4, 9, 5), torch.randn(1, 4, 8) * 0.3, c0)
+        loss = m(*args).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    args = (torch.randn(1, 9, 5), torch.randn(1, 1, 8) * 0.3, torch.randn(1, 1, 8) if lstm else torch.zeros(1, 1, 8))
+    report = lnn.verify(m, args, host=host)
+    assert report.ok, report.table()
+    graph = to_ir(m, args, host=host)
+    (node,) = [n for n in graph.nodes if n.op_type == f"{kind}Int"]
+    assert len(node.inputs) == (8 if lstm else 7)
+    assert graph.initializers[node.inputs[5]].tolist() == [9]
+    assert graph.tensors[node.inputs[6]].exponent == m.rnn.state_exponent
+    if lstm:
+        assert (graph.tensors[node.inputs[7]].exponent, graph.tensors[node.inputs[7]].dtype) == (7, "int16")
+
+
 def test_the_kws_demo_crnn_quantizes_and_verifies(host):
     from lnn_backend_csk60xx.kws.models import build_crnn
 
@@ -217,26 +277,17 @@ class WithState(nn.Module):
         return y
 
 
-def test_what_the_chips_gru_cannot_run_is_refused_at_init_all_at_once(host):
-    """A GRU called with h0 is refused, bidirectional or not (a bidirectional GRU alone only warns: lnn's simulator
-    runs the reverse node, the vendor runtime would run it forward)."""
-    with pytest.raises(HardwareLimitError) as exc:
-        lnn.init(WithState("GRU", bidirectional=True), host=host)
-    found = {(v.op_name, v.rule_id) for v in exc.value.violations}
-    assert found == {("rnn", "csk60xx.gru.initial_state")}
-    assert exc.value.violations[0].limit == "zero initial state"
-    assert "'rnn'" in str(exc.value).splitlines()[0]
-
-
-@pytest.mark.parametrize("layers", [1, 2])
-def test_a_bidirectional_gru_verifies_with_the_vendor_warning(host, layers):
-    """The reverse GRUInt node runs backwards in lnn's simulator, bit-exact with eval; lnn.init warns that the
-    vendor runtime would run it forward."""
-    m = _qat(Tagger("GRU", bidirectional=True, num_layers=layers, batch_first=True), (4, 12, 5), host)
-    warned = [v for v in m.lnn.report.violations if v.rule_id == "csk60xx.gru.direction"]
-    assert warned and warned[0].severity == "warning" and warned[0].op_name == "rnn"
-    report = lnn.verify(m, torch.randn(1, 12, 5), host=host)
-    assert report.ok, report.table()
+def test_what_the_vendor_runtime_runs_differently_is_a_warning_naming_the_node(host):
+    """A bidirectional GRU and a GRU with an initial state run on lnn's simulator as in PyTorch; ``lnn.check`` says
+    what the vendor runtime would do instead (the reverse node runs forward, h0 is not read), as warnings."""
+    report = lnn.check(Tagger("GRU", batch_first=True, bidirectional=True), (torch.randn(1, 7, 5),), host=host)
+    found = {(v.op_name, v.rule_id, v.severity) for v in report.violations}
+    assert found == {("rnn.l0_reverse", "csk60xx.gru.direction", "warning")}, report.table()
+    report = lnn.check(WithState("GRU"), (torch.randn(1, 7, 5), torch.zeros(1, 1, 8)), host=host)
+    found = {(v.op_name, v.rule_id, v.severity) for v in report.violations}
+    assert found == {("rnn", "csk60xx.gru.vendor_state", "warning")}, report.table()
+    m = _qat(Tagger("GRU", batch_first=True, bidirectional=True), (4, 7, 5), host)
+    assert lnn.verify(m, torch.randn(1, 7, 5), host=host).ok
 
 
 @pytest.mark.parametrize("kind,kwargs,option,actual", [
@@ -357,3 +408,107 @@ def test_qdq_writes_the_standard_onnx_rnn_and_onnxruntime_agrees_with_eval_close
         want = m(x).numpy()
     n_out = int(np.round(-np.log2(np.min(np.abs(np.diff(np.unique(want.ravel()))))))) if want.size > 1 else 0
     assert np.abs(got - want).max() <= 8 * 2.0**-n_out + 0.05
+
+
+# -- the backward, exactly -------------------------------------------------------------------------------------
+
+
+def _ste(value: torch.Tensor, pre: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """``value`` forward; ``slope * d(pre)`` backward."""
+    return value + (pre - pre.detach()) * slope
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_bptt_node_is_the_gradient_of_the_float_recurrence_at_the_chips_values(kind, reverse):
+    """One autograd node per layer and direction: its gradients equal autograd's through the float recurrence whose
+    every gate, state and rounded product takes the chip's value (straight-through: the float function's slope at
+    that value, zero where the state saturates)."""
+    from lnn_ops_builtin.rnn import GATE_Q, _align, _exact_matmul, _RNNFunction, _steps, _to_int
+
+    torch.manual_seed(4)
+    g_n = 3 if kind == "GRU" else 4
+    b, t_len, d, hid = 3, 6, 5, 4
+    n_i, n_iw, n_hw, n_o = 5, 6, 6, 8 if kind == "GRU" else 7
+    grid = lambda v, n: torch.round(v * 2.0**n) * 2.0**-n
+    x = grid(torch.randn(b, t_len, d), n_i).double().requires_grad_(True)
+    w_ih = grid(torch.randn(g_n * hid, d), n_iw).double().requires_grad_(True)
+    w_hh = grid(torch.randn(g_n * hid, hid), n_hw).double().requires_grad_(True)
+    b_ih = grid(torch.randn(g_n * hid), n_i + n_iw).double().requires_grad_(True)
+    b_hh = grid(torch.randn(g_n * hid), n_o + n_hw).double().requires_grad_(True)
+    h0 = grid(torch.randn(b, hid) * 0.3, n_o).double().requires_grad_(True)
+    c0 = grid(torch.randn(b, hid), 7).double().requires_grad_(True) if kind == "LSTM" else None
+    exps = (n_i, n_iw, n_hw, n_o)
+    y, h_n, c_n = _RNNFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, kind, exps, reverse)
+    dy, dh = torch.randn_like(y), torch.randn_like(h_n)
+    loss = (y * dy).sum() + (h_n * dh).sum() + ((c_n * torch.ones_like(c_n)).sum() if kind == "LSTM" else 0)
+    leaves = [x, w_ih, w_hh, b_ih, b_hh, h0] + ([c0] if kind == "LSTM" else [])
+    got = torch.autograd.grad(loss, leaves)
+
+    gi_int = _align(_exact_matmul(_to_int(x, n_i), _to_int(w_ih, n_iw).t()), _to_int(b_ih, n_i + n_iw), n_i + n_iw - 11)
+    _, _, _, sv = _steps(kind, gi_int, _to_int(w_hh, n_hw), _to_int(b_hh, n_o + n_hw), _to_int(h0, n_o),
+                         _to_int(c0, 7) if c0 is not None else None, s_h=n_o + n_hw - GATE_Q, n_o=n_o,
+                         reverse=reverse, keep=True)
+    q7 = 2.0**-7
+    h, c = h0, c0
+    ys: list = [None] * t_len
+    for t in (range(t_len - 1, -1, -1) if reverse else range(t_len)):
+        gi = x[:, t] @ w_ih.t() + b_ih
+        gh = h @ w_hh.t() + b_hh
+        if kind == "GRU":
+            r_q, z_q, n_q = (sv[k][:, t].double() * q7 for k in ("r", "z", "n"))
+            r = _ste(r_q, gi[:, :hid] + gh[:, :hid], r_q * (1 - r_q))
+            z = _ste(z_q, gi[:, hid:2 * hid] + gh[:, hid:2 * hid], z_q * (1 - z_q))
+            ghn = _ste(sv["ghn"][:, t].double() * 2.0**-GATE_Q, gh[:, 2 * hid:], torch.ones_like(z_q))
+            n = _ste(n_q, gi[:, 2 * hid:] + r * ghn, 1 - n_q * n_q)
+            h_f = (1 - z) * n + z * h
+        else:
+            i_q, f_q, g_q, o_q, tau_q = (sv[k][:, t].double() * q7 for k in ("i", "f", "g", "o", "tau"))
+            a = gi + gh
+            i = _ste(i_q, a[:, :hid], i_q * (1 - i_q))
+            f = _ste(f_q, a[:, hid:2 * hid], f_q * (1 - f_q))
+            g = _ste(g_q, a[:, 2 * hid:3 * hid], 1 - g_q * g_q)
+            o = _ste(o_q, a[:, 3 * hid:], o_q * (1 - o_q))
+            c_f = f * c + i * g
+            tau = _ste(tau_q, c_f, 1 - tau_q * tau_q)
+            c = _ste(torch.floor(c_f.detach() * 128 + 0.5).clamp(-32768, 32767) * q7, c_f, torch.ones_like(c_f))
+            h_f = o * tau
+        h_q = torch.floor(h_f.detach() * 2.0**n_o + 0.5).clamp(-128, 127) * 2.0**-n_o
+        if kind == "GRU":  # the chip rounds h to Q7 before the update: the value is the kernel's own
+            h_q = y[:, t].detach()
+        h = _ste(h_q, h_f, sv["ok"][:, t].double())
+        ys[t] = h
+    y_ref = torch.stack(ys, 1)
+    torch.testing.assert_close(y_ref.detach(), y.detach(), rtol=0, atol=0)
+    loss_ref = (y_ref * dy).sum() + (h * dh).sum() + (c.sum() if kind == "LSTM" else 0)
+    want = torch.autograd.grad(loss_ref, leaves)
+    for a_, b_ in zip(got, want, strict=True):
+        torch.testing.assert_close(a_, b_, rtol=1e-9, atol=1e-9)
+
+
+class Packed(nn.Module):
+    """An LSTM over padded sequences of several lengths, packing spelled three ways."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.fc = nn.Linear(5, 8)
+        self.lstm = nn.LSTM(8, 6, batch_first=True)
+
+    def forward(self, x, lengths):
+        import torch.nn.utils.rnn as rnn_utils
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        pack, pad = {"full": (torch.nn.utils.rnn.pack_padded_sequence, torch.nn.utils.rnn.pad_packed_sequence),
+                     "module": (rnn_utils.pack_padded_sequence, rnn_utils.pad_packed_sequence),
+                     "from": (pack_padded_sequence, pad_packed_sequence)}[self.spelling]
+        y, _ = self.lstm(pack(self.fc(x), lengths, batch_first=True, enforce_sorted=False))
+        return pad(y, batch_first=True)[0]
+
+
+@pytest.mark.parametrize("spelling", ["full", "module", "from"])
+def test_packed_sequences_are_a_clear_trace_error_whatever_the_spelling(spelling, host):
+    """Not supported yet (issue 10 item 2): one TraceError that names the packed-sequence helpers and the way out."""
+    with pytest.raises(TraceError) as exc:
+        lnn.init(Packed(spelling), host=host)
+    assert "pack_padded_sequence" in str(exc.value) and "whole (padded) sequences" in exc.value.hint

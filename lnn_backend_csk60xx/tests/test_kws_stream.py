@@ -127,3 +127,28 @@ def test_sentence_is_seeded_spoken_by_a_test_voice_and_cached(tmp_path):
     assert np.array_equal(a.audio, b.audio) and a.words == b.words
     c = stream.synthesize_sentence(1, clips=480, cache_dir=tmp_path)
     assert not np.array_equal(a.audio, c.audio)
+
+
+def test_the_int8_crnn_streamed_two_frames_at_a_time_equals_the_whole_recording():
+    """The quantized CRNN (eval) as a streaming step, its GRU state carried: the integers of the whole recording."""
+    torch = pytest.importorskip("torch")
+    import lnn_backend_csk60xx.plugin as backend_plugin
+    import lnn_core as lnn
+    import lnn_ops_builtin.plugin as ops_plugin
+    from lnn_backend_csk60xx.kws.models import build_crnn
+    from lnn_backend_csk60xx.kws.stream import int8_torch_step
+    from lnn_core.testing import isolated_host
+
+    torch.manual_seed(0)
+    m = lnn.init(build_crnn(), host=isolated_host([ops_plugin, backend_plugin]))
+    m.train()
+    m(torch.randn(4, 1, 20, 10))
+    m.eval()
+    x = torch.randn(1, 1, 20, 10)
+    with torch.no_grad():
+        whole = m(x)[0].numpy()
+    step, h, parts = int8_torch_step(m), None, []
+    for t in range(0, 20, 2):
+        y, h = step(x[:, :, t:t + 2].numpy(), h)
+        parts.append(y)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)

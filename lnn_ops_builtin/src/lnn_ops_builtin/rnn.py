@@ -30,9 +30,9 @@ back-propagation through time in one autograd node per layer and direction.
 
 ``num_layers > 1`` is a stack of single-layer nodes (layer ``k + 1`` reads layer ``k``'s output at ``n_o``);
 ``bidirectional=True`` is two nodes per layer (``go_forward`` 1 and 0, the reverse one with its own weights,
-both at the same exponents) joined by an ``iqCat`` on the feature axis, as linger writes it (spec 2.1.3). A GRU
-called with an initial state is refused at ``lnn.init`` by the backend's rules, naming the module; a bidirectional
-GRU gets a warning (lnn's simulator runs the reverse node; the vendor runtime would run it forward). Outside the
+both at the same exponents) joined by an ``iqCat`` on the feature axis, as linger writes it (spec 2.1.3). A
+bidirectional GRU and a GRU with an initial state export and run in lnn's simulator; the backend's pack rules warn,
+naming the node, what the vendor runtime would do instead (run the reverse node forward, not read h0). Outside the
 chip's contract (a GRU with ``n_i + n_iw < 11`` or ``n_o + n_hw < 11``, where the chip's Luna shifts do no
 scaling at all, spec 1.1) the module computes the exact left shift; the backend's pack rules refuse such a GRU at
 export, naming the module.
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lnn_core.errors import LnnError
+from lnn_core.errors import ExportError, LnnError
 from lnn_core.ops import OpFamily
 from lnn_core.quant.observers import FixedExponent
 from lnn_core.quant.qmodule import QModule
@@ -275,7 +275,9 @@ class QRNN(QModule):
         """The input exponent of each layer: the producer's for layer 0, ``n_o`` for the layers above."""
         return [self.in_exponent(0)] + [self.state_exponent] * (self.num_layers - 1)
 
-    def forward(self, x: torch.Tensor, hx: Any = None) -> Any:
+    def forward(self, x: torch.Tensor, hx: Any = None, cx: torch.Tensor | None = None) -> Any:
+        if cx is not None:  # the traced graph passes an LSTM's (h0, c0) as two inputs
+            hx = (hx, cx)
         if not self.quantizing:
             y, state = self._float[0](x, hx)
             if self.kind == "LSTM":
@@ -336,7 +338,7 @@ class QRNN(QModule):
         attrs = super().op_attrs()
         attrs.update(input_size=self.input_size, hidden_size=self.hidden_size, batch_first=int(self.batch_first),
                      num_layers=self.num_layers, bidirectional=int(self.bidirectional),
-                     go_forward=0 if self.bidirectional else 1, initial_state=int(self.has_state_input),
+                     go_forward=0 if self.bidirectional else 1, state_in=int(self.has_state_input),
                      dropout=self.dropout, proj_size=self.proj_size, bias=int(self.bias))
         return attrs
 
@@ -348,8 +350,13 @@ def _build(ctx: BuildContext) -> Built | None:
     _check_module(ctx.path, m)
     args = list(ctx.node.args[1:]) + [v for k, v in ctx.node.kwargs.items() if k == "hx"]
     q = QRNN(m, recipe=ctx.recipe, weight_bits=ctx.layer.weight_bits, stage=ctx.stage)
-    q.has_state_input = any(a is not None for a in args)
-    return Built(q, [ctx.node.args[0]])
+    state = [a for a in args if a is not None]
+    q.has_state_input = bool(state)
+    inputs = [ctx.node.args[0]]
+    if state:
+        hx = state[0]
+        inputs += list(hx) if isinstance(hx, (tuple, list)) else [hx]
+    return Built(q, inputs)
 
 
 def _check_module(path: str, m: nn.RNNBase) -> None:
@@ -422,6 +429,7 @@ def write_rnn(ctx: Any) -> list[str]:
     layer_in = x
     params = m.integer_params()
     nodes = len(params)
+    state = _state_inputs(ctx, m, nodes)
     for layer in range(m.num_layers):
         ys = []
         for d in range(m.directions):
@@ -433,6 +441,7 @@ def write_rnn(ctx: Any) -> list[str]:
                       ctx.initializer(f"w_hh{tag}", p["w_hh"].numpy().astype(np.int8), n_hw),
                       ctx.initializer(f"b_ih{tag}", p["b_ih"].numpy().astype(np.int32), n_i + n_iw),
                       ctx.initializer(f"b_hh{tag}", p["b_hh"].numpy().astype(np.int32), n_o + n_hw)]
+            inputs += state
             single = nodes == 1
             d_shape = y_shape if (single or y_shape is None) else (*tuple(y_shape)[:-1], m.hidden_size)
             outs = [ctx.tensor(n_o, "int8", d_shape, suffix=f"{'' if single else tag}.y"),
@@ -465,6 +474,38 @@ def write_rnn(ctx: Any) -> list[str]:
         ctx.add("iqCat", states, [out], {"dim": 0}, suffix=f".{'h_n' if shape_i == 1 else 'c_n'}")
         results.append(out)
     return results
+
+
+def _state_inputs(ctx: Any, m: QRNN, nodes: int) -> list[str]:
+    """``[lengths, h0(, c0)]`` for a node with an initial state (the IR's optional inputs): ``lengths`` the constant
+    ``[T]``, ``h0`` int8 at ``n_o`` and ``c0`` int16 Q7, each through a ``Requant`` from its Quant's exponent (the
+    module rounds the state at those exponents the same way)."""
+    if len(ctx.inputs) == 1:
+        return []
+    if nodes != 1:
+        raise ExportError(
+            f"{m.kind} {ctx.path!r}: an initial state for {nodes} nodes (num_layers {m.num_layers}, "
+            f"{m.directions} direction(s)) cannot be exported",
+            {"rule": "the state input of a stacked or bidirectional RNN would be cut into one [1, 1, H] piece per "
+                     "node; the export writes it for a one-layer, one-direction RNN only",
+             "limit": "1 node with h0", "actual": f"{nodes} nodes"},
+            "pass the state to single-layer unidirectional RNN modules, or stream the eval-mode model, which takes "
+            "the whole state (docs/quantization.md)", node=ctx.path, dialect="ir")
+    shape = ctx.shape(0)
+    t_len = None if shape is None else shape[1 if m.batch_first else 0]
+    if not isinstance(t_len, int):
+        raise ExportError(f"{m.kind} {ctx.path!r}: the sequence length is not known at export",
+                          {"rule": "an initial state is written with lengths = [T]"},
+                          "export with a fixed-length example input", node=ctx.path, dialect="ir")
+    out = [ctx.initializer("lengths", np.array([t_len], np.int64))]
+    for k, (n, bits) in enumerate(((m.state_exponent, 8), (CELL_EXPONENT, 16))[:len(ctx.inputs) - 1]):
+        src = ctx.inputs[1 + k]
+        if ctx.exponent(1 + k) != n or bits != 8:
+            dst = ctx.tensor(n, f"int{bits}", ctx.shape(1 + k), suffix=f".{('h0', 'c0')[k]}")
+            ctx.add("Requant", [src], [dst], {"data_bits": 8, "o_bits": bits}, suffix=f".{('h0', 'c0')[k]}")
+            src = dst
+        out.append(src)
+    return out
 
 
 WRITERS = {"builtin.GRU": write_rnn, "builtin.LSTM": write_rnn}

@@ -260,7 +260,15 @@ def _streaming(models: dict[str, Any], front: FrontEnd, clips: int, seed: int, c
     firings, their scoring, ``stream.png`` and ``sentence.wav``."""
     from tqdm import tqdm
 
-    from .stream import Detector, float_torch_step, plot_stream, score_firings, stream, synthesize_sentence
+    from .stream import (
+        Detector,
+        float_torch_step,
+        int8_torch_step,
+        plot_stream,
+        score_firings,
+        stream,
+        synthesize_sentence,
+    )
 
     sentence = synthesize_sentence(seed, clips=clips, cache_dir=cache_dir)
     write_wav(out / "sentence.wav", sentence.audio)
@@ -274,6 +282,8 @@ def _streaming(models: dict[str, Any], front: FrontEnd, clips: int, seed: int, c
                            "runs": {}}
     if models.get("int8") is None:
         res["int8_blocked"] = "the int8 CRNN needs the GRU op family (issue 10): streamed in float only"
+    else:
+        runners["int8"] = int8_torch_step(models["int8"])
     results = {}
     for kind, step in tqdm(runners.items(), desc="streaming the 5 s sentence", disable=not progress, leave=False):
         t0 = time.perf_counter()

@@ -138,6 +138,35 @@ def float_torch_step(model: Any) -> Step:
     return step
 
 
+def int8_torch_step(qmodel: Any) -> Step:
+    """The quantized CRNN (``lnn.init`` of :func:`.models.build_crnn`, eval) as a streaming step: the whole graph
+    runs on the two new frames, and its GRU (the quantized module at ``gru``) starts from the carried state, whose
+    final value it returns (a forward pre-hook gives the state, a forward hook takes it: the eval-mode GRU's
+    ``(x, h) -> (y, h_n)``, the same integers as the whole recording)."""
+    import torch
+
+    gru = qmodel.get_submodule("gru")
+
+    def step(x: np.ndarray, h: Any) -> tuple[np.ndarray, Any]:
+        seen: dict[str, Any] = {}
+
+        def keep(mod: Any, args: Any, out: Any) -> None:  # returns None: the output stays the module's
+            seen["h"] = out[1]
+
+        pre = gru.register_forward_pre_hook(lambda mod, args: (args[0], h) if h is not None else None)
+        post = gru.register_forward_hook(keep)
+        qmodel.eval()
+        try:
+            with torch.no_grad():
+                y = qmodel(torch.from_numpy(x))
+        finally:
+            pre.remove()
+            post.remove()
+        return y[0].numpy(), seen["h"]
+
+    return step
+
+
 # --------------------------------------------------------------------------------------------- the sentence
 
 @dataclass

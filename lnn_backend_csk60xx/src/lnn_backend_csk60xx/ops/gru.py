@@ -300,17 +300,6 @@ def check_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
                    hint=f"write scale_o = scale_h = {2.0 ** want:g} (|h| < 0.5): the chip's state is Q{want}")
 
 
-@rule("csk60xx.gru.initial_state", ops=())
-def check_initial_state(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """GRUInt starts from a zero state: the chip's kernel reads no h0 (the GRUInt_Is8_Is64* variants that carry
-    one are unknown to the vendor's packer)."""
-    if not op.attrs.get("initial_state"):
-        return None
-    return Finding(actual="an initial state h0", limit="zero initial state",
-                   hint="call the GRU without h0 in the model; stream with the eval-mode quantized GRU, which takes "
-                        "and returns the state (docs/quantization.md)")
-
-
 _DTYPE = dtype_rule("csk60xx.gru.dtype", "GRUInt", (("int8",), ("int8",), ("int8",), ("int32",), ("int32",)),
                     ("int8",))
 
@@ -348,9 +337,9 @@ OPS = (
                   "scale_h": ("out", 1)},
           params=(Params(1, 3), Params(2, 4, x=("out", 0))), index_inputs=(LENGTHS,),
           input_exponents={H0: "scale_o"}, file_op_types=("GRUInt_Is8_Is64", "GRUInt_Is8_Is64_If32"), read=_read,
-          write=_write, rules=(check_direction, check_initial_state), torch_ops=("builtin.GRU",),
-          pack_rules=(check_batch, check_vendor_state, check_in_alignment, check_hidden_alignment, check_out_exponent,
-                      _DTYPE),
+          write=_write,
+          pack_rules=(check_batch, check_direction, check_vendor_state, check_in_alignment, check_hidden_alignment,
+                      check_out_exponent, _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
           lowerings={"lnn": Lowering(32, None, _attrs, "gru.c")}),
 )

@@ -333,13 +333,25 @@ def trace_lowered(model: nn.Module, ops: Any) -> tuple[nn.Module, fx.Graph, dict
     except LnnError:
         raise
     except Exception as exc:
+        packed = _in_packed_sequence_code(exc)
         raise TraceError(
             f"model {type(model).__name__!r} could not be traced into a graph",
-            {"cause": f"{type(exc).__name__}: {exc}"},
+            {"cause": f"{type(exc).__name__}: {exc}",
+             "where": "torch.nn.utils.rnn (pack_padded_sequence / pad_packed_sequence)" if packed else None},
+            "packed sequences cannot be traced yet: run the RNN on whole (padded) sequences, or move the packing "
+            "and the RNN into a submodule kept float with lnn.disable_quant(model.<submodule>)" if packed else
             "data-dependent control flow cannot be traced: move it into a submodule and keep that "
             "submodule float with lnn.disable_quant(model.<submodule>)",
             module=type(model).__name__, cause=exc) from exc
     return tracer.root, graph, paths
+
+
+def _in_packed_sequence_code(exc: BaseException) -> bool:
+    """Whether tracing failed inside torch's packed-sequence helpers (``torch/nn/utils/rnn.py``)."""
+    import traceback
+
+    return any(f.filename.replace("\\", "/").endswith("torch/nn/utils/rnn.py")
+               for f in traceback.extract_tb(exc.__traceback__))
 
 
 def _drop_unused_lowered(graph: fx.Graph) -> None:
