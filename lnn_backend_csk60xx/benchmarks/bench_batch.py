@@ -10,8 +10,8 @@ Usage::
 so that both see the same load on a shared machine; reported are the medians, the rows per second of each, their
 ratio (target for 256 digits images on 2 threads: >= 1.8) and how many CPUs the process kept busy during the
 N-thread runs (process CPU time / wall time: on a machine whose other jobs hold cores it stays below N, and so does
-the speedup). The whole batch is one C call that runs the rows on N POSIX threads. Every N-thread result is checked equal to the
-1-thread one. torch-free.
+the speedup). The whole batch is one C call that runs the rows on N POSIX threads. Every N-thread result is
+checked equal to the 1-thread one. torch-free.
 """
 
 from __future__ import annotations

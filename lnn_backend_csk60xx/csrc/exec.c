@@ -2,8 +2,8 @@
  * exec.c - execution of a loaded model ("Eval") and the accessors of the public runtime API.
  *
  * Every op was prepared and validated by the loader; an op runs through its registration
- * (op->kernel->run, see registry.c and ops/), so nothing here knows op types (except that external ops call
- * back into the host, so a batch with one runs on one thread).
+ * (op->kernel->run, see registry.c and ops/), so nothing here knows op types. A batch runs on one thread when
+ * the host attached a callback for external ops (it may not be reentrant, and the Python one is not).
  *
  * Batches (lnn_sim_run_batch) split their rows into contiguous shares, one per thread: the calling thread runs
  * the first share on the model itself, POSIX threads run the others on the model's workers (copies with their
@@ -138,7 +138,7 @@ lnn_sim_status lnn_sim_run_batch(lnn_sim_model *m, int64_t rows, int32_t threads
                                  const lnn_sim_binding *in, int32_t n_out, const lnn_sim_binding *out,
                                  const uint8_t *skip, int64_t *failed_row, char *msg, size_t n) {
     batch_job *jobs;
-    int32_t t, i, n_threads = threads;
+    int32_t t, n_threads = threads;
     lnn_sim_status st;
 #if defined(LNN_SIM_THREADS)
     pthread_t *tids;
@@ -153,8 +153,7 @@ lnn_sim_status lnn_sim_run_batch(lnn_sim_model *m, int64_t rows, int32_t threads
 #if !defined(LNN_SIM_THREADS)
     n_threads = 1; /* a build without POSIX threads runs the rows one after the other */
 #endif
-    for (i = 0; i < m->n_ops && n_threads > 1; ++i) /* external ops call back into the host with the model */
-        if (m->ops[i].type == LNN_SIM_OP_EXTERNAL) n_threads = 1;
+    if (m->external != NULL) n_threads = 1; /* the host's callback for external ops may not be reentrant */
     if (n_threads > rows) n_threads = (int32_t)rows;
     if (m->owner == NULL && m->n_workers < n_threads - 1) { /* workers are made once and kept */
         lnn_sim_model **grown = (lnn_sim_model **)realloc(m->workers, (size_t)(n_threads - 1) * sizeof *grown);

@@ -89,6 +89,46 @@ def test_conv_is_the_reference_on_every_path(isa, c):
     np.testing.assert_array_equal(dump["c"], ref)
 
 
+@st.composite
+def _depthwise(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, k - 1)) for k in (kh, kw, kh, kw)]
+    h = draw(st.integers(dh * (kh - 1) + 1 - pads[0] - pads[2], 21).filter(lambda v: v >= 1))
+    w = draw(st.integers(dw * (kw - 1) + 1 - pads[1] - pads[3], 23).filter(lambda v: v >= 1))
+    return dict(k=(kh, kw), s=[draw(st.integers(1, 3)), draw(st.integers(1, 3))], d=[dh, dw], pads=pads, h=h, w=w,
+                cin=draw(st.integers(1, 9)), mult=draw(st.sampled_from([1, 1, 2, 3])), batch=draw(st.integers(1, 2)),
+                shift=draw(st.sampled_from([-2, 0, 1, 2, 5, 9, 31, 40])), bits=draw(st.sampled_from([8, 8, 8, 16, 32])),
+                bias=draw(st.sampled_from([None, "small", "large"])), relu=draw(st.booleans()),
+                corner=draw(st.integers(0, 2)), seed=draw(st.integers(0, 2**31)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(c=_depthwise())
+def test_depthwise_conv_is_the_reference_on_every_path(isa, c):
+    """one input channel per group (the direct depthwise kernel: phase planes for every stride and dilation, the
+    int32 requantization where the bias leaves room, the int64 one otherwise, the ReLU fused at pack time)"""
+    rng = np.random.default_rng(c["seed"])
+    kh, kw = c["k"]
+    cout = c["cin"] * c["mult"]
+    w = _extreme_ints(rng, (cout, 1, kh, kw), c["corner"])
+    x = _extreme_ints(rng, (c["batch"], c["cin"], c["h"], c["w"]), c["corner"] if c["corner"] != 2 else 1)
+    b = None if c["bias"] is None else rng.integers(-(2**31) if c["bias"] == "large" else -3000,
+                                                  2**31 - 1 if c["bias"] == "large" else 3000, cout,
+                                                  dtype=np.int64).astype(np.int32)
+    node = tnode("Conv2dInt", ["q_x", "w", *(["b"] if b is not None else [])], ["c"], name="conv", scale_x=0,
+                 scale_w=c["shift"], scale_o=0, kernel_shape=[kh, kw], strides=c["s"], pads=c["pads"],
+                 dilations=c["d"], group=c["cin"], o_bits=c["bits"])
+    nodes = [node, snode("Relu", ["c"], ["r"], name="relu")] if c["relu"] else [node]
+    sim = _run_int(nodes, x.shape, "r" if c["relu"] else "c", {"w": w, **({"b": b} if b is not None else {})})
+    assert sim.isa == isa
+    (y,), dump = sim.run([x.astype(np.float32)], dump=True)
+    ref = conv2d_ref(x, w, b, c["s"], c["pads"], c["d"], c["cin"], c["shift"], c["bits"])
+    if c["relu"]:
+        ref = np.maximum(ref, 0)
+    np.testing.assert_array_equal(y, ref.astype(np.float32))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.integers(1, 5), k=st.integers(1, 70), n=st.integers(1, 40), shift=st.sampled_from([0, 1, 2, 7]),
        bits=st.sampled_from([8, 16, 32]), corner=st.integers(0, 2), bias=st.booleans(), seed=st.integers(0, 2**31))

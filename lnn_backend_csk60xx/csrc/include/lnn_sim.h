@@ -318,7 +318,7 @@ typedef struct {
     uint8_t *data;
 } lnn_sim_binding;
 /* Run `rows` rows on up to `threads` threads (POSIX threads where the build has them; fewer when there are fewer
- * rows, and one when the model has external ops, which call back into the host). For each row the inputs are
+ * rows, and one when a callback for external ops is attached: it may not be reentrant). For each row the inputs are
  * written, the ops run in order except those with skip[op] != 0 (skip may be NULL), and the outputs are read, as
  * the bindings say. Each thread has its own copy of the arenas and scratch (made on first use, kept with the
  * model), so every row's result is the one a single run gives. On failure the first failing row (in row order)

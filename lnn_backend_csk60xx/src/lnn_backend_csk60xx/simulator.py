@@ -33,7 +33,8 @@ from lnn_core.errors import ConfigError, ModelFileError, SimulatorError
 from ._sim import ffi, lib
 from .limits import SIM_LIMITS
 
-__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES", "ISA_PATHS", "available_isas", "check_isa_env"]
+__all__ = ["Simulator", "TensorSpec", "KernelCall", "OpTime", "STATUS_NAMES", "ISA_PATHS", "available_isas",
+           "check_isa_env"]
 
 log = logging.getLogger("lnn.backend.simulator")
 
@@ -89,6 +90,17 @@ class TensorSpec:
     region: str
     offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One op's entry of :meth:`Simulator.profile`: its name, its kind (the simulator's op code name, e.g.
+    ``CONV2D``, or a plugin op's type), its work in MACs and its mean wall time per run in microseconds."""
+
+    name: str
+    kind: str
+    macs: int
+    us: float
 
 
 @dataclass(frozen=True)
@@ -540,6 +552,30 @@ class Simulator:
                 raise
             raise self._row_error(int(failed[0]), exc) from exc
         return outputs
+
+    def profile(self, inputs: Sequence[np.ndarray], *, repeat: int = 10) -> list[OpTime]:
+        """Time every op of the model on one input, for finding what a forward spends its time on.
+
+        The model runs ``repeat`` times on ``inputs`` (as :meth:`run` takes them), all ops inside C, each op timed
+        with the monotonic clock around its kernel; the result has one entry per op in run order, each with the
+        mean time of that op over the runs. The outputs are the ones :meth:`run` gives (the kernels are the same).
+
+        :raises ConfigError: ``repeat`` is not a positive integer.
+        :raises SimulatorError: as :meth:`run`.
+        """
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+            raise ConfigError(f"Simulator.profile repeat must be a positive integer, got {repeat!r}", {},
+                              "pass repeat=10", option="repeat", value=repeat, valid="int >= 1")
+        for spec, arr in zip(self.inputs, self._check_inputs(self.inputs, inputs, "")):
+            lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+        ns = ffi.new("uint64_t[]", max(len(self.op_names), 1))
+        for _ in range(int(repeat)):
+            self._check(lib.lnn_sim_invoke_timed(self._model, ns, self._msg, lib.LNN_SIM_MAX_MSG), None)
+        kinds = {getattr(lib, n): n[len("LNN_SIM_OP_"):] for n in dir(lib) if n.startswith("LNN_SIM_OP_")}
+        macs = self.op_macs
+        return [OpTime(name, self._externals[i].op_type if i in self._externals else kinds.get(code, str(code)),
+                       macs[name], ns[i] / 1e3 / repeat)
+                for i, (name, code) in enumerate(zip(self.op_names, self.op_types))]
 
     def _batch_inputs(self, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray]
                       ) -> tuple[list[np.ndarray], int]:
