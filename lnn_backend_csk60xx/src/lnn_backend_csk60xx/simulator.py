@@ -566,10 +566,11 @@ class Simulator:
         if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
             raise ConfigError(f"Simulator.profile repeat must be a positive integer, got {repeat!r}", {},
                               "pass repeat=10", option="repeat", value=repeat, valid="int >= 1")
-        for spec, arr in zip(self.inputs, self._check_inputs(self.inputs, inputs, "")):
-            lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+        arrays = self._check_inputs(self.inputs, inputs, "")
         ns = ffi.new("uint64_t[]", max(len(self.op_names), 1))
-        for _ in range(int(repeat)):
+        for _ in range(int(repeat)):  # the inputs again each time: the memory plan may reuse their bytes
+            for spec, arr in zip(self.inputs, arrays):
+                lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
             self._check(lib.lnn_sim_invoke_timed(self._model, ns, self._msg, lib.LNN_SIM_MAX_MSG), None)
         kinds = {getattr(lib, n): n[len("LNN_SIM_OP_"):] for n in dir(lib) if n.startswith("LNN_SIM_OP_")}
         macs = self.op_macs
