@@ -94,20 +94,23 @@ def _depthwise(draw):
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     pads = [draw(st.integers(0, k - 1)) for k in (kh, kw, kh, kw)]
-    h = draw(st.integers(dh * (kh - 1) + 1 - pads[0] - pads[2], 21).filter(lambda v: v >= 1))
-    w = draw(st.integers(dw * (kw - 1) + 1 - pads[1] - pads[3], 23).filter(lambda v: v >= 1))
+    small = draw(st.booleans())  # small planes with 16+ channels run across channels (LNN_DWC_MAX_PLANE)
+    h = draw(st.integers(dh * (kh - 1) + 1 - pads[0] - pads[2], 9 if small else 21).filter(lambda v: v >= 1))
+    w = draw(st.integers(dw * (kw - 1) + 1 - pads[1] - pads[3], 9 if small else 23).filter(lambda v: v >= 1))
+    cin = draw(st.sampled_from([16, 17, 32, 40]) if small else st.integers(1, 9))
     return dict(k=(kh, kw), s=[draw(st.integers(1, 3)), draw(st.integers(1, 3))], d=[dh, dw], pads=pads, h=h, w=w,
-                cin=draw(st.integers(1, 9)), mult=draw(st.sampled_from([1, 1, 2, 3])), batch=draw(st.integers(1, 2)),
+                cin=cin, mult=draw(st.sampled_from([1, 1, 2, 3])), batch=draw(st.integers(1, 2)),
                 shift=draw(st.sampled_from([-2, 0, 1, 2, 5, 9, 31, 40])), bits=draw(st.sampled_from([8, 8, 8, 16, 32])),
                 bias=draw(st.sampled_from([None, "small", "large"])), relu=draw(st.booleans()),
                 corner=draw(st.integers(0, 2)), seed=draw(st.integers(0, 2**31)))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(c=_depthwise())
 def test_depthwise_conv_is_the_reference_on_every_path(isa, c):
-    """one input channel per group (the direct depthwise kernel: phase planes for every stride and dilation, the
-    int32 requantization where the bias leaves room, the int64 one otherwise, the ReLU fused at pack time)"""
+    """one input channel per group (the direct depthwise kernels: phase planes for every stride and dilation, or
+    across 16+ channels for small output planes; the int32 requantization where the bias leaves room, the int64 one
+    otherwise; the ReLU fused at pack time)"""
     rng = np.random.default_rng(c["seed"])
     kh, kw = c["k"]
     cout = c["cin"] * c["mult"]

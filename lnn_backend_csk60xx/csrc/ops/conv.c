@@ -528,6 +528,122 @@ static dw_channel_fn pick_dw(int32_t isa) {
     return dw_channel_c;
 }
 
+/* Small output planes (at most LNN_DWC_MAX_PLANE positions, one channel per group, at least 16 channels) run
+ * across channels instead: the zero-padded input as [Hp][Wp][C] int16 and the taps as [K][C] int16, so that every
+ * tap of every output position is one contiguous multiply-add over the channels into int32 accumulators [C], and
+ * the requantization (per-channel bias; int32 lanes when every channel's |bias| + K * 2^14 leaves room) runs over
+ * the channels too. Same integers as dw_channel_impl. */
+#define LNN_DWC_MAX_PLANE 64
+
+static int dw_across(const lnn_op *op) {
+    return op->s_out.c == op->s_in.c && op->s_in.c >= 16 && (int64_t)op->s_out.h * op->s_out.w <= LNN_DWC_MAX_PLANE;
+}
+
+static int64_t dwc_col_bytes(const dw_geom *g, int64_t C) {
+    return 2 * ((int64_t)g->Hp * g->Wp * C + (int64_t)g->kh * g->kw * C) + 9 * C + 4 * 64;
+}
+
+static LNN_ALWAYS_INLINE void dwc_impl(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w,
+                                       const int32_t *bias, void *y, int16_t *xp, int16_t *wt, int32_t *acc,
+                                       int32_t *bb, int8_t *tmp, int fast) {
+    const int64_t H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, Wp = g->Wp, kh = g->kh, kw = g->kw, sh = g->sh;
+    const int64_t sw = g->sw, dh = g->dh, dw = g->dw, pt = g->pt, pl = g->pl, K = kh * kw, P = Ho * Wo;
+    const int32_t shift = g->shift, dt = g->dt, relu = g->relu;
+    const int32_t lo = relu ? 0 : -128, s1 = shift > 0 ? shift - 1 : 0, up = shift > 0;
+    int64_t c, i, j, k, oh, ow;
+    memset(xp, 0, (size_t)(g->Hp * Wp * C) * sizeof(int16_t));
+    for (c = 0; c < C; ++c) {
+        for (i = 0; i < H; ++i) {
+            const int8_t *src = x + (c * H + i) * W;
+            int16_t *dst = xp + ((i + pt) * Wp + pl) * C + c;
+            for (j = 0; j < W; ++j) dst[j * C] = src[j];
+        }
+        for (k = 0; k < K; ++k) wt[k * C + c] = w[c * K + k];
+        bb[c] = bias != NULL ? bias[c] : 0;
+    }
+    for (oh = 0; oh < Ho; ++oh)
+        for (ow = 0; ow < Wo; ++ow) {
+            const int64_t q = oh * Wo + ow;
+            int64_t ky, kx;
+            for (c = 0; c < C; ++c) acc[c] = 0;
+            for (ky = 0; ky < kh; ++ky)
+                for (kx = 0; kx < kw; ++kx) {
+                    const int16_t *src = xp + ((oh * sh + ky * dh) * Wp + ow * sw + kx * dw) * C;
+                    const int16_t *wk = wt + (ky * kw + kx) * C;
+                    for (c = 0; c < C; ++c) acc[c] += (int32_t)wk[c] * (int32_t)src[c];
+                }
+            if (fast) {
+                for (c = 0; c < C; ++c) {
+                    int32_t v = acc[c] + bb[c];
+                    v = ((v >> s1) + up) >> up;
+                    tmp[c] = (int8_t)(v < lo ? lo : (v > 127 ? 127 : v));
+                }
+                for (c = 0; c < C; ++c) ((int8_t *)y)[c * P + q] = tmp[c];
+                continue;
+            }
+            for (c = 0; c < C; ++c) {
+                int64_t v = lnn_sat(lnn_shr((int64_t)acc[c] + bb[c], shift), lnn_dtype_min(dt), lnn_dtype_max(dt));
+                if (relu && v < 0) v = 0;
+                lnn_store(y, c * P + q, dt, v);
+            }
+        }
+}
+
+typedef void (*dwc_fn)(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w, const int32_t *bias, void *y,
+                       int16_t *xp, int16_t *wt, int32_t *acc, int32_t *bb, int8_t *tmp, int fast);
+
+static void dwc_c(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w, const int32_t *bias, void *y,
+                  int16_t *xp, int16_t *wt, int32_t *acc, int32_t *bb, int8_t *tmp, int fast) {
+    dwc_impl(g, C, x, w, bias, y, xp, wt, acc, bb, tmp, fast);
+}
+
+#ifdef LNN_X86_AVX2
+__attribute__((target("avx2"))) static void dwc_avx2(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w,
+                                                     const int32_t *bias, void *y, int16_t *xp, int16_t *wt,
+                                                     int32_t *acc, int32_t *bb, int8_t *tmp, int fast) {
+    dwc_impl(g, C, x, w, bias, y, xp, wt, acc, bb, tmp, fast);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void dwc_avx512(
+    const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w, const int32_t *bias, void *y, int16_t *xp,
+    int16_t *wt, int32_t *acc, int32_t *bb, int8_t *tmp, int fast) {
+    dwc_impl(g, C, x, w, bias, y, xp, wt, acc, bb, tmp, fast);
+}
+#endif
+
+static lnn_sim_status run_conv_dw_across(lnn_sim_model *m, const lnn_op *op) {
+    const dw_geom g = dw_geometry(op);
+    const int8_t *x = (const int8_t *)LNN_IN(m, op, 0)->data, *w = (const int8_t *)LNN_IN(m, op, 1)->data;
+    const int32_t *bias = op->n_in > 2 && op->in[2] >= 0 ? (const int32_t *)LNN_IN(m, op, 2)->data : NULL;
+    lnn_tensor *y = LNN_OUT(m, op, 0);
+    const int64_t C = op->s_out.c, K = (int64_t)g.kh * g.kw, hw_in = (int64_t)g.H * g.W;
+    const int64_t plane = (int64_t)g.Ho * g.Wo * lnn_dtype_size(y->dtype);
+    uint8_t *at = (uint8_t *)m->col;
+    int16_t *xp, *wt;
+    int32_t *acc, *bb;
+    int8_t *tmp;
+    int fast = g.dt == LNN_SIM_DT_INT8 && g.shift >= 0 && g.shift <= 31;
+    dwc_fn f = dwc_c;
+    int64_t c, b;
+#define LNN_TAKE(ptr, type, count) (ptr = (type *)(void *)at, at += (((int64_t)(count) * sizeof(type) + 63) & ~(int64_t)63))
+    LNN_TAKE(xp, int16_t, (int64_t)g.Hp * g.Wp * C);
+    LNN_TAKE(wt, int16_t, K * C);
+    LNN_TAKE(acc, int32_t, C);
+    LNN_TAKE(bb, int32_t, C);
+    LNN_TAKE(tmp, int8_t, C);
+#undef LNN_TAKE
+    for (c = 0; c < C && fast; ++c) {
+        const int64_t bv = bias != NULL ? bias[c] : 0;
+        if ((bv < 0 ? -bv : bv) + K * 16384 > INT32_MAX - 2) fast = 0;
+    }
+#ifdef LNN_X86_AVX2
+    if (m->isa == LNN_ISA_AVX512VNNI) f = dwc_avx512; /* the path exists only where the CPU has AVX-512BW */
+    if (m->isa == LNN_ISA_AVX2) f = dwc_avx2;
+#endif
+    for (b = 0; b < op->s_in.n; ++b)
+        f(&g, C, x + b * C * hw_in, w, bias, y->data + b * C * plane, xp, wt, acc, bb, tmp, fast);
+    return LNN_SIM_OK;
+}
+
 /* a depthwise convolution with the fused ReLU applied (the caller skips fused_activation) */
 static lnn_sim_status run_conv_dw(lnn_sim_model *m, const lnn_op *op) {
     const dw_geom g = dw_geometry(op);
@@ -540,6 +656,7 @@ static lnn_sim_status run_conv_dw(lnn_sim_model *m, const lnn_op *op) {
     int16_t *xp = (int16_t *)(void *)m->col;
     int32_t *acc = (int32_t *)(void *)(m->col + ((2 * dw_plane_elems(&g) + 63) & ~(int64_t)63));
     int32_t b, c;
+    if (dw_across(op)) return run_conv_dw_across(m, op);
     for (b = 0; b < op->s_in.n; ++b)
         for (c = 0; c < C; ++c)
             channel(&g, x + ((int64_t)b * op->s_in.c + c / mult) * hw_in, w + (int64_t)c * K, bias ? bias[c] : 0,
@@ -654,7 +771,7 @@ static lnn_sim_status prepare_conv(const lnn_sim_model *m, lnn_op *op, lnn_scrat
     need->col = deconv ? 0 : lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out);
     if (depthwise(op)) {
         const dw_geom g = dw_geometry(op);
-        need->col = dw_col_bytes(&g);
+        need->col = dw_across(op) ? dwc_col_bytes(&g, op->s_out.c) : dw_col_bytes(&g);
     }
     if (vnni_conv(m, op, deconv) && w->region == LNN_SIM_REGION_FLASH) {
         const int64_t K = (int64_t)op->s_w.c * a[0] * a[1];
