@@ -214,9 +214,10 @@ _PAIRS = np.stack(np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)), -1).r
 
 @pytest.mark.parametrize("sx, sy", [(0, 0), (1, 0), (2, 5), (1, 1), (9, 1), (16, 17), (17, 30), (40, 3),
                                     (-1, 2), (-7, -16), (-16, 0), (-17, 1), (0, -32), (-32, -32)])
-def test_add_sub_and_mul_on_every_int8_pair(sx, sy):
+def test_add_sub_and_mul_on_every_int8_pair(isa, sx, sy):
     """iqAdd / iqSub / iqMul on all 65,536 int8 pairs against the int64 reference, for right shifts (half-up ties),
-    shifts past the operands' width and left shifts inside and outside the int32 form's range."""
+    shifts past the operands' width and left shifts inside and outside the int32 form's range, on every path (the
+    int32 form is compiled for each)."""
     o = 10
     qx, qy = (np.ascontiguousarray(_PAIRS[..., i]).astype(np.int8) for i in range(2))
     nodes = [tnode("Quant", ["x"], ["q_x"], name="qx", scale_x=o + sx),
