@@ -49,10 +49,11 @@ int64_t lnn_gemm_conv_col_bytes(const lnn_gemm_window *g, int32_t cin_g, int32_t
 void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int32_t cin_g, int32_t H, int32_t W,
                         int32_t Ho, int32_t Wo, uint8_t *col);
 
-/* y[ybase + m * P + q] = SAT_dt(SHR(sum_k w[m, k] * x[k, q] + bias[m], shift)) for m0 <= m < m1, q < P;
- * packed holds the whole [M][K] weight matrix (bias may be NULL) */
+/* y[ybase + m * P + q] = SAT_dt(SHR(sum_k w[m, k] * x[k, q] + bias[m], shift)) for m0 <= m < m1, q < P, then
+ * max(., 0) when relu (the fused ReLU); packed holds the whole [M][K] weight matrix (bias may be NULL) */
 void lnn_gemm_conv_vnni(const uint8_t *packed, int32_t M, int64_t K, int32_t m0, int32_t m1, const uint8_t *col,
-                        int64_t P, const int32_t *bias, int32_t shift, int32_t dt, void *y, int64_t ybase);
+                        int64_t P, const int32_t *bias, int32_t shift, int32_t dt, int32_t relu, void *y,
+                        int64_t ybase);
 
 /* packed weights of a LinearInt [N][K] for VNNI: [ceil(N / 16)][Kp / 4][16][4] s8 (zero padded), then
  * ceil(N / 16) * 16 int32 corrections */

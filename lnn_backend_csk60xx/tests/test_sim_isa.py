@@ -58,7 +58,7 @@ def _convs(draw):
     return dict(k=(kh, kw), s=[sh, sw], d=[dh, dw], pads=pads, group=group, cin=cin, cout=cout, h=h, w=w,
                 batch=draw(st.integers(1, 2)), shift=draw(st.sampled_from([0, 1, 2, 5, 9])),
                 bits=draw(st.sampled_from([8, 8, 16, 32])), bias=draw(st.sampled_from([None, "small", "large"])),
-                corner=draw(st.integers(0, 2)), seed=draw(st.integers(0, 2**31)))
+                relu=draw(st.booleans()), corner=draw(st.integers(0, 2)), seed=draw(st.integers(0, 2**31)))
 
 
 def _run_int(nodes, x_shape, out, inits, x_exp=0):
@@ -82,11 +82,12 @@ def test_conv_is_the_reference_on_every_path(isa, c):
     node = tnode("Conv2dInt", ["q_x", "w", *(["b"] if b is not None else [])], ["c"], name="conv", scale_x=0,
                  scale_w=c["shift"], scale_o=0, kernel_shape=[kh, kw], strides=c["s"], pads=c["pads"],
                  dilations=c["d"], group=c["group"], o_bits=c["bits"])
-    sim = _run_int([node], x.shape, "c", {"w": w, **({"b": b} if b is not None else {})})
+    nodes = [node, snode("Relu", ["c"], ["r"], name="relu")] if c["relu"] else [node]  # fused at pack time
+    sim = _run_int(nodes, x.shape, "r" if c["relu"] else "c", {"w": w, **({"b": b} if b is not None else {})})
     assert sim.isa == isa
     _, dump = sim.run([x.astype(np.float32)], dump=True)
     ref = conv2d_ref(x, w, b, c["s"], c["pads"], c["d"], c["group"], c["shift"], c["bits"])
-    np.testing.assert_array_equal(dump["c"], ref)
+    np.testing.assert_array_equal(dump["r" if c["relu"] else "c"], np.maximum(ref, 0) if c["relu"] else ref)
 
 
 @st.composite

@@ -688,7 +688,7 @@ static lnn_sim_status run_conv_vnni(lnn_sim_model *m, const lnn_op *op, int col_
                 lnn_gemm_im2col_u8(&g, (const int8_t *)x->data + ((int64_t)b * op->s_in.c + (int64_t)gi * cin_g) * hw_in,
                                    cin_g, op->s_in.h, op->s_in.w, op->s_out.h, op->s_out.w, col);
             lnn_gemm_conv_vnni(op->packed, op->s_out.c, K, gi * m_g, (gi + 1) * m_g, col, P, bias, p->shift,
-                               p->out_dtype, y->data, (int64_t)b * op->s_out.c * P);
+                               p->out_dtype, op->act == LNN_SIM_ACT_RELU, y->data, (int64_t)b * op->s_out.c * P);
         }
     }
     return LNN_SIM_OK;
@@ -839,7 +839,7 @@ static lnn_sim_status run_conv(lnn_sim_model *m, const lnn_op *op, char *msg, si
         m->col_tensor = op->in[0];
     }
     if (op->packed != NULL)
-        st = run_conv_vnni(m, op, scratch.col_ready);
+        return run_conv_vnni(m, op, scratch.col_ready); /* the ReLU fused into the requantization */
     else
         st = conv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
                        op_bias(m, op), &op->s_out, y->data, &scratch, m->isa);
