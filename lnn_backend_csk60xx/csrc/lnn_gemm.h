@@ -8,13 +8,16 @@
  *   portable    plain C loops (every compiler and CPU);
  *   avx2        the convolutions' im2col dot products with pmaddwd on int16-widened operands (ops/conv.c);
  *   avx512vnni  convolutions and linear layers as packed u8 x s8 GEMM with vpdpbusd (this file).
+ * Depthwise convolutions and iqAdd / iqSub are plain C compiled per path by target attributes (ops/conv.c,
+ * ops/eltwise.c).
  *
  * vpdpbusd multiplies unsigned bytes by signed bytes, so the activations enter as u = x + 128 (x ^ 0x80)
  * and every output subtracts 128 * sum_k w[m, k], the weight sum packed with the weights at load time.
  * vpdpbusd and the int32 vector adds wrap modulo 2^32, and the true sum sum_k x*w has |sum| <= K * 2^14 <=
  * 2^30 for K <= LNN_ACC32_TERMS, so the wrapped sum minus the correction (also modulo 2^32) is that sum
  * exactly: the same int32 the portable loop forms. Bias, the half-up shift and the saturation follow in
- * int64 lanes (lnn_shr, lnn_sat), as everywhere.
+ * int64 lanes (lnn_shr, lnn_sat), or, for an int8 output with a shift of 0..31 and |bias| + K * 2^14 < 2^31 - 2,
+ * in int32 lanes, where every intermediate then equals the int64 one.
  */
 #ifndef LNN_GEMM_H
 #define LNN_GEMM_H
