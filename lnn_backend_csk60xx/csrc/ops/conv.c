@@ -399,8 +399,10 @@ lnn_sim_status lnn_sim_conv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_sha
 
 #if defined(__GNUC__) || defined(__clang__)
 #define LNN_ALWAYS_INLINE inline __attribute__((always_inline))
+#define LNN_RESTRICT __restrict__
 #else
 #define LNN_ALWAYS_INLINE inline
+#define LNN_RESTRICT
 #endif
 
 typedef struct {
@@ -455,8 +457,8 @@ static LNN_ALWAYS_INLINE void dw_channel_impl(const dw_geom *g, const int8_t *xc
         const int64_t pr = i + pt;
         int16_t *row = xp + (pr % sh) * sw * PL + (pr / sh) * Wq;
         if (sw == 1) {
-            const int8_t *src = xc + i * W;
-            int16_t *dst = row + pl;
+            const int8_t *LNN_RESTRICT src = xc + i * W;
+            int16_t *LNN_RESTRICT dst = row + pl;
             for (j = 0; j < W; ++j) dst[j] = src[j];
             continue;
         }
@@ -468,26 +470,37 @@ static LNN_ALWAYS_INLINE void dw_channel_impl(const dw_geom *g, const int8_t *xc
             for (t = t0; t < Wq && t * sw + r - pl < W; ++t) dst[t] = src[t * sw];
         }
     }
-    memset(acc, 0, (size_t)n * sizeof(int32_t));
-    for (ky = 0; ky < kh; ++ky)
-        for (kx = 0; kx < kw; ++kx) {
-            const int32_t wv = w[ky * kw + kx];
-            const int64_t oy = ky * dh, ox = kx * dw;
-            const int16_t *src = xp + ((oy % sh) * sw + ox % sw) * PL + (oy / sh) * Wq + ox / sw;
-            if (wv == 0) continue;
-            for (i = 0; i < n; ++i) acc[i] += wv * (int32_t)src[i];
+    /* the taps three at a time (a missing third takes weight 0), the first three writing the accumulators */
+    for (ky = 0; ky < kh * kw; ky += 3) {
+        const int16_t *src[3];
+        int32_t wv[3];
+        int32_t *LNN_RESTRICT a = acc;
+        for (kx = 0; kx < 3; ++kx) {
+            const int64_t t = ky + kx < K ? ky + kx : ky, oy = t / kw * dh, ox = t % kw * dw;
+            src[kx] = xp + ((oy % sh) * sw + ox % sw) * PL + (oy / sh) * Wq + ox / sw;
+            wv[kx] = ky + kx < K ? w[t] : 0;
         }
-    if (dt == LNN_SIM_DT_INT8 && shift >= 0 && shift <= 31 && (bias < 0 ? -bias : bias) + K * 16384 <= INT32_MAX - 2) {
-        const int32_t b = (int32_t)bias, lo = relu ? 0 : -128, s1 = shift > 0 ? shift - 1 : 0, up = shift > 0;
-        for (oh = 0; oh < Ho; ++oh) {
-            const int32_t *a = acc + oh * Wq;
-            int8_t *out = (int8_t *)y + oh * Wo;
-            for (j = 0; j < Wo; ++j) { /* shift 0: v + b; else ((v + b) >> (s - 1) + 1) >> 1 */
-                int32_t v = a[j] + b;
-                v = ((v >> s1) + up) >> up;
-                out[j] = (int8_t)(v < lo ? lo : (v > 127 ? 127 : v));
+        {
+            const int16_t *LNN_RESTRICT s0 = src[0], *LNN_RESTRICT s1 = src[1], *LNN_RESTRICT s2 = src[2];
+            const int32_t w0 = wv[0], w1 = wv[1], w2 = wv[2];
+            if (ky == 0) {
+                for (i = 0; i < n; ++i) a[i] = w0 * (int32_t)s0[i] + w1 * (int32_t)s1[i] + w2 * (int32_t)s2[i];
+            } else {
+                for (i = 0; i < n; ++i) a[i] += w0 * (int32_t)s0[i] + w1 * (int32_t)s1[i] + w2 * (int32_t)s2[i];
             }
         }
+    }
+    if (dt == LNN_SIM_DT_INT8 && shift >= 0 && shift <= 31 && (bias < 0 ? -bias : bias) + K * 16384 <= INT32_MAX - 2) {
+        /* over the flattened rows into the int16 plane's bytes (read no more), then Wo bytes per output row */
+        const int32_t b = (int32_t)bias, lo = relu ? 0 : -128, s1 = shift > 0 ? shift - 1 : 0, up = shift > 0;
+        const int32_t *LNN_RESTRICT a = acc;
+        int8_t *LNN_RESTRICT q = (int8_t *)xp;
+        for (i = 0; i < n; ++i) { /* shift 0: v + b; else ((v + b) >> (s - 1) + 1) >> 1 */
+            int32_t v = a[i] + b;
+            v = ((v >> s1) + up) >> up;
+            q[i] = (int8_t)(v < lo ? lo : (v > 127 ? 127 : v));
+        }
+        for (oh = 0; oh < Ho; ++oh) memcpy((int8_t *)y + oh * Wo, q + oh * Wq, (size_t)Wo);
         return;
     }
     for (oh = 0; oh < Ho; ++oh) {
