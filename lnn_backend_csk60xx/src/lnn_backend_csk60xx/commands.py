@@ -483,9 +483,9 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
             "outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape),
                          "exponent": s.exponent} for p, s, a in zip(paths, out_specs, outputs)],
             "inputs": [{"tensor": s.name, "dtype": str(s.dtype), "exponent": s.exponent} for s in specs],
-            "rows": rows, "dumped": n_dumped, "dump_dir": args.dump}
-        if profile is not None:
-            doc["profile"] = [{"op": t.name, "kind": t.kind, "macs": t.macs, "us": round(t.us, 3)} for t in profile]
+            "rows": rows, "dumped": n_dumped, "dump_dir": args.dump,
+            "profile": None if profile is None else [{"op": t.name, "kind": t.kind, "macs": t.macs,
+                                                      "us": round(t.us, 3)} for t in profile]}
         print(json.dumps(doc, indent=2), file=result_stream(args))
         return 0
     if profile is not None:
