@@ -161,3 +161,7 @@ def test_lnn_run_carries_the_state_through_files(tmp_path, capsys):
     assert main(["run", str(tmp_path / "m.bin"), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"),
                  "--state-in", str(tmp_path / "missing.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "m.bin"), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"), "-o",
+                 str(tmp_path / "h.npy"), "-o", str(tmp_path / "c.npy"), "--state-out", str(state), "--profile",
+                 "3"]) == 2
+    assert "one chunk of one sequence" in capsys.readouterr().err
