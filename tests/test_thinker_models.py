@@ -1,9 +1,11 @@
 """Thinker packages of trained-side models run in lnn's simulator (decoded into lnn's IR) exactly like model.bin
 and like eval: ReLU6, transposed convs, depthwise convs, a conv split above 32 KB, Conv1d, linear layers, sigmoid and
-tanh, layer norm, pools, batch norm, concatenation, slices, two inputs and two outputs.
+tanh, layer norm, pools, batch norm, concatenation, slices, two inputs and two outputs, attention (softmax, BmmInt),
+a log-softmax.
 
 The same models ran bit-exact in the vendor's x86 ``test_thinker`` (lnn_backend_csk60xx/benchmarks/
-thinker_crosscheck.py, which needs the vendor build and is not part of CI)."""
+thinker_crosscheck.py, which needs the vendor build and is not part of CI), except those with a softmax: the vendor's
+x86 build cannot run SoftmaxInt / LogSoftmaxInt (its HiFi library is not public)."""
 
 from __future__ import annotations
 
@@ -145,12 +147,33 @@ class _Batched4dNet(nn.Module):  # a layer norm and a linear on [N, C, H, W], N 
         return self.fc(self.ln(self.c(x)))
 
 
+class _AttentionNet(nn.Module):  # softmax and two BmmInt per head (the vendor x86 build cannot run the softmax)
+    def __init__(self) -> None:
+        super().__init__()
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.ln = nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.ln(x + self.att(x, x, x, need_weights=False)[0])
+
+
+class _MatmulNet(nn.Module):  # a product of two activations (BmmInt) and a log-softmax
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.b = nn.Linear(8, 12)
+
+    def forward(self, x):
+        return torch.log_softmax(torch.matmul(self.a(x), self.b(x).transpose(1, 2)), -1)
+
+
 CASES = {"relu6-depthwise": (_ReLU6Net, [(1, 3, 8, 8)]), "deconv": (_DeconvNet, [(1, 2, 8, 8)]),
          "split": (_SplitNet, [(1, 64, 2, 2)]), "conv1d": (_Conv1dNet, [(1, 4, 16)]),
          "gated": (_GatedNet, [(1, 3, 6, 6)]), "seq-layernorm": (_SeqNet, [(1, 5, 12)]),
          "pools-cat": (_PoolNet, [(1, 4, 8, 8)]), "two-in-two-out": (_TwoInTwoOut, [(1, 3, 4, 4), (1, 3, 4, 4)]),
          "slice": (_SliceNet, [(1, 4, 6, 6)]), "grouped": (_GroupedNet, [(1, 8, 5, 5)]),
-         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)]), "batched-4d": (_Batched4dNet, [(2, 4, 3, 8)])}
+         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)]), "batched-4d": (_Batched4dNet, [(2, 4, 3, 8)]),
+         "attention": (_AttentionNet, [(1, 6, 16)]), "matmul-logsoftmax": (_MatmulNet, [(1, 5, 8)])}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

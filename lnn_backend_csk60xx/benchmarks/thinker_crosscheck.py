@@ -4,9 +4,12 @@ For each model: pack it twice (lnn's model.bin and a thinker package), run model
 package in the vendor's x86 ``test_thinker`` (LISTENAI thinker 3.0.4, VENUS build; how to build it: issue 14 /
 the backend README), and compare every output bit for bit. Models: ONNX files given on the command line, the
 linger ResNet-18 (``--resnet``), the models of tests/test_thinker_models.py (``--cases``) and the random models of
-tests/test_verify_random.py (``--seeds A:B``; a model the thinker check refuses is counted as refused).
+tests/test_verify_random.py (``--seeds A:B``; a model the thinker check refuses is counted as refused), and the
+dialect-level sequence-op models of lnn_backend_csk60xx/tests/test_thinker_seq_ops.py (``--seq``: BmmInt, attention
+blocks, unfolded iqPad, GRUInt). A package with SoftmaxInt / LogSoftmaxInt is counted as "vendor cannot run": the
+vendor's x86 build lacks the HiFi library those kernels call.
 
-    python thinker_crosscheck.py --test-thinker /path/to/bin/test_thinker --resnet --cases --seeds 0:84
+    python thinker_crosscheck.py --test-thinker /path/to/bin/test_thinker --resnet --cases --seq --seeds 0:84
 """
 
 from __future__ import annotations
@@ -29,13 +32,19 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO.parent / "shared" / "data" / "linger-demo"
 
 
-def crosscheck(tt: str, model, inputs: list[list[np.ndarray]]) -> tuple[bool, str]:
+HIFI = ("SoftmaxInt", "LogSoftmaxInt")
+
+
+def crosscheck(tt: str, model, inputs: list[list[np.ndarray]]) -> tuple[bool | None, str]:
     graph = read_onnx(model)
     sim = Simulator(pack_graph(graph).blob)
     res = pack_graph(graph, package_format="thinker")
     work = Path(tempfile.mkdtemp())
     (work / "m.pkg").write_bytes(res.blob)
     pkg = decode(res.blob)
+    hifi = sorted({op.type for op in pkg.ops} & set(HIFI))
+    if hifi:
+        return None, f"packed; the vendor x86 build cannot run {', '.join(hifi)} (no HiFi library)"
     for k, arrays in enumerate(inputs):
         ref = sim.run(arrays)
         files = []
@@ -99,6 +108,30 @@ def _export_seed(seed: int, out: Path) -> tuple[Path, tuple[int, ...]]:
     return out / f"s{seed}.onnx", shape
 
 
+def _seq_models() -> list[tuple[str, object, list[tuple[int, ...]]]]:
+    sys.path.insert(0, str(REPO / "lnn_backend_csk60xx" / "tests"))
+    import test_thinker_seq_ops as t
+
+    made = []
+    for b, m, k, n in ((1, 4, 8, 4), (1, 7, 13, 5), (3, 5, 16, 9), (2, 1, 3, 1), (4, 12, 20, 12), (1, 64, 32, 64)):
+        xs, ys = (b, m, k), (b, k, n)
+        made.append((f"bmm {xs}x{ys}", t.bmm_model(xs, ys, 4, 5, 6), [xs, ys]))
+        made.append((f"bmm2d {xs[1:]}x{ys[1:]}", t.bmm_model(xs[1:], ys[1:], 3, 4, 4), [xs[1:], ys[1:]]))
+        made.append((f"bmm const {xs}x{ys}", t.bmm_model(xs, ys, 4, 6, 5, seed=b, const=True), [xs]))
+    for tt, d in ((4, 8), (6, 16), (10, 32), (16, 24)):
+        made.append((f"attention T={tt} D={d}", t.attention_model(tt, d, seed=tt), [(1, tt, d)]))
+        made.append((f"attention+softmax T={tt} D={d}", t.attention_model(tt, d, seed=tt, softmax=True),
+                     [(1, tt, d)]))
+    for shape, pads, conv in (((1, 3, 5, 6), (3, 0, 2, 4), True), ((1, 2, 4, 4), (1, 2, 0, 1), False),
+                              ((1, 5, 3, 7), (0, 4, 4, 0), True), ((1, 16, 6, 6), (2, 2, 2, 2), False),
+                              ((1, 8, 9, 5), (5, 1, 0, 3), True)):
+        made.append((f"pad {shape} {pads}{' conv' if conv else ''}", t.pad_model(shape, pads, conv=conv), [shape]))
+    for shape in ((4, 10), (1, 3, 7)):
+        made.append((f"softmax {shape}", t.softmax_model(shape, 4, 7), [shape]))
+        made.append((f"log-softmax {shape}", t.softmax_model(shape, 4, 4, log=True), [shape]))
+    return made
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("onnx", nargs="*")
@@ -106,6 +139,7 @@ def main() -> int:
     ap.add_argument("--resnet", action="store_true")
     ap.add_argument("--cases", action="store_true")
     ap.add_argument("--seeds", default=None, metavar="A:B")
+    ap.add_argument("--seq", action="store_true")
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -117,6 +151,10 @@ def main() -> int:
         except Exception as exc:  # a model the thinker check refuses
             stats["refused"] += 1
             print(f"{name}: refused: {str(exc).splitlines()[0][:160]}")
+            return
+        if ok is None:
+            stats["vendor cannot run"] += 1
+            print(f"{name}: {what}")
             return
         stats["equal" if ok else "different"] += 1
         print(f"{name}: {'equal' if ok else 'DIFFERENT'} ({what})")
@@ -130,6 +168,10 @@ def main() -> int:
     if args.cases:
         for name, path, shapes in _export_cases(out):
             check(name, path, [[rng.standard_normal(s).astype(np.float32) * (1 + k) for s in shapes] for k in range(4)])
+    if args.seq:
+        for name, model, shapes in _seq_models():
+            check(name, model, [[rng.standard_normal(s).astype(np.float32) * (1 + k) for s in shapes]
+                                for k in range(4)])
     if args.seeds:
         a, b = map(int, args.seeds.split(":"))
         for seed in range(a, b):
