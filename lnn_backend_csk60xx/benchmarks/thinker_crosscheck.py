@@ -126,6 +126,15 @@ def _seq_models() -> list[tuple[str, object, list[tuple[int, ...]]]]:
                               ((1, 5, 3, 7), (0, 4, 4, 0), True), ((1, 16, 6, 6), (2, 2, 2, 2), False),
                               ((1, 8, 9, 5), (5, 1, 0, 3), True)):
         made.append((f"pad {shape} {pads}{' conv' if conv else ''}", t.pad_model(shape, pads, conv=conv), [shape]))
+    for k, (tt, d, h, bf, n_i, n_hw) in enumerate(((4, 3, 2, 1, 5, 7), (6, 12, 16, 1, 6, 5), (8, 16, 32, 0, 4, 9),
+                                                   (10, 24, 20, 1, 5, 3), (3, 40, 64, 0, 7, 6), (12, 13, 9, 1, 8, 8),
+                                                   (5, 64, 48, 1, 5, 7), (20, 8, 128, 0, 6, 4))):
+        made.append((f"gru T={tt} D={d} H={h} bf={bf}", t.gru_model(tt, d, h, seed=k, batch_first=bf, n_i=n_i,
+                                                                   n_iw=max(3, 11 - n_i), n_hw=n_hw),
+                     [(1, tt, d) if bf else (tt, 1, d)]))
+    for k, (tt, d, h) in enumerate(((5, 12, 16), (9, 32, 24), (4, 8, 64))):
+        made.append((f"linear-gru-linear T={tt} D={d} H={h}", t.gru_model(tt, d, h, seed=k, linears=True),
+                     [(1, tt, d)]))
     for shape in ((4, 10), (1, 3, 7)):
         made.append((f"softmax {shape}", t.softmax_model(shape, 4, 7), [shape]))
         made.append((f"log-softmax {shape}", t.softmax_model(shape, 4, 4, log=True), [shape]))

@@ -7,6 +7,8 @@ public)."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 from _helpers import make_model, snode, tnode
@@ -19,6 +21,7 @@ from lnn_backend_csk60xx.dialect import read_onnx
 from lnn_backend_csk60xx.pipeline import pack_graph
 from lnn_backend_csk60xx.simulator import Simulator
 from lnn_backend_csk60xx.thinker.package import decode
+from lnn_core.errors import ModelFileError
 
 # -- dialect-level models (also read by benchmarks/thinker_crosscheck.py --seq) ---------------------------------------
 
@@ -98,6 +101,35 @@ def pad_model(shape: tuple[int, ...], pads: tuple[int, int, int, int], *, conv: 
         last = "y"
     nodes.append(_deq(last, 3 if conv else 4, "out"))
     return make_model(nodes, {"x": shape}, {"out": None}, inits)
+
+
+def gru_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_i: int = 5, n_iw: int = 7,
+              n_hw: int = 7, go_forward: int = 1, h_out: bool = True, linears: bool = False):
+    """Quant -> GRUInt -> Dequant (y) [and Dequant (h_n)], as linger 1.1.1 writes a GRU; n_o = n_h = 8.
+    ``linears``: a LinearInt before the GRU and one after it (DMA'd weight ops around it)."""
+    rng = np.random.default_rng(seed)
+    w = dict(w_ih=rng.integers(-128, 128, (3 * h, d)).astype(np.int8),
+             w_hh=rng.integers(-128, 128, (3 * h, h)).astype(np.int8),
+             b_ih=rng.integers(-(1 << 14), 1 << 14, 3 * h).astype(np.int32),
+             b_hh=rng.integers(-(1 << 14), 1 << 14, 3 * h).astype(np.int32))
+    lin = dict(scale_w=7, data_bits=8, parameter_bits=8, o_bits=8)
+    nodes = [tnode("Quant", ["x"], ["x0" if linears else "q"], name="quant", scale_x=n_i, data_bits=8)]
+    if linears:
+        w.update(w0=rng.integers(-64, 64, (d, d)).astype(np.int8), b0=rng.integers(-500, 500, d).astype(np.int32),
+                 w1=rng.integers(-64, 64, (h, h)).astype(np.int8), b1=rng.integers(-500, 500, h).astype(np.int32))
+        nodes.append(tnode("LinearInt", ["x0", "w0", "b0"], ["q"], name="lin0", scale_x=n_i, scale_o=n_i, **lin))
+    nodes += [tnode("GRUInt", ["q", "w_ih", "w_hh", "b_ih", "b_hh"], ["g", "hq"], name="gru", input_size=d,
+                    hidden_size=h, num_layers=1, batch_first=batch_first, dropout=0.0, go_forward=go_forward,
+                    scale_i=n_i, scale_h=8, scale_iw=n_iw, scale_hw=n_hw, scale_o=8, data_bits=8,
+                    parameter_bits=8, o_bits=8)]
+    if linears:
+        nodes.append(tnode("LinearInt", ["g", "w1", "b1"], ["g1"], name="lin1", scale_x=8, scale_o=6, **lin))
+    nodes.append(_deq("g1", 6, "y") if linears else _deq("g", 8, "y"))
+    outputs = {"y": (1, t, h) if batch_first else (t, 1, h)}
+    if h_out:
+        nodes.append(_deq("hq", 8, "h_n"))
+        outputs["h_n"] = (1, 1, h)
+    return make_model(nodes, {"x": (1, t, d) if batch_first else (t, 1, d)}, outputs, w)
 
 
 def _roundtrip(model, inputs: list[np.ndarray]):
@@ -193,3 +225,50 @@ def test_a_pad_within_the_kernel_is_still_folded():
     pkg = _roundtrip(pad_model((1, 3, 5, 6), (1, 1, 0, 0)),
                      [np.random.default_rng(4).standard_normal((1, 3, 5, 6)).astype(np.float32)])
     assert "iqPad" not in {op.type for op in pkg.ops}
+
+
+# -- GRUInt -----------------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 24), st.integers(1, 20), st.integers(0, 1), st.booleans(),
+       st.integers(4, 8), st.integers(3, 9), st.integers(0, 2**31))
+def test_gru_packages_run_like_model_bin(t, d, h, batch_first, h_out, n_i, n_hw, seed):
+    model = gru_model(t, d, h, seed=seed, batch_first=batch_first, n_i=n_i, n_iw=max(3, 11 - n_i), n_hw=n_hw,
+                      h_out=h_out)
+    x = np.random.default_rng(seed + 1).standard_normal((1, t, d) if batch_first else (t, 1, d)).astype(np.float32)
+    pkg = _roundtrip(model, [x])
+    rec = _record(pkg, "GRUInt")
+    assert rec.attrs[:8] == struct.pack("<HHHBB", 0, h, d, batch_first, 0)
+    w_ih, w_hh, b_ih, b_hh = (pkg.tensors[i] for i in rec.inputs[1:])
+    assert w_ih.shape == (d, 3 * h) and w_hh.shape == (h, 3 * h) and b_ih.shape == b_hh.shape == (3 * h,)
+    # weights read in place: no DMA; the workspace (24H) listed five times, as the VENUS wrapper reads five temps
+    assert not pkg.dma and len(set(rec.temps)) == 1 and len(rec.temps) == 5
+    assert pkg.tensors[rec.temps[0]].nbytes == 24 * h
+    h_n = pkg.tensors[rec.outputs[1]]
+    assert h_n.dtype == "int8" and h_n.shape == (1, 1, h) and h_n.scale == 8.0
+
+
+def test_gru_between_linear_layers_keeps_the_dma_sequence():
+    """A GRU between two DMA'd weight ops takes no transfer: the DMA list holds the linear layers only."""
+    t, d, h = 5, 12, 16
+    x = np.random.default_rng(3).standard_normal((1, t, d)).astype(np.float32)
+    pkg = _roundtrip(gru_model(t, d, h, seed=3, linears=True), [x])
+    assert [op.type for op in pkg.ops][:4] == ["Quant", "LinearInt", "GRUInt", "LinearInt"] and len(pkg.dma) == 2
+    lin0, lin1 = (op for op in pkg.ops if op.type == "LinearInt")
+    assert [d.dst for d in pkg.dma] == [lin0.temps[-1], lin1.temps[-1]]
+
+
+def test_the_thinker_check_refuses_what_the_runtime_cannot_run():
+    """A reverse GRU (lnn's own rule refuses it too) and a GRU whose quarter matmul blocks exceed the NPU's 32 KB
+    (lnn's simulator runs it) are refused for the package, naming the node; pack refuses the second with the rule."""
+    for (d, h, go_forward), rule_id in (((4, 4, 0), "csk60xx.thinker.gru_direction"),
+                                        ((8, 360, 1), "csk60xx.thinker.gru_split")):
+        graph = read_onnx(gru_model(3, d, h, go_forward=go_forward))
+        report = check_graph(graph, package_format="thinker")
+        v = [v for v in report.violations if v.rule_id == rule_id]
+        assert not report.ok and v and v[0].op_name == "gru" and v[0].hint
+    with pytest.raises(ModelFileError, match="node 'gru'") as exc:
+        pack_graph(graph, package_format="thinker")
+    assert exc.value.rule_id == "csk60xx.thinker.gru_split" and exc.value.limit == 32768
+    assert exc.value.actual == 360 * 272  # w_hh: A8(360) * A4(ceil(1080 / 4)); w_ih (D = 8) fits

@@ -21,10 +21,20 @@ Limits (spec 2.2.5, 6.2; ``[gru]`` of the target): batch 1 (the chip addresses x
 ``n_o + n_hw >= 11`` (the Q11 alignment only shifts right), ``n_o = 8`` (the kernel reads the state as Q8: any
 other exponent mis-scales the feedback) and ``scale_h = scale_o``. ``y`` is declared ``[T, 1, H]`` / ``[1, T, H]``
 (tpacker 3.0.4's ``[1, B, H]`` is a bug, spec 2.1.3). The kernel's scratch is 24H bytes (gi and gh as int32).
+
+Thinker package (spec/thinker-package.md 3.5, 6; int8-seq-ops.md 2.2.5): a ``GRUInt`` record (x, W_ih^T [D, 3H],
+W_hh^T [H, 3H], b_ih, b_hh -> y, h_n) with GRUIntAttrs {direction 0, H, D, layout = batch_first, quant_type 0}.
+The kernel reads its weights in place from the blob (no DMA transfer, no DMA buffer: it never calls
+getWeightData) and keeps the int8 state in h_n. Its VENUS wrapper runs the kernel only when a workspace is listed
+and then reads four more temps as (unused) weight descriptors, so the record lists the 24H-byte workspace five
+times: every id it reads is a real tensor. Refused for the package: a node with an initial state or lengths, a
+reverse GRU (lnn's own rules run GRUs forward), and a matmul block over the NPU's 32 KB (the kernel's fixed split
+in four, which nothing checks on the chip).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +43,7 @@ import numpy as np
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import DecodedOp, Problem, ThinkerLowering, relayout_linear, restore_linear
 from ._rules import at, dtype_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, engine_operands, known_shapes
 
@@ -238,6 +249,53 @@ def _workspace(graph: Graph, node: Node) -> list[tuple[Any, str, bool]]:
     return engine_operands(graph, node, whole=(0, "out"))
 
 
+# -- thinker package --------------------------------------------------------------------------------------------------
+
+#: the matmuls' fixed split (``gru_luna_inner``) and the NPU's right-matrix buffer
+_THINKER_SPLIT, _NPU_RIGHT_BYTES = 4, 32768
+
+
+def _thinker_attrs(node: Node, graph: Graph) -> bytes:
+    d, h = graph.tensors[node.inputs[1]].shape[1], graph.tensors[node.inputs[2]].shape[1]
+    return struct.pack("<HHHBB", 0, h, d, int(node.attrs.get("batch_first", 0)), 0)
+
+
+def _thinker_check(node: Node, graph: Graph) -> list[Problem]:
+    out = []
+    if len(node.inputs) != 5:
+        out.append(Problem("csk60xx.thinker.gru_state", "the runtime's GRUInt reads no initial state and no lengths",
+                           "x, w_ih, w_hh, b_ih, b_hh", f"{len(node.inputs)} inputs",
+                           "run the GRU from a zero state over the whole sequence (pack for lnn's simulator to "
+                           "carry a state)"))
+    if int(node.attrs.get("go_forward", 1)) != 1:
+        out.append(Problem("csk60xx.thinker.gru_direction", "a reverse GRU (one half of a bidirectional one) is not "
+                           "written: lnn runs GRUs forward only, so nothing proves it against the runtime's reverse "
+                           "path", "go_forward 1", f"go_forward {node.attrs.get('go_forward')}",
+                           "use a unidirectional GRU; reverse the sequence outside the GRU"))
+    h3 = graph.tensors[node.inputs[1]].shape[0]
+    block = -(-h3 // _THINKER_SPLIT)
+    for idx, role in ((1, "w_ih"), (2, "w_hh")):
+        k = graph.tensors[node.inputs[idx]].shape[1]
+        size = -(-k // 8) * 8 * (-(-block // 4) * 4)
+        if size > _NPU_RIGHT_BYTES:
+            out.append(Problem("csk60xx.thinker.gru_split", f"a quarter of {role} (the kernel splits each matmul in "
+                               "four, whatever the size) exceeds the NPU's 32 KB right-matrix buffer",
+                               _NPU_RIGHT_BYTES, size, "use a smaller hidden or input size"))
+    return out
+
+
+def _thinker_read(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    direction, h, size, layout, _ = struct.unpack_from("<HHHBB", d.attrs)
+    attrs = {"input_size": size, "hidden_size": h, "batch_first": layout, "go_forward": 1 - direction,
+             "num_layers": 1}
+    return attrs, {1: restore_linear(d.inputs[1].data), 2: restore_linear(d.inputs[2].data)}
+
+
+_THINKER_GRU = ThinkerLowering("GRUInt", attrs=_thinker_attrs, relayout={1: relayout_linear, 2: relayout_linear},
+                               workspace=lambda n, g: _kernel_workspace(g, n), check=_thinker_check,
+                               read=_thinker_read, workspace_repeats=4)
+
+
 _ATTRS = {
     "input_size": AttrSpec("int", minimum=1),
     "hidden_size": AttrSpec("int", minimum=1),
@@ -258,5 +316,5 @@ OPS = (
           pack_rules=(check_batch, check_direction, check_in_alignment, check_hidden_alignment, check_out_exponent,
                       _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
-          lowerings={"lnn": Lowering(32, 5, None, "gru.c")}),
+          lowerings={"lnn": Lowering(32, 5, None, "gru.c"), "thinker": _THINKER_GRU}),
 )

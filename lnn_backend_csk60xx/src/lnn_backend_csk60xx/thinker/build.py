@@ -304,7 +304,7 @@ def build_package(graph: Graph, plan: MemoryPlan, ops: OpSet) -> Package:
     for rec in lowered.recs:
         tmp = []
         if rec.workspace:
-            tmp.append(temp_ids[f"workspace:{rec.node.name}"])
+            tmp += [temp_ids[f"workspace:{rec.node.name}"]] * (1 + rec.low.workspace_repeats)
         if rec.low.dma:
             n_dma += 1
             buf = temp_ids[f"dma_buffer{n_dma}"]

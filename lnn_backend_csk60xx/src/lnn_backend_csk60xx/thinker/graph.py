@@ -109,8 +109,10 @@ def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None
                 ti = info(i)
                 g.tensors[names[i]] = TensorInfo(ti.name, str(arr.dtype), tuple(arr.shape), ti.exponent)
         for p in ops[op_type].params:  # a bias is stored without its exponent (the kernels use n_x + n_w)
-            if p.bias is not None and p.bias < len(inputs) and p.x == ("in", 0):
-                b, w, x = (g.tensors[names[inputs[j]]] for j in (p.bias, p.weight, 0))
+            side, j = p.x
+            if p.bias is not None and p.bias < len(inputs) and j < len(inputs if side == "in" else rec.outputs):
+                b, w = (g.tensors[names[inputs[i]]] for i in (p.bias, p.weight))
+                x = g.tensors[names[inputs[j]]] if side == "in" else info(rec.outputs[j])
                 if x.exponent is not None and w.exponent is not None:
                     b.exponent = x.exponent + w.exponent
         for i in rec.outputs:

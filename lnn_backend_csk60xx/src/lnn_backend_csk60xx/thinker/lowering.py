@@ -68,6 +68,8 @@ class ThinkerLowering:
     :param n_inputs: how many of the record's inputs the IR node takes (None: all).
     :param max_rank: the kernel reads only this many trailing axes of input 0 and output 0: the format's rewrite
         merges the leading ones into one with reshapes (no data moves), e.g. rank 3 for LinearInt and LayerNormInt.
+    :param workspace_repeats: the record lists its workspace id this many more times after the workspace, for a
+        wrapper that reads temps it never uses (GRUInt's VENUS wrapper reads four descriptors after its workspace).
     """
 
     name: str
@@ -80,6 +82,7 @@ class ThinkerLowering:
     read: Callable[[DecodedOp], tuple[dict[str, Any], dict[int, np.ndarray]]] | None = None
     n_inputs: int | None = None
     max_rank: int | None = None
+    workspace_repeats: int = 0
 
 
 def _a(n: int, k: int) -> int:
