@@ -107,16 +107,18 @@ def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
         if low is None:
             raise _unsupported(graph, node, ops)
         op = ops[node.op_type]
-        biases = set(op.bias_inputs())
+        biases = {node.inputs[j] for j in op.bias_inputs() if j < len(node.inputs)}  # by name: records may reorder
         raw = list(low.inputs(node, graph)) if low.inputs is not None else list(node.inputs)
         names: list[str] = []
         dma_bytes = 0
+        dma_from = 0 if low.dma_last is None else len(raw) - low.dma_last
         for i, item in enumerate(raw):
+            carried = low.dma and i >= dma_from
             if isinstance(item, np.ndarray):
                 key = f"{node.name}/c{i}"
                 consts[key] = _Const(key, np.ascontiguousarray(item), 0, -1.0)
                 names.append(key)
-                dma_bytes += a16(item.nbytes) if low.dma else 0
+                dma_bytes += a16(item.nbytes) if carried else 0
                 continue
             if item not in graph.initializers:
                 names.append(item)
@@ -125,12 +127,12 @@ def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
             layout = 0
             if i in low.relayout:
                 arr, layout = low.relayout[i](arr, node, graph)
-            if i in biases and arr.dtype != np.int32:
+            if item in biases and arr.dtype != np.int32:
                 arr = arr.astype(np.int32)
             info = graph.tensors.get(item)
-            scale = -1.0 if i in biases or info is None or info.exponent is None else float(info.exponent)
+            scale = -1.0 if item in biases or info is None or info.exponent is None else float(info.exponent)
             key = item
-            if item in owner and (low.dma or i in low.relayout):
+            if item in owner and (carried or i in low.relayout):
                 key = f"{item}@{node.name}"
             if key not in consts:
                 consts[key] = _Const(key, np.array(arr, order="C"), layout, scale)  # keeps rank 0
@@ -138,7 +140,7 @@ def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
             elif item in owner:
                 key = owner[item]
             names.append(key)
-            dma_bytes += a16(consts[key].array.nbytes) if low.dma else 0
+            dma_bytes += a16(consts[key].array.nbytes) if carried else 0
         attrs = low.attrs(node, graph) if low.attrs is not None else b""
         work = low.workspace(node, graph) if low.workspace is not None else 0
         recs.append(_Rec(node, low, names, attrs, int(work), dma_bytes if low.dma else 0))
@@ -309,7 +311,8 @@ def build_package(graph: Graph, plan: MemoryPlan, ops: OpSet) -> Package:
             n_dma += 1
             buf = temp_ids[f"dma_buffer{n_dma}"]
             tmp.append(buf)
-            first = next(t for t in rec.inputs if t in lowered.consts)
+            carried = rec.inputs if rec.low.dma_last is None else rec.inputs[len(rec.inputs) - rec.low.dma_last:]
+            first = next(t for t in carried if t in lowered.consts)
             dma.append(Dma(ids[first], buf, rec.dma_bytes))
         records.append(Op(rec.low.name, rec.attrs, [ids[t] for t in rec.inputs],
                           [ids[t] for t in rec.node.outputs], tmp, rec.node.name))

@@ -100,8 +100,11 @@ def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None
         spec = ops[op_type].attrs
         if "o_bits" in spec:
             attrs.setdefault("o_bits", {"int8": 8, "int16": 16, "int32": 32}.get(d.outputs[0].dtype, 8))
-        inputs = rec.inputs if low.n_inputs is None else rec.inputs[:low.n_inputs]
-        for pos, i in enumerate(inputs):
+        positions = list(range(len(rec.inputs) if low.n_inputs is None else low.n_inputs))
+        if low.ir_order is not None:
+            positions = list(low.ir_order(len(rec.inputs)))
+        inputs = [rec.inputs[p] for p in positions]
+        for pos, i in zip(positions, inputs):
             t = pkg.tensors[i]
             if t.constant and names[i] not in g.initializers:
                 arr = np.asarray(restored.get(pos, t.data))
