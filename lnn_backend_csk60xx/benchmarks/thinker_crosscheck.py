@@ -135,6 +135,22 @@ def _seq_models() -> list[tuple[str, object, list[tuple[int, ...]]]]:
     for k, (tt, d, h) in enumerate(((5, 12, 16), (9, 32, 24), (4, 8, 64))):
         made.append((f"linear-gru-linear T={tt} D={d} H={h}", t.gru_model(tt, d, h, seed=k, linears=True),
                      [(1, tt, d)]))
+    for k, (tt, d, h, bf) in enumerate(((4, 3, 2, 1), (6, 12, 16, 0), (9, 20, 24, 1), (5, 7, 5, 1))):
+        made.append((f"gru reverse T={tt} D={d} H={h}", t.gru_model(tt, d, h, seed=k, batch_first=bf, go_forward=0),
+                     [(1, tt, d) if bf else (tt, 1, d)]))
+    made.append(("gru lengths [T]", t.gru_model(6, 5, 8, seed=9, lengths=6), [(1, 6, 5)]))
+    for k, (tt, d, h, bf, fwd, state) in enumerate(((4, 3, 2, 1, 1, False), (6, 12, 16, 0, 1, False),
+                                                    (5, 10, 6, 1, 0, False), (8, 7, 5, 0, 0, False),
+                                                    (3, 32, 64, 1, 1, False), (10, 24, 20, 1, 1, True),
+                                                    (7, 9, 3, 0, 0, True), (12, 16, 33, 1, 1, True))):
+        made.append((f"lstm T={tt} D={d} H={h} bf={bf} fwd={fwd} state={state}",
+                     t.lstm_model(tt, d, h, seed=k, batch_first=bf, go_forward=fwd, state=state,
+                                  n_o=[7, 5, 8][k % 3]), [(1, tt, d) if bf else (tt, 1, d)]
+                     + ([(1, 1, h), (1, 1, h)] if state else [])))
+    for k, (tt, d, h) in enumerate(((5, 12, 16), (6, 10, 6), (4, 8, 64))):
+        made.append((f"linear-lstm-linear T={tt} D={d} H={h}", t.lstm_model(tt, d, h, seed=k, linears=True),
+                     [(1, tt, d)]))
+    made.append(("lstm lengths [T]", t.lstm_model(6, 5, 8, seed=9, lengths=6), [(1, 6, 5)]))
     for shape in ((4, 10), (1, 3, 7)):
         made.append((f"softmax {shape}", t.softmax_model(shape, 4, 7), [shape]))
         made.append((f"log-softmax {shape}", t.softmax_model(shape, 4, 4, log=True), [shape]))
@@ -179,8 +195,10 @@ def main() -> int:
             check(name, path, [[rng.standard_normal(s).astype(np.float32) * (1 + k) for s in shapes] for k in range(4)])
     if args.seq:
         for name, model, shapes in _seq_models():
-            check(name, model, [[rng.standard_normal(s).astype(np.float32) * (1 + k) for s in shapes]
-                                for k in range(4)])
+            dtypes = [read_onnx(model).tensors[i].dtype for i in read_onnx(model).inputs]
+            check(name, model, [[rng.standard_normal(s).astype(np.float32) * (1 + k) if dt == "float32" else
+                                 rng.integers(-100 * (1 + k), 100 * (1 + k), s).astype(dt)
+                                 for s, dt in zip(shapes, dtypes)] for k in range(4)])
     if args.seeds:
         a, b = map(int, args.seeds.split(":"))
         for seed in range(a, b):

@@ -74,7 +74,6 @@ def _violations(model) -> dict[str, object]:
 @pytest.mark.parametrize("kw,rule_id,actual,limit", [
     (dict(batch=2), "csk60xx.gru.batch", "batch 2", "batch <= 1"),
     (dict(batch=2, batch_first=0), "csk60xx.gru.batch", "batch 2", "batch <= 1"),
-    (dict(go_forward=0), "csk60xx.gru.direction", "go_forward 0", "go_forward in (1,)"),
     (dict(n_i=3, n_iw=7), "csk60xx.gru.in_alignment", "n_i + n_iw = 3 + 7 = 10", "n_i + n_iw >= 11"),
     (dict(n_hw=2), "csk60xx.gru.hidden_alignment", "n_o + n_hw = 8 + 2 = 10", "n_o + n_hw >= 11"),
     (dict(n_o=7, n_hw=7), "csk60xx.gru.out_exponent", "n_o 7, n_h 7", "n_o = n_h = 8"),

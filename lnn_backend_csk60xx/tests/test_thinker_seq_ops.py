@@ -14,7 +14,7 @@ import pytest
 from _helpers import make_model, snode, tnode
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import helper
+from onnx import TensorProto, helper
 
 from lnn_backend_csk60xx.check import check_graph
 from lnn_backend_csk60xx.dialect import read_onnx
@@ -104,9 +104,11 @@ def pad_model(shape: tuple[int, ...], pads: tuple[int, int, int, int], *, conv: 
 
 
 def gru_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_i: int = 5, n_iw: int = 7,
-              n_hw: int = 7, go_forward: int = 1, h_out: bool = True, linears: bool = False):
+              n_hw: int = 7, go_forward: int = 1, h_out: bool = True, linears: bool = False,
+              lengths: int | None = None, state: bool = False):
     """Quant -> GRUInt -> Dequant (y) [and Dequant (h_n)], as linger 1.1.1 writes a GRU; n_o = n_h = 8.
-    ``linears``: a LinearInt before the GRU and one after it (DMA'd weight ops around it)."""
+    ``linears``: a LinearInt before the GRU and one after it (DMA'd weight ops around it); ``lengths``: a constant
+    [L]; ``state``: an int8 h0 graph input (with lengths [T])."""
     rng = np.random.default_rng(seed)
     w = dict(w_ih=rng.integers(-128, 128, (3 * h, d)).astype(np.int8),
              w_hh=rng.integers(-128, 128, (3 * h, h)).astype(np.int8),
@@ -118,7 +120,16 @@ def gru_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_
         w.update(w0=rng.integers(-64, 64, (d, d)).astype(np.int8), b0=rng.integers(-500, 500, d).astype(np.int32),
                  w1=rng.integers(-64, 64, (h, h)).astype(np.int8), b1=rng.integers(-500, 500, h).astype(np.int32))
         nodes.append(tnode("LinearInt", ["x0", "w0", "b0"], ["q"], name="lin0", scale_x=n_i, scale_o=n_i, **lin))
-    nodes += [tnode("GRUInt", ["q", "w_ih", "w_hh", "b_ih", "b_hh"], ["g", "hq"], name="gru", input_size=d,
+    if state and lengths is None:
+        lengths = t
+    extra = [] if lengths is None else ["len"]
+    if lengths is not None:
+        w["len"] = np.array([lengths], np.int64)
+    inputs = {"x": (1, t, d) if batch_first else (t, 1, d)}
+    if state:
+        extra.append("h0")
+        inputs["h0"] = (1, 1, h)
+    nodes += [tnode("GRUInt", ["q", *extra, "w_ih", "w_hh", "b_ih", "b_hh"], ["g", "hq"], name="gru", input_size=d,
                     hidden_size=h, num_layers=1, batch_first=batch_first, dropout=0.0, go_forward=go_forward,
                     scale_i=n_i, scale_h=8, scale_iw=n_iw, scale_hw=n_hw, scale_o=8, data_bits=8,
                     parameter_bits=8, o_bits=8)]
@@ -129,7 +140,56 @@ def gru_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_
     if h_out:
         nodes.append(_deq("hq", 8, "h_n"))
         outputs["h_n"] = (1, 1, h)
-    return make_model(nodes, {"x": (1, t, d) if batch_first else (t, 1, d)}, outputs, w)
+    model = make_model(nodes, inputs, outputs, w)
+    for vi in model.graph.input:
+        if vi.name == "h0":
+            vi.type.tensor_type.elem_type = TensorProto.INT8
+    return model
+
+
+def lstm_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_i: int = 5, n_iw: int = 7,
+               n_hw: int = 7, n_o: int = 7, go_forward: int = 1, lengths: int | None = None, state: bool = False,
+               linears: bool = False):
+    """Quant -> LSTMInt -> Dequant (y), inputs in linger's order; ``lengths``: a constant [L]; ``state``: h0 (int8)
+    and c0 (int16) raw graph inputs and h_n / c_n raw outputs (lengths [T] then, as linger writes it);
+    ``linears``: a LinearInt before the LSTM and one after it."""
+    rng = np.random.default_rng(seed)
+    w = dict(w_ih=rng.integers(-128, 128, (4 * h, d)).astype(np.int8),
+             w_hh=rng.integers(-128, 128, (4 * h, h)).astype(np.int8),
+             b_ih=rng.integers(-(1 << 14), 1 << 14, 4 * h).astype(np.int32),
+             b_hh=rng.integers(-(1 << 14), 1 << 14, 4 * h).astype(np.int32))
+    lin = dict(scale_w=7, data_bits=8, parameter_bits=8, o_bits=8)
+    nodes = [tnode("Quant", ["x"], ["x0" if linears else "q"], name="quant", scale_x=n_i, data_bits=8)]
+    if linears:
+        w.update(w0=rng.integers(-64, 64, (d, d)).astype(np.int8), b0=rng.integers(-500, 500, d).astype(np.int32),
+                 w1=rng.integers(-64, 64, (h, h)).astype(np.int8), b1=rng.integers(-500, 500, h).astype(np.int32))
+        nodes.append(tnode("LinearInt", ["x0", "w0", "b0"], ["q"], name="lin0", scale_x=n_i, scale_o=n_i, **lin))
+    if state and lengths is None:
+        lengths = t
+    extra = [] if lengths is None else ["len"]
+    if lengths is not None:
+        w["len"] = np.array([lengths], np.int64)
+    inputs = {"x": (1, t, d) if batch_first else (t, 1, d)}
+    if state:
+        extra += ["h0", "c0"]
+        inputs.update(h0=(1, 1, h), c0=(1, 1, h))
+    nodes.append(tnode("LSTMInt", ["q", *extra, "w_ih", "w_hh", "b_ih", "b_hh"], ["l", "hq", "cq"], name="lstm",
+                       input_size=d, hidden_size=h, num_layers=1, batch_first=batch_first, dropout=0.0,
+                       go_forward=go_forward, scale_i=n_i, scale_h=n_o, scale_iw=n_iw, scale_hw=n_hw, scale_o=n_o,
+                       data_bits=8, parameter_bits=8, o_bits=8))
+    if linears:
+        nodes.append(tnode("LinearInt", ["l", "w1", "b1"], ["l1"], name="lin1", scale_x=n_o, scale_o=6, **lin))
+    nodes.append(_deq("l1", 6, "y") if linears else _deq("l", n_o, "y"))
+    outputs = {"y": (1, t, h) if batch_first else (t, 1, h)}
+    if state:
+        outputs.update(hq=(1, 1, h), cq=(1, 1, h))
+    model = make_model(nodes, inputs, outputs, w)
+    for vi in (*model.graph.input, *model.graph.output):
+        if vi.name in ("h0", "hq"):
+            vi.type.tensor_type.elem_type = TensorProto.INT8
+        if vi.name in ("c0", "cq"):
+            vi.type.tensor_type.elem_type = TensorProto.INT16
+    return model
 
 
 def _roundtrip(model, inputs: list[np.ndarray]):
@@ -231,15 +291,15 @@ def test_a_pad_within_the_kernel_is_still_folded():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.integers(1, 8), st.integers(1, 24), st.integers(1, 20), st.integers(0, 1), st.booleans(),
+@given(st.integers(1, 8), st.integers(1, 24), st.integers(1, 20), st.integers(0, 1), st.booleans(), st.booleans(),
        st.integers(4, 8), st.integers(3, 9), st.integers(0, 2**31))
-def test_gru_packages_run_like_model_bin(t, d, h, batch_first, h_out, n_i, n_hw, seed):
+def test_gru_packages_run_like_model_bin(t, d, h, batch_first, h_out, reverse, n_i, n_hw, seed):
     model = gru_model(t, d, h, seed=seed, batch_first=batch_first, n_i=n_i, n_iw=max(3, 11 - n_i), n_hw=n_hw,
-                      h_out=h_out)
+                      h_out=h_out, go_forward=0 if reverse else 1)
     x = np.random.default_rng(seed + 1).standard_normal((1, t, d) if batch_first else (t, 1, d)).astype(np.float32)
     pkg = _roundtrip(model, [x])
     rec = _record(pkg, "GRUInt")
-    assert rec.attrs[:8] == struct.pack("<HHHBB", 0, h, d, batch_first, 0)
+    assert rec.attrs[:8] == struct.pack("<HHHBB", int(reverse), h, d, batch_first, 0)
     w_ih, w_hh, b_ih, b_hh = (pkg.tensors[i] for i in rec.inputs[1:])
     assert w_ih.shape == (d, 3 * h) and w_hh.shape == (h, 3 * h) and b_ih.shape == b_hh.shape == (3 * h,)
     # weights read in place: no DMA; the workspace (24H) listed five times, as the VENUS wrapper reads five temps
@@ -260,15 +320,63 @@ def test_gru_between_linear_layers_keeps_the_dma_sequence():
 
 
 def test_the_thinker_check_refuses_what_the_runtime_cannot_run():
-    """A reverse GRU (lnn's own rule refuses it too) and a GRU whose quarter matmul blocks exceed the NPU's 32 KB
-    (lnn's simulator runs it) are refused for the package, naming the node; pack refuses the second with the rule."""
-    for (d, h, go_forward), rule_id in (((4, 4, 0), "csk60xx.thinker.gru_direction"),
-                                        ((8, 360, 1), "csk60xx.thinker.gru_split")):
-        graph = read_onnx(gru_model(3, d, h, go_forward=go_forward))
+    """An initial state and lengths other than [T] (the runtime's GRU reads neither) and a GRU whose quarter
+    matmul blocks exceed the NPU's 32 KB (lnn's simulator runs it) are refused for the package, naming the node;
+    pack refuses the last with the rule. Lengths = [T] is written (a GRU runs T steps anyway)."""
+    _roundtrip(gru_model(4, 3, 2, lengths=4), [np.ones((1, 4, 3), np.float32)])
+    for model, rule_id, actual in ((gru_model(4, 3, 2, state=True), "csk60xx.thinker.gru_state", "h0"),
+                                   (gru_model(4, 3, 2, lengths=2), "csk60xx.thinker.gru_lengths", "[2]"),
+                                   (gru_model(3, 8, 360), "csk60xx.thinker.gru_split", 360 * 272)):
+        graph = read_onnx(model)
         report = check_graph(graph, package_format="thinker")
         v = [v for v in report.violations if v.rule_id == rule_id]
-        assert not report.ok and v and v[0].op_name == "gru" and v[0].hint
+        assert not report.ok and v and v[0].op_name == "gru" and v[0].actual == actual and v[0].hint
     with pytest.raises(ModelFileError, match="node 'gru'") as exc:
         pack_graph(graph, package_format="thinker")
     assert exc.value.rule_id == "csk60xx.thinker.gru_split" and exc.value.limit == 32768
     assert exc.value.actual == 360 * 272  # w_hh: A8(360) * A4(ceil(1080 / 4)); w_ih (D = 8) fits
+
+
+# -- LSTMInt -----------------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 24), st.integers(1, 20), st.integers(0, 1), st.booleans(), st.booleans(),
+       st.integers(3, 9), st.integers(0, 2**31))
+def test_lstm_packages_run_like_model_bin(t, d, h, batch_first, reverse, state, n_i, seed):
+    model = lstm_model(t, d, h, seed=seed, batch_first=batch_first, n_i=n_i, go_forward=0 if reverse else 1,
+                       state=state)
+    rng = np.random.default_rng(seed + 1)
+    feeds = [rng.standard_normal((1, t, d) if batch_first else (t, 1, d)).astype(np.float32)]
+    if state:
+        feeds += [rng.integers(-128, 128, (1, 1, h)).astype(np.int8),
+                  rng.integers(-3000, 3000, (1, 1, h)).astype(np.int16)]
+    pkg = _roundtrip(model, feeds)
+    rec = _record(pkg, "LSTMInt")
+    assert rec.attrs[:8] == struct.pack("<HHHBB", int(reverse), h, d, batch_first, 4)
+    assert len(rec.inputs) == (8 if state else 5)
+    w_ih, w_hh, b_ih, b_hh = (pkg.tensors[i] for i in rec.inputs[-4:])
+    # transposed, zero rows up to a 16-byte multiple: the wrapper slices its DMA buffer without the blob's padding
+    assert w_ih.shape[1] == w_hh.shape[1] == 4 * h and w_ih.nbytes % 16 == 0 and w_hh.nbytes % 16 == 0
+    assert d <= w_ih.shape[0] < d + 4 and h <= w_hh.shape[0] < h + 4 and not w_ih.data[d:].any()
+    (dma,) = pkg.dma
+    assert dma.src == rec.inputs[-4] and dma.size == w_ih.nbytes + w_hh.nbytes + b_ih.nbytes + b_hh.nbytes
+    ws, buf = rec.temps
+    assert pkg.tensors[ws].nbytes == 40 * h and buf == dma.dst
+
+
+def test_lstm_between_linear_layers_takes_its_transfer_in_order():
+    t, d, h = 6, 10, 6  # 4H * D and 4H * H not multiples of 16: the weights get zero rows
+    x = np.random.default_rng(3).standard_normal((1, t, d)).astype(np.float32)
+    pkg = _roundtrip(lstm_model(t, d, h, seed=3, linears=True), [x])
+    ops = [op for op in pkg.ops if op.type in ("LinearInt", "LSTMInt")]
+    assert [op.type for op in ops] == ["LinearInt", "LSTMInt", "LinearInt"]
+    assert [dma.dst for dma in pkg.dma] == [op.temps[-1] for op in ops]
+
+
+def test_lstm_lengths_other_than_t_are_refused():
+    """The runtime leaves y's rows at and after lengths[0] unwritten; lengths = [T] is written (and runs T steps)."""
+    _roundtrip(lstm_model(5, 4, 3, lengths=5), [np.ones((1, 5, 4), np.float32)])
+    report = check_graph(read_onnx(lstm_model(5, 4, 3, lengths=3)), package_format="thinker")
+    v = [v for v in report.violations if v.rule_id == "csk60xx.thinker.lstm_lengths"]
+    assert v and v[0].op_name == "lstm" and v[0].actual == "[3]" and v[0].limit == "a constant [5]"

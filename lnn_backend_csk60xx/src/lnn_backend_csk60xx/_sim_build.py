@@ -116,6 +116,7 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_LOGSOFTMAX ...
 #define LNN_SIM_OP_BMM ...
 #define LNN_SIM_OP_GATHER ...
+#define LNN_SIM_OP_LSTM ...
 #define LNN_SIM_OP_GRU ...
 #define LNN_SIM_OP_PAD ...
 #define LNN_SIM_ACT_NONE ...
@@ -175,10 +176,16 @@ lnn_sim_status lnn_sim_op_external(const lnn_sim_model *model, int32_t op, const
 extern "Python" lnn_sim_status lnn_sim_py_external(void *user, lnn_sim_model *model, int32_t op, char *msg,
                                                    size_t msg_size);
 lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *model, int32_t op, char *msg, size_t msg_size);
-/* one kernel on raw buffers, for its bit-exactness tests against the numpy reference (ops/gru.py gru_int) */
-lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int32_t d,
-                              int32_t h, const int8_t *x, const int8_t *w_ih, const int8_t *w_hh, const int32_t *b_ih,
-                              const int32_t *b_hh, int8_t *y, int8_t *h_n, int64_t *scratch);
+/* kernels on raw buffers, for their bit-exactness tests against the numpy references (ops/gru.py, ops/lstm.py) */
+lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
+                               int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
+                               const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
+                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int32_t isa, int64_t *scratch,
+                               int32_t *acc);
+lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
+                              int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
+                              const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
+                              int8_t *y, int8_t *h_n, int32_t isa, int64_t *scratch, int32_t *acc);
 """
 
 

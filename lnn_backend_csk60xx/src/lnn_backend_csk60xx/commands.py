@@ -247,6 +247,12 @@ def configure_run(p: argparse.ArgumentParser) -> None:
                    help="share-memory of the board; refused when the model's plan needs more")
     p.add_argument("--max-macs", metavar="MACS",
                    help="refuse a model that needs more work (default 40G, about 10x a ResNet-50; 0: no limit)")
+    p.add_argument("--state-in", metavar="NPZ",
+                   help="recurrent state to start from (a .npz written by --state-out; state input name -> array); "
+                        "the positional inputs are then the model's other inputs")
+    p.add_argument("--state-out", metavar="NPZ",
+                   help="write the recurrent state after this run (.npz, state input name -> array), to continue "
+                        "the sequence with --state-in; without --state-in the run starts from the zero state")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -303,6 +309,33 @@ def _load_input(path: str, spec: Any) -> np.ndarray:
     raise ConfigError(f"input '{path}' is neither .npy nor .bin", {"expected": ".npy or raw .bin"},
                       "save the input with numpy.save, or as raw little-endian bytes with a .bin suffix",
                       option="INPUT", value=path, valid=".npy, .bin")
+
+
+def _load_state(path: str) -> dict[str, np.ndarray]:
+    """A recurrent state written by --state-out: an .npz of state input name -> array."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise ModelFileError(f"cannot read the recurrent state '{path}': it does not exist", {},
+                             "pass a file written by lnn run --state-out (leave --state-in out to start from zeros)",
+                             path=path, node=None)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError) as exc:
+        raise ModelFileError(f"cannot read the recurrent state '{path}': it is not an .npz of arrays",
+                             {"cause": str(exc)}, "pass a file written by lnn run --state-out", path=path,
+                             node=None) from exc
+
+
+def _save_state(path: Path, state: dict[str, np.ndarray]) -> None:
+    import numpy as np
+
+    try:
+        with path.open("wb") as f:
+            np.savez(f, **state)
+    except OSError as exc:
+        raise _unwritable(path, "--state-out", exc.strerror or type(exc).__name__) from exc
 
 
 def _output_paths(outputs: list[str], count: int) -> list[Path]:
@@ -423,7 +456,14 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
                               f"{board}", {"needed": f"{need} bytes (its memory plan)", "given": f"{board} bytes"},
                               f"re-pack for this board: lnn pack MODEL.onnx -o {path.name} --share-mem {board}",
                               option="--share-mem", value=board, valid=f">= {need}")
-    specs = sim.int_inputs if args.integer else sim.inputs
+    stream = None
+    if args.state_in or args.state_out:
+        if args.integer:
+            raise ConfigError("lnn run --state-in/--state-out run the float inputs, not --int", {},
+                              "leave --int out (an integer state input is fed as it is anyway)", option="--int",
+                              value=True, valid="without --state-in/--state-out")
+        stream = sim.stream(_load_state(args.state_in) if args.state_in else None)
+    specs = stream.inputs if stream is not None else sim.int_inputs if args.integer else sim.inputs
     if len(args.inputs) != len(specs):
         raise SimulatorError(f"packed model '{path}' takes {len(specs)} inputs, got {len(args.inputs)} files",
                              {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in specs)},
@@ -435,6 +475,14 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
     out_specs = sim.int_outputs if args.integer else sim.outputs
     paths = _output_paths(args.output, len(out_specs))  # every path is checked before the model runs
     batch = any(tuple(a.shape) != tuple(s.shape) for a, s in zip(arrays, specs))
+    if stream is not None and (batch or args.dump):
+        raise ConfigError("lnn run --state-in/--state-out run one chunk of one sequence",
+                          {"inputs": ", ".join(f"{s.name} {tuple(a.shape)} (one chunk: {s.shape})"
+                                               for a, s in zip(arrays, specs)), "dump": args.dump},
+                          "run the chunks one after another, each with --state-in of the previous --state-out "
+                          "(and no --dump)", option="--state-in", value=args.state_in, valid="one chunk, no --dump")
+    if args.state_out:
+        _writable_file(Path(args.state_out), "--state-out")
     if args.threads < 1:
         raise ConfigError(f"lnn run --threads must be at least 1, got {args.threads}", {},
                           "pass --threads 2 (or the number of cores)", option="--threads", value=args.threads,
@@ -447,7 +495,11 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
                           value=args.dump, valid="inputs of one row")
     if args.dump:
         _dump_folder(Path(args.dump))
-    if batch:
+    if stream is not None:
+        outputs, dumped = stream.run(arrays), {}
+        if args.state_out:
+            _save_state(Path(args.state_out), stream.state)
+    elif batch:
         outputs, dumped = sim.run_batch(arrays, threads=args.threads, integer=args.integer), {}
     else:
         result = sim.run(arrays, dump=bool(args.dump), integer=args.integer)

@@ -34,7 +34,8 @@ from lnn_core.errors import ConfigError, ModelFileError, SimulatorError
 from ._sim import ffi, lib
 from .limits import SIM_LIMITS
 
-__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES", "ISA_PATHS", "available_isas", "check_isa_env"]
+__all__ = ["Simulator", "StatefulRun", "TensorSpec", "KernelCall", "STATUS_NAMES", "ISA_PATHS", "available_isas",
+           "check_isa_env"]
 
 log = logging.getLogger("lnn.backend.simulator")
 
@@ -47,6 +48,8 @@ _REGIONS = {lib.LNN_SIM_REGION_FLASH: "flash", lib.LNN_SIM_REGION_PSRAM: "psram"
 #: status code -> name (``LNN_SIM_E_<REASON>``)
 STATUS_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("LNN_SIM_E_") or n == "LNN_SIM_OK"}
 _MAX_IO = lib.LNN_SIM_MAX_OP_INPUTS
+#: recurrent op code -> (initial-state input position, final-state output position) pairs: h0 -> h_n (and c0 -> c_n)
+_STATE_IO = {lib.LNN_SIM_OP_GRU: ((6, 1),), lib.LNN_SIM_OP_LSTM: ((6, 1), (7, 2))}
 #: the instruction-set paths of the C kernels, in the order of their bits in lnn_sim_isa_available()
 ISA_PATHS = ("portable", "avx2", "avx512vnni")
 
@@ -423,6 +426,9 @@ class Simulator:
     def _coerce(self, spec: TensorSpec, value: Any, what: str) -> np.ndarray:
         """``value`` as the array input ``spec`` takes: exactly its shape and dtype; an integer input (token ids)
         takes any integer dtype whose values fit (int64 from torch is narrowed), never floats."""
+        if (type(value) is np.ndarray and value.dtype == spec.dtype and value.shape == spec.shape
+                and value.flags.c_contiguous):  # the common case, checked first: a streamed frame costs microseconds
+            return value
         arr = np.asarray(value)
         if arr.shape == spec.shape and self._is_index(spec) and arr.dtype != spec.dtype:
             if arr.dtype.kind not in "iu":
@@ -622,6 +628,39 @@ class Simulator:
         outputs = [captured[s.index] if s.index in captured else self._read(s) for s in self.outputs]
         return (outputs, dumped) if dump else outputs
 
+    # -- recurrent state ---------------------------------------------------------------------------
+    @property
+    def state_pairs(self) -> dict[str, str]:
+        """The model's recurrent state: graph input -> graph output, one pair per initial state of a GRU/LSTM op
+        (h0 -> h_n, c0 -> c_n) whose initial state is a graph input (raw integers, or quantized by one quantize op)
+        and whose final state is a graph output (raw, or through one dequantize op). Empty for a model without."""
+        graph_in = {s.index: s.name for s in self.inputs}
+        graph_out = {s.index: s.name for s in self.outputs}
+        pairs: dict[str, str] = {}
+        for op, code in enumerate(self.op_types):
+            for k_in, k_out in _STATE_IO.get(code, ()):
+                ins, outs = self._op_inputs[op], self._op_outputs[op]
+                if k_in >= len(ins) or k_out >= len(outs):
+                    continue
+                src, dst = ins[k_in], outs[k_out]
+                if src not in graph_in:  # through one quantize op
+                    q = [i for i, o in enumerate(self._op_outputs) if src in o]
+                    src = self._op_inputs[q[0]][0] if q and self.op_types[q[0]] == lib.LNN_SIM_OP_QUANT else -1
+                if dst not in graph_out:  # through one dequantize op
+                    d = [i for i in self._consumers(dst) if self.op_types[i] == lib.LNN_SIM_OP_DEQUANT]
+                    dst = self._op_outputs[d[0]][0] if d else -1
+                if src in graph_in and dst in graph_out:
+                    pairs[graph_in[src]] = graph_out[dst]
+        return pairs
+
+    def stream(self, state: Mapping[str, np.ndarray] | None = None) -> StatefulRun:
+        """A run that carries the model's recurrent state from call to call (:class:`StatefulRun`), from ``state``
+        (graph input name -> array, as :attr:`StatefulRun.state` gives it) or zeros.
+
+        :raises SimulatorError: the model has no recurrent state (:attr:`state_pairs` is empty), or ``state`` names
+            other inputs."""
+        return StatefulRun(self, state)
+
     def _check(self, status: int, op_name: str | None) -> None:
         pending, self._pending = self._pending, None
         if status != lib.LNN_SIM_OK:
@@ -635,3 +674,75 @@ class Simulator:
             if pending is not None:
                 raise err from pending
             raise err
+
+
+class StatefulRun:
+    """A model run chunk by chunk with its recurrent state carried: what a device does frame by frame.
+
+    Built by :meth:`Simulator.stream`. Each :meth:`run` takes the model's other inputs (:attr:`inputs`, in graph
+    order), feeds the current :attr:`state` to the state inputs, runs once and keeps the state outputs as the next
+    state. Chunks of any length the model was packed for, fed one after another, give the integers of the whole
+    sequence at once (the state is the chip's raw state: h int8 at the output exponent, an LSTM's c int16 Q7, or
+    their float values through the model's quantize / dequantize ops, which carry them exactly).
+
+    :ivar state: graph input name -> array (the state inputs' dtype and shape); assign to restore a saved state.
+    :ivar inputs: the :class:`TensorSpec` of the inputs :meth:`run` takes.
+    """
+
+    def __init__(self, sim: Simulator, state: Mapping[str, np.ndarray] | None = None) -> None:
+        pairs = sim.state_pairs
+        if not pairs:
+            raise SimulatorError(
+                f"the model{sim._where()} has no recurrent state to carry",
+                {"rule": "a GRU/LSTM op whose initial state (h0, c0) is a graph input and whose final state (h_n, "
+                         "c_n) is a graph output",
+                 "inputs": ", ".join(s.name for s in sim.inputs)},
+                "export the recurrent layer with its state as input and output (h0 -> h_n), then pack again",
+                status=lib.LNN_SIM_E_INPUT, op_name=None)
+        self.sim = sim
+        names = [s.name for s in sim.inputs]
+        out_names = [s.name for s in sim.outputs]
+        self._pairs = [(names.index(i), out_names.index(o)) for i, o in pairs.items()]
+        self._state_specs = {i: sim.inputs[names.index(i)] for i in pairs}
+        self.inputs = [s for s in sim.inputs if s.name not in pairs]
+        self.state: dict[str, np.ndarray] = {}
+        self.reset()
+        if state is not None:
+            unknown = sorted(set(state) ^ set(pairs))
+            if unknown:
+                raise SimulatorError(
+                    f"the state for the model{sim._where()} does not name its state inputs",
+                    {"state inputs": ", ".join(f"{n} {s.dtype} {s.shape}" for n, s in self._state_specs.items()),
+                     "given": ", ".join(sorted(state)) or "nothing"},
+                    "pass the state a StatefulRun gave (its .state, or lnn run --state-out)",
+                    status=lib.LNN_SIM_E_INPUT, op_name=None)
+            self.state = {k: np.asarray(v) for k, v in state.items()}
+
+    def reset(self) -> None:
+        """Back to the zero state."""
+        self.state = {n: np.zeros(s.shape, s.dtype) for n, s in self._state_specs.items()}
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run one chunk: ``inputs`` one array per :attr:`inputs` entry; returns every graph output (the state
+        outputs included) and keeps the new state.
+
+        :raises SimulatorError: as :meth:`Simulator.run` (a state of the wrong shape or dtype names its input)."""
+        if len(inputs) != len(self.inputs):
+            raise SimulatorError(f"the stream takes {len(self.inputs)} inputs (the state is carried), got "
+                                 f"{len(inputs)}", {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}"
+                                                                         for s in self.inputs)},
+                                 "pass one array per input that is not recurrent state", status=lib.LNN_SIM_E_INPUT,
+                                 op_name=None)
+        sim = self.sim  # the per-call path is lean: a frame of a stream costs microseconds beyond the kernels
+        for spec, value in zip(self.inputs, inputs):
+            arr = sim._coerce(spec, value, "")
+            lib.lnn_sim_set_tensor(sim._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+        names = list(self._state_specs)
+        for name in names:
+            spec = self._state_specs[name]
+            arr = sim._coerce(spec, self.state[name], "state ")
+            lib.lnn_sim_set_tensor(sim._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+        sim._check(lib.lnn_sim_invoke(sim._model, sim._msg, lib.LNN_SIM_MAX_MSG), None)
+        outputs = [sim._read(spec) for spec in sim.outputs]
+        self.state = {name: outputs[o] for (_, o), name in zip(self._pairs, names)}
+        return outputs
