@@ -281,6 +281,20 @@ def test_an_unfolded_pad_runs_like_model_bin(shape, pads, conv):
     assert pkg.tensors[ws].nbytes == int(np.prod(shape))
 
 
+def test_a_pad_of_an_int16_tensor_is_refused_with_its_node():
+    """The runtime's iqPad copies one byte per element."""
+    nodes = [tnode("Quant", ["x"], ["xq"], data_bits=8, scale_x=4),
+             tnode("Requant", ["xq"], ["r"], name="rq", scale_x=4, scale_o=12, data_bits=8, o_bits=16),
+             helper.make_node("iqPad", ["r", "pads"], ["p"], name="pad", domain="thinker", mode="constant"),
+             tnode("iqSigmoid", ["p"], ["o"], name="act", scale_x=12, scale_o=7, castor_mode="luna"),
+             _deq("o", 7, "out")]
+    model = make_model(nodes, {"x": (1, 2, 3, 3)}, {"out": None},
+                       {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
+    report = check_graph(read_onnx(model), package_format="thinker")
+    v = [v for v in report.violations if v.rule_id == "csk60xx.thinker.pad_dtype"]
+    assert v and v[0].op_name == "pad" and v[0].actual == "int16" and v[0].limit == "int8"
+
+
 def test_a_pad_within_the_kernel_is_still_folded():
     pkg = _roundtrip(pad_model((1, 3, 5, 6), (1, 1, 0, 0)),
                      [np.random.default_rng(4).standard_normal((1, 3, 5, 6)).astype(np.float32)])
