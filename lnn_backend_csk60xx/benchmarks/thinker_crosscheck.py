@@ -151,6 +151,10 @@ def _seq_models() -> list[tuple[str, object, list[tuple[int, ...]]]]:
         made.append((f"linear-lstm-linear T={tt} D={d} H={h}", t.lstm_model(tt, d, h, seed=k, linears=True),
                      [(1, tt, d)]))
     made.append(("lstm lengths [T]", t.lstm_model(6, 5, 8, seed=9, lengths=6), [(1, 6, 5)]))
+    for kind in ("GRUInt", "LSTMInt"):
+        for bf, (tt, d, h) in ((1, (6, 5, 7)), (0, (9, 16, 12))):
+            made.append((f"bidirectional {kind} T={tt} D={d} H={h} bf={bf}",
+                         t.birnn_model(kind, tt, d, h, seed=tt, batch_first=bf), [(1, tt, d) if bf else (tt, 1, d)]))
     for shape in ((4, 10), (1, 3, 7)):
         made.append((f"softmax {shape}", t.softmax_model(shape, 4, 7), [shape]))
         made.append((f"log-softmax {shape}", t.softmax_model(shape, 4, 4, log=True), [shape]))

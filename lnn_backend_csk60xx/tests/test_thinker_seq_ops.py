@@ -192,6 +192,29 @@ def lstm_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n
     return model
 
 
+def birnn_model(kind: str, t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1):
+    """A bidirectional GRU or LSTM as lnn writes one: a forward and a reverse node on the same x, their y
+    concatenated on the last dim (iqCat), then Dequant."""
+    rng = np.random.default_rng(seed)
+    g = 3 if kind == "GRUInt" else 4
+    n_o = 8 if kind == "GRUInt" else 7
+    inits, nodes = {}, [tnode("Quant", ["x"], ["q"], name="quant", scale_x=5, data_bits=8)]
+    for sfx, fwd in (("f", 1), ("r", 0)):
+        inits.update({f"w_ih_{sfx}": rng.integers(-128, 128, (g * h, d)).astype(np.int8),
+                      f"w_hh_{sfx}": rng.integers(-128, 128, (g * h, h)).astype(np.int8),
+                      f"b_ih_{sfx}": rng.integers(-(1 << 14), 1 << 14, g * h).astype(np.int32),
+                      f"b_hh_{sfx}": rng.integers(-(1 << 14), 1 << 14, g * h).astype(np.int32)})
+        outs = [f"y_{sfx}", f"h_{sfx}"] + ([f"c_{sfx}"] if kind == "LSTMInt" else [])
+        nodes.append(tnode(kind, ["q", f"w_ih_{sfx}", f"w_hh_{sfx}", f"b_ih_{sfx}", f"b_hh_{sfx}"], outs,
+                           name=f"rnn_{sfx}", input_size=d, hidden_size=h, num_layers=1, batch_first=batch_first,
+                           dropout=0.0, go_forward=fwd, scale_i=5, scale_h=n_o, scale_iw=7, scale_hw=7, scale_o=n_o,
+                           data_bits=8, parameter_bits=8, o_bits=8))
+    nodes += [tnode("iqCat", ["y_f", "y_r"], ["cat"], name="cat", dim=2, scale_x_0=n_o, scale_x_1=n_o, scale_o=n_o),
+              _deq("cat", n_o, "y")]
+    return make_model(nodes, {"x": (1, t, d) if batch_first else (t, 1, d)},
+                      {"y": (1, t, 2 * h) if batch_first else (t, 1, 2 * h)}, inits)
+
+
 def _roundtrip(model, inputs: list[np.ndarray]):
     """Pack both ways; the package decoded and run by lnn's simulator must equal model.bin. Returns the package."""
     graph = read_onnx(model)
@@ -394,3 +417,13 @@ def test_lstm_lengths_other_than_t_are_refused():
     report = check_graph(read_onnx(lstm_model(5, 4, 3, lengths=3)), package_format="thinker")
     v = [v for v in report.violations if v.rule_id == "csk60xx.thinker.lstm_lengths"]
     assert v and v[0].op_name == "lstm" and v[0].actual == "[3]" and v[0].limit == "a constant [5]"
+
+
+@pytest.mark.parametrize("kind", ["GRUInt", "LSTMInt"])
+@pytest.mark.parametrize("batch_first", [0, 1])
+def test_bidirectional_layers_run_like_model_bin(kind, batch_first):
+    """A forward and a reverse node (direction 0 and 1 in the records) and their concatenation."""
+    t, d, h = 6, 5, 7
+    x = np.random.default_rng(8).standard_normal((1, t, d) if batch_first else (t, 1, d)).astype(np.float32)
+    pkg = _roundtrip(birnn_model(kind, t, d, h, batch_first=batch_first), [x])
+    assert [int(op.attrs[0]) for op in pkg.ops if op.type == kind] == [0, 1] and "iqCat" in {op.type for op in pkg.ops}
