@@ -255,13 +255,15 @@ def check_batch(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
 @rule("csk60xx.gru.direction", ops=(), severity="warning", fwd="gru.go_forward")
 def check_direction(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
     """GRUInt with go_forward outside {fwd} (a bidirectional GRU's reverse node): lnn runs it in reverse; the
-    vendor runtime (thinker 3.0.4) does not serialize the direction and runs the node forward."""
+    vendor packer (tpacker 3.0.4) does not serialize the direction, so its package runs the node forward (lnn's
+    thinker package writes it, and the vendor runtime then runs it in reverse)."""
     g, allowed = op.attrs.get("go_forward", 1), tuple(limits["gru.go_forward"])
     if g in allowed:
         return None
     return Finding(actual=f"go_forward {g}", limit=f"the vendor runtime runs go_forward in {allowed} only",
-                   hint="for the vendor runtime use a unidirectional GRU (bidirectional=False); lnn's simulator runs "
-                        "the reverse node as PyTorch does")
+                   hint="for the vendor packer use a unidirectional GRU (bidirectional=False), or pack with lnn "
+                        "(lnn pack --format thinker writes the direction); lnn's simulator runs the reverse node as "
+                        "PyTorch does")
 
 
 @rule("csk60xx.gru.vendor_state", ops=(), severity="warning")
