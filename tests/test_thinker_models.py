@@ -245,3 +245,48 @@ def test_thinker_package_with_an_embedding(host, tmp_path):
     (a,), (b,) = on_pkg.run([ids.numpy()]), on_bin.run([ids.numpy()])
     with torch.no_grad():
         assert np.array_equal(a, b) and np.array_equal(a, model(ids).numpy())
+
+
+@pytest.mark.parametrize("case", ["relu6-depthwise", "deconv", "conv1d", "seq-layernorm", "split"])
+def test_constants_in_share_memory_run_like_model_bin(case, host, tmp_path):
+    """``--format thinker-share``: the same records, every constant in share-memory and read in place: no DMA
+    list and no DMA buffers; the plan counts the constants in share-memory."""
+    factory, shapes = CASES[case]
+    torch.manual_seed(0)
+    model = lnn.init(factory(), host=host)
+    model.train()
+    with torch.no_grad():
+        model(*[torch.randn(s) for s in shapes])
+    model.eval()
+    path = tmp_path / f"{case}.onnx"
+    lnn.export(model, torch.randn(shapes[0]), path, host=host)
+    graph = read_onnx(path)
+    assert check_graph(graph, package_format="thinker-share").ok
+    res, dma = pack_graph(graph, package_format="thinker-share"), pack_graph(graph, package_format="thinker")
+    pkg = decode(res.blob)
+    assert not pkg.dma and pkg.param_type == 2 and all(t.mem_type == 2 for t in pkg.tensors)
+    assert not any(t.name.startswith("dma_buffer") for t in pkg.tensors)
+    assert res.plan.package["parameters_in"] == "share_mem" and res.plan.package["dma_transfers"] == 0
+    assert res.plan.regions["share_mem"].prefetch_total == 0 < dma.plan.regions["share_mem"].prefetch_total
+    on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)
+    for k in range(2):
+        x = torch.randn(shapes[0]) * (1 + k)
+        assert np.array_equal(on_pkg.run([x.numpy()])[0], on_bin.run([x.numpy()])[0])
+
+
+def test_constants_that_do_not_fit_share_memory_are_refused(host, tmp_path):
+    from lnn_core.errors import HardwareLimitError
+
+    torch.manual_seed(0)
+    model = lnn.init(_SplitNet(), host=host)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(1, 64, 2, 2))
+    model.eval()
+    path = tmp_path / "split.onnx"
+    lnn.export(model, torch.randn(1, 64, 2, 2), path, host=host)
+    graph = read_onnx(path)
+    with pytest.raises(HardwareLimitError) as exc:
+        pack_graph(graph, package_format="thinker-share", share_mem=32768)
+    assert exc.value.rule_id == "csk60xx.thinker.share_mem" and exc.value.limit == 32768
+    assert "--format thinker" in exc.value.hint

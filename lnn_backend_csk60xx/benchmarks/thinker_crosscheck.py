@@ -6,8 +6,9 @@ the backend README), and compare every output bit for bit. Models: ONNX files gi
 linger ResNet-18 (``--resnet``), the models of tests/test_thinker_models.py (``--cases``) and the random models of
 tests/test_verify_random.py (``--seeds A:B``; a model the thinker check refuses is counted as refused), and the
 dialect-level sequence-op models of lnn_backend_csk60xx/tests/test_thinker_seq_ops.py (``--seq``: BmmInt, attention
-blocks, unfolded iqPad, GRUInt). A package with SoftmaxInt / LogSoftmaxInt is counted as "vendor cannot run": the
-vendor's x86 build lacks the HiFi library those kernels call.
+blocks, unfolded iqPad, GRUInt, LSTMInt). ``--share`` writes ``--format thinker-share`` packages (constants read
+in place from share-memory, no DMA) instead. A package with SoftmaxInt / LogSoftmaxInt is counted as "vendor cannot
+run": the vendor's x86 build lacks the HiFi library those kernels call.
 
     python thinker_crosscheck.py --test-thinker /path/to/bin/test_thinker --resnet --cases --seq --seeds 0:84
 """
@@ -35,10 +36,10 @@ DEMO = REPO.parent / "shared" / "data" / "linger-demo"
 HIFI = ("SoftmaxInt", "LogSoftmaxInt")
 
 
-def crosscheck(tt: str, model, inputs: list[list[np.ndarray]]) -> tuple[bool | None, str]:
+def crosscheck(tt: str, model, inputs: list[list[np.ndarray]], fmt: str = "thinker") -> tuple[bool | None, str]:
     graph = read_onnx(model)
     sim = Simulator(pack_graph(graph).blob)
-    res = pack_graph(graph, package_format="thinker")
+    res = pack_graph(graph, package_format=fmt)
     work = Path(tempfile.mkdtemp())
     (work / "m.pkg").write_bytes(res.blob)
     pkg = decode(res.blob)
@@ -169,6 +170,7 @@ def main() -> int:
     ap.add_argument("--cases", action="store_true")
     ap.add_argument("--seeds", default=None, metavar="A:B")
     ap.add_argument("--seq", action="store_true")
+    ap.add_argument("--share", action="store_true", help="pack --format thinker-share (constants in share-memory)")
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -176,7 +178,7 @@ def main() -> int:
 
     def check(name: str, model, inputs) -> None:
         try:
-            ok, what = crosscheck(args.test_thinker, model, inputs)
+            ok, what = crosscheck(args.test_thinker, model, inputs, "thinker-share" if args.share else "thinker")
         except Exception as exc:  # a model the thinker check refuses
             stats["refused"] += 1
             print(f"{name}: refused: {str(exc).splitlines()[0][:160]}")
