@@ -123,3 +123,31 @@ def test_linger_form_with_an_unread_float32_h_n():
     (y,) = Simulator(pack_onnx(model)).run([x])
     want, _ = gru_int(quantize(x, 5).reshape(5, 3), **w, n_i=5, n_iw=7, n_hw=7, n_o=8)
     np.testing.assert_array_equal(y.reshape(5, 4), want.astype(np.float32) / 256)
+
+
+def test_linger_lengths_variant_reads_as_gru_with_lengths():
+    """linger 1.1.1 writes a GRU on packed sequences as GRUInt_Is8_Is64(x, lengths int64 [B], weights, biases): read
+    as GRUInt with lengths (written back as GRUInt), it runs the first lengths[0] steps; its h0 form
+    (GRUInt_Is8_Is64_If32, float32 h0) is refused with the fix."""
+    from onnx import TensorProto, helper
+    model, w = _model(6, 3, 4, seed=5)
+    gru = model.graph.node[1]
+    gru.op_type = "GRUInt_Is8_Is64"
+    gru.input.insert(1, "len")
+    model.graph.initializer.append(helper.make_tensor("len", TensorProto.INT64, [1], [4]))
+    graph = read_onnx(model)
+    node = next(n for n in graph.nodes if n.name == "gru")
+    assert node.op_type == "GRUInt" and node.inputs[-1] == "len"
+    written = next(n for n in write_onnx(graph).graph.node if n.name == "gru")
+    assert written.op_type == "GRUInt" and list(written.input)[:2] == ["q", "len"]
+    x = np.random.default_rng(1).standard_normal((1, 6, 3)).astype(np.float32)
+    (y, h_n) = Simulator(pack_onnx(model)).run([x])
+    want_y, want_h = gru_int(quantize(x, 5).reshape(6, 3), **w, n_i=5, n_iw=7, n_hw=7, n_o=8, length=4)
+    np.testing.assert_array_equal(y.reshape(6, 4), want_y.astype(np.float32) / 256)
+    np.testing.assert_array_equal(h_n.reshape(4), want_h.astype(np.float32) / 256)
+    gru.op_type = "GRUInt_Is8_Is64_If32"
+    gru.input.insert(2, "h0")
+    model.graph.input.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, 4]))
+    with pytest.raises(ModelFileError, match="node 'gru' \\(GRUInt\\).*h0 'h0' is float32") as e:
+        read_onnx(model)
+    assert "GRUInt_Is8_Is64_If32" in str(e.value.details) and "int8" in e.value.hint

@@ -166,6 +166,8 @@ class _Reader:
             n = onnx.NodeProto.FromString(n.SerializeToString())
             n.name = f"{n.op_type}_{index}"
         schema = self.ops.get(n.op_type)
+        if schema is None:  # a variant's own name in another exporter's files
+            schema = next((op for op in self.ops.values() if n.op_type in op.file_op_types), None)
         domain = "" if n.domain == "ai.onnx" else n.domain
         if schema is None or domain != schema.domain:
             known = ", ".join(sorted(self.ops))
@@ -235,7 +237,7 @@ class _Reader:
         if len(n.output) != schema.outputs or not all(n.output):
             raise self.fail(f"has {len(n.output)} outputs", {"expected": schema.outputs}, onnx_node=n)
         # the IR names no chip: the file's domain (thinker, a plugin's) becomes lnn's own, standard ONNX stays ""
-        return Node(n.name, n.op_type, inputs, list(n.output), attrs, IR_DOMAIN if domain else ""), scales
+        return Node(n.name, schema.op_type, inputs, list(n.output), attrs, IR_DOMAIN if domain else ""), scales
 
 
 def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,

@@ -27,8 +27,9 @@ their y concatenated on the last dim; stacked layers: chained nodes.
 Dialect (linger 1.1.1, spec 2.2.3): ``thinker::GRUInt`` with the inputs in linger's order ``x[, lengths[, h0]],
 w_ih, w_hh, b_ih, b_hh`` (the reader reorders them to the IR's, the writer back), the attributes above, the
 ``scale_*`` and ``platform_quant``. linger declares ``h_n`` float32; the chip keeps the int8 state in it, so the
-IR gives it int8 ``[1, B, H]`` at ``scale_h``. linger names the lengths / h0 variants ``GRUInt_Is8_Is64*`` (no
-vendor toolchain packs them) with a float h0; lnn writes ``GRUInt`` with an int8 h0.
+IR gives it int8 ``[1, B, H]`` at ``scale_h``. linger names the lengths / h0 variants ``GRUInt_Is8_Is64`` and
+``GRUInt_Is8_Is64_If32`` (no vendor toolchain packs them), the latter with a float h0: the reader reads both as
+``GRUInt`` (and refuses the float h0 with the fix); lnn writes ``GRUInt`` with an int8 h0.
 
 Limits (spec 2.2.5, 6.2; ``[gru]`` of the target): batch 1 (the chip addresses x batch-major whatever
 ``batch_first`` says), ``n_i + n_iw >= 11`` and ``n_o + n_hw >= 11`` (the Q11 alignment only shifts right),
@@ -313,6 +314,17 @@ def check_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
                    hint=f"write scale_o = scale_h = {2.0 ** want:g} (|h| < 0.5): the chip's state is Q{want}")
 
 
+@rule("csk60xx.gru.initial_state", ops=())
+def check_initial_state(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """GRUInt starts from a zero state: the chip's kernel reads no h0 (the GRUInt_Is8_Is64* variants that carry
+    one are unknown to the vendor's packer)."""
+    if not op.attrs.get("initial_state"):
+        return None
+    return Finding(actual="an initial state h0", limit="zero initial state",
+                   hint="call the GRU without h0 in the model; stream with the eval-mode quantized GRU, which takes "
+                        "and returns the state (docs/quantization.md)")
+
+
 _DTYPE = dtype_rule("csk60xx.gru.dtype", "GRUInt", (("int8",), ("int8",), ("int8",), ("int32",), ("int32",)),
                     ("int8",))
 
@@ -400,9 +412,10 @@ OPS = (
           scales={"scale_i": ("in", 0), "scale_iw": ("in", 1), "scale_hw": ("in", 2), "scale_o": ("out", 0),
                   "scale_h": ("out", 1)},
           params=(Params(1, 3), Params(2, 4, x=("out", 0))), index_inputs=(LENGTHS,),
-          input_exponents={H0: "scale_o"}, read=_read, write=_write,
-          pack_rules=(check_batch, check_direction, check_vendor_state, check_in_alignment, check_hidden_alignment,
-                      check_out_exponent, _DTYPE),
+          input_exponents={H0: "scale_o"}, file_op_types=("GRUInt_Is8_Is64", "GRUInt_Is8_Is64_If32"), read=_read,
+          write=_write, rules=(check_direction, check_initial_state), torch_ops=("builtin.GRU",),
+          pack_rules=(check_batch, check_vendor_state, check_in_alignment, check_hidden_alignment, check_out_exponent,
+                      _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
           lowerings={"lnn": Lowering(32, None, _attrs, "gru.c"), "thinker": _THINKER_GRU}),
 )
