@@ -1,7 +1,7 @@
 """Thinker packages of trained-side models run in lnn's simulator (decoded into lnn's IR) exactly like model.bin
 and like eval: ReLU6, transposed convs, depthwise convs, a conv split above 32 KB, Conv1d, linear layers, sigmoid and
 tanh, layer norm, pools, batch norm, concatenation, slices, two inputs and two outputs, attention (softmax, BmmInt),
-a log-softmax.
+a log-softmax, GRU and LSTM layers (a bidirectional GRU) and a CRNN.
 
 The same models ran bit-exact in the vendor's x86 ``test_thinker`` (lnn_backend_csk60xx/benchmarks/
 thinker_crosscheck.py, which needs the vendor build and is not part of CI), except those with a softmax: the vendor's
@@ -167,13 +167,38 @@ class _MatmulNet(nn.Module):  # a product of two activations (BmmInt) and a log-
         return torch.log_softmax(torch.matmul(self.a(x), self.b(x).transpose(1, 2)), -1)
 
 
+class _RnnTagger(nn.Module):  # Linear -> GRU / LSTM (stacked, bidirectional) -> Linear on every step
+    def __init__(self, kind: str = "GRU", **kwargs) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.rnn = getattr(nn, kind)(6, 8, batch_first=True, **kwargs)
+        self.head = nn.Linear(8 * (2 if kwargs.get("bidirectional") else 1), 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.fc(x))[0])
+
+
+class _Crnn(nn.Module):  # conv front end, frames to a GRU, a classifier per frame
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3, stride=(1, 2), padding=1)
+        self.gru = nn.GRU(4 * 5, 16, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c(x))  # [1, 4, T, 5]
+        return self.fc(self.gru(x.permute(0, 2, 1, 3).flatten(2))[0])
+
+
 CASES = {"relu6-depthwise": (_ReLU6Net, [(1, 3, 8, 8)]), "deconv": (_DeconvNet, [(1, 2, 8, 8)]),
          "split": (_SplitNet, [(1, 64, 2, 2)]), "conv1d": (_Conv1dNet, [(1, 4, 16)]),
          "gated": (_GatedNet, [(1, 3, 6, 6)]), "seq-layernorm": (_SeqNet, [(1, 5, 12)]),
          "pools-cat": (_PoolNet, [(1, 4, 8, 8)]), "two-in-two-out": (_TwoInTwoOut, [(1, 3, 4, 4), (1, 3, 4, 4)]),
          "slice": (_SliceNet, [(1, 4, 6, 6)]), "grouped": (_GroupedNet, [(1, 8, 5, 5)]),
          "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)]), "batched-4d": (_Batched4dNet, [(2, 4, 3, 8)]),
-         "attention": (_AttentionNet, [(1, 6, 16)]), "matmul-logsoftmax": (_MatmulNet, [(1, 5, 8)])}
+         "attention": (_AttentionNet, [(1, 6, 16)]), "matmul-logsoftmax": (_MatmulNet, [(1, 5, 8)]),
+         "gru": (_RnnTagger, [(1, 7, 5)]), "lstm": (lambda: _RnnTagger("LSTM"), [(1, 6, 5)]),
+         "bigru": (lambda: _RnnTagger("GRU", bidirectional=True), [(1, 6, 5)]), "crnn": (_Crnn, [(1, 1, 9, 10)])}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -195,7 +220,7 @@ def test_thinker_package_runs_like_model_bin_and_eval(case, host, tmp_path):
     res = pack_graph(graph, package_format="thinker")
     pkg = decode(res.blob)
     weight_ops = [op for op in pkg.ops if op.type in ("Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt",
-                                                      "LayerNormInt")]
+                                                      "LayerNormInt", "LSTMInt")]
     assert len(pkg.dma) == len(weight_ops) and all(op.temps for op in weight_ops)
     if case in ("split", "grouped"):
         assert res.passes.splits and "iqCat" in {op.type for op in pkg.ops}
