@@ -220,6 +220,11 @@ CASES: list[Case] = [
     Case("csk60xx.bmm.bits", "q_matmul",
          lambda over: (SelfSimilarity(), by_path(b=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- GRU (spec/int8-seq-ops.md 2.2.5, 6.2) -----------------------------------------------------------------
+    Case("csk60xx.gru.direction", "gru", _m(lambda over: seq(fc=nn.Linear(4, 4),
+                                                             gru=nn.GRU(4, 6, bidirectional=over))),
+         "the vendor runtime runs go_forward in (1,) only", "go_forward 0", "unidirectional GRU",
+         severity="warning"),
     # -- embedding (spec/int8-seq-ops.md 2.8.5) -----------------------------------------------------------------
     Case("csk60xx.gather.bits", "emb",
          lambda over: (seq(emb=nn.Embedding(10, 4)), by_path(emb=lnn.LayerConfig(weight_bits=4 if over else 8))),

@@ -41,6 +41,7 @@ MODULE_RULES = frozenset({
     "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
     "csk60xx.softmax.dim", "csk60xx.softmax.input_bits", "csk60xx.bmm.bits",
     "csk60xx.gather.bits", "csk60xx.gather.max_norm", "csk60xx.slice.index", "csk60xx.pad.form",
+    "csk60xx.gru.direction",
 })
 
 #: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
@@ -391,8 +392,6 @@ CASES: list[Case] = [
          "batch <= 1", "batch 2", "one at a time"),
     Case("csk60xx.gru.batch", "gru", _g(lambda g, over: gru(g, batch=2 if over else 1, batch_first=0)),
          "batch <= 1", "batch 2", "one at a time", name="seq_first"),
-    Case("csk60xx.gru.direction", "gru", _g(lambda g, over: gru(g, go_forward=0 if over else 1)),
-         "the vendor runtime runs go_forward in (1,) only", "go_forward 0", "unidirectional"),
     Case("csk60xx.gru.vendor_state", "gru", _g(lambda g, over: gru(g, lengths=over)),
          "the vendor runtime: zero initial state, all T steps", "lengths given", "zero state"),
     Case("csk60xx.gru.vendor_state", "gru", _g(lambda g, over: gru(g, lengths=over, h0=over)),
@@ -586,10 +585,11 @@ NOT_ON_IR = {
 }
 
 #: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
-WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified", "csk60xx.avgpool.ties"})
+WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified", "csk60xx.avgpool.ties",
+                            "csk60xx.gru.direction"})
 
 #: pack-time warning rules (what the vendor runtime does differently): their cases fire as warnings
-PACK_WARNINGS = frozenset({"csk60xx.lstm.vendor_lengths", "csk60xx.gru.direction", "csk60xx.gru.vendor_state"})
+PACK_WARNINGS = frozenset({"csk60xx.lstm.vendor_lengths", "csk60xx.gru.vendor_state"})
 
 
 def _case_id(case: Case) -> str:
@@ -641,7 +641,7 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
     assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
     ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
                 "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt", "SoftmaxInt", "LogSoftmaxInt",
-                "BmmInt", "Gather", "Slice", "iqPad"}
+                "BmmInt", "Gather", "Slice", "iqPad", "GRUInt"}
     for r in RULES:  # each one is bound to IR op types as well as to torch op ids
         assert set(r.ops) & ir_types, r.id
 
@@ -668,6 +668,16 @@ def test_warnings_do_not_stop_a_graph():
         ("conv", "csk60xx.conv.groups", "warning"), ("op", "csk60xx.sub.unverified", "warning"),
         ("pool", "csk60xx.avgpool.ties", "warning")]
     assert "window 2x3 (area 6)" in report.violations[2].actual
+    assert report.ok
+
+
+def test_the_gru_direction_warning_on_ir_leaves_the_graph_fitting():
+    """A reverse GRUInt node (a bidirectional GRU) runs in lnn's simulator; the rule warns what the vendor does."""
+    g = G()
+    gru(g, go_forward=0)
+    report = check_graph(g.graph)
+    assert [(v.op_name, v.rule_id, v.severity, v.actual) for v in report.violations] == [
+        ("gru", "csk60xx.gru.direction", "warning", "go_forward 0")]
     assert report.ok
 
 

@@ -30,11 +30,12 @@ back-propagation through time in one autograd node per layer and direction.
 
 ``num_layers > 1`` is a stack of single-layer nodes (layer ``k + 1`` reads layer ``k``'s output at ``n_o``);
 ``bidirectional=True`` is two nodes per layer (``go_forward`` 1 and 0, the reverse one with its own weights,
-both at the same exponents) joined by an ``iqCat`` on the feature axis, as linger writes it (spec 2.1.3). What
-the chip cannot run (a bidirectional GRU, a GRU with an initial state) is refused at ``lnn.init`` by the
-backend's rules, naming the module. Outside the chip's contract (a GRU with ``n_i + n_iw < 11`` or
-``n_o + n_hw < 11``, where the chip's Luna shifts do no scaling at all, spec 1.1) the module computes the exact
-left shift; the backend's pack rules refuse such a GRU at export, naming the module.
+both at the same exponents) joined by an ``iqCat`` on the feature axis, as linger writes it (spec 2.1.3). A GRU
+called with an initial state is refused at ``lnn.init`` by the backend's rules, naming the module; a bidirectional
+GRU gets a warning (lnn's simulator runs the reverse node; the vendor runtime would run it forward). Outside the
+chip's contract (a GRU with ``n_i + n_iw < 11`` or ``n_o + n_hw < 11``, where the chip's Luna shifts do no
+scaling at all, spec 1.1) the module computes the exact left shift; the backend's pack rules refuse such a GRU at
+export, naming the module.
 
 Eval-mode streaming: ``qrnn(x, hx)`` takes the state (``h0`` ``[L * dirs, B, H]`` on the ``2**-n_o`` grid, for the
 LSTM ``(h0, c0)`` with ``c0`` on the ``2**-7`` grid; None: zeros) and returns ``(y, h_n)`` / ``(y, (h_n, c_n))``;
