@@ -319,9 +319,28 @@ uint64_t lnn_sim_op_macs(const lnn_sim_model *model, int32_t op);
 const char *lnn_sim_isa(const lnn_sim_model *model);
 /* Run `rows` rows one after the other: for each row r, graph input i takes the tensor-size bytes at
  * inputs[i] + r * size, the model runs (lnn_sim_invoke), and graph output o is copied to outputs[o] + r * size.
- * Each row's result is the one a single run gives. On failure *failed_row (if not NULL) names the row. */
+ * Each row's result is the one a single run gives. On failure *failed_row (if not NULL) names the row.
+ * (lnn_sim_run_batch with the graph inputs and outputs bound and one thread.) */
 lnn_sim_status lnn_sim_run_rows(lnn_sim_model *model, int64_t rows, const uint8_t *const *inputs,
                                 uint8_t *const *outputs, int64_t *failed_row, char *msg, size_t msg_size);
+/* A tensor bound to the rows of a batch: an input is written just before op `op` runs (-1: before the first op),
+ * an output is read just after op `op` ran or was skipped (-1: after the last op); row r's bytes lie at
+ * data + r * (the tensor's size). */
+typedef struct {
+    int32_t tensor, op;
+    uint8_t *data;
+} lnn_sim_binding;
+/* Run `rows` rows on up to `threads` threads (POSIX threads where the build has them; fewer when there are fewer
+ * rows, and one when a callback for external ops is attached: it may not be reentrant). For each row the inputs are
+ * written, the ops run in order except those with skip[op] != 0 (skip may be NULL), and the outputs are read, as
+ * the bindings say. Each thread has its own copy of the arenas and scratch (made on first use, kept with the
+ * model), so every row's result is the one a single run gives. On failure the first failing row (in row order)
+ * is reported through *failed_row and msg; the rows after it may or may not have run. */
+lnn_sim_status lnn_sim_run_batch(lnn_sim_model *model, int64_t rows, int32_t threads, int32_t n_in,
+                                 const lnn_sim_binding *in, int32_t n_out, const lnn_sim_binding *out,
+                                 const uint8_t *skip, int64_t *failed_row, char *msg, size_t msg_size);
+/* lnn_sim_invoke that adds each op's wall time in nanoseconds to ns[op] (n_ops entries), for profiles */
+lnn_sim_status lnn_sim_invoke_timed(lnn_sim_model *model, uint64_t *ns, char *msg, size_t msg_size);
 /* the paths this build and CPU can run, as a bit set: 1 portable, 2 avx2, 4 avx512vnni */
 int32_t lnn_sim_isa_available(void);
 

@@ -243,6 +243,9 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="threads for a batch of rows (each row bit-identical to a single run; default 1)")
     p.add_argument("--dump", metavar="DIR", help="write every tensor as DIR/<name>.npy (index.json lists them)")
+    p.add_argument("--profile", type=int, metavar="N",
+                   help="also time every op over N runs of the (one-row, float) input and print the mean per op, "
+                        "the slowest first, and per op kind (with --json: a 'profile' list)")
     p.add_argument("--share-mem", metavar="BYTES",
                    help="share-memory of the board; refused when the model's plan needs more")
     p.add_argument("--max-macs", metavar="MACS",
@@ -430,6 +433,19 @@ def _dump(folder: Path, tensors: dict[str, np.ndarray], specs: dict[str, Any]) -
     return len(index)
 
 
+def _print_profile(profile: list[Any], runs: int, isa: str, stream: Any, top: int = 15) -> None:
+    total = sum(t.us for t in profile) or 1.0
+    print(f"profile: {total:.1f} us per run (mean of {runs}, {isa} kernels), the {min(top, len(profile))} slowest ops:",
+          file=stream)
+    for t in sorted(profile, key=lambda t: -t.us)[:top]:
+        print(f"  {t.us:9.1f} us {100 * t.us / total:5.1f} %  {t.kind:<10} {t.name}  ({t.macs} MACs)", file=stream)
+    kinds: dict[str, float] = {}
+    for t in profile:
+        kinds[t.kind] = kinds.get(t.kind, 0.0) + t.us
+    print("  by kind: " + ", ".join(f"{k} {v:.1f} us" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])),
+          file=stream)
+
+
 def run_run(args: argparse.Namespace, host: Any) -> int:
     from .limits import parse_macs
     from .simulator import Simulator
@@ -493,6 +509,11 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
                                                for a, s in zip(arrays, specs))},
                           "dump one row: save x[:1] (one row of the batch) and run that", option="--dump",
                           value=args.dump, valid="inputs of one row")
+    if args.profile is not None and (args.profile < 1 or batch or args.integer):
+        raise ConfigError(f"lnn run --profile {args.profile}: profiles time N >= 1 runs of one row of float inputs",
+                          {"runs": args.profile, "batch": batch, "--int": args.integer},
+                          "pass --profile 20 with one row of each input (x[:1]) and without --int", option="--profile",
+                          value=args.profile, valid="N >= 1, one row, float inputs")
     if args.dump:
         _dump_folder(Path(args.dump))
     if stream is not None:
@@ -508,14 +529,19 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
         _save(p, arr)
     n_dumped = _dump(Path(args.dump), dumped, {s.name: s for s in sim.tensors}) if args.dump else 0
     rows = arrays[0].shape[0] // specs[0].shape[0] if batch and specs[0].shape else 1
+    profile = sim.profile(arrays, repeat=args.profile) if args.profile else None
     if args.json:
         doc: dict[str, Any] = {
             "outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape),
                          "exponent": s.exponent} for p, s, a in zip(paths, out_specs, outputs)],
             "inputs": [{"tensor": s.name, "dtype": str(s.dtype), "exponent": s.exponent} for s in specs],
-            "rows": rows, "dumped": n_dumped, "dump_dir": args.dump}
+            "rows": rows, "dumped": n_dumped, "dump_dir": args.dump,
+            "profile": None if profile is None else [{"op": t.name, "kind": t.kind, "macs": t.macs,
+                                                      "us": round(t.us, 3)} for t in profile]}
         print(json.dumps(doc, indent=2), file=result_stream(args))
         return 0
+    if profile is not None:
+        _print_profile(profile, args.profile, sim.isa, result_stream(args))
     if args.integer:
         for s in specs:
             if s.exponent is not None:

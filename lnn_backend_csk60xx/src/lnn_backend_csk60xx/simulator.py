@@ -23,7 +23,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,8 @@ from lnn_core.errors import ConfigError, ModelFileError, SimulatorError
 from ._sim import ffi, lib
 from .limits import SIM_LIMITS
 
-__all__ = ["Simulator", "StatefulRun", "TensorSpec", "KernelCall", "STATUS_NAMES", "ISA_PATHS", "available_isas",
+__all__ = ["Simulator", "StatefulRun", "TensorSpec", "KernelCall", "OpTime", "STATUS_NAMES", "ISA_PATHS",
+           "available_isas",
            "check_isa_env"]
 
 log = logging.getLogger("lnn.backend.simulator")
@@ -93,6 +93,17 @@ class TensorSpec:
     region: str
     offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One op's entry of :meth:`Simulator.profile`: its name, its kind (the simulator's op code name, e.g.
+    ``CONV2D``, or a plugin op's type), its work in MACs and its mean wall time per run in microseconds."""
+
+    name: str
+    kind: str
+    macs: int
+    us: float
 
 
 @dataclass(frozen=True)
@@ -174,7 +185,6 @@ class Simulator:
             raise self._error(status, f"cannot load packed model{self._where()}: {text}", None)
         self._model = ffi.gc(out[0], lib.lnn_sim_free)
         self._blob = data
-        self._clones: list[Simulator] = []  # run_batch's workers beyond this one (each its own arenas)
         self._msg = msg
         self.tensors = [self._spec(t) for t in range(lib.lnn_sim_num_tensors(self._model))]
         self.inputs = [self.tensors[lib.lnn_sim_input_index(self._model, i)]
@@ -503,13 +513,15 @@ class Simulator:
         A row is one input of the model's own shape: for a model input of shape ``(b, *rest)`` the batch array has
         shape ``(N * b, *rest)`` (``N`` rows; every graph input the same ``N``). The outputs come back the same
         way, ``(N * b_out, *rest_out)``, row ``i`` of each at ``[i * b_out:(i + 1) * b_out]``. Each row's result
-        is bit-identical to :meth:`run` on that row alone: the rows run one after the other inside C (the GIL is
-        released for the whole chunk), and each thread has its own copy of the model (its own arenas and scratch,
-        loaded once and kept for later calls).
+        is bit-identical to :meth:`run` on that row alone. The whole batch goes to C in one call (the GIL is
+        released), which splits the rows into ``threads`` contiguous shares run by POSIX threads, each on its
+        own copy of the arenas and scratch (made on first use and kept with the model; the weights are shared).
+        A model with plugin ops runs on one thread (their kernels are Python), as does a build without threads.
 
         :param threads: threads to use (at most one per row); 1 runs in the calling thread.
         :param integer: as in :meth:`run`: the rows of :attr:`int_inputs` in, of :attr:`int_outputs` out.
-        :raises SimulatorError: wrong input count, dtype or shape, or a row failed (the error names the row).
+        :raises SimulatorError: wrong input count, dtype or shape, or a row failed (the error names the first
+            failing row as ``.row``).
         :raises ConfigError: ``threads`` is not a positive integer.
         """
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
@@ -521,22 +533,56 @@ class Simulator:
         arrays, rows = self._batch_inputs(specs, inputs)
         outputs = [np.empty((rows * s.shape[0], *s.shape[1:]) if s.shape else (rows,), dtype=s.dtype)
                    for s in out_specs]
-        n_threads = max(1, min(int(threads), rows))
-        while len(self._clones) < n_threads - 1:
-            self._clones.append(Simulator(self._blob, path=self.path, kernels=self.kernels, max_macs=self.max_macs))
-        bounds = [rows * t // n_threads for t in range(n_threads + 1)]
-        work = [(w, bounds[t], bounds[t + 1]) for t, w in enumerate([self, *self._clones[:n_threads - 1]])]
-
-        def chunk(worker: Simulator, lo: int, hi: int) -> None:
-            worker._rows(specs, out_specs, arrays, outputs, lo, hi, integer)
-
-        if n_threads == 1:
-            chunk(*work[0])
-        else:
-            with ThreadPoolExecutor(max_workers=n_threads) as pool:
-                for fut in [pool.submit(chunk, *job) for job in work]:
-                    fut.result()  # the first failing chunk in row order raises
+        in_ops, out_ops, skip = [-1] * len(specs), [-1] * len(out_specs), ffi.NULL
+        if integer:  # the quantize ops' outputs are written where they would run, the dequantize inputs read there
+            quants, dequants = self._boundary()
+            at_quant = {spec.index: op for op, spec in quants.items()}
+            at_dequant = {spec.index: op for op, spec in dequants.items()}
+            in_ops = [at_quant.get(s.index, -1) for s in specs]
+            out_ops = [at_dequant.get(s.index, -1) for s in out_specs]
+            skip = ffi.new("uint8_t[]", [int(i in quants or i in dequants) for i in range(len(self.op_names))] or [0])
+        ins = ffi.new("lnn_sim_binding[]", max(len(specs), 1))
+        outs = ffi.new("lnn_sim_binding[]", max(len(out_specs), 1))
+        keep = []
+        for binding, spec, op, arr in [*zip(ins, specs, in_ops, arrays), *zip(outs, out_specs, out_ops, outputs)]:
+            buf = ffi.from_buffer(arr)
+            keep.append(buf)
+            binding.tensor, binding.op, binding.data = spec.index, op, ffi.cast("uint8_t *", buf)
+        failed = ffi.new("int64_t *")
+        status = lib.lnn_sim_run_batch(self._model, rows, int(threads), len(specs), ins, len(out_specs), outs, skip,
+                                       failed, self._msg, lib.LNN_SIM_MAX_MSG)
+        try:
+            self._check(status, None)
+        except SimulatorError as exc:
+            if int(failed[0]) < 0:
+                raise
+            raise self._row_error(int(failed[0]), exc) from exc
         return outputs
+
+    def profile(self, inputs: Sequence[np.ndarray], *, repeat: int = 10) -> list[OpTime]:
+        """Time every op of the model on one input, for finding what a forward spends its time on.
+
+        The model runs ``repeat`` times on ``inputs`` (as :meth:`run` takes them), all ops inside C, each op timed
+        with the monotonic clock around its kernel; the result has one entry per op in run order, each with the
+        mean time of that op over the runs. The outputs are the ones :meth:`run` gives (the kernels are the same).
+
+        :raises ConfigError: ``repeat`` is not a positive integer.
+        :raises SimulatorError: as :meth:`run`.
+        """
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+            raise ConfigError(f"Simulator.profile repeat must be a positive integer, got {repeat!r}", {},
+                              "pass repeat=10", option="repeat", value=repeat, valid="int >= 1")
+        arrays = self._check_inputs(self.inputs, inputs, "")
+        ns = ffi.new("uint64_t[]", max(len(self.op_names), 1))
+        for _ in range(int(repeat)):  # the inputs again each time: the memory plan may reuse their bytes
+            for spec, arr in zip(self.inputs, arrays):
+                lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+            self._check(lib.lnn_sim_invoke_timed(self._model, ns, self._msg, lib.LNN_SIM_MAX_MSG), None)
+        kinds = {getattr(lib, n): n[len("LNN_SIM_OP_"):] for n in dir(lib) if n.startswith("LNN_SIM_OP_")}
+        macs = self.op_macs
+        return [OpTime(name, self._externals[i].op_type if i in self._externals else kinds.get(code, str(code)),
+                       macs[name], ns[i] / 1e3 / repeat)
+                for i, (name, code) in enumerate(zip(self.op_names, self.op_types))]
 
     def _batch_inputs(self, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray]
                       ) -> tuple[list[np.ndarray], int]:
@@ -567,34 +613,6 @@ class Simulator:
                                  "give every graph input the same number of rows", status=lib.LNN_SIM_E_INPUT,
                                  op_name=None)
         return arrays, counts[0] if counts else 0
-
-    def _rows(self, specs: Sequence[TensorSpec], out_specs: Sequence[TensorSpec], arrays: list[np.ndarray],
-              outputs: list[np.ndarray], lo: int, hi: int, integer: bool) -> None:
-        """Rows lo..hi-1 of a batch on this simulator (one thread)."""
-        def rows_of(arr: np.ndarray, spec: TensorSpec, a: int, b: int) -> np.ndarray:
-            n = spec.shape[0] if spec.shape else 1
-            return arr[a * n:b * n]
-
-        if integer:  # the integer boundary skips ops one by one: row by row in Python
-            for r in range(lo, hi):
-                try:
-                    res = self._run_integer([rows_of(a, s, r, r + 1).reshape(s.shape) for a, s in zip(arrays, specs)],
-                                            False)
-                except SimulatorError as exc:
-                    raise self._row_error(r, exc) from exc
-                for out, spec, value in zip(outputs, out_specs, res):
-                    rows_of(out, spec, r, r + 1)[...] = value.reshape(rows_of(out, spec, r, r + 1).shape)
-            return
-        keep = [ffi.from_buffer(rows_of(a, s, lo, hi)) for a, s in zip(arrays, specs)]
-        outs = [ffi.from_buffer(rows_of(o, s, lo, hi)) for o, s in zip(outputs, out_specs)]
-        ins_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", k) for k in keep] or [ffi.NULL])
-        outs_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", o) for o in outs] or [ffi.NULL])
-        failed = ffi.new("int64_t *")
-        status = lib.lnn_sim_run_rows(self._model, hi - lo, ins_p, outs_p, failed, self._msg, lib.LNN_SIM_MAX_MSG)
-        try:
-            self._check(status, None)
-        except SimulatorError as exc:
-            raise self._row_error(lo + int(failed[0]), exc) from exc
 
     def _row_error(self, row: int, exc: SimulatorError) -> SimulatorError:
         return SimulatorError(f"row {row} of the batch failed on the model{self._where()}", {"cause": exc.headline},
