@@ -100,16 +100,6 @@ def test_kernel_workspace_is_24h():
     assert OPS[0].kernel_workspace(graph, node) == 24 * 6
 
 
-def test_thinker_package_refuses_gru_with_the_node():
-    """No thinker lowering yet: check names the node, packing for the thinker format is a ModelFileError."""
-    model, _ = _model(3, 2, 2)
-    report = check_graph(read_onnx(model), package_format="thinker")
-    v = [v for v in report.violations if v.rule_id == "csk60xx.thinker.op"]
-    assert not report.ok and v and v[0].op_name == "gru" and v[0].actual == "GRUInt"
-    with pytest.raises(ModelFileError, match="node 'gru' \\(GRUInt\\)"):
-        pack_graph(read_onnx(model), package_format="thinker")
-
-
 @pytest.mark.parametrize("kw,what", [(dict(n_i=3, n_iw=7), "n_i 3 \\+ n_iw 7"), (dict(n_hw=2), "n_hw 2"),
                                      (dict(n_o=15, n_hw=7), "n_o 15")])
 def test_the_loader_refuses_left_shifts_packed_without_checks(kw, what):

@@ -34,8 +34,7 @@ from ._sim import ffi, lib
 from .limits import SIM_LIMITS
 
 __all__ = ["Simulator", "StatefulRun", "TensorSpec", "KernelCall", "OpTime", "STATUS_NAMES", "ISA_PATHS",
-           "available_isas",
-           "check_isa_env"]
+           "available_isas", "check_isa_env"]
 
 log = logging.getLogger("lnn.backend.simulator")
 

@@ -38,10 +38,21 @@ scale_o``. What the vendor runtime does instead of lnn's simulator is a warning 
 ``go_forward = 0`` node forward, and reads neither h0 (starts from zeros) nor lengths (runs all T steps). ``y`` is
 declared ``[T, 1, H]`` / ``[1, T, H]`` (tpacker 3.0.4's ``[1, B, H]`` is a bug, spec 2.1.3). The kernel's scratch
 is 24H bytes (gi and gh as int32).
+
+Thinker package (spec/thinker-package.md 3.5, 6; int8-seq-ops.md 2.2.5): a ``GRUInt`` record (x, W_ih^T [D, 3H],
+W_hh^T [H, 3H], b_ih, b_hh -> y, h_n) with GRUIntAttrs {direction (0 forward, 1 reverse: the VENUS kernel runs
+``t = T-1 .. 0`` for 1, which tpacker never writes), H, D, layout = batch_first, quant_type 0}. The kernel reads
+its weights in place from the blob (no DMA transfer, no DMA buffer: it never calls getWeightData) and keeps the
+int8 state in h_n. Its VENUS wrapper runs the kernel only when a workspace is listed and then reads four more temps
+as (unused) weight descriptors, so the record lists the 24H-byte workspace five times: every id it reads is a real
+tensor. Refused for the package: an initial state and lengths other than a constant ``[T]`` (the runtime reads
+neither), and a matmul block over the NPU's 32 KB (the kernel's fixed split in four, which nothing checks on the
+chip).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +61,7 @@ import numpy as np
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import DecodedOp, Problem, ThinkerLowering, relayout_linear, restore_linear
 from ._rules import at, dtype_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands, known_shapes
 
@@ -244,13 +256,15 @@ def check_batch(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
 @rule("csk60xx.gru.direction", ops=(), severity="warning", fwd="gru.go_forward")
 def check_direction(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
     """GRUInt with go_forward outside {fwd} (a bidirectional GRU's reverse node): lnn runs it in reverse; the
-    vendor runtime (thinker 3.0.4) does not serialize the direction and runs the node forward."""
+    vendor packer (tpacker 3.0.4) does not serialize the direction, so its package runs the node forward (lnn's
+    thinker package writes it, and the vendor runtime then runs it in reverse)."""
     g, allowed = op.attrs.get("go_forward", 1), tuple(limits["gru.go_forward"])
     if g in allowed:
         return None
     return Finding(actual=f"go_forward {g}", limit=f"the vendor runtime runs go_forward in {allowed} only",
-                   hint="for the vendor runtime use a unidirectional GRU (bidirectional=False); lnn's simulator runs "
-                        "the reverse node as PyTorch does")
+                   hint="for the vendor packer use a unidirectional GRU (bidirectional=False), or pack with lnn "
+                        "(lnn pack --format thinker writes the direction); lnn's simulator runs the reverse node as "
+                        "PyTorch does")
 
 
 @rule("csk60xx.gru.vendor_state", ops=(), severity="warning")
@@ -319,6 +333,57 @@ def _attrs(node: Node, graph: Graph) -> list[int]:
     return [0 if int(node.attrs.get("go_forward", 1)) else 1]
 
 
+# -- thinker package --------------------------------------------------------------------------------------------------
+
+#: the matmuls' fixed split (``gru_luna_inner``) and the NPU's right-matrix buffer
+_THINKER_SPLIT, _NPU_RIGHT_BYTES = 4, 32768
+
+
+def _thinker_attrs(node: Node, graph: Graph) -> bytes:
+    d, h = graph.tensors[node.inputs[1]].shape[1], graph.tensors[node.inputs[2]].shape[1]
+    direction = 0 if int(node.attrs.get("go_forward", 1)) else 1
+    return struct.pack("<HHHBB", direction, h, d, int(node.attrs.get("batch_first", 0)), 0)
+
+
+def _thinker_check(node: Node, graph: Graph) -> list[Problem]:
+    out = []
+    x = graph.tensors[node.inputs[0]].shape
+    steps = x[1] if int(node.attrs.get("batch_first", 0)) else x[0]
+    if len(node.inputs) > H0:
+        out.append(Problem("csk60xx.thinker.gru_state", "the runtime's GRUInt reads no initial state (it starts from "
+                           "zeros)", "no h0", "h0", "run the GRU from a zero state (pack for lnn's simulator to carry "
+                           "a state: lnn run --state-in)"))
+    if len(node.inputs) > LENGTHS:
+        lengths = graph.initializers.get(node.inputs[LENGTHS])
+        value = None if lengths is None else int(np.asarray(lengths).reshape(-1)[0])
+        if value != steps:
+            out.append(Problem("csk60xx.thinker.gru_lengths", "the runtime's GRUInt reads no lengths (it runs all T "
+                               "steps)", f"a constant [{steps}]", "computed" if lengths is None else f"[{value}]",
+                               "run the GRU over the whole sequence (trim the input instead of passing lengths)"))
+    h3 = graph.tensors[node.inputs[1]].shape[0]
+    block = -(-h3 // _THINKER_SPLIT)
+    for idx, role in ((1, "w_ih"), (2, "w_hh")):
+        k = graph.tensors[node.inputs[idx]].shape[1]
+        size = -(-k // 8) * 8 * (-(-block // 4) * 4)
+        if size > _NPU_RIGHT_BYTES:
+            out.append(Problem("csk60xx.thinker.gru_split", f"a quarter of {role} (the kernel splits each matmul in "
+                               "four, whatever the size) exceeds the NPU's 32 KB right-matrix buffer",
+                               _NPU_RIGHT_BYTES, size, "use a smaller hidden or input size"))
+    return out
+
+
+def _thinker_read(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    direction, h, size, layout, _ = struct.unpack_from("<HHHBB", d.attrs)
+    attrs = {"input_size": size, "hidden_size": h, "batch_first": layout, "go_forward": 1 - direction,
+             "num_layers": 1}
+    return attrs, {1: restore_linear(d.inputs[1].data), 2: restore_linear(d.inputs[2].data)}
+
+
+_THINKER_GRU = ThinkerLowering("GRUInt", attrs=_thinker_attrs, relayout={1: relayout_linear, 2: relayout_linear},
+                               workspace=lambda n, g: _kernel_workspace(g, n), check=_thinker_check,
+                               read=_thinker_read, workspace_repeats=4)
+
+
 _ATTRS = {
     "input_size": AttrSpec("int", minimum=1),
     "hidden_size": AttrSpec("int", minimum=1),
@@ -341,5 +406,5 @@ OPS = (
           pack_rules=(check_batch, check_vendor_state, check_in_alignment, check_hidden_alignment, check_out_exponent,
                       _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
-          lowerings={"lnn": Lowering(32, None, _attrs, "gru.c")}),
+          lowerings={"lnn": Lowering(32, None, _attrs, "gru.c"), "thinker": _THINKER_GRU}),
 )

@@ -52,10 +52,20 @@ vendor runtime copies as raw bytes, misreading them) are refused with the fix: q
 Limits (spec 2.1.5, 6.2; ``[lstm]`` of the target): batch 1, ``n_o <= 14`` (the last shift is unsigned), a
 Q11 alignment left shift of at most 30, ``scale_h = scale_o``; the kernel's scratch is 40H bytes (tpacker
 declares 32H).
+
+Thinker package (spec/thinker-package.md 3.5, 4.4, 6): an ``LSTMInt`` record in the runtime's order
+``x[, lengths[, h0, c0]], W_ih^T, W_hh^T, b_ih, b_hh -> y, h_n, c_n`` with LstmIntAttrs {direction (0 forward,
+1 reverse), H, D, layout = batch_first, quant_type 4}, a 40H-byte workspace and a DMA buffer. One DMA transfer
+carries the four weight constants; the VENUS wrapper slices them out of its buffer back to back, without the
+16-byte padding the blob puts after each constant, so each transposed weight [K, 4H] is stored with zero rows up
+to a 16-byte multiple (rows the kernel never reads, since it takes K from the attributes). Lengths and an initial
+state are read in place, outside the transfer. Refused for the package: lengths other than a constant ``[T]`` (the
+runtime leaves the rows of y at and after lengths[0] unwritten, lnn writes zeros).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +74,7 @@ import numpy as np
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import LAYOUT_NCHW, LAYOUT_NCWH, QUANT_LUNA, DecodedOp, Problem, ThinkerLowering
 from ._rules import at, dtype_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands, known_shapes
 from .gru import GATE_Q, _sat, _shr, sig8, tanh8
@@ -298,6 +309,77 @@ def _attrs(node: Node, graph: Graph) -> list[int]:
     return [0 if int(node.attrs.get("go_forward", 1)) else 1]
 
 
+# -- thinker package --------------------------------------------------------------------------------------------------
+
+
+def _thinker_rows(k: int, cols: int) -> int:
+    """Rows a [K, cols] int8 weight is stored with so that its bytes are a multiple of 16 (the rows past K are
+    zeros the kernel never reads): the VENUS wrapper finds each constant in the DMA buffer right after the one
+    before it, while the blob pads every constant to 16 bytes."""
+    rows = k
+    while rows * cols % 16:
+        rows += 1
+    return rows
+
+
+def _thinker_relayout(w: np.ndarray, node: Node, graph: Graph) -> tuple[np.ndarray, int]:
+    """W_ih [4H, D] / W_hh [4H, H] -> [K', 4H] (transposed, zero rows to a 16-byte multiple); other constants at
+    these record positions (lengths, an initial state) as they are."""
+    if w.ndim != 2 or w.dtype != np.int8:
+        return w, LAYOUT_NCHW
+    t = np.zeros((_thinker_rows(w.shape[1], w.shape[0]), w.shape[0]), np.int8)
+    t[:w.shape[1]] = w.T
+    return t, LAYOUT_NCWH
+
+
+def _thinker_inputs(node: Node, graph: Graph) -> list[str]:
+    """The record's order: x[, lengths[, h0, c0]], w_ih, w_hh, b_ih, b_hh."""
+    return [node.inputs[0], *node.inputs[LENGTHS:], *node.inputs[1:5]]
+
+
+def _thinker_ir_order(n: int) -> list[int]:
+    if n not in (5, 6, 8):
+        raise ValueError(f"an LSTMInt record of {n} inputs (lnn reads 5, 6 or 8: initial state comes with lengths)")
+    extra = n - 5
+    return [0, *range(1 + extra, n), *range(1, 1 + extra)]
+
+
+def _thinker_attrs(node: Node, graph: Graph) -> bytes:
+    d, h = graph.tensors[node.inputs[1]].shape[1], graph.tensors[node.inputs[2]].shape[1]
+    direction = 0 if int(node.attrs.get("go_forward", 1)) else 1
+    return struct.pack("<HHHBB", direction, h, d, int(node.attrs.get("batch_first", 0)), QUANT_LUNA)
+
+
+def _thinker_check(node: Node, graph: Graph) -> list[Problem]:
+    out = []
+    x = graph.tensors[node.inputs[0]].shape
+    steps = x[1] if int(node.attrs.get("batch_first", 0)) else x[0]
+    if len(node.inputs) > LENGTHS:
+        lengths = graph.initializers.get(node.inputs[LENGTHS])
+        value = None if lengths is None else int(np.asarray(lengths).reshape(-1)[0])
+        if value != steps:
+            out.append(Problem("csk60xx.thinker.lstm_lengths", "the runtime leaves the rows of y at and after "
+                               "lengths[0] unwritten (lnn writes zeros), so only a constant lengths = [T] is "
+                               "written", f"a constant [{steps}]", "computed" if lengths is None else f"[{value}]",
+                               "run the LSTM over the whole sequence (trim the input instead of passing lengths)"))
+    return out
+
+
+def _thinker_read(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    direction, h, size, layout, _ = struct.unpack_from("<HHHBB", d.attrs)
+    attrs = {"input_size": size, "hidden_size": h, "batch_first": layout, "go_forward": 1 - direction,
+             "num_layers": 1}
+    w = len(d.inputs) - 4
+    return attrs, {w: np.ascontiguousarray(d.inputs[w].data[:size].T),
+                   w + 1: np.ascontiguousarray(d.inputs[w + 1].data[:h].T)}
+
+
+_THINKER_LSTM = ThinkerLowering("LSTMInt", attrs=_thinker_attrs, inputs=_thinker_inputs,
+                                relayout={k: _thinker_relayout for k in range(1, 8)}, dma=True, dma_last=4,
+                                workspace=lambda n, g: _kernel_workspace(g, n), check=_thinker_check,
+                                read=_thinker_read, ir_order=_thinker_ir_order)
+
+
 _ATTRS = {
     "input_size": AttrSpec("int", minimum=1),
     "hidden_size": AttrSpec("int", minimum=1),
@@ -319,5 +401,5 @@ OPS = (
           pack_rules=(check_batch, check_in_alignment, check_hidden_alignment, check_out_exponent,
                       check_state_exponent, check_vendor_lengths, _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
-          lowerings={"lnn": Lowering(31, None, _attrs, "lstm.c")}),
+          lowerings={"lnn": Lowering(31, None, _attrs, "lstm.c"), "thinker": _THINKER_LSTM}),
 )
