@@ -78,11 +78,9 @@ def exp_q23(d: torch.Tensor) -> torch.Tensor:
     return torch.where(e_exp >= 0, y << e_exp.clamp(min=0), y >> (-e_exp).clamp(max=62))  # y > 0: trunc = floor
 
 
-@torch.no_grad()
-def normalize_q15(e: torch.Tensor) -> torch.Tensor:
-    """The core's normalization: int64 exponential terms (:func:`exp_q23`, rows last) in, int64 Q15 probabilities
-    out (a saturating row sum, its normalized reciprocal from a seed and two Newton steps, the product)."""
-    s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)  # the saturating sum of non-negative terms
+def _reciprocal(s: torch.Tensor) -> torch.Tensor:
+    """The core's per-row reciprocal: int64 row sums ``s`` (saturated at ``INT32_MAX``, ``>= 1``) in, the int64 factor
+    ``r`` with ``y15 = (r * e + 2^30) >> 31`` out (normalized from a seed, two Newton steps, shifted back)."""
     msb = torch.floor(torch.log2(s.double())).to(torch.int64)  # s >= 1
     # exact msb: correct float rounding of log2 near powers of two
     msb = torch.where((1 << msb) > s, msb - 1, msb)
@@ -94,8 +92,15 @@ def normalize_q15(e: torch.Tensor) -> torch.Tensor:
     for _ in range(2):
         err = 2 * (0x400000 - _rshift_round(x_n * r, 23))
         r = r + _rshift_round(r * err, 23)
-    r = torch.where(n < 0, r >> (-n).clamp(min=0), (r << n.clamp(min=0)).clamp(_INT32_MIN, _INT32_MAX))
-    y = torch.mul(r, e).add_(1 << 30).bitwise_right_shift_(31)  # _rshift_round(r * e, 31), in place
+    return torch.where(n < 0, r >> (-n).clamp(min=0), (r << n.clamp(min=0)).clamp(_INT32_MIN, _INT32_MAX))
+
+
+@torch.no_grad()
+def normalize_q15(e: torch.Tensor) -> torch.Tensor:
+    """The core's normalization: int64 exponential terms (:func:`exp_q23`, rows last) in, int64 Q15 probabilities
+    out (a saturating row sum, its normalized reciprocal from a seed and two Newton steps, the product)."""
+    s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)  # the saturating sum of non-negative terms
+    y = torch.mul(_reciprocal(s), e).add_(1 << 30).bitwise_right_shift_(31)  # _rshift_round(r * e, 31), in place
     return y.clamp_(_INT32_MIN, _INT32_MAX)
 
 
@@ -111,22 +116,38 @@ def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _exp_table(n_x: int, device: torch.device) -> torch.Tensor:
     """:func:`exp_q23` of every int8 pair at input exponent ``n_x``: entry ``(m + 128) * 256 + (q + 128)`` is the
-    term of an element ``q`` in a row whose maximum is ``m`` (int64, 65,536 entries; ``q > m`` never occurs and
-    holds the term of ``q = m``). A pure function's cache: one table per exponent and device."""
+    term of an element ``q`` in a row whose maximum is ``m`` (float64 integers below 2^25, 65,536 entries; ``q > m``
+    never occurs and holds the term of ``q = m``). A pure function's cache: one table per exponent and device."""
     x25 = (torch.arange(-128, 128, dtype=torch.int64) << (IN_EXPONENT_MAX - n_x)).clamp_(_INT32_MIN, _INT32_MAX)
     d = (x25[None, :] - x25[:, None]).clamp_(_INT32_MIN, 0)  # row: the maximum m, column: the element q
-    return exp_q23(d).reshape(-1).to(device)
+    return exp_q23(d).reshape(-1).to(device=device, dtype=torch.float64)
+
+
+@torch.no_grad()
+def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
+    """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
+    Q25 as the kernel does; float64 integers out. The same integers by fewer passes:
+
+    - each exponential term is read from a table of the (element, row maximum) pairs (:func:`_exp_table`): one
+      gather instead of about thirty elementwise int64 passes;
+    - the row sums (below ``2048 * 2^24``) and the final ``(r * e + 2^30) >> 31`` run in float64, exact: a term is
+      at most ``2^23 + 60`` (``2^0`` in Q23; the row maximum's own term), so a row sum is at least that and ``r``
+      (Newton steps toward ``2^45 / x_n``, ``x_n`` the sum normalized to ``[2^22, 2^23)``, shifted right) stays
+      below ``2^24``; ``r * e + 2^30`` is an integer below ``2^48``, held exactly, and one fused multiply-add and a
+      floor give the shift's result. The result (at most ``2^16``) needs no saturation.
+    """
+    m = q.amax(dim=-1, keepdim=True)
+    idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int64)  # (m + 128) * 256 + (q + 128)
+    e = _exp_table(n_x, q.device).index_select(0, idx.reshape(-1)).view(idx.shape)  # faster than take on CPU
+    s = e.sum(dim=-1, keepdim=True).to(torch.int64).clamp_(max=_INT32_MAX)
+    r = _reciprocal(s).double().mul_(2.0**-31)  # exact: a power of two
+    return torch.addcmul(torch.full_like(r, 0.5), e, r).floor_()
 
 
 @torch.no_grad()
 def softmax_q15_int8(q: torch.Tensor, n_x: int) -> torch.Tensor:
-    """:func:`softmax_q15` of int8 integers ``q`` (int64, rows last) at exponent ``n_x``, widened to Q25 as the
-    kernel does: the same integers, each exponential term read from a table of the (element, row maximum) pairs
-    (:func:`_exp_table`) instead of computed, so one gather replaces about thirty elementwise int64 passes."""
-    m = q.amax(dim=-1, keepdim=True)
-    idx = torch.add(q, 128 + 256 * 128).add_(m, alpha=256)  # (m + 128) * 256 + (q + 128)
-    e = _exp_table(n_x, q.device).index_select(0, idx.reshape(-1)).view(idx.shape)  # faster than take on CPU
-    return normalize_q15(e)
+    """:func:`softmax_q15` of int8 integers ``q`` (int64, rows last) at exponent ``n_x`` (:func:`softmax_q15_f64`)."""
+    return softmax_q15_f64(q.double(), n_x).to(torch.int64)
 
 
 def log_q25_scalar(s: int) -> int:
@@ -160,15 +181,26 @@ def chip_int(q: torch.Tensor, n_x: int, log: bool) -> torch.Tensor:
     return log_q25(y15) if log else y15
 
 
-def int_input(x: torch.Tensor, n_x: int) -> torch.Tensor:
-    """The int8 integers (int64) of ``x`` at exponent ``n_x``."""
-    return torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127).to(torch.int64)
+def _chip_acc(x: torch.Tensor, n_x: int, log: bool, training: bool) -> torch.Tensor:
+    """:func:`chip_int` of ``x`` at ``n_x``: Q15 probabilities as float64 integers, or Q25 logs as int64.
+
+    The input's integers are ``R(x * 2^n_x)`` saturated to int8; ``x`` lies on that grid (it is its producer's
+    output), where every form of ``R`` agrees. Eval rounds in float64; training as training's fake-quant does, in
+    float32 (float64 for a float64 model): three passes in the input's width instead of five in float64 and int64.
+    """
+    if training:
+        xd = x.detach() if x.dtype == torch.float64 else x.detach().float()
+        q = torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
+    else:
+        q = torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127)
+    y15 = softmax_q15_f64(q, n_x)
+    return log_q25(y15.to(torch.int64)) if log else y15
 
 
 def _scaled(acc: torch.Tensor, acc_q: int, dtype: torch.dtype) -> torch.Tensor:
-    """``acc * 2**-acc_q`` rounded once to ``dtype``. The Q15 probabilities (``acc_q`` 15, ``|acc| <= 2^15``) convert
-    first and scale exactly after (one pass fewer, the same rounding: scaling by a power of two commutes with it);
-    the Q25 logs (up to ``2^31``, past float16's range) scale in float64 first."""
+    """``acc * 2**-acc_q`` rounded once to ``dtype``. The Q15 probabilities (``acc_q`` 15, ``|acc| <= 2^16``) convert
+    first and scale exactly after (the same rounding: scaling by a power of two commutes with it); the Q25 logs (up
+    to ``2^31``, past float16's range) scale in float64 first."""
     if acc_q == SOFTMAX_OUT_MAX:
         return acc.to(dtype).mul_(2.0**-acc_q)
     return acc.double().mul_(2.0**-acc_q).to(dtype)
@@ -203,7 +235,7 @@ def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = F
     integers times ``2**-n_o``. An attention module calls this with its own output quantizer."""
     cap = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
     acc_q = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
-    acc = chip_int(int_input(x, n_x), n_x, log)
+    acc = _chip_acc(x, n_x, log, training)
     if training:
         if x.requires_grad and torch.is_grad_enabled():
             y = _ChipSoftmax.apply(x, acc, acc_q, log)
