@@ -308,6 +308,16 @@ class QSoftmax(QModule):
     def op_attrs(self) -> dict[str, Any]:
         return {**super().op_attrs(), "dim": self.dim, "kind": self.kind}
 
+    def shape_attrs(self, input_shapes: Any) -> dict[str, Any]:
+        """The input's shape (the row rule) and ``dim`` as the node has it: -1 when the given dim is the last."""
+        x = input_shapes[0] if input_shapes else None
+        if x is None:
+            return {}
+        dim = self.dim
+        if isinstance(dim, int) and dim in (-1, len(x) - 1):
+            dim = -1
+        return {"input_shapes": (tuple(x),), "dim": dim}
+
 
 def _dim_error(path: str, kind: str, dim: Any, rank: int | None) -> LnnError:
     where = f" of a rank-{rank} input" if rank is not None else ""
