@@ -180,16 +180,17 @@ def test_user_module_with_two_inputs_and_two_outputs_kept_float(host):
 
 
 def test_unsupported_rnn_is_reported_like_any_unsupported_op(host):
-    """Not kept float on purpose: one warning naming the op, node and call site (an error with strict=True),
-    never a crash; the model still trains and evaluates with the RNN in float."""
+    """An RNN without a quantized form (a plain tanh ``nn.RNN``), not kept float on purpose: one warning naming the
+    op, node and call site (an error with strict=True), never a crash; the model still trains and evaluates with the
+    RNN in float."""
     with pytest.warns(UnsupportedOpWarning) as record:
-        qmodel = lnn.init(CRNN("LSTM", keep="none"), host=host)
+        qmodel = lnn.init(CRNN("RNN", keep="none"), host=host)
     texts = [str(w.message) for w in record if issubclass(w.category, UnsupportedOpWarning)]
-    assert len(texts) == 1 and "op LSTM (module 'rnn')" in texts[0] and "self.rnn(x)" in texts[0]
+    assert len(texts) == 1 and "op RNN (module 'rnn')" in texts[0] and "self.rnn(x)" in texts[0]
     _qat(qmodel, torch.randn(2, 1, 5, 6))
     with pytest.raises(UnsupportedOpError) as exc:
-        lnn.init(CRNN("LSTM", keep="none"), config=lnn.QuantConfig(strict=True), host=host)
-    assert exc.value.op == "LSTM" and "disable_quant" in exc.value.hint
+        lnn.init(CRNN("RNN", keep="none"), config=lnn.QuantConfig(strict=True), host=host)
+    assert exc.value.op == "RNN" and "disable_quant" in exc.value.hint
 
 
 def test_bits_for_a_module_without_a_quantized_form_still_match_nothing(host):
@@ -199,7 +200,7 @@ def test_bits_for_a_module_without_a_quantized_form_still_match_nothing(host):
     with pytest.raises(lnn.ConfigError) as exc:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnsupportedOpWarning)
-            lnn.init(CRNN("LSTM", keep="none"), config=config, host=host)
+            lnn.init(CRNN("RNN", keep="none"), config=config, host=host)
     assert exc.value.option == "by_path" and exc.value.value == "rnn"
 
 
@@ -312,7 +313,7 @@ class Nested(nn.Module):
         super().__init__()
         self.fc0 = nn.Linear(8, 8)
         self.block = nn.Module()
-        self.block.rnn = nn.GRU(8, 12, batch_first=True)
+        self.block.rnn = nn.RNN(8, 12, batch_first=True)
 
     def forward(self, x):
         y, _ = self.block.rnn(self.fc0(x))
@@ -324,11 +325,11 @@ def test_an_unsupported_module_is_named_by_its_path(host):
     with pytest.warns(UnsupportedOpWarning) as record:
         lnn.init(Nested(), host=host)
     text = next(str(w.message) for w in record if issubclass(w.category, UnsupportedOpWarning))
-    assert text.startswith("op GRU (module 'block.rnn') has no quantized form")
+    assert text.startswith("op RNN (module 'block.rnn') has no quantized form")
     assert "lnn.disable_quant(model.block.rnn)" in text
     with pytest.raises(UnsupportedOpError) as exc:
         lnn.init(Nested(), config=lnn.QuantConfig(strict=True), host=host)
-    assert "GRU (module 'block.rnn') at " in exc.value.details["ops"]
+    assert "RNN (module 'block.rnn') at " in exc.value.details["ops"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnsupportedOpWarning)
         lnn.init(Nested(), config=lnn.QuantConfig(by_path={"block.rnn": lnn.LayerConfig(float=True)}), host=host)

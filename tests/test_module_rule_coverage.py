@@ -56,6 +56,19 @@ class Sliced(nn.Module):
         return self.conv(x)[:, ::2] if self.step == 2 else self.conv(x)[:, 0:2]
 
 
+class GruWithState(nn.Module):
+    """A GRU called with an initial state (a graph input) or without one."""
+
+    def __init__(self, state: bool) -> None:
+        super().__init__()
+        self.state = state
+        self.gru = nn.GRU(4, 6, batch_first=True)
+
+    def forward(self, x, h):
+        y, _ = self.gru(x, h) if self.state else self.gru(x)
+        return y + h.sum()
+
+
 class SelfSimilarity(nn.Module):
     """``a(x) @ b(x).transpose(-1, -2)``: the quantized matmul module is ``q_matmul``."""
 
@@ -247,6 +260,13 @@ CASES: list[Case] = [
     Case("csk60xx.bmm.bits", "q_matmul",
          lambda over: (SelfSimilarity(), by_path(b=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- GRU (spec/int8-seq-ops.md 2.2.5, 6.2) -----------------------------------------------------------------
+    Case("csk60xx.gru.direction", "gru", _m(lambda over: seq(fc=nn.Linear(4, 4),
+                                                             gru=nn.GRU(4, 6, bidirectional=over))),
+         "the vendor runtime runs go_forward in (1,) only", "go_forward 0", "unidirectional GRU",
+         severity="warning"),
+    Case("csk60xx.gru.initial_state", "gru", _m(lambda over: GruWithState(over)),
+         "zero initial state", "an initial state h0", "stream with the eval-mode quantized GRU"),
     # -- embedding (spec/int8-seq-ops.md 2.8.5) -----------------------------------------------------------------
     Case("csk60xx.gather.bits", "emb",
          lambda over: (seq(emb=nn.Embedding(10, 4)), by_path(emb=lnn.LayerConfig(weight_bits=4 if over else 8))),

@@ -1,9 +1,11 @@
 """Thinker packages of trained-side models run in lnn's simulator (decoded into lnn's IR) exactly like model.bin
 and like eval: ReLU6, transposed convs, depthwise convs, a conv split above 32 KB, Conv1d, linear layers, sigmoid and
-tanh, layer norm, pools, batch norm, concatenation, slices, two inputs and two outputs.
+tanh, layer norm, pools, batch norm, concatenation, slices, two inputs and two outputs, attention (softmax, BmmInt),
+a log-softmax, GRU and LSTM layers (a bidirectional GRU) and a CRNN.
 
 The same models ran bit-exact in the vendor's x86 ``test_thinker`` (lnn_backend_csk60xx/benchmarks/
-thinker_crosscheck.py, which needs the vendor build and is not part of CI)."""
+thinker_crosscheck.py, which needs the vendor build and is not part of CI), except those with a softmax: the vendor's
+x86 build cannot run SoftmaxInt / LogSoftmaxInt (its HiFi library is not public)."""
 
 from __future__ import annotations
 
@@ -145,12 +147,58 @@ class _Batched4dNet(nn.Module):  # a layer norm and a linear on [N, C, H, W], N 
         return self.fc(self.ln(self.c(x)))
 
 
+class _AttentionNet(nn.Module):  # softmax and two BmmInt per head (the vendor x86 build cannot run the softmax)
+    def __init__(self) -> None:
+        super().__init__()
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.ln = nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.ln(x + self.att(x, x, x, need_weights=False)[0])
+
+
+class _MatmulNet(nn.Module):  # a product of two activations (BmmInt) and a log-softmax
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.b = nn.Linear(8, 12)
+
+    def forward(self, x):
+        return torch.log_softmax(torch.matmul(self.a(x), self.b(x).transpose(1, 2)), -1)
+
+
+class _RnnTagger(nn.Module):  # Linear -> GRU / LSTM (stacked, bidirectional) -> Linear on every step
+    def __init__(self, kind: str = "GRU", **kwargs) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.rnn = getattr(nn, kind)(6, 8, batch_first=True, **kwargs)
+        self.head = nn.Linear(8 * (2 if kwargs.get("bidirectional") else 1), 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.fc(x))[0])
+
+
+class _Crnn(nn.Module):  # conv front end, frames to a GRU, a classifier per frame
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3, stride=(1, 2), padding=1)
+        self.gru = nn.GRU(4 * 5, 16, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c(x))  # [1, 4, T, 5]
+        return self.fc(self.gru(x.permute(0, 2, 1, 3).flatten(2))[0])
+
+
 CASES = {"relu6-depthwise": (_ReLU6Net, [(1, 3, 8, 8)]), "deconv": (_DeconvNet, [(1, 2, 8, 8)]),
          "split": (_SplitNet, [(1, 64, 2, 2)]), "conv1d": (_Conv1dNet, [(1, 4, 16)]),
          "gated": (_GatedNet, [(1, 3, 6, 6)]), "seq-layernorm": (_SeqNet, [(1, 5, 12)]),
          "pools-cat": (_PoolNet, [(1, 4, 8, 8)]), "two-in-two-out": (_TwoInTwoOut, [(1, 3, 4, 4), (1, 3, 4, 4)]),
          "slice": (_SliceNet, [(1, 4, 6, 6)]), "grouped": (_GroupedNet, [(1, 8, 5, 5)]),
-         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)]), "batched-4d": (_Batched4dNet, [(2, 4, 3, 8)])}
+         "deconv-crop": (_CroppedDeconvNet, [(1, 4, 6, 6)]), "batched-4d": (_Batched4dNet, [(2, 4, 3, 8)]),
+         "attention": (_AttentionNet, [(1, 6, 16)]), "matmul-logsoftmax": (_MatmulNet, [(1, 5, 8)]),
+         "gru": (_RnnTagger, [(1, 7, 5)]), "lstm": (lambda: _RnnTagger("LSTM"), [(1, 6, 5)]),
+         "bigru": (lambda: _RnnTagger("GRU", bidirectional=True), [(1, 6, 5)]), "crnn": (_Crnn, [(1, 1, 9, 10)])}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -172,7 +220,7 @@ def test_thinker_package_runs_like_model_bin_and_eval(case, host, tmp_path):
     res = pack_graph(graph, package_format="thinker")
     pkg = decode(res.blob)
     weight_ops = [op for op in pkg.ops if op.type in ("Conv2dInt", "Conv1dInt", "ConvTranspose2dInt", "LinearInt",
-                                                      "LayerNormInt")]
+                                                      "LayerNormInt", "LSTMInt")]
     assert len(pkg.dma) == len(weight_ops) and all(op.temps for op in weight_ops)
     if case in ("split", "grouped"):
         assert res.passes.splits and "iqCat" in {op.type for op in pkg.ops}
@@ -222,3 +270,48 @@ def test_thinker_package_with_an_embedding(host, tmp_path):
     (a,), (b,) = on_pkg.run([ids.numpy()]), on_bin.run([ids.numpy()])
     with torch.no_grad():
         assert np.array_equal(a, b) and np.array_equal(a, model(ids).numpy())
+
+
+@pytest.mark.parametrize("case", ["relu6-depthwise", "deconv", "conv1d", "seq-layernorm", "split"])
+def test_constants_in_share_memory_run_like_model_bin(case, host, tmp_path):
+    """``--format thinker-share``: the same records, every constant in share-memory and read in place: no DMA
+    list and no DMA buffers; the plan counts the constants in share-memory."""
+    factory, shapes = CASES[case]
+    torch.manual_seed(0)
+    model = lnn.init(factory(), host=host)
+    model.train()
+    with torch.no_grad():
+        model(*[torch.randn(s) for s in shapes])
+    model.eval()
+    path = tmp_path / f"{case}.onnx"
+    lnn.export(model, torch.randn(shapes[0]), path, host=host)
+    graph = read_onnx(path)
+    assert check_graph(graph, package_format="thinker-share").ok
+    res, dma = pack_graph(graph, package_format="thinker-share"), pack_graph(graph, package_format="thinker")
+    pkg = decode(res.blob)
+    assert not pkg.dma and pkg.param_type == 2 and all(t.mem_type == 2 for t in pkg.tensors)
+    assert not any(t.name.startswith("dma_buffer") for t in pkg.tensors)
+    assert res.plan.package["parameters_in"] == "share_mem" and res.plan.package["dma_transfers"] == 0
+    assert res.plan.regions["share_mem"].prefetch_total == 0 < dma.plan.regions["share_mem"].prefetch_total
+    on_pkg, on_bin = Simulator(res.blob), Simulator(pack_graph(graph).blob)
+    for k in range(2):
+        x = torch.randn(shapes[0]) * (1 + k)
+        assert np.array_equal(on_pkg.run([x.numpy()])[0], on_bin.run([x.numpy()])[0])
+
+
+def test_constants_that_do_not_fit_share_memory_are_refused(host, tmp_path):
+    from lnn_core.errors import HardwareLimitError
+
+    torch.manual_seed(0)
+    model = lnn.init(_SplitNet(), host=host)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(1, 64, 2, 2))
+    model.eval()
+    path = tmp_path / "split.onnx"
+    lnn.export(model, torch.randn(1, 64, 2, 2), path, host=host)
+    graph = read_onnx(path)
+    with pytest.raises(HardwareLimitError) as exc:
+        pack_graph(graph, package_format="thinker-share", share_mem=32768)
+    assert exc.value.rule_id == "csk60xx.thinker.share_mem" and exc.value.limit == 32768
+    assert "--format thinker" in exc.value.hint

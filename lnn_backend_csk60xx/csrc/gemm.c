@@ -89,55 +89,42 @@ void lnn_gemm_conv_pack(const int8_t *w, int32_t M, int64_t K, uint8_t *dst) {
 static int64_t plane_h(const lnn_gemm_window *g, int32_t Ho) { return (int64_t)(Ho - 1) * g->sh + (int64_t)(g->kh - 1) * g->dh + 1; }
 static int64_t plane_w(const lnn_gemm_window *g, int32_t Wo) { return (int64_t)(Wo - 1) * g->sw + (int64_t)(g->kw - 1) * g->dw + 1; }
 
+/* the planes are stored as sw column phases of ceil(width / sw) bytes each (below) */
+static int64_t phase_w(const lnn_gemm_window *g, int32_t Wo) { return (plane_w(g, Wo) + g->sw - 1) / g->sw; }
+
 int64_t lnn_gemm_conv_col_bytes(const lnn_gemm_window *g, int32_t cin_g, int32_t Ho, int32_t Wo) {
     const int64_t K = (int64_t)cin_g * g->kh * g->kw, Pp = round16((int64_t)Ho * Wo);
-    return (round4(K) + 4) * Pp + (int64_t)cin_g * plane_h(g, Ho) * plane_w(g, Wo);
+    return (round4(K) + 4) * Pp + (int64_t)cin_g * g->sw * plane_h(g, Ho) * phase_w(g, Wo);
 }
 
 #ifdef LNN_HAVE_VNNI
-/* the padded planes: plane[c][r][s] = x[c, r - pt, s - pl] + 128, or 128 outside the input */
+/* the padded planes, column phase by column phase: plane[(c * sw + ph) * Hp + r][t] = x[c, r - pt, t * sw + ph - pl] +
+ * 128, or 128 outside the input, t < Wq = ceil(Wp / sw). A window row (c, ky, kx) of output row oh is then the Wo
+ * contiguous bytes at plane[(c * sw + (kx * dw) % sw) * Hp + oh * sh + ky * dh][(kx * dw) / sw] for every stride. */
 static void pad_planes(const lnn_gemm_window *g, const int8_t *xg, int32_t cin_g, int32_t H, int32_t W, int32_t Ho,
                        int32_t Wo, uint8_t *plane) {
-    const int64_t Hp = plane_h(g, Ho), Wp = plane_w(g, Wo);
-    int64_t c, r, s;
+    const int64_t Hp = plane_h(g, Ho), Wq = phase_w(g, Wo), sw = g->sw, pl = g->pl;
+    int64_t c, r, s, ph;
     for (c = 0; c < cin_g; ++c) {
-        for (r = 0; r < Hp; ++r) {
-            const int64_t ih = r - g->pt;
-            uint8_t *d = plane + (c * Hp + r) * Wp;
-            const int8_t *xr = xg + (c * H + ih) * W;
-            if (ih < 0 || ih >= H) {
-                memset(d, 128, (size_t)Wp);
-                continue;
+        for (ph = 0; ph < sw; ++ph) {
+            for (r = 0; r < Hp; ++r) {
+                const int64_t ih = r - g->pt;
+                uint8_t *d = plane + ((c * sw + ph) * Hp + r) * Wq;
+                const int8_t *xr = xg + (c * H + ih) * W + ph - pl; /* input column of t: t * sw + ph - pl */
+                if (ih < 0 || ih >= H) {
+                    memset(d, 128, (size_t)Wq);
+                    continue;
+                }
+                for (s = 0; s < Wq && s * sw + ph - pl < 0; ++s) d[s] = 128;
+                if (sw == 1) {
+                    for (; s < Wq && s + ph - pl < W; ++s) d[s] = (uint8_t)(xr[s] ^ 0x80);
+                } else {
+                    for (; s < Wq && s * sw + ph - pl < W; ++s) d[s] = (uint8_t)(xr[s * sw] ^ 0x80);
+                }
+                for (; s < Wq; ++s) d[s] = 128;
             }
-            for (s = 0; s < Wp; ++s) {
-                const int64_t iw = s - g->pl;
-                if (iw >= 0) break;
-                d[s] = 128;
-            }
-            for (; s < Wp && s - g->pl < W; ++s) d[s] = (uint8_t)(xr[s - g->pl] ^ 0x80);
-            for (; s < Wp; ++s) d[s] = 128;
         }
     }
-}
-
-/* row[q] = plane[c][oh * sh + ky * dh][ow * sw + kx * dw], q = oh * Wo + ow < P; 0 up to Pp */
-static void window_row(const lnn_gemm_window *g, const uint8_t *plane, int64_t k, int32_t Ho, int32_t Wo,
-                       uint8_t *row) {
-    const int64_t kk = (int64_t)g->kh * g->kw, P = (int64_t)Ho * Wo, Pp = round16(P);
-    const int64_t Hp = plane_h(g, Ho), Wp = plane_w(g, Wo);
-    const int64_t c = k / kk, r = k % kk, ky = r / g->kw, kx = r % g->kw;
-    const uint8_t *src = plane + (c * Hp + ky * g->dh) * Wp + kx * g->dw;
-    int64_t oh, ow;
-    for (oh = 0; oh < Ho; ++oh) {
-        const uint8_t *s = src + oh * g->sh * Wp;
-        uint8_t *d = row + oh * Wo;
-        if (g->sw == 1) {
-            memcpy(d, s, (size_t)Wo);
-        } else {
-            for (ow = 0; ow < Wo; ++ow) d[ow] = s[ow * g->sw];
-        }
-    }
-    memset(row + P, 0, (size_t)(Pp - P));
 }
 #endif
 
@@ -164,8 +151,8 @@ void lnn_gemm_linear_pack(const int8_t *w, int32_t N, int64_t K, uint8_t *dst) {
 
 #ifdef LNN_HAVE_VNNI
 /* SHR(v, shift) with v = acc + bias in int64 lanes, saturated to dt, the first cnt of 16 lanes stored at y[i] */
-LNN_VNNI static inline void rq_store16(__m512i acc, __m512i blo, __m512i bhi, int32_t shift, int32_t dt, void *y,
-                                       int64_t i, int32_t cnt) {
+LNN_VNNI static inline void rq_store16(__m512i acc, __m512i blo, __m512i bhi, int32_t shift, int32_t dt, int32_t relu,
+                                       void *y, int64_t i, int32_t cnt) {
     __m512i lo = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc)), blo);
     __m512i hi = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc, 1)), bhi);
     const __mmask8 mlo = (__mmask8)(cnt >= 8 ? 0xFF : (1u << cnt) - 1u);
@@ -180,8 +167,15 @@ LNN_VNNI static inline void rq_store16(__m512i acc, __m512i blo, __m512i bhi, in
         int32_t j;
         _mm512_storeu_si512((void *)v, lo);
         _mm512_storeu_si512((void *)(v + 8), hi);
-        for (j = 0; j < cnt; ++j) lnn_store(y, i + j, dt, lnn_shr(v[j], shift));
+        for (j = 0; j < cnt; ++j) {
+            const int64_t r = lnn_sat(lnn_shr(v[j], shift), lnn_dtype_min(dt), lnn_dtype_max(dt));
+            lnn_store(y, i + j, dt, relu && r < 0 ? 0 : r);
+        }
         return;
+    }
+    if (relu) { /* the fused ReLU: max(SAT(v), 0) = SAT(max(v, 0)) */
+        lo = _mm512_max_epi64(lo, _mm512_setzero_si512());
+        hi = _mm512_max_epi64(hi, _mm512_setzero_si512());
     }
     switch (dt) {
     case LNN_SIM_DT_INT8:
@@ -199,17 +193,31 @@ LNN_VNNI static inline void rq_store16(__m512i acc, __m512i blo, __m512i bhi, in
     }
 }
 
-/* the window matrix: four rows of k (window_row, in the 4 * Pp bytes after the matrix) interleaved into
- * one [Pp][4] slab per k / 4 */
+/* int8 outputs in int32 lanes: v = acc + bias, ((v >> (shift - 1)) + 1) >> 1 for shift 1..31 (v for 0), clamped at
+ * 0 for the fused ReLU, narrowed with signed saturation. Exact when |bias| + |acc| < 2^31 - 2 (the caller checks
+ * |bias| + K * 2^14 against it): then v and the shifted values are the int64 formulas' values. */
+LNN_VNNI static inline void rq_store16_s8(__m512i acc, __m512i b32, int32_t shift, int32_t relu, int8_t *y,
+                                          int32_t cnt) {
+    __m512i v = _mm512_add_epi32(acc, b32);
+    const __mmask16 mk = (__mmask16)(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1u);
+    if (shift > 0)
+        v = _mm512_srai_epi32(_mm512_add_epi32(_mm512_sra_epi32(v, _mm_cvtsi32_si128(shift - 1)), _mm512_set1_epi32(1)),
+                              1);
+    if (relu) v = _mm512_max_epi32(v, _mm512_setzero_si512());
+    _mm512_mask_cvtsepi32_storeu_epi8(y, mk, v);
+}
+
+/* the window matrix: for each k / 4, the plane rows of its four k (see pad_planes; every stride reads contiguous
+ * bytes) interleaved into one [Pp][4] slab; the Pp zero bytes after the matrix stand in for padding k */
 LNN_VNNI void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int32_t cin_g, int32_t H, int32_t W,
                                  int32_t Ho, int32_t Wo, uint8_t *col) {
     const int64_t K = (int64_t)cin_g * g->kh * g->kw, Kp = round4(K), Pp = round16((int64_t)Ho * Wo);
     uint8_t *rows = col + Kp * Pp, *plane = rows + 4 * Pp;
-    int64_t k4, q;
+    int64_t k4;
     int32_t j;
     pad_planes(g, xg, cin_g, H, W, Ho, Wo, plane);
-    if (g->sw == 1) { /* interleave straight from the planes' rows, 16 positions at a time (masked at a row's end) */
-        const int64_t Hp = plane_h(g, Ho), Wp = plane_w(g, Wo), kk = (int64_t)g->kh * g->kw, P = (int64_t)Ho * Wo;
+    { /* interleave straight from the planes' rows, 16 positions at a time (masked at a row's end) */
+        const int64_t Hp = plane_h(g, Ho), Wq = phase_w(g, Wo), kk = (int64_t)g->kh * g->kw, P = (int64_t)Ho * Wo;
         memset(rows, 0, (size_t)Pp); /* the source of padding k (zero weights): Wo <= Pp zero bytes */
         for (k4 = 0; k4 < Kp / 4; ++k4) {
             uint8_t *dst = col + k4 * Pp * 4;
@@ -217,8 +225,9 @@ LNN_VNNI void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int
             int64_t pitch[4], oh, ow;
             for (j = 0; j < 4; ++j) {
                 const int64_t k = 4 * k4 + j, c = k / kk, r = k % kk, ky = r / g->kw, kx = r % g->kw;
-                src[j] = k < K ? plane + (c * Hp + ky * g->dh) * Wp + kx * g->dw : rows;
-                pitch[j] = k < K ? (int64_t)g->sh * Wp : 0;
+                const int64_t off = kx * g->dw;
+                src[j] = k < K ? plane + ((c * g->sw + off % g->sw) * Hp + ky * g->dh) * Wq + off / g->sw : rows;
+                pitch[j] = k < K ? (int64_t)g->sh * Wq : 0;
             }
             for (oh = 0; oh < Ho; ++oh) {
                 for (ow = 0; ow < Wo; ow += 16) {
@@ -239,29 +248,6 @@ LNN_VNNI void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int
                 }
             }
             memset(dst + P * 4, 0, (size_t)((Pp - P) * 4));
-        }
-        return;
-    }
-    for (k4 = 0; k4 < Kp / 4; ++k4) {
-        uint8_t *dst = col + k4 * Pp * 4;
-        for (j = 0; j < 4; ++j) {
-            if (4 * k4 + j < K)
-                window_row(g, plane, 4 * k4 + j, Ho, Wo, rows + j * Pp);
-            else
-                memset(rows + j * Pp, 0, (size_t)Pp); /* padding k: the packed weights are zero there */
-        }
-        for (q = 0; q < Pp; q += 16) {
-            const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(rows + q));
-            const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(rows + Pp + q));
-            const __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(rows + 2 * Pp + q));
-            const __m128i d = _mm_loadu_si128((const __m128i *)(const void *)(rows + 3 * Pp + q));
-            const __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
-            const __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
-            __m128i *o = (__m128i *)(void *)(dst + q * 4);
-            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab0, cd0));
-            _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(ab0, cd0));
-            _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(ab1, cd1));
-            _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(ab1, cd1));
         }
     }
 }
@@ -286,31 +272,43 @@ LNN_VNNI void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int
             }                                                                                                        \
         }                                                                                                            \
         for (j = 0; j < nm; ++j) {                                                                                   \
-            const __m512i b = _mm512_set1_epi64(bias ? bias[m + j] : 0), cr = _mm512_set1_epi32(corr[m + j]);        \
+            const int64_t bj = bias ? bias[m + j] : 0;                                                               \
+            const __m512i b = _mm512_set1_epi64(bj), cr = _mm512_set1_epi32(corr[m + j]);                          \
+            const int fast = s8 && (bj < 0 ? -bj : bj) + K * 16384 <= (int64_t)INT32_MAX - 2;                        \
             for (v = 0; v < NV; ++v) {                                                                               \
                 const int64_t q0 = q + 16 * v;                                                                       \
+                const int32_t cnt = P - q0 >= 16 ? 16 : (int32_t)(P - q0);                                           \
                 if (q0 >= P) break;                                                                                  \
-                rq_store16(_mm512_sub_epi32(a[j][v], cr), b, b, shift, dt, y, ybase + (int64_t)(m + j) * P + q0,     \
-                           P - q0 >= 16 ? 16 : (int32_t)(P - q0));                                                   \
+                if (fast)                                                                                            \
+                    rq_store16_s8(_mm512_sub_epi32(a[j][v], cr), _mm512_set1_epi32((int32_t)bj), shift, relu,        \
+                                  (int8_t *)y + ybase + (int64_t)(m + j) * P + q0, cnt);                             \
+                else                                                                                                 \
+                    rq_store16(_mm512_sub_epi32(a[j][v], cr), b, b, shift, dt, relu, y,                              \
+                               ybase + (int64_t)(m + j) * P + q0, cnt);                                              \
             }                                                                                                        \
         }                                                                                                            \
     } while (0)
 
 LNN_VNNI void lnn_gemm_conv_vnni(const uint8_t *packed, int32_t M, int64_t K, int32_t m0, int32_t m1,
                                  const uint8_t *col, int64_t P, const int32_t *bias, int32_t shift, int32_t dt,
-                                 void *y, int64_t ybase) {
+                                 int32_t relu, void *y, int64_t ybase) {
     const int64_t Kp = round4(K), K4 = Kp / 4, Pp = round16(P);
+    const int s8 = dt == LNN_SIM_DT_INT8 && shift >= 0 && shift <= 31;
     const int32_t *corr = (const int32_t *)(const void *)(packed + (int64_t)M * Kp);
-    int32_t m;
-    for (m = m0; m < m1; m += LNN_MB) {
-        const int32_t nm = m1 - m < LNN_MB ? m1 - m : LNN_MB;
-        const int32_t *wr[LNN_MB];
-        int64_t q;
-        int32_t j;
-        for (j = 0; j < LNN_MB; ++j) /* a short block repeats row m (computed, not stored) */
-            wr[j] = (const int32_t *)(const void *)(packed + (int64_t)(m + (j < nm ? j : 0)) * Kp);
-        for (q = 0; q + 32 <= Pp; q += 32) LNN_CONV_BLOCK(2);
-        if (q < Pp) LNN_CONV_BLOCK(1);
+    int64_t q;
+    for (q = 0; q < Pp; q += 32) { /* positions outer: a block's windows stay in cache across the channel blocks */
+        int32_t m;
+        for (m = m0; m < m1; m += LNN_MB) {
+            const int32_t nm = m1 - m < LNN_MB ? m1 - m : LNN_MB;
+            const int32_t *wr[LNN_MB];
+            int32_t j;
+            for (j = 0; j < LNN_MB; ++j) /* a short block repeats row m (computed, not stored) */
+                wr[j] = (const int32_t *)(const void *)(packed + (int64_t)(m + (j < nm ? j : 0)) * Kp);
+            if (q + 32 <= Pp)
+                LNN_CONV_BLOCK(2);
+            else
+                LNN_CONV_BLOCK(1);
+        }
     }
 }
 #undef LNN_CONV_BLOCK
@@ -343,7 +341,7 @@ LNN_VNNI void lnn_gemm_linear_vnni(const uint8_t *packed, int32_t N, int64_t K, 
             a0 = _mm512_sub_epi32(a0, _mm512_loadu_si512((const void *)(corr + b * 16)));
             bv = bias ? _mm512_maskz_loadu_epi32(mk, bias + b * 16) : _mm512_setzero_si512();
             rq_store16(a0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(bv)),
-                       _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bv, 1)), shift, dt, y, r * N + b * 16, cnt);
+                       _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(bv, 1)), shift, dt, 0, y, r * N + b * 16, cnt);
         }
     }
 }
@@ -353,8 +351,8 @@ void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int32_t cin_
     (void)g, (void)xg, (void)cin_g, (void)H, (void)W, (void)Ho, (void)Wo, (void)col;
 }
 void lnn_gemm_conv_vnni(const uint8_t *packed, int32_t M, int64_t K, int32_t m0, int32_t m1, const uint8_t *col,
-                        int64_t P, const int32_t *bias, int32_t shift, int32_t dt, void *y, int64_t ybase) {
-    (void)packed, (void)M, (void)K, (void)m0, (void)m1, (void)col, (void)P, (void)bias, (void)shift, (void)dt;
+                        int64_t P, const int32_t *bias, int32_t shift, int32_t dt, int32_t relu, void *y, int64_t ybase) {
+    (void)packed, (void)M, (void)K, (void)m0, (void)m1, (void)col, (void)P, (void)bias, (void)shift, (void)dt, (void)relu;
     (void)y, (void)ybase; /* never selected: lnn_isa_available() does not offer the path in this build */
 }
 void lnn_gemm_linear_vnni(const uint8_t *packed, int32_t N, int64_t K, const int8_t *x, int64_t rows,

@@ -8,13 +8,16 @@
  *   portable    plain C loops (every compiler and CPU);
  *   avx2        the convolutions' im2col dot products with pmaddwd on int16-widened operands (ops/conv.c);
  *   avx512vnni  convolutions and linear layers as packed u8 x s8 GEMM with vpdpbusd (this file).
+ * Depthwise convolutions and iqAdd / iqSub are plain C compiled per path by target attributes (ops/conv.c,
+ * ops/eltwise.c).
  *
  * vpdpbusd multiplies unsigned bytes by signed bytes, so the activations enter as u = x + 128 (x ^ 0x80)
  * and every output subtracts 128 * sum_k w[m, k], the weight sum packed with the weights at load time.
  * vpdpbusd and the int32 vector adds wrap modulo 2^32, and the true sum sum_k x*w has |sum| <= K * 2^14 <=
  * 2^30 for K <= LNN_ACC32_TERMS, so the wrapped sum minus the correction (also modulo 2^32) is that sum
  * exactly: the same int32 the portable loop forms. Bias, the half-up shift and the saturation follow in
- * int64 lanes (lnn_shr, lnn_sat), as everywhere.
+ * int64 lanes (lnn_shr, lnn_sat), or, for an int8 output with a shift of 0..31 and |bias| + K * 2^14 < 2^31 - 2,
+ * in int32 lanes, where every intermediate then equals the int64 one.
  */
 #ifndef LNN_GEMM_H
 #define LNN_GEMM_H
@@ -49,10 +52,11 @@ int64_t lnn_gemm_conv_col_bytes(const lnn_gemm_window *g, int32_t cin_g, int32_t
 void lnn_gemm_im2col_u8(const lnn_gemm_window *g, const int8_t *xg, int32_t cin_g, int32_t H, int32_t W,
                         int32_t Ho, int32_t Wo, uint8_t *col);
 
-/* y[ybase + m * P + q] = SAT_dt(SHR(sum_k w[m, k] * x[k, q] + bias[m], shift)) for m0 <= m < m1, q < P;
- * packed holds the whole [M][K] weight matrix (bias may be NULL) */
+/* y[ybase + m * P + q] = SAT_dt(SHR(sum_k w[m, k] * x[k, q] + bias[m], shift)) for m0 <= m < m1, q < P, then
+ * max(., 0) when relu (the fused ReLU); packed holds the whole [M][K] weight matrix (bias may be NULL) */
 void lnn_gemm_conv_vnni(const uint8_t *packed, int32_t M, int64_t K, int32_t m0, int32_t m1, const uint8_t *col,
-                        int64_t P, const int32_t *bias, int32_t shift, int32_t dt, void *y, int64_t ybase);
+                        int64_t P, const int32_t *bias, int32_t shift, int32_t dt, int32_t relu, void *y,
+                        int64_t ybase);
 
 /* packed weights of a LinearInt [N][K] for VNNI: [ceil(N / 16)][Kp / 4][16][4] s8 (zero padded), then
  * ceil(N / 16) * 16 int32 corrections */

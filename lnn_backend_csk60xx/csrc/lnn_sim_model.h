@@ -102,7 +102,17 @@ struct lnn_sim_model {
     int32_t col_op, col_tensor;
     uint64_t macs; /* the sum of the ops' work */
     int32_t isa;   /* LNN_ISA_*: the kernels' instruction-set path, chosen before the ops are prepared */
+    int64_t n_acc, n_col; /* entries of acc32/acc64 and bytes of col (what a batch worker allocates too) */
+    /* batch workers (lnn_sim_run_batch): copies that share this model's image, ops and packed weights but have
+     * their own tensors, arenas and scratch; made on first use, kept, freed with the model. A worker's owner
+     * is the model it was copied from (NULL for a loaded model: it owns everything it points to). */
+    struct lnn_sim_model **workers;
+    int32_t n_workers;
+    const struct lnn_sim_model *owner;
 };
+
+/* loader.c: a batch worker of m (see lnn_sim_model.workers), or NULL when out of memory */
+struct lnn_sim_model *lnn_model_worker(const struct lnn_sim_model *m);
 
 /* scratch an op needs while it runs: accumulator plane entries (int32 and int64 each) and im2col bytes; and its
  * multiply-accumulates or window cells beyond one per element read and written (macs, saturated: lnn_mul_sat) */

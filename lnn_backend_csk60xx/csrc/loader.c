@@ -583,19 +583,65 @@ static lnn_sim_status check_schedule(const struct lnn_sim_model *m, char *msg, s
     return st;
 }
 
+/* the per-run memory of m: arenas, accumulators and window-matrix scratch, and the tensors pointing into them */
+static lnn_sim_status alloc_run_memory(struct lnn_sim_model *m, char *msg, size_t n) {
+    int32_t t, r;
+    m->acc32 = (int32_t *)malloc((size_t)m->n_acc * sizeof(int32_t));
+    m->acc64 = (int64_t *)malloc((size_t)m->n_acc * sizeof(int64_t));
+    m->col = (int8_t *)malloc((size_t)m->n_col);
+    if (m->acc32 == NULL || m->acc64 == NULL || m->col == NULL)
+        return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for scratch");
+    for (r = 1; r < LNN_SIM_NUM_REGIONS; ++r) {
+        m->arena[r] = (uint8_t *)calloc(m->region_size[r] ? m->region_size[r] : 1, 1);
+        if (m->arena[r] == NULL)
+            return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for the %u-byte arena of region %d", m->region_size[r], r);
+    }
+    for (t = 0; t < m->n_tensors; ++t) {
+        lnn_tensor *x = &m->tensors[t];
+        x->data = x->region == LNN_SIM_REGION_FLASH ? (uint8_t *)m->weights + x->offset : m->arena[x->region] + x->offset;
+    }
+    return LNN_SIM_OK;
+}
+
+struct lnn_sim_model *lnn_model_worker(const struct lnn_sim_model *m) {
+    struct lnn_sim_model *w = (struct lnn_sim_model *)malloc(sizeof *w);
+    int r;
+    if (w == NULL) return NULL;
+    *w = *m; /* image, strings, ops (with their packed weights), io, isa, external: shared, read only */
+    w->owner = m;
+    w->workers = NULL;
+    w->n_workers = 0;
+    w->col_op = -1;
+    w->acc32 = NULL;
+    w->acc64 = NULL;
+    w->col = NULL;
+    for (r = 0; r < LNN_SIM_NUM_REGIONS; ++r) w->arena[r] = NULL;
+    w->tensors = (lnn_tensor *)malloc((size_t)(m->n_tensors ? m->n_tensors : 1) * sizeof(lnn_tensor));
+    if (w->tensors == NULL || (memcpy(w->tensors, m->tensors, (size_t)m->n_tensors * sizeof(lnn_tensor)),
+                               alloc_run_memory(w, NULL, 0)) != LNN_SIM_OK) {
+        lnn_sim_free(w);
+        return NULL;
+    }
+    return w;
+}
+
 void lnn_sim_free(lnn_sim_model *m) {
     int r;
     if (m == NULL) return;
     for (r = 0; r < LNN_SIM_NUM_REGIONS; ++r) free(m->arena[r]);
-    if (m->ops != NULL)
-        for (r = 0; r < m->n_ops; ++r) free(m->ops[r].packed);
+    for (r = 0; r < m->n_workers; ++r) lnn_sim_free(m->workers[r]);
+    free(m->workers);
     free(m->acc32);
     free(m->acc64);
     free(m->col);
-    free(m->ops);
-    free(m->io);
     free(m->tensors);
-    free(m->image);
+    if (m->owner == NULL) { /* a worker shares the rest with its owner */
+        if (m->ops != NULL)
+            for (r = 0; r < m->n_ops; ++r) free(m->ops[r].packed);
+        free(m->ops);
+        free(m->io);
+        free(m->image);
+    }
     free(m);
 }
 
@@ -616,7 +662,7 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
     section sec[LNN_SIM_NUM_SECTIONS + 1];
     uint32_t payload, crc_stored, crc;
     int64_t scratch = 0, col = 0;
-    int32_t t, r;
+    int32_t t;
     lnn_sim_status st;
     memset(sec, 0, sizeof sec);
     if (size < LNN_SIM_HEADER_BYTES)
@@ -667,21 +713,9 @@ static lnn_sim_status load(struct lnn_sim_model *m, const uint8_t *img, size_t s
         return lnn_fail(msg, n, LNN_SIM_E_LIMIT, "an op needs %lld accumulators / %lld im2col bytes (limit %u bytes)",
                     (long long)scratch, (long long)col, LNN_SIM_MAX_SCRATCH_BYTES);
     if ((st = check_work(m, max_macs, msg, n)) != LNN_SIM_OK) return st; /* the last check */
-    m->acc32 = (int32_t *)malloc((size_t)scratch * sizeof(int32_t));
-    m->acc64 = (int64_t *)malloc((size_t)scratch * sizeof(int64_t));
-    m->col = (int8_t *)malloc((size_t)col);
-    if (m->acc32 == NULL || m->acc64 == NULL || m->col == NULL)
-        return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for scratch");
-    for (r = 1; r < LNN_SIM_NUM_REGIONS; ++r) {
-        m->arena[r] = (uint8_t *)calloc(m->region_size[r] ? m->region_size[r] : 1, 1);
-        if (m->arena[r] == NULL)
-            return lnn_fail(msg, n, LNN_SIM_E_NOMEM, "out of memory for the %u-byte arena of region %d", m->region_size[r], r);
-    }
-    for (t = 0; t < m->n_tensors; ++t) {
-        lnn_tensor *x = &m->tensors[t];
-        x->data = x->region == LNN_SIM_REGION_FLASH ? (uint8_t *)m->weights + x->offset : m->arena[x->region] + x->offset;
-    }
-    return LNN_SIM_OK;
+    m->n_acc = scratch;
+    m->n_col = col;
+    return alloc_run_memory(m, msg, n);
 }
 
 lnn_sim_status lnn_sim_load(const uint8_t *image, size_t size, lnn_sim_model **out, char *msg, size_t msg_size) {

@@ -36,6 +36,8 @@ extern const lnn_op_kernel lnn_op_softmax, lnn_op_logsoftmax;
 extern const lnn_op_kernel lnn_op_bmm;
 /* ops/gather.c */
 extern const lnn_op_kernel lnn_op_gather;
+/* ops/lstm.c */
+extern const lnn_op_kernel lnn_op_lstm;
 /* ops/gru.c */
 extern const lnn_op_kernel lnn_op_gru;
 /* ops/pad.c */
@@ -77,6 +79,7 @@ static const struct {
     {LNN_SIM_OP_LOGSOFTMAX, &lnn_op_logsoftmax},
     {LNN_SIM_OP_BMM, &lnn_op_bmm},
     {LNN_SIM_OP_GATHER, &lnn_op_gather},
+    {LNN_SIM_OP_LSTM, &lnn_op_lstm},
     {LNN_SIM_OP_GRU, &lnn_op_gru},
     {LNN_SIM_OP_PAD, &lnn_op_pad},
 };

@@ -13,6 +13,7 @@ from _helpers import LINGER_DEMO, make_model, quantize, snode, tnode
 from lnn_backend_csk60xx.pipeline import pack_onnx
 from lnn_backend_csk60xx.simulator import Simulator
 from lnn_core.cli import main
+from lnn_core.errors import ConfigError
 
 RNG = np.random.default_rng(11)
 RESNET = LINGER_DEMO / "resnet18-12-regular.onnx"
@@ -262,3 +263,50 @@ def test_linger_resnet18_through_the_commands(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(tmp_path / "r.bin"), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
     assert np.array_equal(np.load(tmp_path / "y.npy"), expected[2:3])
+
+
+def test_run_profile_times_every_op(files, capsys):
+    """--profile N prints the slowest ops and the time per op kind; --json adds one entry per op in run order;
+    a batch or --int is refused with the option named"""
+    tmp, src, x = files
+    assert main(["pack", str(src), "-o", str(tmp / "m.bin")]) == 0
+    np.save(tmp / "x.npy", x)
+    sim = Simulator((tmp / "m.bin").read_bytes())
+    capsys.readouterr()
+    assert main(["run", str(tmp / "m.bin"), str(tmp / "x.npy"), "-o", str(tmp / "y.npy"), "--profile", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "us per run (mean of 3," in out and "by kind:" in out and "QUANT" in out
+    assert all(name in out for name in sim.op_names)
+    assert main(["run", str(tmp / "m.bin"), str(tmp / "x.npy"), "-o", str(tmp / "y.npy"), "--profile", "2",
+                 "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)["profile"]
+    assert [p["op"] for p in prof] == sim.op_names and all(p["us"] >= 0 for p in prof)
+    assert [p["macs"] for p in prof] == [sim.op_macs[n] for n in sim.op_names]
+    np.save(tmp / "xs.npy", np.concatenate([x, x]))
+    for extra in (["xs.npy", "--profile", "2"], ["x.npy", "--profile", "0"], ["x.npy", "--profile", "2", "--int"]):
+        assert main(["run", str(tmp / "m.bin"), str(tmp / extra[0]), "-o", str(tmp / "y.npy"), *extra[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "lnn run --profile" in err and "hint:" in err
+
+
+def test_simulator_profile_runs_the_model():
+    """Simulator.profile: one entry per op in run order with its kind and MACs; the run leaves the outputs a plain
+    run gives; repeat must be a positive integer"""
+    rng = np.random.default_rng(3)
+    nodes = [tnode("Quant", ["x"], ["q"], name="quant", scale_x=4),
+             tnode("Conv2dInt", ["q", "w"], ["c"], name="conv", scale_x=4, scale_w=7, scale_o=4, kernel_shape=[3, 3],
+                   pads=[1, 1, 1, 1], group=3),
+             tnode("Dequant", ["c"], ["y"], name="deq", scale_o=4)]
+    sim = Simulator(pack_onnx(make_model(nodes, {"x": (1, 3, 6, 6)}, {"y": None},
+                                         {"w": rng.integers(-128, 128, (3, 1, 3, 3), dtype=np.int8)}), check=False))
+    x = (rng.standard_normal((1, 3, 6, 6)) * 3).astype(np.float32)
+    prof = sim.profile([x], repeat=4)
+    assert [(t.name, t.kind) for t in prof] == [("quant", "QUANT"), ("conv", "CONV2D"), ("deq", "DEQUANT")]
+    assert [t.macs for t in prof] == [sim.op_macs[n] for n in sim.op_names] and all(t.us >= 0 for t in prof)
+    profiled = sim._read(sim.outputs[0])  # what the profiled runs left in the output
+    (y,) = Simulator(sim._blob).run([x])
+    np.testing.assert_array_equal(profiled, y)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError) as info:
+            sim.profile([x], repeat=bad)
+        assert info.value.option == "repeat" and "hint:" in str(info.value)

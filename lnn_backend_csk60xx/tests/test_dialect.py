@@ -58,7 +58,7 @@ def test_every_builtin_op_has_a_shape_rule_and_a_model_bin_lowering():
     from lnn_backend_csk60xx.ops import builtin_ops
 
     ops = builtin_ops()
-    assert len({op.op_type for op in ops}) == len(ops) == 31
+    assert len({op.op_type for op in ops}) == len(ops) == 32
     for op in ops:
         assert callable(op.infer), op.op_type
         assert op.lowerings["lnn"].code > 0 and op.lowerings["lnn"].c_file.endswith(".c"), op.op_type

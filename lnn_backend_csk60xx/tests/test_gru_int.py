@@ -74,7 +74,6 @@ def _violations(model) -> dict[str, object]:
 @pytest.mark.parametrize("kw,rule_id,actual,limit", [
     (dict(batch=2), "csk60xx.gru.batch", "batch 2", "batch <= 1"),
     (dict(batch=2, batch_first=0), "csk60xx.gru.batch", "batch 2", "batch <= 1"),
-    (dict(go_forward=0), "csk60xx.gru.direction", "go_forward 0", "go_forward in (1,)"),
     (dict(n_i=3, n_iw=7), "csk60xx.gru.in_alignment", "n_i + n_iw = 3 + 7 = 10", "n_i + n_iw >= 11"),
     (dict(n_hw=2), "csk60xx.gru.hidden_alignment", "n_o + n_hw = 8 + 2 = 10", "n_o + n_hw >= 11"),
     (dict(n_o=7, n_hw=7), "csk60xx.gru.out_exponent", "n_o 7, n_h 7", "n_o = n_h = 8"),
@@ -101,16 +100,6 @@ def test_kernel_workspace_is_24h():
     assert OPS[0].kernel_workspace(graph, node) == 24 * 6
 
 
-def test_thinker_package_refuses_gru_with_the_node():
-    """No thinker lowering yet: check names the node, packing for the thinker format is a ModelFileError."""
-    model, _ = _model(3, 2, 2)
-    report = check_graph(read_onnx(model), package_format="thinker")
-    v = [v for v in report.violations if v.rule_id == "csk60xx.thinker.op"]
-    assert not report.ok and v and v[0].op_name == "gru" and v[0].actual == "GRUInt"
-    with pytest.raises(ModelFileError, match="node 'gru' \\(GRUInt\\)"):
-        pack_graph(read_onnx(model), package_format="thinker")
-
-
 @pytest.mark.parametrize("kw,what", [(dict(n_i=3, n_iw=7), "n_i 3 \\+ n_iw 7"), (dict(n_hw=2), "n_hw 2"),
                                      (dict(n_o=15, n_hw=7), "n_o 15")])
 def test_the_loader_refuses_left_shifts_packed_without_checks(kw, what):
@@ -134,3 +123,31 @@ def test_linger_form_with_an_unread_float32_h_n():
     (y,) = Simulator(pack_onnx(model)).run([x])
     want, _ = gru_int(quantize(x, 5).reshape(5, 3), **w, n_i=5, n_iw=7, n_hw=7, n_o=8)
     np.testing.assert_array_equal(y.reshape(5, 4), want.astype(np.float32) / 256)
+
+
+def test_linger_lengths_variant_reads_as_gru_with_lengths():
+    """linger 1.1.1 writes a GRU on packed sequences as GRUInt_Is8_Is64(x, lengths int64 [B], weights, biases): read
+    as GRUInt with lengths (written back as GRUInt), it runs the first lengths[0] steps; its h0 form
+    (GRUInt_Is8_Is64_If32, float32 h0) is refused with the fix."""
+    from onnx import TensorProto, helper
+    model, w = _model(6, 3, 4, seed=5)
+    gru = model.graph.node[1]
+    gru.op_type = "GRUInt_Is8_Is64"
+    gru.input.insert(1, "len")
+    model.graph.initializer.append(helper.make_tensor("len", TensorProto.INT64, [1], [4]))
+    graph = read_onnx(model)
+    node = next(n for n in graph.nodes if n.name == "gru")
+    assert node.op_type == "GRUInt" and node.inputs[-1] == "len"
+    written = next(n for n in write_onnx(graph).graph.node if n.name == "gru")
+    assert written.op_type == "GRUInt" and list(written.input)[:2] == ["q", "len"]
+    x = np.random.default_rng(1).standard_normal((1, 6, 3)).astype(np.float32)
+    (y, h_n) = Simulator(pack_onnx(model)).run([x])
+    want_y, want_h = gru_int(quantize(x, 5).reshape(6, 3), **w, n_i=5, n_iw=7, n_hw=7, n_o=8, length=4)
+    np.testing.assert_array_equal(y.reshape(6, 4), want_y.astype(np.float32) / 256)
+    np.testing.assert_array_equal(h_n.reshape(4), want_h.astype(np.float32) / 256)
+    gru.op_type = "GRUInt_Is8_Is64_If32"
+    gru.input.insert(2, "h0")
+    model.graph.input.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, 4]))
+    with pytest.raises(ModelFileError, match="node 'gru' \\(GRUInt\\).*h0 'h0' is float32") as e:
+        read_onnx(model)
+    assert "GRUInt_Is8_Is64_If32" in str(e.value.details) and "int8" in e.value.hint

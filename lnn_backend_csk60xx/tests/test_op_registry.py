@@ -173,7 +173,7 @@ def format_host():
 
 def test_lnn_pack_format_chooses_a_registered_package_format(format_host, tmp_path, capsys):
     ops = OpSet.from_host(format_host)
-    assert set(ops.formats) == {"lnn", "thinker", "listing"}  # the backend registers lnn and thinker
+    assert set(ops.formats) == {"lnn", "thinker", "thinker-share", "listing"}  # the backend registers three
     graph, _, _ = scale_graph(4)
     src = tmp_path / "scale.onnx"
     onnx.save(write_onnx(graph, ops=ops), src)

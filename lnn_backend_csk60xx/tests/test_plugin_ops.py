@@ -74,6 +74,28 @@ def test_plugin_op_end_to_end(ops):
     assert np.array_equal(yi, expected(x, 3))
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_batch_with_a_plugin_op_runs_its_kernel_on_every_row(ops, threads):
+    """a plugin kernel is Python: run_batch runs such a model on one thread, whatever threads says, and a kernel
+    that raises on one row names that row"""
+    blob = pack_graph(neg_graph(), ops=ops).blob
+    x = (np.random.default_rng(1).standard_normal((5, 4, 5, 5)) * 9).astype(np.float32)
+    (y,) = Simulator(blob, kernels=ops.kernels).run_batch([x], threads=threads)
+    for r in range(5):
+        np.testing.assert_array_equal(y[r:r + 1], expected(x[r:r + 1], 3).astype(np.float32) / 16)
+    seen = []
+
+    def picky(call: KernelCall) -> np.ndarray:
+        seen.append(call.inputs[0].copy())
+        if len(seen) == 3:
+            raise ValueError("row three is odd")
+        return ops.kernels["TestNeg"](call)
+
+    with pytest.raises(SimulatorError) as info:
+        Simulator(blob, kernels={"TestNeg": picky}).run_batch([x], threads=threads)
+    assert info.value.row == 2 and "ValueError: row three is odd" in str(info.value) and len(seen) == 3
+
+
 def test_the_kernel_receives_a_kernel_call(ops):
     seen: list[KernelCall] = []
 

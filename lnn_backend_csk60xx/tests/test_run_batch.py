@@ -1,5 +1,6 @@
 """``Simulator.run_batch``: N rows in, N rows out, each bit-identical to ``Simulator.run`` on that row alone, on any
-number of threads (each thread its own copy of the model), float or integer boundary, several graph inputs."""
+number of threads (C threads, each its own copy of the arenas), float or integer boundary, several graph inputs, more
+threads than rows, and a failing row named (the first in row order) whichever thread ran it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 from _helpers import make_model, snode, tnode
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_gather import gather_model
 
+from lnn_backend_csk60xx._sim import lib
 from lnn_backend_csk60xx.pipeline import pack_onnx
 from lnn_backend_csk60xx.simulator import Simulator
 from lnn_core.errors import ConfigError, SimulatorError
@@ -69,15 +72,47 @@ def test_integer_rows_are_the_single_integer_runs(threads):
     assert outs[0].dtype == np.int8 and outs[0].shape == (6, 8, 5, 5)
 
 
-def test_workers_are_kept_and_reused():
+def test_workers_are_kept_and_grown_across_calls():
+    """the C workers are made on first use and kept; later calls with fewer or more threads reuse and add to them"""
     sim = Simulator(BLOB)
-    xs = _rows(4)
-    first = sim.run_batch(xs, threads=3)
-    clones = list(sim._clones)
-    again = sim.run_batch(xs, threads=3)
-    assert len(clones) == 2 and sim._clones == clones
-    for a, b in zip(first, again):
-        np.testing.assert_array_equal(a, b)
+    xs = _rows(7)
+    singles = [sim.run([a[r:r + 1] for a in xs]) for r in range(7)]
+    for threads in (3, 2, 5, 1, 3):
+        outs = sim.run_batch(xs, threads=threads)
+        for r, single in enumerate(singles):
+            for o, s in zip(outs, single):
+                np.testing.assert_array_equal(o[r:r + 1], s)
+
+
+@pytest.mark.parametrize("rows, threads", [(1, 1), (1, 8), (3, 8), (2, 2), (5, 64)])
+def test_more_threads_than_rows(rows, threads):
+    sim = Simulator(BLOB)
+    xs = _rows(rows)
+    outs = sim.run_batch(xs, threads=threads)
+    for r in range(rows):
+        for o, s in zip(outs, sim.run([a[r:r + 1] for a in xs])):
+            np.testing.assert_array_equal(o[r:r + 1], s)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("bad_rows", [[0], [5], [7], [2, 6], [6, 1]])
+def test_a_failing_row_is_named_the_first_in_row_order(threads, bad_rows):
+    """an index outside the embedding table fails its row in C; whichever thread runs it, the error names the
+    first failing row, the op and the C reason"""
+    table = np.arange(40, dtype=np.int8).reshape(10, 4)
+    sim = Simulator(pack_onnx(gather_model(table, (1, 3))), path="m.bin")
+    tokens = RNG.integers(0, 10, (8, 3))
+    for r in bad_rows:
+        tokens[r, 1] = 10 + r
+    with pytest.raises(SimulatorError) as info:
+        sim.run_batch([tokens], threads=threads)
+    err, first = info.value, min(bad_rows)
+    assert err.row == first and err.op_name == "emb" and err.status == lib.LNN_SIM_E_INPUT
+    assert str(err).startswith(f"row {first} of the batch failed on the model 'm.bin'")
+    assert f"index {10 + first} at position 1 of 'tokens'" in str(err) and "hint:" in str(err)
+    good = np.delete(tokens, bad_rows, axis=0)  # the simulator is fine afterwards
+    (y,) = sim.run_batch([good], threads=threads)
+    np.testing.assert_array_equal(y, table[good].astype(np.float32) / 2 ** 5)
 
 
 def test_zero_rows_give_empty_outputs():

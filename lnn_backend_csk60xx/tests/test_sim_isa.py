@@ -58,7 +58,7 @@ def _convs(draw):
     return dict(k=(kh, kw), s=[sh, sw], d=[dh, dw], pads=pads, group=group, cin=cin, cout=cout, h=h, w=w,
                 batch=draw(st.integers(1, 2)), shift=draw(st.sampled_from([0, 1, 2, 5, 9])),
                 bits=draw(st.sampled_from([8, 8, 16, 32])), bias=draw(st.sampled_from([None, "small", "large"])),
-                corner=draw(st.integers(0, 2)), seed=draw(st.integers(0, 2**31)))
+                relu=draw(st.booleans()), corner=draw(st.integers(0, 2)), seed=draw(st.integers(0, 2**31)))
 
 
 def _run_int(nodes, x_shape, out, inits, x_exp=0):
@@ -82,11 +82,55 @@ def test_conv_is_the_reference_on_every_path(isa, c):
     node = tnode("Conv2dInt", ["q_x", "w", *(["b"] if b is not None else [])], ["c"], name="conv", scale_x=0,
                  scale_w=c["shift"], scale_o=0, kernel_shape=[kh, kw], strides=c["s"], pads=c["pads"],
                  dilations=c["d"], group=c["group"], o_bits=c["bits"])
-    sim = _run_int([node], x.shape, "c", {"w": w, **({"b": b} if b is not None else {})})
+    nodes = [node, snode("Relu", ["c"], ["r"], name="relu")] if c["relu"] else [node]  # fused at pack time
+    sim = _run_int(nodes, x.shape, "r" if c["relu"] else "c", {"w": w, **({"b": b} if b is not None else {})})
     assert sim.isa == isa
     _, dump = sim.run([x.astype(np.float32)], dump=True)
     ref = conv2d_ref(x, w, b, c["s"], c["pads"], c["d"], c["group"], c["shift"], c["bits"])
-    np.testing.assert_array_equal(dump["c"], ref)
+    np.testing.assert_array_equal(dump["r" if c["relu"] else "c"], np.maximum(ref, 0) if c["relu"] else ref)
+
+
+@st.composite
+def _depthwise(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, k - 1)) for k in (kh, kw, kh, kw)]
+    small = draw(st.booleans())  # small planes with 16+ channels run across channels (LNN_DWC_MAX_PLANE)
+    h = draw(st.integers(dh * (kh - 1) + 1 - pads[0] - pads[2], 9 if small else 21).filter(lambda v: v >= 1))
+    w = draw(st.integers(dw * (kw - 1) + 1 - pads[1] - pads[3], 9 if small else 23).filter(lambda v: v >= 1))
+    cin = draw(st.sampled_from([16, 17, 32, 40]) if small else st.integers(1, 9))
+    return dict(k=(kh, kw), s=[draw(st.integers(1, 3)), draw(st.integers(1, 3))], d=[dh, dw], pads=pads, h=h, w=w,
+                cin=cin, mult=draw(st.sampled_from([1, 1, 2, 3])), batch=draw(st.integers(1, 2)),
+                shift=draw(st.sampled_from([-2, 0, 1, 2, 5, 9, 31, 40])), bits=draw(st.sampled_from([8, 8, 8, 16, 32])),
+                bias=draw(st.sampled_from([None, "small", "large"])), relu=draw(st.booleans()),
+                corner=draw(st.integers(0, 2)), seed=draw(st.integers(0, 2**31)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(c=_depthwise())
+def test_depthwise_conv_is_the_reference_on_every_path(isa, c):
+    """one input channel per group (the direct depthwise kernels: phase planes for every stride and dilation, or
+    across 16+ channels for small output planes; the int32 requantization where the bias leaves room, the int64 one
+    otherwise; the ReLU fused at pack time)"""
+    rng = np.random.default_rng(c["seed"])
+    kh, kw = c["k"]
+    cout = c["cin"] * c["mult"]
+    w = _extreme_ints(rng, (cout, 1, kh, kw), c["corner"])
+    x = _extreme_ints(rng, (c["batch"], c["cin"], c["h"], c["w"]), c["corner"] if c["corner"] != 2 else 1)
+    b = None if c["bias"] is None else rng.integers(-(2**31) if c["bias"] == "large" else -3000,
+                                                  2**31 - 1 if c["bias"] == "large" else 3000, cout,
+                                                  dtype=np.int64).astype(np.int32)
+    node = tnode("Conv2dInt", ["q_x", "w", *(["b"] if b is not None else [])], ["c"], name="conv", scale_x=0,
+                 scale_w=c["shift"], scale_o=0, kernel_shape=[kh, kw], strides=c["s"], pads=c["pads"],
+                 dilations=c["d"], group=c["cin"], o_bits=c["bits"])
+    nodes = [node, snode("Relu", ["c"], ["r"], name="relu")] if c["relu"] else [node]
+    sim = _run_int(nodes, x.shape, "r" if c["relu"] else "c", {"w": w, **({"b": b} if b is not None else {})})
+    assert sim.isa == isa
+    (y,), dump = sim.run([x.astype(np.float32)], dump=True)
+    ref = conv2d_ref(x, w, b, c["s"], c["pads"], c["d"], c["cin"], c["shift"], c["bits"])
+    if c["relu"]:
+        ref = np.maximum(ref, 0)
+    np.testing.assert_array_equal(y, ref.astype(np.float32))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -171,9 +215,10 @@ _PAIRS = np.stack(np.meshgrid(np.arange(-128, 128), np.arange(-128, 128)), -1).r
 
 @pytest.mark.parametrize("sx, sy", [(0, 0), (1, 0), (2, 5), (1, 1), (9, 1), (16, 17), (17, 30), (40, 3),
                                     (-1, 2), (-7, -16), (-16, 0), (-17, 1), (0, -32), (-32, -32)])
-def test_add_sub_and_mul_on_every_int8_pair(sx, sy):
+def test_add_sub_and_mul_on_every_int8_pair(isa, sx, sy):
     """iqAdd / iqSub / iqMul on all 65,536 int8 pairs against the int64 reference, for right shifts (half-up ties),
-    shifts past the operands' width and left shifts inside and outside the int32 form's range."""
+    shifts past the operands' width and left shifts inside and outside the int32 form's range, on every path (the
+    int32 form is compiled for each)."""
     o = 10
     qx, qy = (np.ascontiguousarray(_PAIRS[..., i]).astype(np.int8) for i in range(2))
     nodes = [tnode("Quant", ["x"], ["q_x"], name="qx", scale_x=o + sx),

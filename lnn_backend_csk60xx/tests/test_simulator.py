@@ -41,7 +41,7 @@ def test_op_codes_match_header():
                  "LinearInt": "LINEAR", "BatchNorm2dInt": "BATCHNORM2D", "AvgPool2dInt": "AVGPOOL2D",
                  "MaxPool": "MAXPOOL2D", "iqAdd": "ADD", "iqSub": "SUB", "iqMul": "MUL", "iqCat": "CAT",
                  "iqSigmoid": "SIGMOID", "iqTanh": "TANH", "LayerNormInt": "LAYERNORM", "SoftmaxInt": "SOFTMAX",
-                 "LogSoftmaxInt": "LOGSOFTMAX", "BmmInt": "BMM", "GRUInt": "GRU",
+                 "LogSoftmaxInt": "LOGSOFTMAX", "BmmInt": "BMM", "GRUInt": "GRU", "LSTMInt": "LSTM",
                  "iqPad": "PAD"}.get(name, name)
         assert getattr(lib, f"LNN_SIM_OP_{const.upper()}") == code
     assert lib.LNN_SIM_OP_EXTERNAL == EXTERNAL_OP_CODE

@@ -149,7 +149,8 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_LOGSOFTMAX 28 /* LogSoftmaxInt: int8 rows (last dim) -> int8 (n_o <= 25); not vendor-verified */
 #define LNN_SIM_OP_BMM 29       /* BmmInt: int8 [B,M,K] x int8 [B,K,N] -> int8 */
 #define LNN_SIM_OP_GATHER 30    /* Gather: rows of a constant int8 table [V, E] by int32 indices (embedding) */
-#define LNN_SIM_OP_GRU 32       /* GRUInt: int8 sequence (batch 1, forward, zero state) -> int8 y and h_n */
+#define LNN_SIM_OP_LSTM 31      /* LSTMInt: int8 sequence (batch 1, either direction, optional lengths, h0/c0) */
+#define LNN_SIM_OP_GRU 32       /* GRUInt: int8 sequence (batch 1, either direction, optional lengths, h0) */
 #define LNN_SIM_OP_PAD 33       /* iqPad: zeros around H and W of a 4-D tensor (dtype and scale pass through) */
 #define LNN_SIM_NUM_OP_TYPES 34
 
@@ -249,13 +250,25 @@ lnn_sim_status lnn_sim_activation_s16(int32_t op, int32_t in_exponent, int64_t c
 lnn_sim_status lnn_sim_layernorm_s8(int32_t in_exponent, int32_t gamma_exponent, int32_t out_exponent, int64_t rows,
                                     int32_t row, const int8_t *x, const int16_t *gamma, const int32_t *beta,
                                     int8_t *y);
-/* GRUInt (spec/int8-seq-ops.md 2.2.4) on one sequence of `steps` int8 rows of d values, hidden size h, forward from
- * a zero state: w_ih [3h,d], w_hh [3h,h] int8 (gates r, z, n), b_ih, b_hh int32 [3h]; writes y [steps,h] and the
- * last state h_n [h] (at n_o). scratch holds 6h int64 entries. LNN_SIM_E_ATTR when n_i + n_iw < 11,
- * n_o + n_hw < 11 or n_o > 14 (the chip's shifts there are not scalings). */
-lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int32_t d,
-                              int32_t h, const int8_t *x, const int8_t *w_ih, const int8_t *w_hh, const int32_t *b_ih,
-                              const int32_t *b_hh, int8_t *y, int8_t *h_n, int64_t *scratch);
+/* GRUInt (spec/int8-seq-ops.md 2.2.4) on one sequence of `steps` int8 rows of d values, hidden size h: the first
+ * `length` rows, forward or (reverse = 1) backward, from h0 (int8 at n_o; NULL: zeros): w_ih [3h,d], w_hh [3h,h]
+ * int8 (gates r, z, n), b_ih, b_hh int32 [3h]; writes y [steps,h] (rows >= length zero) and the last state h_n
+ * [h]. scratch holds 6h int64 entries, acc 3h int32; isa as for lnn_sim_lstm_s8. LNN_SIM_E_ATTR when
+ * n_i + n_iw < 11, n_o + n_hw < 11 or n_o > 14 (the chip's shifts there are not scalings). */
+lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
+                              int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
+                              const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
+                              int8_t *y, int8_t *h_n, int32_t isa, int64_t *scratch, int32_t *acc);
+/* LSTMInt (spec/int8-seq-ops.md 2.1.4) on one sequence of `steps` int8 rows of d values, hidden size h: the first
+ * `length` rows, forward or (reverse = 1) backward, from h0 (int8 at n_o) and c0 (int16 Q7), NULL: zeros; w_ih [4h,d],
+ * w_hh [4h,h] int8 (gates i, f, g, o), b_ih, b_hh int32 [4h]; writes y [steps,h] (rows >= length zero) and the last
+ * state h_n [h], c_n [h]. scratch holds 8h int64 entries, acc 4h int32; isa: the dot products' instruction-set path
+ * (0 portable, 1 avx2, 2 avx512vnni: avx2's). LNN_SIM_E_ATTR outside the chip's shift contract. */
+lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
+                               int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
+                               const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
+                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int32_t isa, int64_t *scratch,
+                               int32_t *acc);
 /* SoftmaxInt / LogSoftmaxInt (spec/int8-seq-ops.md 2.4.4, 2.5.4; the HiFi core as the spec models it, not
  * vendor-verified) on `rows` rows of `row` int8 values; scratch holds 3 * row int64 entries. */
 lnn_sim_status lnn_sim_softmax_s8(int32_t in_exponent, int32_t out_exponent, int32_t log_form, int64_t rows,
@@ -306,9 +319,28 @@ uint64_t lnn_sim_op_macs(const lnn_sim_model *model, int32_t op);
 const char *lnn_sim_isa(const lnn_sim_model *model);
 /* Run `rows` rows one after the other: for each row r, graph input i takes the tensor-size bytes at
  * inputs[i] + r * size, the model runs (lnn_sim_invoke), and graph output o is copied to outputs[o] + r * size.
- * Each row's result is the one a single run gives. On failure *failed_row (if not NULL) names the row. */
+ * Each row's result is the one a single run gives. On failure *failed_row (if not NULL) names the row.
+ * (lnn_sim_run_batch with the graph inputs and outputs bound and one thread.) */
 lnn_sim_status lnn_sim_run_rows(lnn_sim_model *model, int64_t rows, const uint8_t *const *inputs,
                                 uint8_t *const *outputs, int64_t *failed_row, char *msg, size_t msg_size);
+/* A tensor bound to the rows of a batch: an input is written just before op `op` runs (-1: before the first op),
+ * an output is read just after op `op` ran or was skipped (-1: after the last op); row r's bytes lie at
+ * data + r * (the tensor's size). */
+typedef struct {
+    int32_t tensor, op;
+    uint8_t *data;
+} lnn_sim_binding;
+/* Run `rows` rows on up to `threads` threads (POSIX threads where the build has them; fewer when there are fewer
+ * rows, and one when a callback for external ops is attached: it may not be reentrant). For each row the inputs are
+ * written, the ops run in order except those with skip[op] != 0 (skip may be NULL), and the outputs are read, as
+ * the bindings say. Each thread has its own copy of the arenas and scratch (made on first use, kept with the
+ * model), so every row's result is the one a single run gives. On failure the first failing row (in row order)
+ * is reported through *failed_row and msg; the rows after it may or may not have run. */
+lnn_sim_status lnn_sim_run_batch(lnn_sim_model *model, int64_t rows, int32_t threads, int32_t n_in,
+                                 const lnn_sim_binding *in, int32_t n_out, const lnn_sim_binding *out,
+                                 const uint8_t *skip, int64_t *failed_row, char *msg, size_t msg_size);
+/* lnn_sim_invoke that adds each op's wall time in nanoseconds to ns[op] (n_ops entries), for profiles */
+lnn_sim_status lnn_sim_invoke_timed(lnn_sim_model *model, uint64_t *ns, char *msg, size_t msg_size);
 /* the paths this build and CPU can run, as a bit set: 1 portable, 2 avx2, 4 avx512vnni */
 int32_t lnn_sim_isa_available(void);
 

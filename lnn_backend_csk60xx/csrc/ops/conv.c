@@ -386,11 +386,302 @@ lnn_sim_status lnn_sim_conv2d_s8(const lnn_sim_conv_params *p, const lnn_sim_sha
     return conv2d_s8(p, in, x, wshape, w, bias, out, y, scratch, LNN_ISA_AVX2);
 }
 
+/* ---- depthwise: one input channel per group ----------------------------------------------------------
+ *
+ * Every output channel m reads input channel m / (C_out / groups) alone, K = kh * kw taps. The input plane is
+ * copied once into zero-padded int16 phase planes (below), so that no tap needs a bounds test and every tap is
+ * one long contiguous multiply-add into the int32 accumulators. The requantization of an int8 output with a shift of
+ * 0..31 runs in int32 lanes when |bias| + K * 2^14 leaves room (the sum then fits int32 exactly, and the half-up
+ * shift and the clamp, with the fused ReLU's lower bound 0, are the int64 formulas' values); otherwise it
+ * takes lnn_shr / lnn_store per element. The loops are plain C, compiled three times: for the baseline CPU
+ * and, by the target attributes, for AVX2 and AVX-512BW, chosen by the model's instruction-set path; the
+ * integers are the same by construction. */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LNN_ALWAYS_INLINE inline __attribute__((always_inline))
+#define LNN_RESTRICT __restrict__
+#else
+#define LNN_ALWAYS_INLINE inline
+#define LNN_RESTRICT
+#endif
+
+typedef struct {
+    int32_t H, W, Ho, Wo, Hp, Wp;
+    int32_t kh, kw, sh, sw, pt, pl, dh, dw;
+    int32_t shift, dt, relu;
+} dw_geom;
+
+static dw_geom dw_geometry(const lnn_op *op) {
+    const lnn_sim_conv_params *p = &op->p.conv;
+    dw_geom g;
+    int64_t need;
+    g.H = op->s_in.h; g.W = op->s_in.w; g.Ho = op->s_out.h; g.Wo = op->s_out.w;
+    g.kh = p->kh; g.kw = p->kw; g.sh = p->sh; g.sw = p->sw; g.pt = p->pt; g.pl = p->pl; g.dh = p->dh; g.dw = p->dw;
+    g.shift = p->shift; g.dt = p->out_dtype; g.relu = op->act == LNN_SIM_ACT_RELU;
+    need = ((int64_t)g.Ho - 1) * g.sh + ((int64_t)g.kh - 1) * g.dh + 1; /* rows the windows reach */
+    g.Hp = (int32_t)(need > (int64_t)g.H + g.pt ? need : (int64_t)g.H + g.pt);
+    need = ((int64_t)g.Wo - 1) * g.sw + ((int64_t)g.kw - 1) * g.dw + 1;
+    g.Wp = (int32_t)(need > (int64_t)g.W + g.pl ? need : (int64_t)g.W + g.pl);
+    return g;
+}
+
+/* The zero-padded input [Hp][Wp] is stored as sh * sw phase planes [Hq][Wq] (Hq = ceil(Hp / sh), Wq = ceil(Wp /
+ * sw)): padded cell (i, j) lies in plane (i % sh) * sw + j % sw at (i / sh, j / sw). A tap (ky, kx) then reads, for
+ * output (oh, ow), cell (oh + ky * dh / sh, ow + kx * dw / sw) of plane ((ky * dh) % sh) * sw + (kx * dw) % sw: with
+ * the accumulators at q = oh * Wq + ow, one contiguous loop over q < Ho * Wq per tap (columns ow >= Wo are computed
+ * and dropped; their reads may run past a plane, into the zeroed tail). */
+static int64_t dw_phase_h(const dw_geom *g) { return ((int64_t)g->Hp + g->sh - 1) / g->sh; }
+static int64_t dw_phase_w(const dw_geom *g) { return ((int64_t)g->Wp + g->sw - 1) / g->sw; }
+static int64_t dw_plane_elems(const dw_geom *g) {
+    return (int64_t)g->sh * g->sw * dw_phase_h(g) * dw_phase_w(g) + dw_phase_w(g) + (int64_t)g->kw * g->dw + 1;
+}
+static int64_t dw_acc_elems(const dw_geom *g) { return (int64_t)g->Ho * dw_phase_w(g); }
+static int64_t dw_col_bytes(const dw_geom *g) { return 2 * dw_plane_elems(g) + 4 * dw_acc_elems(g) + 64; }
+
+static int depthwise(const lnn_op *op) {
+    return op->type != LNN_SIM_OP_DECONV2D && op->s_w.c == 1 && op->s_in.c == op->p.conv.groups;
+}
+
+/* one output channel: xc the input plane [H][W], w its kh * kw taps, y the output plane [Ho][Wo] */
+static LNN_ALWAYS_INLINE void dw_channel_impl(const dw_geom *g, const int8_t *xc, const int8_t *w, int64_t bias,
+                                              void *y, int16_t *xp, int32_t *acc) {
+    /* the geometry in locals: the stores below may alias *g as far as the compiler knows (-fno-strict-aliasing),
+     * and loop bounds read through g would stop the vectoriser */
+    const int64_t H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, kh = g->kh, kw = g->kw, sh = g->sh, sw = g->sw;
+    const int64_t dh = g->dh, dw = g->dw, pt = g->pt, pl = g->pl, K = kh * kw;
+    const int64_t Hq = dw_phase_h(g), Wq = dw_phase_w(g), PL = Hq * Wq, n = Ho * Wq;
+    const int32_t shift = g->shift, dt = g->dt, relu = g->relu;
+    int64_t i, j, r, oh, ky, kx;
+    memset(xp, 0, (size_t)dw_plane_elems(g) * sizeof(int16_t));
+    for (i = 0; i < H; ++i) {
+        const int64_t pr = i + pt;
+        int16_t *row = xp + (pr % sh) * sw * PL + (pr / sh) * Wq;
+        if (sw == 1) {
+            const int8_t *LNN_RESTRICT src = xc + i * W;
+            int16_t *LNN_RESTRICT dst = row + pl;
+            for (j = 0; j < W; ++j) dst[j] = src[j];
+            continue;
+        }
+        for (r = 0; r < sw; ++r) { /* padded column t * sw + r = input column t * sw + r - pl */
+            const int64_t t0 = r >= pl ? 0 : (pl - r + sw - 1) / sw;
+            const int8_t *src = xc + i * W + r - pl;
+            int16_t *dst = row + r * PL;
+            int64_t t;
+            for (t = t0; t < Wq && t * sw + r - pl < W; ++t) dst[t] = src[t * sw];
+        }
+    }
+    /* the taps three at a time (a missing third takes weight 0), the first three writing the accumulators */
+    for (ky = 0; ky < kh * kw; ky += 3) {
+        const int16_t *src[3];
+        int32_t wv[3];
+        int32_t *LNN_RESTRICT a = acc;
+        for (kx = 0; kx < 3; ++kx) {
+            const int64_t t = ky + kx < K ? ky + kx : ky, oy = t / kw * dh, ox = t % kw * dw;
+            src[kx] = xp + ((oy % sh) * sw + ox % sw) * PL + (oy / sh) * Wq + ox / sw;
+            wv[kx] = ky + kx < K ? w[t] : 0;
+        }
+        {
+            const int16_t *LNN_RESTRICT s0 = src[0], *LNN_RESTRICT s1 = src[1], *LNN_RESTRICT s2 = src[2];
+            const int32_t w0 = wv[0], w1 = wv[1], w2 = wv[2];
+            if (ky == 0) {
+                for (i = 0; i < n; ++i) a[i] = w0 * (int32_t)s0[i] + w1 * (int32_t)s1[i] + w2 * (int32_t)s2[i];
+            } else {
+                for (i = 0; i < n; ++i) a[i] += w0 * (int32_t)s0[i] + w1 * (int32_t)s1[i] + w2 * (int32_t)s2[i];
+            }
+        }
+    }
+    if (dt == LNN_SIM_DT_INT8 && shift >= 0 && shift <= 31 && (bias < 0 ? -bias : bias) + K * 16384 <= INT32_MAX - 2) {
+        /* over the flattened rows into the int16 plane's bytes (read no more), then Wo bytes per output row */
+        const int32_t b = (int32_t)bias, lo = relu ? 0 : -128, s1 = shift > 0 ? shift - 1 : 0, up = shift > 0;
+        const int32_t *LNN_RESTRICT a = acc;
+        int8_t *LNN_RESTRICT q = (int8_t *)xp;
+        for (i = 0; i < n; ++i) { /* shift 0: v + b; else ((v + b) >> (s - 1) + 1) >> 1 */
+            int32_t v = a[i] + b;
+            v = ((v >> s1) + up) >> up;
+            q[i] = (int8_t)(v < lo ? lo : (v > 127 ? 127 : v));
+        }
+        for (oh = 0; oh < Ho; ++oh) memcpy((int8_t *)y + oh * Wo, q + oh * Wq, (size_t)Wo);
+        return;
+    }
+    for (oh = 0; oh < Ho; ++oh) {
+        const int32_t *a = acc + oh * Wq;
+        for (j = 0; j < Wo; ++j) {
+            int64_t v = lnn_sat(lnn_shr((int64_t)a[j] + bias, shift), lnn_dtype_min(dt), lnn_dtype_max(dt));
+            if (relu && v < 0) v = 0;
+            lnn_store(y, oh * Wo + j, dt, v);
+        }
+    }
+}
+
+typedef void (*dw_channel_fn)(const dw_geom *g, const int8_t *xc, const int8_t *w, int64_t bias, void *y,
+                              int16_t *xp, int32_t *acc);
+
+static void dw_channel_c(const dw_geom *g, const int8_t *xc, const int8_t *w, int64_t bias, void *y, int16_t *xp,
+                         int32_t *acc) {
+    dw_channel_impl(g, xc, w, bias, y, xp, acc);
+}
+
+#ifdef LNN_X86_AVX2
+__attribute__((target("avx2"))) static void dw_channel_avx2(const dw_geom *g, const int8_t *xc, const int8_t *w,
+                                                            int64_t bias, void *y, int16_t *xp, int32_t *acc) {
+    dw_channel_impl(g, xc, w, bias, y, xp, acc);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void dw_channel_avx512(
+    const dw_geom *g, const int8_t *xc, const int8_t *w, int64_t bias, void *y, int16_t *xp, int32_t *acc) {
+    dw_channel_impl(g, xc, w, bias, y, xp, acc);
+}
+#endif
+
+static dw_channel_fn pick_dw(int32_t isa) {
+#ifdef LNN_X86_AVX2
+    if (isa == LNN_ISA_AVX512VNNI) return dw_channel_avx512; /* the path exists only where the CPU has AVX-512BW */
+    if (isa == LNN_ISA_AVX2) return dw_channel_avx2;
+#endif
+    (void)isa;
+    return dw_channel_c;
+}
+
+/* Small output planes (at most LNN_DWC_MAX_PLANE positions, one channel per group, at least 16 channels) run
+ * across channels instead: the zero-padded input as [Hp][Wp][C] int16 and the taps as [K][C] int16, so that every
+ * tap of every output position is one contiguous multiply-add over the channels into int32 accumulators [C], and
+ * the requantization (per-channel bias; int32 lanes when every channel's |bias| + K * 2^14 leaves room) runs over
+ * the channels too. Same integers as dw_channel_impl. */
+#define LNN_DWC_MAX_PLANE 64
+
+static int dw_across(const lnn_op *op) {
+    return op->s_out.c == op->s_in.c && op->s_in.c >= 16 && (int64_t)op->s_out.h * op->s_out.w <= LNN_DWC_MAX_PLANE;
+}
+
+static int64_t dwc_col_bytes(const dw_geom *g, int64_t C) {
+    return 2 * ((int64_t)g->Hp * g->Wp * C + (int64_t)g->kh * g->kw * C) + 9 * C + 4 * 64;
+}
+
+static LNN_ALWAYS_INLINE void dwc_impl(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w,
+                                       const int32_t *bias, void *y, int16_t *xp, int16_t *wt, int32_t *acc,
+                                       int32_t *bb, int8_t *tmp, int fast) {
+    const int64_t H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, Wp = g->Wp, kh = g->kh, kw = g->kw, sh = g->sh;
+    const int64_t sw = g->sw, dh = g->dh, dw = g->dw, pt = g->pt, pl = g->pl, K = kh * kw, P = Ho * Wo;
+    const int32_t shift = g->shift, dt = g->dt, relu = g->relu;
+    const int32_t lo = relu ? 0 : -128, s1 = shift > 0 ? shift - 1 : 0, up = shift > 0;
+    int64_t c, i, j, k, oh, ow;
+    memset(xp, 0, (size_t)(g->Hp * Wp * C) * sizeof(int16_t));
+    for (c = 0; c < C; ++c) {
+        for (i = 0; i < H; ++i) {
+            const int8_t *src = x + (c * H + i) * W;
+            int16_t *dst = xp + ((i + pt) * Wp + pl) * C + c;
+            for (j = 0; j < W; ++j) dst[j * C] = src[j];
+        }
+        for (k = 0; k < K; ++k) wt[k * C + c] = w[c * K + k];
+        bb[c] = bias != NULL ? bias[c] : 0;
+    }
+    for (oh = 0; oh < Ho; ++oh)
+        for (ow = 0; ow < Wo; ++ow) {
+            const int64_t q = oh * Wo + ow;
+            int64_t ky, kx;
+            for (c = 0; c < C; ++c) acc[c] = 0;
+            for (ky = 0; ky < kh; ++ky)
+                for (kx = 0; kx < kw; ++kx) {
+                    const int16_t *src = xp + ((oh * sh + ky * dh) * Wp + ow * sw + kx * dw) * C;
+                    const int16_t *wk = wt + (ky * kw + kx) * C;
+                    for (c = 0; c < C; ++c) acc[c] += (int32_t)wk[c] * (int32_t)src[c];
+                }
+            if (fast) {
+                for (c = 0; c < C; ++c) {
+                    int32_t v = acc[c] + bb[c];
+                    v = ((v >> s1) + up) >> up;
+                    tmp[c] = (int8_t)(v < lo ? lo : (v > 127 ? 127 : v));
+                }
+                for (c = 0; c < C; ++c) ((int8_t *)y)[c * P + q] = tmp[c];
+                continue;
+            }
+            for (c = 0; c < C; ++c) {
+                int64_t v = lnn_sat(lnn_shr((int64_t)acc[c] + bb[c], shift), lnn_dtype_min(dt), lnn_dtype_max(dt));
+                if (relu && v < 0) v = 0;
+                lnn_store(y, c * P + q, dt, v);
+            }
+        }
+}
+
+typedef void (*dwc_fn)(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w, const int32_t *bias, void *y,
+                       int16_t *xp, int16_t *wt, int32_t *acc, int32_t *bb, int8_t *tmp, int fast);
+
+static void dwc_c(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w, const int32_t *bias, void *y,
+                  int16_t *xp, int16_t *wt, int32_t *acc, int32_t *bb, int8_t *tmp, int fast) {
+    dwc_impl(g, C, x, w, bias, y, xp, wt, acc, bb, tmp, fast);
+}
+
+#ifdef LNN_X86_AVX2
+__attribute__((target("avx2"))) static void dwc_avx2(const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w,
+                                                     const int32_t *bias, void *y, int16_t *xp, int16_t *wt,
+                                                     int32_t *acc, int32_t *bb, int8_t *tmp, int fast) {
+    dwc_impl(g, C, x, w, bias, y, xp, wt, acc, bb, tmp, fast);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void dwc_avx512(
+    const dw_geom *g, int64_t C, const int8_t *x, const int8_t *w, const int32_t *bias, void *y, int16_t *xp,
+    int16_t *wt, int32_t *acc, int32_t *bb, int8_t *tmp, int fast) {
+    dwc_impl(g, C, x, w, bias, y, xp, wt, acc, bb, tmp, fast);
+}
+#endif
+
+static lnn_sim_status run_conv_dw_across(lnn_sim_model *m, const lnn_op *op) {
+    const dw_geom g = dw_geometry(op);
+    const int8_t *x = (const int8_t *)LNN_IN(m, op, 0)->data, *w = (const int8_t *)LNN_IN(m, op, 1)->data;
+    const int32_t *bias = op->n_in > 2 && op->in[2] >= 0 ? (const int32_t *)LNN_IN(m, op, 2)->data : NULL;
+    lnn_tensor *y = LNN_OUT(m, op, 0);
+    const int64_t C = op->s_out.c, K = (int64_t)g.kh * g.kw, hw_in = (int64_t)g.H * g.W;
+    const int64_t plane = (int64_t)g.Ho * g.Wo * lnn_dtype_size(y->dtype);
+    uint8_t *at = (uint8_t *)m->col;
+    int16_t *xp, *wt;
+    int32_t *acc, *bb;
+    int8_t *tmp;
+    int fast = g.dt == LNN_SIM_DT_INT8 && g.shift >= 0 && g.shift <= 31;
+    dwc_fn f = dwc_c;
+    int64_t c, b;
+#define LNN_TAKE(ptr, type, count) (ptr = (type *)(void *)at, at += (((int64_t)(count) * sizeof(type) + 63) & ~(int64_t)63))
+    LNN_TAKE(xp, int16_t, (int64_t)g.Hp * g.Wp * C);
+    LNN_TAKE(wt, int16_t, K * C);
+    LNN_TAKE(acc, int32_t, C);
+    LNN_TAKE(bb, int32_t, C);
+    LNN_TAKE(tmp, int8_t, C);
+#undef LNN_TAKE
+    for (c = 0; c < C && fast; ++c) {
+        const int64_t bv = bias != NULL ? bias[c] : 0;
+        if ((bv < 0 ? -bv : bv) + K * 16384 > INT32_MAX - 2) fast = 0;
+    }
+#ifdef LNN_X86_AVX2
+    if (m->isa == LNN_ISA_AVX512VNNI) f = dwc_avx512; /* the path exists only where the CPU has AVX-512BW */
+    if (m->isa == LNN_ISA_AVX2) f = dwc_avx2;
+#endif
+    for (b = 0; b < op->s_in.n; ++b)
+        f(&g, C, x + b * C * hw_in, w, bias, y->data + b * C * plane, xp, wt, acc, bb, tmp, fast);
+    return LNN_SIM_OK;
+}
+
+/* a depthwise convolution with the fused ReLU applied (the caller skips fused_activation) */
+static lnn_sim_status run_conv_dw(lnn_sim_model *m, const lnn_op *op) {
+    const dw_geom g = dw_geometry(op);
+    const dw_channel_fn channel = pick_dw(m->isa);
+    const int8_t *x = (const int8_t *)LNN_IN(m, op, 0)->data, *w = (const int8_t *)LNN_IN(m, op, 1)->data;
+    const int32_t *bias = op->n_in > 2 && op->in[2] >= 0 ? (const int32_t *)LNN_IN(m, op, 2)->data : NULL;
+    lnn_tensor *y = LNN_OUT(m, op, 0);
+    const int32_t C = op->s_out.c, mult = C / op->p.conv.groups, size = lnn_dtype_size(y->dtype);
+    const int64_t hw_in = (int64_t)g.H * g.W, hw_out = (int64_t)g.Ho * g.Wo, K = (int64_t)g.kh * g.kw;
+    int16_t *xp = (int16_t *)(void *)m->col;
+    int32_t *acc = (int32_t *)(void *)(m->col + ((2 * dw_plane_elems(&g) + 63) & ~(int64_t)63));
+    int32_t b, c;
+    if (dw_across(op)) return run_conv_dw_across(m, op);
+    for (b = 0; b < op->s_in.n; ++b)
+        for (c = 0; c < C; ++c)
+            channel(&g, x + ((int64_t)b * op->s_in.c + c / mult) * hw_in, w + (int64_t)c * K, bias ? bias[c] : 0,
+                    y->data + (((int64_t)b * C + c) * hw_out) * size, xp, acc);
+    return LNN_SIM_OK;
+}
+
 /* The AVX-512 VNNI path (lnn_gemm.h): a window matrix of u8 and weights packed at load time. */
 static int vnni_conv(const lnn_sim_model *m, const lnn_op *op, int deconv) {
     const int64_t K = (int64_t)op->s_w.c * op->s_w.h * op->s_w.w;
     return m->isa == LNN_ISA_AVX512VNNI && !deconv && K >= 4 && K <= LNN_ACC32_TERMS &&
-           op->s_out.c / op->p.conv.groups >= 4;
+           op->s_out.c / op->p.conv.groups >= 4 && !depthwise(op);
 }
 
 static lnn_sim_status run_conv_vnni(lnn_sim_model *m, const lnn_op *op, int col_ready) {
@@ -410,7 +701,7 @@ static lnn_sim_status run_conv_vnni(lnn_sim_model *m, const lnn_op *op, int col_
                 lnn_gemm_im2col_u8(&g, (const int8_t *)x->data + ((int64_t)b * op->s_in.c + (int64_t)gi * cin_g) * hw_in,
                                    cin_g, op->s_in.h, op->s_in.w, op->s_out.h, op->s_out.w, col);
             lnn_gemm_conv_vnni(op->packed, op->s_out.c, K, gi * m_g, (gi + 1) * m_g, col, P, bias, p->shift,
-                               p->out_dtype, y->data, (int64_t)b * op->s_out.c * P);
+                               p->out_dtype, op->act == LNN_SIM_ACT_RELU, y->data, (int64_t)b * op->s_out.c * P);
         }
     }
     return LNN_SIM_OK;
@@ -491,6 +782,10 @@ static lnn_sim_status prepare_conv(const lnn_sim_model *m, lnn_op *op, lnn_scrat
     op->p.conv.out_dtype = y->dtype;
     need->acc = (int64_t)op->s_out.h * op->s_out.w;
     need->col = deconv ? 0 : lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out);
+    if (depthwise(op)) {
+        const dw_geom g = dw_geometry(op);
+        need->col = dw_across(op) ? dwc_col_bytes(&g, op->s_out.c) : dw_col_bytes(&g);
+    }
     if (vnni_conv(m, op, deconv) && w->region == LNN_SIM_REGION_FLASH) {
         const int64_t K = (int64_t)op->s_w.c * a[0] * a[1];
         const int64_t bytes = lnn_gemm_conv_packed_bytes(op->s_out.c, K);
@@ -547,13 +842,17 @@ static lnn_sim_status run_conv(lnn_sim_model *m, const lnn_op *op, char *msg, si
     lnn_sim_scratch scratch = model_scratch(m);
     lnn_sim_status st;
     (void)msg, (void)n;
+    if (depthwise(op)) {
+        m->col_op = -1; /* the scratch no longer holds a window matrix */
+        return run_conv_dw(m, op);
+    }
     if (op->packed != NULL || lnn_sim_conv_col_bytes(&op->p.conv, op->s_w.c, &op->s_out) > 0) {
         scratch.col_ready = same_windows(m, op);
         m->col_op = (int32_t)(op - m->ops);
         m->col_tensor = op->in[0];
     }
     if (op->packed != NULL)
-        st = run_conv_vnni(m, op, scratch.col_ready);
+        return run_conv_vnni(m, op, scratch.col_ready); /* the ReLU fused into the requantization */
     else
         st = conv2d_s8(&op->p.conv, &op->s_in, (const int8_t *)x->data, &op->s_w, (const int8_t *)w->data,
                        op_bias(m, op), &op->s_out, y->data, &scratch, m->isa);

@@ -36,20 +36,56 @@ static inline int32_t shr32(int32_t v, lnn_shr32 k) {
 
 static inline int8_t sat8(int32_t v) { return (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v)); }
 
-lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count, const int8_t *x,
-                                  const int8_t *y, int8_t *out) {
+/* the int32 form of iqAdd (sub = 0) / iqSub (sub = 1) on same-shaped operands; compiled for the baseline CPU and,
+ * by target attributes, for AVX2 and AVX-512BW (the model's instruction-set path picks one; same integers) */
+#if defined(__GNUC__) || defined(__clang__)
+#define LNN_ELT_INLINE inline __attribute__((always_inline))
+#else
+#define LNN_ELT_INLINE inline
+#endif
+static LNN_ELT_INLINE void addsub32_impl(int sub, lnn_shr32 kx, lnn_shr32 ky, int64_t count, const int8_t *x,
+                                         const int8_t *y, int8_t *out) {
+    int64_t i;
+    if (sub) {
+        for (i = 0; i < count; ++i) out[i] = sat8(shr32(x[i], kx) - shr32(y[i], ky));
+    } else {
+        for (i = 0; i < count; ++i) out[i] = sat8(shr32(x[i], kx) + shr32(y[i], ky));
+    }
+}
+typedef void (*addsub32_fn)(int sub, lnn_shr32 kx, lnn_shr32 ky, int64_t count, const int8_t *x, const int8_t *y,
+                            int8_t *out);
+static void addsub32_c(int sub, lnn_shr32 kx, lnn_shr32 ky, int64_t count, const int8_t *x, const int8_t *y,
+                       int8_t *out) {
+    addsub32_impl(sub, kx, ky, count, x, y, out);
+}
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && \
+    !defined(LNN_SIM_NO_SIMD)
+#define LNN_ELT_X86 1
+__attribute__((target("avx2"))) static void addsub32_avx2(int sub, lnn_shr32 kx, lnn_shr32 ky, int64_t count,
+                                                          const int8_t *x, const int8_t *y, int8_t *out) {
+    addsub32_impl(sub, kx, ky, count, x, y, out);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void addsub32_avx512(
+    int sub, lnn_shr32 kx, lnn_shr32 ky, int64_t count, const int8_t *x, const int8_t *y, int8_t *out) {
+    addsub32_impl(sub, kx, ky, count, x, y, out);
+}
+#endif
+
+static lnn_sim_status eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count, const int8_t *x, const int8_t *y,
+                                 int8_t *out, int32_t isa) {
     int64_t i;
     const int same = p->y_inner == 1 && p->y_period == count;
     if (p->y_inner < 1 || p->y_period < 1) return LNN_SIM_E_ATTR;
     if (p->op != LNN_SIM_OP_MUL && (p->shift_x < -LNN_SIM_MAX_LEFT_SHIFT || p->shift_y < -LNN_SIM_MAX_LEFT_SHIFT))
         return LNN_SIM_E_ATTR;
     if (p->op != LNN_SIM_OP_MUL && p->shift_x >= -16 && p->shift_y >= -16) { /* the int32 form (exact here) */
-        const lnn_shr32 kx = shr32_of(p->shift_x), ky = shr32_of(p->shift_y);
-        if (p->op == LNN_SIM_OP_ADD) {
-            for (i = 0; i < count; ++i) out[i] = sat8(shr32(x[i], kx) + shr32(y[i], ky));
-        } else {
-            for (i = 0; i < count; ++i) out[i] = sat8(shr32(x[i], kx) - shr32(y[i], ky));
-        }
+        addsub32_fn f = addsub32_c;
+#ifdef LNN_ELT_X86
+        if (isa == LNN_ISA_AVX512VNNI) f = addsub32_avx512; /* the path exists only where the CPU has AVX-512BW */
+        if (isa == LNN_ISA_AVX2) f = addsub32_avx2;
+#endif
+        (void)isa;
+        f(p->op == LNN_SIM_OP_SUB, shr32_of(p->shift_x), shr32_of(p->shift_y), count, x, y, out);
         return LNN_SIM_OK;
     }
     if (p->op == LNN_SIM_OP_MUL && same && p->shift_x >= -16) {
@@ -83,6 +119,11 @@ lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count
     default:
         return LNN_SIM_E_ATTR;
     }
+}
+
+lnn_sim_status lnn_sim_eltwise_s8(const lnn_sim_eltwise_params *p, int64_t count, const int8_t *x,
+                                  const int8_t *y, int8_t *out) {
+    return eltwise_s8(p, count, x, y, out, LNN_ISA_PORTABLE);
 }
 
 lnn_sim_status lnn_sim_clip(int32_t dtype, int64_t lo, int64_t hi, int64_t count, const void *x, void *y) {
@@ -189,8 +230,8 @@ static lnn_sim_status prepare_binary(const lnn_sim_model *m, lnn_op *op, lnn_scr
 static lnn_sim_status run_binary(lnn_sim_model *m, const lnn_op *op, char *msg, size_t n) {
     const lnn_tensor *x = LNN_IN(m, op, 0), *yy = LNN_IN(m, op, 1), *o = LNN_OUT(m, op, 0);
     (void)msg, (void)n;
-    return lnn_sim_eltwise_s8(&op->p.elt, x->numel, (const int8_t *)x->data, (const int8_t *)yy->data,
-                              (int8_t *)o->data);
+    return eltwise_s8(&op->p.elt, x->numel, (const int8_t *)x->data, (const int8_t *)yy->data, (int8_t *)o->data,
+                      m->isa);
 }
 
 const lnn_op_kernel lnn_op_relu = {"Relu", 1, prepare_relu, run_clip};

@@ -18,7 +18,8 @@ Build variants (environment variables):
     leave out the AVX2 and AVX-512 VNNI kernels (the portable C loops run everywhere; the integers are
     identical).
 
-Otherwise the simulator is built with ``-O3`` (single thread, no OpenMP) and
+Otherwise the simulator is built with ``-O3`` (no OpenMP; POSIX threads only for the rows of a batch,
+``lnn_sim_run_batch``; on Windows a batch runs on one thread) and
 ``-ffp-contract=off``, so that quantization's ``floorf(2^n * x + 0.5f)`` is never fused into an FMA. On
 x86 with GCC or Clang the kernels also have AVX2 and AVX-512 VNNI versions (function-level ``target(...)``
 attributes, csrc/gemm.c and ops/conv.c), chosen when a model loads with ``__builtin_cpu_supports``, so the
@@ -116,6 +117,7 @@ typedef int32_t lnn_sim_status;
 #define LNN_SIM_OP_LOGSOFTMAX ...
 #define LNN_SIM_OP_BMM ...
 #define LNN_SIM_OP_GATHER ...
+#define LNN_SIM_OP_LSTM ...
 #define LNN_SIM_OP_GRU ...
 #define LNN_SIM_OP_PAD ...
 #define LNN_SIM_ACT_NONE ...
@@ -148,6 +150,14 @@ const char *lnn_sim_isa(const lnn_sim_model *model);
 int32_t lnn_sim_isa_available(void);
 lnn_sim_status lnn_sim_run_rows(lnn_sim_model *model, int64_t rows, const uint8_t *const *inputs,
                                 uint8_t *const *outputs, int64_t *failed_row, char *msg, size_t msg_size);
+typedef struct {
+    int32_t tensor, op;
+    uint8_t *data;
+} lnn_sim_binding;
+lnn_sim_status lnn_sim_run_batch(lnn_sim_model *model, int64_t rows, int32_t threads, int32_t n_in,
+                                 const lnn_sim_binding *in, int32_t n_out, const lnn_sim_binding *out,
+                                 const uint8_t *skip, int64_t *failed_row, char *msg, size_t msg_size);
+lnn_sim_status lnn_sim_invoke_timed(lnn_sim_model *model, uint64_t *ns, char *msg, size_t msg_size);
 lnn_sim_status lnn_sim_quant_s8(int32_t exponent, int64_t count, const float *x, int8_t *y);
 int32_t lnn_sim_num_tensors(const lnn_sim_model *model);
 int32_t lnn_sim_num_ops(const lnn_sim_model *model);
@@ -175,21 +185,28 @@ lnn_sim_status lnn_sim_op_external(const lnn_sim_model *model, int32_t op, const
 extern "Python" lnn_sim_status lnn_sim_py_external(void *user, lnn_sim_model *model, int32_t op, char *msg,
                                                    size_t msg_size);
 lnn_sim_status lnn_sim_invoke_op(lnn_sim_model *model, int32_t op, char *msg, size_t msg_size);
-/* one kernel on raw buffers, for its bit-exactness tests against the numpy reference (ops/gru.py gru_int) */
-lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int32_t d,
-                              int32_t h, const int8_t *x, const int8_t *w_ih, const int8_t *w_hh, const int32_t *b_ih,
-                              const int32_t *b_hh, int8_t *y, int8_t *h_n, int64_t *scratch);
+/* kernels on raw buffers, for their bit-exactness tests against the numpy references (ops/gru.py, ops/lstm.py) */
+lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
+                               int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
+                               const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
+                               const int16_t *c0, int8_t *y, int8_t *h_n, int16_t *c_n, int32_t isa, int64_t *scratch,
+                               int32_t *acc);
+lnn_sim_status lnn_sim_gru_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t n_o, int64_t steps, int64_t length,
+                              int32_t reverse, int32_t d, int32_t h, const int8_t *x, const int8_t *w_ih,
+                              const int8_t *w_hh, const int32_t *b_ih, const int32_t *b_hh, const int8_t *h0,
+                              int8_t *y, int8_t *h_n, int32_t isa, int64_t *scratch, int32_t *acc);
 """
 
 
 def _flags() -> tuple[list[str], list[str]]:
     no_simd = ["-DLNN_SIM_NO_SIMD"] if os.environ.get("LNN_SIM_NO_SIMD") == "1" else []
+    threads = ["-DLNN_SIM_THREADS", "-pthread"]  # batches over POSIX threads (lnn_sim_run_batch)
     if os.environ.get("LNN_SIM_DEBUG") == "1":
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-        return ["-std=c99", "-O0", "-g", "-fno-wrapv", *san, *no_simd], san
+        return ["-std=c99", "-O0", "-g", "-fno-wrapv", *san, *no_simd, *threads], [*san, "-pthread"]
     if sys.platform == "win32":
         return ["/O2", "/fp:precise"], []
-    return ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", *no_simd], []
+    return ["-std=c99", "-O3", "-ffp-contract=off", "-fno-strict-aliasing", *no_simd, *threads], ["-pthread"]
 
 
 def _builder(build_dir: Path) -> FFI:

@@ -243,10 +243,19 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="threads for a batch of rows (each row bit-identical to a single run; default 1)")
     p.add_argument("--dump", metavar="DIR", help="write every tensor as DIR/<name>.npy (index.json lists them)")
+    p.add_argument("--profile", type=int, metavar="N",
+                   help="also time every op over N runs of the (one-row, float) input and print the mean per op, "
+                        "the slowest first, and per op kind (with --json: a 'profile' list)")
     p.add_argument("--share-mem", metavar="BYTES",
                    help="share-memory of the board; refused when the model's plan needs more")
     p.add_argument("--max-macs", metavar="MACS",
                    help="refuse a model that needs more work (default 40G, about 10x a ResNet-50; 0: no limit)")
+    p.add_argument("--state-in", metavar="NPZ",
+                   help="recurrent state to start from (a .npz written by --state-out; state input name -> array); "
+                        "the positional inputs are then the model's other inputs")
+    p.add_argument("--state-out", metavar="NPZ",
+                   help="write the recurrent state after this run (.npz, state input name -> array), to continue "
+                        "the sequence with --state-in; without --state-in the run starts from the zero state")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -303,6 +312,33 @@ def _load_input(path: str, spec: Any) -> np.ndarray:
     raise ConfigError(f"input '{path}' is neither .npy nor .bin", {"expected": ".npy or raw .bin"},
                       "save the input with numpy.save, or as raw little-endian bytes with a .bin suffix",
                       option="INPUT", value=path, valid=".npy, .bin")
+
+
+def _load_state(path: str) -> dict[str, np.ndarray]:
+    """A recurrent state written by --state-out: an .npz of state input name -> array."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise ModelFileError(f"cannot read the recurrent state '{path}': it does not exist", {},
+                             "pass a file written by lnn run --state-out (leave --state-in out to start from zeros)",
+                             path=path, node=None)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError) as exc:
+        raise ModelFileError(f"cannot read the recurrent state '{path}': it is not an .npz of arrays",
+                             {"cause": str(exc)}, "pass a file written by lnn run --state-out", path=path,
+                             node=None) from exc
+
+
+def _save_state(path: Path, state: dict[str, np.ndarray]) -> None:
+    import numpy as np
+
+    try:
+        with path.open("wb") as f:
+            np.savez(f, **state)
+    except OSError as exc:
+        raise _unwritable(path, "--state-out", exc.strerror or type(exc).__name__) from exc
 
 
 def _output_paths(outputs: list[str], count: int) -> list[Path]:
@@ -397,6 +433,19 @@ def _dump(folder: Path, tensors: dict[str, np.ndarray], specs: dict[str, Any]) -
     return len(index)
 
 
+def _print_profile(profile: list[Any], runs: int, isa: str, stream: Any, top: int = 15) -> None:
+    total = sum(t.us for t in profile) or 1.0
+    print(f"profile: {total:.1f} us per run (mean of {runs}, {isa} kernels), the {min(top, len(profile))} slowest ops:",
+          file=stream)
+    for t in sorted(profile, key=lambda t: -t.us)[:top]:
+        print(f"  {t.us:9.1f} us {100 * t.us / total:5.1f} %  {t.kind:<10} {t.name}  ({t.macs} MACs)", file=stream)
+    kinds: dict[str, float] = {}
+    for t in profile:
+        kinds[t.kind] = kinds.get(t.kind, 0.0) + t.us
+    print("  by kind: " + ", ".join(f"{k} {v:.1f} us" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])),
+          file=stream)
+
+
 def run_run(args: argparse.Namespace, host: Any) -> int:
     from .limits import parse_macs
     from .simulator import Simulator
@@ -423,7 +472,14 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
                               f"{board}", {"needed": f"{need} bytes (its memory plan)", "given": f"{board} bytes"},
                               f"re-pack for this board: lnn pack MODEL.onnx -o {path.name} --share-mem {board}",
                               option="--share-mem", value=board, valid=f">= {need}")
-    specs = sim.int_inputs if args.integer else sim.inputs
+    stream = None
+    if args.state_in or args.state_out:
+        if args.integer:
+            raise ConfigError("lnn run --state-in/--state-out run the float inputs, not --int", {},
+                              "leave --int out (an integer state input is fed as it is anyway)", option="--int",
+                              value=True, valid="without --state-in/--state-out")
+        stream = sim.stream(_load_state(args.state_in) if args.state_in else None)
+    specs = stream.inputs if stream is not None else sim.int_inputs if args.integer else sim.inputs
     if len(args.inputs) != len(specs):
         raise SimulatorError(f"packed model '{path}' takes {len(specs)} inputs, got {len(args.inputs)} files",
                              {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in specs)},
@@ -435,6 +491,14 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
     out_specs = sim.int_outputs if args.integer else sim.outputs
     paths = _output_paths(args.output, len(out_specs))  # every path is checked before the model runs
     batch = any(tuple(a.shape) != tuple(s.shape) for a, s in zip(arrays, specs))
+    if stream is not None and (batch or args.dump):
+        raise ConfigError("lnn run --state-in/--state-out run one chunk of one sequence",
+                          {"inputs": ", ".join(f"{s.name} {tuple(a.shape)} (one chunk: {s.shape})"
+                                               for a, s in zip(arrays, specs)), "dump": args.dump},
+                          "run the chunks one after another, each with --state-in of the previous --state-out "
+                          "(and no --dump)", option="--state-in", value=args.state_in, valid="one chunk, no --dump")
+    if args.state_out:
+        _writable_file(Path(args.state_out), "--state-out")
     if args.threads < 1:
         raise ConfigError(f"lnn run --threads must be at least 1, got {args.threads}", {},
                           "pass --threads 2 (or the number of cores)", option="--threads", value=args.threads,
@@ -445,9 +509,18 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
                                                for a, s in zip(arrays, specs))},
                           "dump one row: save x[:1] (one row of the batch) and run that", option="--dump",
                           value=args.dump, valid="inputs of one row")
+    if args.profile is not None and (args.profile < 1 or batch or args.integer):
+        raise ConfigError(f"lnn run --profile {args.profile}: profiles time N >= 1 runs of one row of float inputs",
+                          {"runs": args.profile, "batch": batch, "--int": args.integer},
+                          "pass --profile 20 with one row of each input (x[:1]) and without --int", option="--profile",
+                          value=args.profile, valid="N >= 1, one row, float inputs")
     if args.dump:
         _dump_folder(Path(args.dump))
-    if batch:
+    if stream is not None:
+        outputs, dumped = stream.run(arrays), {}
+        if args.state_out:
+            _save_state(Path(args.state_out), stream.state)
+    elif batch:
         outputs, dumped = sim.run_batch(arrays, threads=args.threads, integer=args.integer), {}
     else:
         result = sim.run(arrays, dump=bool(args.dump), integer=args.integer)
@@ -456,14 +529,19 @@ def run_run(args: argparse.Namespace, host: Any) -> int:
         _save(p, arr)
     n_dumped = _dump(Path(args.dump), dumped, {s.name: s for s in sim.tensors}) if args.dump else 0
     rows = arrays[0].shape[0] // specs[0].shape[0] if batch and specs[0].shape else 1
+    profile = sim.profile(arrays, repeat=args.profile) if args.profile else None
     if args.json:
         doc: dict[str, Any] = {
             "outputs": [{"path": str(p), "tensor": s.name, "dtype": str(a.dtype), "shape": list(a.shape),
                          "exponent": s.exponent} for p, s, a in zip(paths, out_specs, outputs)],
             "inputs": [{"tensor": s.name, "dtype": str(s.dtype), "exponent": s.exponent} for s in specs],
-            "rows": rows, "dumped": n_dumped, "dump_dir": args.dump}
+            "rows": rows, "dumped": n_dumped, "dump_dir": args.dump,
+            "profile": None if profile is None else [{"op": t.name, "kind": t.kind, "macs": t.macs,
+                                                      "us": round(t.us, 3)} for t in profile]}
         print(json.dumps(doc, indent=2), file=result_stream(args))
         return 0
+    if profile is not None:
+        _print_profile(profile, args.profile, sim.isa, result_stream(args))
     if args.integer:
         for s in specs:
             if s.exponent is not None:

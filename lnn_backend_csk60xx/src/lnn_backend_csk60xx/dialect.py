@@ -166,6 +166,8 @@ class _Reader:
             n = onnx.NodeProto.FromString(n.SerializeToString())
             n.name = f"{n.op_type}_{index}"
         schema = self.ops.get(n.op_type)
+        if schema is None:  # a variant's own name in another exporter's files
+            schema = next((op for op in self.ops.values() if n.op_type in op.file_op_types), None)
         domain = "" if n.domain == "ai.onnx" else n.domain
         if schema is None or domain != schema.domain:
             known = ", ".join(sorted(self.ops))
@@ -235,7 +237,7 @@ class _Reader:
         if len(n.output) != schema.outputs or not all(n.output):
             raise self.fail(f"has {len(n.output)} outputs", {"expected": schema.outputs}, onnx_node=n)
         # the IR names no chip: the file's domain (thinker, a plugin's) becomes lnn's own, standard ONNX stays ""
-        return Node(n.name, n.op_type, inputs, list(n.output), attrs, IR_DOMAIN if domain else ""), scales
+        return Node(n.name, schema.op_type, inputs, list(n.output), attrs, IR_DOMAIN if domain else ""), scales
 
 
 def read_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *,
@@ -481,6 +483,12 @@ def _assign_input_exponents(r: _Reader, graph: Graph, node: Node, scales: dict[s
             raise r.fail(f"bias {name!r} scales with output {index}, which has no scale attribute", node=node)
         exp = n_x + graph.tensors[node.inputs[pair.weight]].exponent
         _set_exponent(r, graph, node, name, exp, "bias (n_x + n_w)")
+    for i, src in schema.input_exponents.items():  # a recurrent op's initial state: at a scale of the op
+        if i < len(node.inputs) and node.inputs[i]:
+            exp = src if isinstance(src, int) else scales[src]
+            info = graph.tensors.get(node.inputs[i])
+            if info is not None and info.dtype not in ("float32", "float64"):
+                _set_exponent(r, graph, node, node.inputs[i], exp, f"{node.op_type} input {i}")
     for i in schema.same_scale_inputs:  # constants quantized at the input's scale (a clip's bounds)
         if len(node.inputs) > i and node.inputs[i] in graph.initializers:
             src = graph.tensors[node.inputs[0]].exponent
@@ -569,7 +577,8 @@ def write_onnx(graph: Graph, *, ops: OpSet | None = None) -> onnx.ModelProto:
         for name, spec in schema.attrs.items():
             if spec.dialect_only:
                 attrs.setdefault(name, spec.default)
-        nodes.append(helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name,
+        inputs = schema.write(list(node.inputs)) if schema.write is not None else node.inputs
+        nodes.append(helper.make_node(node.op_type, inputs, node.outputs, name=node.name,
                                       domain=schema.domain, **dict(sorted(attrs.items()))))
     inits = [numpy_helper.from_array(arr, name) for name, arr in graph.initializers.items()]
     g = helper.make_graph(nodes, graph.name, [_value_info(graph.tensors[n]) for n in graph.inputs],

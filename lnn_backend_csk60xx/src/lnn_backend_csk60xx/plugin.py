@@ -36,9 +36,10 @@ def lnn_register_target_ops(registry: Any) -> None:
     for op in builtin_ops():
         registry.add(TARGET_ID, op)
     registry.add_format(TARGET_ID, MODEL_BIN)
-    from .thinker import THINKER
+    from .thinker import THINKER, THINKER_SHARE
 
     registry.add_format(TARGET_ID, THINKER)
+    registry.add_format(TARGET_ID, THINKER_SHARE)
 
 
 def _opset(host: Any) -> Any:

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,8 @@ from lnn_core.errors import ConfigError, ModelFileError, SimulatorError
 from ._sim import ffi, lib
 from .limits import SIM_LIMITS
 
-__all__ = ["Simulator", "TensorSpec", "KernelCall", "STATUS_NAMES", "ISA_PATHS", "available_isas", "check_isa_env"]
+__all__ = ["Simulator", "StatefulRun", "TensorSpec", "KernelCall", "OpTime", "STATUS_NAMES", "ISA_PATHS",
+           "available_isas", "check_isa_env"]
 
 log = logging.getLogger("lnn.backend.simulator")
 
@@ -47,6 +47,8 @@ _REGIONS = {lib.LNN_SIM_REGION_FLASH: "flash", lib.LNN_SIM_REGION_PSRAM: "psram"
 #: status code -> name (``LNN_SIM_E_<REASON>``)
 STATUS_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("LNN_SIM_E_") or n == "LNN_SIM_OK"}
 _MAX_IO = lib.LNN_SIM_MAX_OP_INPUTS
+#: recurrent op code -> (initial-state input position, final-state output position) pairs: h0 -> h_n (and c0 -> c_n)
+_STATE_IO = {lib.LNN_SIM_OP_GRU: ((6, 1),), lib.LNN_SIM_OP_LSTM: ((6, 1), (7, 2))}
 #: the instruction-set paths of the C kernels, in the order of their bits in lnn_sim_isa_available()
 ISA_PATHS = ("portable", "avx2", "avx512vnni")
 
@@ -90,6 +92,17 @@ class TensorSpec:
     region: str
     offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One op's entry of :meth:`Simulator.profile`: its name, its kind (the simulator's op code name, e.g.
+    ``CONV2D``, or a plugin op's type), its work in MACs and its mean wall time per run in microseconds."""
+
+    name: str
+    kind: str
+    macs: int
+    us: float
 
 
 @dataclass(frozen=True)
@@ -171,7 +184,6 @@ class Simulator:
             raise self._error(status, f"cannot load packed model{self._where()}: {text}", None)
         self._model = ffi.gc(out[0], lib.lnn_sim_free)
         self._blob = data
-        self._clones: list[Simulator] = []  # run_batch's workers beyond this one (each its own arenas)
         self._msg = msg
         self.tensors = [self._spec(t) for t in range(lib.lnn_sim_num_tensors(self._model))]
         self.inputs = [self.tensors[lib.lnn_sim_input_index(self._model, i)]
@@ -423,6 +435,9 @@ class Simulator:
     def _coerce(self, spec: TensorSpec, value: Any, what: str) -> np.ndarray:
         """``value`` as the array input ``spec`` takes: exactly its shape and dtype; an integer input (token ids)
         takes any integer dtype whose values fit (int64 from torch is narrowed), never floats."""
+        if (type(value) is np.ndarray and value.dtype == spec.dtype and value.shape == spec.shape
+                and value.flags.c_contiguous):  # the common case, checked first: a streamed frame costs microseconds
+            return value
         arr = np.asarray(value)
         if arr.shape == spec.shape and self._is_index(spec) and arr.dtype != spec.dtype:
             if arr.dtype.kind not in "iu":
@@ -497,13 +512,15 @@ class Simulator:
         A row is one input of the model's own shape: for a model input of shape ``(b, *rest)`` the batch array has
         shape ``(N * b, *rest)`` (``N`` rows; every graph input the same ``N``). The outputs come back the same
         way, ``(N * b_out, *rest_out)``, row ``i`` of each at ``[i * b_out:(i + 1) * b_out]``. Each row's result
-        is bit-identical to :meth:`run` on that row alone: the rows run one after the other inside C (the GIL is
-        released for the whole chunk), and each thread has its own copy of the model (its own arenas and scratch,
-        loaded once and kept for later calls).
+        is bit-identical to :meth:`run` on that row alone. The whole batch goes to C in one call (the GIL is
+        released), which splits the rows into ``threads`` contiguous shares run by POSIX threads, each on its
+        own copy of the arenas and scratch (made on first use and kept with the model; the weights are shared).
+        A model with plugin ops runs on one thread (their kernels are Python), as does a build without threads.
 
         :param threads: threads to use (at most one per row); 1 runs in the calling thread.
         :param integer: as in :meth:`run`: the rows of :attr:`int_inputs` in, of :attr:`int_outputs` out.
-        :raises SimulatorError: wrong input count, dtype or shape, or a row failed (the error names the row).
+        :raises SimulatorError: wrong input count, dtype or shape, or a row failed (the error names the first
+            failing row as ``.row``).
         :raises ConfigError: ``threads`` is not a positive integer.
         """
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
@@ -515,22 +532,56 @@ class Simulator:
         arrays, rows = self._batch_inputs(specs, inputs)
         outputs = [np.empty((rows * s.shape[0], *s.shape[1:]) if s.shape else (rows,), dtype=s.dtype)
                    for s in out_specs]
-        n_threads = max(1, min(int(threads), rows))
-        while len(self._clones) < n_threads - 1:
-            self._clones.append(Simulator(self._blob, path=self.path, kernels=self.kernels, max_macs=self.max_macs))
-        bounds = [rows * t // n_threads for t in range(n_threads + 1)]
-        work = [(w, bounds[t], bounds[t + 1]) for t, w in enumerate([self, *self._clones[:n_threads - 1]])]
-
-        def chunk(worker: Simulator, lo: int, hi: int) -> None:
-            worker._rows(specs, out_specs, arrays, outputs, lo, hi, integer)
-
-        if n_threads == 1:
-            chunk(*work[0])
-        else:
-            with ThreadPoolExecutor(max_workers=n_threads) as pool:
-                for fut in [pool.submit(chunk, *job) for job in work]:
-                    fut.result()  # the first failing chunk in row order raises
+        in_ops, out_ops, skip = [-1] * len(specs), [-1] * len(out_specs), ffi.NULL
+        if integer:  # the quantize ops' outputs are written where they would run, the dequantize inputs read there
+            quants, dequants = self._boundary()
+            at_quant = {spec.index: op for op, spec in quants.items()}
+            at_dequant = {spec.index: op for op, spec in dequants.items()}
+            in_ops = [at_quant.get(s.index, -1) for s in specs]
+            out_ops = [at_dequant.get(s.index, -1) for s in out_specs]
+            skip = ffi.new("uint8_t[]", [int(i in quants or i in dequants) for i in range(len(self.op_names))] or [0])
+        ins = ffi.new("lnn_sim_binding[]", max(len(specs), 1))
+        outs = ffi.new("lnn_sim_binding[]", max(len(out_specs), 1))
+        keep = []
+        for binding, spec, op, arr in [*zip(ins, specs, in_ops, arrays), *zip(outs, out_specs, out_ops, outputs)]:
+            buf = ffi.from_buffer(arr)
+            keep.append(buf)
+            binding.tensor, binding.op, binding.data = spec.index, op, ffi.cast("uint8_t *", buf)
+        failed = ffi.new("int64_t *")
+        status = lib.lnn_sim_run_batch(self._model, rows, int(threads), len(specs), ins, len(out_specs), outs, skip,
+                                       failed, self._msg, lib.LNN_SIM_MAX_MSG)
+        try:
+            self._check(status, None)
+        except SimulatorError as exc:
+            if int(failed[0]) < 0:
+                raise
+            raise self._row_error(int(failed[0]), exc) from exc
         return outputs
+
+    def profile(self, inputs: Sequence[np.ndarray], *, repeat: int = 10) -> list[OpTime]:
+        """Time every op of the model on one input, for finding what a forward spends its time on.
+
+        The model runs ``repeat`` times on ``inputs`` (as :meth:`run` takes them), all ops inside C, each op timed
+        with the monotonic clock around its kernel; the result has one entry per op in run order, each with the
+        mean time of that op over the runs. The outputs are the ones :meth:`run` gives (the kernels are the same).
+
+        :raises ConfigError: ``repeat`` is not a positive integer.
+        :raises SimulatorError: as :meth:`run`.
+        """
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+            raise ConfigError(f"Simulator.profile repeat must be a positive integer, got {repeat!r}", {},
+                              "pass repeat=10", option="repeat", value=repeat, valid="int >= 1")
+        arrays = self._check_inputs(self.inputs, inputs, "")
+        ns = ffi.new("uint64_t[]", max(len(self.op_names), 1))
+        for _ in range(int(repeat)):  # the inputs again each time: the memory plan may reuse their bytes
+            for spec, arr in zip(self.inputs, arrays):
+                lib.lnn_sim_set_tensor(self._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+            self._check(lib.lnn_sim_invoke_timed(self._model, ns, self._msg, lib.LNN_SIM_MAX_MSG), None)
+        kinds = {getattr(lib, n): n[len("LNN_SIM_OP_"):] for n in dir(lib) if n.startswith("LNN_SIM_OP_")}
+        macs = self.op_macs
+        return [OpTime(name, self._externals[i].op_type if i in self._externals else kinds.get(code, str(code)),
+                       macs[name], ns[i] / 1e3 / repeat)
+                for i, (name, code) in enumerate(zip(self.op_names, self.op_types))]
 
     def _batch_inputs(self, specs: Sequence[TensorSpec], inputs: Sequence[np.ndarray]
                       ) -> tuple[list[np.ndarray], int]:
@@ -561,34 +612,6 @@ class Simulator:
                                  "give every graph input the same number of rows", status=lib.LNN_SIM_E_INPUT,
                                  op_name=None)
         return arrays, counts[0] if counts else 0
-
-    def _rows(self, specs: Sequence[TensorSpec], out_specs: Sequence[TensorSpec], arrays: list[np.ndarray],
-              outputs: list[np.ndarray], lo: int, hi: int, integer: bool) -> None:
-        """Rows lo..hi-1 of a batch on this simulator (one thread)."""
-        def rows_of(arr: np.ndarray, spec: TensorSpec, a: int, b: int) -> np.ndarray:
-            n = spec.shape[0] if spec.shape else 1
-            return arr[a * n:b * n]
-
-        if integer:  # the integer boundary skips ops one by one: row by row in Python
-            for r in range(lo, hi):
-                try:
-                    res = self._run_integer([rows_of(a, s, r, r + 1).reshape(s.shape) for a, s in zip(arrays, specs)],
-                                            False)
-                except SimulatorError as exc:
-                    raise self._row_error(r, exc) from exc
-                for out, spec, value in zip(outputs, out_specs, res):
-                    rows_of(out, spec, r, r + 1)[...] = value.reshape(rows_of(out, spec, r, r + 1).shape)
-            return
-        keep = [ffi.from_buffer(rows_of(a, s, lo, hi)) for a, s in zip(arrays, specs)]
-        outs = [ffi.from_buffer(rows_of(o, s, lo, hi)) for o, s in zip(outputs, out_specs)]
-        ins_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", k) for k in keep] or [ffi.NULL])
-        outs_p = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", o) for o in outs] or [ffi.NULL])
-        failed = ffi.new("int64_t *")
-        status = lib.lnn_sim_run_rows(self._model, hi - lo, ins_p, outs_p, failed, self._msg, lib.LNN_SIM_MAX_MSG)
-        try:
-            self._check(status, None)
-        except SimulatorError as exc:
-            raise self._row_error(lo + int(failed[0]), exc) from exc
 
     def _row_error(self, row: int, exc: SimulatorError) -> SimulatorError:
         return SimulatorError(f"row {row} of the batch failed on the model{self._where()}", {"cause": exc.headline},
@@ -622,6 +645,39 @@ class Simulator:
         outputs = [captured[s.index] if s.index in captured else self._read(s) for s in self.outputs]
         return (outputs, dumped) if dump else outputs
 
+    # -- recurrent state ---------------------------------------------------------------------------
+    @property
+    def state_pairs(self) -> dict[str, str]:
+        """The model's recurrent state: graph input -> graph output, one pair per initial state of a GRU/LSTM op
+        (h0 -> h_n, c0 -> c_n) whose initial state is a graph input (raw integers, or quantized by one quantize op)
+        and whose final state is a graph output (raw, or through one dequantize op). Empty for a model without."""
+        graph_in = {s.index: s.name for s in self.inputs}
+        graph_out = {s.index: s.name for s in self.outputs}
+        pairs: dict[str, str] = {}
+        for op, code in enumerate(self.op_types):
+            for k_in, k_out in _STATE_IO.get(code, ()):
+                ins, outs = self._op_inputs[op], self._op_outputs[op]
+                if k_in >= len(ins) or k_out >= len(outs):
+                    continue
+                src, dst = ins[k_in], outs[k_out]
+                if src not in graph_in:  # through one quantize op
+                    q = [i for i, o in enumerate(self._op_outputs) if src in o]
+                    src = self._op_inputs[q[0]][0] if q and self.op_types[q[0]] == lib.LNN_SIM_OP_QUANT else -1
+                if dst not in graph_out:  # through one dequantize op
+                    d = [i for i in self._consumers(dst) if self.op_types[i] == lib.LNN_SIM_OP_DEQUANT]
+                    dst = self._op_outputs[d[0]][0] if d else -1
+                if src in graph_in and dst in graph_out:
+                    pairs[graph_in[src]] = graph_out[dst]
+        return pairs
+
+    def stream(self, state: Mapping[str, np.ndarray] | None = None) -> StatefulRun:
+        """A run that carries the model's recurrent state from call to call (:class:`StatefulRun`), from ``state``
+        (graph input name -> array, as :attr:`StatefulRun.state` gives it) or zeros.
+
+        :raises SimulatorError: the model has no recurrent state (:attr:`state_pairs` is empty), or ``state`` names
+            other inputs."""
+        return StatefulRun(self, state)
+
     def _check(self, status: int, op_name: str | None) -> None:
         pending, self._pending = self._pending, None
         if status != lib.LNN_SIM_OK:
@@ -635,3 +691,75 @@ class Simulator:
             if pending is not None:
                 raise err from pending
             raise err
+
+
+class StatefulRun:
+    """A model run chunk by chunk with its recurrent state carried: what a device does frame by frame.
+
+    Built by :meth:`Simulator.stream`. Each :meth:`run` takes the model's other inputs (:attr:`inputs`, in graph
+    order), feeds the current :attr:`state` to the state inputs, runs once and keeps the state outputs as the next
+    state. Chunks of any length the model was packed for, fed one after another, give the integers of the whole
+    sequence at once (the state is the chip's raw state: h int8 at the output exponent, an LSTM's c int16 Q7, or
+    their float values through the model's quantize / dequantize ops, which carry them exactly).
+
+    :ivar state: graph input name -> array (the state inputs' dtype and shape); assign to restore a saved state.
+    :ivar inputs: the :class:`TensorSpec` of the inputs :meth:`run` takes.
+    """
+
+    def __init__(self, sim: Simulator, state: Mapping[str, np.ndarray] | None = None) -> None:
+        pairs = sim.state_pairs
+        if not pairs:
+            raise SimulatorError(
+                f"the model{sim._where()} has no recurrent state to carry",
+                {"rule": "a GRU/LSTM op whose initial state (h0, c0) is a graph input and whose final state (h_n, "
+                         "c_n) is a graph output",
+                 "inputs": ", ".join(s.name for s in sim.inputs)},
+                "export the recurrent layer with its state as input and output (h0 -> h_n), then pack again",
+                status=lib.LNN_SIM_E_INPUT, op_name=None)
+        self.sim = sim
+        names = [s.name for s in sim.inputs]
+        out_names = [s.name for s in sim.outputs]
+        self._pairs = [(names.index(i), out_names.index(o)) for i, o in pairs.items()]
+        self._state_specs = {i: sim.inputs[names.index(i)] for i in pairs}
+        self.inputs = [s for s in sim.inputs if s.name not in pairs]
+        self.state: dict[str, np.ndarray] = {}
+        self.reset()
+        if state is not None:
+            unknown = sorted(set(state) ^ set(pairs))
+            if unknown:
+                raise SimulatorError(
+                    f"the state for the model{sim._where()} does not name its state inputs",
+                    {"state inputs": ", ".join(f"{n} {s.dtype} {s.shape}" for n, s in self._state_specs.items()),
+                     "given": ", ".join(sorted(state)) or "nothing"},
+                    "pass the state a StatefulRun gave (its .state, or lnn run --state-out)",
+                    status=lib.LNN_SIM_E_INPUT, op_name=None)
+            self.state = {k: np.asarray(v) for k, v in state.items()}
+
+    def reset(self) -> None:
+        """Back to the zero state."""
+        self.state = {n: np.zeros(s.shape, s.dtype) for n, s in self._state_specs.items()}
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run one chunk: ``inputs`` one array per :attr:`inputs` entry; returns every graph output (the state
+        outputs included) and keeps the new state.
+
+        :raises SimulatorError: as :meth:`Simulator.run` (a state of the wrong shape or dtype names its input)."""
+        if len(inputs) != len(self.inputs):
+            raise SimulatorError(f"the stream takes {len(self.inputs)} inputs (the state is carried), got "
+                                 f"{len(inputs)}", {"inputs": ", ".join(f"{s.name} {s.dtype} {s.shape}"
+                                                                         for s in self.inputs)},
+                                 "pass one array per input that is not recurrent state", status=lib.LNN_SIM_E_INPUT,
+                                 op_name=None)
+        sim = self.sim  # the per-call path is lean: a frame of a stream costs microseconds beyond the kernels
+        for spec, value in zip(self.inputs, inputs):
+            arr = sim._coerce(spec, value, "")
+            lib.lnn_sim_set_tensor(sim._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+        names = list(self._state_specs)
+        for name in names:
+            spec = self._state_specs[name]
+            arr = sim._coerce(spec, self.state[name], "state ")
+            lib.lnn_sim_set_tensor(sim._model, spec.index, ffi.from_buffer(arr), arr.nbytes)
+        sim._check(lib.lnn_sim_invoke(sim._model, sim._msg, lib.LNN_SIM_MAX_MSG), None)
+        outputs = [sim._read(spec) for spec in sim.outputs]
+        self.state = {name: outputs[o] for (_, o), name in zip(self._pairs, names)}
+        return outputs

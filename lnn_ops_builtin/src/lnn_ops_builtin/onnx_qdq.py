@@ -12,7 +12,8 @@ inputs that are not 2-D), ``Mul`` + ``Add`` (BatchNorm2dInt), ``AveragePool``, a
 table by the integer indices (exact); ``LayerNormInt`` a float layer norm (ReduceMean, Sub, Mul,
 Sqrt, Div; not exact: the chip uses an rsqrt table, spec 2.3.4); ``SoftmaxInt``/``LogSoftmaxInt`` a float
 ``Softmax``/``LogSoftmax`` over the last axis (not exact: the chip's core is a fixed-point HiFi routine, spec 2.4.4);
-``BmmInt`` a ``MatMul`` (exact while the integer sums stay below 2^24).
+``BmmInt`` a ``MatMul`` (exact while the integer sums stay below 2^24); ``GRUInt``/``LSTMInt`` the standard
+``GRU``/``LSTM`` on dequantized weights (not exact: the chip's gates are fixed-point, spec 2.1.4, 2.2.4).
 Default-domain nodes whose inputs are all float (float islands, e.g. Dequant -> Sigmoid -> Quant)
 are copied unchanged. Each op node carries its IR node's name, the nodes around it add
 ``.quantize``, ``.dequantize``, ``.round_half_up``; graph input and output names and symbolic
@@ -445,6 +446,61 @@ def _layernorm(w: QdqWriter, node: Node) -> None:
     w.result("Add", [scaled, b_f])
 
 
+#: PyTorch gate blocks -> ONNX gate blocks: GRU r, z, n -> z, r, h; LSTM i, f, g, o -> i, o, f, c
+_RNN_GATES = {"GRUInt": ("GRU", (1, 0, 2)), "LSTMInt": ("LSTM", (0, 3, 1, 2))}
+
+
+def _rnn(w: QdqWriter, node: Node) -> None:
+    """GRUInt / LSTMInt as the standard ONNX ``GRU`` (``linear_before_reset=1``, PyTorch's form) / ``LSTM`` on the
+    dequantized input, weights and biases (gate blocks reordered to ONNX's), one direction per node, time first (a
+    ``batch_first`` node's int8 input and output are transposed); each output is quantized at its exponent. Not
+    exact: the chip's gates are 16-segment fixed-point functions with Q11 inputs (spec 2.1.4, 2.2.4); eval and this
+    graph agree to a few steps."""
+    op_type, order = _RNN_GATES[node.op_type]
+    x, w_ih, w_hh, b_ih, b_hh = node.inputs[:5]
+    hid = int(w.g.initializers[w_hh].shape[1])
+    base = node.outputs[0]
+
+    def blocks(name: str) -> np.ndarray:
+        a = w.g.initializers[name].astype(np.float64) * 2.0 ** -w.exponent(name)
+        return np.concatenate([a[k * hid:(k + 1) * hid] for k in order], 0).astype(np.float32)
+
+    wi = w.const(("rnn", w_ih), f"{w_ih}.onnx", blocks(w_ih)[None])
+    wh = w.const(("rnn", w_hh), f"{w_hh}.onnx", blocks(w_hh)[None])
+    bb = w.const(("rnn", b_ih), f"{b_ih}.onnx", np.concatenate([blocks(b_ih), blocks(b_hh)])[None])
+
+    def step(op: str, inputs: list[str], tag: str, n_out: int = 1, **attrs: Any) -> list[str]:
+        outs = [w.fresh(f"{base}.{tag}{k if n_out > 1 else ''}") for k in range(n_out)]
+        w.add(op, inputs, outs, name=w.fresh(f"{node.name}.{tag}"), **attrs)
+        return outs
+
+    batch_first = bool(node.attrs.get("batch_first", 0))
+    xq = x
+    if batch_first:  # transposed as int8 (onnxruntime's QDQ transpose optimizer mistypes a float-side Transpose)
+        info = w.info(x)
+        xq = w.fresh(f"{x}.time_first")
+        w.g.add_tensor(xq, info.dtype, None if info.shape is None else (info.shape[1], info.shape[0],
+                                                                          *info.shape[2:]), info.exponent)
+        w.add("Transpose", [x], [xq], name=w.fresh(f"{node.name}.time_first"), perm=[1, 0, 2])
+    direction = "forward" if int(node.attrs.get("go_forward", 1)) else "reverse"
+    extra = {"linear_before_reset": 1} if op_type == "GRU" else {}
+    outs = step(op_type, [w.dq(xq), wi, wh, bb], op_type.lower(), n_out=2 if op_type == "GRU" else 3,
+                hidden_size=hid, direction=direction, **extra)
+    ys = [step("Squeeze", [outs[0], w.int64s(f"{node.name}.axis1", [1])], "squeeze")[0], *outs[1:]]  # [T, B, H]
+    for k, (src, out) in enumerate(zip(ys, node.outputs)):
+        if not out:
+            continue
+        if k or not batch_first:
+            w.emit_q(src, out, w.fresh(f"{node.name}.quantize"))
+            continue
+        info = w.info(out)
+        yt = w.fresh(f"{out}.time_first")
+        w.g.add_tensor(yt, info.dtype, None if info.shape is None else (info.shape[1], info.shape[0],
+                                                                          *info.shape[2:]), info.exponent)
+        w.emit_q(src, yt, w.fresh(f"{node.name}.quantize"))
+        w.add("Transpose", [yt], [out], name=w.fresh(f"{node.name}.batch_first"), perm=[1, 0, 2])
+
+
 def _softmax(op_type: str) -> Callable[[QdqWriter, Node], None]:
     def lower(w: QdqWriter, node: Node) -> None:
         w.result(op_type, [w.dq(node.inputs[0])], axis=-1)
@@ -496,6 +552,8 @@ LOWERINGS: dict[str, Callable[[QdqWriter, Node], None]] = {
     "SoftmaxInt": _softmax("Softmax"),
     "LogSoftmaxInt": _softmax("LogSoftmax"),
     "BmmInt": _bmm,
+    "GRUInt": _rnn,
+    "LSTMInt": _rnn,
     "Gather": _gather,
     "Relu": _same_scale("Relu"),
     "MaxPool": _same_scale("MaxPool"),

@@ -25,12 +25,14 @@ def _families() -> tuple[ModuleType, ...]:
         layernorm,
         norm,
         pool,
+        rnn,
         shape,
         sigmoid,
         softmax,
     )
 
-    return (conv, norm, elementwise, pool, activations, shape, sigmoid, layernorm, softmax, bmm, embedding, attention)
+    return (conv, norm, elementwise, pool, activations, shape, sigmoid, layernorm, softmax, bmm, embedding, attention,
+            rnn)
 
 
 @hookimpl

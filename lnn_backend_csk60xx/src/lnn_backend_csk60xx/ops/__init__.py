@@ -16,7 +16,8 @@ module          IR op types
 ``softmax``     softmax and log-softmax over the last dimension (not bit-verified against the vendor)
 ``bmm``         batched matrix product of two activations
 ``gather``      embedding lookup (a row copy from an int8 table by integer indices)
-``gru``         one-layer forward GRU on one sequence (``GRUInt``)
+``gru``         one-layer GRU on one sequence, either direction, optional lengths and h0 (``GRUInt``)
+``lstm``        one-layer LSTM on one sequence, either direction, optional lengths and h0/c0
 ``pad``         constant zero padding of H and W
 ==============  ==============================================================================
 
@@ -27,7 +28,23 @@ through ``lnn_register_target_ops``, exactly as a third-party op package registe
 
 from __future__ import annotations
 
-from . import activation, bmm, conv, eltwise, gather, gru, layernorm, linear, norm, pad, pool, quant, shape, softmax
+from . import (
+    activation,
+    bmm,
+    conv,
+    eltwise,
+    gather,
+    gru,
+    layernorm,
+    linear,
+    lstm,
+    norm,
+    pad,
+    pool,
+    quant,
+    shape,
+    softmax,
+)
 from .base import AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands
 from .opset import OpSet
 
@@ -35,7 +52,8 @@ __all__ = ["FAMILIES", "builtin_ops", "AttrSpec", "InferContext", "Lowering", "O
            "ReadContext", "engine_operands"]
 
 #: the built-in op family modules, in registration order
-FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, softmax, bmm, gather, gru, pad)
+FAMILIES = (quant, conv, linear, norm, pool, eltwise, shape, activation, layernorm, softmax, bmm, gather, gru, lstm,
+            pad)
 
 
 def builtin_ops() -> tuple[OpDef, ...]:

@@ -108,8 +108,16 @@ class OpDef:
     :param same_scale_inputs: constant inputs quantized at input 0's exponent (a clip's bounds).
     :param index_inputs: inputs that hold integer indices, not quantized values (an embedding's token ids): they
         carry no scale, and the packer narrows int64 ones to the kernel's int32.
+    :param input_exponents: optional inputs whose exponent the op fixes although no scale attribute names them:
+        input index -> the scale attribute whose exponent they carry, or a fixed exponent (a recurrent op's initial
+        state: h0 at ``scale_o``, an LSTM's c0 at 7). The reader gives them to an integer graph input (the raw
+        state a host copies in) and checks them against a producer's.
+    :param file_op_types: other op types the dialect reader reads as this op (the names another exporter gives its
+        variants: linger's ``*_Is8_Is64`` recurrent ops); the writer writes ``op_type``.
     :param read: ``read(ctx)`` normalises a node as the reader builds it (before its inputs are counted):
         e.g. axes given as an input become the attribute. ``ctx`` is a :class:`ReadContext`.
+    :param write: ``write(inputs) -> inputs``: the node's inputs in the file's order, when it differs from the
+        IR's (the recurrent ops: the file puts the optional inputs before the weights); the inverse of ``read``.
 
     Shape inference and checks:
 
@@ -155,7 +163,10 @@ class OpDef:
     params: tuple[Params, ...] = ()
     same_scale_inputs: tuple[int, ...] = ()
     index_inputs: tuple[int, ...] = ()
+    input_exponents: Mapping[int, str | int] = field(default_factory=dict)
+    file_op_types: tuple[str, ...] = ()
     read: Callable[[ReadContext], None] | None = None
+    write: Callable[[list[str]], list[str]] | None = None
     rules: tuple[Rule, ...] = ()
     pack_rules: tuple[Rule, ...] = ()
     torch_ops: tuple[str, ...] = ()

@@ -8,6 +8,11 @@ Dialect (linger 1.1.1, spec 2.9.3): ``thinker::BmmInt(x, y)`` with ``scale_x``, 
 ``scale_o``, ``o_bits``, ``platform_quant``. Limits (spec 2.9.5): int8 in and out; equal ranks 2 or 3 with equal
 batches and ``x[-1] = y[-2]``; the right matrix ``ALIGN8(K) * ALIGN4(N) <= 32768`` bytes (tpacker asserts it);
 ``n_o <= n_x + n_y``. The left matrix is split into row blocks by the kernel when it exceeds 64 KB (no limit).
+
+Thinker package (spec/thinker-package.md 3.5): a ``BmmInt`` record without attributes (the wrapper's struct is
+not read). The VENUS kernel stages an operand that is not in share-memory (a constant, which stays in the PSRAM
+blob) through its workspace: one batch's right matrix, then the left one; with both operands activations it has
+none.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lnn_core.graph import TensorInfo
+from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import ThinkerLowering
 from ._rules import at, bits_rule, dtype_rule, exponent_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, engine_operands
 
@@ -75,6 +81,13 @@ _BITS = {
     "o_bits": AttrSpec("int", default=8, choices=(8,)),
 }
 
+def _thinker_workspace(node: Node, graph: Graph) -> int:
+    """Bytes the VENUS kernel copies its constant operands (PSRAM) into: y's [K, N] and x's [M, K] of one batch."""
+    x, y = (graph.tensors[t].shape for t in node.inputs[:2])
+    return ((y[-2] * y[-1] if node.inputs[1] in graph.initializers else 0)
+            + (x[-2] * x[-1] if node.inputs[0] in graph.initializers else 0))
+
+
 OPS = (
     OpDef("BmmInt", "thinker", (2, 2), _infer, attrs={**_BITS, **PLATFORM},
           scales={"scale_x": ("in", 0), "scale_y": ("in", 1), "scale_o": ("out", 0)},
@@ -82,5 +95,6 @@ OPS = (
           pack_rules=(exponent_rule("csk60xx.bmm.out_exponent",
                                     "BmmInt output exponent n_o must be at most n_x + n_y.", "n_y"),
                       dtype_rule("csk60xx.bmm.dtype", "BmmInt", (("int8",), ("int8",)), ("int8",))),
-          workspace=engine_operands, lowerings={"lnn": Lowering(29, 2, None, "bmm.c")}),
+          workspace=engine_operands, lowerings={"lnn": Lowering(29, 2, None, "bmm.c"),
+                                                "thinker": ThinkerLowering("BmmInt", workspace=_thinker_workspace)}),
 )

@@ -1,7 +1,8 @@
-"""Gated recurrent unit: ``GRUInt`` (spec/int8-seq-ops.md 2.2), one layer, forward, batch 1, zero initial state.
+"""Gated recurrent unit: ``GRUInt`` (spec/int8-seq-ops.md 2.2), one layer, one direction, batch 1.
 
 Integer semantics (C kernel ``csrc/ops/gru.c``; the numpy reference :func:`gru_int` below), per step from
-``h = 0`` (int8 at the output exponent ``n_o``)::
+``h = h0`` or zeros (int8 at the output exponent ``n_o``), for ``t`` in ``0 .. L-1`` (``go_forward = 1``) or
+``L-1 .. 0`` (``go_forward = 0``), ``L`` = ``lengths[0]`` or ``T``; rows of ``y`` at and after ``L`` are zeros::
 
     gi = SAT_32(SHR(SAT_32(SAT_32(x_t . W_ih^T) + b_ih), n_i + n_iw - 11))        Q11, gates r, z, n
     gh = SAT_32(SHR(SAT_32(SAT_32(h . W_hh^T) + b_hh), n_o + n_hw - 11))
@@ -9,22 +10,49 @@ Integer semantics (C kernel ``csrc/ops/gru.c``; the numpy reference :func:`gru_i
     n  = tanh8(SAT_16(gi_n + SAT_32(SHR(r * gh_n, 7))))                             Q7
     h  = SAT_8(SHR(SAT_16(z * SAT_8(SHR(h, 1))) + SAT_16((128 - z) * n), 14 - n_o));  y_t = h
 
-Dialect (linger 1.1.1, spec 2.2.3): ``thinker::GRUInt(x, w_ih, w_hh, b_ih, b_hh)`` with ``input_size``,
-``hidden_size``, ``num_layers`` 1, ``batch_first``, ``dropout`` 0, ``go_forward``, ``scale_i`` (x), ``scale_iw``,
-``scale_hw``, ``scale_h`` (the state, which is ``h_n``), ``scale_o`` (y), ``data_bits`` / ``parameter_bits`` /
-``o_bits`` 8 and ``platform_quant``; outputs ``y`` and ``h_n``. linger declares ``h_n`` float32; the chip keeps
-the int8 state in it, so the IR gives it int8 ``[1, B, H]`` at ``scale_h``. ``b_ih`` is at ``n_i + n_iw``, ``b_hh``
-at ``n_o + n_hw``. The lengths / h0 variants (``GRUInt_Is8_Is64*``) are not read: no vendor toolchain packs them.
+IR node (what the torch side writes; the backend's reader gives the same)::
+
+    GRUInt(x, w_ih, w_hh, b_ih, b_hh[, lengths[, h0]]) -> (y, h_n)
+
+x int8 ``[T, 1, D]`` (``batch_first=0``) / ``[1, T, D]`` at ``n_i`` (``scale_i``); w_ih int8 ``[3H, D]`` at
+``n_iw`` (``scale_iw``), w_hh int8 ``[3H, H]`` at ``n_hw`` (``scale_hw``), constants, gates r, z, n; b_ih int32
+``[3H]`` at ``n_i + n_iw``, b_hh at ``n_o + n_hw``; lengths int64 or int32 ``[1]`` (integers, no scale; narrowed
+to int32 at pack, ``0 <= L <= T``); h0 int8 ``[1, 1, H]`` at ``n_o`` (a raw state: an int8 graph input, or
+quantized at ``scale_o``). h0 without lengths is written with a constant ``lengths = [T]``. Outputs y int8
+``[T, 1, H]`` / ``[1, T, H]`` at ``n_o`` (``scale_o``) and h_n int8 ``[1, 1, H]`` at ``n_o`` (``scale_h``). Attributes
+``input_size``, ``hidden_size``, ``num_layers`` 1, ``batch_first``, ``dropout`` 0, ``go_forward`` (1 / 0),
+``data_bits`` / ``parameter_bits`` / ``o_bits`` 8. Bidirectional: a forward and a reverse node on the same x and
+their y concatenated on the last dim; stacked layers: chained nodes.
+
+Dialect (linger 1.1.1, spec 2.2.3): ``thinker::GRUInt`` with the inputs in linger's order ``x[, lengths[, h0]],
+w_ih, w_hh, b_ih, b_hh`` (the reader reorders them to the IR's, the writer back), the attributes above, the
+``scale_*`` and ``platform_quant``. linger declares ``h_n`` float32; the chip keeps the int8 state in it, so the
+IR gives it int8 ``[1, B, H]`` at ``scale_h``. linger names the lengths / h0 variants ``GRUInt_Is8_Is64`` and
+``GRUInt_Is8_Is64_If32`` (no vendor toolchain packs them), the latter with a float h0: the reader reads both as
+``GRUInt`` (and refuses the float h0 with the fix); lnn writes ``GRUInt`` with an int8 h0.
 
 Limits (spec 2.2.5, 6.2; ``[gru]`` of the target): batch 1 (the chip addresses x batch-major whatever
-``batch_first`` says), forward only (a ``go_forward = 0`` node runs forward anyway), ``n_i + n_iw >= 11`` and
-``n_o + n_hw >= 11`` (the Q11 alignment only shifts right), ``n_o = 8`` (the kernel reads the state as Q8: any
-other exponent mis-scales the feedback) and ``scale_h = scale_o``. ``y`` is declared ``[T, 1, H]`` / ``[1, T, H]``
-(tpacker 3.0.4's ``[1, B, H]`` is a bug, spec 2.1.3). The kernel's scratch is 24H bytes (gi and gh as int32).
+``batch_first`` says), ``n_i + n_iw >= 11`` and ``n_o + n_hw >= 11`` (the Q11 alignment only shifts right),
+``n_o = 8`` (the kernel reads the state as Q8: any other exponent mis-scales the feedback) and ``scale_h =
+scale_o``. What the vendor runtime does instead of lnn's simulator is a warning rule each: it runs a
+``go_forward = 0`` node forward, and reads neither h0 (starts from zeros) nor lengths (runs all T steps). ``y`` is
+declared ``[T, 1, H]`` / ``[1, T, H]`` (tpacker 3.0.4's ``[1, B, H]`` is a bug, spec 2.1.3). The kernel's scratch
+is 24H bytes (gi and gh as int32).
+
+Thinker package (spec/thinker-package.md 3.5, 6; int8-seq-ops.md 2.2.5): a ``GRUInt`` record (x, W_ih^T [D, 3H],
+W_hh^T [H, 3H], b_ih, b_hh -> y, h_n) with GRUIntAttrs {direction (0 forward, 1 reverse: the VENUS kernel runs
+``t = T-1 .. 0`` for 1, which tpacker never writes), H, D, layout = batch_first, quant_type 0}. The kernel reads
+its weights in place from the blob (no DMA transfer, no DMA buffer: it never calls getWeightData) and keeps the
+int8 state in h_n. Its VENUS wrapper runs the kernel only when a workspace is listed and then reads four more temps
+as (unused) weight descriptors, so the record lists the 24H-byte workspace five times: every id it reads is a real
+tensor. Refused for the package: an initial state and lengths other than a constant ``[T]`` (the runtime reads
+neither), and a matmul block over the NPU's 32 KB (the kernel's fixed split in four, which nothing checks on the
+chip).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,8 +61,9 @@ import numpy as np
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import DecodedOp, Problem, ThinkerLowering, relayout_linear, restore_linear
 from ._rules import at, dtype_rule, seq
-from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, engine_operands, known_shapes
+from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands, known_shapes
 
 __all__ = ["OPS", "GATE_Q", "gru_int", "sig8", "tanh8"]
 
@@ -99,11 +128,14 @@ def _check(name: str, value: int, lo: int, hi: int) -> None:
 
 
 def gru_int(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray, b_hh: np.ndarray, *, n_i: int,
-            n_iw: int, n_hw: int, n_o: int) -> tuple[np.ndarray, np.ndarray]:
+            n_iw: int, n_hw: int, n_o: int, h0: np.ndarray | None = None, length: int | None = None,
+            reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The chip's GRUInt on one sequence: ``x`` int8 ``[T, D]``, ``w_ih`` int8 ``[3H, D]``, ``w_hh`` int8 ``[3H, H]``,
     ``b_ih`` / ``b_hh`` int32 ``[3H]``; exponents of x, w_ih, w_hh and of the output (= hidden state). Returns
-    ``(y int8 [T, H], h_n int8 [H])``. Batch 1, forward, zero initial state (the chip reads neither h0 nor
-    lengths). The chip's Luna routines do no scaling for a negative shift (spec 1.1): ``n_i + n_iw < 11``,
+    ``(y int8 [T, H], h_n int8 [H])``. Batch 1; from ``h0`` (int8 ``[H]`` at ``n_o``; None: zeros), the first
+    ``length`` steps (None: T; later rows of y are zeros), backwards with ``reverse`` -- lnn's extensions: the
+    vendor kernel reads neither h0 nor lengths and always runs forward. The chip's Luna routines do no scaling for a
+    negative shift (spec 1.1): ``n_i + n_iw < 11``,
     ``n_o + n_hw < 11`` or ``n_o > 14`` raise ``ValueError`` (the pack rules reject such a GRU first). The arithmetic
     is the chip's for any ``n_o`` in range, though only ``n_o = 8`` scales the hidden feedback right."""
     x = np.asarray(x, np.int64)
@@ -120,9 +152,13 @@ def gru_int(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray,
     _check("14 - n_o", 14 - n_o, 0, 62)
     hid = h3 // 3
     s_i, s_h, s_o = n_i + n_iw - GATE_Q, n_o + n_hw - GATE_Q, 14 - n_o
-    h = np.zeros(hid, np.int64)
-    y = np.zeros((x.shape[0], hid), np.int8)
-    for t in range(x.shape[0]):
+    steps = x.shape[0]
+    length = steps if length is None else int(length)
+    if not 0 <= length <= steps:
+        raise ValueError(f"GRUInt: length {length} is outside 0..{steps}")
+    h = np.zeros(hid, np.int64) if h0 is None else np.asarray(h0, np.int64).reshape(hid)
+    y = np.zeros((steps, hid), np.int8)
+    for t in (range(length - 1, -1, -1) if reverse else range(length)):
         gi = _sat(_shr(_sat(_sat(w_ih @ x[t], 32) + b_ih, 32), s_i), 32)
         gh = _sat(_shr(_sat(_sat(w_hh @ h, 32) + b_hh, 32), s_h), 32)
         r = sig8(_sat(gi[:hid] + gh[:hid], 16))
@@ -138,9 +174,28 @@ def gru_int(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray,
 # -- the IR op -----------------------------------------------------------------------------------------------------
 
 
+#: IR input positions of the optional inputs
+LENGTHS, H0 = 5, 6
+
+
+def _read(ctx: ReadContext) -> None:
+    """linger's order ``x[, lengths[, h0]], w_ih, w_hh, b_ih, b_hh`` -> the IR's (optional inputs last)."""
+    ins = ctx.inputs
+    if not 5 <= len(ins) <= 7:
+        raise ctx.fail(f"has {len(ins)} inputs", {"rule": "GRUInt takes x[, lengths[, h0]], w_ih, w_hh, b_ih, b_hh",
+                                                  "inputs": list(ins)}, "re-export the model")
+    extra = len(ins) - 5
+    ins[:] = [ins[0], *ins[1 + extra:], *ins[1:1 + extra]]
+
+
+def _write(inputs: list[str]) -> list[str]:
+    """The IR's input order -> linger's."""
+    return [inputs[0], *inputs[5:], *inputs[1:5]]
+
+
 def _infer(c: InferContext) -> list[TensorInfo]:
     """y int8 ``[T, B, H]`` (``batch_first=0``) or ``[B, T, H]``, h_n int8 ``[1, B, H]``; both take the file's
-    scales (``scale_o``, ``scale_h``)."""
+    scales (``scale_o``, ``scale_h``). lengths ``[B]`` integers, h0 int8 ``[1, B, H]``."""
     x, wi, wh, bi, bh = (c.info(i) for i in range(5))
     c.dtype(x, ["int8"], "input")
     c.rank(x, [3], "input")
@@ -160,6 +215,21 @@ def _infer(c: InferContext) -> list[TensorInfo]:
         got = c.attr(key)
         if got is not None and int(got) != want:
             raise c.fail(f"{key}={got} does not match the weights ({want})", {"rule": f"GRUInt {key} = {want}"})
+    if len(c.node.inputs) > LENGTHS:
+        ln = c.info(LENGTHS)
+        c.dtype(ln, ["int64", "int32"], "lengths")
+        if ln.shape != (b,):
+            raise c.fail(f"lengths has shape {ln.shape}", {"rule": f"GRUInt lengths [B] = [{b}]"})
+    if len(c.node.inputs) > H0:
+        h0 = c.info(H0)
+        if h0.dtype in ("float32", "float64"):
+            raise c.fail(f"h0 {h0.name!r} is {h0.dtype}",
+                         {"rule": "GRUInt h0 is the raw state: int8 at the output exponent n_o",
+                          "vendor": "linger writes a float h0 (GRUInt_Is8_Is64_If32), which no vendor toolchain packs"},
+                         "give h0 as an int8 tensor (quantized at scale_o), or re-export with lnn")
+        c.dtype(h0, ["int8"], "h0")
+        if h0.shape != (1, b, h):
+            raise c.fail(f"h0 has shape {h0.shape}", {"rule": f"GRUInt h0 [1, B, H] = [1, {b}, {h}]"})
     y = (b, t, h) if bf else (t, b, h)
     return [c.out("int8", y, None), c.out("int8", (1, b, h), None, index=1)]
 
@@ -168,6 +238,8 @@ def _view(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
     shapes = known_shapes(graph, node.inputs[0])
     if shapes is not None and len(shapes[0]) == 3:
         attrs["batch"] = shapes[0][0 if node.attrs.get("batch_first", 0) else 1]
+    attrs["lengths"] = len(node.inputs) > LENGTHS
+    attrs["state_in"] = len(node.inputs) > H0
 
 
 @rule("csk60xx.gru.batch", ops=(), bmax="gru.batch_max")
@@ -181,14 +253,30 @@ def check_batch(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
                    hint="run the sequences one at a time (export with a batch-1 example input)")
 
 
-@rule("csk60xx.gru.direction", ops=(), fwd="gru.go_forward")
+@rule("csk60xx.gru.direction", ops=(), severity="warning", fwd="gru.go_forward")
 def check_direction(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """GRUInt runs forward only (go_forward in {fwd}): the chip's kernel ignores the direction."""
+    """GRUInt with go_forward outside {fwd} (a bidirectional GRU's reverse node): lnn runs it in reverse; the
+    vendor packer (tpacker 3.0.4) does not serialize the direction, so its package runs the node forward (lnn's
+    thinker package writes it, and the vendor runtime then runs it in reverse)."""
     g, allowed = op.attrs.get("go_forward", 1), tuple(limits["gru.go_forward"])
     if g in allowed:
         return None
-    return Finding(actual=f"go_forward {g}", limit=f"go_forward in {allowed}",
-                   hint="use a unidirectional GRU (bidirectional=False); reverse the sequence outside the GRU")
+    return Finding(actual=f"go_forward {g}", limit=f"the vendor runtime runs go_forward in {allowed} only",
+                   hint="for the vendor packer use a unidirectional GRU (bidirectional=False), or pack with lnn "
+                        "(lnn pack --format thinker writes the direction); lnn's simulator runs the reverse node as "
+                        "PyTorch does")
+
+
+@rule("csk60xx.gru.vendor_state", ops=(), severity="warning")
+def check_vendor_state(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """GRUInt with lengths or h0: lnn runs the first lengths[0] steps from h0; the vendor runtime reads neither (it
+    starts from zeros and runs all T steps), and its packer knows no GRUInt with more than 5 inputs."""
+    given = [k for k in ("lengths", "state_in") if op.attrs.get(k)]
+    if not given:
+        return None
+    return Finding(actual=" and ".join("h0 given" if k == "state_in" else "lengths given" for k in given),
+                   limit="the vendor runtime: zero initial state, all T steps",
+                   hint="for the vendor runtime run whole sequences from a zero state (no h0, no packed lengths)")
 
 
 def _alignment_rule(rule_id: str, which: str, a: tuple[str, int], b: tuple[str, int], names: str) -> Any:
@@ -214,14 +302,27 @@ check_hidden_alignment = _alignment_rule("csk60xx.gru.hidden_alignment", "w_hh",
 
 @rule("csk60xx.gru.out_exponent", ops=(), eout="gru.out_exponent")
 def check_out_exponent(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """GRUInt output (and state) exponent must be {eout}: the kernel reads the state as Q8, so any other exponent
-    mis-scales the hidden feedback."""
+    """GRUInt output (and state: h_n, h0) exponent must be {eout}: the kernel reads the state as Q8, so any other
+    exponent mis-scales the hidden feedback."""
     outs, want = seq(op, "output_exponents"), limits["gru.out_exponent"]
-    found = [n for n in (at(outs, 0), at(outs, 1)) if n is not None and n != want]
+    h0 = at(seq(op, "input_exponents"), H0) if op.attrs.get("state_in") else None
+    found = [n for n in (at(outs, 0), at(outs, 1), h0) if n is not None and n != want]
     if not found:
         return None
-    return Finding(actual=f"n_o {at(outs, 0)}, n_h {at(outs, 1)}", limit=f"n_o = n_h = {want}",
+    return Finding(actual=f"n_o {at(outs, 0)}, n_h {at(outs, 1)}" + (f", h0 {h0}" if h0 is not None else ""),
+                   limit=f"n_o = n_h = {want}" + (" = h0" if h0 is not None else ""),
                    hint=f"write scale_o = scale_h = {2.0 ** want:g} (|h| < 0.5): the chip's state is Q{want}")
+
+
+@rule("csk60xx.gru.initial_state", ops=())
+def check_initial_state(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
+    """GRUInt starts from a zero state: the chip's kernel reads no h0 (the GRUInt_Is8_Is64* variants that carry
+    one are unknown to the vendor's packer)."""
+    if not op.attrs.get("initial_state"):
+        return None
+    return Finding(actual="an initial state h0", limit="zero initial state",
+                   hint="call the GRU without h0 in the model; stream with the eval-mode quantized GRU, which takes "
+                        "and returns the state (docs/quantization.md)")
 
 
 _DTYPE = dtype_rule("csk60xx.gru.dtype", "GRUInt", (("int8",), ("int8",), ("int8",), ("int32",), ("int32",)),
@@ -238,6 +339,62 @@ def _workspace(graph: Graph, node: Node) -> list[tuple[Any, str, bool]]:
     return engine_operands(graph, node, whole=(0, "out"))
 
 
+def _attrs(node: Node, graph: Graph) -> list[int]:
+    """The op record's attribute: 1 for a reverse node (go_forward = 0)."""
+    return [0 if int(node.attrs.get("go_forward", 1)) else 1]
+
+
+# -- thinker package --------------------------------------------------------------------------------------------------
+
+#: the matmuls' fixed split (``gru_luna_inner``) and the NPU's right-matrix buffer
+_THINKER_SPLIT, _NPU_RIGHT_BYTES = 4, 32768
+
+
+def _thinker_attrs(node: Node, graph: Graph) -> bytes:
+    d, h = graph.tensors[node.inputs[1]].shape[1], graph.tensors[node.inputs[2]].shape[1]
+    direction = 0 if int(node.attrs.get("go_forward", 1)) else 1
+    return struct.pack("<HHHBB", direction, h, d, int(node.attrs.get("batch_first", 0)), 0)
+
+
+def _thinker_check(node: Node, graph: Graph) -> list[Problem]:
+    out = []
+    x = graph.tensors[node.inputs[0]].shape
+    steps = x[1] if int(node.attrs.get("batch_first", 0)) else x[0]
+    if len(node.inputs) > H0:
+        out.append(Problem("csk60xx.thinker.gru_state", "the runtime's GRUInt reads no initial state (it starts from "
+                           "zeros)", "no h0", "h0", "run the GRU from a zero state (pack for lnn's simulator to carry "
+                           "a state: lnn run --state-in)"))
+    if len(node.inputs) > LENGTHS:
+        lengths = graph.initializers.get(node.inputs[LENGTHS])
+        value = None if lengths is None else int(np.asarray(lengths).reshape(-1)[0])
+        if value != steps:
+            out.append(Problem("csk60xx.thinker.gru_lengths", "the runtime's GRUInt reads no lengths (it runs all T "
+                               "steps)", f"a constant [{steps}]", "computed" if lengths is None else f"[{value}]",
+                               "run the GRU over the whole sequence (trim the input instead of passing lengths)"))
+    h3 = graph.tensors[node.inputs[1]].shape[0]
+    block = -(-h3 // _THINKER_SPLIT)
+    for idx, role in ((1, "w_ih"), (2, "w_hh")):
+        k = graph.tensors[node.inputs[idx]].shape[1]
+        size = -(-k // 8) * 8 * (-(-block // 4) * 4)
+        if size > _NPU_RIGHT_BYTES:
+            out.append(Problem("csk60xx.thinker.gru_split", f"a quarter of {role} (the kernel splits each matmul in "
+                               "four, whatever the size) exceeds the NPU's 32 KB right-matrix buffer",
+                               _NPU_RIGHT_BYTES, size, "use a smaller hidden or input size"))
+    return out
+
+
+def _thinker_read(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    direction, h, size, layout, _ = struct.unpack_from("<HHHBB", d.attrs)
+    attrs = {"input_size": size, "hidden_size": h, "batch_first": layout, "go_forward": 1 - direction,
+             "num_layers": 1}
+    return attrs, {1: restore_linear(d.inputs[1].data), 2: restore_linear(d.inputs[2].data)}
+
+
+_THINKER_GRU = ThinkerLowering("GRUInt", attrs=_thinker_attrs, relayout={1: relayout_linear, 2: relayout_linear},
+                               workspace=lambda n, g: _kernel_workspace(g, n), check=_thinker_check,
+                               read=_thinker_read, workspace_repeats=4)
+
+
 _ATTRS = {
     "input_size": AttrSpec("int", minimum=1),
     "hidden_size": AttrSpec("int", minimum=1),
@@ -251,12 +408,14 @@ _ATTRS = {
 }
 
 OPS = (
-    OpDef("GRUInt", "thinker", (5, 5), _infer, outputs=2, attrs={**_ATTRS, **PLATFORM},
+    OpDef("GRUInt", "thinker", (5, 7), _infer, outputs=2, attrs={**_ATTRS, **PLATFORM},
           scales={"scale_i": ("in", 0), "scale_iw": ("in", 1), "scale_hw": ("in", 2), "scale_o": ("out", 0),
                   "scale_h": ("out", 1)},
-          params=(Params(1, 3), Params(2, 4, x=("out", 0))),
-          pack_rules=(check_batch, check_direction, check_in_alignment, check_hidden_alignment, check_out_exponent,
+          params=(Params(1, 3), Params(2, 4, x=("out", 0))), index_inputs=(LENGTHS,),
+          input_exponents={H0: "scale_o"}, file_op_types=("GRUInt_Is8_Is64", "GRUInt_Is8_Is64_If32"), read=_read,
+          write=_write, rules=(check_direction, check_initial_state), torch_ops=("builtin.GRU",),
+          pack_rules=(check_batch, check_vendor_state, check_in_alignment, check_hidden_alignment, check_out_exponent,
                       _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
-          lowerings={"lnn": Lowering(32, 5, None, "gru.c")}),
+          lowerings={"lnn": Lowering(32, None, _attrs, "gru.c"), "thinker": _THINKER_GRU}),
 )

@@ -10,6 +10,11 @@ Dialect: ``thinker::iqPad(x, pads, value)`` with ``mode="constant"``; ``pads`` a
 (N and C pads 0), fill 0, no negative pad (a crop is slicing). The shape rule refuses any other iqPad node; the
 torch op (``F.pad``, ``nn.ZeroPad1d/2d``, ``nn.ConstantPad1d/2d``) is judged at ``lnn.init`` by
 ``csk60xx.pad.form``.
+
+Thinker package (spec/thinker-package.md 3.3; ``venus/iqpad.h``): pack folds most paddings into the conv after
+them; one that stays is an ``iqPad`` record (x, pads int64 [8], fill int8 [1]) with the {i8 mode} struct
+(0, constant) and a workspace of x's bytes, which the kernel requires (it transposes x to channels-last there).
+The kernel copies bytes, so x must be int8.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import DecodedOp, Problem, ThinkerLowering
 from .base import AttrSpec, InferContext, Lowering, OpDef
 from .conv import PADS_FOLD_INTO
 
@@ -84,11 +90,36 @@ def check_pad_form(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
                         "or fold the padding into the next conv's padding=")
 
 
+# -- thinker package --------------------------------------------------------------------------------------------------
+
+def _thinker_inputs(node: Node, graph: Graph) -> list[Any]:
+    """x, the eight ONNX pads as int64, the fill (always read by the kernel, so written even when the IR omits it)."""
+    top, left, bottom, right = _lower(node, graph)
+    return [node.inputs[0], np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), np.zeros(1, np.int8)]
+
+
+def _thinker_check(node: Node, graph: Graph) -> list[Problem]:
+    x = graph.tensors[node.inputs[0]]
+    if x.dtype == "int8":
+        return []
+    return [Problem("csk60xx.thinker.pad_dtype", "the runtime's iqPad copies one byte per element", "int8", x.dtype,
+                    "pad the int8 tensor before it is requantized")]
+
+
+def _thinker_read(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    return {"mode": "constant"}, {}
+
+
+_THINKER_PAD = ThinkerLowering("iqPad", attrs=lambda n, g: bytes([0]), inputs=_thinker_inputs,
+                               workspace=lambda n, g: g.tensors[n.inputs[0]].nbytes, check=_thinker_check,
+                               read=_thinker_read)
+
+
 OPS = (
     OpDef("iqPad", "thinker", (2, 3), _infer, attrs={"mode": AttrSpec("str", default="constant",
                                                                       choices=("constant",))},
           same_scale_inputs=(2,), rules=(check_pad_form,), torch_ops=("builtin.Pad",),
-          lowerings={"lnn": Lowering(33, 1, _lower, "pad.c")}),
+          lowerings={"lnn": Lowering(33, 1, _lower, "pad.c"), "thinker": _THINKER_PAD}),
 )
 
 

@@ -17,6 +17,10 @@ or rank - 1; LogSoftmaxInt: dim -1 literally, or 1 of a 2-D input, because the c
 1); rows of at most 2048; ``0 <= n_x <= 25``; ``n_o <= 15`` (softmax) / ``25`` (log-softmax). The kernel's
 row-by-row path needs 8R bytes of share-memory workspace (tpacker declares 2R, spec 1.5), planned through
 ``kernel_workspace``.
+
+Thinker package (spec/thinker-package.md 3.5): ``SoftmaxInt`` / ``LogSoftmaxInt`` records with the one-byte
+{axis} struct (the IR's ``dim``) and one 8R-byte workspace, which the VENUS kernels dereference whatever its size
+(none would crash them). The vendor's x86 build cannot run them (its HiFi library is not public).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 from lnn_core.graph import Graph, Node, TensorInfo
 from lnn_core.rules import Finding, OpView, rule
 
+from ..thinker.lowering import DecodedOp, ThinkerLowering
 from ._rules import at, dtype_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, engine_operands, known_shapes
 
@@ -136,13 +141,29 @@ _ATTRS = {
 _DTYPE = dtype_rule("csk60xx.softmax.dtype", "SoftmaxInt / LogSoftmaxInt", (("int8",),), ("int8",))
 
 
+# -- thinker package (spec/thinker-package.md 3.5) ----------------------------------------------------------------
+
+def _thinker_attrs(node: Node, graph: Graph) -> bytes:
+    """{i8 axis}: the IR's dim (-1, or the last index, which both kernels read as the last dimension)."""
+    return int(node.attrs.get("dim", -1)).to_bytes(1, "little", signed=True)
+
+
+def _thinker_read(d: DecodedOp) -> tuple[dict[str, Any], dict[int, Any]]:
+    return {"dim": int.from_bytes(d.attrs[:1], "little", signed=True)}, {}
+
+
+def _thinker(op_type: str) -> ThinkerLowering:
+    return ThinkerLowering(op_type, attrs=_thinker_attrs, workspace=lambda n, g: _kernel_workspace(g, n),
+                           read=_thinker_read)
+
+
 def _op(op_type: str, code: int, torch_op: str) -> OpDef:
     return OpDef(op_type, "thinker", (1, 1), _infer, attrs={**_ATTRS, **PLATFORM},
                  scales={"scale_x": ("in", 0), "scale_o": ("out", 0)},
                  rules=(check_dim, check_row, check_input_bits), torch_ops=(torch_op,),
                  pack_rules=(check_in_exponent, check_out_exponent, _DTYPE),
                  workspace=_workspace, kernel_workspace=_kernel_workspace, bit_verified=False,
-                 lowerings={"lnn": Lowering(code, 1, None, "softmax.c")})
+                 lowerings={"lnn": Lowering(code, 1, None, "softmax.c"), "thinker": _thinker(op_type)})
 
 
 OPS = (

@@ -3,7 +3,9 @@
 
 Normative description: spec/thinker-package.md. Modules: :mod:`.package` (the bytes), :mod:`.lowering` (what each
 op family declares in ``OpDef.lowerings["thinker"]``), :mod:`.build` (IR + plan -> package, the runtime's
-contract checks), :mod:`.graph` (package -> IR). :data:`THINKER` is the registered :class:`~..formats.PackageFormat`.
+contract checks), :mod:`.graph` (package -> IR). :data:`THINKER` is the registered :class:`~..formats.PackageFormat`;
+:data:`THINKER_SHARE` (``--format thinker-share``) the same package with its constants read in place from
+share-memory (no DMA list, no DMA buffers, as the vendor packer's ``-m params:share-mem``).
 Nothing here imports torch.
 """
 
@@ -13,7 +15,7 @@ from typing import Any
 
 from ..formats import PackageFormat
 
-__all__ = ["THINKER"]
+__all__ = ["THINKER", "THINKER_SHARE"]
 
 
 def _supports(op: Any) -> bool:
@@ -26,6 +28,12 @@ def _plan(graph: Any, **kwargs: Any) -> Any:
     from .build import plan_thinker
 
     return plan_thinker(graph, **kwargs)
+
+
+def _plan_share(graph: Any, **kwargs: Any) -> Any:
+    from .build import PARAMS_SHARE, plan_thinker
+
+    return plan_thinker(graph, params=PARAMS_SHARE, **kwargs)
 
 
 def _write(graph: Any, plan: Any, ops: Any) -> bytes:
@@ -54,3 +62,6 @@ def _rewrite(graph: Any, ops: Any) -> list[Any]:
 #: the thinker 3.0.4 VENUS package (spec/thinker-package.md), loaded by the chip's runtime
 THINKER = PackageFormat("thinker", "thinker 3.0.4 VENUS package, loaded by the chip's own runtime", ".pkg",
                         _supports, _plan, _write, _problems, _rewrite)
+#: the same package with every constant in share-memory, read in place by the kernels (no DMA)
+THINKER_SHARE = PackageFormat("thinker-share", "thinker 3.0.4 VENUS package, constants read in place from share-memory "
+                              "(no DMA)", ".pkg", _supports, _plan_share, _write, _problems, _rewrite)

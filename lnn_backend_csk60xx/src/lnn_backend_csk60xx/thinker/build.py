@@ -51,6 +51,8 @@ __all__ = ["FORMAT_NAME", "lower_graph", "plan_thinker", "write_package", "build
 log = logging.getLogger("lnn.backend.thinker")
 
 FORMAT_NAME = "thinker"
+#: ``plan_thinker(params=...)``: constants prefetched from PSRAM (the default) or read in place in share-memory
+PARAMS_PSRAM, PARAMS_SHARE = "psram", "share_mem"
 ALIGN = 16
 
 
@@ -70,6 +72,7 @@ class _Rec:
     attrs: bytes
     workspace: int
     dma_bytes: int  # 0: no DMA transfer
+    dma: bool = False  # the record takes a DMA transfer (its lowering's dma, in a package with DMA)
 
 
 @dataclass
@@ -94,8 +97,9 @@ def _unsupported(graph: Graph, node: Node, ops: OpSet) -> ModelFileError:
                           path=graph.meta.get("source"), node=node.name)
 
 
-def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
-    """Lower every node (see the module docstring, step 1).
+def lower_graph(graph: Graph, ops: OpSet, *, dma: bool = True) -> Lowered:
+    """Lower every node (see the module docstring, step 1); ``dma=False``: constants in share-memory, no op takes
+    a DMA transfer.
 
     :raises ModelFileError: a node whose op has no thinker lowering.
     """
@@ -107,16 +111,18 @@ def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
         if low is None:
             raise _unsupported(graph, node, ops)
         op = ops[node.op_type]
-        biases = set(op.bias_inputs())
+        biases = {node.inputs[j] for j in op.bias_inputs() if j < len(node.inputs)}  # by name: records may reorder
         raw = list(low.inputs(node, graph)) if low.inputs is not None else list(node.inputs)
         names: list[str] = []
         dma_bytes = 0
+        dma_from = 0 if low.dma_last is None else len(raw) - low.dma_last
         for i, item in enumerate(raw):
+            carried = dma and low.dma and i >= dma_from
             if isinstance(item, np.ndarray):
                 key = f"{node.name}/c{i}"
                 consts[key] = _Const(key, np.ascontiguousarray(item), 0, -1.0)
                 names.append(key)
-                dma_bytes += a16(item.nbytes) if low.dma else 0
+                dma_bytes += a16(item.nbytes) if carried else 0
                 continue
             if item not in graph.initializers:
                 names.append(item)
@@ -125,12 +131,12 @@ def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
             layout = 0
             if i in low.relayout:
                 arr, layout = low.relayout[i](arr, node, graph)
-            if i in biases and arr.dtype != np.int32:
+            if item in biases and arr.dtype != np.int32:
                 arr = arr.astype(np.int32)
             info = graph.tensors.get(item)
-            scale = -1.0 if i in biases or info is None or info.exponent is None else float(info.exponent)
+            scale = -1.0 if item in biases or info is None or info.exponent is None else float(info.exponent)
             key = item
-            if item in owner and (low.dma or i in low.relayout):
+            if item in owner and (carried or i in low.relayout):
                 key = f"{item}@{node.name}"
             if key not in consts:
                 consts[key] = _Const(key, np.array(arr, order="C"), layout, scale)  # keeps rank 0
@@ -138,11 +144,12 @@ def lower_graph(graph: Graph, ops: OpSet) -> Lowered:
             elif item in owner:
                 key = owner[item]
             names.append(key)
-            dma_bytes += a16(consts[key].array.nbytes) if low.dma else 0
+            dma_bytes += a16(consts[key].array.nbytes) if carried else 0
         attrs = low.attrs(node, graph) if low.attrs is not None else b""
         work = low.workspace(node, graph) if low.workspace is not None else 0
-        recs.append(_Rec(node, low, names, attrs, int(work), dma_bytes if low.dma else 0))
-    return Lowered(recs, consts, [k for k, r in enumerate(recs) if r.low.dma])
+        uses_dma = dma and low.dma
+        recs.append(_Rec(node, low, names, attrs, int(work), dma_bytes if uses_dma else 0, uses_dma))
+    return Lowered(recs, consts, [k for k, r in enumerate(recs) if r.dma])
 
 
 def _temps(lowered: Lowered) -> list[tuple[str, str, int, int, int, str]]:
@@ -153,7 +160,7 @@ def _temps(lowered: Lowered) -> list[tuple[str, str, int, int, int, str]]:
     for step, rec in enumerate(lowered.recs):
         if rec.workspace:
             out.append((f"workspace:{rec.node.name}", "workspace", rec.workspace, step, step, rec.node.name))
-        if rec.low.dma:
+        if rec.dma:
             n_dma += 1
             out.append((f"dma_buffer{n_dma}", "prefetch", rec.dma_bytes, prev, step, rec.node.name))
             prev = step
@@ -189,9 +196,12 @@ def _activation_groups(graph: Graph, lowered: Lowered, ops: OpSet) -> tuple[dict
 
 
 def plan_thinker(graph: Graph, *, share_mem: int | None = None, psram: int | None = None, scratch: bool = True,
-                 ops: OpSet | None = None) -> MemoryPlan:
+                 ops: OpSet | None = None, params: str = "psram") -> MemoryPlan:
     """The runtime's memory plan of ``graph`` (module docstring, step 2) as a :class:`~..planner.MemoryPlan`.
 
+    :param params: where the constants live: ``"psram"`` (prefetched by DMA into share-memory buffers) or
+        ``"share_mem"`` (read in place: no DMA list, no DMA buffers; the application keeps the package's
+        parameter section in share-memory, which the plan counts with the activations).
     :raises HardwareLimitError: the buffers do not fit share-memory (the thinker plan keeps every activation
         there; PSRAM holds the constants).
     """
@@ -199,7 +209,8 @@ def plan_thinker(graph: Graph, *, share_mem: int | None = None, psram: int | Non
     limits = load_target().limits
     share_limit = int(share_mem if share_mem is not None else limits["memory.share_mem_bytes"])
     psram_limit = int(psram if psram is not None else limits["memory.psram_bytes"])
-    lowered = lower_graph(graph, ops)
+    in_share = params == PARAMS_SHARE
+    lowered = lower_graph(graph, ops, dma=not in_share)
     root, span = _activation_groups(graph, lowered, ops)
     sizes: dict[str, int] = {}
     for t, r in root.items():
@@ -210,11 +221,12 @@ def plan_thinker(graph: Graph, *, share_mem: int | None = None, psram: int | Non
     temps = _temps(lowered)
     temp_ids = [planner.add_buffer(size, a, b) for _, _, size, a, b, _ in temps]
     need = planner.max_size
-    params = sum(a16(c.array.nbytes) for c in lowered.consts.values())
-    if need > share_limit or params > psram_limit:
-        region, have, limit = (("share-memory", need, share_limit) if need > share_limit
-                               else ("PSRAM", params, psram_limit))
-        rule_id = "csk60xx.thinker.share_mem" if need > share_limit else "csk60xx.thinker.psram"
+    blob = sum(a16(c.array.nbytes) for c in lowered.consts.values())
+    share_need = need + (blob if in_share else 0)
+    if share_need > share_limit or (blob > psram_limit and not in_share):
+        region, have, limit = (("share-memory", share_need, share_limit) if share_need > share_limit
+                               else ("PSRAM", blob, psram_limit))
+        rule_id = "csk60xx.thinker.share_mem" if share_need > share_limit else "csk60xx.thinker.psram"
         v = Violation(graph.name, "graph", rule_id, f"the thinker plan needs {have} bytes of {region}", limit, have,
                       "shrink the largest layers, or pack for lnn's simulator (which can move tensors to PSRAM)",
                       TARGET_ID)
@@ -222,7 +234,8 @@ def plan_thinker(graph: Graph, *, share_mem: int | None = None, psram: int | Non
                                  {"rule": f"{rule_id}: the runtime holds {limit} bytes of {region}",
                                   "actual": f"{have} bytes"},
                                  "every activation of a thinker package lives in share-memory: shrink the largest "
-                                 "layers", target=TARGET_ID, rule_id=rule_id, limit=limit, actual=have, op_name=None,
+                                 "layers" + (", or keep the constants in PSRAM (--format thinker)" if in_share else ""),
+                                 target=TARGET_ID, rule_id=rule_id, limit=limit, actual=have, op_name=None,
                                  violations=[v])
     offsets = planner.offsets
     placements: dict[str, TensorPlacement] = {}
@@ -247,7 +260,7 @@ def plan_thinker(graph: Graph, *, share_mem: int | None = None, psram: int | Non
         own_share: int | None = own.regions[REGION_SHARE].size
     except HardwareLimitError:
         own_share = None
-    plan.package = {"format": FORMAT_NAME, "parameters_bytes": params, "parameters_in": "psram",
+    plan.package = {"format": FORMAT_NAME, "parameters_bytes": blob, "parameters_in": params,
                     "dma_transfers": len(lowered.weight_steps),
                     "dma_buffer_bytes": share.prefetch_total, "lnn_share_mem_bytes": own_share}
     return plan
@@ -255,7 +268,8 @@ def plan_thinker(graph: Graph, *, share_mem: int | None = None, psram: int | Non
 
 def build_package(graph: Graph, plan: MemoryPlan, ops: OpSet) -> Package:
     """The records of ``graph`` placed by ``plan`` (module docstring, step 3)."""
-    lowered = lower_graph(graph, ops)
+    in_share = (plan.package or {}).get("parameters_in") == PARAMS_SHARE
+    lowered = lower_graph(graph, ops, dma=not in_share)
     order: list[str] = []
     seen: set[str] = set()
 
@@ -274,12 +288,13 @@ def build_package(graph: Graph, plan: MemoryPlan, ops: OpSet) -> Package:
         for t in rec.node.outputs:
             add(t)
     temps = _temps(lowered)
+    param_type = MEM_SHARE if in_share else MEM_PSRAM
     producers = {t for rec in lowered.recs for t in rec.node.outputs}
     tensors: list[Tensor] = []
     for name in order:
         if name in lowered.consts:
             c = lowered.consts[name]
-            tensors.append(Tensor(name, str(c.array.dtype), tuple(int(d) for d in c.array.shape), MEM_PSRAM, 0,
+            tensors.append(Tensor(name, str(c.array.dtype), tuple(int(d) for d in c.array.shape), param_type, 0,
                                   c.scale, 0, c.layout, c.array))
             continue
         info = graph.tensors[name]
@@ -304,18 +319,19 @@ def build_package(graph: Graph, plan: MemoryPlan, ops: OpSet) -> Package:
     for rec in lowered.recs:
         tmp = []
         if rec.workspace:
-            tmp.append(temp_ids[f"workspace:{rec.node.name}"])
-        if rec.low.dma:
+            tmp += [temp_ids[f"workspace:{rec.node.name}"]] * (1 + rec.low.workspace_repeats)
+        if rec.dma:
             n_dma += 1
             buf = temp_ids[f"dma_buffer{n_dma}"]
             tmp.append(buf)
-            first = next(t for t in rec.inputs if t in lowered.consts)
+            carried = rec.inputs if rec.low.dma_last is None else rec.inputs[len(rec.inputs) - rec.low.dma_last:]
+            first = next(t for t in carried if t in lowered.consts)
             dma.append(Dma(ids[first], buf, rec.dma_bytes))
         records.append(Op(rec.low.name, rec.attrs, [ids[t] for t in rec.inputs],
                           [ids[t] for t in rec.node.outputs], tmp, rec.node.name))
     arena = max([t.offset + t.nbytes for t in tensors if not t.constant] + [0])
     return Package(tensors, records, [ids[t] for t in graph.inputs], [ids[t] for t in graph.outputs],
-                   {MEM_SHARE: a16(arena)}, dma, MEM_PSRAM)
+                   {MEM_SHARE: a16(arena)}, dma, param_type)
 
 
 def write_package(graph: Graph, plan: MemoryPlan, ops: OpSet) -> bytes:

@@ -17,7 +17,7 @@ from lnn_core.errors import ModelFileError
 from lnn_core.graph import Graph, Node, TensorInfo
 
 from ..ops.opset import OpSet
-from .lowering import DecodedOp, ThinkerLowering
+from .lowering import DecodedOp, ThinkerLowering, read_conv2d_attrs
 from .package import Package, decode
 
 __all__ = ["package_to_graph", "to_model_bin"]
@@ -34,7 +34,8 @@ def _by_name(ops: OpSet) -> dict[str, tuple[str, ThinkerLowering]]:
 
 def _fold_vendor_pads(pkg: Package) -> list[tuple[Any, dict[str, Any]]]:
     """The records to read, each with IR attributes to add: an ``iqPad`` the vendor packer puts in front of a
-    conv (zero padding of H and W, spec 3.3) is folded back into the pads of the one conv that reads it."""
+    conv (zero padding of H and W, spec 3.3) is folded back into the pads of the one conv that reads it when the
+    sums stay within the conv's kernel; any other iqPad is read as one."""
     readers: dict[int, list[int]] = {}
     for k, rec in enumerate(pkg.ops):
         for i in rec.inputs:
@@ -47,7 +48,8 @@ def _fold_vendor_pads(pkg: Package) -> list[tuple[Any, dict[str, Any]]]:
             value = pkg.tensors[rec.inputs[2]].data if len(rec.inputs) > 2 else None
             users = readers.get(rec.outputs[0], [])
             if (pads is not None and pads.size == 8 and not pads[[0, 1, 4, 5]].any() and len(users) == 1
-                    and pkg.ops[users[0]].type == "Conv2dInt" and (value is None or not np.asarray(value).any())):
+                    and pkg.ops[users[0]].type == "Conv2dInt" and (value is None or not np.asarray(value).any())
+                    and _within_kernel(pkg.ops[users[0]].attrs, pads)):
                 folded[users[0]] = (rec.inputs[0], [int(v) for v in pads])
                 continue
         extra: dict[str, Any] = {}
@@ -57,6 +59,13 @@ def _fold_vendor_pads(pkg: Package) -> list[tuple[Any, dict[str, Any]]]:
             extra["pads_add"] = [p[2], p[3], p[6], p[7]]
         out.append((rec, extra))
     return out
+
+
+def _within_kernel(conv_attrs: bytes, pads: np.ndarray) -> bool:
+    a = read_conv2d_attrs(conv_attrs)
+    k, p = a["kernel_shape"], a["pads"]
+    total = [p[0] + int(pads[2]), p[1] + int(pads[3]), p[2] + int(pads[6]), p[3] + int(pads[7])]
+    return all(v <= k[j % 2] for j, v in enumerate(total))
 
 
 def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None = None) -> Graph:
@@ -91,8 +100,11 @@ def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None
         spec = ops[op_type].attrs
         if "o_bits" in spec:
             attrs.setdefault("o_bits", {"int8": 8, "int16": 16, "int32": 32}.get(d.outputs[0].dtype, 8))
-        inputs = rec.inputs if low.n_inputs is None else rec.inputs[:low.n_inputs]
-        for pos, i in enumerate(inputs):
+        positions = list(range(len(rec.inputs) if low.n_inputs is None else low.n_inputs))
+        if low.ir_order is not None:
+            positions = list(low.ir_order(len(rec.inputs)))
+        inputs = [rec.inputs[p] for p in positions]
+        for pos, i in zip(positions, inputs):
             t = pkg.tensors[i]
             if t.constant and names[i] not in g.initializers:
                 arr = np.asarray(restored.get(pos, t.data))
@@ -100,8 +112,10 @@ def package_to_graph(pkg: Package, ops: OpSet | None = None, *, path: str | None
                 ti = info(i)
                 g.tensors[names[i]] = TensorInfo(ti.name, str(arr.dtype), tuple(arr.shape), ti.exponent)
         for p in ops[op_type].params:  # a bias is stored without its exponent (the kernels use n_x + n_w)
-            if p.bias is not None and p.bias < len(inputs) and p.x == ("in", 0):
-                b, w, x = (g.tensors[names[inputs[j]]] for j in (p.bias, p.weight, 0))
+            side, j = p.x
+            if p.bias is not None and p.bias < len(inputs) and j < len(inputs if side == "in" else rec.outputs):
+                b, w = (g.tensors[names[inputs[i]]] for i in (p.bias, p.weight))
+                x = g.tensors[names[inputs[j]]] if side == "in" else info(rec.outputs[j])
                 if x.exponent is not None and w.exponent is not None:
                     b.exponent = x.exponent + w.exponent
         for i in rec.outputs:

@@ -68,6 +68,12 @@ class ThinkerLowering:
     :param n_inputs: how many of the record's inputs the IR node takes (None: all).
     :param max_rank: the kernel reads only this many trailing axes of input 0 and output 0: the format's rewrite
         merges the leading ones into one with reshapes (no data moves), e.g. rank 3 for LinearInt and LayerNormInt.
+    :param workspace_repeats: the record lists its workspace id this many more times after the workspace, for a
+        wrapper that reads temps it never uses (the VENUS GRU wrapper reads four descriptors after its workspace).
+    :param dma_last: the DMA transfer carries only the record's last this many inputs (the LSTM: its weights and
+        biases; lengths and initial state before them are read in place); None: every constant input.
+    :param ir_order: ``ir_order(n) -> record input positions in the IR node's input order`` for a record of ``n``
+        inputs, for the decoder (None: the same order).
     """
 
     name: str
@@ -80,6 +86,9 @@ class ThinkerLowering:
     read: Callable[[DecodedOp], tuple[dict[str, Any], dict[int, np.ndarray]]] | None = None
     n_inputs: int | None = None
     max_rank: int | None = None
+    workspace_repeats: int = 0
+    dma_last: int | None = None
+    ir_order: Callable[[int], Sequence[int]] | None = None
 
 
 def _a(n: int, k: int) -> int:

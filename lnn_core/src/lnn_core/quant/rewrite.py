@@ -669,12 +669,14 @@ class _Rewriter:
         """Whether ``node`` may be ``value[i]`` on the tuple a float op returned (``y, h = gru(x)``): a float
         module or an op without a family may return several values, and a Quant cannot move in front of the
         selection (it would quantize the tuple). Only an int index can pick from a tuple; ``x[0]`` on a float
-        tensor is then merely quantized after the selection instead of before (the same integers)."""
+        tensor is then merely quantized after the selection instead of before (the same integers). A module with a
+        family kept float by the config (``LayerConfig(float=True)``: an island) counts as a float module."""
         if not (node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2
                 and isinstance(node.args[1], int)):
             return False
         return self.prov.get(src) is FLOAT and src.op in ("call_module", "call_function", "call_method") and (
-            self.is_float_module(src) or self.family(src) is None or bool(src.meta.get(REFUSED_KEY)))
+            self.is_float_module(src) or self.family(src) is None or bool(src.meta.get(REFUSED_KEY))
+            or src.name in self.info.islands)
 
     def record_passthrough(self, node: fx.Node, fam: Any, provider: ActQuantizer) -> None:
         """Remember a passthrough op on quantized data, with the attributes its rules judge."""

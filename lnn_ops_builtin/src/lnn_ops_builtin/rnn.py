@@ -1,0 +1,470 @@
+"""Recurrent layers: ``nn.GRU`` and ``nn.LSTM`` (spec/int8-seq-ops.md 2.1, 2.2) as the chip's ``GRUInt`` /
+``LSTMInt``, one node per layer and direction.
+
+The chip runs an RNN with fixed exponents: the input ``x`` int8 at ``n_i`` (its producer's), the weights int8 at
+``n_iw`` / ``n_hw`` (the floor rule on the final weights: never clipped, spec 6.2), the biases int32 at
+``n_i + n_iw`` / ``n_o + n_hw``, and the hidden state, which is also the output, int8 at ``n_o``: 8 for the GRU
+(its kernel reads the state as Q8, spec 2.2.4), 7 for the LSTM (``|h| < 1``: Q7 holds every value the kernel
+can produce, ``o * tanh`` being a Q14 product of two Q7 gates). Both projections are aligned to Q11::
+
+    gi = SAT_32(SHR(SAT_32(SAT_32(x_t . W_ih^T) + b_ih), n_i + n_iw - 11))
+    gh = SAT_32(SHR(SAT_32(SAT_32(h . W_hh^T) + b_hh), n_o + n_hw - 11))
+
+GRU (spec 2.2.4; gates r, z, n)::
+
+    r, z = sig8(SAT_16(gi + gh));  n = tanh8(SAT_16(gi_n + SAT_32(SHR(r * gh_n, 7))))
+    h = SAT_8(SHR(SAT_16(z * SAT_8(SHR(h, 1))) + SAT_16((128 - z) * n), 14 - n_o))
+
+LSTM (spec 2.1.4; gates i, f, g, o; the cell int16 Q7 with saturation)::
+
+    i, f, o = sig8(G), g = tanh8(G) with G = SAT_16(gi + gh);  p = f * c + i * g   (Q14)
+    c = SAT_16(SHR(p, 7));  h = SAT_8(SHR(o * tanh8(SAT_16(SHR(p, 3))), 14 - n_o))
+
+``sig8`` / ``tanh8`` are the chip's 16-segment functions (:mod:`.pwl`, read here as two 65536-entry tables of
+the int16 Q11 input). The QAT module computes exactly these integers in training and in eval: linger trains
+with a fresh scale at every step and exports other, fixed ones (spec 2.1.2), lnn trains with the scales it
+exports. The input projection runs once over all time steps; the loop over time holds the hidden projection and
+the gates only. The gradient is the float RNN's at the quantized point (the chip's gate values, inputs and
+weights; straight-through through every rounding, zero where the state saturates), written out as
+back-propagation through time in one autograd node per layer and direction.
+
+``num_layers > 1`` is a stack of single-layer nodes (layer ``k + 1`` reads layer ``k``'s output at ``n_o``);
+``bidirectional=True`` is two nodes per layer (``go_forward`` 1 and 0, the reverse one with its own weights,
+both at the same exponents) joined by an ``iqCat`` on the feature axis, as linger writes it (spec 2.1.3). A GRU
+called with an initial state is refused at ``lnn.init`` by the backend's rules, naming the module; a bidirectional
+GRU gets a warning (lnn's simulator runs the reverse node; the vendor runtime would run it forward). Outside the
+chip's contract (a GRU with ``n_i + n_iw < 11`` or ``n_o + n_hw < 11``, where the chip's Luna shifts do no
+scaling at all, spec 1.1) the module computes the exact left shift; the backend's pack rules refuse such a GRU at
+export, naming the module.
+
+Eval-mode streaming: ``qrnn(x, hx)`` takes the state (``h0`` ``[L * dirs, B, H]`` on the ``2**-n_o`` grid, for the
+LSTM ``(h0, c0)`` with ``c0`` on the ``2**-7`` grid; None: zeros) and returns ``(y, h_n)`` / ``(y, (h_n, c_n))``;
+feeding a sequence in chunks with the state carried gives the integers of the whole sequence at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lnn_core.errors import LnnError
+from lnn_core.ops import OpFamily
+from lnn_core.quant.observers import FixedExponent
+from lnn_core.quant.qmodule import QModule
+from lnn_core.quant.quantizers import ActQuantizer
+from lnn_core.quant.rewrite import BuildContext, Built
+
+from .pwl import activation_int16
+
+__all__ = ["QRNN", "FAMILIES", "WRITERS", "GATE_Q", "STATE_EXPONENT", "CELL_EXPONENT"]
+
+#: the gates' fixed-point format: both projections are aligned to Q11 before the activations
+GATE_Q = 11
+#: gate activations and their product format: Q7
+_Q7 = 7
+
+# the chip's sig8 / tanh8 on every int16 Q11 input (index t + 32768), from the one copy of the tables (.pwl)
+_ALL_INT16 = np.arange(-32768, 32768, dtype=np.int64)
+_SIG8 = torch.from_numpy(activation_int16("sigmoid", _ALL_INT16, GATE_Q).astype(np.int64))
+_TANH8 = torch.from_numpy(activation_int16("tanh", _ALL_INT16, GATE_Q).astype(np.int64))
+
+
+def _sat(v: torch.Tensor, bits: int) -> torch.Tensor:
+    hi = (1 << (bits - 1)) - 1
+    return v.clamp(-hi - 1, hi)
+
+
+def _shr(v: torch.Tensor, s: int) -> torch.Tensor:
+    """``SHR(v, s)`` half up on int64; ``s < 0`` is the exact left shift (outside the chip's contract)."""
+    if s > 0:
+        return (v + (1 << (s - 1))) >> s
+    return v << -s if s < 0 else v
+
+
+def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of int8-range integers (int64 tensors), exactly: in float32 while every partial sum stays below
+    2^24 (K < 1024), else in float64."""
+    dtype = torch.float32 if a.shape[-1] < 1024 else torch.float64
+    return (a.to(dtype) @ b.to(dtype)).to(torch.int64)
+
+
+def _align(acc: torch.Tensor, bias: torch.Tensor, s: int) -> torch.Tensor:
+    """``SAT_32(SHR(SAT_32(SAT_32(acc) + b), s))``: a projection brought to Q11."""
+    return _sat(_shr(_sat(_sat(acc, 32) + bias, 32), s), 32)
+
+
+
+
+def _steps(kind: str, gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h: torch.Tensor,
+           c: torch.Tensor | None, *, s_h: int, n_o: int, reverse: bool = False,
+           keep: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """The chip's GRU or LSTM recurrence on integers (int64 tensors), batch first.
+
+    :param gi: the aligned input projection, Q11, ``[B, T, G * H]`` (G = 3 gates r, z, n; 4 gates i, f, g, o).
+    :param w_hh: ``W_hh`` int8 integers ``[G * H, H]``; ``b_hh`` int32 integers ``[G * H]``.
+    :param h: the initial state ``[B, H]`` at ``n_o``; ``c``: the LSTM's initial cell, int16 Q7 (None for a GRU).
+    :param s_h: ``n_o + n_hw - 11``.
+    :param reverse: run from the last step to the first (the outputs stay at their time positions).
+    :param keep: also return what the backward needs, each ``[B, T, H]``.
+    :return: ``(y [B, T, H], h_n [B, H], c_n [B, H] or None, saved)``.
+    """
+    t_len, hid = gi.shape[1], w_hh.shape[1]
+    sig, tanh = _SIG8.to(gi.device), _TANH8.to(gi.device)
+    w_t = w_hh.t().contiguous()
+    s_o = 2 * _Q7 - n_o
+    names = ("r", "z", "n", "ghn", "h", "ok") if kind == "GRU" else ("i", "f", "g", "o", "tau", "c", "h", "ok")
+    ys: list[Any] = [None] * t_len
+    saved: dict[str, list[Any]] = {k: [None] * t_len for k in names} if keep else {}
+    for t in (range(t_len - 1, -1, -1) if reverse else range(t_len)):
+        g_in = gi[:, t]
+        gh = _align(_exact_matmul(h, w_t), b_hh, s_h)
+        if kind == "GRU":
+            rz = sig[_sat(g_in[:, :2 * hid] + gh[:, :2 * hid], 16) + 32768]
+            r, z = rz[:, :hid], rz[:, hid:]
+            ghn = gh[:, 2 * hid:]
+            n = tanh[_sat(g_in[:, 2 * hid:] + _sat(_shr(r * ghn, _Q7), 32), 16) + 32768]
+            pre = _shr(_sat(z * _sat(_shr(h, 1), 8), 16) + _sat((128 - z) * n, 16), s_o)
+            step = {"r": r, "z": z, "n": n, "ghn": ghn, "h": h}
+        else:
+            idx = _sat(g_in + gh, 16) + 32768
+            sg = sig[idx]
+            i, f, o = sg[:, :hid], sg[:, hid:2 * hid], sg[:, 3 * hid:]
+            g = tanh[idx[:, 2 * hid:3 * hid]]
+            p = f * c + i * g
+            tau = tanh[_sat(_shr(p, 3), 16) + 32768]
+            pre = _shr(o * tau, s_o)
+            step = {"i": i, "f": f, "g": g, "o": o, "tau": tau, "c": c, "h": h}
+            c = _sat(_shr(p, _Q7), 16)
+        if keep:
+            step["ok"] = pre.abs() <= 127
+            for key in names:
+                saved[key][t] = step[key]
+        h = _sat(pre, 8)
+        ys[t] = h
+    out = {k: torch.stack(v, 1) for k, v in saved.items()}
+    return torch.stack(ys, 1), h, c, out
+
+
+def _to_int(v: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.floor(v.detach().double() * 2.0**n + 0.5).to(torch.int64)
+
+
+class _RNNFunction(torch.autograd.Function):
+    """One layer and direction of a GRU / LSTM: forward = the chip's integers, backward = the float RNN's gradient
+    at the quantized point (back-propagation through time). Real-valued tensors in and out, batch first."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,  # type: ignore[override]
+                b_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None, kind: str,
+                exps: tuple[int, int, int, int], reverse: bool):
+        n_i, n_iw, n_hw, n_o = exps
+        xq, wi, wh = _to_int(x, n_i), _to_int(w_ih, n_iw), _to_int(w_hh, n_hw)
+        bi, bh = _to_int(b_ih, n_i + n_iw), _to_int(b_hh, n_o + n_hw)
+        hq = _to_int(h0, n_o).clamp_(-128, 127)
+        cq = _to_int(c0, _Q7).clamp_(-32768, 32767) if c0 is not None else None
+        gi = _align(_exact_matmul(xq, wi.t()), bi, n_i + n_iw - GATE_Q)
+        keep = any(ctx.needs_input_grad[:7])
+        y, h_n, c_n, saved = _steps(kind, gi, wh, bh, hq, cq, s_h=n_o + n_hw - GATE_Q, n_o=n_o, reverse=reverse,
+                                    keep=keep)
+        if keep:
+            ctx.names = tuple(saved)
+            ctx.save_for_backward(x, w_ih, w_hh, *(v.to(x.dtype) for v in saved.values()))
+            ctx.kind, ctx.n_o, ctx.reverse = kind, n_o, reverse
+        scale = 2.0**-n_o
+        c_out = c_n.to(x.dtype) * 2.0**-_Q7 if c_n is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+        return y.to(x.dtype) * scale, h_n.to(x.dtype) * scale, c_out
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor, dh_n: torch.Tensor, dc_n: torch.Tensor):  # type: ignore[override]
+        x, w_ih, w_hh, *rest = ctx.saved_tensors
+        sv = dict(zip(ctx.names, rest))
+        q7 = 2.0**-_Q7
+        hp = sv["h"] * 2.0**-ctx.n_o
+        ok = sv["ok"]
+        t_len, hid = x.shape[1], w_hh.shape[1]
+        gates = 3 if ctx.kind == "GRU" else 4
+        dgi = torch.empty(dy.shape[0], t_len, gates * hid, dtype=dy.dtype, device=dy.device)
+        dh = dh_n if dh_n is not None else torch.zeros_like(dy[:, 0])
+        order = range(t_len) if ctx.reverse else range(t_len - 1, -1, -1)
+        if ctx.kind == "GRU":
+            r, z, n, ghn = sv["r"] * q7, sv["z"] * q7, sv["n"] * q7, sv["ghn"] * 2.0**-GATE_Q
+            dgh = torch.empty_like(dgi)
+            for t in order:
+                g = (dy[:, t] + dh) * ok[:, t]
+                zt, nt, rt = z[:, t], n[:, t], r[:, t]
+                dan = g * (1.0 - zt) * (1.0 - nt * nt)
+                dar = dan * ghn[:, t] * rt * (1.0 - rt)
+                daz = g * (hp[:, t] - nt) * zt * (1.0 - zt)
+                dgi[:, t] = torch.cat((dar, daz, dan), 1)
+                dgh[:, t] = torch.cat((dar, daz, dan * rt), 1)
+                dh = g * zt + dgh[:, t] @ w_hh
+            dc0 = None
+        else:
+            i, f, g_, o, tau, cp = (sv[k] * q7 for k in ("i", "f", "g", "o", "tau", "c"))
+            dc = dc_n if (dc_n is not None and dc_n.dim() > 0) else torch.zeros_like(dy[:, 0])
+            for t in order:
+                gh_t = (dy[:, t] + dh) * ok[:, t]
+                it, ft, gt, ot, taut = i[:, t], f[:, t], g_[:, t], o[:, t], tau[:, t]
+                dct = dc + gh_t * ot * (1.0 - taut * taut)
+                dgi[:, t] = torch.cat((dct * gt * it * (1.0 - it), dct * cp[:, t] * ft * (1.0 - ft),
+                                       dct * it * (1.0 - gt * gt), gh_t * taut * ot * (1.0 - ot)), 1)
+                dc = dct * ft
+                dh = dgi[:, t] @ w_hh
+            dgh, dc0 = dgi, dc
+        flat_i, flat_h = dgi.reshape(-1, gates * hid), dgh.reshape(-1, gates * hid)
+        dx = dgi @ w_ih
+        dw_ih = flat_i.t() @ x.reshape(-1, x.shape[-1])
+        dw_hh = flat_h.t() @ hp.reshape(-1, hid)
+        return dx, dw_ih, dw_hh, flat_i.sum(0), flat_h.sum(0), dh, dc0, None, None, None
+
+
+#: the exponent of the hidden state (and output) on the chip, by kind
+STATE_EXPONENT = {"GRU": 8, "LSTM": 7}
+#: the LSTM cell's format on the chip: int16 Q7
+CELL_EXPONENT = _Q7
+
+
+class QRNN(QModule):
+    """``nn.GRU`` / ``nn.LSTM`` (``batch_first`` either way, any ``num_layers``, either direction) on the chip's
+    integers: one ``GRUInt`` / ``LSTMInt`` per layer and direction. Returns what the float module returns:
+    ``(y, h_n)`` or ``(y, (h_n, c_n))``; ``y`` and ``h_n`` at ``2**-n_o`` (:data:`STATE_EXPONENT`), ``c_n`` at
+    ``2**-7`` (int16)."""
+
+    def __init__(self, float_rnn: nn.RNNBase, *, recipe: Any, weight_bits: int, stage: str) -> None:
+        super().__init__(recipe, act_bits=8, weight_bits=weight_bits, stage=stage, clamps=())
+        self.kind = float_rnn.mode
+        self.op_id = f"builtin.{self.kind}"  # type: ignore[misc]
+        self._float = (float_rnn,)  # a plain tuple: the float module runs the constrain stage, adds no keys
+        self.weight_names = tuple(float_rnn._flat_weights_names)
+        for name in self.weight_names:  # the same parameters at the same names: same state_dict keys
+            setattr(self, name, getattr(float_rnn, name))
+        self.input_size, self.hidden_size = float_rnn.input_size, float_rnn.hidden_size
+        self.num_layers, self.bidirectional = float_rnn.num_layers, bool(float_rnn.bidirectional)
+        self.batch_first, self.bias = bool(float_rnn.batch_first), bool(float_rnn.bias)
+        self.dropout, self.proj_size = float(float_rnn.dropout), int(getattr(float_rnn, "proj_size", 0))
+        self.has_weight = True
+        self.has_state_input = False  # set by the builder when the traced call passes hx
+        n_s = STATE_EXPONENT[self.kind]
+        qs = [ActQuantizer(8, recipe, observer=FixedExponent(n_s)) for _ in range(2)]
+        if self.kind == "LSTM":
+            qs.append(ActQuantizer(16, recipe, observer=FixedExponent(CELL_EXPONENT)))
+            self.out_tree = (0, (1, 2))
+        self.out_qs = nn.ModuleList(qs)
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def state_exponent(self) -> int:
+        return STATE_EXPONENT[self.kind]
+
+    def extra_repr(self) -> str:
+        return (f"{self.kind}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, batch_first={self.batch_first}")
+
+    def pairs(self, layer: int, direction: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        sfx = f"l{layer}" + ("_reverse" if direction else "")
+        return [(getattr(self, f"weight_ih_{sfx}"), getattr(self, f"bias_ih_{sfx}")),
+                (getattr(self, f"weight_hh_{sfx}"), getattr(self, f"bias_hh_{sfx}"))]
+
+    def layer_exponents(self) -> list[int]:
+        """The input exponent of each layer: the producer's for layer 0, ``n_o`` for the layers above."""
+        return [self.in_exponent(0)] + [self.state_exponent] * (self.num_layers - 1)
+
+    def forward(self, x: torch.Tensor, hx: Any = None) -> Any:
+        if not self.quantizing:
+            y, state = self._float[0](x, hx)
+            if self.kind == "LSTM":
+                return self.out_qs[0](y), (self.out_qs[1](state[0]), self.out_qs[2](state[1]))
+            return self.out_qs[0](y), self.out_qs[1](state)
+        n_o = self.state_exponent
+        xb = x if self.batch_first else x.transpose(0, 1)
+        batch, hid = xb.shape[0], self.hidden_size
+        h0, c0 = (hx if self.kind == "LSTM" else (hx, None)) if hx is not None else (None, None)
+        zeros = torch.zeros(batch, hid, dtype=x.dtype, device=x.device)
+        if self.training:
+            for q in self.out_qs:  # the fixed exponents, recorded for this step's consumers
+                q.observe_bounds(None)
+        inp, hs, cs = xb, [], []
+        for layer, n_in in enumerate(self.layer_exponents()):
+            outs = []
+            for d in range(self.directions):
+                k = layer * self.directions + d
+                (w_ih, b_ih, n_iw), (w_hh, b_hh, n_hw) = self._weights(layer, d, n_in)
+                h_k = h0[k] if h0 is not None else zeros
+                c_k = (c0[k] if c0 is not None else zeros) if self.kind == "LSTM" else None
+                y, h_n, c_n = _RNNFunction.apply(inp, w_ih, w_hh, b_ih, b_hh, h_k, c_k, self.kind,
+                                                 (n_in, n_iw, n_hw, n_o), bool(d))
+                outs.append(y)
+                hs.append(h_n)
+                cs.append(c_n)
+            inp = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+        y = inp if self.batch_first else inp.transpose(0, 1)
+        h_n = torch.stack(hs, 0)
+        return (y, (h_n, torch.stack(cs, 0))) if self.kind == "LSTM" else (y, h_n)
+
+    def _weights(self, layer: int, d: int, n_in: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Layer ``layer``, direction ``d``: ``(w_ih, b_ih, n_iw), (w_hh, b_hh, n_hw)`` as real values on their
+        grids (fake-quantized with straight-through gradients in training)."""
+        pairs, n_xs = self.pairs(layer, d), [n_in, self.state_exponent]
+        if self.training:
+            return self.fake_quant_pairs(pairs, n_xs)
+        with torch.no_grad():
+            return [(w * 2.0**-n_w, b * 2.0 ** -(n_x + n_w), n_w)
+                    for (w, b, n_w), n_x in zip(self.quantize_pairs(pairs, n_xs), n_xs)]
+
+    def integer_params(self) -> list[dict[str, Any]]:
+        """Per layer and direction (layer-major): ``w_ih``, ``w_hh`` (int8), ``b_ih``, ``b_hh`` (int32) as int64
+        tensors, the exponents ``n_i``, ``n_iw``, ``n_hw``, ``n_o``, and ``go_forward``."""
+        out = []
+        n_o = self.state_exponent
+        for layer, n_in in enumerate(self.layer_exponents()):
+            for d in range(self.directions):
+                pairs = [(w.detach(), b.detach()) for w, b in self.pairs(layer, d)]
+                with torch.no_grad():
+                    (w_ih, b_ih, n_iw), (w_hh, b_hh, n_hw) = self.quantize_pairs(pairs, [n_in, n_o])
+                out.append({"w_ih": w_ih.to(torch.int64), "b_ih": b_ih.to(torch.int64),
+                            "w_hh": w_hh.to(torch.int64), "b_hh": b_hh.to(torch.int64), "n_i": n_in,
+                            "n_iw": n_iw, "n_hw": n_hw, "n_o": n_o, "go_forward": 1 - d, "layer": layer})
+        return out
+
+    def op_attrs(self) -> dict[str, Any]:
+        attrs = super().op_attrs()
+        attrs.update(input_size=self.input_size, hidden_size=self.hidden_size, batch_first=int(self.batch_first),
+                     num_layers=self.num_layers, bidirectional=int(self.bidirectional),
+                     go_forward=0 if self.bidirectional else 1, initial_state=int(self.has_state_input),
+                     dropout=self.dropout, proj_size=self.proj_size, bias=int(self.bias))
+        return attrs
+
+
+def _build(ctx: BuildContext) -> Built | None:
+    m = ctx.module
+    if m is None:
+        return None
+    _check_module(ctx.path, m)
+    args = list(ctx.node.args[1:]) + [v for k, v in ctx.node.kwargs.items() if k == "hx"]
+    q = QRNN(m, recipe=ctx.recipe, weight_bits=ctx.layer.weight_bits, stage=ctx.stage)
+    q.has_state_input = any(a is not None for a in args)
+    return Built(q, [ctx.node.args[0]])
+
+
+def _check_module(path: str, m: nn.RNNBase) -> None:
+    """What the QAT module does not compute, whatever the target (the chip's own limits are the backend's rules).
+
+    ``dropout`` between stacked layers is refused rather than applied or skipped: applied, it would scale layer
+    ``k``'s int8 output by ``1 / (1 - p)``, off the grid that layer ``k + 1`` reads on the chip; skipped, training
+    would silently differ from what the float module asks for. Setting ``rnn.dropout = 0`` before ``lnn.init``
+    keeps the float model's training unchanged and states the choice."""
+    kind = m.mode
+    problems = []
+    if getattr(m, "proj_size", 0):
+        problems.append(("proj_size", 0, m.proj_size, "the chip's LSTMInt has no projection: its state is the "
+                         "hidden output (spec int8-seq-ops 2.1.1)", "drop proj_size and add an nn.Linear after the "
+                         "LSTM"))
+    if m.dropout and m.num_layers > 1:
+        problems.append(("dropout", 0, m.dropout, "dropout between stacked layers would move a layer's int8 output "
+                         "off the grid the next layer reads", f"set model.{path}.dropout = 0 before lnn.init (or "
+                         f"stack single-layer {kind} modules)"))
+    if problems:
+        key, limit, actual, rule, hint = problems[0]
+        raise LnnError(
+            f"{kind} {path!r}: {key}={actual} is not supported",
+            {"rule": rule, "limit": f"{key} {limit}", "actual": f"{key} {actual}",
+             "also": "; ".join(f"{k}={a}" for k, _, a, _, _ in problems[1:]) or None},
+            hint, module=path, option=key, limit=limit, actual=actual)
+
+
+def _build_cell(ctx: BuildContext) -> Built | None:
+    """``nn.GRUCell`` / ``nn.LSTMCell``: refused, naming the module (a cell stepped in a Python loop has no chip op;
+    the whole-sequence module has)."""
+    name = type(ctx.module).__name__ if ctx.module is not None else "RNN cell"
+    whole = name[:-4]
+    raise LnnError(
+        f"{name} {ctx.path!r}: a recurrent cell is not supported",
+        {"rule": f"the chip runs a whole sequence per op ({whole}Int); a cell stepped in a Python loop has no "
+                 "quantized form", "limit": f"nn.{whole} over the sequence", "actual": f"nn.{name}"},
+        f"replace the loop by nn.{whole}(input_size, hidden_size, batch_first=True) over the whole sequence (its "
+        f"weight_ih_l0 / weight_hh_l0 / bias_ih_l0 / bias_hh_l0 are the cell's weight_ih / weight_hh / bias_ih / "
+        f"bias_hh), or keep the cell float with lnn.disable_quant(model.{ctx.path})",
+        module=ctx.path, limit=f"nn.{whole}", actual=f"nn.{name}")
+
+
+FAMILIES = [
+    OpFamily(id="builtin.RNNCell", kind="compute", modules=(nn.GRUCell, nn.LSTMCell), build=_build_cell,
+             description="nn.GRUCell / nn.LSTMCell: refused with a clear error (use nn.GRU / nn.LSTM)"),
+    OpFamily(id="builtin.GRU", kind="compute", modules=(nn.GRU,), build=_build,
+             description="GRU: GRUInt per layer, the chip's fixed scales (state Q8), sig8/tanh8 gates"),
+    OpFamily(id="builtin.LSTM", kind="compute", modules=(nn.LSTM,), build=_build,
+             description="LSTM: LSTMInt per layer and direction (+ iqCat), state Q7, cell int16 Q7"),
+]
+
+
+# -- IR ----------------------------------------------------------------------------------------------
+
+
+def write_rnn(ctx: Any) -> list[str]:
+    """One ``GRUInt`` / ``LSTMInt`` per layer and direction, as ``lnn_backend_csk60xx/ops/gru.py`` (and
+    ``lstm.py``) read them (spec 2.1.3, 2.2.3): ``(x, w_ih int8 [G H, D], w_hh int8 [G H, H], b_ih int32, b_hh
+    int32) -> (y, h_n[, c_n])`` with ``input_size``, ``hidden_size``, ``batch_first``, ``go_forward``; ``y`` and
+    ``h_n`` int8 at ``n_o``, ``c_n`` int16 Q7. A bidirectional layer's two outputs meet in an ``iqCat`` on the
+    feature axis; ``h_n`` / ``c_n`` of several nodes in an ``iqCat`` on axis 0."""
+    m: QRNN = ctx.module
+    op_type = f"{m.kind}Int"
+    x = ctx.inputs[0]
+    y_shape = ctx.out_shapes[0]
+    hn_shape = ctx.out_shapes[1] if m.kind == "GRU" else ctx.out_shapes[1]
+    one_state = None if hn_shape is None else (1, *tuple(hn_shape)[1:])
+    hs, cs = [], []
+    layer_in = x
+    params = m.integer_params()
+    nodes = len(params)
+    for layer in range(m.num_layers):
+        ys = []
+        for d in range(m.directions):
+            p = params[layer * m.directions + d]
+            tag = f".l{layer}" + ("_reverse" if d else "")
+            n_i, n_iw, n_hw, n_o = p["n_i"], p["n_iw"], p["n_hw"], p["n_o"]
+            inputs = [layer_in,
+                      ctx.initializer(f"w_ih{tag}", p["w_ih"].numpy().astype(np.int8), n_iw),
+                      ctx.initializer(f"w_hh{tag}", p["w_hh"].numpy().astype(np.int8), n_hw),
+                      ctx.initializer(f"b_ih{tag}", p["b_ih"].numpy().astype(np.int32), n_i + n_iw),
+                      ctx.initializer(f"b_hh{tag}", p["b_hh"].numpy().astype(np.int32), n_o + n_hw)]
+            single = nodes == 1
+            d_shape = y_shape if (single or y_shape is None) else (*tuple(y_shape)[:-1], m.hidden_size)
+            outs = [ctx.tensor(n_o, "int8", d_shape, suffix=f"{'' if single else tag}.y"),
+                    ctx.tensor(n_o, "int8", one_state, suffix=f"{'' if single else tag}.h_n")]
+            if m.kind == "LSTM":
+                outs.append(ctx.tensor(CELL_EXPONENT, "int16", one_state, suffix=f"{'' if single else tag}.c_n"))
+            ctx.add(op_type, inputs, outs, {"input_size": m.input_size if layer == 0 else m.hidden_size * m.directions,
+                                            "hidden_size": m.hidden_size, "batch_first": int(m.batch_first),
+                                            "go_forward": p["go_forward"], "data_bits": 8,
+                                            "parameter_bits": m.weight_bits, "o_bits": 8},
+                    suffix="" if single else tag)
+            ys.append(outs[0])
+            hs.append(outs[1])
+            if m.kind == "LSTM":
+                cs.append(outs[2])
+        if len(ys) == 1:
+            layer_in = ys[0]
+        else:
+            layer_in = ctx.tensor(m.state_exponent, "int8", y_shape if layer == m.num_layers - 1 else None,
+                                  suffix=f".l{layer}.cat")
+            ctx.add("iqCat", ys, [layer_in], {"dim": 2}, suffix=f".l{layer}.cat")
+    results = [layer_in]
+    for states, n, dtype, shape_i in ((hs, m.state_exponent, "int8", 1), (cs, CELL_EXPONENT, "int16", 2)):
+        if not states:
+            continue
+        if len(states) == 1:
+            results.append(states[0])
+            continue
+        out = ctx.tensor(n, dtype, ctx.out_shapes[shape_i], suffix=f".{'h_n' if shape_i == 1 else 'c_n'}")
+        ctx.add("iqCat", states, [out], {"dim": 0}, suffix=f".{'h_n' if shape_i == 1 else 'c_n'}")
+        results.append(out)
+    return results
+
+
+WRITERS = {"builtin.GRU": write_rnn, "builtin.LSTM": write_rnn}
