@@ -39,7 +39,8 @@ MODULE_RULES = frozenset({
     "csk60xx.sub.unverified",
     "csk60xx.activation.input_bits",
     "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
-    "csk60xx.softmax.dim", "csk60xx.softmax.input_bits", "csk60xx.bmm.bits",
+    "csk60xx.softmax.dim", "csk60xx.softmax.row", "csk60xx.softmax.input_bits", "csk60xx.bmm.bits",
+    "csk60xx.bmm.rank", "csk60xx.bmm.right_matrix",
     "csk60xx.gather.bits", "csk60xx.gather.max_norm", "csk60xx.slice.index", "csk60xx.pad.form",
     "csk60xx.gru.direction",
 })
@@ -429,8 +430,6 @@ CASES: list[Case] = [
          "0 <= n_x <= 25", "n_x 26", "exponent 25 or less"),
     Case("csk60xx.softmax.in_exponent", "sm", _g(lambda g, over: softmax(g, n_x=-1 if over else 0)),
          "0 <= n_x <= 25", "n_x -1", "|x| < 128", also=frozenset({"csk60xx.quant.exponent"}), name="coarse"),
-    Case("csk60xx.softmax.row", "sm", _g(lambda g, over: softmax(g, (1, 2049 if over else 2048))),
-         "row <= 2048", "row of 2049", "rows of <= 2048"),
     Case("csk60xx.softmax.out_exponent", "sm", _g(lambda g, over: softmax(g, n_o=16 if over else 15)),
          "n_o <= 15", "n_o 16", "at most 2^15"),
     Case("csk60xx.softmax.out_exponent", "sm",
@@ -440,12 +439,6 @@ CASES: list[Case] = [
          _g(lambda g, over: softmax(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
          "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.softmax.input_bits"})),
     # -- BmmInt (spec/int8-seq-ops.md 2.9.5) ------------------------------------------------------------------------
-    Case("csk60xx.bmm.rank", "bmm", _g(lambda g, over: bmm(g, (2, 2, 8) if over else (1, 2, 8))),
-         "equal ranks in (2, 3), equal batches", "operands (2, 2, 8) and (1, 8, 4)", "[batch, M, K]",
-         also=frozenset({SHAPE})),
-    Case("csk60xx.bmm.right_matrix", "bmm",
-         _g(lambda g, over: bmm(g, (1, 2, 64), (1, 64, 513 if over else 512))),
-         "<= 32768 bytes", "right matrix (64, 513): 33024 bytes", "split the product"),
     Case("csk60xx.bmm.out_exponent", "bmm", _g(lambda g, over: bmm(g, n_o=8 if over else 7)),
          "n_o <= 7", "n_o 8 > n_x 4 + n_y 3", "at most 2^7"),
     Case("csk60xx.bmm.dtype", "bmm",
@@ -472,6 +465,15 @@ def conv_k(g: G, k: int, **attrs: object) -> str:
 #: the rules that also judge PyTorch modules judge the IR nodes those modules export to, from the node's attributes
 #: and what :func:`~lnn_backend_csk60xx.check.op_view` derives (bits from dtypes, in_features, global pooling)
 MODULE_CASES_ON_IR: list[Case] = [
+    # shape rules: judged at lnn.init when it is given example_inputs (tests/test_module_rule_coverage.py)
+    Case("csk60xx.softmax.row", "sm", _g(lambda g, over: softmax(g, (1, 2049 if over else 2048))),
+         "row <= 2048", "row of 2049", "rows of <= 2048"),
+    Case("csk60xx.bmm.rank", "bmm", _g(lambda g, over: bmm(g, (2, 2, 8) if over else (1, 2, 8))),
+         "equal ranks in (2, 3), equal batches", "operands (2, 2, 8) and (1, 8, 4)", "[batch, M, K]",
+         also=frozenset({SHAPE})),
+    Case("csk60xx.bmm.right_matrix", "bmm",
+         _g(lambda g, over: bmm(g, (1, 2, 64), (1, 64, 513 if over else 512))),
+         "<= 32768 bytes", "right matrix (64, 513): 33024 bytes", "split the product"),
     Case("csk60xx.conv.kernel_size", "conv", _g(lambda g, over: conv_k(g, 6 if over else 5)),
          "1..5 per axis", "kernel 6x6", "stacked kernels"),
     Case("csk60xx.conv.stride", "conv",
