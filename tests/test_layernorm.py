@@ -14,6 +14,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import lnn_core as lnn
@@ -21,7 +23,7 @@ from lnn_core.errors import HardwareLimitError
 from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
-from lnn_ops_builtin.layernorm import QLayerNorm
+from lnn_ops_builtin.layernorm import NORM_Q, QLayerNorm, normalize_int
 
 # -- a reference written from the spec (independent of lnn_ops_builtin.layernorm) ------------------------------
 
@@ -189,6 +191,55 @@ def test_training_computes_the_chip_integers_with_float_gradients(host):
         y_eval = m(x)
     d = (y_train - y_eval).abs() * 2.0 ** ln.out_q.eval_exponent()
     assert d.max() <= 1 and (d > 0).float().mean() < 0.02
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_normalize_int_equals_the_spec_reference(data):
+    """normalize_int (float64 per-element steps) equals the integer reference on random rows: short, long, constant,
+    extreme and narrow-range rows, every kernel input exponent."""
+    t = data.draw(st.sampled_from([1, 2, 4, 5, 16, 64, 100, 362]), label="t")
+    n_x = data.draw(st.integers(0, 15), label="n_x")
+    lo = data.draw(st.integers(-128, 127), label="lo")
+    hi = data.draw(st.integers(lo, 127), label="hi")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    q = torch.randint(lo, hi + 1, (4, t), generator=torch.Generator().manual_seed(seed))
+    q[0] = data.draw(st.sampled_from([-128, 127, 0, lo]), label="constant row")
+    np.testing.assert_array_equal(normalize_int(q, n_x, t).numpy(), _ref_u(q.numpy(), n_x, t))
+
+
+def test_training_node_has_the_chip_value_and_the_float_gradient(host):
+    """The one autograd node of training's LayerNorm: the same value and gradients (input, gamma, beta) as
+    ``ref + (chip - ref).detach()`` with ``ref`` the float LayerNorm at the fake-quantized gamma and beta."""
+    torch.manual_seed(2)
+    m = lnn.init(seq(fc=nn.Linear(16, 32), ln=nn.LayerNorm(32)), host=host)
+    with torch.no_grad():
+        m.ln.weight.uniform_(-1.5, 1.5)
+        m.ln.bias.uniform_(-0.5, 0.5)
+    m(torch.randn(8, 16))
+    ln = dict(_lns(m))["ln"]
+    ln.out_q.quant = False  # the value before the output quantizer
+    n_x = ln.in_exponent(0)
+    assert n_x <= 15  # the kernel takes the input as it is (no Requant)
+    x = (torch.randint(-128, 128, (3, 5, 32)).float() * 2.0**-n_x).requires_grad_()  # on the input's grid
+    y = ln(x)
+    gy = torch.randn_like(y)
+    (y * gy).sum().backward()
+    grads = [x.grad, ln.weight.grad, ln.bias.grad]
+    x2 = x.detach().clone().requires_grad_()
+    w2, b2 = ln.weight.detach().clone().requires_grad_(), ln.bias.detach().clone().requires_grad_()
+    n_g = ln.integer_params()["n_g"]
+    g_q = w2 + ((w2.detach().double() * 2**n_g + 0.5).floor() / 2**n_g - w2.detach().double()).float()
+    b_q = b2 + ((b2.detach().double() * 2 ** (NORM_Q + n_g) + 0.5).floor() / 2 ** (NORM_Q + n_g)
+                - b2.detach().double()).float()
+    u = torch.from_numpy(_ref_u((x2.detach().double() * 2.0**n_x).long().numpy(), n_x, 32)).double()
+    chip = (u * 2.0**-NORM_Q * g_q.detach().double() + b_q.detach().double()).float()
+    ref = F.layer_norm(x2, (32,), g_q, b_q, ln.eps)
+    y2 = ref + (chip - ref).detach()
+    (y2 * gy).sum().backward()
+    assert torch.equal(y, y2)
+    for got, want in zip(grads, [x2.grad, w2.grad, b2.grad]):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # -- lnn.verify bit-exact ------------------------------------------------------------------------------------------

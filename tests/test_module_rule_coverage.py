@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 import lnn_core as lnn
@@ -66,6 +67,17 @@ class SelfSimilarity(nn.Module):
         return self.a(x) @ self.b(x).transpose(-1, -2)
 
 
+class CrossProduct(nn.Module):
+    """``a(x) @ b(y)^T``: two inputs, so their batches may differ (torch broadcasts, BmmInt does not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 8)
+
+    def forward(self, x, y):
+        return self.a(x) @ self.b(y).transpose(-1, -2)
+
+
 def by_path(**layers: lnn.LayerConfig) -> lnn.QuantConfig:
     return lnn.QuantConfig(by_path=dict(layers))
 
@@ -88,6 +100,12 @@ class Case:
     also: frozenset[str] = frozenset()
     severity: str = "error"
     name: str = ""
+    #: ``example_inputs`` for ``lnn.init`` (the rules that judge shapes)
+    examples: Callable[[bool], tuple[torch.Tensor, ...]] | None = None
+
+    def init(self, model: nn.Module, config: lnn.QuantConfig | None, host, over: bool) -> nn.Module:
+        examples = self.examples(over) if self.examples is not None else None
+        return lnn.init(model, config=config, host=host, example_inputs=examples)
 
 
 def _m(make: Callable[[bool], nn.Module]) -> Callable[[bool], tuple[nn.Module, None]]:
@@ -217,9 +235,23 @@ CASES: list[Case] = [
          lambda over: (seq(fc=nn.Linear(4, 8), sm=nn.Softmax(-1)),
                        by_path(fc=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
+    Case("csk60xx.softmax.row", "sm",
+         _m(lambda over: seq(fc=nn.Linear(4, 2049 if over else 2048), sm=nn.Softmax(-1))),
+         "row <= 2048", "row of 2049", "rows of <= 2048", examples=lambda over: (torch.randn(1, 4),)),
+    Case("csk60xx.bmm.right_matrix", "q_matmul", _m(lambda over: SelfSimilarity()),
+         "<= 32768 bytes", "right matrix (8, 4097): 32800 bytes", "split the product",
+         examples=lambda over: (torch.randn(1, 4097 if over else 4096, 4),)),
+    Case("csk60xx.bmm.rank", "q_matmul", _m(lambda over: CrossProduct()),
+         "equal ranks in (2, 3), equal batches", "operands (2, 3, 8) and (1, 8, 5)", "[batch, M, K]",
+         examples=lambda over: (torch.randn(2, 3, 4), torch.randn(1 if over else 2, 5, 4))),
     Case("csk60xx.bmm.bits", "q_matmul",
          lambda over: (SelfSimilarity(), by_path(b=lnn.LayerConfig(act_bits=16 if over else 8))),
          "input bits in (8,)", "16-bit input", "act_bits=8"),
+    # -- GRU (spec/int8-seq-ops.md 2.2.5, 6.2) -----------------------------------------------------------------
+    Case("csk60xx.gru.direction", "gru", _m(lambda over: seq(fc=nn.Linear(4, 4),
+                                                             gru=nn.GRU(4, 6, bidirectional=over))),
+         "the vendor runtime runs go_forward in (1,) only", "go_forward 0", "unidirectional GRU",
+         severity="warning"),
     # -- embedding (spec/int8-seq-ops.md 2.8.5) -----------------------------------------------------------------
     Case("csk60xx.gather.bits", "emb",
          lambda over: (seq(emb=nn.Embedding(10, 4)), by_path(emb=lnn.LayerConfig(weight_bits=4 if over else 8))),
@@ -251,7 +283,7 @@ def test_module_rule_fires_over_the_limit(case: Case, host):
     limits = host.targets["csk60xx"].limits
     if case.severity == "error":
         with pytest.raises(HardwareLimitError) as exc:
-            lnn.init(model, config=config, host=host)
+            case.init(model, config, host, True)
         err = exc.value
         violations = err.violations
         first = violations[0]
@@ -261,7 +293,7 @@ def test_module_rule_fires_over_the_limit(case: Case, host):
                                                    "csk60xx")
         assert str(err).splitlines()[-1].lstrip().startswith("hint:")
     else:
-        violations = lnn.init(model, config=config, host=host).lnn.report.violations
+        violations = case.init(model, config, host, True).lnn.report.violations
     found = [v for v in violations if v.rule_id == case.rule_id]
     assert [v.op_name for v in found] == [case.path], [(v.op_name, v.rule_id) for v in violations]
     (v,) = found
@@ -278,7 +310,7 @@ def test_module_rule_fires_over_the_limit(case: Case, host):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_module_rule_is_quiet_at_the_limit(case: Case, host):
     model, config = case.build(False)
-    report = lnn.init(model, config=config, host=host).lnn.report
+    report = case.init(model, config, host, False).lnn.report
     assert report.violations == []
 
 

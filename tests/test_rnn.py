@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lnn_core as lnn
+from lnn_backend_csk60xx.check import check_graph
 from lnn_backend_csk60xx.ops.gru import gru_int
 from lnn_core.errors import LnnError, ModelFileError, TraceError
 from lnn_core.exporter import to_ir
@@ -210,6 +211,11 @@ def test_acceptance_two_layer_bidirectional_lstm_tagger_verifies_bit_exact(host)
     for n in nodes:
         y, h_n, c_n = (graph.tensors[t] for t in n.outputs)
         assert (y.exponent, h_n.exponent, c_n.exponent, c_n.dtype) == (7, 7, 7, "int16")
+    # the model drops the final state: the joins of h_n / c_n (an int16 iqCat the chip cannot run) are not
+    # written, and the graph passes every CSK60xx rule, as `lnn pack` would judge it
+    assert not [n.name for n in graph.nodes if n.op_type == "iqCat" and n.attrs["dim"] == 0]
+    report = check_graph(graph)
+    assert report.ok, report
 
 
 class StateLSTM(nn.Module):
@@ -278,16 +284,29 @@ class WithState(nn.Module):
 
 
 def test_what_the_vendor_runtime_runs_differently_is_a_warning_naming_the_node(host):
-    """A bidirectional GRU and a GRU with an initial state run on lnn's simulator as in PyTorch; ``lnn.check`` says
-    what the vendor runtime would do instead (the reverse node runs forward, h0 is not read), as warnings."""
+    """A bidirectional GRU and a GRU with an initial state run on lnn's simulator as in PyTorch (the exporter writes
+    the reverse node and h0); ``lnn.check`` says what the vendor runtime would do instead (the reverse node runs
+    forward, h0 is not read), as warnings."""
     report = lnn.check(Tagger("GRU", batch_first=True, bidirectional=True), (torch.randn(1, 7, 5),), host=host)
     found = {(v.op_name, v.rule_id, v.severity) for v in report.violations}
-    assert found == {("rnn.l0_reverse", "csk60xx.gru.direction", "warning")}, report.table()
+    assert found == {("rnn", "csk60xx.gru.direction", "warning"),  # the module at lnn.init, the node at pack
+                     ("rnn.l0_reverse", "csk60xx.gru.direction", "warning")}, report.table()
     report = lnn.check(WithState("GRU"), (torch.randn(1, 7, 5), torch.zeros(1, 1, 8)), host=host)
     found = {(v.op_name, v.rule_id, v.severity) for v in report.violations}
     assert found == {("rnn", "csk60xx.gru.vendor_state", "warning")}, report.table()
     m = _qat(Tagger("GRU", batch_first=True, bidirectional=True), (4, 7, 5), host)
     assert lnn.verify(m, torch.randn(1, 7, 5), host=host).ok
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_bidirectional_gru_verifies_with_the_vendor_warning(host, layers):
+    """The reverse GRUInt node runs backwards in lnn's simulator, bit-exact with eval; lnn.init warns that the
+    vendor runtime would run it forward."""
+    m = _qat(Tagger("GRU", bidirectional=True, num_layers=layers, batch_first=True), (4, 12, 5), host)
+    warned = [v for v in m.lnn.report.violations if v.rule_id == "csk60xx.gru.direction"]
+    assert warned and warned[0].severity == "warning" and warned[0].op_name == "rnn"
+    report = lnn.verify(m, torch.randn(1, 12, 5), host=host)
+    assert report.ok, report.table()
 
 
 @pytest.mark.parametrize("kind,kwargs,option,actual", [

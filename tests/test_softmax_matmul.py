@@ -16,6 +16,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import lnn_core as lnn
@@ -24,7 +26,7 @@ from lnn_core.exporter import to_ir
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import UnsupportedOpWarning
 from lnn_ops_builtin.bmm import QBmm, bmm_int
-from lnn_ops_builtin.softmax import QSoftmax, softmax_int
+from lnn_ops_builtin.softmax import QSoftmax, softmax_int, softmax_q15, softmax_q15_int8
 
 # -- a reference written from the spec (int8-ops.md 3.23; independent of lnn_ops_builtin.softmax) ------------------
 
@@ -202,6 +204,46 @@ def test_matmul_eval_is_the_exact_requantized_product(host):
     s = 7 - n_o
     want = ((acc + (1 << (s - 1))) >> s if s > 0 else acc).clamp(-128, 127)
     assert torch.equal((got.double() * 2.0 ** n_o).long(), want)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_table_form_equals_the_int64_model(data):
+    """softmax_q15_int8 (what training and eval run: a table of the exponential terms of every (element, row maximum)
+    pair) equals softmax_q15 on the Q25-widened integers, at every input exponent, on rows with saturated, tied,
+    extreme and constant values."""
+    n_x = data.draw(st.integers(0, 25), label="n_x")
+    row = data.draw(st.sampled_from([1, 2, 3, 17, 64, 300, 2048]), label="row")
+    rows = data.draw(st.integers(1, 6), label="rows")
+    lo = data.draw(st.integers(-128, 127), label="lo")
+    hi = data.draw(st.integers(lo, 127), label="hi")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    q = torch.randint(lo, hi + 1, (rows, row), generator=torch.Generator().manual_seed(seed))
+    q[0, :1] = data.draw(st.sampled_from([-128, 127, lo, hi]), label="first")
+    x25 = (q << (25 - n_x)).clamp(-(1 << 31), (1 << 31) - 1)
+    assert torch.equal(softmax_q15_int8(q, n_x), softmax_q15(x25))
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_training_node_has_the_chip_value_and_the_float_gradient(log, host):
+    """The one autograd node of training's softmax: the same value and gradient as ``ref + (chip - ref).detach()``
+    with ``ref`` the float function, in float32 and float64."""
+    recipe = host.recipes[host.targets["csk60xx"].recipe]
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(3)
+        x = (torch.randint(-128, 128, (3, 5, 40)).to(dtype) / 16).requires_grad_()
+        out = ActQuantizer(8, recipe)
+        out.quant = False  # the value before the output quantizer
+        y = softmax_int(x, 4, out, log=log, training=True)
+        g = torch.randn_like(y)
+        (y * g).sum().backward()
+        x2 = x.detach().clone().requires_grad_()
+        ref = F.log_softmax(x2, -1) if log else F.softmax(x2, -1)
+        acc = softmax_int(x2.detach(), 4, out, log=log, training=True)
+        y2 = ref + (acc.to(dtype) - ref).detach()
+        (y2 * g).sum().backward()
+        assert y.dtype == dtype and torch.equal(y, y2)
+        assert torch.allclose(x.grad, x2.grad, rtol=1e-6, atol=1e-7)
 
 
 def test_training_computes_the_chip_probabilities_with_float_gradients(host):

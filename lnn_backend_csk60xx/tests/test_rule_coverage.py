@@ -39,8 +39,10 @@ MODULE_RULES = frozenset({
     "csk60xx.sub.unverified",
     "csk60xx.activation.input_bits",
     "csk60xx.layernorm.bits", "csk60xx.layernorm.row", "csk60xx.layernorm.eps", "csk60xx.layernorm.dims",
-    "csk60xx.softmax.dim", "csk60xx.softmax.input_bits", "csk60xx.bmm.bits",
+    "csk60xx.softmax.dim", "csk60xx.softmax.row", "csk60xx.softmax.input_bits", "csk60xx.bmm.bits",
+    "csk60xx.bmm.rank", "csk60xx.bmm.right_matrix",
     "csk60xx.gather.bits", "csk60xx.gather.max_norm", "csk60xx.slice.index", "csk60xx.pad.form",
+    "csk60xx.gru.direction",
 })
 
 #: fired by shape inference when an op's inputs are invalid; some dtype rules can only fire along with it
@@ -391,8 +393,6 @@ CASES: list[Case] = [
          "batch <= 1", "batch 2", "one at a time"),
     Case("csk60xx.gru.batch", "gru", _g(lambda g, over: gru(g, batch=2 if over else 1, batch_first=0)),
          "batch <= 1", "batch 2", "one at a time", name="seq_first"),
-    Case("csk60xx.gru.direction", "gru", _g(lambda g, over: gru(g, go_forward=0 if over else 1)),
-         "the vendor runtime runs go_forward in (1,) only", "go_forward 0", "unidirectional"),
     Case("csk60xx.gru.vendor_state", "gru", _g(lambda g, over: gru(g, lengths=over)),
          "the vendor runtime: zero initial state, all T steps", "lengths given", "zero state"),
     Case("csk60xx.gru.vendor_state", "gru", _g(lambda g, over: gru(g, lengths=over, h0=over)),
@@ -430,8 +430,6 @@ CASES: list[Case] = [
          "0 <= n_x <= 25", "n_x 26", "exponent 25 or less"),
     Case("csk60xx.softmax.in_exponent", "sm", _g(lambda g, over: softmax(g, n_x=-1 if over else 0)),
          "0 <= n_x <= 25", "n_x -1", "|x| < 128", also=frozenset({"csk60xx.quant.exponent"}), name="coarse"),
-    Case("csk60xx.softmax.row", "sm", _g(lambda g, over: softmax(g, (1, 2049 if over else 2048))),
-         "row <= 2048", "row of 2049", "rows of <= 2048"),
     Case("csk60xx.softmax.out_exponent", "sm", _g(lambda g, over: softmax(g, n_o=16 if over else 15)),
          "n_o <= 15", "n_o 16", "at most 2^15"),
     Case("csk60xx.softmax.out_exponent", "sm",
@@ -441,12 +439,6 @@ CASES: list[Case] = [
          _g(lambda g, over: softmax(g, x=g.requant16(g.quant((1, 2, 8))) if over else None)),
          "input 0 in ('int8',)", "input 0 int16", "int8", also=frozenset({SHAPE, "csk60xx.softmax.input_bits"})),
     # -- BmmInt (spec/int8-seq-ops.md 2.9.5) ------------------------------------------------------------------------
-    Case("csk60xx.bmm.rank", "bmm", _g(lambda g, over: bmm(g, (2, 2, 8) if over else (1, 2, 8))),
-         "equal ranks in (2, 3), equal batches", "operands (2, 2, 8) and (1, 8, 4)", "[batch, M, K]",
-         also=frozenset({SHAPE})),
-    Case("csk60xx.bmm.right_matrix", "bmm",
-         _g(lambda g, over: bmm(g, (1, 2, 64), (1, 64, 513 if over else 512))),
-         "<= 32768 bytes", "right matrix (64, 513): 33024 bytes", "split the product"),
     Case("csk60xx.bmm.out_exponent", "bmm", _g(lambda g, over: bmm(g, n_o=8 if over else 7)),
          "n_o <= 7", "n_o 8 > n_x 4 + n_y 3", "at most 2^7"),
     Case("csk60xx.bmm.dtype", "bmm",
@@ -473,6 +465,15 @@ def conv_k(g: G, k: int, **attrs: object) -> str:
 #: the rules that also judge PyTorch modules judge the IR nodes those modules export to, from the node's attributes
 #: and what :func:`~lnn_backend_csk60xx.check.op_view` derives (bits from dtypes, in_features, global pooling)
 MODULE_CASES_ON_IR: list[Case] = [
+    # shape rules: judged at lnn.init when it is given example_inputs (tests/test_module_rule_coverage.py)
+    Case("csk60xx.softmax.row", "sm", _g(lambda g, over: softmax(g, (1, 2049 if over else 2048))),
+         "row <= 2048", "row of 2049", "rows of <= 2048"),
+    Case("csk60xx.bmm.rank", "bmm", _g(lambda g, over: bmm(g, (2, 2, 8) if over else (1, 2, 8))),
+         "equal ranks in (2, 3), equal batches", "operands (2, 2, 8) and (1, 8, 4)", "[batch, M, K]",
+         also=frozenset({SHAPE})),
+    Case("csk60xx.bmm.right_matrix", "bmm",
+         _g(lambda g, over: bmm(g, (1, 2, 64), (1, 64, 513 if over else 512))),
+         "<= 32768 bytes", "right matrix (64, 513): 33024 bytes", "split the product"),
     Case("csk60xx.conv.kernel_size", "conv", _g(lambda g, over: conv_k(g, 6 if over else 5)),
          "1..5 per axis", "kernel 6x6", "stacked kernels"),
     Case("csk60xx.conv.stride", "conv",
@@ -586,10 +587,11 @@ NOT_ON_IR = {
 }
 
 #: warning rules, judged on IR nodes by test_warnings_do_not_stop_a_graph
-WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified", "csk60xx.avgpool.ties"})
+WARNINGS_ON_IR = frozenset({"csk60xx.conv.groups", "csk60xx.sub.unverified", "csk60xx.avgpool.ties",
+                            "csk60xx.gru.direction"})
 
 #: pack-time warning rules (what the vendor runtime does differently): their cases fire as warnings
-PACK_WARNINGS = frozenset({"csk60xx.lstm.vendor_lengths", "csk60xx.gru.direction", "csk60xx.gru.vendor_state"})
+PACK_WARNINGS = frozenset({"csk60xx.lstm.vendor_lengths", "csk60xx.gru.vendor_state"})
 
 
 def _case_id(case: Case) -> str:
@@ -641,7 +643,7 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
     assert on_ir | set(NOT_ON_IR) | WARNINGS_ON_IR == MODULE_RULES
     ir_types = {"Conv1dInt", "Conv2dInt", "ConvTranspose2dInt", "LinearInt", "MaxPool", "AvgPool2dInt", "iqAdd",
                 "iqSub", "iqMul", "iqCat", "iqSigmoid", "iqTanh", "LayerNormInt", "SoftmaxInt", "LogSoftmaxInt",
-                "BmmInt", "Gather", "Slice", "iqPad"}
+                "BmmInt", "Gather", "Slice", "iqPad", "GRUInt"}
     for r in RULES:  # each one is bound to IR op types as well as to torch op ids
         assert set(r.ops) & ir_types, r.id
 
@@ -668,6 +670,16 @@ def test_warnings_do_not_stop_a_graph():
         ("conv", "csk60xx.conv.groups", "warning"), ("op", "csk60xx.sub.unverified", "warning"),
         ("pool", "csk60xx.avgpool.ties", "warning")]
     assert "window 2x3 (area 6)" in report.violations[2].actual
+    assert report.ok
+
+
+def test_the_gru_direction_warning_on_ir_leaves_the_graph_fitting():
+    """A reverse GRUInt node (a bidirectional GRU) runs in lnn's simulator; the rule warns what the vendor does."""
+    g = G()
+    gru(g, go_forward=0)
+    report = check_graph(g.graph)
+    assert [(v.op_name, v.rule_id, v.severity, v.actual) for v in report.violations] == [
+        ("gru", "csk60xx.gru.direction", "warning", "go_forward 0")]
     assert report.ok
 
 

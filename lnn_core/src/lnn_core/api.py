@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from .plugins import PluginHost
@@ -19,7 +21,7 @@ def _target(model: nn.Module, target: str | None) -> str:
 
 
 def init(model: nn.Module, target: str | None = None, config: QuantConfig | None = None, *,
-         strict: bool | None = None, host: PluginHost | None = None) -> nn.Module:
+         strict: bool | None = None, host: PluginHost | None = None, example_inputs: Any = None) -> nn.Module:
     """Return a quantization-aware copy of ``model`` for ``target``.
 
     Every supported op becomes int8 fake-quant with the target's arithmetic; in ``eval()`` the
@@ -33,6 +35,10 @@ def init(model: nn.Module, target: str | None = None, config: QuantConfig | None
     :param config: bits/recipe/observers per layer type or path, strictness.
     :param strict: shortcut for ``config.strict``: unsupported ops become an error.
     :param host: the plugin host to use (default: a new one loading the ``lnn`` entry points).
+    :param example_inputs: example tensor(s) for the model's forward (a tensor or a tuple). With them the limits that
+        depend on shapes (a softmax row over 2048, softmax over a non-last ``dim``, BmmInt's right matrix) are
+        reported here, with all other findings; without them, at the first forward. The float model runs once on
+        them in eval mode without gradients; nothing in it changes.
     """
     host = host or PluginHost()
     if strict is not None and (config is None or isinstance(config, QuantConfig)):
@@ -40,7 +46,8 @@ def init(model: nn.Module, target: str | None = None, config: QuantConfig | None
 
         base = config or getattr(getattr(model, "lnn", None), "config", None) or QuantConfig()
         config = attrs.evolve(base, strict=strict)
-    return prepare(model, stage="quant", host=host, target=_target(model, target), config=config)
+    return prepare(model, stage="quant", host=host, target=_target(model, target), config=config,
+                   example_inputs=example_inputs)
 
 
 def constrain(model: nn.Module, target: str | None = None, config: ConstrainConfig | None = None, *,

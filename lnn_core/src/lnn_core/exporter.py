@@ -612,6 +612,7 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
             exporter = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict)
             exporter.examples = dict(zip((n for n in model.graph.nodes if n.op == "placeholder"), inputs))
             graph = exporter.run(input_names, output_names)
+            graph.prune_dead()
     finally:
         model.train(was_training)
         with torch.no_grad():

@@ -194,6 +194,28 @@ class Graph:
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
+    def prune_dead(self) -> list[str]:
+        """Remove the nodes none of whose outputs is read (by another node or as a graph output), until none is
+        left, with the tensors and initializers only they used; return the removed nodes' names in order.
+
+        A writer emits every output its op has (a stacked RNN's joined ``h_n``/``c_n``, say) without knowing
+        whether the model reads it; such a node computes nothing observable, and on a chip it would cost time and
+        memory (and may need an op form the target lacks)."""
+        removed: list[str] = []
+        while True:
+            read = set(self.outputs) | {t for n in self.nodes for t in n.inputs if t}
+            dead = [n for n in self.nodes if not any(t in read for t in n.outputs if t)]
+            if not dead:
+                break
+            gone = {id(n) for n in dead}
+            self.nodes = [n for n in self.nodes if id(n) not in gone]
+            removed += [n.name for n in dead]
+            read = set(self.outputs) | set(self.inputs) | {t for n in self.nodes for t in (*n.inputs, *n.outputs) if t}
+            for name in [t for n in dead for t in (*n.inputs, *n.outputs) if t and t not in read]:
+                self.tensors.pop(name, None)
+                self.initializers.pop(name, None)
+        return removed
+
     # -- validation -----------------------------------------------------------------------------
     def toposort(self, *, path: str | None = None) -> None:
         """Order ``nodes`` topologically (stable); raise ModelFileError on cycles or dangling inputs."""

@@ -108,6 +108,16 @@ class QBmm(QModule):
             qy = torch.floor(y.double() * 2.0**n_y + 0.5)
             return self.finish_exact(torch.matmul(qx, qy), n_x + n_y, n_x + n_y)
 
+    def shape_attrs(self, input_shapes: Any) -> dict[str, Any]:
+        """The operands' shapes as BmmInt has them: 4-D operands folded to 3-D (``[B·H, M, K]``), as the export
+        does; other ranks as they are (the rank rule judges them)."""
+        if len(input_shapes) != 2 or any(s is None for s in input_shapes):
+            return {}
+        x, y = (tuple(s) for s in input_shapes)
+        if len(x) == len(y) == 4 and x[:2] == y[:2]:
+            x, y = (x[0] * x[1], *x[2:]), (y[0] * y[1], *y[2:])
+        return {"input_shapes": (x, y)}
+
     def op_attrs(self) -> dict[str, Any]:
         attrs = {**super().op_attrs(), "n_inputs": 2}
         if self._inputs:  # both operands are judged: the wider one is reported

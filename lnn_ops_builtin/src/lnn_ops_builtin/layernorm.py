@@ -38,7 +38,7 @@ from lnn_core.quant.quantizers import (
 )
 from lnn_core.quant.rewrite import BuildContext, Built
 
-__all__ = ["QLayerNorm", "FAMILIES", "WRITERS", "normalize_int", "NORM_Q", "GAMMA_BITS"]
+__all__ = ["QLayerNorm", "FAMILIES", "WRITERS", "normalize_int", "normalize_f64", "NORM_Q", "GAMMA_BITS"]
 
 #: the normalized value's format (Q10); beta sits at exponent ``NORM_Q + n_g``
 NORM_Q = 10
@@ -72,13 +72,20 @@ def _wrap32(v: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def normalize_int(q: torch.Tensor, n_x: int, t: int) -> torch.Tensor:
-    """The chip's normalized value ``u`` (int64 tensor, Q10) of int8 integers ``q`` (int64, rows of ``t`` last)."""
+def normalize_f64(q: torch.Tensor, n_x: int, t: int) -> torch.Tensor:
+    """The chip's normalized value ``u`` (Q10) of int8 integers ``q`` held in a float64 tensor (rows of ``t`` last),
+    as float64 integers.
+
+    The row sums and the rsqrt lookup are the kernel's integer steps (int64, one value per row); the per-element
+    part ``SAT_16((num * r + 2^(sh-1)) >> sh)`` with ``num = T q - S1`` runs as ``floor(num * (r 2^-sh) + 0.5)`` in
+    float64, exact: ``|num| < 2^17``, ``r < 2^15``, so ``num * r + 2^(sh-1)`` is an integer below ``2^33`` and every
+    step holds it without rounding (a product by a power of two, one fused multiply-add, a floor)."""
     shape = q.shape
     rows = q.reshape(-1, t)
     s1 = rows.sum(dim=1)
     s2 = (rows * rows).sum(dim=1)
-    d = (_wrap32(t * s2) - _wrap32(s1 * s1) + _q_eps(n_x, t)).clamp_(min=0)  # D < 0 only above the row rule
+    s1_i, s2_i = s1.to(torch.int64), s2.to(torch.int64)
+    d = (_wrap32(t * s2_i) - _wrap32(s1_i * s1_i) + _q_eps(n_x, t)).clamp_(min=0)  # D < 0 only above the row rule
     _, e = torch.frexp(d.double().clamp(min=1.0))
     k = torch.div(e.to(torch.int64) - 1, 2, rounding_mode="floor")
     up = (2 * k - 8).clamp(min=0)
@@ -87,11 +94,51 @@ def normalize_int(q: torch.Tensor, n_x: int, t: int) -> torch.Tensor:
     table = _RSQRT.to(q.device)
     r = torch.where(d == 0, table[0], table[norm - 256])
     sh = torch.where(d == 0, torch.full_like(k, 4), k + 5)
-    num = ((t * rows).clamp(-(1 << 31), (1 << 31) - 1) - s1[:, None]).clamp_(-(1 << 31), (1 << 31) - 1)
-    v = num * r[:, None]
-    sh = sh[:, None]
-    u = ((v + (torch.ones_like(sh) << (sh - 1))) >> sh).clamp_(-32768, 32767)
-    return u.reshape(shape)
+    scale = torch.ldexp(r.double(), -sh.double())[:, None]  # r * 2^-sh, exact
+    if t * 256 >= 1 << 31:  # T q or T q - S1 could leave int32: the kernel's saturations, in int64
+        num = (t * rows.to(torch.int64)).clamp(-(1 << 31), (1 << 31) - 1)
+        num = (num - s1_i[:, None]).clamp_(-(1 << 31), (1 << 31) - 1).double()
+    else:  # |T q - S1| <= 256 T < 2^31: the saturations are the identity
+        num = torch.mul(rows, t).sub_(s1[:, None])
+    return torch.addcmul(torch.full_like(scale, 0.5), num, scale).floor_().clamp_(-32768, 32767).reshape(shape)
+
+
+@torch.no_grad()
+def normalize_int(q: torch.Tensor, n_x: int, t: int) -> torch.Tensor:
+    """The chip's normalized value ``u`` (int64 tensor, Q10) of int8 integers ``q`` (int64, rows of ``t`` last)."""
+    return normalize_f64(q.double(), n_x, t).to(torch.int64)
+
+
+class _ChipLayerNorm(torch.autograd.Function):
+    """The chip's LayerNorm value forward (``u * gamma_q + beta_q``), the float LayerNorm's gradient backward (to the
+    input, gamma_q and beta_q), in one autograd node: the same values and gradients as ``ref + (chip - ref).detach()``
+    with ``ref = F.layer_norm(x, shape, gamma_q, beta_q, eps)``, without its two passes and three nodes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, u: torch.Tensor,  # type: ignore[override]
+                shape: tuple[int, ...], eps: float) -> torch.Tensor:
+        g, b = g_q.reshape(shape), b_q.reshape(shape)
+        _, mean, rstd = torch.native_layer_norm(x, shape, g, b, eps)
+        ctx.shape = shape
+        ctx.save_for_backward(x, mean, rstd, g, b)
+        return _chip_value(u, g_q, b_q, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, mean, rstd, g, b = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dg, db = torch.ops.aten.native_layer_norm_backward(grad, x, ctx.shape, mean, rstd, g, b,
+                                                               [need[0], need[1], need[2]])
+        return (dx, None if dg is None else dg.reshape(-1), None if db is None else db.reshape(-1),
+                None, None, None)
+
+
+def _chip_value(u: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``u * 2^-10 * gamma_q + beta_q`` in float64 (the product exact, one rounding in the sum), then ``x.dtype``."""
+    t = g_q.numel()
+    flat = u.reshape(-1, t)
+    g = g_q.detach().double() * 2.0**-NORM_Q
+    return torch.addcmul(b_q.detach().double(), flat, g).reshape(x.shape).to(x.dtype)
 
 
 class QLayerNorm(QModule):
@@ -145,11 +192,12 @@ class QLayerNorm(QModule):
         return NORM_Q + param_exponent(g.detach(), GAMMA_BITS, self.recipe)
 
     def _int_input(self, x: torch.Tensor, n_x: int) -> tuple[torch.Tensor, int]:
-        """The kernel's int8 input and its exponent: ``x`` at ``n_x``, requantized to 15 when ``n_x`` is above."""
-        q = torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127).to(torch.int64)
+        """The kernel's int8 input (float64 integers) and its exponent: ``x`` at ``n_x``, requantized to 15 when
+        ``n_x`` is above."""
+        q = torch.rsub(x.detach().double(), 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)  # float64 integers
         s = n_x - KERNEL_IN_EXPONENT_MAX
-        if s > 0:
-            q = ((q + (1 << (s - 1))) >> s).clamp_(-128, 127)
+        if s > 0:  # SAT_8(SHR(q, s)): floor(q 2^-s + 0.5), exact in float64
+            q = torch.rsub(q, 0.5, alpha=-(2.0**-s)).floor_().clamp_(-128, 127)
         return q, min(n_x, KERNEL_IN_EXPONENT_MAX)
 
     def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
@@ -160,20 +208,18 @@ class QLayerNorm(QModule):
             return self.out_q(self.constrain_act(y))
         t = self.row
         q, n_k = self._int_input(x, self.in_exponent(0))
-        u = normalize_int(q, n_k, t)
+        u = normalize_f64(q, n_k, t)
         if self.training:
             g_q, b_q, n_g = fake_quant_weight_bias(g, b, NORM_Q, GAMMA_BITS, self.recipe)
-            flat = u.reshape(*u.shape[: u.dim() - len(self.normalized_shape)], t).double()
-            chip = (flat * 2.0**-NORM_Q * g_q.detach().double() + b_q.detach().double()).reshape(x.shape)
-            ref = F.layer_norm(x, self.normalized_shape, g_q.reshape(self.normalized_shape),
-                               b_q.reshape(self.normalized_shape), self.eps)
-            y = ref + (chip.to(ref.dtype) - ref).detach()
+            if torch.is_grad_enabled() and (x.requires_grad or g_q.requires_grad or b_q.requires_grad):
+                y = _ChipLayerNorm.apply(x, g_q, b_q, u, self.normalized_shape, self.eps)
+            else:
+                y = _chip_value(u, g_q, b_q, x)
             return self.finish_train(y, cap=NORM_Q + n_g)
         with torch.no_grad():
             g_i, n_g = quantize_weight(g, GAMMA_BITS, self.recipe)
             b_i = quantize_bias(b, NORM_Q + n_g, self.recipe.bias_bits)
-            flat = u.reshape(*u.shape[: u.dim() - len(self.normalized_shape)], t).double()
-            acc = (flat * g_i + b_i).reshape(x.shape)
+            acc = torch.addcmul(b_i, u.reshape(-1, t), g_i).reshape(x.shape)
             return self.finish_exact(acc, NORM_Q + n_g, cap=NORM_Q + n_g)
 
     def integer_params(self, *params: torch.Tensor) -> dict[str, Any]:

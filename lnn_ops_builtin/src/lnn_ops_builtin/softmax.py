@@ -66,20 +66,21 @@ def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
-    """The chip's softmax core (the stated model of HiFi ``vec_softmax32x32``): int64 Q25 rows (last dim) in,
-    int64 Q15 probabilities out."""
-    x25 = x25.to(torch.int64)
-    m = x25.amax(dim=-1, keepdim=True)
-    d = (x25 - m).clamp_(min=_INT32_MIN)
+def exp_q23(d: torch.Tensor) -> torch.Tensor:
+    """The core's exponential terms: int64 ``d = x25 - max(row)`` (``INT32_MIN <= d <= 0``) in, int64 ``2^(d·log2 e)``
+    in Q23 out (the 5-term polynomial on the log2-domain fraction, shifted by its integer part)."""
     t = _rshift_round(d * _LOG2E_Q31, 31).clamp_(_INT32_MIN, _INT32_MAX)  # log2-domain Q23, <= 0
     e_exp = (t >> 23) + 1  # <= 1
     f = (t & 0x7FFFFF) - 0x800000  # the Q23 fraction in [-1, 0)
     y = torch.full_like(f, _POLY[0])
     for p in _POLY[1:]:
         y = _rshift_round(y * f, 23) + p
-    e = torch.where(e_exp >= 0, y << e_exp.clamp(min=0), y >> (-e_exp).clamp(max=62))  # y > 0: trunc = floor
-    s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)  # the saturating sum of non-negative terms
+    return torch.where(e_exp >= 0, y << e_exp.clamp(min=0), y >> (-e_exp).clamp(max=62))  # y > 0: trunc = floor
+
+
+def _reciprocal(s: torch.Tensor) -> torch.Tensor:
+    """The core's per-row reciprocal: int64 row sums ``s`` (saturated at ``INT32_MAX``, ``>= 1``) in, the int64 factor
+    ``r`` with ``y15 = (r * e + 2^30) >> 31`` out (normalized from a seed, two Newton steps, shifted back)."""
     msb = torch.floor(torch.log2(s.double())).to(torch.int64)  # s >= 1
     # exact msb: correct float rounding of log2 near powers of two
     msb = torch.where((1 << msb) > s, msb - 1, msb)
@@ -91,8 +92,62 @@ def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
     for _ in range(2):
         err = 2 * (0x400000 - _rshift_round(x_n * r, 23))
         r = r + _rshift_round(r * err, 23)
-    r = torch.where(n < 0, r >> (-n).clamp(min=0), (r << n.clamp(min=0)).clamp(_INT32_MIN, _INT32_MAX))
-    return _rshift_round(r * e, 31).clamp_(_INT32_MIN, _INT32_MAX)
+    return torch.where(n < 0, r >> (-n).clamp(min=0), (r << n.clamp(min=0)).clamp(_INT32_MIN, _INT32_MAX))
+
+
+@torch.no_grad()
+def normalize_q15(e: torch.Tensor) -> torch.Tensor:
+    """The core's normalization: int64 exponential terms (:func:`exp_q23`, rows last) in, int64 Q15 probabilities
+    out (a saturating row sum, its normalized reciprocal from a seed and two Newton steps, the product)."""
+    s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)  # the saturating sum of non-negative terms
+    y = torch.mul(_reciprocal(s), e).add_(1 << 30).bitwise_right_shift_(31)  # _rshift_round(r * e, 31), in place
+    return y.clamp_(_INT32_MIN, _INT32_MAX)
+
+
+@torch.no_grad()
+def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
+    """The chip's softmax core (the stated model of HiFi ``vec_softmax32x32``): int64 Q25 rows (last dim) in,
+    int64 Q15 probabilities out. The reference every faster form is tested against."""
+    x25 = x25.to(torch.int64)
+    m = x25.amax(dim=-1, keepdim=True)
+    return normalize_q15(exp_q23((x25 - m).clamp_(min=_INT32_MIN)))
+
+
+@functools.cache
+def _exp_table(n_x: int, device: torch.device) -> torch.Tensor:
+    """:func:`exp_q23` of every int8 pair at input exponent ``n_x``: entry ``(m + 128) * 256 + (q + 128)`` is the
+    term of an element ``q`` in a row whose maximum is ``m`` (float64 integers below 2^25, 65,536 entries; ``q > m``
+    never occurs and holds the term of ``q = m``). A pure function's cache: one table per exponent and device."""
+    x25 = (torch.arange(-128, 128, dtype=torch.int64) << (IN_EXPONENT_MAX - n_x)).clamp_(_INT32_MIN, _INT32_MAX)
+    d = (x25[None, :] - x25[:, None]).clamp_(_INT32_MIN, 0)  # row: the maximum m, column: the element q
+    return exp_q23(d).reshape(-1).to(device=device, dtype=torch.float64)
+
+
+@torch.no_grad()
+def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
+    """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
+    Q25 as the kernel does; float64 integers out. The same integers by fewer passes:
+
+    - each exponential term is read from a table of the (element, row maximum) pairs (:func:`_exp_table`): one
+      gather instead of about thirty elementwise int64 passes;
+    - the row sums (below ``2048 * 2^24``) and the final ``(r * e + 2^30) >> 31`` run in float64, exact: a term is
+      at most ``2^23 + 60`` (``2^0`` in Q23; the row maximum's own term), so a row sum is at least that and ``r``
+      (Newton steps toward ``2^45 / x_n``, ``x_n`` the sum normalized to ``[2^22, 2^23)``, shifted right) stays
+      below ``2^24``; ``r * e + 2^30`` is an integer below ``2^48``, held exactly, and one fused multiply-add and a
+      floor give the shift's result. The result (at most ``2^16``) needs no saturation.
+    """
+    m = q.amax(dim=-1, keepdim=True)
+    idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int64)  # (m + 128) * 256 + (q + 128)
+    e = _exp_table(n_x, q.device).index_select(0, idx.reshape(-1)).view(idx.shape)  # faster than take on CPU
+    s = e.sum(dim=-1, keepdim=True).to(torch.int64).clamp_(max=_INT32_MAX)
+    r = _reciprocal(s).double().mul_(2.0**-31)  # exact: a power of two
+    return torch.addcmul(torch.full_like(r, 0.5), e, r).floor_()
+
+
+@torch.no_grad()
+def softmax_q15_int8(q: torch.Tensor, n_x: int) -> torch.Tensor:
+    """:func:`softmax_q15` of int8 integers ``q`` (int64, rows last) at exponent ``n_x`` (:func:`softmax_q15_f64`)."""
+    return softmax_q15_f64(q.double(), n_x).to(torch.int64)
 
 
 def log_q25_scalar(s: int) -> int:
@@ -122,14 +177,54 @@ def log_q25(y15: torch.Tensor) -> torch.Tensor:
 def chip_int(q: torch.Tensor, n_x: int, log: bool) -> torch.Tensor:
     """The kernel's result before the output shift: Q15 probabilities (softmax) or Q25 logs (log-softmax) of the
     int8 integers ``q`` (int64, rows last) at exponent ``n_x``."""
-    x25 = (q << (IN_EXPONENT_MAX - n_x)).clamp_(_INT32_MIN, _INT32_MAX)
-    y15 = softmax_q15(x25)
+    y15 = softmax_q15_int8(q, n_x)
     return log_q25(y15) if log else y15
 
 
-def int_input(x: torch.Tensor, n_x: int) -> torch.Tensor:
-    """The int8 integers (int64) of ``x`` at exponent ``n_x``."""
-    return torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127).to(torch.int64)
+def _chip_acc(x: torch.Tensor, n_x: int, log: bool, training: bool) -> torch.Tensor:
+    """:func:`chip_int` of ``x`` at ``n_x``: Q15 probabilities as float64 integers, or Q25 logs as int64.
+
+    The input's integers are ``R(x * 2^n_x)`` saturated to int8; ``x`` lies on that grid (it is its producer's
+    output), where every form of ``R`` agrees. Eval rounds in float64; training as training's fake-quant does, in
+    float32 (float64 for a float64 model): three passes in the input's width instead of five in float64 and int64.
+    """
+    if training:
+        xd = x.detach() if x.dtype == torch.float64 else x.detach().float()
+        q = torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
+    else:
+        q = torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127)
+    y15 = softmax_q15_f64(q, n_x)
+    return log_q25(y15.to(torch.int64)) if log else y15
+
+
+def _scaled(acc: torch.Tensor, acc_q: int, dtype: torch.dtype) -> torch.Tensor:
+    """``acc * 2**-acc_q`` rounded once to ``dtype``. The Q15 probabilities (``acc_q`` 15, ``|acc| <= 2^16``) convert
+    first and scale exactly after (the same rounding: scaling by a power of two commutes with it); the Q25 logs (up
+    to ``2^31``, past float16's range) scale in float64 first."""
+    if acc_q == SOFTMAX_OUT_MAX:
+        return acc.to(dtype).mul_(2.0**-acc_q)
+    return acc.double().mul_(2.0**-acc_q).to(dtype)
+
+
+class _ChipSoftmax(torch.autograd.Function):
+    """The chip's values forward, the float function's gradient backward, in one autograd node.
+
+    Same values and gradients as ``ref + (chip - ref).detach()`` with ``ref = F.softmax(x, -1)``: the forward is
+    ``acc * 2**-acc_q`` in ``x.dtype`` (:func:`_scaled`) and ``ref`` is kept only for the backward (softmax's /
+    log-softmax's own backward kernel on it): two passes and one node instead of five and four."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, acc: torch.Tensor, acc_q: int, log: bool) -> torch.Tensor:  # type: ignore[override]
+        ref = torch._log_softmax(x, -1, False) if log else torch._softmax(x, -1, False)
+        ctx.log = log
+        ctx.save_for_backward(ref)
+        return _scaled(acc, acc_q, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (ref,) = ctx.saved_tensors
+        back = torch.ops.aten._log_softmax_backward_data if ctx.log else torch.ops.aten._softmax_backward_data
+        return back(grad, ref, -1, ref.dtype), None, None, None
 
 
 def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = False, training: bool = False,
@@ -140,11 +235,12 @@ def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = F
     integers times ``2**-n_o``. An attention module calls this with its own output quantizer."""
     cap = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
     acc_q = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
-    acc = chip_int(int_input(x, n_x), n_x, log)
+    acc = _chip_acc(x, n_x, log, training)
     if training:
-        ref = F.log_softmax(x, dim=-1) if log else F.softmax(x, dim=-1)
-        chip = (acc.double() * 2.0**-acc_q).to(ref.dtype)
-        y = ref + (chip - ref).detach()
+        if x.requires_grad and torch.is_grad_enabled():
+            y = _ChipSoftmax.apply(x, acc, acc_q, log)
+        else:
+            y = _scaled(acc, acc_q, x.dtype)
         return out_q(y, cap) if observe else out_q(y.detach(), cap)
     n_o = out_q.eval_exponent(cap)
     return (requant(acc.double(), acc_q - n_o, 8) * 2.0**-n_o).float()
@@ -211,6 +307,16 @@ class QSoftmax(QModule):
 
     def op_attrs(self) -> dict[str, Any]:
         return {**super().op_attrs(), "dim": self.dim, "kind": self.kind}
+
+    def shape_attrs(self, input_shapes: Any) -> dict[str, Any]:
+        """The input's shape (the row rule) and ``dim`` as the node has it: -1 when the given dim is the last."""
+        x = input_shapes[0] if input_shapes else None
+        if x is None:
+            return {}
+        dim = self.dim
+        if isinstance(dim, int) and dim in (-1, len(x) - 1):
+            dim = -1
+        return {"input_shapes": (tuple(x),), "dim": dim}
 
 
 def _dim_error(path: str, kind: str, dim: Any, rank: int | None) -> LnnError:

@@ -91,9 +91,8 @@ def _thinker_workspace(node: Node, graph: Graph) -> int:
 OPS = (
     OpDef("BmmInt", "thinker", (2, 2), _infer, attrs={**_BITS, **PLATFORM},
           scales={"scale_x": ("in", 0), "scale_y": ("in", 1), "scale_o": ("out", 0)},
-          rules=(bits_rule("csk60xx.bmm.bits", "bmm"),), torch_ops=("builtin.Matmul",),
-          pack_rules=(check_rank, check_right,
-                      exponent_rule("csk60xx.bmm.out_exponent",
+          rules=(bits_rule("csk60xx.bmm.bits", "bmm"), check_rank, check_right), torch_ops=("builtin.Matmul",),
+          pack_rules=(exponent_rule("csk60xx.bmm.out_exponent",
                                     "BmmInt output exponent n_o must be at most n_x + n_y.", "n_y"),
                       dtype_rule("csk60xx.bmm.dtype", "BmmInt", (("int8",), ("int8",)), ("int8",))),
           workspace=engine_operands, lowerings={"lnn": Lowering(29, 2, None, "bmm.c"),

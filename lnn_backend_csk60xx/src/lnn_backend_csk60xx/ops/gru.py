@@ -402,9 +402,9 @@ OPS = (
                   "scale_h": ("out", 1)},
           params=(Params(1, 3), Params(2, 4, x=("out", 0))), index_inputs=(LENGTHS,),
           input_exponents={H0: "scale_o"}, file_op_types=("GRUInt_Is8_Is64", "GRUInt_Is8_Is64_If32"), read=_read,
-          write=_write,
-          pack_rules=(check_batch, check_direction, check_vendor_state, check_in_alignment, check_hidden_alignment,
-                      check_out_exponent, _DTYPE),
+          write=_write, rules=(check_direction,), torch_ops=("builtin.GRU",),
+          pack_rules=(check_batch, check_vendor_state, check_in_alignment, check_hidden_alignment, check_out_exponent,
+                      _DTYPE),
           view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
           lowerings={"lnn": Lowering(32, None, _attrs, "gru.c"), "thinker": _THINKER_GRU}),
 )

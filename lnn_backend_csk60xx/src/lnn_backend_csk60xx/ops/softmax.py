@@ -66,8 +66,8 @@ def check_dim(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
             return None
         if op.op_type == "LogSoftmaxInt" and rank == 2 and dim == 1:
             return None
-    elif op.op_type not in _IR and isinstance(dim, int) and dim >= 0:
-        return None  # the torch op: whether a positive dim is the last one is checked at its first forward
+    elif op.op_type not in _IR and isinstance(dim, int) and dim >= 0 and rank is None:
+        return None  # the torch op, shape unknown: whether a positive dim is the last is checked at its first forward
     kind = "log-softmax" if "Log" in op.op_type or op.attrs.get("kind") == "log_softmax" else "softmax"
     return Finding(actual=f"dim={dim}" + (f" of a rank-{rank} input" if rank is not None else ""),
                    limit="dim=-1 (the last dimension)",
@@ -77,8 +77,8 @@ def check_dim(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
 
 @rule("csk60xx.softmax.row", ops=(), rmax="softmax.row_max")
 def check_row(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """softmax / log-softmax rows (the last dimension) must have at most {rmax} elements (the torch op checks it
-    at its first forward, where the shape is known)."""
+    """softmax / log-softmax rows (the last dimension) must have at most {rmax} elements (the torch op: at lnn.init
+    when it is given example_inputs, else at its first forward, where the shape is known)."""
     x = at(seq(op, "input_shapes"), 0)
     rmax = limits["softmax.row_max"]
     if not x or not isinstance(x[-1], int) or x[-1] <= rmax:
@@ -160,8 +160,8 @@ def _thinker(op_type: str) -> ThinkerLowering:
 def _op(op_type: str, code: int, torch_op: str) -> OpDef:
     return OpDef(op_type, "thinker", (1, 1), _infer, attrs={**_ATTRS, **PLATFORM},
                  scales={"scale_x": ("in", 0), "scale_o": ("out", 0)},
-                 rules=(check_dim, check_input_bits), torch_ops=(torch_op,),
-                 pack_rules=(check_row, check_in_exponent, check_out_exponent, _DTYPE),
+                 rules=(check_dim, check_row, check_input_bits), torch_ops=(torch_op,),
+                 pack_rules=(check_in_exponent, check_out_exponent, _DTYPE),
                  workspace=_workspace, kernel_workspace=_kernel_workspace, bit_verified=False,
                  lowerings={"lnn": Lowering(code, 1, None, "softmax.c"), "thinker": _thinker(op_type)})
 

@@ -15,6 +15,7 @@ float tensors, with straight-through gradients.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -81,6 +82,7 @@ def quantize(x: torch.Tensor, n: int, bits: int) -> torch.Tensor:
     return saturate(round_half_up(x.detach().double() * (2.0 ** n)), bits)
 
 
+@functools.cache  # a pure function of two hashable values, asked on every fake-quant
 def exact_grid(dtype: torch.dtype, bits: int) -> bool:
     """Whether ``dtype`` holds every integer of ``[lo - 1, hi + 1]`` exactly (``(lo, hi) = qrange(bits)``), with
     margin: true for float32 up to 23 bits, float64 up to 52 bits, float16 up to 10 bits; false for bfloat16

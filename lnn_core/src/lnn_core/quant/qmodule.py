@@ -143,6 +143,14 @@ class QModule(nn.Module):
             attrs["parameter_bits"] = self.weight_bits
         return attrs
 
+    def shape_attrs(self, input_shapes: Sequence[tuple[int, ...] | None]) -> dict[str, Any]:
+        """Attributes for the rules that judge shapes, from the shapes of the op's activation inputs (known at
+        ``lnn.init`` when it is given ``example_inputs``), in the vocabulary of the IR node the op exports to
+        (``input_shapes`` as the node's inputs have them). Default: none (the op's rules need no shape, or the
+        torch op's shapes are not the node's). Ops whose shape limits are otherwise checked at the first forward
+        override it."""
+        return {}
+
     # -- shared numerics ------------------------------------------------------------------------
     def constrain_weight(self, w: torch.Tensor) -> torch.Tensor:
         f = float(self.clamp_weight) if "weight" in self.clamps else 0.0

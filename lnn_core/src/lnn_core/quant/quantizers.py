@@ -210,19 +210,21 @@ def share_exponents(model: nn.Module, args: Any = None) -> None:
     """Forward pre-hook of a prepared model: during an eval forward nothing changes the state, so every
     quantizer resolves each exponent once for the whole forward instead of once per reader (a conv reads its
     input's exponent, which reads its input's, ...). Removed by :func:`unshare_exponents`."""
+    if model.training:  # a training forward: no shared memo (checked first: it walks no modules)
+        return
     quantizers = [m for m in model.modules() if isinstance(m, ActQuantizer)]
     if any(q.training for q in quantizers):
         return
     memo: dict[int, int] = {}
     for q in quantizers:
         q._memo = memo
+    model.__dict__["_lnn_memo_holders"] = quantizers  # what unshare_exponents clears (an instance attribute)
 
 
 def unshare_exponents(model: nn.Module, args: Any = None, output: Any = None) -> None:
     """Forward hook (``always_call``) ending :func:`share_exponents`."""
-    for m in model.modules():
-        if isinstance(m, ActQuantizer) and m._memo is not None:
-            m._memo = None
+    for q in model.__dict__.pop("_lnn_memo_holders", ()):
+        q._memo = None
 
 
 class _ObservedFakeQuant(torch.autograd.Function):

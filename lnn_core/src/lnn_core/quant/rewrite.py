@@ -201,6 +201,8 @@ class LnnInfo:
     #: module path -> ``{"op": id of the lowered family, **its attributes}`` for each module rewritten by a
     #: ``lowered`` family (``nn.MultiheadAttention``: ``num_heads``, ``head_dim``, ``scaling`` folded into q)
     lowered: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: op path -> the shapes of its activation inputs, from ``example_inputs`` at ``lnn.init`` (empty without)
+    input_shapes: dict[str, tuple[tuple[int, ...] | None, ...]] = attrs.field(factory=dict)
     report: RuleReport | None = None
 
 
@@ -794,6 +796,9 @@ class _Rewriter:
             raise TypeError(f"op family {fam.id}: build() must return lnn_core.quant.rewrite.Built or None")
         act_inputs = []
         providers = []
+        shapes = tuple(_node_shape(src) for src in built.act_inputs)
+        if any(sh is not None for sh in shapes):
+            self.info.input_shapes[path] = shapes
         for src in built.act_inputs:
             p = self.prov.get(src, FLOAT) if isinstance(src, fx.Node) else FLOAT
             if not isinstance(p, ActQuantizer):
@@ -930,11 +935,65 @@ def _rules_report(gm: fx.GraphModule, info: LnnInfo, host: Any, target: Any) -> 
     views = []
     for path, op_id in info.ops.items():
         mod = gm.get_submodule(path)
-        views.append(OpView(path, op_id, mod.op_attrs() if isinstance(mod, QModule) else {}))
+        op_attrs = mod.op_attrs() if isinstance(mod, QModule) else {}
+        if isinstance(mod, QModule) and path in info.input_shapes:
+            op_attrs.update(mod.shape_attrs(info.input_shapes[path]))
+        views.append(OpView(path, op_id, op_attrs))
     for entry in info.passthrough.values():
         views.append(OpView(entry["path"], entry["op"], entry["attrs"]))
     report = RuleReport(target.id)
     return report.check_ops(views, lambda op_type: host.rules_for(op_type, target.id), target.limits)
+
+
+def _node_shape(node: Any) -> tuple[int, ...] | None:
+    """The shape :func:`_propagate_shapes` recorded for ``node`` (None: not a tensor, or no example inputs)."""
+    return node.meta.get(_SHAPE_KEY) if isinstance(node, fx.Node) else None
+
+
+_SHAPE_KEY = "lnn_shape"
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs a graph and keeps the shape of every tensor a node produces in ``node.meta["lnn_shape"]``."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta[_SHAPE_KEY] = tuple(int(d) for d in result.shape)
+        return result
+
+
+def _propagate_shapes(gm: fx.GraphModule, example_inputs: Any, model_name: str) -> None:
+    """Run the float graph once on ``example_inputs`` and keep each node's shape (``node.meta["lnn_shape"]``).
+
+    Eval mode and no gradient, restored afterwards: no BatchNorm statistic or other state changes.
+    """
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    bad = [type(a).__name__ for a in args if not isinstance(a, torch.Tensor)]
+    if bad:
+        raise ConfigError(
+            f"lnn.init: example_inputs for model {model_name!r} holds a {bad[0]}, not a tensor",
+            {"rule": "example_inputs is a tensor or a tuple of tensors, one per forward argument",
+             "actual": ", ".join(type(a).__name__ for a in args)},
+            "pass example tensors shaped as the model takes them, e.g. example_inputs=torch.randn(1, 49, 40)",
+            option="example_inputs", value=example_inputs, valid="a tensor or a tuple of tensors")
+    modes = {m: m.training for m in gm.modules()}
+    try:
+        gm.eval()
+        with torch.no_grad():
+            _ShapeRecorder(gm).run(*args)
+    except Exception as exc:  # the user's model on the user's tensors: any failure is the inputs' mismatch
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        raise ConfigError(
+            f"lnn.init: model {model_name!r} does not run on example_inputs of shape {shapes}",
+            {"rule": "example_inputs must run through the float model's forward",
+             "cause": (str(exc).strip().splitlines() or [type(exc).__name__])[0]},
+            "pass tensors shaped as the model's forward takes them (batch dimension included), or leave "
+            "example_inputs out (the shape rules are then checked at the first forward)",
+            option="example_inputs", value=shapes, valid="inputs the float model runs on") from exc
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def _check_weight_rule(ctx: BuildContext, fam: Any, built: Any) -> None:
@@ -979,11 +1038,17 @@ def _refuse_new_setup(model: nn.Module, stage: str, info: LnnInfo, config: Quant
 
 
 def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: QuantConfig | None = None,
-            constrain: ConstrainConfig | None = None, check_rules: bool = True) -> fx.GraphModule:
+            constrain: ConstrainConfig | None = None, check_rules: bool = True,
+            example_inputs: Any = None) -> fx.GraphModule:
     """Trace ``model`` and return a new GraphModule for ``stage`` (the input model is not modified).
 
     A model prepared before (stage 1 to stage 2) is switched to ``stage`` on a copy; ``config`` (None: keep
     its own) and ``target`` must then be those it was prepared with (:class:`ConfigError` otherwise).
+
+    :param example_inputs: a tensor or a tuple of tensors as ``model``'s forward takes them. When given, the float
+        graph runs once on them (eval mode, no gradient, no state changed) and the rules that judge shapes (a
+        softmax row or a non-last ``dim``, BmmInt's right matrix, ...) are checked here with all the other rules
+        instead of at the first forward.
     """
     if config is not None and not isinstance(config, QuantConfig):
         raise ConfigError(f"config must be a lnn_core.QuantConfig, not {type(config).__name__}",
@@ -1005,6 +1070,8 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
     recipe = config.apply_to(host.recipes[recipe_name])
     root, graph, lowered_paths = trace_lowered(model, host.ops)
     gm = QuantizedModel(root, graph, type(model).__name__)
+    if example_inputs is not None:
+        _propagate_shapes(gm, example_inputs, type(model).__name__)
     gm.register_forward_pre_hook(share_exponents)  # eval: resolve each exponent once per forward
     gm.register_forward_hook(unshare_exponents, always_call=True)
     info = LnnInfo(stage, tgt.id, recipe, config, constrain, lowered=lowered_paths)
