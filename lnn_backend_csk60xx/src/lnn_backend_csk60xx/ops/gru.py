@@ -193,9 +193,12 @@ def _write(inputs: list[str]) -> list[str]:
     return [inputs[0], *inputs[5:], *inputs[1:5]]
 
 
-def _infer(c: InferContext) -> list[TensorInfo]:
-    """y int8 ``[T, B, H]`` (``batch_first=0``) or ``[B, T, H]``, h_n int8 ``[1, B, H]``; both take the file's
-    scales (``scale_o``, ``scale_h``). lengths ``[B]`` integers, h0 int8 ``[1, B, H]``."""
+def infer_recurrent(c: InferContext, op: str, gates: tuple[str, ...],
+                    states: tuple[tuple[int, str, str, str, str], ...], vendor: str) -> tuple[int, int, int, bool]:
+    """The checks GRUInt and LSTMInt share: x int8 rank 3, ``len(gates)`` gate blocks in w_ih ``[G H, D]``, w_hh
+    ``[G H, H]``, int32 biases ``[G H]``, the size attributes, lengths ``[B]`` and each state input ``(index,
+    role, dtype, what it holds, how to give it)`` an integer ``[1, B, H]`` (never float: ``vendor`` says what
+    the vendor's tools do with one). Returns ``(B, T, H, batch_first)``."""
     x, wi, wh, bi, bh = (c.info(i) for i in range(5))
     c.dtype(x, ["int8"], "input")
     c.rank(x, [3], "input")
@@ -205,36 +208,50 @@ def _infer(c: InferContext) -> list[TensorInfo]:
     for info, role in ((bi, "b_ih"), (bh, "b_hh")):
         c.dtype(info, ["int32"], role)
     h = wh.shape[1]
-    bf = int(c.attr("batch_first", 0))
+    bf = bool(int(c.attr("batch_first", 0)))
     b, t, d = (x.shape[0], x.shape[1], x.shape[2]) if bf else (x.shape[1], x.shape[0], x.shape[2])
-    if wi.shape != (3 * h, d) or wh.shape != (3 * h, h) or bi.shape != (3 * h,) or bh.shape != (3 * h,):
+    g = len(gates)
+    if wi.shape != (g * h, d) or wh.shape != (g * h, h) or bi.shape != (g * h,) or bh.shape != (g * h,):
         raise c.fail("weights do not fit the input and hidden sizes",
-                     {"rule": "GRUInt w_ih [3H, D], w_hh [3H, H], b_ih and b_hh [3H] (gates r, z, n)",
+                     {"rule": f"{op} w_ih [{g}H, D], w_hh [{g}H, H], b_ih and b_hh [{g}H] (gates {', '.join(gates)})",
                       "input": x.shape, "w_ih": wi.shape, "w_hh": wh.shape, "b_ih": bi.shape, "b_hh": bh.shape})
     for key, want in (("input_size", d), ("hidden_size", h)):
         got = c.attr(key)
         if got is not None and int(got) != want:
-            raise c.fail(f"{key}={got} does not match the weights ({want})", {"rule": f"GRUInt {key} = {want}"})
+            raise c.fail(f"{key}={got} does not match the weights ({want})", {"rule": f"{op} {key} = {want}"})
     if len(c.node.inputs) > LENGTHS:
         ln = c.info(LENGTHS)
         c.dtype(ln, ["int64", "int32"], "lengths")
         if ln.shape != (b,):
-            raise c.fail(f"lengths has shape {ln.shape}", {"rule": f"GRUInt lengths [B] = [{b}]"})
-    if len(c.node.inputs) > H0:
-        h0 = c.info(H0)
-        if h0.dtype in ("float32", "float64"):
-            raise c.fail(f"h0 {h0.name!r} is {h0.dtype}",
-                         {"rule": "GRUInt h0 is the raw state: int8 at the output exponent n_o",
-                          "vendor": "linger writes a float h0 (GRUInt_Is8_Is64_If32), which no vendor toolchain packs"},
-                         "give h0 as an int8 tensor (quantized at scale_o), or re-export with lnn")
-        c.dtype(h0, ["int8"], "h0")
-        if h0.shape != (1, b, h):
-            raise c.fail(f"h0 has shape {h0.shape}", {"rule": f"GRUInt h0 [1, B, H] = [1, {b}, {h}]"})
+            raise c.fail(f"lengths has shape {ln.shape}", {"rule": f"{op} lengths [B] = [{b}]"})
+    for k, role, dt, holds, how in states:
+        if len(c.node.inputs) <= k:
+            continue
+        info = c.info(k)
+        if info.dtype in ("float32", "float64"):
+            raise c.fail(f"{role} {info.name!r} is {info.dtype}",
+                         {"rule": f"{op} {role} is the raw state: {dt} {holds}", "vendor": vendor},
+                         f"give {role} as an {'integer' if len(states) > 1 else dt} tensor ({how}), or re-export "
+                         "with lnn")
+        c.dtype(info, [dt], role)
+        if info.shape != (1, b, h):
+            raise c.fail(f"{role} has shape {info.shape}", {"rule": f"{op} {role} [1, B, H] = [1, {b}, {h}]"})
+    return b, t, h, bf
+
+
+def _infer(c: InferContext) -> list[TensorInfo]:
+    """y int8 ``[T, B, H]`` (``batch_first=0``) or ``[B, T, H]``, h_n int8 ``[1, B, H]``; both take the file's
+    scales (``scale_o``, ``scale_h``). lengths ``[B]`` integers, h0 int8 ``[1, B, H]``."""
+    b, t, h, bf = infer_recurrent(
+        c, "GRUInt", ("r", "z", "n"), ((H0, "h0", "int8", "at the output exponent n_o", "quantized at scale_o"),),
+        "linger writes a float h0 (GRUInt_Is8_Is64_If32), which no vendor toolchain packs")
     y = (b, t, h) if bf else (t, b, h)
     return [c.out("int8", y, None), c.out("int8", (1, b, h), None, index=1)]
 
 
-def _view(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
+def view_recurrent(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
+    """What the rules of GRUInt / LSTMInt read besides the attributes: the batch, and which optional inputs
+    (lengths, initial state) the node has."""
     shapes = known_shapes(graph, node.inputs[0])
     if shapes is not None and len(shapes[0]) == 3:
         attrs["batch"] = shapes[0][0 if node.attrs.get("batch_first", 0) else 1]
@@ -405,6 +422,6 @@ OPS = (
           write=_write, rules=(check_direction,), torch_ops=("builtin.GRU",),
           pack_rules=(check_batch, check_vendor_state, check_in_alignment, check_hidden_alignment, check_out_exponent,
                       _DTYPE),
-          view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
+          view=view_recurrent, workspace=_workspace, kernel_workspace=_kernel_workspace,
           lowerings={"lnn": Lowering(32, None, _attrs, "gru.c"), "thinker": _THINKER_GRU}),
 )

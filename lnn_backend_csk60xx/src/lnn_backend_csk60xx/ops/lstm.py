@@ -77,7 +77,7 @@ from lnn_core.rules import Finding, OpView, rule
 from ..thinker.lowering import LAYOUT_NCHW, LAYOUT_NCWH, QUANT_LUNA, DecodedOp, Problem, ThinkerLowering
 from ._rules import at, dtype_rule, seq
 from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands, known_shapes
-from .gru import GATE_Q, _sat, _shr, sig8, tanh8
+from .gru import GATE_Q, _sat, _shr, infer_recurrent, sig8, tanh8, view_recurrent
 
 __all__ = ["OPS", "lstm_int", "CELL_Q"]
 
@@ -163,57 +163,17 @@ def _write(inputs: list[str]) -> list[str]:
 def _infer(c: InferContext) -> list[TensorInfo]:
     """y int8 ``[T, B, H]`` (``batch_first=0``) or ``[B, T, H]`` at scale_o, h_n int8 ``[1, B, H]`` at scale_h,
     c_n int16 ``[1, B, H]`` at 7."""
-    x, wi, wh, bi, bh = (c.info(i) for i in range(5))
-    c.dtype(x, ["int8"], "input")
-    c.rank(x, [3], "input")
-    for info, role in ((wi, "w_ih"), (wh, "w_hh")):
-        c.dtype(info, ["int8"], role)
-        c.rank(info, [2], role)
-    for info, role in ((bi, "b_ih"), (bh, "b_hh")):
-        c.dtype(info, ["int32"], role)
-    h = wh.shape[1]
-    bf = int(c.attr("batch_first", 0))
-    b, t, d = (x.shape[0], x.shape[1], x.shape[2]) if bf else (x.shape[1], x.shape[0], x.shape[2])
-    if wi.shape != (4 * h, d) or wh.shape != (4 * h, h) or bi.shape != (4 * h,) or bh.shape != (4 * h,):
-        raise c.fail("weights do not fit the input and hidden sizes",
-                     {"rule": "LSTMInt w_ih [4H, D], w_hh [4H, H], b_ih and b_hh [4H] (gates i, f, g, o)",
-                      "input": x.shape, "w_ih": wi.shape, "w_hh": wh.shape, "b_ih": bi.shape, "b_hh": bh.shape})
-    for key, want in (("input_size", d), ("hidden_size", h)):
-        got = c.attr(key)
-        if got is not None and int(got) != want:
-            raise c.fail(f"{key}={got} does not match the weights ({want})", {"rule": f"LSTMInt {key} = {want}"})
     n = len(c.node.inputs)
     if n not in (5, 6, 8):
         raise c.fail(f"has {n} inputs", {"rule": "LSTMInt(x, w_ih, w_hh, b_ih, b_hh[, lengths[, h0, c0]])"})
-    if n > LENGTHS:
-        ln = c.info(LENGTHS)
-        c.dtype(ln, ["int64", "int32"], "lengths")
-        if ln.shape != (b,):
-            raise c.fail(f"lengths has shape {ln.shape}", {"rule": f"LSTMInt lengths [B] = [{b}]"})
-    if n > H0:
-        for k, role, dt, want in ((H0, "h0", "int8", None), (C0, "c0", "int16", CELL_Q)):
-            info = c.info(k)
-            how = "quantized at scale_o" if want is None else "quantized to 16 bits at scale 128"
-            if info.dtype in ("float32", "float64"):
-                raise c.fail(f"{role} {info.name!r} is {info.dtype}",
-                             {"rule": f"LSTMInt {role} is the raw state: {dt} "
-                                      + ("at the output exponent n_o" if want is None else "Q7"),
-                              "vendor": "thinker copies a float h0/c0 as raw bytes and misreads it"},
-                             f"give {role} as an integer tensor ({how}), or re-export with lnn")
-            c.dtype(info, [dt], role)
-            if info.shape != (1, b, h):
-                raise c.fail(f"{role} has shape {info.shape}", {"rule": f"LSTMInt {role} [1, B, H] = [1, {b}, {h}]"})
+    b, t, h, bf = infer_recurrent(
+        c, "LSTMInt", ("i", "f", "g", "o"),
+        ((H0, "h0", "int8", "at the output exponent n_o", "quantized at scale_o"),
+         (C0, "c0", "int16", "Q7", "quantized to 16 bits at scale 128")),
+        "thinker copies a float h0/c0 as raw bytes and misreads it")
     y = (b, t, h) if bf else (t, b, h)
     return [c.out("int8", y, None), c.out("int8", (1, b, h), None, index=1),
             c.out("int16", (1, b, h), CELL_Q, index=2)]
-
-
-def _view(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
-    shapes = known_shapes(graph, node.inputs[0])
-    if shapes is not None and len(shapes[0]) == 3:
-        attrs["batch"] = shapes[0][0 if node.attrs.get("batch_first", 0) else 1]
-    attrs["state_in"] = len(node.inputs) > H0
-    attrs["lengths"] = len(node.inputs) > LENGTHS
 
 
 @rule("csk60xx.lstm.batch", ops=(), bmax="lstm.batch_max")
@@ -400,6 +360,6 @@ OPS = (
           input_exponents={H0: "scale_o", C0: CELL_Q}, read=_read, write=_write,
           pack_rules=(check_batch, check_in_alignment, check_hidden_alignment, check_out_exponent,
                       check_state_exponent, check_vendor_lengths, _DTYPE),
-          view=_view, workspace=_workspace, kernel_workspace=_kernel_workspace,
+          view=view_recurrent, workspace=_workspace, kernel_workspace=_kernel_workspace,
           lowerings={"lnn": Lowering(31, None, _attrs, "lstm.c"), "thinker": _THINKER_LSTM}),
 )
