@@ -83,14 +83,6 @@ lnn_sim_status lnn_sim_lstm_s8(int32_t n_i, int32_t n_iw, int32_t n_hw, int32_t 
 
 /* ---- registration --------------------------------------------------------------------------------- */
 
-/* the sequence length of a batch-1 [T,1,C] / [1,T,C] tensor with last dimension c, or -1 */
-static int64_t seq_len(const lnn_tensor *v, int64_t c) {
-    if (v->rank != 3 || v->dims[2] != c) return -1;
-    if (v->dims[1] == 1) return v->dims[0];
-    if (v->dims[0] == 1) return v->dims[1];
-    return -1;
-}
-
 static lnn_sim_status prepare_lstm(const lnn_sim_model *m, lnn_op *op, lnn_scratch_need *need, char *msg, size_t n) {
     const lnn_tensor *x, *wi, *wh, *bi, *bh, *y, *hn, *cn;
     int64_t h, d, steps;
@@ -106,13 +98,13 @@ static lnn_sim_status prepare_lstm(const lnn_sim_model *m, lnn_op *op, lnn_scrat
     y = LNN_OUT(m, op, 0), hn = LNN_OUT(m, op, 1), cn = LNN_OUT(m, op, 2);
     h = wh->rank == 2 ? wh->dims[1] : 0;
     d = x->rank == 3 ? x->dims[2] : 0;
-    steps = seq_len(x, d);
+    steps = lnn_rnn_seq_len(x, d);
     if (x->dtype != LNN_SIM_DT_INT8 || steps < 1 || h < 1 || h > 65535 || d > 65535 ||
         wi->dtype != LNN_SIM_DT_INT8 || wi->rank != 2 || wi->dims[0] != 4 * h || wi->dims[1] != d ||
         wh->dtype != LNN_SIM_DT_INT8 || wh->dims[0] != 4 * h || !(wi->flags & LNN_SIM_TF_CONST) ||
         !(wh->flags & LNN_SIM_TF_CONST) || bi->dtype != LNN_SIM_DT_INT32 || bi->rank != 1 || bi->dims[0] != 4 * h ||
         bh->dtype != LNN_SIM_DT_INT32 || bh->rank != 1 || bh->dims[0] != 4 * h || !(bi->flags & LNN_SIM_TF_CONST) ||
-        !(bh->flags & LNN_SIM_TF_CONST) || y->dtype != LNN_SIM_DT_INT8 || seq_len(y, h) != steps ||
+        !(bh->flags & LNN_SIM_TF_CONST) || y->dtype != LNN_SIM_DT_INT8 || lnn_rnn_seq_len(y, h) != steps ||
         y->dims[0] != x->dims[0] || hn->dtype != LNN_SIM_DT_INT8 || hn->numel != h || hn->rank != 3 ||
         cn->dtype != LNN_SIM_DT_INT16 || cn->numel != h || cn->rank != 3)
         return LNN_FAIL(LNN_SIM_E_SHAPE, "op '%s': LSTMInt needs int8 x [T,1,D] or [1,T,D], constant int8 w_ih "

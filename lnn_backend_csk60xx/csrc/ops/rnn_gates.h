@@ -4,12 +4,14 @@
  * acc[j] = sum_i v[i] * w[j * k + i] for j < rows, in int32: every product is at most 2^14 in magnitude and
  * k <= 65535, so |acc| < 2^30 and the sum is exact in any order. The avx2 path widens 16 bytes at a time to int16
  * and adds pairs of products with pmaddwd (exact: |a*b + c*d| <= 2^15); the portable path is the plain loop. A
- * model's instruction-set path (m->isa, lnn_gemm.h) picks one; both give the same integers.
+ * model's instruction-set path (m->isa, lnn_gemm.h) picks one; both give the same integers. Also the shape helper
+ * both kernels' prepare steps use.
  */
 #ifndef LNN_RNN_GATES_H
 #define LNN_RNN_GATES_H
 
 #include "lnn_gemm.h"
+#include "lnn_sim_model.h"
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && \
     !defined(LNN_SIM_NO_SIMD)
@@ -59,6 +61,14 @@ static lnn_rnn_matvec_fn lnn_rnn_pick_matvec(int32_t isa) {
 #endif
     (void)isa;
     return lnn_rnn_matvec_portable;
+}
+
+/* the sequence length of a batch-1 [T,1,C] / [1,T,C] tensor with last dimension c, or -1 */
+static int64_t lnn_rnn_seq_len(const lnn_tensor *v, int64_t c) {
+    if (v->rank != 3 || v->dims[2] != c) return -1;
+    if (v->dims[1] == 1) return v->dims[0];
+    if (v->dims[0] == 1) return v->dims[1];
+    return -1;
 }
 
 #endif /* LNN_RNN_GATES_H */
