@@ -173,7 +173,7 @@ def _dtype(node: fx.Node) -> str:
 
 class _Exporter:
     def __init__(self, model: fx.GraphModule, info: LnnInfo, host: PluginHost, *, dynamic_batch: bool,
-                 strict: bool) -> None:
+                 strict: bool, inputs: Sequence[Any] = ()) -> None:
         self.model, self.info, self.host = model, info, host
         self.dynamic_batch, self.strict = dynamic_batch, strict
         self.b = _Builder(Graph(name=type(model).__name__))
@@ -185,7 +185,7 @@ class _Exporter:
         self.island_meta: list[dict[str, Any]] = []
         # graph input -> the example value: a float op reading a graph input directly is traced on it (the lengths
         # of pack_padded_sequence must be real lengths), other inputs of float ops on zeros of their shape
-        self.examples: dict[fx.Node, Any] = {}
+        self.examples: dict[fx.Node, Any] = dict(zip((n for n in model.graph.nodes if n.op == "placeholder"), inputs))
 
     @property
     def g(self) -> Graph:
@@ -609,8 +609,7 @@ def to_ir(model: nn.Module, example_inputs: Any, *, input_names: Sequence[str] |
         model.eval()
         with torch.no_grad():
             ExampleRunner(model, shapes=True).run(*inputs)
-            exporter = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict)
-            exporter.examples = dict(zip((n for n in model.graph.nodes if n.op == "placeholder"), inputs))
+            exporter = _Exporter(model, info, host, dynamic_batch=dynamic_batch, strict=strict, inputs=inputs)
             graph = exporter.run(input_names, output_names)
             graph.prune_dead()
     finally:
