@@ -401,7 +401,8 @@ _THINKER_GRU = ThinkerLowering("GRUInt", attrs=_thinker_attrs, relayout={1: rela
                                read=_thinker_read, workspace_repeats=4)
 
 
-_ATTRS = {
+#: the attributes and scales of linger's GRUInt and LSTMInt nodes (one layer, one direction each)
+RECURRENT_ATTRS = {
     "input_size": AttrSpec("int", minimum=1),
     "hidden_size": AttrSpec("int", minimum=1),
     "num_layers": AttrSpec("int", default=1, choices=(1,)),
@@ -412,11 +413,12 @@ _ATTRS = {
     "parameter_bits": AttrSpec("int", default=8, choices=(8,)),
     "o_bits": AttrSpec("int", default=8, choices=(8,)),
 }
+RECURRENT_SCALES = {"scale_i": ("in", 0), "scale_iw": ("in", 1), "scale_hw": ("in", 2), "scale_o": ("out", 0),
+                    "scale_h": ("out", 1)}
 
 OPS = (
-    OpDef("GRUInt", "thinker", (5, 7), _infer, outputs=2, attrs={**_ATTRS, **PLATFORM},
-          scales={"scale_i": ("in", 0), "scale_iw": ("in", 1), "scale_hw": ("in", 2), "scale_o": ("out", 0),
-                  "scale_h": ("out", 1)},
+    OpDef("GRUInt", "thinker", (5, 7), _infer, outputs=2, attrs={**RECURRENT_ATTRS, **PLATFORM},
+          scales=dict(RECURRENT_SCALES),
           params=(Params(1, 3), Params(2, 4, x=("out", 0))), index_inputs=(LENGTHS,),
           input_exponents={H0: "scale_o"}, file_op_types=("GRUInt_Is8_Is64", "GRUInt_Is8_Is64_If32"), read=_read,
           write=_write, rules=(check_direction,), torch_ops=("builtin.GRU",),

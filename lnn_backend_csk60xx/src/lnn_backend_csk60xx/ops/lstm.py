@@ -76,8 +76,8 @@ from lnn_core.rules import Finding, OpView, rule
 
 from ..thinker.lowering import LAYOUT_NCHW, LAYOUT_NCWH, QUANT_LUNA, DecodedOp, Problem, ThinkerLowering
 from ._rules import at, dtype_rule, seq
-from .base import PLATFORM, AttrSpec, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands, known_shapes
-from .gru import GATE_Q, _sat, _shr, infer_recurrent, sig8, tanh8, view_recurrent
+from .base import PLATFORM, InferContext, Lowering, OpDef, Params, ReadContext, engine_operands, known_shapes
+from .gru import GATE_Q, RECURRENT_ATTRS, RECURRENT_SCALES, _sat, _shr, infer_recurrent, sig8, tanh8, view_recurrent
 
 __all__ = ["OPS", "lstm_int", "CELL_Q"]
 
@@ -340,22 +340,9 @@ _THINKER_LSTM = ThinkerLowering("LSTMInt", attrs=_thinker_attrs, inputs=_thinker
                                 read=_thinker_read, ir_order=_thinker_ir_order)
 
 
-_ATTRS = {
-    "input_size": AttrSpec("int", minimum=1),
-    "hidden_size": AttrSpec("int", minimum=1),
-    "num_layers": AttrSpec("int", default=1, choices=(1,)),
-    "batch_first": AttrSpec("int", default=0, choices=(0, 1)),
-    "dropout": AttrSpec("float", default=0.0, choices=(0.0,)),
-    "go_forward": AttrSpec("int", default=1, choices=(0, 1)),
-    "data_bits": AttrSpec("int", default=8, choices=(8,)),
-    "parameter_bits": AttrSpec("int", default=8, choices=(8,)),
-    "o_bits": AttrSpec("int", default=8, choices=(8,)),
-}
-
 OPS = (
-    OpDef("LSTMInt", "thinker", (5, 8), _infer, outputs=3, attrs={**_ATTRS, **PLATFORM},
-          scales={"scale_i": ("in", 0), "scale_iw": ("in", 1), "scale_hw": ("in", 2), "scale_o": ("out", 0),
-                  "scale_h": ("out", 1)},
+    OpDef("LSTMInt", "thinker", (5, 8), _infer, outputs=3, attrs={**RECURRENT_ATTRS, **PLATFORM},
+          scales=dict(RECURRENT_SCALES),
           params=(Params(1, 3), Params(2, 4, x=("out", 0))), index_inputs=(LENGTHS,),
           input_exponents={H0: "scale_o", C0: CELL_Q}, read=_read, write=_write,
           pack_rules=(check_batch, check_in_alignment, check_hidden_alignment, check_out_exponent,
