@@ -103,17 +103,15 @@ def pad_model(shape: tuple[int, ...], pads: tuple[int, int, int, int], *, conv: 
     return make_model(nodes, {"x": shape}, {"out": None}, inits)
 
 
-def gru_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_i: int = 5, n_iw: int = 7,
-              n_hw: int = 7, go_forward: int = 1, h_out: bool = True, linears: bool = False,
-              lengths: int | None = None, state: bool = False):
-    """Quant -> GRUInt -> Dequant (y) [and Dequant (h_n)], as linger 1.1.1 writes a GRU; n_o = n_h = 8.
-    ``linears``: a LinearInt before the GRU and one after it (DMA'd weight ops around it); ``lengths``: a constant
-    [L]; ``state``: an int8 h0 graph input (with lengths [T])."""
+def _rnn_front(gates: int, t: int, d: int, h: int, seed: int, batch_first: int, n_i: int, linears: bool,
+               lengths: int | None, state: bool):
+    """What the GRU and LSTM builders share: random weights of ``gates`` blocks, the Quant (and LinearInt) before
+    the recurrent node, its lengths input; returns ``(weights, linear attrs, nodes, extra inputs, graph inputs)``."""
     rng = np.random.default_rng(seed)
-    w = dict(w_ih=rng.integers(-128, 128, (3 * h, d)).astype(np.int8),
-             w_hh=rng.integers(-128, 128, (3 * h, h)).astype(np.int8),
-             b_ih=rng.integers(-(1 << 14), 1 << 14, 3 * h).astype(np.int32),
-             b_hh=rng.integers(-(1 << 14), 1 << 14, 3 * h).astype(np.int32))
+    w = dict(w_ih=rng.integers(-128, 128, (gates * h, d)).astype(np.int8),
+             w_hh=rng.integers(-128, 128, (gates * h, h)).astype(np.int8),
+             b_ih=rng.integers(-(1 << 14), 1 << 14, gates * h).astype(np.int32),
+             b_hh=rng.integers(-(1 << 14), 1 << 14, gates * h).astype(np.int32))
     lin = dict(scale_w=7, data_bits=8, parameter_bits=8, o_bits=8)
     nodes = [tnode("Quant", ["x"], ["x0" if linears else "q"], name="quant", scale_x=n_i, data_bits=8)]
     if linears:
@@ -126,6 +124,16 @@ def gru_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_
     if lengths is not None:
         w["len"] = np.array([lengths], np.int64)
     inputs = {"x": (1, t, d) if batch_first else (t, 1, d)}
+    return w, lin, nodes, extra, inputs
+
+
+def gru_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n_i: int = 5, n_iw: int = 7,
+              n_hw: int = 7, go_forward: int = 1, h_out: bool = True, linears: bool = False,
+              lengths: int | None = None, state: bool = False):
+    """Quant -> GRUInt -> Dequant (y) [and Dequant (h_n)], as linger 1.1.1 writes a GRU; n_o = n_h = 8.
+    ``linears``: a LinearInt before the GRU and one after it (DMA'd weight ops around it); ``lengths``: a constant
+    [L]; ``state``: an int8 h0 graph input (with lengths [T])."""
+    w, lin, nodes, extra, inputs = _rnn_front(3, t, d, h, seed, batch_first, n_i, linears, lengths, state)
     if state:
         extra.append("h0")
         inputs["h0"] = (1, 1, h)
@@ -153,23 +161,7 @@ def lstm_model(t: int, d: int, h: int, *, seed: int = 0, batch_first: int = 1, n
     """Quant -> LSTMInt -> Dequant (y), inputs in linger's order; ``lengths``: a constant [L]; ``state``: h0 (int8)
     and c0 (int16) raw graph inputs and h_n / c_n raw outputs (lengths [T] then, as linger writes it);
     ``linears``: a LinearInt before the LSTM and one after it."""
-    rng = np.random.default_rng(seed)
-    w = dict(w_ih=rng.integers(-128, 128, (4 * h, d)).astype(np.int8),
-             w_hh=rng.integers(-128, 128, (4 * h, h)).astype(np.int8),
-             b_ih=rng.integers(-(1 << 14), 1 << 14, 4 * h).astype(np.int32),
-             b_hh=rng.integers(-(1 << 14), 1 << 14, 4 * h).astype(np.int32))
-    lin = dict(scale_w=7, data_bits=8, parameter_bits=8, o_bits=8)
-    nodes = [tnode("Quant", ["x"], ["x0" if linears else "q"], name="quant", scale_x=n_i, data_bits=8)]
-    if linears:
-        w.update(w0=rng.integers(-64, 64, (d, d)).astype(np.int8), b0=rng.integers(-500, 500, d).astype(np.int32),
-                 w1=rng.integers(-64, 64, (h, h)).astype(np.int8), b1=rng.integers(-500, 500, h).astype(np.int32))
-        nodes.append(tnode("LinearInt", ["x0", "w0", "b0"], ["q"], name="lin0", scale_x=n_i, scale_o=n_i, **lin))
-    if state and lengths is None:
-        lengths = t
-    extra = [] if lengths is None else ["len"]
-    if lengths is not None:
-        w["len"] = np.array([lengths], np.int64)
-    inputs = {"x": (1, t, d) if batch_first else (t, 1, d)}
+    w, lin, nodes, extra, inputs = _rnn_front(4, t, d, h, seed, batch_first, n_i, linears, lengths, state)
     if state:
         extra += ["h0", "c0"]
         inputs.update(h0=(1, 1, h), c0=(1, 1, h))
