@@ -48,6 +48,18 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert "float" in st["runs"] and (out / "stream.png").stat().st_size > 10_000 and (out / "sentence.wav").is_file()
     for run in st["runs"].values():  # (one epoch of a few hundred clips: the firings themselves are not judged here)
         assert set(run) >= {"firings", "detected", "missed", "false_firings", "ok"}
+    if not crnn["int8_blocked"]:
+        # the int8 CRNN streamed on the C simulator through its step model (GRU state in and out), the same
+        # integers as int8 eval streamed and as the int8 model on the whole sentence at once
+        step = crnn["step_model"]
+        assert step["bit_exact"] and step["state"] == {"h": "h_n"} and step["state_exponent"] == 8
+        assert step["warnings"] == ["csk60xx.gru.vendor_state"] and (out / "kws_crnn_step.bin").is_file()
+        assert set(st["runs"]) == {"float", "int8", "sim"} and st["plotted_run"] == "sim"
+        assert st["int8_stream_equals_whole"] and st["sim_stream_equals_int8"] and st["sim_stream_equals_whole"]
+        assert st["model_steps"] == 124  # 5 s: 249 frames, two per step
+        summary = (out / "summary.txt").read_text()
+        assert "streamed integers equal int8 eval's stream and the whole sentence's" in summary
+        assert "csk60xx.gru.vendor_state" in summary
 
 
 def test_kws_options_are_refused_by_the_digits_demo(capsys):

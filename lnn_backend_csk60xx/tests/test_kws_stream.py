@@ -152,3 +152,53 @@ def test_the_int8_crnn_streamed_two_frames_at_a_time_equals_the_whole_recording(
         y, h = step(x[:, :, t:t + 2].numpy(), h)
         parts.append(y)
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_the_int8_crnn_streams_on_the_simulator_with_its_state_carried(tmp_path):
+    """The demo's step model of a quantized CRNN (its GRU's h0 a graph input, h_n a graph output, the state at
+    2^-8): exported, packed, verified, and streamed through the C simulator two frames per call, it gives the
+    integers of the int8 eval model on the whole recording, and so does int8 eval streamed; the final states agree
+    too, a state that reaches the int8 limits included, and the vendor runtime's caveat is a pack warning."""
+    torch = pytest.importorskip("torch")
+    import lnn_backend_csk60xx.plugin as backend_plugin
+    import lnn_core as lnn
+    import lnn_ops_builtin.plugin as ops_plugin
+    from lnn_backend_csk60xx.kws.demo import _export_step_model
+    from lnn_backend_csk60xx.kws.models import build_crnn
+    from lnn_core.testing import isolated_host
+
+    host = isolated_host([ops_plugin, backend_plugin])
+    torch.manual_seed(0)
+    float_model = build_crnn()
+    for p in float_model.parameters():  # large weights: a GRU state that saturates at the int8 limits
+        torch.nn.init.normal_(p, std=0.3)
+    m = lnn.init(build_crnn(), host=host)
+    m.load_state_dict(float_model.state_dict(), strict=False)
+    m.train()
+    m(torch.randn(4, 1, 20, 10))
+    m.eval()
+    x = torch.randn(1, 1, 40, 10)
+    step = _export_step_model("crnn", m, x[:, :, :10], tmp_path, host, 2)
+    row = step["row"]
+    assert row["state"] == {"h": "h_n"} and row["state_exponent"] == 8 and row["bit_exact"]
+    assert row["warnings"] == ["csk60xx.gru.vendor_state"]
+    assert row["flash_bytes"] == (tmp_path / "kws_crnn_step.bin").stat().st_size
+    with torch.no_grad():
+        whole = m(x)[0].numpy()
+    results = {}
+    for kind, run in (("sim", stream.simulator_step(step["step_sim"])), ("int8", stream.int8_torch_step(m))):
+        state, parts = None, []
+        for t in range(0, 40, 2):
+            y, state = run(x[:, :, t:t + 2].numpy(), state)
+            parts.append(np.asarray(y).reshape(-1, 12))
+        results[kind] = (np.concatenate(parts), np.asarray(state["h"] if kind == "sim" else state).reshape(-1))
+    np.testing.assert_array_equal(results["sim"][0], whole)
+    np.testing.assert_array_equal(results["int8"][0], whole)
+    np.testing.assert_array_equal(results["sim"][1], results["int8"][1])
+    h = results["sim"][1] * 256
+    assert np.array_equal(h, np.round(h)) and (h.max() == 127 or h.min() == -128)
+    # a stream restarted from a saved state goes on as the first one
+    run = stream.simulator_step(step["step_sim"])
+    _, saved = run(x[:, :, :2].numpy(), None)
+    again, _ = stream.simulator_step(step["step_sim"])(x[:, :, 2:4].numpy(), saved)
+    np.testing.assert_array_equal(np.asarray(again).reshape(-1, 12), whole[1:2])

@@ -2,9 +2,11 @@
 
 data (eSpeak NG, cached) -> MFCC front end -> for each model: float training -> stage 1 (``lnn.constrain``) ->
 stage 2 (``lnn.init``, QAT) -> export (CSK60xx dialect and QDQ) -> pack (memory plan, model.bin) -> the C int8
-simulator on every test clip -> ``lnn.verify`` (every intermediate tensor) -> one summary table. Then the CRNN
-streams a 5 s sentence hop by hop through the keyword detector (:mod:`.stream`). Until the GRU op family exists
-the CRNN stops after float training (the table says so) and streams in float.
+simulator on every test clip -> ``lnn.verify`` (every intermediate tensor) -> one summary table. The CRNN is also
+exported as one streaming step, its GRU state an input and an output (``kws_crnn_step.onnx`` / ``.bin``). Then it
+streams a 5 s sentence hop by hop through the keyword detector (:mod:`.stream`): in float, in int8 eval and on the
+C simulator (the step model, its state carried), whose integers must equal the int8 model's on the whole sentence.
+A model with an op that has no quantized form stops after float training (the table says so).
 Needs the ``demo`` extra (torch, lnn-ops-builtin, espeakng-loader).
 """
 
@@ -22,7 +24,7 @@ from lnn_core.cli import result_stream
 from ..demo import _with_float_weights
 from .data import LABELS, UNKNOWN, load_dataset
 from .frontend import FrontEnd, mfcc, write_wav
-from .models import FRAMES_PER_STEP, MODELS
+from .models import FRAMES_PER_STEP, MODELS, STEP_MODELS
 
 __all__ = ["run_kws_demo", "run_cli", "summary_table", "FULL", "QUICK"]
 
@@ -172,6 +174,7 @@ def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: di
         range(len(x_np)), desc=f"{name}: C simulator, {len(x_np)} test clips", disable=not progress, leave=False)])
     sim_ms = (time.perf_counter() - t1) * 1000.0 / len(x_np)  # one clip is one second of audio
     report = lnn.verify(qmodel, xte[:1], host=host)
+    step = _export_step_model(name, qmodel, xte[:1], out, host, fps) if name in STEP_MODELS else None
     share = packed.plan.regions[REGION_SHARE]
     psram = packed.plan.regions.get(REGION_PSRAM)
     row.update({
@@ -192,7 +195,55 @@ def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: di
         "sim_ms_per_audio_second": round(sim_ms, 3),
         "train_seconds": round(train_s, 1),
     })
-    return row, {"float": float_model, "int8": qmodel, "sim": sim}
+    if step is not None:
+        row["step_model"] = step.pop("row")
+    return row, {"float": float_model, "int8": qmodel, "sim": sim, **step} if step else {
+        "float": float_model, "int8": qmodel, "sim": sim}
+
+
+def _export_step_model(name: str, qmodel: Any, clip: Any, out: Path, host: Any, frames: int) -> dict[str, Any]:
+    """The trained int8 model as one streaming step (:data:`.models.STEP_MODELS`): ``(frames, h) -> (scores,
+    h_n)``, its GRU's initial state a graph input and its final state a graph output, exported, packed
+    (``kws_<name>_step.onnx`` / ``.bin``) and verified tensor by tensor; returns its row of the summary
+    (``"row"``), the quantized step model (``"int8_step"``) and its simulator (``"step_sim"``). ``clip`` (one
+    test clip): its first frames and the state the int8 model has after the rest are what export and verify see.
+
+    The step model has the whole model's parameters and activation exponents (its ``state_dict``); its one new
+    quantizer, the state input's, takes the GRU's state exponent (``n_o``, 8) as a fixed exponent, so the state
+    the simulator carries from call to call is exactly the chip's int8 ``h`` (no rounding between calls)."""
+    import lnn_core as lnn
+    from lnn_core.quant.observers import FixedExponent
+
+    from ..dialect import read_onnx
+    from ..pipeline import pack_graph
+    from ..planner import REGION_SHARE
+    from ..simulator import Simulator
+    from .stream import int8_torch_step
+
+    step = lnn.init(STEP_MODELS[name](), host=host)
+    missing, unexpected = step.load_state_dict(qmodel.state_dict(), strict=False)
+    state_q = step.get_submodule("q_input_h").out_q  # the quantizer of the state input h (graph input "h")
+    if unexpected or any(not k.startswith("q_input_h.") for k in missing):
+        raise RuntimeError(f"lnn demo kws: the step model of {name} does not match its whole model: missing "
+                           f"{missing}, unexpected {unexpected}")
+    gru = qmodel.get_submodule("gru")
+    state_q.observer = FixedExponent(gru.state_exponent)
+    step.eval()
+    _, h = int8_torch_step(qmodel)(clip[:, :, frames:(clip.shape[2] // frames) * frames].numpy(), None)
+    example = (clip[:, :, :frames], h)
+    path = out / f"kws_{name}_step.onnx"
+    lnn.export(step, example, path, input_names=["frames", "h"], output_names=["scores", "h_n"], host=host)
+    packed = pack_graph(read_onnx(path))
+    (out / f"kws_{name}_step.bin").write_bytes(packed.blob)
+    sim = Simulator(packed.blob)
+    report = lnn.verify(step, example, host=host)
+    warnings = sorted({v.rule_id for v in (packed.rules.violations if packed.rules else ())})
+    return {"row": {"file": str(out / f"kws_{name}_step.bin"), "frames_per_call": frames,
+                    "state": {i: o for i, o in sim.state_pairs.items()}, "state_exponent": gru.state_exponent,
+                    "bit_exact": bool(report.ok), "flash_bytes": len(packed.blob),
+                    "share_mem_bytes": packed.plan.regions[REGION_SHARE].size,
+                    "warnings": warnings},
+            "int8_step": step, "step_sim": sim}
 
 
 def run_kws_demo(*, clips: int = FULL["clips"], epochs: int = FULL["epochs"], crnn_epochs: int = FULL["crnn_epochs"],
@@ -256,8 +307,10 @@ def run_kws_demo(*, clips: int = FULL["clips"], epochs: int = FULL["epochs"], cr
 
 def _streaming(models: dict[str, Any], front: FrontEnd, clips: int, seed: int, cache_dir: Any, out: Path,
                progress: bool) -> dict[str, Any]:
-    """The CRNN streamed over the 5 s test sentence, hop by hop, by each runner that exists: the detector's
-    firings, their scoring, ``stream.png`` and ``sentence.wav``."""
+    """The CRNN streamed over the 5 s test sentence, hop by hop, by each runner that exists (float torch, int8
+    eval, the C simulator on the step model): the detector's firings, their scoring, whether the streamed integers
+    equal each other and the whole sentence's at once, ``stream.png`` and ``sentence.wav``."""
+    import torch
     from tqdm import tqdm
 
     from .stream import (
@@ -266,6 +319,7 @@ def _streaming(models: dict[str, Any], front: FrontEnd, clips: int, seed: int, c
         int8_torch_step,
         plot_stream,
         score_firings,
+        simulator_step,
         stream,
         synthesize_sentence,
     )
@@ -284,6 +338,8 @@ def _streaming(models: dict[str, Any], front: FrontEnd, clips: int, seed: int, c
         res["int8_blocked"] = "the int8 CRNN needs the GRU op family (issue 10): streamed in float only"
     else:
         runners["int8"] = int8_torch_step(models["int8"])
+    if models.get("step_sim") is not None:
+        runners["sim"] = simulator_step(models["step_sim"])
     results = {}
     for kind, step in tqdm(runners.items(), desc="streaming the 5 s sentence", disable=not progress, leave=False):
         t0 = time.perf_counter()
@@ -292,6 +348,16 @@ def _streaming(models: dict[str, Any], front: FrontEnd, clips: int, seed: int, c
         res["runs"][kind] = {"firings": [{"keyword": f.keyword, "time_s": f.time, "posterior": f.posterior}
                                          for f in r.firings],
                              **score_firings(sentence, r.firings), "ms_per_audio_second": round(ms, 2)}
+    if "int8" in results:
+        feats = results["int8"].features  # the streamed features, every frame the model saw, as one recording
+        with torch.no_grad():
+            models["int8"].eval()
+            whole = models["int8"](torch.from_numpy(np.ascontiguousarray(feats[None, None])))[0].numpy()
+        res["int8_stream_equals_whole"] = bool(np.array_equal(results["int8"].scores, whole))
+        res["model_steps"] = len(whole)
+        if "sim" in results:
+            res["sim_stream_equals_int8"] = bool(np.array_equal(results["sim"].scores, results["int8"].scores))
+            res["sim_stream_equals_whole"] = bool(np.array_equal(results["sim"].scores, whole))
     best = "sim" if "sim" in results else "int8" if "int8" in results else "float"
     plot_stream(out / "stream.png", sentence, results[best], detector,
                 f"lnn demo kws: the CRNN ({best}) streamed over 5 s, {sentence.voice} (a voice not heard in training)")
@@ -376,7 +442,22 @@ def summary_table(res: dict[str, Any]) -> str:
             lines.append(f"  {kind}: fired {fired}: {verdict}; {run['ms_per_audio_second']:.1f} ms per s of audio")
         if st.get("int8_blocked"):
             lines.append(f"  {st['int8_blocked']}")
-        lines.append(f"  plot: {st['plot']}")
+        if "int8_stream_equals_whole" in st:
+            lines.append(f"  int8 eval streamed step by step == the int8 model on the whole sentence at once "
+                         f"({st['model_steps']} steps): {'yes' if st['int8_stream_equals_whole'] else 'NO'}")
+        crnn = next((r for r in res["models"] if r.get("step_model")), None)
+        if "sim_stream_equals_int8" in st and crnn is not None:
+            sm = crnn["step_model"]
+            same = st["sim_stream_equals_int8"] and st["sim_stream_equals_whole"]
+            lines += [f"  sim: the step model {Path(sm['file']).name} ({sm['frames_per_call']} frames in, GRU state "
+                      f"h int8 at 2^-{sm['state_exponent']} an input and an output, {sm['flash_bytes']:,} B, "
+                      f"{sm['share_mem_bytes']:,} B share-mem, lnn.verify {'bit-exact' if sm['bit_exact'] else 'FAILS'}"
+                      f") on the C simulator, its state carried (Simulator.stream): streamed integers "
+                      f"{'equal' if same else 'DIFFER from'} int8 eval's stream and the whole sentence's",
+                      "  on the board: the vendor runtime (thinker) does not read a GRU's h0 (lnn pack warns "
+                      "csk60xx.gru.vendor_state): it starts every call from a zero state, so there this step model "
+                      "does not stream; lnn's simulator carries the state as above"]
+        lines.append(f"  plot: {st['plot']} ({st['plotted_run']})")
     lines.append(f"  files in {res['files']}; total {res['seconds']} s")
     return "\n".join(lines)
 
@@ -384,8 +465,9 @@ def summary_table(res: dict[str, Any]) -> str:
 def run_cli(args: Any, host: Any) -> int:
     """``lnn demo kws [--quick] [--clips N] [--epochs N] [--qat-epochs N] [--cache-dir DIR] [--workers N] ...``.
 
-    Exit 0 when every model's simulator scores equal eval mode on every test clip and ``lnn.verify`` passes, 1 if not
-    (a model whose int8 path cannot run yet, the CRNN before the GRU op family, is reported as float only).
+    Exit 0 when every model's simulator scores equal eval mode on every test clip, ``lnn.verify`` passes (the
+    CRNN's step model too) and the streamed integers (int8 eval and the simulator) equal the whole sentence's, 1 if
+    not (a model whose int8 path cannot run yet is reported as float only).
     """
     cfg = dict(QUICK if args.quick else FULL)
     for key, value in (("clips", args.clips), ("epochs", args.epochs), ("crnn_epochs", args.epochs),
@@ -396,4 +478,7 @@ def run_cli(args: Any, host: Any) -> int:
                        out_dir=args.out_dir or "lnn-demo-kws", progress=not args.json, host=host)
     print(json.dumps(res, indent=2) if args.json else summary_table(res), file=result_stream(args))
     ran = [r for r in res["models"] if not r["int8_blocked"]]
-    return 0 if all(r["bit_exact"] and r["simulator_equals_eval"] for r in ran) else 1
+    st = res.get("streaming") or {}
+    streamed = [st[k] for k in ("int8_stream_equals_whole", "sim_stream_equals_int8", "sim_stream_equals_whole")
+                if k in st] + [r["step_model"]["bit_exact"] for r in ran if r.get("step_model")]
+    return 0 if all(r["bit_exact"] and r["simulator_equals_eval"] for r in ran) and all(streamed) else 1

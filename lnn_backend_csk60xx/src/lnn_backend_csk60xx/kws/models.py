@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["build_dscnn", "build_crnn", "MODELS", "FRAMES_PER_STEP"]
+__all__ = ["build_dscnn", "build_crnn", "build_crnn_step", "MODELS", "FRAMES_PER_STEP", "STEP_MODELS"]
 
 
 def build_dscnn(n_classes: int = 12, width: int = 64, blocks: int = 4) -> Any:
@@ -44,7 +44,7 @@ def build_dscnn(n_classes: int = 12, width: int = 64, blocks: int = 4) -> Any:
     return DSCNN()
 
 
-def build_crnn(n_classes: int = 12, channels: int = 32, hidden: int = 64) -> Any:
+def build_crnn(n_classes: int = 12, channels: int = 32, hidden: int = 64, *, step_io: bool = False) -> Any:
     """A convolutional recurrent network that streams: convolutions on 40 ms of features, a GRU over time, a
     classifier at every step.
 
@@ -62,6 +62,9 @@ def build_crnn(n_classes: int = 12, channels: int = 32, hidden: int = 64) -> Any
     and in a stream each step's scores are the posterior of what was just said (:mod:`.stream`). The stride 2
     halves the GRU's steps (25 per second), which is most of the training time. 32 channels, 64 units: about 47k
     parameters (the GRU's three gates hold 43k of them).
+
+    ``step_io=True`` (:func:`build_crnn_step`) builds the same network whose ``forward`` is :meth:`step`:
+    ``(frames, h) -> (scores, h_n)``, the state an input and an output.
     """
     import torch
     from torch import nn
@@ -92,10 +95,27 @@ def build_crnn(n_classes: int = 12, channels: int = 32, hidden: int = 64) -> Any
             y, h = self.gru(self.features(x), h)
             return self.fc(y), h
 
-    return CRNN()
+    class CRNNStep(CRNN):
+        """The CRNN whose forward is one streaming step: what is exported to stream on the simulator."""
+
+        def forward(self, x: Any, h: Any) -> tuple[Any, Any]:  # type: ignore[override]
+            return self.step(x, h)
+
+    return CRNNStep() if step_io else CRNN()
+
+
+def build_crnn_step(**kwargs: Any) -> Any:
+    """The CRNN (:func:`build_crnn`, same parameters and ``state_dict`` keys) with ``forward(frames, h) ->
+    (scores, h_n)``: frames ``(N, 1, t, 10)``, the GRU state ``h`` and ``h_n`` ``(1, N, hidden)``. Quantized by
+    ``lnn.init`` and loaded with the whole model's QAT weights, it exports as a graph whose GRU reads its initial
+    state from a graph input and writes its final state to a graph output: a model the simulator streams
+    (``Simulator.stream``) and a device runs frame by frame."""
+    return build_crnn(**kwargs, step_io=True)
 
 
 MODELS: dict[str, Callable[[], Any]] = {"dscnn": build_dscnn, "crnn": build_crnn}
 FRAMES_PER_STEP = {"crnn": 2}
 """The models that score a clip step by step ``(N, steps, 12)``, and the frames of one step; the clip's scores are
 those of its last step."""
+STEP_MODELS: dict[str, Callable[[], Any]] = {"crnn": build_crnn_step}
+"""The streaming form of each step-by-step model: its state an input and an output (:func:`build_crnn_step`)."""

@@ -35,8 +35,8 @@ import numpy as np
 from .data import KEYWORDS, LABELS, SAMPLE_RATE, check_cache_dir, default_cache_dir, plan_clips
 from .frontend import FRAME, HOP, FrontEnd, StreamingMfcc
 
-__all__ = ["Detector", "Firing", "Sentence", "StreamResult", "stream", "float_torch_step", "synthesize_sentence",
-           "score_firings", "plot_stream", "SENTENCE_WORDS"]
+__all__ = ["Detector", "Firing", "Sentence", "StreamResult", "stream", "float_torch_step", "int8_torch_step",
+           "simulator_step", "synthesize_sentence", "score_firings", "plot_stream", "SENTENCE_WORDS"]
 
 Step = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 
@@ -163,6 +163,26 @@ def int8_torch_step(qmodel: Any) -> Step:
             pre.remove()
             post.remove()
         return y[0].numpy(), seen["h"]
+
+    return step
+
+
+def simulator_step(sim: Any) -> Step:
+    """The C simulator running a step model (a :class:`~lnn_backend_csk60xx.simulator.Simulator` of the packed
+    :func:`.models.build_crnn_step`, whose GRU reads ``h0`` from a graph input and writes ``h_n`` to a graph
+    output) as a streaming step: one :meth:`~lnn_backend_csk60xx.simulator.Simulator.stream` run per call, the
+    state carried being the chip's own (``StatefulRun.state``: graph input name -> the GRU state, int8 at
+    ``2**-8`` as float; ``None``: zeros). The same integers as the quantized model in eval on the whole
+    recording."""
+    run = sim.stream()
+
+    def step(x: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        if state is None:
+            run.reset()
+        else:
+            run.state = dict(state)
+        scores = run.run([x])[0]
+        return np.asarray(scores), dict(run.state)
 
     return step
 
