@@ -202,3 +202,34 @@ def test_the_int8_crnn_streams_on_the_simulator_with_its_state_carried(tmp_path)
     _, saved = run(x[:, :, :2].numpy(), None)
     again, _ = stream.simulator_step(step["step_sim"])(x[:, :, 2:4].numpy(), saved)
     np.testing.assert_array_equal(np.asarray(again).reshape(-1, 12), whole[1:2])
+
+
+def test_qat_projection_keeps_the_gru_within_the_chips_input_alignment():
+    """The demo's projection after each QAT step: a GRU whose W_ih grew past 127 * 2^(n_i - 11) is clipped back,
+    so n_i + n_iw >= 11 (csk60xx.gru.in_alignment) and the exported model passes the check."""
+    torch = pytest.importorskip("torch")
+    import lnn_backend_csk60xx.plugin as backend_plugin
+    import lnn_core as lnn
+    import lnn_ops_builtin.plugin as ops_plugin
+    from lnn_backend_csk60xx.kws.demo import _gru_alignment
+    from lnn_backend_csk60xx.kws.models import build_crnn, build_dscnn
+    from lnn_core.testing import isolated_host
+
+    host = isolated_host([ops_plugin, backend_plugin])
+    torch.manual_seed(0)
+    m = lnn.init(build_crnn(), host=host)
+    m.train()
+    m(torch.randn(4, 1, 20, 10) * 4)
+    with torch.no_grad():
+        m.gru.weight_ih_l0.mul_(40.0)
+    m.eval()
+    (p,) = m.gru.integer_params()
+    assert p["n_i"] + p["n_iw"] < 11
+    assert any(v.rule_id == "csk60xx.gru.in_alignment" for v in lnn.check(m, torch.zeros(1, 1, 20, 10),
+                                                                          host=host).violations)
+    _gru_alignment(m)()
+    (p,) = m.gru.integer_params()
+    assert p["n_i"] + p["n_iw"] == 11  # clipped to the bound exactly: the largest weights stay as large as allowed
+    assert not any(v.rule_id == "csk60xx.gru.in_alignment" for v in lnn.check(m, torch.zeros(1, 1, 20, 10),
+                                                                              host=host).violations)
+    assert _gru_alignment(lnn.init(build_dscnn(), host=host)) is None

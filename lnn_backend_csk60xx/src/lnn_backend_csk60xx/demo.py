@@ -197,7 +197,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="float training epochs (default: digits 30; kws 30 for the DS-CNN, 16 for the CRNN; a given "
                    "number is used for both)")
     p.add_argument("--qat-epochs", type=int, default=None,
-                   help="quantization-aware training epochs (default: digits 8, kws 4)")
+                   help="quantization-aware training epochs (default: digits 8; kws 4 for the DS-CNN, 16 for the "
+                   "CRNN; a given number is used for both)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=None, help="where to write the ONNX files, model.bin and the "
                    "checkpoint (default ./lnn-demo, kws ./lnn-demo-kws)")
