@@ -429,7 +429,7 @@ def write_rnn(ctx: Any) -> list[str]:
     layer_in = x
     params = m.integer_params()
     nodes = len(params)
-    state = _state_inputs(ctx, m, nodes)
+    states = _state_inputs(ctx, m, nodes)
     for layer in range(m.num_layers):
         ys = []
         for d in range(m.directions):
@@ -441,7 +441,7 @@ def write_rnn(ctx: Any) -> list[str]:
                       ctx.initializer(f"w_hh{tag}", p["w_hh"].numpy().astype(np.int8), n_hw),
                       ctx.initializer(f"b_ih{tag}", p["b_ih"].numpy().astype(np.int32), n_i + n_iw),
                       ctx.initializer(f"b_hh{tag}", p["b_hh"].numpy().astype(np.int32), n_o + n_hw)]
-            inputs += state
+            inputs += states[layer * m.directions + d]
             single = nodes == 1
             d_shape = y_shape if (single or y_shape is None) else (*tuple(y_shape)[:-1], m.hidden_size)
             outs = [ctx.tensor(n_o, "int8", d_shape, suffix=f"{'' if single else tag}.y"),
@@ -476,35 +476,45 @@ def write_rnn(ctx: Any) -> list[str]:
     return results
 
 
-def _state_inputs(ctx: Any, m: QRNN, nodes: int) -> list[str]:
-    """``[lengths, h0(, c0)]`` for a node with an initial state (the IR's optional inputs): ``lengths`` the constant
-    ``[T]``, ``h0`` int8 at ``n_o`` and ``c0`` int16 Q7, each through a ``Requant`` from its Quant's exponent (the
-    module rounds the state at those exponents the same way)."""
+def _state_inputs(ctx: Any, m: QRNN, nodes: int) -> list[list[str]]:
+    """Per node (layer-major, forward before reverse): ``[lengths, h0(, c0)]`` for a node with an initial state (the
+    IR's optional inputs), else ``[]``. ``lengths`` is the constant ``[T]``; ``h0`` int8 at ``n_o`` and ``c0`` int16
+    Q7, each through one ``Requant`` from its Quant's exponent (the module rounds the state at those exponents the
+    same way), then, for a stack or a bidirectional RNN, cut into one ``[1, B, H]`` piece per node by a ``Slice`` on
+    axis 0 (node ``k`` reads ``h0[k]``, as the float module does)."""
     if len(ctx.inputs) == 1:
-        return []
-    if nodes != 1:
-        raise ExportError(
-            f"{m.kind} {ctx.path!r}: an initial state for {nodes} nodes (num_layers {m.num_layers}, "
-            f"{m.directions} direction(s)) cannot be exported",
-            {"rule": "the state input of a stacked or bidirectional RNN would be cut into one [1, 1, H] piece per "
-                     "node; the export writes it for a one-layer, one-direction RNN only",
-             "limit": "1 node with h0", "actual": f"{nodes} nodes"},
-            "pass the state to single-layer unidirectional RNN modules, or stream the eval-mode model, which takes "
-            "the whole state (docs/quantization.md)", node=ctx.path, dialect="ir")
+        return [[] for _ in range(nodes)]
     shape = ctx.shape(0)
     t_len = None if shape is None else shape[1 if m.batch_first else 0]
     if not isinstance(t_len, int):
         raise ExportError(f"{m.kind} {ctx.path!r}: the sequence length is not known at export",
                           {"rule": "an initial state is written with lengths = [T]"},
                           "export with a fixed-length example input", node=ctx.path, dialect="ir")
-    out = [ctx.initializer("lengths", np.array([t_len], np.int64))]
+    lengths = ctx.initializer("lengths", np.array([t_len], np.int64))
+    whole = []
     for k, (n, bits) in enumerate(((m.state_exponent, 8), (CELL_EXPONENT, 16))[:len(ctx.inputs) - 1]):
         src = ctx.inputs[1 + k]
         if ctx.exponent(1 + k) != n or bits != 8:
             dst = ctx.tensor(n, f"int{bits}", ctx.shape(1 + k), suffix=f".{('h0', 'c0')[k]}")
             ctx.add("Requant", [src], [dst], {"data_bits": 8, "o_bits": bits}, suffix=f".{('h0', 'c0')[k]}")
             src = dst
-        out.append(src)
+        whole.append(src)
+    if nodes == 1:
+        return [[lengths, *whole]]
+    out = []
+    for node in range(nodes):
+        tag = f".l{node // m.directions}" + ("_reverse" if node % m.directions else "")
+        cut = []
+        for k, src in enumerate(whole):
+            info = ctx.graph.tensors[src]
+            piece_shape = None if info.shape is None else (1, *tuple(info.shape)[1:])
+            name = ("h0", "c0")[k]
+            piece = ctx.tensor(info.exponent, info.dtype, piece_shape, suffix=f"{tag}.{name}")
+            bounds = [ctx.initializer(f"{name}{tag}.{what}", np.array([v], np.int64))
+                      for what, v in (("starts", node), ("ends", node + 1), ("axes", 0))]
+            ctx.add("Slice", [src, *bounds], [piece], domain="", suffix=f"{tag}.{name}")
+            cut.append(piece)
+        out.append([lengths, *cut])
     return out
 
 
