@@ -18,7 +18,7 @@ from torch import nn
 import lnn_core as lnn
 from lnn_backend_csk60xx.check import check_graph
 from lnn_backend_csk60xx.ops.gru import gru_int
-from lnn_core.errors import LnnError, ModelFileError, TraceError
+from lnn_core.errors import LnnError, ModelFileError
 from lnn_core.exporter import to_ir
 from lnn_ops_builtin.rnn import QRNN
 
@@ -553,31 +553,3 @@ def test_the_bptt_node_is_the_gradient_of_the_float_recurrence_at_the_chips_valu
     want = torch.autograd.grad(loss_ref, leaves)
     for a_, b_ in zip(got, want, strict=True):
         torch.testing.assert_close(a_, b_, rtol=1e-9, atol=1e-9)
-
-
-class Packed(nn.Module):
-    """An LSTM over padded sequences of several lengths, packing spelled three ways."""
-
-    def __init__(self, spelling: str) -> None:
-        super().__init__()
-        self.spelling = spelling
-        self.fc = nn.Linear(5, 8)
-        self.lstm = nn.LSTM(8, 6, batch_first=True)
-
-    def forward(self, x, lengths):
-        import torch.nn.utils.rnn as rnn_utils
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-        pack, pad = {"full": (torch.nn.utils.rnn.pack_padded_sequence, torch.nn.utils.rnn.pad_packed_sequence),
-                     "module": (rnn_utils.pack_padded_sequence, rnn_utils.pad_packed_sequence),
-                     "from": (pack_padded_sequence, pad_packed_sequence)}[self.spelling]
-        y, _ = self.lstm(pack(self.fc(x), lengths, batch_first=True, enforce_sorted=False))
-        return pad(y, batch_first=True)[0]
-
-
-@pytest.mark.parametrize("spelling", ["full", "module", "from"])
-def test_packed_sequences_are_a_clear_trace_error_whatever_the_spelling(spelling, host):
-    """Not supported yet (issue 10 item 2): one TraceError that names the packed-sequence helpers and the way out."""
-    with pytest.raises(TraceError) as exc:
-        lnn.init(Packed(spelling), host=host)
-    assert "pack_padded_sequence" in str(exc.value) and "whole (padded) sequences" in exc.value.hint
