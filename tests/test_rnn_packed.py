@@ -289,3 +289,38 @@ def test_the_thinker_package_refuses_lengths_given_at_run_time(host):
     graph = to_ir(m, _args(Tagger("LSTM"), [5]), host=host)
     report = check_graph(graph, package_format="thinker")
     assert not report.ok and "csk60xx.thinker.lstm_lengths" in str(report)
+
+
+def test_the_simulator_refuses_lengths_beyond_the_sequence_naming_the_op(host):
+    """The exported lengths are read at run time: a length longer than the padded input stops the run with the op
+    named (the torch side refuses it before, see above)."""
+    from lnn_backend_csk60xx.pipeline import pack_onnx
+    from lnn_backend_csk60xx.simulator import Simulator
+    from lnn_core.errors import SimulatorError
+
+    m = _qat(Tagger("GRU", state=False), host, steps=1)
+    x, lengths, h0, c0 = _args(Tagger("GRU"), [5])
+    proto = lnn.export(m, (x, lengths, h0, c0), host=host)
+    sim = Simulator(pack_onnx(proto))
+    sim.run([x.numpy(), np.array([9], np.int64), np.zeros((1, 1, 8), np.float32), np.zeros((1, 1, 8), np.float32)])
+    with pytest.raises(SimulatorError, match=r"lengths\[0\] = 10 is outside 0..9"):
+        sim.run([x.numpy(), np.array([10], np.int64), np.zeros((1, 1, 8), np.float32),
+                 np.zeros((1, 1, 8), np.float32)])
+
+
+class ConstantLengths(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(5, 4, batch_first=True)
+
+    def forward(self, x):
+        packed = nn.utils.rnn.pack_padded_sequence(x, [3, 2], batch_first=True)
+        return nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True)[0]
+
+
+def test_lengths_that_are_a_constant_of_the_model_are_a_clear_trace_error(host):
+    from lnn_core.errors import TraceError
+
+    with pytest.raises(TraceError) as exc:
+        lnn.init(ConstantLengths(), host=host)
+    assert "a constant of the model" in str(exc.value).splitlines()[0] and "forward()" in exc.value.hint
