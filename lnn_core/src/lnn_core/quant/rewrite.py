@@ -5,7 +5,9 @@ against the op families the plugins registered, by module type, function or tens
 ``nn.Conv2d`` and ``F.conv2d``, ``x + y``, ``torch.add`` and ``x.add(y)`` all end in the same
 quantized module. Modules of a ``lowered`` family (attention) are first replaced by modules that compute the
 same float function from other ops, and calls of a ``lowered`` function are decomposed while tracing (a call the
-family refuses, such as a masked attention, stays whole and is reported as in 4). Then:
+family refuses, such as a masked attention, stays whole and is reported as in 4). torch's packed-sequence helpers
+(``pack_padded_sequence`` / ``pad_packed_sequence``, any spelling) are kept as one node each (:mod:`.packed`); the
+RNN a packed sequence feeds reads its tensor and lengths directly and the packing node is removed. Then:
 
 1. a ``fuses_bn`` op followed only by a ``foldable`` op (BatchNorm) takes that BatchNorm in; the
    BatchNorm module stays at its path, so its state_dict keys do not move;
