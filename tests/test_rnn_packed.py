@@ -171,32 +171,36 @@ def test_acceptance_rnn_with_initial_state_and_packed_lengths_verifies_bit_exact
     assert graph.tensors[node.inputs[6]].exponent == m.rnn.state_exponent
 
 
+@pytest.mark.parametrize("state", [False, True], ids=["zero_state", "initial_state"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_a_stacked_bidirectional_rnn_on_packed_sequences_verifies_bit_exact(kind, host):
-    """2 layers, both directions, time-first packing, without an initial state: every node reads the lengths (the
-    reverse node starts at each sequence's last step), every tensor identical on the simulator."""
-    m = _qat(Tagger(kind, state=False, batch_first=False, num_layers=2, bidirectional=True, rnn_batch_first=False),
+def test_a_stacked_bidirectional_rnn_on_packed_sequences_verifies_bit_exact(kind, state, host):
+    """2 layers, both directions, time-first packing, with or without an initial state: every node reads the
+    lengths (the reverse node starts at each sequence's last step) and its own piece of the state, every tensor
+    identical on the simulator."""
+    m = _qat(Tagger(kind, state=state, batch_first=False, num_layers=2, bidirectional=True, rnn_batch_first=False),
              host)
     args = _args(Tagger(kind, num_layers=2, bidirectional=True), [6])
     report = lnn.verify(m, args, host=host)
     assert report.ok, report.table()
     graph = to_ir(m, args, host=host)
     nodes = [n for n in graph.nodes if n.op_type == f"{kind}Int"]
-    assert len(nodes) == 4 and all(n.inputs[5:] == [graph.inputs[1]] for n in nodes)
+    assert len(nodes) == 4 and all(n.inputs[5] == graph.inputs[1] for n in nodes)
+    assert all(len(n.inputs) == (5 + 1 + (2 if kind == "LSTM" else 1) * state) for n in nodes)
     assert [n.attrs["batch_first"] for n in nodes] == [0] * 4
     assert any(n.op_type == "Transpose" for n in graph.nodes)  # time-first y, padded batch-first
 
 
-def test_qdq_writes_the_lengths_as_sequence_lens_and_onnxruntime_agrees_closely(host):
-    """QDQ: the standard ONNX LSTM with sequence_lens and the dequantized initial state; onnxruntime gives the eval
-    outputs within a few output steps, and the rows past the length are the head's bias on zeros there too."""
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_qdq_writes_the_lengths_as_sequence_lens_and_onnxruntime_agrees_closely(kind, host):
+    """QDQ: the standard ONNX LSTM / GRU with sequence_lens and the dequantized initial state; onnxruntime gives the
+    eval outputs within a few output steps, and the rows past the length are the head's bias on zeros there too."""
     import onnxruntime as ort
 
-    m = _qat(Tagger("LSTM"), host)
-    args = _args(Tagger("LSTM"), [5])
+    m = _qat(Tagger(kind), host)
+    args = _args(Tagger(kind), [5])
     proto = lnn.export(m, args, dialect="qdq", host=host)
-    (lstm,) = [n for n in proto.graph.node if n.op_type == "LSTM"]
-    assert len(lstm.input) == 7 and all(lstm.input[4:])
+    (rnn,) = [n for n in proto.graph.node if n.op_type == kind]
+    assert len(rnn.input) == (7 if kind == "LSTM" else 6) and all(rnn.input[4:])
     sess = ort.InferenceSession(proto.SerializeToString())
     (got,) = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
     with torch.no_grad():
