@@ -328,3 +328,83 @@ def test_lengths_that_are_a_constant_of_the_model_are_a_clear_trace_error(host):
     with pytest.raises(TraceError) as exc:
         lnn.init(ConstantLengths(), host=host)
     assert "a constant of the model" in str(exc.value).splitlines()[0] and "forward()" in exc.value.hint
+
+
+_PACKED_MODULE = """
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.rnn = nn.LSTM(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, lengths):
+        p = pack_padded_sequence(torch.relu(self.fc(x)), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        y, _ = self.rnn(p)
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.size(1))
+        return self.head(y)
+"""
+
+
+def test_the_command_line_exports_verifies_and_runs_a_packed_model_given_its_lengths(tmp_path, monkeypatch, host,
+                                                                                    capsys):
+    """Random integer example inputs are token ids (0 ..): a lengths input gets its value from --input-fill, the
+    packed model then exports, verifies and runs with lengths read at run time; without it, the module's error
+    names the option."""
+    from lnn_core.cli import main
+
+    (tmp_path / "packedmods.py").write_text(_PACKED_MODULE)
+    monkeypatch.chdir(tmp_path)
+    np.save("cal_x.npy", np.random.default_rng(0).standard_normal((8, 9, 5)).astype(np.float32))
+    np.save("cal_len.npy", np.full((8,), 9, np.int64))
+    shapes = ["packedmods:Net", "--input-shape", "1,9,5", "--input-shape", "1", "--input-dtype", "lengths=int64"]
+    cal = ["--calibrate", "cal_x.npy", "--calibrate", "cal_len.npy"]
+    assert main(["export", *shapes, *cal, "-o", "p.onnx"], host=host) == 2
+    err = capsys.readouterr().err
+    assert "the packed sequence's lengths does not fit" in err and "--input-fill NAME=T" in err
+    fill = ["--input-fill", "lengths=9"]
+    assert main(["verify", *shapes, *fill, *cal], host=host) == 0
+    assert "bit-exact" in capsys.readouterr().out
+    assert main(["export", *shapes, *fill, *cal, "-o", "p.onnx"], host=host) == 0
+    assert main(["pack", "p.onnx", "-o", "p.bin"], host=host) == 0
+    x = np.random.default_rng(1).standard_normal((1, 9, 5)).astype(np.float32)
+    np.save("x.npy", x)
+    outs = {}
+    for n in (9, 4):
+        np.save("len.npy", np.array([n], np.int64))
+        assert main(["run", "p.bin", "x.npy", "len.npy", "-o", f"out{n}.npy"], host=host) == 0
+        outs[n] = np.load(f"out{n}.npy")
+    # the first 4 steps do not depend on the length; past it the LSTM's rows are zeros, so the head's output
+    # there is its bias alone, the same at every step
+    np.testing.assert_array_equal(outs[9][:, :4], outs[4][:, :4])
+    assert (outs[4][:, 4:] == outs[4][:, 4:5]).all() and not (outs[9][:, 4:] == outs[9][:, 4:5]).all()
+
+
+@pytest.mark.parametrize("items, count, expected, headline", [
+    (["lengths=49"], 2, [None, 49.0], None),
+    (["0=1.5", "1=3"], 2, [1.5, 3.0], None),
+    (["7"], 1, [7.0], None),
+    (["7"], 2, None, "a bare value is ambiguous for a model of 2 inputs"),
+    (["lengths=many"], 2, None, "'many' is not a number"),
+    (["steps=3"], 2, None, "the model has no input 'steps'"),
+])
+def test_input_fill_values_are_parsed_per_input_or_a_clear_error(items, count, expected, headline):
+    from lnn_core._model_args import parse_fills, random_inputs
+    from lnn_core.errors import ConfigError
+
+    if expected is None:
+        with pytest.raises(ConfigError) as info:
+            parse_fills(items, count, ["x", "lengths"])
+        assert headline in str(info.value).splitlines()[0] and info.value.option == "--input-fill"
+        return
+    fills = parse_fills(items, count, ["x", "lengths"])
+    assert fills == expected
+    made = random_inputs(["2,3"] * count, ["float32"] * (count - 1) + ["int64"], fills=fills)
+    for t, f in zip(made, fills):
+        if f is not None:
+            assert (t == (int(f) if t.dtype == torch.int64 else f)).all()

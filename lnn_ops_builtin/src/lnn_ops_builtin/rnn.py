@@ -380,8 +380,8 @@ class QRNN(QModule):
                 f"{self.kind} {self.path!r}: the packed sequence's {what} does not fit its padded input "
                 f"{list(x.shape)}", {"rule": f"{what}: {limit}", "limit": limit, "actual": actual},
                 "pass pack_padded_sequence one length per sequence, none longer than the padded tensor (or "
-                "enforce_sorted=False for lengths in any order)", module=self.path, option=what, limit=limit,
-                actual=actual)
+                "enforce_sorted=False for lengths in any order; lnn's command line: --input-fill NAME=T)",
+                module=self.path, option=what, limit=limit, actual=actual)
         return flat
 
     def _weights(self, layer: int, d: int, n_in: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
