@@ -246,6 +246,48 @@ def test_training_node_has_the_chip_value_and_the_float_gradient(log, host):
         assert torch.allclose(x.grad, x2.grad, rtol=1e-6, atol=1e-7)
 
 
+def _fixed_or_ema(recipe, n_o):
+    from lnn_core.quant.observers import FixedExponent
+
+    return ActQuantizer(8, recipe) if n_o is None else ActQuantizer(8, recipe, observer=FixedExponent(n_o))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_fused_output_quantizer_node_equals_the_two_node_path(data):
+    """Training's softmax with its observing output quantizer in one node (``_ChipSoftmaxQuant``) gives the same
+    values, gradients and observer state, step after step, as the chip-value node followed by the quantizer
+    (``out_q(_ChipSoftmax.apply(x, y15, 15, False), 15)``): EMA exponents and fixed ones in and out of
+    ``0..15`` (outside, the node takes the quantizer's own fake-quant), saturating rows, float32 and float64."""
+    from lnn_core.testing import isolated_host
+    from lnn_ops_builtin import plugin
+    from lnn_ops_builtin.softmax import _chip_acc, _ChipSoftmax
+
+    recipe = isolated_host([plugin]).recipes["pow2-sym-halfup"]
+    n_x = data.draw(st.integers(0, 8), label="n_x")
+    n_o = data.draw(st.sampled_from([None, None, -2, 0, 3, 7, 8, 15]), label="n_o")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    shape = data.draw(st.sampled_from([(4, 9), (2, 3, 17), (3, 1), (2, 5, 64)]), label="shape")
+    spread = data.draw(st.sampled_from([1, 8, 128]), label="spread")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    gen = torch.Generator().manual_seed(seed)
+    fused, plain = _fixed_or_ema(recipe, n_o), _fixed_or_ema(recipe, n_o)
+    for _ in range(3):
+        q = torch.randint(-spread, spread, shape, generator=gen).clamp(-128, 127)
+        x = (q.to(dtype) * 2.0**-n_x).requires_grad_()
+        g = torch.randn(shape, generator=gen, dtype=dtype)
+        y = softmax_int(x, n_x, fused, training=True)
+        y.backward(g)
+        x2 = x.detach().clone().requires_grad_()
+        y2 = plain(_ChipSoftmax.apply(x2, _chip_acc(x2, n_x, False, True), 15, False), 15)
+        y2.backward(g)
+        assert y.dtype == dtype and torch.equal(y, y2)
+        assert torch.equal(x.grad, x2.grad)
+        for name in ("running", "exponent", "num_batches"):
+            assert torch.equal(getattr(fused, name), getattr(plain, name)), name
+    assert y.grad_fn is not None and type(y.grad_fn).__name__ == "_ChipSoftmaxQuantBackward"
+
+
 def test_training_computes_the_chip_probabilities_with_float_gradients(host):
     """Before the output quantizer, training's value is the chip's Q15 probability (so the output is on its grid
     and eval's integers when the observers are frozen); the gradient is the float softmax's."""

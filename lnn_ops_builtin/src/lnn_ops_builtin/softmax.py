@@ -34,7 +34,14 @@ from torch import nn
 
 from lnn_core.errors import LnnError
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import requant
+from lnn_core.quant.functional import (
+    cannot_saturate,
+    fake_quant_parts,
+    qrange,
+    requant,
+    ste_gradient,
+    tensor_bounds,
+)
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import BuildContext, Built
@@ -116,32 +123,51 @@ def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _exp_table(n_x: int, device: torch.device) -> torch.Tensor:
     """:func:`exp_q23` of every int8 pair at input exponent ``n_x``: entry ``(m + 128) * 256 + (q + 128)`` is the
-    term of an element ``q`` in a row whose maximum is ``m`` (float64 integers below 2^25, 65,536 entries; ``q > m``
-    never occurs and holds the term of ``q = m``). A pure function's cache: one table per exponent and device."""
+    term of an element ``q`` in a row whose maximum is ``m`` (65,536 entries; ``q > m`` never occurs and holds the
+    term of ``q = m``; float64 integers below ``2^24``). A pure function's cache: one table per exponent and
+    device."""
     x25 = (torch.arange(-128, 128, dtype=torch.int64) << (IN_EXPONENT_MAX - n_x)).clamp_(_INT32_MIN, _INT32_MAX)
     d = (x25[None, :] - x25[:, None]).clamp_(_INT32_MIN, 0)  # row: the maximum m, column: the element q
     return exp_q23(d).reshape(-1).to(device=device, dtype=torch.float64)
 
 
+def _reciprocal_f64(s: torch.Tensor) -> torch.Tensor:
+    """:func:`_reciprocal` of float64 row sums ``s`` (integers in ``[1, INT32_MAX]``), as float64 integers, in fewer
+    passes: the leading bit from ``frexp`` and every shift as an exact product by a power of two (``ldexp``) with a
+    floor (an arithmetic right shift is a floor); the Newton products stay below ``2^47``, exact in float64."""
+    _, e = torch.frexp(s)
+    n = torch.rsub(e.to(s.dtype), 23)  # nsa - 8 = 22 - msb, msb = e - 1
+    x_n = torch.ldexp(s, n).floor_()  # in [2^22, 2^23): the left shift needs no saturation
+    r = torch.rsub(x_n, _SEED)
+    for _ in range(2):
+        err = torch.mul(x_n, r).mul_(2.0**-23).add_(0.5).floor_().sub_(0x400000).mul_(-2)
+        r = r.add_(err.mul_(r).mul_(2.0**-23).add_(0.5).floor_())
+    return torch.ldexp(r, n.add_(1)).floor_().clamp_(_INT32_MIN, _INT32_MAX)
+
+
 @torch.no_grad()
 def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
     """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
-    Q25 as the kernel does; float64 integers out. The same integers by fewer passes:
+    Q25 as the kernel does; float64 integers out. The same integers by fewer and smaller passes:
 
-    - each exponential term is read from a table of the (element, row maximum) pairs (:func:`_exp_table`): one
-      gather instead of about thirty elementwise int64 passes;
-    - the row sums (below ``2048 * 2^24``) and the final ``(r * e + 2^30) >> 31`` run in float64, exact: a term is
-      at most ``2^23 + 60`` (``2^0`` in Q23; the row maximum's own term), so a row sum is at least that and ``r``
-      (Newton steps toward ``2^45 / x_n``, ``x_n`` the sum normalized to ``[2^22, 2^23)``, shifted right) stays
-      below ``2^24``; ``r * e + 2^30`` is an integer below ``2^48``, held exactly, and one fused multiply-add and a
-      floor give the shift's result. The result (at most ``2^16``) needs no saturation.
+    - each exponential term is read from a float32 table of the (element, row maximum) pairs (:func:`_exp_table`)
+      with an int32 index: one gather instead of about thirty elementwise int64 passes;
+    - the row sums (below ``2048 * 2^24``) accumulate in float64, exact; the per-row reciprocal runs in float64
+      (:func:`_reciprocal_f64`); the final ``(r * e + 2^30) >> 31`` is one fused multiply-add of the float32 terms
+      by the float64 row factor and a floor, exact: a term is at most ``2^23 + 60`` (``2^0`` in Q23; the row
+      maximum's own term), so a row sum is at least that and ``r`` (Newton steps toward ``2^45 / x_n``, ``x_n``
+      the sum normalized to ``[2^22, 2^23)``, shifted right) stays below ``2^24``; ``r * e + 2^30`` is an integer
+      below ``2^48``, held exactly. The result (at most ``2^16``) needs no saturation.
+
+    Only two full-size temporaries are float32/int32 and one (the result) float64: on a CPU every fresh large
+    buffer costs its page faults, which cost more than the arithmetic here.
     """
     m = q.amax(dim=-1, keepdim=True)
-    idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int64)  # (m + 128) * 256 + (q + 128)
+    idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int32)  # (m + 128) * 256 + (q + 128)
     e = _exp_table(n_x, q.device).index_select(0, idx.reshape(-1)).view(idx.shape)  # faster than take on CPU
-    s = e.sum(dim=-1, keepdim=True).to(torch.int64).clamp_(max=_INT32_MAX)
-    r = _reciprocal(s).double().mul_(2.0**-31)  # exact: a power of two
-    return torch.addcmul(torch.full_like(r, 0.5), e, r).floor_()
+    s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)
+    r = _reciprocal_f64(s).mul_(2.0**-31)  # exact: a power of two
+    return torch.addcmul(torch.full_like(r, 0.5), e, r, out=e).floor_()  # e is ours: no second buffer
 
 
 @torch.no_grad()
@@ -227,6 +253,49 @@ class _ChipSoftmax(torch.autograd.Function):
         return back(grad, ref, -1, ref.dtype), None, None, None
 
 
+class _ChipSoftmaxQuant(torch.autograd.Function):
+    """:class:`_ChipSoftmax` and the observing output quantizer of a softmax in one autograd node: the same values,
+    observer updates and gradients as ``out_q(_ChipSoftmax.apply(x, y15, 15, False), cap)``, with one node and
+    fewer full-size buffers.
+
+    The quantizer's work runs on the Q15 integers ``y15`` (float64, owned by the caller): their ``(min, max)``
+    times ``2^-15`` are exactly the bounds of the probabilities ``y15 * 2^-15``, which the observer sees as it
+    would; for an output exponent ``0 <= n_o <= 15`` the rounding ``floor(y15 * 2^(n_o - 15) + 0.5)`` is exact in
+    float64, and so is the training fake-quant's float32 ``floor(p * 2^n_o + 0.5)`` (``p * 2^n_o + 0.5`` has at
+    most 18 significant bits): the same integers. Any other exponent or dtype takes the quantizer's own
+    :func:`~lnn_core.quant.functional.fake_quant_parts` on ``y15 * 2^-15``. The backward is the quantizer's
+    clipping mask, then softmax's own backward kernel."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y15: torch.Tensor, out_q: ActQuantizer,  # type: ignore[override]
+                cap: int) -> torch.Tensor:
+        ref = torch._softmax(x, -1, False)
+        ctx.save_for_backward(ref)
+        ctx.sat = ctx.clip = None
+        b = tensor_bounds(y15)
+        bounds = None if b is None else (b[0] * 2.0**-SOFTMAX_OUT_MAX, b[1] * 2.0**-SOFTMAX_OUT_MAX)
+        n = out_q.observe_bounds(bounds, cap)
+        if 0 <= n <= SOFTMAX_OUT_MAX and x.dtype in (torch.float32, torch.float64):
+            t = y15.mul_(2.0 ** (n - SOFTMAX_OUT_MAX)).add_(0.5).floor_()
+            if not cannot_saturate(bounds, n, out_q.bits):
+                lo, hi = qrange(out_q.bits)
+                ctx.sat = (t < lo) | (t > hi)
+                t = t.clamp_(lo, hi)
+            return t.to(x.dtype).mul_(2.0**-n)
+        out, ctx.clip, saved = fake_quant_parts(_scaled(y15, SOFTMAX_OUT_MAX, x.dtype), n, out_q.bits, bounds)
+        ctx.saved = saved
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (ref,) = ctx.saved_tensors
+        if ctx.sat is not None:
+            grad = grad.masked_fill(ctx.sat, 0.0)
+        elif ctx.clip is not None:
+            grad = ste_gradient(grad, ctx.clip, ctx.saved)
+        return torch.ops.aten._softmax_backward_data(grad, ref, -1, ref.dtype), None, None, None
+
+
 def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = False, training: bool = False,
                 observe: bool = True) -> torch.Tensor:
     """Functional QAT softmax (``log=True``: log-softmax) over the last dim of ``x``, a tensor already on the grid
@@ -238,6 +307,8 @@ def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = F
     acc = _chip_acc(x, n_x, log, training)
     if training:
         if x.requires_grad and torch.is_grad_enabled():
+            if not log and observe and out_q.training and out_q.quant and out_q.observe:
+                return _ChipSoftmaxQuant.apply(x, acc, out_q, cap)
             y = _ChipSoftmax.apply(x, acc, acc_q, log)
         else:
             y = _scaled(acc, acc_q, x.dtype)
