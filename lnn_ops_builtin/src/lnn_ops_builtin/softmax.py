@@ -28,6 +28,7 @@ import functools
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,21 +86,25 @@ def exp_q23(d: torch.Tensor) -> torch.Tensor:
     return torch.where(e_exp >= 0, y << e_exp.clamp(min=0), y >> (-e_exp).clamp(max=62))  # y > 0: trunc = floor
 
 
-def _reciprocal(s: torch.Tensor) -> torch.Tensor:
-    """The core's per-row reciprocal: int64 row sums ``s`` (saturated at ``INT32_MAX``, ``>= 1``) in, the int64 factor
-    ``r`` with ``y15 = (r * e + 2^30) >> 31`` out (normalized from a seed, two Newton steps, shifted back)."""
-    msb = torch.floor(torch.log2(s.double())).to(torch.int64)  # s >= 1
-    # exact msb: correct float rounding of log2 near powers of two
-    msb = torch.where((1 << msb) > s, msb - 1, msb)
-    msb = torch.where((1 << (msb + 1)) <= s, msb + 1, msb)
-    n = (30 - msb) - 8  # nsa - 8
-    x_n = torch.where(n < 0, s >> (-n).clamp(min=0), (s << n.clamp(min=0)).clamp(max=_INT32_MAX))
+def _reciprocal(s: np.ndarray) -> np.ndarray:
+    """The core's per-row reciprocal: int64 row sums ``s`` (a numpy array, saturated at ``INT32_MAX``, ``>= 1``) in,
+    the int64 factor ``r`` with ``y15 = (r * e + 2^30) >> 31`` out (normalized from a seed, two Newton steps,
+    shifted back). One value per row: plain integer numpy, a few microseconds, instead of some thirty tensor
+    operations."""
+    _, e = np.frexp(s.astype(np.float64))  # exact below 2^53: e - 1 is the leading bit of s
+    n = (30 - (e.astype(np.int64) - 1)) - 8  # nsa - 8
+    x_n = np.where(n < 0, s >> np.maximum(-n, 0), np.minimum(s << np.maximum(n, 0), _INT32_MAX))
     n = n + 1
     r = _SEED - x_n
     for _ in range(2):
-        err = 2 * (0x400000 - _rshift_round(x_n * r, 23))
-        r = r + _rshift_round(r * err, 23)
-    return torch.where(n < 0, r >> (-n).clamp(min=0), (r << n.clamp(min=0)).clamp(_INT32_MIN, _INT32_MAX))
+        err = 2 * (0x400000 - ((x_n * r + (1 << 22)) >> 23))
+        r = r + ((r * err + (1 << 22)) >> 23)
+    return np.where(n < 0, r >> np.maximum(-n, 0), np.clip(r << np.maximum(n, 0), _INT32_MIN, _INT32_MAX))
+
+
+def _row_reciprocal(s: torch.Tensor) -> torch.Tensor:
+    """:func:`_reciprocal` of a tensor of row sums (integers, any dtype and device), as an int64 tensor there."""
+    return torch.from_numpy(_reciprocal(s.to("cpu", torch.int64).numpy())).to(s.device)
 
 
 @torch.no_grad()
@@ -107,7 +112,7 @@ def normalize_q15(e: torch.Tensor) -> torch.Tensor:
     """The core's normalization: int64 exponential terms (:func:`exp_q23`, rows last) in, int64 Q15 probabilities
     out (a saturating row sum, its normalized reciprocal from a seed and two Newton steps, the product)."""
     s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)  # the saturating sum of non-negative terms
-    y = torch.mul(_reciprocal(s), e).add_(1 << 30).bitwise_right_shift_(31)  # _rshift_round(r * e, 31), in place
+    y = torch.mul(_row_reciprocal(s), e).add_(1 << 30).bitwise_right_shift_(31)  # _rshift_round(r * e, 31), in place
     return y.clamp_(_INT32_MIN, _INT32_MAX)
 
 
@@ -131,43 +136,29 @@ def _exp_table(n_x: int, device: torch.device) -> torch.Tensor:
     return exp_q23(d).reshape(-1).to(device=device, dtype=torch.float64)
 
 
-def _reciprocal_f64(s: torch.Tensor) -> torch.Tensor:
-    """:func:`_reciprocal` of float64 row sums ``s`` (integers in ``[1, INT32_MAX]``), as float64 integers, in fewer
-    passes: the leading bit from ``frexp`` and every shift as an exact product by a power of two (``ldexp``) with a
-    floor (an arithmetic right shift is a floor); the Newton products stay below ``2^47``, exact in float64."""
-    _, e = torch.frexp(s)
-    n = torch.rsub(e.to(s.dtype), 23)  # nsa - 8 = 22 - msb, msb = e - 1
-    x_n = torch.ldexp(s, n).floor_()  # in [2^22, 2^23): the left shift needs no saturation
-    r = torch.rsub(x_n, _SEED)
-    for _ in range(2):
-        err = torch.mul(x_n, r).mul_(2.0**-23).add_(0.5).floor_().sub_(0x400000).mul_(-2)
-        r = r.add_(err.mul_(r).mul_(2.0**-23).add_(0.5).floor_())
-    return torch.ldexp(r, n.add_(1)).floor_().clamp_(_INT32_MIN, _INT32_MAX)
-
-
 @torch.no_grad()
 def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
     """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
     Q25 as the kernel does; float64 integers out. The same integers by fewer and smaller passes:
 
-    - each exponential term is read from a float32 table of the (element, row maximum) pairs (:func:`_exp_table`)
-      with an int32 index: one gather instead of about thirty elementwise int64 passes;
-    - the row sums (below ``2048 * 2^24``) accumulate in float64, exact; the per-row reciprocal runs in float64
-      (:func:`_reciprocal_f64`); the final ``(r * e + 2^30) >> 31`` is one fused multiply-add of the float32 terms
-      by the float64 row factor and a floor, exact: a term is at most ``2^23 + 60`` (``2^0`` in Q23; the row
+    - each exponential term is read from a table of the (element, row maximum) pairs (:func:`_exp_table`) with an
+      int32 index: one gather instead of about thirty elementwise int64 passes;
+    - the row sums (below ``2048 * 2^24``) accumulate in float64, exact; the per-row reciprocal runs in numpy
+      (:func:`_reciprocal`); the final ``(r * e + 2^30) >> 31`` runs in place in the terms' buffer as a product by
+      ``r 2^-31``, a sum and a floor, each exact: a term is at most ``2^23 + 60`` (``2^0`` in Q23; the row
       maximum's own term), so a row sum is at least that and ``r`` (Newton steps toward ``2^45 / x_n``, ``x_n``
       the sum normalized to ``[2^22, 2^23)``, shifted right) stays below ``2^24``; ``r * e + 2^30`` is an integer
       below ``2^48``, held exactly. The result (at most ``2^16``) needs no saturation.
 
-    Only two full-size temporaries are float32/int32 and one (the result) float64: on a CPU every fresh large
-    buffer costs its page faults, which cost more than the arithmetic here.
+    One full-size float64 buffer (the terms, then the result) and two of half its size: on a CPU every fresh large
+    buffer costs its page faults.
     """
     m = q.amax(dim=-1, keepdim=True)
     idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int32)  # (m + 128) * 256 + (q + 128)
     e = _exp_table(n_x, q.device).index_select(0, idx.reshape(-1)).view(idx.shape)  # faster than take on CPU
-    s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)
-    r = _reciprocal_f64(s).mul_(2.0**-31)  # exact: a power of two
-    return torch.addcmul(torch.full_like(r, 0.5), e, r, out=e).floor_()  # e is ours: no second buffer
+    s = np.minimum(e.sum(dim=-1, keepdim=True).to("cpu", torch.int64).numpy(), _INT32_MAX)
+    r = np.ldexp(_reciprocal(s).astype(np.float64), -31)  # exact: a power of two
+    return e.mul_(torch.from_numpy(r).to(e.device)).add_(0.5).floor_()
 
 
 @torch.no_grad()
