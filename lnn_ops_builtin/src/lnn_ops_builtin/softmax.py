@@ -127,12 +127,16 @@ def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _exp_table(n_x: int, device: torch.device) -> torch.Tensor:
-    """:func:`exp_q23` of every int8 pair at input exponent ``n_x``: entry ``(m + 128) * 256 + (q + 128)`` is the
-    term of an element ``q`` in a row whose maximum is ``m`` (65,536 entries; ``q > m`` never occurs and holds the
-    term of ``q = m``; float64 integers below ``2^24``). A pure function's cache: one table per exponent and
-    device."""
-    x25 = (torch.arange(-128, 128, dtype=torch.int64) << (IN_EXPONENT_MAX - n_x)).clamp_(_INT32_MIN, _INT32_MAX)
-    d = (x25[None, :] - x25[:, None]).clamp_(_INT32_MIN, 0)  # row: the maximum m, column: the element q
+    """:func:`exp_q23` of every int8 pair at input exponent ``n_x`` (float64 integers below ``2^24``). For ``n_x >= 1``
+    an element's Q25 value is ``q * 2^(25 - n_x)`` unsaturated, and its difference to the row maximum saturates (at
+    ``n_x = 1`` only) as a function of ``m - q`` alone: 256 entries, entry ``m - q``. At ``n_x = 0`` the widening
+    itself saturates: 65,536 entries, entry ``(m + 128) * 256 + (q + 128)`` (``q > m`` never occurs and holds the term
+    of ``q = m``). A pure function's cache: one table per exponent and device."""
+    if n_x >= 1:
+        d = (-(torch.arange(256, dtype=torch.int64) << (IN_EXPONENT_MAX - n_x))).clamp_(_INT32_MIN, 0)
+    else:
+        x25 = (torch.arange(-128, 128, dtype=torch.int64) << IN_EXPONENT_MAX).clamp_(_INT32_MIN, _INT32_MAX)
+        d = (x25[None, :] - x25[:, None]).clamp_(_INT32_MIN, 0)  # row: the maximum m, column: the element q
     return exp_q23(d).reshape(-1).to(device=device, dtype=torch.float64)
 
 
@@ -141,8 +145,9 @@ def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
     """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
     Q25 as the kernel does; float64 integers out. The same integers by fewer and smaller passes:
 
-    - each exponential term is read from a table of the (element, row maximum) pairs (:func:`_exp_table`) with an
-      int32 index: one gather instead of about thirty elementwise int64 passes;
+    - each exponential term is read from a table (:func:`_exp_table`; 256 entries indexed by ``m - q``, small enough
+      to stay in the cache, or the 65,536 (element, row maximum) pairs at ``n_x = 0``) with an int32 index: one
+      gather instead of about thirty elementwise int64 passes;
     - the row sums (below ``2048 * 2^24``) accumulate in float64, exact; the per-row reciprocal runs in numpy
       (:func:`_reciprocal`); the final ``(r * e + 2^30) >> 31`` runs in place in the terms' buffer as a product by
       ``r 2^-31``, a sum and a floor, each exact: a term is at most ``2^23 + 60`` (``2^0`` in Q23; the row
@@ -154,7 +159,10 @@ def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
     buffer costs its page faults.
     """
     m = q.amax(dim=-1, keepdim=True)
-    idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int32)  # (m + 128) * 256 + (q + 128)
+    if n_x >= 1:
+        idx = torch.sub(m, q).to(torch.int32)  # m - q
+    else:
+        idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int32)  # (m + 128) * 256 + (q + 128)
     e = _exp_table(n_x, q.device).index_select(0, idx.reshape(-1)).view(idx.shape)  # faster than take on CPU
     s = np.minimum(e.sum(dim=-1, keepdim=True).to("cpu", torch.int64).numpy(), _INT32_MAX)
     r = np.ldexp(_reciprocal(s).astype(np.float64), -31)  # exact: a power of two
@@ -269,9 +277,9 @@ class _ChipSoftmaxQuant(torch.autograd.Function):
         if 0 <= n <= SOFTMAX_OUT_MAX and x.dtype in (torch.float32, torch.float64):
             t = y15.mul_(2.0 ** (n - SOFTMAX_OUT_MAX)).add_(0.5).floor_()
             if not cannot_saturate(bounds, n, out_q.bits):
-                lo, hi = qrange(out_q.bits)
-                ctx.sat = (t < lo) | (t > hi)
-                t = t.clamp_(lo, hi)
+                hi = qrange(out_q.bits)[1]
+                ctx.sat = t > hi  # t >= 0: only the top saturates
+                t = t.clamp_(max=hi)
             return t.to(x.dtype).mul_(2.0**-n)
         out, ctx.clip, saved = fake_quant_parts(_scaled(y15, SOFTMAX_OUT_MAX, x.dtype), n, out_q.bits, bounds)
         ctx.saved = saved
