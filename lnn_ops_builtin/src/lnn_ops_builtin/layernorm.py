@@ -178,23 +178,20 @@ class _ChipLayerNormQuant(torch.autograd.Function):
         y = flat.mul_(g_q.detach().double() * 2.0**-NORM_Q).add_(b_q.detach().double()).view(x.shape).to(x.dtype)
         bounds = tensor_bounds(y)
         n = out_q.observe_bounds(bounds, cap)
-        ctx.sat = ctx.clip = None
         if n >= 0 and x.dtype in (torch.float32, torch.float64):
             q = y.mul_(2.0**n).add_(0.5).floor_()
-            if not cannot_saturate(bounds, n, out_q.bits):
-                lo, hi = qrange(out_q.bits)
-                ctx.sat = (q < lo) | (q > hi)
-                q = q.clamp_(lo, hi)
-            return q.mul_(2.0**-n)
+            if cannot_saturate(bounds, n, out_q.bits):
+                ctx.clip = ctx.saved = None
+                return q.mul_(2.0**-n)
+            lo, hi = qrange(out_q.bits)  # both dtypes hold the integers: the interval form of the mask
+            ctx.clip, ctx.saved = (lo - 1.0, hi + 1.0), q
+            return q.clamp(lo, hi).mul_(2.0**-n)
         out, ctx.clip, ctx.saved = fake_quant_parts(y, n, out_q.bits, bounds)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        if ctx.sat is not None:
-            grad = grad.masked_fill(ctx.sat, 0.0)
-        elif ctx.clip is not None:
-            grad = ste_gradient(grad, ctx.clip, ctx.saved)
+        grad = ste_gradient(grad, ctx.clip, ctx.saved)
         return _layer_norm_backward(ctx, grad) + (None, None, None, None, None)
 
 
