@@ -246,6 +246,13 @@ def test_training_node_has_the_chip_value_and_the_float_gradient(log, host):
         assert torch.allclose(x.grad, x2.grad, rtol=1e-6, atol=1e-7)
 
 
+def _recipe():
+    from lnn_core.testing import isolated_host
+    from lnn_ops_builtin import plugin
+
+    return isolated_host([plugin]).recipes["pow2-sym-halfup"]
+
+
 def _fixed_or_ema(recipe, n_o):
     from lnn_core.quant.observers import FixedExponent
 
@@ -259,11 +266,9 @@ def test_the_fused_output_quantizer_node_equals_the_two_node_path(data):
     values, gradients and observer state, step after step, as the chip-value node followed by the quantizer
     (``out_q(_ChipSoftmax.apply(x, y15, 15, False), 15)``): EMA exponents and fixed ones in and out of
     ``0..15`` (outside, the node takes the quantizer's own fake-quant), saturating rows, float32 and float64."""
-    from lnn_core.testing import isolated_host
-    from lnn_ops_builtin import plugin
     from lnn_ops_builtin.softmax import _chip_acc, _ChipSoftmax
 
-    recipe = isolated_host([plugin]).recipes["pow2-sym-halfup"]
+    recipe = _recipe()
     n_x = data.draw(st.integers(0, 8), label="n_x")
     n_o = data.draw(st.sampled_from([None, None, -2, 0, 3, 7, 8, 15]), label="n_o")
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
@@ -286,6 +291,39 @@ def test_the_fused_output_quantizer_node_equals_the_two_node_path(data):
         for name in ("running", "exponent", "num_batches"):
             assert torch.equal(getattr(fused, name), getattr(plain, name)), name
     assert y.grad_fn is not None and type(y.grad_fn).__name__ == "_ChipSoftmaxQuantBackward"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_matmul_and_its_output_quantizer_in_one_node_equal_the_two_nodes(data):
+    """Training's matmul with its observing output quantizer in one node (``_MatmulQuant``) gives the same values
+    and observer state, step after step, as ``out_q(torch.matmul(x, y), cap)``, and the same gradients to both
+    operands: ranks 2, 3 (the right operand a transposed view, as attention's ``k^T``) and 4, EMA exponents and
+    fixed ones (saturating, and below 0, where the node takes the quantizer's own fake-quant), float32 and float64."""
+    from lnn_ops_builtin.bmm import _MatmulQuant
+
+    recipe = _recipe()
+    n_o = data.draw(st.sampled_from([None, None, -2, 0, 4, 9]), label="n_o")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    lead = data.draw(st.sampled_from([(), (3,), (2, 2)]), label="batch dims")
+    m, k, n = (data.draw(st.integers(1, 9), label=f"dim {c}") for c in "mkn")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    gen = torch.Generator().manual_seed(seed)
+    fused, plain = _fixed_or_ema(recipe, n_o), _fixed_or_ema(recipe, n_o)
+    for _ in range(3):
+        x = (torch.randint(-128, 128, (*lead, m, k), generator=gen).to(dtype) / 16).requires_grad_()
+        yt = (torch.randint(-128, 128, (*lead, n, k), generator=gen).to(dtype) / 8).requires_grad_()
+        g = torch.randn(*lead, m, n, generator=gen, dtype=dtype)
+        z = _MatmulQuant.apply(x, yt.transpose(-1, -2), fused, 7)
+        z.backward(g)
+        x2, yt2 = x.detach().clone().requires_grad_(), yt.detach().clone().requires_grad_()
+        z2 = plain(torch.matmul(x2, yt2.transpose(-1, -2)), 7)
+        z2.backward(g)
+        assert z.dtype == dtype and torch.equal(z, z2)
+        for got, want in ((x.grad, x2.grad), (yt.grad, yt2.grad)):
+            assert torch.equal(got, want)
+        for name in ("running", "exponent", "num_batches"):
+            assert torch.equal(getattr(fused, name), getattr(plain, name)), name
 
 
 def test_training_computes_the_chip_probabilities_with_float_gradients(host):
