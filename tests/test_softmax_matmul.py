@@ -26,7 +26,7 @@ from lnn_core.exporter import to_ir
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import UnsupportedOpWarning
 from lnn_ops_builtin.bmm import QBmm, bmm_int
-from lnn_ops_builtin.softmax import QSoftmax, softmax_int, softmax_q15, softmax_q15_int8
+from lnn_ops_builtin.softmax import QSoftmax, softmax_int, softmax_q15, softmax_q15_f64, softmax_q15_int8
 
 # -- a reference written from the spec (int8-ops.md 3.23; independent of lnn_ops_builtin.softmax) ------------------
 
@@ -211,7 +211,8 @@ def test_matmul_eval_is_the_exact_requantized_product(host):
 def test_the_table_form_equals_the_int64_model(data):
     """softmax_q15_int8 (what training and eval run: a table of the exponential terms of every (element, row maximum)
     pair) equals softmax_q15 on the Q25-widened integers, at every input exponent, on rows with saturated, tied,
-    extreme and constant values."""
+    extreme and constant values; so does the form that builds the table index in its input's buffer, on float32
+    and float64, contiguous or not."""
     n_x = data.draw(st.integers(0, 25), label="n_x")
     row = data.draw(st.sampled_from([1, 2, 3, 17, 64, 300, 2048]), label="row")
     rows = data.draw(st.integers(1, 6), label="rows")
@@ -221,7 +222,11 @@ def test_the_table_form_equals_the_int64_model(data):
     q = torch.randint(lo, hi + 1, (rows, row), generator=torch.Generator().manual_seed(seed))
     q[0, :1] = data.draw(st.sampled_from([-128, 127, lo, hi]), label="first")
     x25 = (q << (25 - n_x)).clamp(-(1 << 31), (1 << 31) - 1)
-    assert torch.equal(softmax_q15_int8(q, n_x), softmax_q15(x25))
+    want = softmax_q15(x25)
+    assert torch.equal(softmax_q15_int8(q, n_x), want)
+    for dtype in (torch.float32, torch.float64):  # the table index formed in the input's own buffer (training)
+        assert torch.equal(softmax_q15_f64(q.to(dtype), n_x, inplace=True), want.double())
+        assert torch.equal(softmax_q15_f64(q.to(dtype).t().contiguous().t(), n_x, inplace=True), want.double())
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])

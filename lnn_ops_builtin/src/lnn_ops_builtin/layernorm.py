@@ -161,7 +161,8 @@ class _ChipLayerNormQuant(torch.autograd.Function):
     fewer full-size buffers.
 
     The chip's value ``u * gamma_q * 2^-10 + beta_q`` is formed in place in ``u``'s float64 buffer (owned by the
-    caller; exact, as in :func:`_chip_value`) and rounded once to ``x.dtype``; the quantizer observes that tensor's
+    caller; exact, as in :func:`_chip_value`) and rounded once to ``x.dtype`` into ``spent`` (the caller's finished
+    int8-input buffer, given up: no full-size output of the node's own); the quantizer observes that tensor's
     ``(min, max)`` and, for float32/float64 and an exponent ``n_o >= 0``, fake-quantizes it in place:
     ``floor(y * 2^n_o + 0.5)`` as a product by a power of two (exact) and one rounded sum, the same bits as the
     fused ``rsub`` of :func:`~lnn_core.quant.functional.fake_quant_parts`, which any other case calls. The
@@ -169,13 +170,14 @@ class _ChipLayerNormQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, u: torch.Tensor,  # type: ignore[override]
-                shape: tuple[int, ...], eps: float, out_q: ActQuantizer, cap: int) -> torch.Tensor:
+                spent: torch.Tensor, shape: tuple[int, ...], eps: float, out_q: ActQuantizer, cap: int) -> torch.Tensor:
         g, b = g_q.reshape(shape), b_q.reshape(shape)
         _, mean, rstd = torch.native_layer_norm(x, shape, g, b, eps)
         ctx.shape = shape
         ctx.save_for_backward(x, mean, rstd, g, b)
-        flat = u.view(-1, g_q.numel())
-        y = flat.mul_(g_q.detach().double() * 2.0**-NORM_Q).add_(b_q.detach().double()).view(x.shape).to(x.dtype)
+        acc = u.view(-1, g_q.numel()).mul_(g_q.detach().double() * 2.0**-NORM_Q).add_(b_q.detach().double())
+        acc = acc.view(x.shape)
+        y = spent.copy_(acc) if spent.dtype == x.dtype and spent.shape == x.shape else acc.to(x.dtype)
         bounds = tensor_bounds(y)
         n = out_q.observe_bounds(bounds, cap)
         if n >= 0 and x.dtype in (torch.float32, torch.float64):
@@ -192,7 +194,7 @@ class _ChipLayerNormQuant(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         grad = ste_gradient(grad, ctx.clip, ctx.saved)
-        return _layer_norm_backward(ctx, grad) + (None, None, None, None, None)
+        return _layer_norm_backward(ctx, grad) + (None, None, None, None, None, None)
 
 
 def _chip_value(u: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -282,7 +284,7 @@ class QLayerNorm(QModule):
             grad = torch.is_grad_enabled() and (x.requires_grad or g_q.requires_grad or b_q.requires_grad)
             q_out = self.out_q
             if grad and q_out.training and q_out.quant and q_out.observe and float(self.clamp_act) <= 0.0:
-                return _ChipLayerNormQuant.apply(x, g_q, b_q, u, self.normalized_shape, self.eps, q_out,
+                return _ChipLayerNormQuant.apply(x, g_q, b_q, u, q, self.normalized_shape, self.eps, q_out,
                                                  NORM_Q + n_g)
             if grad:
                 y = _ChipLayerNorm.apply(x, g_q, b_q, u, self.normalized_shape, self.eps)

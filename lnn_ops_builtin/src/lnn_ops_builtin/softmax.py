@@ -140,8 +140,17 @@ def _exp_table(n_x: int, device: torch.device) -> torch.Tensor:
     return exp_q23(d).reshape(-1).to(device=device, dtype=torch.float64)
 
 
+def _index_in_place(v: torch.Tensor) -> torch.Tensor:
+    """The integers ``0 <= v < 2^23`` of a float32 (float64) tensor as an int32 (int64) tensor sharing its buffer:
+    ``v + 2^23`` (``2^52``) is exact and its bit pattern is that of the float ``2^23`` (``2^52``) plus ``v`` in the
+    low mantissa bits, so subtracting the pattern of ``2^23`` (``2^52``) as an integer leaves ``v`` (IEEE 754)."""
+    if v.dtype == torch.float32:
+        return v.add_(2.0**23).view(torch.int32).sub_(0x4B000000)
+    return v.add_(2.0**52).view(torch.int64).sub_(0x4330000000000000)
+
+
 @torch.no_grad()
-def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
+def softmax_q15_f64(q: torch.Tensor, n_x: int, *, inplace: bool = False) -> torch.Tensor:
     """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
     Q25 as the kernel does; float64 integers out. The same integers by fewer and smaller passes:
 
@@ -155,11 +164,15 @@ def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
       the sum normalized to ``[2^22, 2^23)``, shifted right) stays below ``2^24``; ``r * e + 2^30`` is an integer
       below ``2^48``, held exactly. The result (at most ``2^16``) needs no saturation.
 
-    One full-size float64 buffer (the terms, then the result) and two of half its size: on a CPU every fresh large
-    buffer costs its page faults.
+    One full-size float64 buffer (the terms, then the result) and two of half its size, or none with
+    ``inplace=True``: the table index is then formed in ``q``'s own buffer (a float32/float64 tensor the caller
+    gives up; its contents are undefined after the call, the buffer may be reused): on a CPU every fresh large buffer
+    costs its page faults, which cost more than the arithmetic here.
     """
     m = q.amax(dim=-1, keepdim=True)
-    if n_x >= 1:
+    if inplace and q.dtype in (torch.float32, torch.float64):  # the index in q's own buffer
+        idx = _index_in_place(q.neg_().add_(m) if n_x >= 1 else q.add_(m.mul(256).add_(128 * 256 + 128)))
+    elif n_x >= 1:
         idx = torch.sub(m, q).to(torch.int32)  # m - q
     else:
         idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int32)  # (m + 128) * 256 + (q + 128)
@@ -213,13 +226,16 @@ def _chip_acc(x: torch.Tensor, n_x: int, log: bool, training: bool) -> torch.Ten
     output), where every form of ``R`` agrees. Eval rounds in float64; training as training's fake-quant does, in
     float32 (float64 for a float64 model): three passes in the input's width instead of five in float64 and int64.
     """
-    if training:
-        xd = x.detach() if x.dtype == torch.float64 else x.detach().float()
-        q = torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
-    else:
-        q = torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127)
-    y15 = softmax_q15_f64(q, n_x)
+    q = _train_int8(x, n_x) if training else torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127)
+    y15 = softmax_q15_f64(q, n_x, inplace=True)
     return log_q25(y15.to(torch.int64)) if log else y15
+
+
+def _train_int8(x: torch.Tensor, n_x: int) -> torch.Tensor:
+    """Training's int8 input: ``SAT_8(R(x * 2^n_x))`` rounded as training's fake-quant does, in float32 (float64 for
+    a float64 model), a fresh tensor."""
+    xd = x.detach() if x.dtype == torch.float64 else x.detach().float()
+    return torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
 
 
 def _scaled(acc: torch.Tensor, acc_q: int, dtype: torch.dtype) -> torch.Tensor:
@@ -262,12 +278,13 @@ class _ChipSoftmaxQuant(torch.autograd.Function):
     would; for an output exponent ``0 <= n_o <= 15`` the rounding ``floor(y15 * 2^(n_o - 15) + 0.5)`` is exact in
     float64, and so is the training fake-quant's float32 ``floor(p * 2^n_o + 0.5)`` (``p * 2^n_o + 0.5`` has at
     most 18 significant bits): the same integers. Any other exponent or dtype takes the quantizer's own
-    :func:`~lnn_core.quant.functional.fake_quant_parts` on ``y15 * 2^-15``. The backward is the quantizer's
-    clipping mask, then softmax's own backward kernel."""
+    :func:`~lnn_core.quant.functional.fake_quant_parts` on ``y15 * 2^-15``. The result is written into ``spent``
+    (the caller's finished int8-input buffer, given up), so the node allocates no full-size output of its own. The
+    backward is the quantizer's clipping mask, then softmax's own backward kernel."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y15: torch.Tensor, out_q: ActQuantizer,  # type: ignore[override]
-                cap: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, y15: torch.Tensor, spent: torch.Tensor,  # type: ignore[override]
+                out_q: ActQuantizer, cap: int) -> torch.Tensor:
         ref = torch._softmax(x, -1, False)
         ctx.save_for_backward(ref)
         ctx.sat = ctx.clip = None
@@ -280,7 +297,8 @@ class _ChipSoftmaxQuant(torch.autograd.Function):
                 hi = qrange(out_q.bits)[1]
                 ctx.sat = t > hi  # t >= 0: only the top saturates
                 t = t.clamp_(max=hi)
-            return t.to(x.dtype).mul_(2.0**-n)
+            out = spent.copy_(t) if spent.dtype == x.dtype and spent.shape == x.shape else t.to(x.dtype)
+            return out.mul_(2.0**-n)
         out, ctx.clip, saved = fake_quant_parts(_scaled(y15, SOFTMAX_OUT_MAX, x.dtype), n, out_q.bits, bounds)
         ctx.saved = saved
         return out
@@ -292,7 +310,7 @@ class _ChipSoftmaxQuant(torch.autograd.Function):
             grad = grad.masked_fill(ctx.sat, 0.0)
         elif ctx.clip is not None:
             grad = ste_gradient(grad, ctx.clip, ctx.saved)
-        return torch.ops.aten._softmax_backward_data(grad, ref, -1, ref.dtype), None, None, None
+        return torch.ops.aten._softmax_backward_data(grad, ref, -1, ref.dtype), None, None, None, None
 
 
 def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = False, training: bool = False,
@@ -303,11 +321,14 @@ def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = F
     integers times ``2**-n_o``. An attention module calls this with its own output quantizer."""
     cap = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
     acc_q = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
+    if (training and not log and observe and x.requires_grad and torch.is_grad_enabled() and out_q.training
+            and out_q.quant and out_q.observe):
+        q = _train_int8(x, n_x)
+        y15 = softmax_q15_f64(q, n_x, inplace=True)
+        return _ChipSoftmaxQuant.apply(x, y15, q, out_q, cap)
     acc = _chip_acc(x, n_x, log, training)
     if training:
         if x.requires_grad and torch.is_grad_enabled():
-            if not log and observe and out_q.training and out_q.quant and out_q.observe:
-                return _ChipSoftmaxQuant.apply(x, acc, out_q, cap)
             y = _ChipSoftmax.apply(x, acc, acc_q, log)
         else:
             y = _scaled(acc, acc_q, x.dtype)
