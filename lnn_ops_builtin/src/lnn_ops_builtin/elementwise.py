@@ -49,11 +49,14 @@ class QAdd(_Binary):
         return min(exponent_of(self.input_quantizers[0]), exponent_of(self.input_quantizers[1]))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        z = x + y if self.sign > 0 else x - y
         if not self.quantizing:
-            return self.out_q(self.constrain_act(z))
+            return self.out_q(self.constrain_act(x + y if self.sign > 0 else x - y))
         cap = min(self.in_exponent(0), self.in_exponent(1))
-        n = self.out_exponent(z.detach(), cap)
+        if self.training and self.out_q.observe:  # the float sum only feeds the observer: no autograd node
+            with torch.no_grad():
+                n = self.out_q.update(x + y if self.sign > 0 else x - y, cap)
+        else:
+            n = self.out_q.eval_exponent(cap)
         lo, hi = self.out_bounds(n)
         s = 2.0**n
         if self.training:  # R(x * s) +- R(y * s), clamped, in one autograd node (same values and gradients)
