@@ -119,3 +119,44 @@ def test_an_embedding_trained_on_gpu_evaluates_and_verifies_as_on_the_host(host)
     assert y_gpu.device.type == "cuda" and torch.equal(y_gpu.cpu(), y_cpu)
     report = lnn.verify(model, ids[:4], host=host)
     assert report.ok, report.table()
+
+
+class PackedTagger(nn.Module):
+    """Padded batch + lengths (on the GPU, as a user keeps them) -> pack -> LSTM (h0, c0) -> pad -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.rnn = nn.LSTM(6, 8, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, lengths, h0, c0):
+        packed = nn.utils.rnn.pack_padded_sequence(torch.tanh(self.fc(x)), lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        y, _ = self.rnn(packed, (h0, c0))
+        return self.head(nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.size(1))[0])
+
+
+def test_a_packed_lstm_trained_on_gpu_evaluates_and_verifies_as_on_the_host(host):
+    torch.manual_seed(0)
+    model = lnn.init(PackedTagger(), host=host).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+
+    def batch(n):
+        return (torch.randn(n, 9, 5, device="cuda"), torch.randint(1, 10, (n,), device="cuda"),
+                torch.randn(2, n, 8, device="cuda") * 0.3, torch.randn(2, n, 8, device="cuda"))
+
+    for _ in range(5):
+        opt.zero_grad()
+        model(*batch(16)).square().mean().backward()
+        opt.step()
+    model.eval()
+    args = batch(32)
+    with torch.no_grad():
+        y_gpu = model(*args)
+        y_cpu = copy.deepcopy(model).cpu()(*(a.cpu() for a in args))
+    assert y_gpu.device.type == "cuda" and torch.equal(y_gpu.cpu(), y_cpu)
+    x, lengths, h0, c0 = args
+    report = lnn.verify(model, (x[:1], lengths[:1], h0[:, :1], c0[:, :1]), host=host)
+    assert report.ok, report.table()

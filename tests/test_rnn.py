@@ -18,7 +18,7 @@ from torch import nn
 import lnn_core as lnn
 from lnn_backend_csk60xx.check import check_graph
 from lnn_backend_csk60xx.ops.gru import gru_int
-from lnn_core.errors import LnnError, ModelFileError, TraceError
+from lnn_core.errors import LnnError, ModelFileError
 from lnn_core.exporter import to_ir
 from lnn_ops_builtin.rnn import QRNN
 
@@ -258,6 +258,56 @@ def test_an_rnn_with_an_initial_state_verifies_bit_exact(kind, host):
     assert graph.tensors[node.inputs[6]].exponent == m.rnn.state_exponent
     if lstm:
         assert (graph.tensors[node.inputs[7]].exponent, graph.tensors[node.inputs[7]].dtype) == (7, "int16")
+
+
+class StackState(nn.Module):
+    """A stacked and/or bidirectional RNN with the whole initial state ``[layers * dirs, B, H]`` as graph inputs."""
+
+    def __init__(self, kind: str, **kwargs) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.rnn = getattr(nn, kind)(6, 8, batch_first=True, **kwargs)
+        self.head = nn.Linear(8 * (2 if kwargs.get("bidirectional") else 1), 3)
+
+    def forward(self, x, h0, c0):
+        y, _ = self.rnn(self.fc(x), (h0, c0) if isinstance(self.rnn, nn.LSTM) else h0 + 0 * c0)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kwargs", [dict(num_layers=2, bidirectional=True), dict(num_layers=2),
+                                    dict(bidirectional=True)], ids=["2-layer-bi", "2-layer", "bi"])
+def test_a_stacked_or_bidirectional_rnn_with_an_initial_state_verifies_bit_exact(kind, kwargs, host):
+    """h0 ``[L * dirs, B, H]`` (and c0) are requantized once and cut per node (a Slice on axis 0): node k reads
+    ``h0[k]``, as torch does; every tensor identical on the simulator after QAT."""
+    lstm = kind == "LSTM"
+    nodes = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    m = lnn.init(StackState(kind, **kwargs), host=host)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    m.train()
+    for _ in range(2):
+        args = (torch.randn(3, 7, 5), torch.randn(nodes, 3, 8) * 0.3, torch.randn(nodes, 3, 8))
+        loss = m(*args).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    args = (torch.randn(1, 7, 5), torch.randn(nodes, 1, 8) * 0.4, torch.randn(nodes, 1, 8))
+    report = lnn.verify(m, args, host=host)
+    assert report.ok, report.table()
+    graph = to_ir(m, args, host=host)
+    rnn_nodes = [n for n in graph.nodes if n.op_type == f"{kind}Int"]
+    assert len(rnn_nodes) == nodes
+    for k, node in enumerate(rnn_nodes):
+        assert len(node.inputs) == (8 if lstm else 7)
+        h0 = graph.tensors[node.inputs[6]]
+        assert (h0.shape, h0.exponent) == ((1, 1, 8), m.rnn.state_exponent)
+        (cut,) = [n for n in graph.nodes if n.outputs == [node.inputs[6]]]
+        assert cut.op_type == "Slice" and graph.initializers[cut.inputs[1]].tolist() == [k]
+    # the state matters: another h0 changes the output
+    other = (args[0], -args[1], args[2])
+    with torch.no_grad():
+        assert not torch.equal(m(*args), m(*other))
 
 
 def test_the_kws_demo_crnn_quantizes_and_verifies(host):
@@ -503,31 +553,3 @@ def test_the_bptt_node_is_the_gradient_of_the_float_recurrence_at_the_chips_valu
     want = torch.autograd.grad(loss_ref, leaves)
     for a_, b_ in zip(got, want, strict=True):
         torch.testing.assert_close(a_, b_, rtol=1e-9, atol=1e-9)
-
-
-class Packed(nn.Module):
-    """An LSTM over padded sequences of several lengths, packing spelled three ways."""
-
-    def __init__(self, spelling: str) -> None:
-        super().__init__()
-        self.spelling = spelling
-        self.fc = nn.Linear(5, 8)
-        self.lstm = nn.LSTM(8, 6, batch_first=True)
-
-    def forward(self, x, lengths):
-        import torch.nn.utils.rnn as rnn_utils
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-        pack, pad = {"full": (torch.nn.utils.rnn.pack_padded_sequence, torch.nn.utils.rnn.pad_packed_sequence),
-                     "module": (rnn_utils.pack_padded_sequence, rnn_utils.pad_packed_sequence),
-                     "from": (pack_padded_sequence, pad_packed_sequence)}[self.spelling]
-        y, _ = self.lstm(pack(self.fc(x), lengths, batch_first=True, enforce_sorted=False))
-        return pad(y, batch_first=True)[0]
-
-
-@pytest.mark.parametrize("spelling", ["full", "module", "from"])
-def test_packed_sequences_are_a_clear_trace_error_whatever_the_spelling(spelling, host):
-    """Not supported yet (issue 10 item 2): one TraceError that names the packed-sequence helpers and the way out."""
-    with pytest.raises(TraceError) as exc:
-        lnn.init(Packed(spelling), host=host)
-    assert "pack_padded_sequence" in str(exc.value) and "whole (padded) sequences" in exc.value.hint

@@ -21,7 +21,7 @@ from torch import nn
 
 import lnn_core as lnn
 
-N_MODELS = 32
+N_MODELS = 40
 SEED_BASE = 7000
 
 
@@ -46,6 +46,11 @@ class RecNet(nn.Module):
         self.head = nn.Linear(hid if spec["head"] == "state" else d, spec["out"])
 
     def forward(self, x):
+        return self._run(x, None, None)
+
+    def _run(self, x, lengths, hx):
+        """The model; with ``lengths`` the first recurrent module reads a packed sequence (padded back to T after
+        it), with ``hx`` it starts from that state."""
         s = self.spec
         if s["front"] == "conv":
             x = torch.relu(self.bn(self.conv(x)))  # [N, C, T, F]
@@ -57,14 +62,54 @@ class RecNet(nn.Module):
         elif s["front"] == "tanh":
             x = torch.tanh(self.fc(x))
         state = None
-        for rnn in self.rnns:
-            x, state = rnn(x)
+        for i, rnn in enumerate(self.rnns):
+            if i == 0 and lengths is not None:
+                t_len = x.shape[1 if s["batch_first"] else 0]
+                packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=s["batch_first"],
+                                                           enforce_sorted=False)
+                y, state = rnn(packed, hx)
+                x = nn.utils.rnn.pad_packed_sequence(y, batch_first=s["batch_first"], total_length=t_len)[0]
+            else:
+                x, state = rnn(x, hx if i == 0 else None)
         if s["head"] == "state":
             h = state[0] if s["rnns"][-1][0] == "LSTM" else state
             return self.head(h[-1])
         if s["head"] == "last":
             return self.head(x[:, -1] if s["batch_first"] else x[-1])
         return self.head(x)
+
+
+class RecNetPacked(RecNet):
+    def forward(self, x, lengths):
+        return self._run(x, lengths, None)
+
+
+class RecNetState(RecNet):  # a GRU's h0
+    def forward(self, x, h0):
+        return self._run(x, None, h0)
+
+
+class RecNetLSTMState(RecNet):
+    def forward(self, x, h0, c0):
+        return self._run(x, None, (h0, c0))
+
+
+class RecNetPackedState(RecNet):
+    def forward(self, x, lengths, h0):
+        return self._run(x, lengths, h0)
+
+
+class RecNetPackedLSTMState(RecNet):
+    def forward(self, x, lengths, h0, c0):
+        return self._run(x, lengths, (h0, c0))
+
+
+def _model(spec: dict) -> RecNet:
+    lstm = spec["rnns"][0][0] == "LSTM"
+    cls = {(False, False): RecNet, (True, False): RecNetPacked,
+           (False, True): RecNetLSTMState if lstm else RecNetState,
+           (True, True): RecNetPackedLSTMState if lstm else RecNetPackedState}[(spec["packed"], spec["state"])]
+    return cls(spec)
 
 
 def spec_for(seed: int) -> dict:
@@ -78,7 +123,9 @@ def spec_for(seed: int) -> dict:
     return {"front": front, "d": r.randint(1, 12), "d2": r.randint(2, 16), "ch": r.randint(2, 6),
             "f": r.randint(2, 6), "t": r.randint(1, 12), "batch_first": r.random() < 0.5,
             "head": ("steps", "last", "state")[(seed // 4) % 3], "out": r.randint(1, 6), "rnns": rnns,
-            "scale": r.choice((1.0, 1.0, 2.5, 6.0)), "batch": r.randint(1, 4)}
+            "scale": r.choice((1.0, 1.0, 2.5, 6.0)), "batch": r.randint(1, 4),
+            # drawn last, so that the draws above stay those of the seeds before packing was generated
+            "packed": (seed % 5) in (1, 3), "state": (seed % 3) == 2, "length_seed": r.randint(0, 1 << 30)}
 
 
 def _shape(spec: dict, batch: int) -> tuple[int, ...]:
@@ -102,11 +149,26 @@ def _input(spec: dict, batch: int, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def build(seed: int, host) -> tuple[nn.Module, torch.Tensor, dict]:
+def _inputs(spec: dict, batch: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The model's inputs: features, then the lengths (1..T, any order) of a packed model, then the first recurrent
+    module's initial state ``[layers * dirs, B, H]`` (h0, and c0 for an LSTM)."""
+    out = [_input(spec, batch, g)]
+    if spec["packed"]:
+        out.append(torch.randint(1, spec["t"] + 1, (batch,), generator=g))
+    if spec["state"]:
+        kind, hid, layers, bidir = spec["rnns"][0]
+        shape = (layers * (2 if bidir else 1), batch, hid)
+        out.append(torch.randn(*shape, generator=g) * 0.4)
+        if kind == "LSTM":
+            out.append(torch.randn(*shape, generator=g) * 2)
+    return tuple(out)
+
+
+def build(seed: int, host) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict]:
     spec = spec_for(seed)
     torch.manual_seed(SEED_BASE + seed)
     g = torch.Generator().manual_seed(seed)
-    m = lnn.init(RecNet(spec), host=host)
+    m = lnn.init(_model(spec), host=host)
     if _gru_first(spec):
         with torch.no_grad():
             for name, p in _rnns(m, spec)[0].named_parameters():
@@ -115,7 +177,7 @@ def build(seed: int, host) -> tuple[nn.Module, torch.Tensor, dict]:
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     m.train()
     for _ in range(2):
-        loss = m(_input(spec, 4, g)).square().mean()
+        loss = m(*_inputs(spec, 4, g)).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -126,7 +188,7 @@ def build(seed: int, host) -> tuple[nn.Module, torch.Tensor, dict]:
                     if rnn.kind == "LSTM" or "weight_hh" in name or "bias" in name:
                         p.mul_(spec["scale"])
     m.eval()
-    return m, _input(spec, 1, g), spec
+    return m, _inputs(spec, 1, g), spec
 
 
 def _rnns(m: nn.Module, spec: dict) -> list[nn.Module]:
@@ -151,6 +213,10 @@ def _kinds(spec: dict) -> set[str]:
     kinds |= {"reverse"} if any(bidir for *_, bidir in spec["rnns"]) else set()
     kinds |= {f"batch_first={int(spec['batch_first'])}", f"head={spec['head']}", f"front={spec['front']}"}
     kinds |= {"stacked"} if any(layers > 1 for _, _, layers, _ in spec["rnns"]) or len(spec["rnns"]) > 1 else set()
+    kinds |= {"packed"} if spec["packed"] else set()
+    kinds |= {"initial state"} if spec["state"] else set()
+    kinds |= {"packed with initial state"} if spec["packed"] and spec["state"] else set()
+    kinds |= {"stacked initial state"} if spec["state"] and (spec["rnns"][0][2] > 1 or spec["rnns"][0][3]) else set()
     return kinds | ({"saturated"} if spec["scale"] > 1 else set())
 
 
@@ -158,5 +224,6 @@ def test_the_generator_draws_every_recurrent_kind():
     """The seeds above cover every kind (each model's recurrent outputs are compared in its own test)."""
     drawn = Counter(k for seed in range(N_MODELS) for k in _kinds(spec_for(seed)))
     want = {"GRUInt", "LSTMInt", "reverse", "batch_first=0", "batch_first=1", "head=steps", "head=last",
-            "head=state", "front=plain", "front=relu", "front=tanh", "front=conv", "stacked", "saturated"}
+            "head=state", "front=plain", "front=relu", "front=tanh", "front=conv", "stacked", "saturated", "packed",
+            "initial state", "packed with initial state", "stacked initial state"}
     assert want <= set(drawn), drawn

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lnn_core._model_args import add_fill_arg
 from lnn_core.cli import result_stream
 from lnn_core.errors import ConfigError, HardwareLimitError, ModelFileError, SimulatorError
 from lnn_core.rules import RuleReport
@@ -570,6 +571,7 @@ def configure_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-dtype", action="append", metavar="[NAME=]DTYPE",
                    help="for a PyTorch model: dtype of an example input, float32 (default), int64 or int32 (token "
                         "ids of an embedding); NAME is the forward() argument or its position")
+    add_fill_arg(p)
     _common(p)
 
 
@@ -608,11 +610,12 @@ def run_check(args: argparse.Namespace, host: Any) -> int:
         report = _check_factory(args, host, share, psram)
         print(report.to_json() if args.json else report.table(), file=result_stream(args))
         return 0 if report.ok else 1
-    if args.input_dtype:
-        raise ConfigError("option --input-dtype is for a PyTorch model (package.module:factory)",
-                          {"model": args.model, "rule": "an ONNX file declares the dtype of each of its inputs"},
-                          "leave --input-dtype out for an ONNX file", option="--input-dtype",
-                          value=args.input_dtype, valid="only with package.module:factory")
+    for option, value in (("--input-dtype", args.input_dtype), ("--input-fill", args.input_fill)):
+        if value:
+            raise ConfigError(f"option {option} is for a PyTorch model (package.module:factory)",
+                              {"model": args.model, "rule": "an ONNX file is checked from its declared inputs"},
+                              f"leave {option} out for an ONNX file", option=option, value=value,
+                              valid="only with package.module:factory")
     if not Path(args.model).exists():  # before the shapes, which are read differently for a factory
         raise ModelFileError(f"cannot read ONNX file '{args.model}': it does not exist", {},
                              "pass an ONNX file, or a PyTorch model as package.module:factory", path=args.model,

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import ConfigError, ModelFileError
 
 __all__ = ["add_model_args", "load_factory", "build_float", "load_checkpoint", "parse_shape", "build_quantized",
-           "parse_dtypes", "random_inputs", "example_inputs", "INPUT_DTYPES", "calibration_batches"]
+           "parse_dtypes", "parse_fills", "random_inputs", "example_inputs", "INPUT_DTYPES", "calibration_batches"]
 
 #: samples per batch of ``--calibrate``
 CALIBRATION_BATCH = 32
@@ -37,6 +37,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="dtype of an example input: float32 (default), int64 or int32 (token ids of an embedding: "
                         "an integer input that is not quantized). NAME is the forward() argument or its position "
                         "(0, 1, ...); a bare DTYPE needs a model of one input. Repeat for several inputs")
+    add_fill_arg(p)
     p.add_argument("--target", default="csk60xx", help="target id (default csk60xx)")
     p.add_argument("--calibrate", action="append", metavar="DATA.npy",
                    help="calibrate the activation scales on these samples first (lnn.calibrate): a .npy array of N "
@@ -45,6 +46,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-uncalibrated", action="store_true",
                    help="go on with a warning when activation scales never saw data (no --checkpoint of a trained "
                         "model, no --calibrate): the integers are then meaningless, for testing the plumbing only")
+
+
+def add_fill_arg(p: argparse.ArgumentParser) -> None:
+    """``--input-fill NAME=VALUE``: one value for every element of an example input instead of random data."""
+    p.add_argument("--input-fill", action="append", metavar="[NAME=]VALUE",
+                   help="fill an example input with one value instead of random data, e.g. the lengths input of a "
+                        "packed sequence with its padded length T (--input-fill lengths=49); NAME as for "
+                        "--input-dtype. Repeat for several inputs")
 
 
 @contextlib.contextmanager
@@ -182,6 +191,18 @@ def _dtype_error(item: str, what: str, details: dict[str, Any], hint: str, valid
                        valid=valid)
 
 
+def _input_index(item: str, name: str, option: str, count: int, names: list[str] | None, example: str) -> int:
+    """The position of the example input ``name`` (a forward() argument of ``names`` or a 0-based position)."""
+    if name.isdigit() and int(name) < count:
+        return int(name)
+    if names is not None and name in names[:count]:
+        return names.index(name)
+    raise ConfigError(f"option {option} {item!r}: the model has no input {name!r}",
+                      {"inputs": ", ".join(names[:count] if names else []) or None, "positions": f"0..{count - 1}"},
+                      "name a forward() argument, or give its position (0 is the first)", option=option, value=item,
+                      valid=example)
+
+
 def parse_dtypes(items: list[str] | None, count: int, names: list[str] | None = None) -> list[str]:
     """``--input-dtype`` values -> one dtype per example input (default float32).
 
@@ -203,15 +224,33 @@ def parse_dtypes(items: list[str] | None, count: int, names: list[str] | None = 
                                    "NAME=DTYPE")
             out[0] = dtype
             continue
-        if name.isdigit() and int(name) < count:
-            out[int(name)] = dtype
-        elif names is not None and name in names[:count]:
-            out[names.index(name)] = dtype
-        else:
-            raise _dtype_error(item, f"the model has no input {name!r}",
-                               {"inputs": ", ".join(names[:count] if names else []) or None,
-                                "positions": f"0..{count - 1}"},
-                               "name a forward() argument, or give its position (0 is the first)", "NAME=DTYPE")
+        out[_input_index(item, name, "--input-dtype", count, names, "NAME=DTYPE")] = dtype
+    return out
+
+
+def parse_fills(items: list[str] | None, count: int, names: list[str] | None = None) -> list[float | None]:
+    """``--input-fill`` values -> the value each example input is filled with (None: random data).
+
+    :param items: ``VALUE`` (only for a model of one input) or ``NAME=VALUE``, NAME as for :func:`parse_dtypes`.
+    """
+    out: list[float | None] = [None] * count
+    for item in items or []:
+        name, sep, text = item.rpartition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"option --input-fill {item!r}: {text!r} is not a number", {"actual": text},
+                              "write e.g. --input-fill lengths=49", option="--input-fill", value=item,
+                              valid="NAME=NUMBER") from None
+        if not sep:
+            if count != 1:
+                raise ConfigError(f"option --input-fill {item!r}: a bare value is ambiguous for a model of {count} "
+                                  "inputs", {"inputs": ", ".join(names or [str(i) for i in range(count)])},
+                                  "name the input: --input-fill NAME=VALUE (a forward() argument or its position)",
+                                  option="--input-fill", value=item, valid="NAME=VALUE")
+            out[0] = value
+            continue
+        out[_input_index(item, name, "--input-fill", count, names, "NAME=VALUE")] = value
     return out
 
 
@@ -234,16 +273,22 @@ def index_bound(model: Any) -> int:
     return max(1, min(sizes)) if sizes else 1
 
 
-def random_inputs(shapes: list[str], dtypes: list[str] | None = None, *, index_high: int = 1) -> tuple[Any, ...]:
+def random_inputs(shapes: list[str], dtypes: list[str] | None = None, *, index_high: int = 1,
+                  fills: list[float | None] | None = None) -> tuple[Any, ...]:
     """Random example inputs of the ``--input-shape`` values (seeded: every run sees the same): uniform in [0, 1)
-    for float inputs, integers in ``0 .. index_high - 1`` for integer inputs (token ids)."""
+    for float inputs, integers in ``0 .. index_high - 1`` for integer inputs (token ids); an input with a value
+    in ``fills`` (``--input-fill``) holds that value everywhere instead, in its dtype (an integer input: the value
+    truncated)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
     out = []
     for i, s in enumerate(shapes):
         dtype = (dtypes or [])[i] if dtypes and i < len(dtypes) else "float32"
-        if dtype == "float32":
+        fill = fills[i] if fills and i < len(fills) else None
+        if fill is not None:
+            out.append(torch.full(parse_shape(s), fill, dtype=getattr(torch, dtype)))
+        elif dtype == "float32":
             out.append(torch.rand(parse_shape(s), generator=gen))
         else:
             out.append(torch.randint(0, index_high, parse_shape(s), generator=gen, dtype=getattr(torch, dtype)))
@@ -253,8 +298,10 @@ def random_inputs(shapes: list[str], dtypes: list[str] | None = None, *, index_h
 def example_inputs(args: argparse.Namespace, model: Any) -> tuple[Any, ...]:
     """The random example inputs of ``args.input_shape`` and ``args.input_dtype`` for ``model``."""
     shapes = [s.partition("=")[2] or s for s in args.input_shape]
-    dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), input_names(model))
-    return random_inputs(shapes, dtypes, index_high=index_bound(model))
+    names = input_names(model)
+    dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), names)
+    fills = parse_fills(getattr(args, "input_fill", None), len(shapes), names)
+    return random_inputs(shapes, dtypes, index_high=index_bound(model), fills=fills)
 
 
 def build_quantized(args: argparse.Namespace, host: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -270,8 +317,10 @@ def build_quantized(args: argparse.Namespace, host: Any) -> tuple[Any, tuple[Any
     # argument names from the user's forward(); the ids' bound from the prepared model, whose embedding modules
     # include the F.embedding calls
     shapes = [s.partition("=")[2] or s for s in args.input_shape]
-    dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), input_names(float_model))
-    inputs = random_inputs(shapes, dtypes, index_high=index_bound(model))
+    names = input_names(float_model)
+    dtypes = parse_dtypes(getattr(args, "input_dtype", None), len(shapes), names)
+    fills = parse_fills(getattr(args, "input_fill", None), len(shapes), names)
+    inputs = random_inputs(shapes, dtypes, index_high=index_bound(model), fills=fills)
     if getattr(args, "calibrate", None):
         lnn.calibrate(model, calibration_batches(args.calibrate, inputs))
     return model, inputs

@@ -453,7 +453,8 @@ _RNN_GATES = {"GRUInt": ("GRU", (1, 0, 2)), "LSTMInt": ("LSTM", (0, 3, 1, 2))}
 def _rnn(w: QdqWriter, node: Node) -> None:
     """GRUInt / LSTMInt as the standard ONNX ``GRU`` (``linear_before_reset=1``, PyTorch's form) / ``LSTM`` on the
     dequantized input, weights and biases (gate blocks reordered to ONNX's), one direction per node, time first (a
-    ``batch_first`` node's int8 input and output are transposed); each output is quantized at its exponent. Not
+    ``batch_first`` node's int8 input and output are transposed); lengths become ``sequence_lens`` and an initial
+    state ``initial_h`` / ``initial_c`` (dequantized); each output is quantized at its exponent. Not
     exact: the chip's gates are 16-segment fixed-point functions with Q11 inputs (spec 2.1.4, 2.2.4); eval and this
     graph agree to a few steps."""
     op_type, order = _RNN_GATES[node.op_type]
@@ -484,7 +485,11 @@ def _rnn(w: QdqWriter, node: Node) -> None:
         w.add("Transpose", [x], [xq], name=w.fresh(f"{node.name}.time_first"), perm=[1, 0, 2])
     direction = "forward" if int(node.attrs.get("go_forward", 1)) else "reverse"
     extra = {"linear_before_reset": 1} if op_type == "GRU" else {}
-    outs = step(op_type, [w.dq(xq), wi, wh, bb], op_type.lower(), n_out=2 if op_type == "GRU" else 3,
+    state = []  # lengths (ONNX's sequence_lens, int32), then the dequantized initial state (h0, c0)
+    if len(node.inputs) > 5:
+        state = step("Cast", [node.inputs[5]], "sequence_lens", to=TensorProto.INT32) + [
+            w.dq(name) for name in node.inputs[6:]]
+    outs = step(op_type, [w.dq(xq), wi, wh, bb, *state], op_type.lower(), n_out=2 if op_type == "GRU" else 3,
                 hidden_size=hid, direction=direction, **extra)
     ys = [step("Squeeze", [outs[0], w.int64s(f"{node.name}.axis1", [1])], "squeeze")[0], *outs[1:]]  # [T, B, H]
     for k, (src, out) in enumerate(zip(ys, node.outputs)):

@@ -48,11 +48,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 from torch import nn
 
 from lnn_core.errors import ExportError, LnnError
 from lnn_core.ops import OpFamily
 from lnn_core.quant.observers import FixedExponent
+from lnn_core.quant.packed import pack_padded, pad_packed
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import BuildContext, Built
@@ -99,8 +101,9 @@ def _align(acc: torch.Tensor, bias: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def _steps(kind: str, gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h: torch.Tensor,
-           c: torch.Tensor | None, *, s_h: int, n_o: int, reverse: bool = False,
-           keep: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+           c: torch.Tensor | None, *, s_h: int, n_o: int, reverse: bool = False, keep: bool = False,
+           lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                         dict[str, torch.Tensor]]:
     """The chip's GRU or LSTM recurrence on integers (int64 tensors), batch first.
 
     :param gi: the aligned input projection, Q11, ``[B, T, G * H]`` (G = 3 gates r, z, n; 4 gates i, f, g, o).
@@ -109,13 +112,17 @@ def _steps(kind: str, gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, 
     :param s_h: ``n_o + n_hw - 11``.
     :param reverse: run from the last step to the first (the outputs stay at their time positions).
     :param keep: also return what the backward needs, each ``[B, T, H]``.
+    :param lengths: ``[B]`` steps of each sequence (None: all T): sequence ``b`` runs steps ``0 .. L_b - 1``
+        (backwards from ``L_b - 1`` with ``reverse``), as the chip's lengths input does for one sequence; its
+        state stays as it is on the other steps and its ``y`` rows there are zeros.
     :return: ``(y [B, T, H], h_n [B, H], c_n [B, H] or None, saved)``.
     """
     t_len, hid = gi.shape[1], w_hh.shape[1]
     sig, tanh = _SIG8.to(gi.device), _TANH8.to(gi.device)
     w_t = w_hh.t().contiguous()
     s_o = 2 * _Q7 - n_o
-    names = ("r", "z", "n", "ghn", "h", "ok") if kind == "GRU" else ("i", "f", "g", "o", "tau", "c", "h", "ok")
+    names = (("r", "z", "n", "ghn", "h", "ok") if kind == "GRU" else ("i", "f", "g", "o", "tau", "c", "h", "ok")) \
+        + (("act",) if lengths is not None else ())
     ys: list[Any] = [None] * t_len
     saved: dict[str, list[Any]] = {k: [None] * t_len for k in names} if keep else {}
     for t in (range(t_len - 1, -1, -1) if reverse else range(t_len)):
@@ -137,13 +144,22 @@ def _steps(kind: str, gi: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, 
             tau = tanh[_sat(_shr(p, 3), 16) + 32768]
             pre = _shr(o * tau, s_o)
             step = {"i": i, "f": f, "g": g, "o": o, "tau": tau, "c": c, "h": h}
-            c = _sat(_shr(p, _Q7), 16)
+            c_new = _sat(_shr(p, _Q7), 16)
+            c = c_new if lengths is None else torch.where((t < lengths)[:, None], c_new, c)
+        act = None if lengths is None else (t < lengths)[:, None]
         if keep:
             step["ok"] = pre.abs() <= 127
+            if act is not None:
+                step["ok"] = step["ok"] & act
+                step["act"] = act.expand_as(pre)
             for key in names:
                 saved[key][t] = step[key]
-        h = _sat(pre, 8)
-        ys[t] = h
+        h_new = _sat(pre, 8)
+        if act is None:
+            h = ys[t] = h_new
+        else:
+            h = torch.where(act, h_new, h)
+            ys[t] = torch.where(act, h_new, torch.zeros_like(h_new))
     out = {k: torch.stack(v, 1) for k, v in saved.items()}
     return torch.stack(ys, 1), h, c, out
 
@@ -159,7 +175,7 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,  # type: ignore[override]
                 b_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None, kind: str,
-                exps: tuple[int, int, int, int], reverse: bool):
+                exps: tuple[int, int, int, int], reverse: bool, lengths: torch.Tensor | None = None):
         n_i, n_iw, n_hw, n_o = exps
         xq, wi, wh = _to_int(x, n_i), _to_int(w_ih, n_iw), _to_int(w_hh, n_hw)
         bi, bh = _to_int(b_ih, n_i + n_iw), _to_int(b_hh, n_o + n_hw)
@@ -168,7 +184,7 @@ class _RNNFunction(torch.autograd.Function):
         gi = _align(_exact_matmul(xq, wi.t()), bi, n_i + n_iw - GATE_Q)
         keep = any(ctx.needs_input_grad[:7])
         y, h_n, c_n, saved = _steps(kind, gi, wh, bh, hq, cq, s_h=n_o + n_hw - GATE_Q, n_o=n_o, reverse=reverse,
-                                    keep=keep)
+                                    keep=keep, lengths=lengths)
         if keep:
             ctx.names = tuple(saved)
             ctx.save_for_backward(x, w_ih, w_hh, *(v.to(x.dtype) for v in saved.values()))
@@ -184,6 +200,7 @@ class _RNNFunction(torch.autograd.Function):
         q7 = 2.0**-_Q7
         hp = sv["h"] * 2.0**-ctx.n_o
         ok = sv["ok"]
+        act = sv["act"] > 0 if "act" in sv else None  # packed: the steps each sequence runs
         t_len, hid = x.shape[1], w_hh.shape[1]
         gates = 3 if ctx.kind == "GRU" else 4
         dgi = torch.empty(dy.shape[0], t_len, gates * hid, dtype=dy.dtype, device=dy.device)
@@ -200,7 +217,8 @@ class _RNNFunction(torch.autograd.Function):
                 daz = g * (hp[:, t] - nt) * zt * (1.0 - zt)
                 dgi[:, t] = torch.cat((dar, daz, dan), 1)
                 dgh[:, t] = torch.cat((dar, daz, dan * rt), 1)
-                dh = g * zt + dgh[:, t] @ w_hh
+                dh_prev = g * zt + dgh[:, t] @ w_hh
+                dh = dh_prev if act is None else torch.where(act[:, t], dh_prev, dh)  # idle: h passes on
             dc0 = None
         else:
             i, f, g_, o, tau, cp = (sv[k] * q7 for k in ("i", "f", "g", "o", "tau", "c"))
@@ -209,16 +227,21 @@ class _RNNFunction(torch.autograd.Function):
                 gh_t = (dy[:, t] + dh) * ok[:, t]
                 it, ft, gt, ot, taut = i[:, t], f[:, t], g_[:, t], o[:, t], tau[:, t]
                 dct = dc + gh_t * ot * (1.0 - taut * taut)
+                if act is not None:
+                    dct = dct * act[:, t]
                 dgi[:, t] = torch.cat((dct * gt * it * (1.0 - it), dct * cp[:, t] * ft * (1.0 - ft),
                                        dct * it * (1.0 - gt * gt), gh_t * taut * ot * (1.0 - ot)), 1)
-                dc = dct * ft
-                dh = dgi[:, t] @ w_hh
+                if act is None:
+                    dc, dh = dct * ft, dgi[:, t] @ w_hh
+                else:  # a step the sequence does not run passes h and c on
+                    dc = torch.where(act[:, t], dct * ft, dc)
+                    dh = torch.where(act[:, t], dgi[:, t] @ w_hh, dh)
             dgh, dc0 = dgi, dc
         flat_i, flat_h = dgi.reshape(-1, gates * hid), dgh.reshape(-1, gates * hid)
         dx = dgi @ w_ih
         dw_ih = flat_i.t() @ x.reshape(-1, x.shape[-1])
         dw_hh = flat_h.t() @ hp.reshape(-1, hid)
-        return dx, dw_ih, dw_hh, flat_i.sum(0), flat_h.sum(0), dh, dc0, None, None, None
+        return dx, dw_ih, dw_hh, flat_i.sum(0), flat_h.sum(0), dh, dc0, None, None, None, None
 
 
 #: the exponent of the hidden state (and output) on the chip, by kind
@@ -247,6 +270,11 @@ class QRNN(QModule):
         self.dropout, self.proj_size = float(float_rnn.dropout), int(getattr(float_rnn, "proj_size", 0))
         self.has_weight = True
         self.has_state_input = False  # set by the builder when the traced call passes hx
+        #: set by the builder when the input is a packed sequence: ``{"batch_first": the packed tensor's layout,
+        #: "enforce_sorted": ...}``; the module then reads ``(x, [h0, [c0]], lengths)`` and returns ``y`` padded
+        #: with zero rows in ``x``'s layout
+        self.packed: dict[str, bool] | None = None
+        self.path = ""
         n_s = STATE_EXPONENT[self.kind]
         qs = [ActQuantizer(8, recipe, observer=FixedExponent(n_s)) for _ in range(2)]
         if self.kind == "LSTM":
@@ -275,16 +303,29 @@ class QRNN(QModule):
         """The input exponent of each layer: the producer's for layer 0, ``n_o`` for the layers above."""
         return [self.in_exponent(0)] + [self.state_exponent] * (self.num_layers - 1)
 
-    def forward(self, x: torch.Tensor, hx: Any = None, cx: torch.Tensor | None = None) -> Any:
+    @property
+    def layout_batch_first(self) -> bool:
+        """The layout of ``x`` and ``y``: the packed tensor's for a packed input, else the module's."""
+        return self.packed["batch_first"] if self.packed is not None else self.batch_first
+
+    def forward(self, x: torch.Tensor, *args: Any) -> Any:
+        lengths = None
+        if self.packed is not None and args and isinstance(args[-1], torch.Tensor) \
+                and not args[-1].is_floating_point():  # the traced graph passes the lengths last
+            lengths, args = args[-1], args[:-1]
+            lengths = self._check_lengths(x, lengths)
+        hx, cx = (tuple(args) + (None, None))[:2]
         if cx is not None:  # the traced graph passes an LSTM's (h0, c0) as two inputs
             hx = (hx, cx)
         if not self.quantizing:
-            y, state = self._float[0](x, hx)
+            y, state = self._float_forward(x, hx, lengths)
             if self.kind == "LSTM":
                 return self.out_qs[0](y), (self.out_qs[1](state[0]), self.out_qs[2](state[1]))
             return self.out_qs[0](y), self.out_qs[1](state)
         n_o = self.state_exponent
-        xb = x if self.batch_first else x.transpose(0, 1)
+        bf = self.layout_batch_first
+        xb = x if bf else x.transpose(0, 1)
+        steps = None if lengths is None else lengths.to(device=x.device, dtype=torch.int64)
         batch, hid = xb.shape[0], self.hidden_size
         h0, c0 = (hx if self.kind == "LSTM" else (hx, None)) if hx is not None else (None, None)
         zeros = torch.zeros(batch, hid, dtype=x.dtype, device=x.device)
@@ -300,14 +341,48 @@ class QRNN(QModule):
                 h_k = h0[k] if h0 is not None else zeros
                 c_k = (c0[k] if c0 is not None else zeros) if self.kind == "LSTM" else None
                 y, h_n, c_n = _RNNFunction.apply(inp, w_ih, w_hh, b_ih, b_hh, h_k, c_k, self.kind,
-                                                 (n_in, n_iw, n_hw, n_o), bool(d))
+                                                 (n_in, n_iw, n_hw, n_o), bool(d), steps)
                 outs.append(y)
                 hs.append(h_n)
                 cs.append(c_n)
             inp = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
-        y = inp if self.batch_first else inp.transpose(0, 1)
+        y = inp if bf else inp.transpose(0, 1)
         h_n = torch.stack(hs, 0)
         return (y, (h_n, torch.stack(cs, 0))) if self.kind == "LSTM" else (y, h_n)
+
+    def _float_forward(self, x: torch.Tensor, hx: Any, lengths: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """The float module (stage 1); a packed input is packed, run and padded back to ``x``'s length."""
+        if lengths is None:
+            return self._float[0](x, hx)
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        bf = self.layout_batch_first
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=bf, enforce_sorted=self.packed["enforce_sorted"])
+        y, state = self._float[0](packed, hx)
+        return pad_packed_sequence(y, batch_first=bf, total_length=x.shape[1 if bf else 0])[0], state
+
+    def _check_lengths(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The lengths of a packed input as ``pack_padded_sequence`` accepts them: ``[B]``, each ``1 .. T``,
+        decreasing when ``enforce_sorted``; else an error naming the module."""
+        bf = self.layout_batch_first
+        batch, t_len = (x.shape[0], x.shape[1]) if bf else (x.shape[1], x.shape[0])
+        flat = lengths.detach().cpu().to(torch.int64)
+        problem = None
+        if tuple(flat.shape) != (batch,):
+            problem = ("lengths shape", f"[{batch}] (one per sequence of the batch)", list(flat.shape))
+        elif len(flat) and (int(flat.min()) < 1 or int(flat.max()) > t_len):
+            problem = ("lengths", f"1 .. {t_len} (the padded length T)", flat.tolist())
+        elif self.packed["enforce_sorted"] and len(flat) > 1 and bool((flat[1:] > flat[:-1]).any()):
+            problem = ("lengths order", "decreasing (enforce_sorted=True)", flat.tolist())
+        if problem is not None:
+            what, limit, actual = problem
+            raise LnnError(
+                f"{self.kind} {self.path!r}: the packed sequence's {what} does not fit its padded input "
+                f"{list(x.shape)}", {"rule": f"{what}: {limit}", "limit": limit, "actual": actual},
+                "pass pack_padded_sequence one length per sequence, none longer than the padded tensor (or "
+                "enforce_sorted=False for lengths in any order; lnn's command line: --input-fill NAME=T)",
+                module=self.path, option=what, limit=limit, actual=actual)
+        return flat
 
     def _weights(self, layer: int, d: int, n_in: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """Layer ``layer``, direction ``d``: ``(w_ih, b_ih, n_iw), (w_hh, b_hh, n_hw)`` as real values on their
@@ -350,13 +425,31 @@ def _build(ctx: BuildContext) -> Built | None:
     _check_module(ctx.path, m)
     args = list(ctx.node.args[1:]) + [v for k, v in ctx.node.kwargs.items() if k == "hx"]
     q = QRNN(m, recipe=ctx.recipe, weight_bits=ctx.layer.weight_bits, stage=ctx.stage)
+    q.path = ctx.path
     state = [a for a in args if a is not None]
     q.has_state_input = bool(state)
-    inputs = [ctx.node.args[0]]
+    x, params = ctx.node.args[0], []
+    if isinstance(x, fx.Node) and x.op == "call_function" and x.target is pack_padded:  # a packed sequence
+        kw = dict(zip(("input", "lengths", "batch_first", "enforce_sorted"), x.args)) | dict(x.kwargs)
+        q.packed = {"batch_first": bool(kw.get("batch_first", False)),
+                    "enforce_sorted": bool(kw.get("enforce_sorted", True))}
+        x, params = kw["input"], [_lengths_source(kw["lengths"])]
+    inputs = [x]
     if state:
         hx = state[0]
         inputs += list(hx) if isinstance(hx, (tuple, list)) else [hx]
-    return Built(q, inputs)
+    return Built(q, inputs, params)
+
+
+_LENGTHS_CASTS = frozenset({"cpu", "to", "long", "int", "detach", "contiguous"})
+
+
+def _lengths_source(node: Any) -> Any:
+    """The lengths tensor before the conversions users write for packing (``lengths.cpu()``, ``.long()``): the
+    module reads integers on any device and type."""
+    while isinstance(node, fx.Node) and node.op == "call_method" and node.target in _LENGTHS_CASTS:
+        node = node.args[0]
+    return node
 
 
 def _check_module(path: str, m: nn.RNNBase) -> None:
@@ -400,7 +493,85 @@ def _build_cell(ctx: BuildContext) -> Built | None:
         module=ctx.path, limit=f"nn.{whole}", actual=f"nn.{name}")
 
 
+class QPadPacked(QModule):
+    """``pad_packed_sequence`` after a packed quantized RNN, whose ``y`` is padded already (zero rows past each
+    sequence's length, in the packed tensor's layout): the layout ``batch_first`` asks for and ``total_length``
+    rows (None: the longest length), zeros added or dropped, the integers unchanged. Returns ``(y, lengths)``,
+    as torch does; ``y`` keeps the RNN's exponent."""
+
+    op_id = "builtin.PadPacked"  # type: ignore[misc]
+    out_tree = (0, 1)
+
+    def __init__(self, recipe: Any, *, stage: str, layout_in: bool, batch_first: bool, total_given: bool,
+                 path: str) -> None:
+        super().__init__(recipe, stage=stage, clamps=())
+        self.layout_in, self.batch_first, self.total_given, self.path = layout_in, batch_first, total_given, path
+
+    @property
+    def out_qs(self) -> tuple[Any, ...]:  # y on the RNN's grid; the lengths are integers
+        return (self.input_quantizers[0] if self.input_quantizers else None, None)
+
+    def forward(self, y: torch.Tensor, lengths: torch.Tensor, total_length: Any = None) -> Any:
+        if self.layout_in != self.batch_first:
+            y = y.transpose(0, 1)
+        axis = 1 if self.batch_first else 0
+        lengths = lengths.detach().cpu().to(torch.int64)
+        longest = int(lengths.max()) if lengths.numel() else 0
+        rows = longest if total_length is None else int(total_length)
+        if rows < longest:
+            raise LnnError(f"pad_packed_sequence {self.path!r}: total_length={rows} is shorter than the longest "
+                           f"sequence ({longest})", {"rule": "total_length >= max(lengths)", "limit": longest,
+                                                     "actual": rows},
+                           "pass total_length = the padded length T", node=self.path, limit=longest, actual=rows)
+        have = y.shape[axis]
+        if rows < have:
+            y = y.narrow(axis, 0, rows)
+        elif rows > have:
+            shape = list(y.shape)
+            shape[axis] = rows - have
+            y = torch.cat((y, y.new_zeros(shape)), axis)
+        return y, lengths
+
+    def op_attrs(self) -> dict[str, Any]:
+        attrs = super().op_attrs()
+        attrs.update(batch_first=int(self.batch_first), total_length=int(self.total_given))
+        return attrs
+
+
+def _build_pad(ctx: BuildContext) -> Built | None:
+    """``pad_packed_sequence(rnn_out, ...)``: the output ``y`` of a packed quantized RNN, padded as asked."""
+    kw = dict(zip(("sequence", "batch_first", "padding_value", "total_length"), ctx.node.args)) | ctx.kwargs
+    src = kw["sequence"]
+    rnn_node = src.args[0] if (isinstance(src, fx.Node) and src.op == "call_function" and len(src.args) == 2
+                               and src.args[1] == 0 and isinstance(src.args[0], fx.Node)) else None
+    rnn = (ctx.node.graph.owning_module.get_submodule(str(rnn_node.target))
+           if rnn_node is not None and rnn_node.op == "call_module" else None)
+    if not isinstance(rnn, QRNN) or rnn.packed is None:
+        raise LnnError(
+            f"pad_packed_sequence {ctx.path!r}: its input is not the output of a quantized GRU / LSTM on a packed "
+            "sequence", {"rule": "pad_packed_sequence reads output 0 of an nn.GRU / nn.LSTM that read "
+                                 "pack_padded_sequence's result", "actual": str(src)},
+            "pad the RNN's output (y, _ = rnn(packed); pad_packed_sequence(y, ...)), or keep the packing, the RNN "
+            "and the padding in one submodule kept float with lnn.disable_quant(model.<submodule>)",
+            node=ctx.path, actual=str(src))
+    if float(kw.get("padding_value", 0.0) or 0.0) != 0.0:
+        value = kw["padding_value"]
+        raise LnnError(
+            f"pad_packed_sequence {ctx.path!r}: padding_value={value} is not supported",
+            {"rule": "the chip's GRUInt / LSTMInt write zeros past each sequence's length", "limit": 0,
+             "actual": value}, "pad with 0 (the default) and mask the padded rows downstream",
+            node=ctx.path, limit=0, actual=value)
+    total = kw.get("total_length")
+    q = QPadPacked(ctx.recipe, stage=ctx.stage, layout_in=rnn.layout_batch_first,
+                   batch_first=bool(kw.get("batch_first", False)), total_given=total is not None, path=ctx.path)
+    lengths = rnn_node.args[-1]
+    return Built(q, [src], [lengths] + ([total] if total is not None else []))
+
+
 FAMILIES = [
+    OpFamily(id="builtin.PadPacked", kind="compute", functions=(pad_packed,), build=_build_pad,
+             description="pad_packed_sequence after a packed GRU / LSTM: layout and total_length of y (zero rows "
+                         "past each length), the lengths passed on"),
     OpFamily(id="builtin.RNNCell", kind="compute", modules=(nn.GRUCell, nn.LSTMCell), build=_build_cell,
              description="nn.GRUCell / nn.LSTMCell: refused with a clear error (use nn.GRU / nn.LSTM)"),
     OpFamily(id="builtin.GRU", kind="compute", modules=(nn.GRU,), build=_build,
@@ -429,7 +600,7 @@ def write_rnn(ctx: Any) -> list[str]:
     layer_in = x
     params = m.integer_params()
     nodes = len(params)
-    state = _state_inputs(ctx, m, nodes)
+    states = _state_inputs(ctx, m, nodes)
     for layer in range(m.num_layers):
         ys = []
         for d in range(m.directions):
@@ -441,7 +612,7 @@ def write_rnn(ctx: Any) -> list[str]:
                       ctx.initializer(f"w_hh{tag}", p["w_hh"].numpy().astype(np.int8), n_hw),
                       ctx.initializer(f"b_ih{tag}", p["b_ih"].numpy().astype(np.int32), n_i + n_iw),
                       ctx.initializer(f"b_hh{tag}", p["b_hh"].numpy().astype(np.int32), n_o + n_hw)]
-            inputs += state
+            inputs += states[layer * m.directions + d]
             single = nodes == 1
             d_shape = y_shape if (single or y_shape is None) else (*tuple(y_shape)[:-1], m.hidden_size)
             outs = [ctx.tensor(n_o, "int8", d_shape, suffix=f"{'' if single else tag}.y"),
@@ -449,7 +620,7 @@ def write_rnn(ctx: Any) -> list[str]:
             if m.kind == "LSTM":
                 outs.append(ctx.tensor(CELL_EXPONENT, "int16", one_state, suffix=f"{'' if single else tag}.c_n"))
             ctx.add(op_type, inputs, outs, {"input_size": m.input_size if layer == 0 else m.hidden_size * m.directions,
-                                            "hidden_size": m.hidden_size, "batch_first": int(m.batch_first),
+                                            "hidden_size": m.hidden_size, "batch_first": int(m.layout_batch_first),
                                             "go_forward": p["go_forward"], "data_bits": 8,
                                             "parameter_bits": m.weight_bits, "o_bits": 8},
                     suffix="" if single else tag)
@@ -476,36 +647,88 @@ def write_rnn(ctx: Any) -> list[str]:
     return results
 
 
-def _state_inputs(ctx: Any, m: QRNN, nodes: int) -> list[str]:
-    """``[lengths, h0(, c0)]`` for a node with an initial state (the IR's optional inputs): ``lengths`` the constant
-    ``[T]``, ``h0`` int8 at ``n_o`` and ``c0`` int16 Q7, each through a ``Requant`` from its Quant's exponent (the
-    module rounds the state at those exponents the same way)."""
-    if len(ctx.inputs) == 1:
-        return []
-    if nodes != 1:
-        raise ExportError(
-            f"{m.kind} {ctx.path!r}: an initial state for {nodes} nodes (num_layers {m.num_layers}, "
-            f"{m.directions} direction(s)) cannot be exported",
-            {"rule": "the state input of a stacked or bidirectional RNN would be cut into one [1, 1, H] piece per "
-                     "node; the export writes it for a one-layer, one-direction RNN only",
-             "limit": "1 node with h0", "actual": f"{nodes} nodes"},
-            "pass the state to single-layer unidirectional RNN modules, or stream the eval-mode model, which takes "
-            "the whole state (docs/quantization.md)", node=ctx.path, dialect="ir")
-    shape = ctx.shape(0)
-    t_len = None if shape is None else shape[1 if m.batch_first else 0]
-    if not isinstance(t_len, int):
-        raise ExportError(f"{m.kind} {ctx.path!r}: the sequence length is not known at export",
-                          {"rule": "an initial state is written with lengths = [T]"},
-                          "export with a fixed-length example input", node=ctx.path, dialect="ir")
-    out = [ctx.initializer("lengths", np.array([t_len], np.int64))]
-    for k, (n, bits) in enumerate(((m.state_exponent, 8), (CELL_EXPONENT, 16))[:len(ctx.inputs) - 1]):
+def _state_inputs(ctx: Any, m: QRNN, nodes: int) -> list[list[str]]:
+    """Per node (layer-major, forward before reverse): ``[lengths, h0(, c0)]`` for a node with an initial state (the
+    IR's optional inputs), else ``[]``. ``lengths`` is the constant ``[T]``; ``h0`` int8 at ``n_o`` and ``c0`` int16
+    Q7, each through one ``Requant`` from its Quant's exponent (the module rounds the state at those exponents the
+    same way), then, for a stack or a bidirectional RNN, cut into one ``[1, B, H]`` piece per node by a ``Slice`` on
+    axis 0 (node ``k`` reads ``h0[k]``, as the float module does)."""
+    n_state = len(ctx.inputs) - 1 - (m.packed is not None)
+    if m.packed is not None:  # the packed sequence's lengths: the graph's integer input
+        lengths = ctx.inputs[-1]
+        if ctx.graph.tensors[lengths].dtype not in ("int64", "int32"):
+            raise ExportError(f"{m.kind} {ctx.path!r}: its lengths {lengths!r} are "
+                              f"{ctx.graph.tensors[lengths].dtype} in the exported graph",
+                              {"rule": "the lengths of a packed sequence are an integer input (int64 or int32)"},
+                              "export with integer example lengths (torch.long); on the command line: "
+                              "--input-dtype NAME=int64", node=ctx.path, dialect="ir")
+    elif n_state == 0:
+        return [[] for _ in range(nodes)]
+    else:
+        shape = ctx.shape(0)
+        t_len = None if shape is None else shape[1 if m.batch_first else 0]
+        if not isinstance(t_len, int):
+            raise ExportError(f"{m.kind} {ctx.path!r}: the sequence length is not known at export",
+                              {"rule": "an initial state is written with lengths = [T]"},
+                              "export with a fixed-length example input", node=ctx.path, dialect="ir")
+        lengths = ctx.initializer("lengths", np.array([t_len], np.int64))
+    whole = []
+    for k, (n, bits) in enumerate(((m.state_exponent, 8), (CELL_EXPONENT, 16))[:n_state]):
         src = ctx.inputs[1 + k]
         if ctx.exponent(1 + k) != n or bits != 8:
             dst = ctx.tensor(n, f"int{bits}", ctx.shape(1 + k), suffix=f".{('h0', 'c0')[k]}")
             ctx.add("Requant", [src], [dst], {"data_bits": 8, "o_bits": bits}, suffix=f".{('h0', 'c0')[k]}")
             src = dst
-        out.append(src)
+        whole.append(src)
+    if nodes == 1:
+        return [[lengths, *whole]]
+    out = []
+    for node in range(nodes):
+        tag = f".l{node // m.directions}" + ("_reverse" if node % m.directions else "")
+        cut = []
+        for k, src in enumerate(whole):
+            info = ctx.graph.tensors[src]
+            piece_shape = None if info.shape is None else (1, *tuple(info.shape)[1:])
+            name = ("h0", "c0")[k]
+            piece = ctx.tensor(info.exponent, info.dtype, piece_shape, suffix=f"{tag}.{name}")
+            bounds = [ctx.initializer(f"{name}{tag}.{what}", np.array([v], np.int64))
+                      for what, v in (("starts", node), ("ends", node + 1), ("axes", 0))]
+            ctx.add("Slice", [src, *bounds], [piece], domain="", suffix=f"{tag}.{name}")
+            cut.append(piece)
+        out.append([lengths, *cut])
     return out
 
 
-WRITERS = {"builtin.GRU": write_rnn, "builtin.LSTM": write_rnn}
+def write_pad(ctx: Any) -> list[str]:
+    """``pad_packed_sequence`` after a packed RNN: a ``Transpose`` when it asks for the other layout, a ``Slice``
+    when it asks for fewer rows than the padded input has; the lengths are the graph's lengths input."""
+    m: QPadPacked = ctx.module
+    y, lengths = ctx.inputs[0], ctx.inputs[1]
+    info = ctx.graph.tensors[y]
+    shape = info.shape
+    if m.layout_in != m.batch_first:
+        shape = None if shape is None else (shape[1], shape[0], *shape[2:])
+        moved = ctx.tensor(info.exponent, info.dtype, shape, suffix=".transpose")
+        ctx.add("Transpose", [y], [moved], {"perm": [1, 0, 2]}, domain="", suffix=".transpose")
+        y = moved
+    axis = 1 if m.batch_first else 0
+    want = ctx.out_shapes[0][axis] if ctx.out_shapes and ctx.out_shapes[0] is not None else None
+    have = shape[axis] if shape is not None else None
+    if isinstance(want, int) and isinstance(have, int) and want != have:
+        if not m.total_given or want > have:
+            raise ExportError(
+                f"pad_packed_sequence {ctx.path!r}: {want} rows of a {have}-step sequence cannot be exported",
+                {"rule": "the exported graph pads to the padded input's length T (without total_length torch "
+                         "pads to the longest length, known only at run time)", "limit": f"{have} rows",
+                 "actual": f"{want} rows"},
+                f"pass total_length={have} to pad_packed_sequence (or export with the lengths equal to T)",
+                node=ctx.path, dialect="ir")
+        bounds = [ctx.initializer(what, np.array([v], np.int64)) for what, v in (("starts", 0), ("ends", want),
+                                                                                 ("axes", axis))]
+        cut = ctx.tensor(info.exponent, info.dtype, ctx.out_shapes[0], suffix=".slice")
+        ctx.add("Slice", [y, *bounds], [cut], domain="", suffix=".slice")
+        y = cut
+    return [y, lengths]
+
+
+WRITERS = {"builtin.GRU": write_rnn, "builtin.LSTM": write_rnn, "builtin.PadPacked": write_pad}

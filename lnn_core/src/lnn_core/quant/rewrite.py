@@ -5,7 +5,9 @@ against the op families the plugins registered, by module type, function or tens
 ``nn.Conv2d`` and ``F.conv2d``, ``x + y``, ``torch.add`` and ``x.add(y)`` all end in the same
 quantized module. Modules of a ``lowered`` family (attention) are first replaced by modules that compute the
 same float function from other ops, and calls of a ``lowered`` function are decomposed while tracing (a call the
-family refuses, such as a masked attention, stays whole and is reported as in 4). Then:
+family refuses, such as a masked attention, stays whole and is reported as in 4). torch's packed-sequence helpers
+(``pack_padded_sequence`` / ``pad_packed_sequence``, any spelling) are kept as one node each (:mod:`.packed`); the
+RNN a packed sequence feeds reads its tensor and lengths directly and the packing node is removed. Then:
 
 1. a ``fuses_bn`` op followed only by a ``foldable`` op (BatchNorm) takes that BatchNorm in; the
    BatchNorm module stays at its path, so its state_dict keys do not move;
@@ -41,10 +43,12 @@ import attrs
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..errors import ConfigError, LnnError, TraceError, UnsupportedOpError
 from ..rules import OpView, RuleReport
 from .config import ConstrainConfig, LayerConfig, QuantConfig
+from .packed import HelperProxy, PackedCalls, helper_frame, pack_padded
 from .qmodule import OutTree, QModule, QuantStub, output_tree, set_stage, tree_leaves
 from .quantizers import ActQuantizer, WeightQuantizer, share_exponents, unshare_exponents
 from .recipes import Recipe
@@ -75,6 +79,7 @@ class _Kind:
 
 
 FLOAT = _Kind("FLOAT")  # a float tensor (or an unknown value)
+PACKED = _Kind("PACKED")  # a PackedSequence (pack_padded_sequence): read by the RNN it feeds, then removed
 META = _Kind("META")  # a python value derived from shapes (sizes, dims, dtypes)
 # the carrier of any other value is the ActQuantizer that defines its exponent, or, for an op with several
 # outputs, a (nested) tuple of carriers shaped like the op's return value
@@ -237,6 +242,7 @@ class _Tracer(fx.Tracer):
         self._lowered = lowered
         self._refused = refused
         self._depth = 0  # > 0 while a lowering runs: the nodes it makes are tagged
+        self._packed = PackedCalls()  # pack_padded_sequence / pad_packed_sequence calls: one node each
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if getattr(m, FLOAT_ATTR, False) or type(m) in self._by_module or id(m) in self._refused:
@@ -264,6 +270,10 @@ class _Tracer(fx.Tracer):
 
     def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                      *rest: Any, **options: Any) -> Any:
+        frame = helper_frame()
+        if frame is not None:  # an operation of torch's packing helpers: the helper call is one node
+            return self._packed.record(frame, lambda fn, a, k: super(_Tracer, self).create_proxy(
+                "call_function", fn, a, k), kind, target, args)
         fam = self._functions.get(target) if kind == "call_function" else None
         if fam is None:
             proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
@@ -280,6 +290,19 @@ class _Tracer(fx.Tracer):
             return fam.lower(*args, **kwargs)
         finally:
             self._depth -= 1
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, PackedSequence) and self._packed.owns(a.data):  # a packed sequence is its packing node
+            return a.data.node
+        return super().create_arg(a)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return HelperProxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        if self._packed.owns(obj):  # the helpers' own checks, which hold on real data
+            return False
+        return super().to_bool(obj)
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -339,9 +362,10 @@ def trace_lowered(model: nn.Module, ops: Any) -> tuple[nn.Module, fx.Graph, dict
         raise TraceError(
             f"model {type(model).__name__!r} could not be traced into a graph",
             {"cause": f"{type(exc).__name__}: {exc}",
-             "where": "torch.nn.utils.rnn (pack_padded_sequence / pad_packed_sequence)" if packed else None},
-            "packed sequences cannot be traced yet: run the RNN on whole (padded) sequences, or move the packing "
-            "and the RNN into a submodule kept float with lnn.disable_quant(model.<submodule>)" if packed else
+             "where": "torch.nn.utils.rnn (packed-sequence helpers)" if packed else None},
+            "of the packed-sequence helpers only pack_padded_sequence and pad_packed_sequence are traced (one node "
+            "each): use them (padded batch + lengths), or move the packing and the RNN into a submodule kept float "
+            "with lnn.disable_quant(model.<submodule>)" if packed else
             "data-dependent control flow cannot be traced: move it into a submodule and keep that "
             "submodule float with lnn.disable_quant(model.<submodule>)",
             module=type(model).__name__, cause=exc) from exc
@@ -575,6 +599,10 @@ class _Rewriter:
             if node in self.folded_nodes:
                 self.prov[node] = self.prov.get(node.args[0], FLOAT)
                 continue
+            if node.op == "call_function" and node.target is pack_padded:
+                self.check_packed_users(node)
+                self.prov[node] = PACKED
+                continue
             ins = flat_nodes((node.args, node.kwargs))
             provs = [self.prov.get(i, FLOAT) for i in ins]
             quantized_in = any(isinstance(p, ActQuantizer) for p in provs)
@@ -618,12 +646,53 @@ class _Rewriter:
                     self.record_passthrough(node, fam, first)
                 continue
             self.replace(node, fam)
+        self.drop_packing()
         self.report_unsupported(unsupported)
         self.hoist_quants()
         self.mark_ahead_relu()
         self.classify()
         self.graph.lint()
         self.gm.recompile()
+
+    def check_packed_users(self, node: fx.Node) -> None:
+        """A PackedSequence may only be the input of a quantized ``nn.GRU`` / ``nn.LSTM`` (which takes its tensor and
+        its lengths); anything else reading it is refused, naming the reader."""
+        for user in node.users:
+            if user.op == "call_module":
+                module = self.module_of(user)
+                fam = self.family(user)
+                if (isinstance(module, nn.RNNBase) and fam is not None and user.args and user.args[0] is node
+                        and not self.is_float_module(user)
+                        and not self.config.for_layer(str(user.target), fam.id, type(module).__name__).float):
+                    continue
+                what = f"module {str(user.target)!r} ({type(module).__name__}" + (
+                    ", kept float)" if self.is_float_module(user) or self.configured_float(user) else ")")
+            else:
+                what = f"{op_name(user, self.gm)} (node {user.name!r})"
+            raise UnsupportedOpError(
+                f"pack_padded_sequence (node {node.name!r}): its PackedSequence is read by {what}, not by a "
+                "quantized nn.GRU / nn.LSTM",
+                {"rule": "a packed sequence is the input of a quantized GRU or LSTM, which runs each sequence for "
+                         "its own length (the chip's GRUInt / LSTMInt lengths input)",
+                 "call site": _call_site(user)},
+                "give the padded tensor to other ops (pad_packed_sequence after the RNN gives it back), or keep "
+                "the packing, the RNN and the padding in one submodule kept float with "
+                "lnn.disable_quant(model.<submodule>)", op="pack_padded_sequence", call_site=_call_site(user),
+                node=node.name, reader=what)
+
+    def drop_packing(self) -> None:
+        """Remove the packing nodes (their RNNs read the tensor and the lengths directly now) and the lengths
+        conversions only they read (``lengths.cpu()``)."""
+        for node in [n for n in self.graph.nodes if n.op == "call_function" and n.target is pack_padded]:
+            if node.users:
+                continue
+            ins = flat_nodes((node.args, node.kwargs))
+            self.graph.erase_node(node)
+            while ins:
+                i = ins.pop()
+                if not i.users and i.op in ("call_method", "call_function"):
+                    ins.extend(flat_nodes((i.args, i.kwargs)))
+                    self.graph.erase_node(i)
 
     def configured_float(self, node: fx.Node) -> bool:
         """Whether the config keeps a module without a quantized form float (``by_path={"rnn":
