@@ -23,7 +23,7 @@ from lnn_core.errors import HardwareLimitError
 from lnn_core.exporter import to_ir
 from lnn_core.quant.qmodule import QuantStub
 from lnn_core.quant.quantizers import ActQuantizer
-from lnn_ops_builtin.layernorm import NORM_Q, QLayerNorm, normalize_int
+from lnn_ops_builtin.layernorm import NORM_Q, QLayerNorm, normalize_f64, normalize_int
 
 # -- a reference written from the spec (independent of lnn_ops_builtin.layernorm) ------------------------------
 
@@ -196,8 +196,9 @@ def test_training_computes_the_chip_integers_with_float_gradients(host):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_normalize_int_equals_the_spec_reference(data):
-    """normalize_int (float64 per-element steps) equals the integer reference on random rows: short, long, constant,
-    extreme and narrow-range rows, every kernel input exponent."""
+    """normalize_int (float64 per-element steps) and normalize_f64 on float32 integers (training's input) equal the
+    integer reference on random rows: short, long, constant, extreme and narrow-range rows, every kernel input
+    exponent."""
     t = data.draw(st.sampled_from([1, 2, 4, 5, 16, 64, 100, 362]), label="t")
     n_x = data.draw(st.integers(0, 15), label="n_x")
     lo = data.draw(st.integers(-128, 127), label="lo")
@@ -205,7 +206,9 @@ def test_normalize_int_equals_the_spec_reference(data):
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
     q = torch.randint(lo, hi + 1, (4, t), generator=torch.Generator().manual_seed(seed))
     q[0] = data.draw(st.sampled_from([-128, 127, 0, lo]), label="constant row")
-    np.testing.assert_array_equal(normalize_int(q, n_x, t).numpy(), _ref_u(q.numpy(), n_x, t))
+    want = _ref_u(q.numpy(), n_x, t)
+    np.testing.assert_array_equal(normalize_int(q, n_x, t).numpy(), want)
+
 
 
 def test_training_node_has_the_chip_value_and_the_float_gradient(host):
@@ -240,6 +243,59 @@ def test_training_node_has_the_chip_value_and_the_float_gradient(host):
     assert torch.equal(y, y2)
     for got, want in zip(grads, [x2.grad, w2.grad, b2.grad]):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_fused_output_quantizer_node_equals_the_two_node_path(data):
+    """Training's LayerNorm with its observing output quantizer in one node (``_ChipLayerNormQuant``) gives the
+    same values, gradients (input, gamma, beta) and observer state, step after step, as the chip-value node followed
+    by the quantizer (``out_q(_ChipLayerNorm.apply(...), 10 + n_g)``): EMA exponents and fixed ones (saturating,
+    and below 0, where the node takes the quantizer's own fake-quant), float32 and float64, inputs on their grid."""
+    import copy
+
+    from lnn_backend_csk60xx import plugin as backend_plugin
+    from lnn_core.quant.observers import FixedExponent
+    from lnn_core.quant.quantizers import fake_quant_weight_bias
+    from lnn_core.testing import isolated_host
+    from lnn_ops_builtin import plugin
+    from lnn_ops_builtin.layernorm import GAMMA_BITS, _ChipLayerNorm
+
+    host = isolated_host([plugin, backend_plugin])  # a hypothesis test takes no function-scoped fixture
+    t = data.draw(st.sampled_from([4, 24, 64]), label="t")
+    n_o = data.draw(st.sampled_from([None, None, -1, 2, 9]), label="n_o")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    gain = data.draw(st.sampled_from([0.2, 1.0, 3.0]), label="gamma scale")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    torch.manual_seed(seed)
+    m = lnn.init(seq(fc=nn.Linear(8, t), ln=nn.LayerNorm(t)), host=host).to(dtype)
+    ln = dict(_lns(m))["ln"]
+    with torch.no_grad():
+        ln.weight.uniform_(-gain, gain)
+        ln.bias.uniform_(-gain, gain)
+    m(torch.randn(6, 8, dtype=dtype))  # the input exponent
+    if n_o is not None:
+        ln.out_q = ActQuantizer(8, ln.recipe, observer=FixedExponent(n_o), cap=ln.output_cap)
+    n_x = ln.in_exponent(0)
+    for _ in range(3):
+        plain = copy.deepcopy(ln.out_q)
+        x = (torch.randint(-128, 128, (2, 3, t)).to(dtype) * 2.0**-n_x).requires_grad_()
+        w2, b2 = ln.weight.detach().clone().requires_grad_(), ln.bias.detach().clone().requires_grad_()
+        ln.weight.grad = ln.bias.grad = None
+        y = ln(x)
+        gy = torch.randn_like(y)
+        y.backward(gy)
+        x2 = x.detach().clone().requires_grad_()
+        g_q, b_q, n_g = fake_quant_weight_bias(w2, b2, NORM_Q, GAMMA_BITS, ln.recipe)
+        q, n_k = ln._int_input(x2, n_x)
+        y2 = plain(_ChipLayerNorm.apply(x2, g_q, b_q, normalize_f64(q, n_k, t), (t,), ln.eps), NORM_Q + n_g)
+        y2.backward(gy)
+        assert y.dtype == dtype and torch.equal(y, y2)
+        assert type(y.grad_fn).__name__ == "_ChipLayerNormQuantBackward"
+        for got, want in ((x.grad, x2.grad), (ln.weight.grad, w2.grad), (ln.bias.grad, b2.grad)):
+            assert torch.equal(got, want)
+        for name in ("running", "exponent", "num_batches"):
+            assert torch.equal(getattr(ln.out_q, name), getattr(plain, name)), name
 
 
 # -- lnn.verify bit-exact ------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from lnn_core.exporter import to_ir
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import UnsupportedOpWarning
 from lnn_ops_builtin.bmm import QBmm, bmm_int
-from lnn_ops_builtin.softmax import QSoftmax, softmax_int, softmax_q15, softmax_q15_int8
+from lnn_ops_builtin.softmax import QSoftmax, softmax_int, softmax_q15, softmax_q15_f64, softmax_q15_int8
 
 # -- a reference written from the spec (int8-ops.md 3.23; independent of lnn_ops_builtin.softmax) ------------------
 
@@ -211,7 +211,8 @@ def test_matmul_eval_is_the_exact_requantized_product(host):
 def test_the_table_form_equals_the_int64_model(data):
     """softmax_q15_int8 (what training and eval run: a table of the exponential terms of every (element, row maximum)
     pair) equals softmax_q15 on the Q25-widened integers, at every input exponent, on rows with saturated, tied,
-    extreme and constant values."""
+    extreme and constant values; so does the form that builds the table index in its input's buffer, on float32
+    and float64, contiguous or not."""
     n_x = data.draw(st.integers(0, 25), label="n_x")
     row = data.draw(st.sampled_from([1, 2, 3, 17, 64, 300, 2048]), label="row")
     rows = data.draw(st.integers(1, 6), label="rows")
@@ -221,7 +222,11 @@ def test_the_table_form_equals_the_int64_model(data):
     q = torch.randint(lo, hi + 1, (rows, row), generator=torch.Generator().manual_seed(seed))
     q[0, :1] = data.draw(st.sampled_from([-128, 127, lo, hi]), label="first")
     x25 = (q << (25 - n_x)).clamp(-(1 << 31), (1 << 31) - 1)
-    assert torch.equal(softmax_q15_int8(q, n_x), softmax_q15(x25))
+    want = softmax_q15(x25)
+    assert torch.equal(softmax_q15_int8(q, n_x), want)
+    for dtype in (torch.float32, torch.float64):  # the table index formed in the input's own buffer (training)
+        assert torch.equal(softmax_q15_f64(q.to(dtype), n_x, inplace=True), want.double())
+        assert torch.equal(softmax_q15_f64(q.to(dtype).t().contiguous().t(), n_x, inplace=True), want.double())
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
@@ -244,6 +249,86 @@ def test_training_node_has_the_chip_value_and_the_float_gradient(log, host):
         (y2 * g).sum().backward()
         assert y.dtype == dtype and torch.equal(y, y2)
         assert torch.allclose(x.grad, x2.grad, rtol=1e-6, atol=1e-7)
+
+
+def _recipe():
+    from lnn_core.testing import isolated_host
+    from lnn_ops_builtin import plugin
+
+    return isolated_host([plugin]).recipes["pow2-sym-halfup"]
+
+
+def _fixed_or_ema(recipe, n_o):
+    from lnn_core.quant.observers import FixedExponent
+
+    return ActQuantizer(8, recipe) if n_o is None else ActQuantizer(8, recipe, observer=FixedExponent(n_o))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_fused_output_quantizer_node_equals_the_two_node_path(data):
+    """Training's softmax with its observing output quantizer in one node (``_ChipSoftmaxQuant``) gives the same
+    values, gradients and observer state, step after step, as the chip-value node followed by the quantizer
+    (``out_q(_ChipSoftmax.apply(x, y15, 15, False), 15)``): EMA exponents and fixed ones in and out of
+    ``0..15`` (outside, the node takes the quantizer's own fake-quant), saturating rows, float32 and float64."""
+    from lnn_ops_builtin.softmax import _chip_acc, _ChipSoftmax
+
+    recipe = _recipe()
+    n_x = data.draw(st.integers(0, 8), label="n_x")
+    n_o = data.draw(st.sampled_from([None, None, -2, 0, 3, 7, 8, 15]), label="n_o")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    shape = data.draw(st.sampled_from([(4, 9), (2, 3, 17), (3, 1), (2, 5, 64)]), label="shape")
+    spread = data.draw(st.sampled_from([1, 8, 128]), label="spread")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    gen = torch.Generator().manual_seed(seed)
+    fused, plain = _fixed_or_ema(recipe, n_o), _fixed_or_ema(recipe, n_o)
+    for _ in range(3):
+        q = torch.randint(-spread, spread, shape, generator=gen).clamp(-128, 127)
+        x = (q.to(dtype) * 2.0**-n_x).requires_grad_()
+        g = torch.randn(shape, generator=gen, dtype=dtype)
+        y = softmax_int(x, n_x, fused, training=True)
+        y.backward(g)
+        x2 = x.detach().clone().requires_grad_()
+        y2 = plain(_ChipSoftmax.apply(x2, _chip_acc(x2, n_x, False, True), 15, False), 15)
+        y2.backward(g)
+        assert y.dtype == dtype and torch.equal(y, y2)
+        assert torch.equal(x.grad, x2.grad)
+        for name in ("running", "exponent", "num_batches"):
+            assert torch.equal(getattr(fused, name), getattr(plain, name)), name
+    assert y.grad_fn is not None and type(y.grad_fn).__name__ == "_ChipSoftmaxQuantBackward"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_matmul_and_its_output_quantizer_in_one_node_equal_the_two_nodes(data):
+    """Training's matmul with its observing output quantizer in one node (``_MatmulQuant``) gives the same values
+    and observer state, step after step, as ``out_q(torch.matmul(x, y), cap)``, and the same gradients to both
+    operands: ranks 2, 3 (the right operand a transposed view, as attention's ``k^T``) and 4, EMA exponents and
+    fixed ones (saturating, and below 0, where the node takes the quantizer's own fake-quant), float32 and float64."""
+    from lnn_ops_builtin.bmm import _MatmulQuant
+
+    recipe = _recipe()
+    n_o = data.draw(st.sampled_from([None, None, -2, 0, 4, 9]), label="n_o")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
+    lead = data.draw(st.sampled_from([(), (3,), (2, 2)]), label="batch dims")
+    m, k, n = (data.draw(st.integers(1, 9), label=f"dim {c}") for c in "mkn")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    gen = torch.Generator().manual_seed(seed)
+    fused, plain = _fixed_or_ema(recipe, n_o), _fixed_or_ema(recipe, n_o)
+    for _ in range(3):
+        x = (torch.randint(-128, 128, (*lead, m, k), generator=gen).to(dtype) / 16).requires_grad_()
+        yt = (torch.randint(-128, 128, (*lead, n, k), generator=gen).to(dtype) / 8).requires_grad_()
+        g = torch.randn(*lead, m, n, generator=gen, dtype=dtype)
+        z = _MatmulQuant.apply(x, yt.transpose(-1, -2), fused, 7)
+        z.backward(g)
+        x2, yt2 = x.detach().clone().requires_grad_(), yt.detach().clone().requires_grad_()
+        z2 = plain(torch.matmul(x2, yt2.transpose(-1, -2)), 7)
+        z2.backward(g)
+        assert z.dtype == dtype and torch.equal(z, z2)
+        for got, want in ((x.grad, x2.grad), (yt.grad, yt2.grad)):
+            assert torch.equal(got, want)
+        for name in ("running", "exponent", "num_batches"):
+            assert torch.equal(getattr(fused, name), getattr(plain, name)), name
 
 
 def test_training_computes_the_chip_probabilities_with_float_gradients(host):

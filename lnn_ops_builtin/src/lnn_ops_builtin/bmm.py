@@ -24,7 +24,14 @@ import torch
 
 from lnn_core.errors import LnnError
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import requant
+from lnn_core.quant.functional import (
+    cannot_saturate,
+    fake_quant_parts,
+    qrange,
+    requant,
+    ste_gradient,
+    tensor_bounds,
+)
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import BuildContext, Built
@@ -57,6 +64,41 @@ def bmm_int(x: torch.Tensor, y: torch.Tensor, n_x: int, n_y: int, out_q: ActQuan
         qy = torch.floor(y.double() * 2.0**n_y + 0.5)
         n_o = out_q.eval_exponent(cap)
         return (requant(torch.matmul(qx, qy), cap - n_o, 8) * 2.0**-n_o).float()
+
+
+class _MatmulQuant(torch.autograd.Function):
+    """``out_q(torch.matmul(x, y), cap)`` of an observing training step in one autograd node: the product with
+    autograd off, the observer's step on its ``(min, max)``, and for float32/float64 and an exponent ``n_o >= 0`` the
+    fake-quant in place in the product's buffer (``floor(z * 2^n_o + 0.5)``: the product by a power of two exact, one
+    rounded sum, the same bits as the fused ``rsub`` of :func:`~lnn_core.quant.functional.fake_quant_parts`, which
+    any other case calls). Backward: the quantizer's clipping mask, then matmul's two products. The same values and
+    observer state as the two nodes bit for bit; the same gradients (``tests/test_softmax_matmul.py``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, out_q: ActQuantizer,  # type: ignore[override]
+                cap: int) -> torch.Tensor:
+        z = torch.matmul(x, y)
+        ctx.save_for_backward(x, y)
+        bounds = tensor_bounds(z)
+        n = out_q.observe_bounds(bounds, cap)
+        if n >= 0 and z.dtype in (torch.float32, torch.float64):
+            q = z.mul_(2.0**n).add_(0.5).floor_()
+            if cannot_saturate(bounds, n, out_q.bits):
+                ctx.clip = ctx.saved = None
+                return q.mul_(2.0**-n)
+            lo, hi = qrange(out_q.bits)  # both dtypes hold the integers: the interval form of the mask
+            ctx.clip, ctx.saved = (lo - 1.0, hi + 1.0), q
+            return q.clamp(lo, hi).mul_(2.0**-n)
+        out, ctx.clip, ctx.saved = fake_quant_parts(z, n, out_q.bits, bounds)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        g = ste_gradient(grad, ctx.clip, ctx.saved)
+        gx = torch.matmul(g, y.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
+        gy = torch.matmul(x.transpose(-1, -2), g) if ctx.needs_input_grad[1] else None
+        return gx, gy, None, None
 
 
 class QBmm(QModule):
@@ -102,6 +144,10 @@ class QBmm(QModule):
         self._check(x, y)
         n_x, n_y = self.in_exponent(0), self.in_exponent(1)
         if self.training:
+            q_out = self.out_q
+            if (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad) and q_out.training and q_out.quant
+                    and q_out.observe and float(self.clamp_act) <= 0.0):
+                return _MatmulQuant.apply(x, y, q_out, n_x + n_y)
             return self.finish_train(torch.matmul(x, y), n_x + n_y)
         with torch.no_grad():
             qx = torch.floor(x.double() * 2.0**n_x + 0.5)

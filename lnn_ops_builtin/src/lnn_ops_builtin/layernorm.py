@@ -28,6 +28,7 @@ from torch import fx, nn
 
 from lnn_core.errors import LnnError
 from lnn_core.ops import OpFamily
+from lnn_core.quant.functional import cannot_saturate, fake_quant_parts, qrange, ste_gradient, tensor_bounds
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import (
     ActQuantizer,
@@ -56,7 +57,6 @@ def _rsqrt_table() -> np.ndarray:
     return np.array([min(32767, math.isqrt((1 << 38) // t)) for t in range(256, 1024)], dtype=np.int64)
 
 
-_RSQRT = torch.from_numpy(_rsqrt_table())
 
 
 def _q_eps(n_x: int, t: int) -> int:
@@ -67,40 +67,57 @@ def _q_eps(n_x: int, t: int) -> int:
     return math.floor(float(f) + 0.5)
 
 
-def _wrap32(v: torch.Tensor) -> torch.Tensor:
+def _wrap32(v: np.ndarray) -> np.ndarray:
     return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+_RSQRT = _rsqrt_table()
+
+
+def row_factors(s1: np.ndarray, s2: np.ndarray, n_x: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's per-row integer steps: from the row sums ``S1 = sum q`` and ``S2 = sum q^2`` (int64 arrays, one
+    value per row), ``D = T S2 - S1^2 + eps`` (int32 wrap-around, as the C kernel computes it; ``D < 0`` only above
+    the row rule), the rsqrt table entry ``r`` of ``D`` normalized to ``[256, 1023]`` and the shift ``sh``; int64
+    arrays ``(r, sh)`` with ``u = SAT_16((num * r + 2^(sh-1)) >> sh)``, ``num = T q - S1``. One value per row: plain
+    integer numpy (a few microseconds per step) instead of some forty tensor operations."""
+    d = np.maximum(_wrap32(t * s2) - _wrap32(s1 * s1) + _q_eps(n_x, t), 0)
+    _, e = np.frexp(np.maximum(d, 1).astype(np.float64))  # exact below 2^53: e - 1 is the leading bit of D
+    k = (e.astype(np.int64) - 1) >> 1
+    norm = np.where(2 * k >= 8, d >> np.maximum(2 * k - 8, 0), d << np.maximum(8 - 2 * k, 0)).clip(256, 1023)
+    zero = d == 0
+    return np.where(zero, _RSQRT[0], _RSQRT[norm - 256]), np.where(zero, 4, k + 5)
 
 
 @torch.no_grad()
 def normalize_f64(q: torch.Tensor, n_x: int, t: int) -> torch.Tensor:
-    """The chip's normalized value ``u`` (Q10) of int8 integers ``q`` held in a float64 tensor (rows of ``t`` last),
-    as float64 integers.
+    """The chip's normalized value ``u`` (Q10) of int8 integers ``q`` held in a float32 or float64 tensor (rows of
+    ``t`` last), as float64 integers.
 
-    The row sums and the rsqrt lookup are the kernel's integer steps (int64, one value per row); the per-element
-    part ``SAT_16((num * r + 2^(sh-1)) >> sh)`` with ``num = T q - S1`` runs as ``floor(num * (r 2^-sh) + 0.5)`` in
-    float64, exact: ``|num| < 2^17``, ``r < 2^15``, so ``num * r + 2^(sh-1)`` is an integer below ``2^33`` and every
-    step holds it without rounding (a product by a power of two, one fused multiply-add, a floor)."""
+    The row sums are exact in either dtype (``|S1| <= 128 t``, ``S2 <= 2^14 t``: float32 for rows up to 1024, wider
+    rows are summed in float64); the kernel's per-row integer steps run in numpy on one value per row
+    (:func:`row_factors`; a tensor on another device makes one round trip); the per-element part
+    ``SAT_16((num * r + 2^(sh-1)) >> sh)`` with ``num = T q - S1`` runs as ``floor(q * (T r 2^-sh) + (0.5 -
+    S1 r 2^-sh))`` in float64, exact: ``|num| < 2^17``, ``r < 2^15``, so every term is an integer below ``2^33``
+    times ``2^-sh`` and each step holds it without rounding (products by powers of two, one multiply-add, a
+    floor; in place in the result, the one full-size buffer: on a CPU each fresh large buffer costs its page
+    faults, and a mixed-dtype multiply-add would make a second one)."""
     shape = q.shape
     rows = q.reshape(-1, t)
-    s1 = rows.sum(dim=1)
-    s2 = (rows * rows).sum(dim=1)
-    s1_i, s2_i = s1.to(torch.int64), s2.to(torch.int64)
-    d = (_wrap32(t * s2_i) - _wrap32(s1_i * s1_i) + _q_eps(n_x, t)).clamp_(min=0)  # D < 0 only above the row rule
-    _, e = torch.frexp(d.double().clamp(min=1.0))
-    k = torch.div(e.to(torch.int64) - 1, 2, rounding_mode="floor")
-    up = (2 * k - 8).clamp(min=0)
-    down = (8 - 2 * k).clamp(min=0)
-    norm = torch.where(2 * k >= 8, d >> up, d << down).clamp_(256, 1023)
-    table = _RSQRT.to(q.device)
-    r = torch.where(d == 0, table[0], table[norm - 256])
-    sh = torch.where(d == 0, torch.full_like(k, 4), k + 5)
-    scale = torch.ldexp(r.double(), -sh.double())[:, None]  # r * 2^-sh, exact
+    if rows.dtype != torch.float64 and (rows.dtype != torch.float32 or t > 1024):
+        rows = rows.double()
+    sums = torch.stack((rows.sum(dim=1), torch.linalg.vecdot(rows, rows))).to("cpu", torch.int64).numpy()
+    r, sh = row_factors(sums[0], sums[1], n_x, t)
+    scale = np.ldexp(r.astype(np.float64), -sh)  # r * 2^-sh, exact
     if t * 256 >= 1 << 31:  # T q or T q - S1 could leave int32: the kernel's saturations, in int64
         num = (t * rows.to(torch.int64)).clamp(-(1 << 31), (1 << 31) - 1)
-        num = (num - s1_i[:, None]).clamp_(-(1 << 31), (1 << 31) - 1).double()
+        num = (num - torch.from_numpy(sums[0]).to(q.device)[:, None]).clamp_(-(1 << 31), (1 << 31) - 1).double()
+        u = torch.addcmul(torch.full((num.shape[0], 1), 0.5, dtype=torch.float64, device=q.device), num,
+                          torch.from_numpy(scale).to(q.device)[:, None])
     else:  # |T q - S1| <= 256 T < 2^31: the saturations are the identity
-        num = torch.mul(rows, t).sub_(s1[:, None])
-    return torch.addcmul(torch.full_like(scale, 0.5), num, scale).floor_().clamp_(-32768, 32767).reshape(shape)
+        ac = np.stack((scale * t, 0.5 - sums[0] * scale), axis=1)  # exact: integers below 2^33 times 2^-sh
+        ac = torch.from_numpy(ac).to(q.device)
+        u = rows.to(torch.float64, copy=True).mul_(ac[:, :1]).add_(ac[:, 1:])  # one float64 buffer, each step exact
+    return u.floor_().clamp_(-32768, 32767).reshape(shape)
 
 
 @torch.no_grad()
@@ -125,12 +142,59 @@ class _ChipLayerNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, mean, rstd, g, b = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dx, dg, db = torch.ops.aten.native_layer_norm_backward(grad, x, ctx.shape, mean, rstd, g, b,
-                                                               [need[0], need[1], need[2]])
-        return (dx, None if dg is None else dg.reshape(-1), None if db is None else db.reshape(-1),
-                None, None, None)
+        return _layer_norm_backward(ctx, grad) + (None, None, None)
+
+
+def _layer_norm_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """The float LayerNorm's gradients to the input, gamma_q and beta_q (``native_layer_norm_backward`` on what the
+    forward saved)."""
+    x, mean, rstd, g, b = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx, dg, db = torch.ops.aten.native_layer_norm_backward(grad, x, ctx.shape, mean, rstd, g, b,
+                                                           [need[0], need[1], need[2]])
+    return dx, None if dg is None else dg.reshape(-1), None if db is None else db.reshape(-1)
+
+
+class _ChipLayerNormQuant(torch.autograd.Function):
+    """:class:`_ChipLayerNorm` and the observing output quantizer in one autograd node: the same values, observer
+    updates and gradients as ``out_q(_ChipLayerNorm.apply(x, g_q, b_q, u, shape, eps), cap)``, with one node and
+    fewer full-size buffers.
+
+    The chip's value ``u * gamma_q * 2^-10 + beta_q`` is formed in place in ``u``'s float64 buffer (owned by the
+    caller; exact, as in :func:`_chip_value`) and rounded once to ``x.dtype`` into ``spent`` (the caller's finished
+    int8-input buffer, given up: no full-size output of the node's own); the quantizer observes that tensor's
+    ``(min, max)`` and, for float32/float64 and an exponent ``n_o >= 0``, fake-quantizes it in place:
+    ``floor(y * 2^n_o + 0.5)`` as a product by a power of two (exact) and one rounded sum, the same bits as the
+    fused ``rsub`` of :func:`~lnn_core.quant.functional.fake_quant_parts`, which any other case calls. The
+    backward is the quantizer's clipping mask, then the float LayerNorm's backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, u: torch.Tensor,  # type: ignore[override]
+                spent: torch.Tensor, shape: tuple[int, ...], eps: float, out_q: ActQuantizer, cap: int) -> torch.Tensor:
+        g, b = g_q.reshape(shape), b_q.reshape(shape)
+        _, mean, rstd = torch.native_layer_norm(x, shape, g, b, eps)
+        ctx.shape = shape
+        ctx.save_for_backward(x, mean, rstd, g, b)
+        acc = u.view(-1, g_q.numel()).mul_(g_q.detach().double() * 2.0**-NORM_Q).add_(b_q.detach().double())
+        acc = acc.view(x.shape)
+        y = spent.copy_(acc) if spent.dtype == x.dtype and spent.shape == x.shape else acc.to(x.dtype)
+        bounds = tensor_bounds(y)
+        n = out_q.observe_bounds(bounds, cap)
+        if n >= 0 and x.dtype in (torch.float32, torch.float64):
+            q = y.mul_(2.0**n).add_(0.5).floor_()
+            if cannot_saturate(bounds, n, out_q.bits):
+                ctx.clip = ctx.saved = None
+                return q.mul_(2.0**-n)
+            lo, hi = qrange(out_q.bits)  # both dtypes hold the integers: the interval form of the mask
+            ctx.clip, ctx.saved = (lo - 1.0, hi + 1.0), q
+            return q.clamp(lo, hi).mul_(2.0**-n)
+        out, ctx.clip, ctx.saved = fake_quant_parts(y, n, out_q.bits, bounds)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        grad = ste_gradient(grad, ctx.clip, ctx.saved)
+        return _layer_norm_backward(ctx, grad) + (None, None, None, None, None, None)
 
 
 def _chip_value(u: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -192,11 +256,17 @@ class QLayerNorm(QModule):
         return NORM_Q + param_exponent(g.detach(), GAMMA_BITS, self.recipe)
 
     def _int_input(self, x: torch.Tensor, n_x: int) -> tuple[torch.Tensor, int]:
-        """The kernel's int8 input (float64 integers) and its exponent: ``x`` at ``n_x``, requantized to 15 when
-        ``n_x`` is above."""
-        q = torch.rsub(x.detach().double(), 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)  # float64 integers
+        """The kernel's int8 input (float integers) and its exponent: ``x`` at ``n_x``, requantized to 15 when
+        ``n_x`` is above. Eval rounds in float64; training as training's fake-quant does, in ``x``'s width (float32
+        for narrower floats): ``x`` lies on the grid (its producer's output), where both give the same integers,
+        and the float32 tensor is half the size."""
+        if self.training:
+            xd = x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float()
+        else:
+            xd = x.detach().double()
+        q = torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
         s = n_x - KERNEL_IN_EXPONENT_MAX
-        if s > 0:  # SAT_8(SHR(q, s)): floor(q 2^-s + 0.5), exact in float64
+        if s > 0:  # SAT_8(SHR(q, s)): floor(q 2^-s + 0.5), exact in float32 (at most 17 significant bits)
             q = torch.rsub(q, 0.5, alpha=-(2.0**-s)).floor_().clamp_(-128, 127)
         return q, min(n_x, KERNEL_IN_EXPONENT_MAX)
 
@@ -211,7 +281,12 @@ class QLayerNorm(QModule):
         u = normalize_f64(q, n_k, t)
         if self.training:
             g_q, b_q, n_g = fake_quant_weight_bias(g, b, NORM_Q, GAMMA_BITS, self.recipe)
-            if torch.is_grad_enabled() and (x.requires_grad or g_q.requires_grad or b_q.requires_grad):
+            grad = torch.is_grad_enabled() and (x.requires_grad or g_q.requires_grad or b_q.requires_grad)
+            q_out = self.out_q
+            if grad and q_out.training and q_out.quant and q_out.observe and float(self.clamp_act) <= 0.0:
+                return _ChipLayerNormQuant.apply(x, g_q, b_q, u, q, self.normalized_shape, self.eps, q_out,
+                                                 NORM_Q + n_g)
+            if grad:
                 y = _ChipLayerNorm.apply(x, g_q, b_q, u, self.normalized_shape, self.eps)
             else:
                 y = _chip_value(u, g_q, b_q, x)

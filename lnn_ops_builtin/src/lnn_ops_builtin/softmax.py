@@ -28,13 +28,21 @@ import functools
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lnn_core.errors import LnnError
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import requant
+from lnn_core.quant.functional import (
+    cannot_saturate,
+    fake_quant_parts,
+    qrange,
+    requant,
+    ste_gradient,
+    tensor_bounds,
+)
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import BuildContext, Built
@@ -78,21 +86,25 @@ def exp_q23(d: torch.Tensor) -> torch.Tensor:
     return torch.where(e_exp >= 0, y << e_exp.clamp(min=0), y >> (-e_exp).clamp(max=62))  # y > 0: trunc = floor
 
 
-def _reciprocal(s: torch.Tensor) -> torch.Tensor:
-    """The core's per-row reciprocal: int64 row sums ``s`` (saturated at ``INT32_MAX``, ``>= 1``) in, the int64 factor
-    ``r`` with ``y15 = (r * e + 2^30) >> 31`` out (normalized from a seed, two Newton steps, shifted back)."""
-    msb = torch.floor(torch.log2(s.double())).to(torch.int64)  # s >= 1
-    # exact msb: correct float rounding of log2 near powers of two
-    msb = torch.where((1 << msb) > s, msb - 1, msb)
-    msb = torch.where((1 << (msb + 1)) <= s, msb + 1, msb)
-    n = (30 - msb) - 8  # nsa - 8
-    x_n = torch.where(n < 0, s >> (-n).clamp(min=0), (s << n.clamp(min=0)).clamp(max=_INT32_MAX))
+def _reciprocal(s: np.ndarray) -> np.ndarray:
+    """The core's per-row reciprocal: int64 row sums ``s`` (a numpy array, saturated at ``INT32_MAX``, ``>= 1``) in,
+    the int64 factor ``r`` with ``y15 = (r * e + 2^30) >> 31`` out (normalized from a seed, two Newton steps,
+    shifted back). One value per row: plain integer numpy, a few microseconds, instead of some thirty tensor
+    operations."""
+    _, e = np.frexp(s.astype(np.float64))  # exact below 2^53: e - 1 is the leading bit of s
+    n = (30 - (e.astype(np.int64) - 1)) - 8  # nsa - 8
+    x_n = np.where(n < 0, s >> np.maximum(-n, 0), np.minimum(s << np.maximum(n, 0), _INT32_MAX))
     n = n + 1
     r = _SEED - x_n
     for _ in range(2):
-        err = 2 * (0x400000 - _rshift_round(x_n * r, 23))
-        r = r + _rshift_round(r * err, 23)
-    return torch.where(n < 0, r >> (-n).clamp(min=0), (r << n.clamp(min=0)).clamp(_INT32_MIN, _INT32_MAX))
+        err = 2 * (0x400000 - ((x_n * r + (1 << 22)) >> 23))
+        r = r + ((r * err + (1 << 22)) >> 23)
+    return np.where(n < 0, r >> np.maximum(-n, 0), np.clip(r << np.maximum(n, 0), _INT32_MIN, _INT32_MAX))
+
+
+def _row_reciprocal(s: torch.Tensor) -> torch.Tensor:
+    """:func:`_reciprocal` of a tensor of row sums (integers, any dtype and device), as an int64 tensor there."""
+    return torch.from_numpy(_reciprocal(s.to("cpu", torch.int64).numpy())).to(s.device)
 
 
 @torch.no_grad()
@@ -100,7 +112,7 @@ def normalize_q15(e: torch.Tensor) -> torch.Tensor:
     """The core's normalization: int64 exponential terms (:func:`exp_q23`, rows last) in, int64 Q15 probabilities
     out (a saturating row sum, its normalized reciprocal from a seed and two Newton steps, the product)."""
     s = e.sum(dim=-1, keepdim=True).clamp_(max=_INT32_MAX)  # the saturating sum of non-negative terms
-    y = torch.mul(_reciprocal(s), e).add_(1 << 30).bitwise_right_shift_(31)  # _rshift_round(r * e, 31), in place
+    y = torch.mul(_row_reciprocal(s), e).add_(1 << 30).bitwise_right_shift_(31)  # _rshift_round(r * e, 31), in place
     return y.clamp_(_INT32_MIN, _INT32_MAX)
 
 
@@ -115,33 +127,59 @@ def softmax_q15(x25: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _exp_table(n_x: int, device: torch.device) -> torch.Tensor:
-    """:func:`exp_q23` of every int8 pair at input exponent ``n_x``: entry ``(m + 128) * 256 + (q + 128)`` is the
-    term of an element ``q`` in a row whose maximum is ``m`` (float64 integers below 2^25, 65,536 entries; ``q > m``
-    never occurs and holds the term of ``q = m``). A pure function's cache: one table per exponent and device."""
-    x25 = (torch.arange(-128, 128, dtype=torch.int64) << (IN_EXPONENT_MAX - n_x)).clamp_(_INT32_MIN, _INT32_MAX)
-    d = (x25[None, :] - x25[:, None]).clamp_(_INT32_MIN, 0)  # row: the maximum m, column: the element q
+    """:func:`exp_q23` of every int8 pair at input exponent ``n_x`` (float64 integers below ``2^24``). For ``n_x >= 1``
+    an element's Q25 value is ``q * 2^(25 - n_x)`` unsaturated, and its difference to the row maximum saturates (at
+    ``n_x = 1`` only) as a function of ``m - q`` alone: 256 entries, entry ``m - q``. At ``n_x = 0`` the widening
+    itself saturates: 65,536 entries, entry ``(m + 128) * 256 + (q + 128)`` (``q > m`` never occurs and holds the term
+    of ``q = m``). A pure function's cache: one table per exponent and device."""
+    if n_x >= 1:
+        d = (-(torch.arange(256, dtype=torch.int64) << (IN_EXPONENT_MAX - n_x))).clamp_(_INT32_MIN, 0)
+    else:
+        x25 = (torch.arange(-128, 128, dtype=torch.int64) << IN_EXPONENT_MAX).clamp_(_INT32_MIN, _INT32_MAX)
+        d = (x25[None, :] - x25[:, None]).clamp_(_INT32_MIN, 0)  # row: the maximum m, column: the element q
     return exp_q23(d).reshape(-1).to(device=device, dtype=torch.float64)
 
 
-@torch.no_grad()
-def softmax_q15_f64(q: torch.Tensor, n_x: int) -> torch.Tensor:
-    """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
-    Q25 as the kernel does; float64 integers out. The same integers by fewer passes:
+def _index_in_place(v: torch.Tensor) -> torch.Tensor:
+    """The integers ``0 <= v < 2^23`` of a float32 (float64) tensor as an int32 (int64) tensor sharing its buffer:
+    ``v + 2^23`` (``2^52``) is exact and its bit pattern is that of the float ``2^23`` (``2^52``) plus ``v`` in the
+    low mantissa bits, so subtracting the pattern of ``2^23`` (``2^52``) as an integer leaves ``v`` (IEEE 754)."""
+    if v.dtype == torch.float32:
+        return v.add_(2.0**23).view(torch.int32).sub_(0x4B000000)
+    return v.add_(2.0**52).view(torch.int64).sub_(0x4330000000000000)
 
-    - each exponential term is read from a table of the (element, row maximum) pairs (:func:`_exp_table`): one
+
+@torch.no_grad()
+def softmax_q15_f64(q: torch.Tensor, n_x: int, *, inplace: bool = False) -> torch.Tensor:
+    """:func:`softmax_q15` of int8 integers ``q`` held in a float tensor (rows last) at exponent ``n_x``, widened to
+    Q25 as the kernel does; float64 integers out. The same integers by fewer and smaller passes:
+
+    - each exponential term is read from a table (:func:`_exp_table`; 256 entries indexed by ``m - q``, small enough
+      to stay in the cache, or the 65,536 (element, row maximum) pairs at ``n_x = 0``) with an int32 index: one
       gather instead of about thirty elementwise int64 passes;
-    - the row sums (below ``2048 * 2^24``) and the final ``(r * e + 2^30) >> 31`` run in float64, exact: a term is
-      at most ``2^23 + 60`` (``2^0`` in Q23; the row maximum's own term), so a row sum is at least that and ``r``
-      (Newton steps toward ``2^45 / x_n``, ``x_n`` the sum normalized to ``[2^22, 2^23)``, shifted right) stays
-      below ``2^24``; ``r * e + 2^30`` is an integer below ``2^48``, held exactly, and one fused multiply-add and a
-      floor give the shift's result. The result (at most ``2^16``) needs no saturation.
+    - the row sums (below ``2048 * 2^24``) accumulate in float64, exact; the per-row reciprocal runs in numpy
+      (:func:`_reciprocal`); the final ``(r * e + 2^30) >> 31`` runs in place in the terms' buffer as a product by
+      ``r 2^-31``, a sum and a floor, each exact: a term is at most ``2^23 + 60`` (``2^0`` in Q23; the row
+      maximum's own term), so a row sum is at least that and ``r`` (Newton steps toward ``2^45 / x_n``, ``x_n``
+      the sum normalized to ``[2^22, 2^23)``, shifted right) stays below ``2^24``; ``r * e + 2^30`` is an integer
+      below ``2^48``, held exactly. The result (at most ``2^16``) needs no saturation.
+
+    One full-size float64 buffer (the terms, then the result) and two of half its size, or none with
+    ``inplace=True``: the table index is then formed in ``q``'s own buffer (a float32/float64 tensor the caller
+    gives up; its contents are undefined after the call, the buffer may be reused): on a CPU every fresh large buffer
+    costs its page faults, which cost more than the arithmetic here.
     """
     m = q.amax(dim=-1, keepdim=True)
-    idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int64)  # (m + 128) * 256 + (q + 128)
+    if inplace and q.dtype in (torch.float32, torch.float64):  # the index in q's own buffer
+        idx = _index_in_place(q.neg_().add_(m) if n_x >= 1 else q.add_(m.mul(256).add_(128 * 256 + 128)))
+    elif n_x >= 1:
+        idx = torch.sub(m, q).to(torch.int32)  # m - q
+    else:
+        idx = torch.add(q, m.mul(256).add_(128 * 256 + 128)).to(torch.int32)  # (m + 128) * 256 + (q + 128)
     e = _exp_table(n_x, q.device).index_select(0, idx.reshape(-1)).view(idx.shape)  # faster than take on CPU
-    s = e.sum(dim=-1, keepdim=True).to(torch.int64).clamp_(max=_INT32_MAX)
-    r = _reciprocal(s).double().mul_(2.0**-31)  # exact: a power of two
-    return torch.addcmul(torch.full_like(r, 0.5), e, r).floor_()
+    s = np.minimum(e.sum(dim=-1, keepdim=True).to("cpu", torch.int64).numpy(), _INT32_MAX)
+    r = np.ldexp(_reciprocal(s).astype(np.float64), -31)  # exact: a power of two
+    return e.mul_(torch.from_numpy(r).to(e.device)).add_(0.5).floor_()
 
 
 @torch.no_grad()
@@ -188,13 +226,16 @@ def _chip_acc(x: torch.Tensor, n_x: int, log: bool, training: bool) -> torch.Ten
     output), where every form of ``R`` agrees. Eval rounds in float64; training as training's fake-quant does, in
     float32 (float64 for a float64 model): three passes in the input's width instead of five in float64 and int64.
     """
-    if training:
-        xd = x.detach() if x.dtype == torch.float64 else x.detach().float()
-        q = torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
-    else:
-        q = torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127)
-    y15 = softmax_q15_f64(q, n_x)
+    q = _train_int8(x, n_x) if training else torch.floor(x.detach().double() * 2.0**n_x + 0.5).clamp_(-128, 127)
+    y15 = softmax_q15_f64(q, n_x, inplace=True)
     return log_q25(y15.to(torch.int64)) if log else y15
+
+
+def _train_int8(x: torch.Tensor, n_x: int) -> torch.Tensor:
+    """Training's int8 input: ``SAT_8(R(x * 2^n_x))`` rounded as training's fake-quant does, in float32 (float64 for
+    a float64 model), a fresh tensor."""
+    xd = x.detach() if x.dtype == torch.float64 else x.detach().float()
+    return torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
 
 
 def _scaled(acc: torch.Tensor, acc_q: int, dtype: torch.dtype) -> torch.Tensor:
@@ -227,6 +268,51 @@ class _ChipSoftmax(torch.autograd.Function):
         return back(grad, ref, -1, ref.dtype), None, None, None
 
 
+class _ChipSoftmaxQuant(torch.autograd.Function):
+    """:class:`_ChipSoftmax` and the observing output quantizer of a softmax in one autograd node: the same values,
+    observer updates and gradients as ``out_q(_ChipSoftmax.apply(x, y15, 15, False), cap)``, with one node and
+    fewer full-size buffers.
+
+    The quantizer's work runs on the Q15 integers ``y15`` (float64, owned by the caller): their ``(min, max)``
+    times ``2^-15`` are exactly the bounds of the probabilities ``y15 * 2^-15``, which the observer sees as it
+    would; for an output exponent ``0 <= n_o <= 15`` the rounding ``floor(y15 * 2^(n_o - 15) + 0.5)`` is exact in
+    float64, and so is the training fake-quant's float32 ``floor(p * 2^n_o + 0.5)`` (``p * 2^n_o + 0.5`` has at
+    most 18 significant bits): the same integers. Any other exponent or dtype takes the quantizer's own
+    :func:`~lnn_core.quant.functional.fake_quant_parts` on ``y15 * 2^-15``. The result is written into ``spent``
+    (the caller's finished int8-input buffer, given up), so the node allocates no full-size output of its own. The
+    backward is the quantizer's clipping mask, then softmax's own backward kernel."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y15: torch.Tensor, spent: torch.Tensor,  # type: ignore[override]
+                out_q: ActQuantizer, cap: int) -> torch.Tensor:
+        ref = torch._softmax(x, -1, False)
+        ctx.save_for_backward(ref)
+        ctx.sat = ctx.clip = None
+        b = tensor_bounds(y15)
+        bounds = None if b is None else (b[0] * 2.0**-SOFTMAX_OUT_MAX, b[1] * 2.0**-SOFTMAX_OUT_MAX)
+        n = out_q.observe_bounds(bounds, cap)
+        if 0 <= n <= SOFTMAX_OUT_MAX and x.dtype in (torch.float32, torch.float64):
+            t = y15.mul_(2.0 ** (n - SOFTMAX_OUT_MAX)).add_(0.5).floor_()
+            if not cannot_saturate(bounds, n, out_q.bits):
+                hi = qrange(out_q.bits)[1]
+                ctx.sat = t > hi  # t >= 0: only the top saturates
+                t = t.clamp_(max=hi)
+            out = spent.copy_(t) if spent.dtype == x.dtype and spent.shape == x.shape else t.to(x.dtype)
+            return out.mul_(2.0**-n)
+        out, ctx.clip, saved = fake_quant_parts(_scaled(y15, SOFTMAX_OUT_MAX, x.dtype), n, out_q.bits, bounds)
+        ctx.saved = saved
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (ref,) = ctx.saved_tensors
+        if ctx.sat is not None:
+            grad = grad.masked_fill(ctx.sat, 0.0)
+        elif ctx.clip is not None:
+            grad = ste_gradient(grad, ctx.clip, ctx.saved)
+        return torch.ops.aten._softmax_backward_data(grad, ref, -1, ref.dtype), None, None, None, None
+
+
 def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = False, training: bool = False,
                 observe: bool = True) -> torch.Tensor:
     """Functional QAT softmax (``log=True``: log-softmax) over the last dim of ``x``, a tensor already on the grid
@@ -235,6 +321,11 @@ def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = F
     integers times ``2**-n_o``. An attention module calls this with its own output quantizer."""
     cap = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
     acc_q = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
+    if (training and not log and observe and x.requires_grad and torch.is_grad_enabled() and out_q.training
+            and out_q.quant and out_q.observe):
+        q = _train_int8(x, n_x)
+        y15 = softmax_q15_f64(q, n_x, inplace=True)
+        return _ChipSoftmaxQuant.apply(x, y15, q, out_q, cap)
     acc = _chip_acc(x, n_x, log, training)
     if training:
         if x.requires_grad and torch.is_grad_enabled():
