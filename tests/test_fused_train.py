@@ -1,7 +1,6 @@
 """The fused training node of the conv family (``_QConvTrain``): one autograd node per conv/linear layer computes
 the same forward, the same observer state and the same gradients as the chain of nodes it replaces
-(``QConv._forward_train_unfused``: weight/bias fake-quant, the op, the activation clamp, the output's fake-quant;
-the stage-1 clamps and the BatchNorm folding stay autograd's nodes on the parameters in both).
+(``QConv._forward_train_unfused``: BatchNorm folding, weight/bias fake-quant, the op, the output's fake-quant).
 
 The chain is what a layer runs when its output quantizer has a forward hook, so each case compares a model with
 a deep copy of itself whose output quantizers are hooked (the hooks do nothing).
@@ -11,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -149,17 +149,19 @@ def _node_types(out: torch.Tensor) -> list[str]:
     return names
 
 
-def test_a_conv_layer_is_one_autograd_node(host):
-    """Conv -> ReLU -> Linear in training: one node per quantized layer besides the ReLU, the flatten and the
-    parameters' accumulators (the chain had two per layer: the weight/bias fake-quant and the output's). A folded
-    BatchNorm adds autograd's own nodes of the folding on the parameter side only."""
-    model = lnn.init(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(1), nn.Linear(4 * 25, 3)),
-                     target="csk60xx", host=host)
+@pytest.mark.parametrize("bn", [False, True])
+def test_a_conv_layer_is_one_autograd_node(host, bn):
+    """Conv (+ folded BatchNorm) -> ReLU -> Linear in training: one node per quantized layer besides the ReLU, the
+    flatten and the parameters' accumulators; the chain had eight more for this model (the folding's products and
+    sums, the weight and output fake-quants)."""
+    layers = [nn.Conv2d(2, 4, 3, padding=1)] + ([nn.BatchNorm2d(4)] if bn else []) + [nn.ReLU(), nn.Flatten(1),
+                                                                                      nn.Linear(4 * 25, 3)]
+    model = lnn.init(nn.Sequential(*layers), target="csk60xx", host=host)
     model.train()
     names = _node_types(model(torch.randn(5, 2, 5, 5)))
     assert sorted(n for n in names if n != "AccumulateGrad") == sorted(
         ["_QConvTrainBackward", "ReluBackward0", "ViewBackward0", "_QConvTrainBackward"])
-    assert names.count("AccumulateGrad") == 4
+    assert names.count("AccumulateGrad") == 4 + (2 if bn else 0)
 
 
 def test_a_hooked_output_quantizer_sees_the_output(host):
