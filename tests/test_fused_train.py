@@ -176,17 +176,3 @@ def test_a_hooked_output_quantizer_sees_the_output(host):
     out_f, _, _ = _step(fused, x)
     out_c, _, _ = _step(chain, x)
     assert len(seen) == 1 and torch.equal(seen[0].flatten(1), out_c) and torch.equal(out_f, out_c)
-
-
-def test_autocast_trains_through_the_chain(host):
-    """Under autocast the layer runs the chain of nodes (autograd records autocast's casts there): a bfloat16
-    training step on the CPU gives float32 gradients of the float32 parameters (the fused node would hand the
-    convolution's backward a bfloat16 gradient with float32 operands)."""
-    model = lnn.init(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(1), nn.Linear(4 * 36, 3)),
-                     target="csk60xx", host=host)
-    model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(torch.randn(2, 3, 8, 8))
-    assert out.dtype == torch.bfloat16
-    out.float().sum().backward()
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())

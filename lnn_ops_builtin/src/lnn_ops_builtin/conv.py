@@ -277,7 +277,7 @@ class QConv(QModule):
 
     def _forward_train(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n_x = self.in_exponent(0)
-        if self.padding_mode == "zeros" and self.out_q.fusable and not torch.is_autocast_enabled(x.device.type):
+        if self.padding_mode == "zeros" and self.out_q.fusable:
             bn = self.bn
             gamma, beta = (bn.weight, bn.bias) if bn is not None else (None, None)
             return _QConvTrain.apply(x, w, b, gamma, beta, self, n_x)
@@ -286,8 +286,7 @@ class QConv(QModule):
     def _forward_train_unfused(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                                n_x: int) -> torch.Tensor:
         """The training forward as a chain of autograd nodes: what :class:`_QConvTrain` computes in one, kept for a
-        padding mode other than zeros, an output quantizer that is not fusable (hooked, or ``quant`` off) and
-        autocast (whose casts the chain's autograd records)."""
+        padding mode other than zeros and an output quantizer that is not fusable (hooked, or ``quant`` off)."""
         w, b = self.folded_weight_bias(w, b)
         ((w_q, b_q, n_w),) = self.fake_quant_pairs([(w, b)], [n_x])
         y = self._run_op(x, w_q, b_q)
