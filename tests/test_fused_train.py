@@ -40,7 +40,7 @@ def _layer(kind: str, cin: int, cout: int, bias: bool, stride: int, groups: int)
     if kind == "conv1d":
         return nn.Conv1d(cin, cout * groups, 3, stride, 1, groups=groups, bias=bias), (cin, 9)
     if kind == "conv2d":
-        return nn.Conv2d(cin, cout * groups, 3, stride, 1, groups=groups,
+        return nn.Conv2d(cin, cout * groups, 3, stride, 1, dilation=1 + (stride == 1), groups=groups,
                          bias=bias), (cin, 7, 6)
     if kind == "deconv1d":
         return nn.ConvTranspose1d(cin, cout, 3, stride, 1, output_padding=stride - 1, bias=bias), (cin, 5)
