@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import ste_gradient, tensor_bounds
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, param_exponent, weight_bias_parts
+from lnn_core.quant.quantizers import ActQuantizer, param_exponent
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QConv", "FAMILIES"]
@@ -50,120 +49,6 @@ _FN = {
     ("deconv", 2): F.conv_transpose2d,
     ("linear", 0): None,
 }
-
-
-def _fold_bn(bn: nn.Module, w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None,
-             beta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """``(w', b', (inv_std, inv))``: ``w`` and ``b`` with the BatchNorm folded in, from its running statistics
-    (``inv_std = 1 / sqrt(var + eps)``, ``inv = inv_std * gamma`` per output channel, axis 0 of ``w``)."""
-    inv_std = torch.rsqrt(bn.running_var + bn.eps)
-    inv = inv_std * gamma if gamma is not None else inv_std
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    w = w * inv.reshape(shape)
-    base = -bn.running_mean * inv
-    if beta is not None:
-        base = base + beta
-    b = base + b * inv if b is not None else base
-    return w, b, (inv_std, inv)
-
-
-def _clamp_parts(t: torch.Tensor | None, c: float | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(t.clamp(-c, c), mask)``, the stage-1 clamp and, when it binds, the boolean mask where its gradient passes
-    (``-c <= t <= c``, as torch's clamp backward); ``(t, None)`` when ``c`` is None or nothing lies outside."""
-    if t is None or c is None:
-        return t, None
-    mask = (t >= -c) & (t <= c)
-    if bool(mask.all()):
-        return t, None
-    return t.clamp(-c, c), mask
-
-
-def _masked(grad: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
-    return grad if (grad is None or mask is None) else torch.where(mask, grad, 0.0)
-
-
-class _QConvTrain(torch.autograd.Function):
-    """The training forward of a :class:`QConv` in one autograd node: stage-1 clamps, BatchNorm folding, the
-    weight/bias fake-quant, the convolution (or matrix product) and the output's observe + fake-quant.
-
-    Forward: the float op on the fake-quantized parameters under no_grad, the same tensors as the chain of nodes
-    (:meth:`QConv._forward_train_unfused`) computes. Backward: the output's clipping mask, the op's own backward
-    kernel once (``convolution_backward``, or the two products of a linear layer), the parameters' masks, then the
-    folding's chain rule to the weight, bias, and the BatchNorm's gamma and beta ("forward fused, backward
-    unfused"); the same gradients as the chain, up to the order of float sums.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,  # type: ignore[override]
-                gamma: torch.Tensor | None, beta: torch.Tensor | None, m: QConv, n_x: int) -> torch.Tensor:
-        w_c, w_mask = _clamp_parts(w, m.weight_limit(w))
-        b_c, b_mask = _clamp_parts(b, m.bias_limit() if b is not None else None)
-        bn = m.bn
-        w_f, b_f, fold = (w_c, b_c, None) if bn is None else _fold_bn(bn, w_c, b_c, gamma, beta)
-        bounds = tensor_bounds(w_f)
-        n_w = param_exponent(w_f, m.weight_bits, m.recipe, bounds)
-        (w_q, w_clip, w_saved), (b_q, b_clip, b_saved) = weight_bias_parts(
-            w_f, b_f, n_x, n_w, m.weight_bits, m.recipe.bias_bits, bounds)
-        y = m._run_op(x, w_q, b_q)
-        y, y_mask = _clamp_parts(y, m.act_limit())
-        out, y_clip, y_saved = m.out_q.train_parts(y, n_x + n_w)
-        ctx.m, ctx.clips, ctx.fold = m, (y_clip, w_clip, b_clip), fold
-        ctx.has_bq = b_q is not None
-        ctx.save_for_backward(x, w_q, y_saved, y_mask, w_saved, b_saved, w_c, b_c, w_mask, b_mask)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, w_q, y_saved, y_mask, w_saved, b_saved, w_c, b_c, w_mask, b_mask = ctx.saved_tensors
-        m: QConv = ctx.m
-        y_clip, w_clip, b_clip = ctx.clips
-        need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
-        want_wq = need_w or need_gamma
-        want_bq = ctx.has_bq and (need_b or need_gamma or need_beta)
-        g = _masked(ste_gradient(grad, y_clip, y_saved), y_mask)
-        g_x, g_wq, g_bq = _op_backward(m, g, x, w_q, (need_x, want_wq, want_bq))
-        g_wf = ste_gradient(g_wq, w_clip, w_saved) if g_wq is not None else None
-        g_bf = ste_gradient(g_bq, b_clip, b_saved) if g_bq is not None else None
-        g_gamma = g_beta = None
-        if ctx.fold is None:
-            g_w, g_b = g_wf, g_bf
-        else:
-            inv_std, inv = ctx.fold
-            shape = (-1,) + (1,) * (w_c.dim() - 1)
-            g_w = g_wf * inv.reshape(shape) if need_w else None
-            g_b = g_bf * inv if (need_b and g_bf is not None) else None
-            if need_gamma:  # inv = inv_std * gamma; w' = w * inv, b' = beta - mean * inv + b * inv
-                g_inv = (g_wf * w_c).sum(dim=tuple(range(1, w_c.dim())))
-                if g_bf is not None:
-                    g_inv = g_inv - g_bf * m.bn.running_mean
-                    if b_c is not None:
-                        g_inv = g_inv + g_bf * b_c
-                g_gamma = g_inv * inv_std
-            g_beta = g_bf if need_beta else None
-        return (g_x if need_x else None, _masked(g_w, w_mask) if need_w else None,
-                _masked(g_b, b_mask) if need_b else None, g_gamma, g_beta, None, None)
-
-
-def _op_backward(m: QConv, g: torch.Tensor, x: torch.Tensor, w_q: torch.Tensor,
-                 mask: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
-    """``(grad_x, grad_w, grad_b)`` of ``m._run_op(x, w_q, b_q)`` for the output gradient ``g``: torch's own
-    backward kernels, each computed only when ``mask`` asks for it."""
-    if m.kind == "linear":
-        n_out, n_in = w_q.shape
-        g2 = g.reshape(-1, n_out)
-        g_x = g2.mm(w_q).reshape(x.shape) if mask[0] else None
-        g_w = x.reshape(-1, n_in).t().mm(g2).t() if mask[1] else None  # as torch's addmm backward: (x^T g)^T
-        g_b = g2.sum(0) if mask[2] else None
-        return g_x, g_w, g_b
-    transposed = m.kind == "deconv"
-    output_padding = m.output_padding if transposed else (0,) * m.dims
-    g_x, g_w, _ = torch.ops.aten.convolution_backward(
-        g, x, w_q, None, list(m.stride), list(m.padding), list(m.dilation), transposed, list(output_padding),
-        m.groups, [mask[0], mask[1], False])
-    # the bias gradient as its own sum: cheaper than the kernel's (mkldnn), the same value up to the order of sums
-    g_b = g.sum(dim=(0, *range(2, g.dim()))) if mask[2] else None
-    return g_x, g_w, g_b
 
 
 class QConv(QModule):
@@ -241,7 +126,15 @@ class QConv(QModule):
         b = self.constrain_bias(b)
         bn = self.bn
         if bn is not None:
-            w, b, _ = _fold_bn(bn, w, b, bn.weight, bn.bias)
+            inv = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                inv = inv * bn.weight
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            w = w * inv.reshape(shape)
+            base = -bn.running_mean * inv
+            if bn.bias is not None:
+                base = base + bn.bias
+            b = base + b * inv if b is not None else base
         return w, b
 
     @torch.no_grad()
@@ -277,16 +170,6 @@ class QConv(QModule):
 
     def _forward_train(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n_x = self.in_exponent(0)
-        if self.padding_mode == "zeros" and self.out_q.fusable:
-            bn = self.bn
-            gamma, beta = (bn.weight, bn.bias) if bn is not None else (None, None)
-            return _QConvTrain.apply(x, w, b, gamma, beta, self, n_x)
-        return self._forward_train_unfused(x, w, b, n_x)
-
-    def _forward_train_unfused(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                               n_x: int) -> torch.Tensor:
-        """The training forward as a chain of autograd nodes: what :class:`_QConvTrain` computes in one, kept for a
-        padding mode other than zeros and an output quantizer that is not fusable (hooked, or ``quant`` off)."""
         w, b = self.folded_weight_bias(w, b)
         ((w_q, b_q, n_w),) = self.fake_quant_pairs([(w, b)], [n_x])
         y = self._run_op(x, w_q, b_q)
