@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import ste_gradient, tensor_bounds
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, param_exponent, weight_bias_parts
+from lnn_core.quant.quantizers import ActQuantizer, param_exponent
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QConv", "FAMILIES"]
@@ -50,97 +49,6 @@ _FN = {
     ("deconv", 2): F.conv_transpose2d,
     ("linear", 0): None,
 }
-
-
-def _clamp_parts(t: torch.Tensor | None, c: float | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(t.clamp(-c, c), mask)``, the stage-1 clamp and, when it binds, the boolean mask where its gradient passes
-    (``-c <= t <= c``, as torch's clamp backward); ``(t, None)`` when ``c`` is None or nothing lies outside."""
-    if t is None or c is None:
-        return t, None
-    mask = (t >= -c) & (t <= c)
-    if bool(mask.all()):
-        return t, None
-    return t.clamp(-c, c), mask
-
-
-def _keeps_graph() -> bool:
-    """Whether the running backward keeps the graph (``retain_graph=True``: a later backward reads the saved
-    tensors again); True when torch cannot say."""
-    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if probe is None else bool(probe())
-
-
-def _masked(grad: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
-    return grad if (grad is None or mask is None) else torch.where(mask, grad, 0.0)
-
-
-class _QConvTrain(torch.autograd.Function):
-    """The training forward of a :class:`QConv` after its stage-1 clamps and BatchNorm folding, in one autograd node:
-    the weight/bias fake-quant, the convolution (or matrix product), the activation clamp and the output's
-    observe + fake-quant.
-
-    Forward: the float op on the fake-quantized parameters under no_grad, the same tensors as the chain of nodes
-    (:meth:`QConv._forward_train_unfused`) computes. Backward: the output's clipping mask (and the activation
-    clamp's), the op's own backward kernel once (``convolution_backward``, or the two products of a linear layer),
-    the parameters' masks; the same gradients as the chain, up to the order of float sums. The clamps and the
-    folding stay autograd's own nodes on the small parameter tensors ("forward fused, backward unfused" for the
-    BatchNorm): computed by hand in Python they cost more than autograd's C++ nodes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,  # type: ignore[override]
-                m: QConv, n_x: int) -> torch.Tensor:
-        bounds = tensor_bounds(w)
-        n_w = param_exponent(w, m.weight_bits, m.recipe, bounds)
-        (w_q, w_clip, w_saved), (b_q, b_clip, b_saved) = weight_bias_parts(
-            w, b, n_x, n_w, m.weight_bits, m.recipe.bias_bits, bounds)
-        y = m._run_op(x, w_q, b_q)
-        y, y_mask = _clamp_parts(y, m.act_limit())
-        out, y_clip, y_saved = m.out_q.train_parts(y, n_x + n_w)
-        ctx.m, ctx.clips, ctx.has_bq = m, (y_clip, w_clip, b_clip), b_q is not None
-        # the output's mask tensors are intermediates kept on ctx: the backward may drop them (an activation each)
-        # before the op's backward kernel allocates its gradients
-        ctx.y_parts = (y_saved, y_mask)
-        ctx.save_for_backward(x, w_q, w_saved, b_saved)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, w_q, w_saved, b_saved = ctx.saved_tensors
-        y_clip, w_clip, b_clip = ctx.clips
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        y_saved, y_mask = ctx.y_parts
-        last = not _keeps_graph()
-        if last:  # no second backward will read them: the gradient may take the integers' memory
-            del ctx.y_parts
-        g = _masked(ste_gradient(grad, y_clip, y_saved, reuse=last), y_mask)
-        del y_saved, y_mask
-        g_x, g_w, g_b = _op_backward(ctx.m, g, x, w_q, (need_x, need_w, need_b and ctx.has_bq))
-        g_w = ste_gradient(g_w, w_clip, w_saved) if g_w is not None else None
-        g_b = ste_gradient(g_b, b_clip, b_saved) if g_b is not None else None
-        return g_x, g_w, g_b, None, None
-
-
-def _op_backward(m: QConv, g: torch.Tensor, x: torch.Tensor, w_q: torch.Tensor,
-                 mask: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
-    """``(grad_x, grad_w, grad_b)`` of ``m._run_op(x, w_q, b_q)`` for the output gradient ``g``: torch's own
-    backward kernels, each computed only when ``mask`` asks for it."""
-    if m.kind == "linear":
-        n_out, n_in = w_q.shape
-        g2 = g.reshape(-1, n_out)
-        g_x = g2.mm(w_q).reshape(x.shape) if mask[0] else None
-        g_w = x.reshape(-1, n_in).t().mm(g2).t() if mask[1] else None  # as torch's addmm backward: (x^T g)^T
-        g_b = g2.sum(0) if mask[2] else None
-        return g_x, g_w, g_b
-    transposed = m.kind == "deconv"
-    out_channels = w_q.shape[1] * m.groups if transposed else w_q.shape[0]
-    output_padding = m.output_padding if transposed else (0,) * m.dims
-    # the bias gradient from the kernel too, as torch's ConvolutionBackward0 asks it: a separate sum is cheaper on
-    # tiny tensors, but without the bias mkldnn's backward took 1.4x as long on a 32x32x32x32 ResNet activation
-    return torch.ops.aten.convolution_backward(
-        g, x, w_q, [out_channels] if mask[2] else None, list(m.stride), list(m.padding), list(m.dilation),
-        transposed, list(output_padding), m.groups, list(mask))
 
 
 class QConv(QModule):
@@ -262,16 +170,6 @@ class QConv(QModule):
 
     def _forward_train(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n_x = self.in_exponent(0)
-        if self.padding_mode == "zeros" and self.out_q.fusable and not torch.is_autocast_enabled(x.device.type):
-            w, b = self.folded_weight_bias(w, b)  # the clamps and the folding: small tensors, autograd's own nodes
-            return _QConvTrain.apply(x, w, b, self, n_x)
-        return self._forward_train_unfused(x, w, b, n_x)
-
-    def _forward_train_unfused(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                               n_x: int) -> torch.Tensor:
-        """The training forward as a chain of autograd nodes: what :class:`_QConvTrain` computes in one, kept for a
-        padding mode other than zeros, an output quantizer that is not fusable (hooked, or ``quant`` off) and
-        autocast (whose casts the chain's autograd records)."""
         w, b = self.folded_weight_bias(w, b)
         ((w_q, b_q, n_w),) = self.fake_quant_pairs([(w, b)], [n_x])
         y = self._run_op(x, w_q, b_q)

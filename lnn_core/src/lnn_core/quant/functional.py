@@ -149,23 +149,18 @@ def fake_quant_parts(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, fl
     return out, "mask", (q >= lo) & (q <= hi)
 
 
-def ste_gradient(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None, reuse: bool = False) -> torch.Tensor:
+def ste_gradient(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None) -> torch.Tensor:
     """Straight-through gradient of :func:`fake_quant_parts`: ``grad`` where ``lo <= q <= hi``, else 0.
 
     ``clip`` is None (nothing saturated: the gradient passes), ``"mask"`` (``saved`` is the boolean mask)
     or the open interval ``(lo - 1, hi + 1)`` that the integers ``saved`` must lie in. One difference from
     a boolean mask, on inputs that are NaN only: hardtanh's backward passes their gradient on.
-
-    :param reuse: the caller owns ``saved`` and needs it no more: the gradient is written into its memory
-        (no new activation-sized tensor) when it has ``grad``'s shape and dtype.
     """
     if clip is None:
         return grad
     if clip == "mask":
         return grad * saved
     t_lo, t_hi = clip
-    if reuse and saved.shape == grad.shape and saved.dtype == grad.dtype:
-        return torch.ops.aten.hardtanh_backward.grad_input(grad, saved, t_lo, t_hi, grad_input=saved)
     return torch.ops.aten.hardtanh_backward(grad, saved, t_lo, t_hi)
 
 

@@ -152,36 +152,21 @@ class QModule(nn.Module):
         return {}
 
     # -- shared numerics ------------------------------------------------------------------------
-    def weight_limit(self, w: torch.Tensor) -> float | None:
-        """The stage-1 weight clamp of ``w``: ``c`` of ``w.clamp(-c, c)``, or None when off (a constant of the step:
-        no gradient flows through it)."""
-        f = float(self.clamp_weight) if "weight" in self.clamps else 0.0
-        if f <= 0.0:
-            return None
-        a = w.detach().abs()
-        return min(f * float(a.mean()), float(a.max()))
-
-    def bias_limit(self) -> float | None:
-        """The stage-1 bias clamp ``c`` (None when off)."""
-        c = float(self.clamp_bias) if "bias" in self.clamps else 0.0
-        return c if c > 0.0 else None
-
-    def act_limit(self) -> float | None:
-        """The stage-1 activation clamp ``c`` (None when off)."""
-        c = float(self.clamp_act) if "act" in self.clamps else 0.0
-        return c if c > 0.0 else None
-
     def constrain_weight(self, w: torch.Tensor) -> torch.Tensor:
-        c = self.weight_limit(w)
-        return w.clamp(-c, c) if c is not None else w
+        f = float(self.clamp_weight) if "weight" in self.clamps else 0.0
+        if f > 0.0:
+            a = w.detach().abs()
+            c = min(f * float(a.mean()), float(a.max()))
+            w = w.clamp(-c, c)
+        return w
 
     def constrain_bias(self, b: torch.Tensor | None) -> torch.Tensor | None:
-        c = self.bias_limit() if b is not None else None
-        return b.clamp(-c, c) if c is not None else b
+        c = float(self.clamp_bias) if "bias" in self.clamps else 0.0
+        return b.clamp(-c, c) if (b is not None and c > 0.0) else b
 
     def constrain_act(self, y: torch.Tensor) -> torch.Tensor:
-        c = self.act_limit()
-        return y.clamp(-c, c) if c is not None else y
+        c = float(self.clamp_act) if "act" in self.clamps else 0.0
+        return y.clamp(-c, c) if c > 0.0 else y
 
     def act_clip_int(self, n: int) -> tuple[int, int] | None:
         """Integer bounds of the activation clamp at exponent ``n`` (None when it cannot bind)."""

@@ -42,7 +42,7 @@ from .recipes import Recipe
 
 __all__ = ["ActQuantizer", "WeightQuantizer", "CapSource", "share_exponents", "unshare_exponents",
            "param_exponent", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias",
-           "fake_quant_weight_bias", "weight_bias_parts"]
+           "fake_quant_weight_bias"]
 
 ExponentOf = Callable[["ActQuantizer | None"], int]
 CapSource = Callable[[ExponentOf], "int | None"]
@@ -174,21 +174,6 @@ class ActQuantizer(nn.Module):
         """
         return _exponent_of(self, self._memo if self._memo is not None else {})
 
-    def train_parts(self, x: torch.Tensor, cap: int | None = None) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
-        """The fake-quant of a training forward with ``quant`` on, as :func:`~.functional.fake_quant_parts`'s
-        ``(out, clip, saved)`` (call it with autograd off, inside a ``Function.forward``; :func:`ste_gradient`
-        is its backward): observes ``x`` when ``observe`` is on, else uses the frozen exponent. The same values
-        and gradient as :meth:`forward`; an op's fused autograd node calls it instead of the module."""
-        bounds = tensor_bounds(x)
-        n = self.observe_bounds(bounds, cap) if self.observe else self.eval_exponent(cap)
-        return fake_quant_parts(x, n, self.bits, bounds)
-
-    @property
-    def fusable(self) -> bool:
-        """Whether an op may fold this quantizer's training forward into its own autograd node
-        (:meth:`train_parts`): ``quant`` is on and no forward hook or pre-hook waits to see the call."""
-        return self.quant and not self._forward_hooks and not self._forward_pre_hooks
-
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cap: int | None = None) -> torch.Tensor:
         """Observe/fake-quantize in training; quantize exactly (float32 arithmetic, as the chip's
@@ -252,7 +237,9 @@ class _ObservedFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, quantizer: ActQuantizer, cap: int | None) -> torch.Tensor:  # type: ignore[override]
-        out, ctx.clip, saved = quantizer.train_parts(x, cap)
+        bounds = tensor_bounds(x)
+        n = quantizer.observe_bounds(bounds, cap)
+        out, ctx.clip, saved = fake_quant_parts(x, n, quantizer.bits, bounds)
         ctx.save_for_backward(saved)
         return out
 
@@ -348,12 +335,9 @@ def _stateless_exponent(w: torch.Tensor, bits: int, recipe: Recipe, bounds: tupl
     return observer.exponent(0.0, bits, Bounds(lo, hi), m)
 
 
-def param_exponent(w: torch.Tensor, bits: int, recipe: Recipe, bounds: tuple[float, float] | None = None) -> int:
-    """The exponent :func:`quantize_weight` gives ``w`` (no integers made): what an op's cap source reads.
-
-    :param bounds: ``(min, max)`` of ``w`` when the caller has them (an op's fused training node does).
-    """
-    return _stateless_exponent(w, bits, recipe, bounds)
+def param_exponent(w: torch.Tensor, bits: int, recipe: Recipe) -> int:
+    """The exponent :func:`quantize_weight` gives ``w`` (no integers made): what an op's cap source reads."""
+    return _stateless_exponent(w, bits, recipe)
 
 
 def quantize_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch.Tensor, int]:
@@ -376,18 +360,6 @@ def fake_quant_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch
     return w_q, n
 
 
-def weight_bias_parts(w: torch.Tensor, b: torch.Tensor | None, n_x: int, n_w: int, bits: int, bias_bits: int,
-                      bounds: tuple[float, float] | None) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
-    """The forward of the weight/bias fake-quant as parts, ``((w_q, clip, saved), (b_q, clip, saved))`` (all None
-    for a missing bias; :func:`ste_gradient` takes each ``clip, saved``): the weight at ``n_w`` and ``bits``, the
-    bias at ``n_x + n_w`` and ``bias_bits``, both rounded exactly. Call it with autograd off; ``bounds`` are the
-    weight's ``(min, max)``."""
-    w_parts = fake_quant_parts(w, n_w, bits, bounds, exact=True)
-    if b is None:
-        return w_parts, (None, None, None)
-    return w_parts, fake_quant_parts(b, n_x + n_w, bias_bits, None, exact=True)
-
-
 class _FakeQuantWeightBias(torch.autograd.Function):
     """An op's weight and bias fake-quantized in one autograd node (one python round trip, not two).
 
@@ -398,7 +370,10 @@ class _FakeQuantWeightBias(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, n_x: int, n_w: int, bits: int,  # type: ignore[override]
                 bias_bits: int, bounds: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        (w_q, w_clip, w_saved), (b_q, b_clip, b_saved) = weight_bias_parts(w, b, n_x, n_w, bits, bias_bits, bounds)
+        w_q, w_clip, w_saved = fake_quant_parts(w, n_w, bits, bounds, exact=True)
+        b_q, b_clip, b_saved = None, None, None
+        if b is not None:
+            b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, bias_bits, None, exact=True)
         ctx.clips = (w_clip, b_clip)
         ctx.save_for_backward(w_saved, b_saved)
         return w_q, b_q, n_w
