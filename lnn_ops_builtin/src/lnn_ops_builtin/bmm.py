@@ -25,12 +25,8 @@ import torch
 from lnn_core.errors import LnnError
 from lnn_core.ops import OpFamily
 from lnn_core.quant.functional import (
-    cannot_saturate,
-    fake_quant_parts,
-    qrange,
     requant,
     ste_gradient,
-    tensor_bounds,
 )
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
@@ -79,17 +75,7 @@ class _MatmulQuant(torch.autograd.Function):
                 cap: int) -> torch.Tensor:
         z = torch.matmul(x, y)
         ctx.save_for_backward(x, y)
-        bounds = tensor_bounds(z)
-        n = out_q.observe_bounds(bounds, cap)
-        if n >= 0 and z.dtype in (torch.float32, torch.float64):
-            q = z.mul_(2.0**n).add_(0.5).floor_()
-            if cannot_saturate(bounds, n, out_q.bits):
-                ctx.clip = ctx.saved = None
-                return q.mul_(2.0**-n)
-            lo, hi = qrange(out_q.bits)  # both dtypes hold the integers: the interval form of the mask
-            ctx.clip, ctx.saved = (lo - 1.0, hi + 1.0), q
-            return q.clamp(lo, hi).mul_(2.0**-n)
-        out, ctx.clip, ctx.saved = fake_quant_parts(z, n, out_q.bits, bounds)
+        out, ctx.clip, ctx.saved = out_q.observe_fake_quant_(z, cap)
         return out
 
     @staticmethod

@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from lnn_core.errors import LnnError
 from lnn_core.ops import OpFamily
-from lnn_core.quant.functional import cannot_saturate, fake_quant_parts, qrange, ste_gradient, tensor_bounds
+from lnn_core.quant.functional import ste_gradient
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import (
     ActQuantizer,
@@ -178,17 +178,7 @@ class _ChipLayerNormQuant(torch.autograd.Function):
         acc = u.view(-1, g_q.numel()).mul_(g_q.detach().double() * 2.0**-NORM_Q).add_(b_q.detach().double())
         acc = acc.view(x.shape)
         y = spent.copy_(acc) if spent.dtype == x.dtype and spent.shape == x.shape else acc.to(x.dtype)
-        bounds = tensor_bounds(y)
-        n = out_q.observe_bounds(bounds, cap)
-        if n >= 0 and x.dtype in (torch.float32, torch.float64):
-            q = y.mul_(2.0**n).add_(0.5).floor_()
-            if cannot_saturate(bounds, n, out_q.bits):
-                ctx.clip = ctx.saved = None
-                return q.mul_(2.0**-n)
-            lo, hi = qrange(out_q.bits)  # both dtypes hold the integers: the interval form of the mask
-            ctx.clip, ctx.saved = (lo - 1.0, hi + 1.0), q
-            return q.clamp(lo, hi).mul_(2.0**-n)
-        out, ctx.clip, ctx.saved = fake_quant_parts(y, n, out_q.bits, bounds)
+        out, ctx.clip, ctx.saved = out_q.observe_fake_quant_(y, cap)
         return out
 
     @staticmethod

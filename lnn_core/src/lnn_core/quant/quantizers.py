@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import ConfigError, LnnError
 from .functional import (
     absmax,
+    cannot_saturate,
     fake_quant,
     fake_quant_parts,
     qrange,
@@ -128,6 +129,23 @@ class ActQuantizer(nn.Module):
         self.num_batches.fill_(seen + 1)
         self.exponent.fill_(n)
         return n
+
+    def observe_fake_quant_(self, y: torch.Tensor, cap: int | None = None) -> tuple[torch.Tensor, Any,
+                                                                                      torch.Tensor | None]:
+        """Observe ``y`` and fake-quantize it **in place** where it can: ``(out, clip, saved)`` as
+        :func:`~.functional.fake_quant_parts` returns them, for an autograd node that owns ``y`` (a fresh buffer
+        of its own forward) and fuses its output quantizer. Same values as :func:`fake_quant_parts` (for float32
+        and float64 at ``n >= 0``, where both dtypes hold the integers and the interval form of the mask applies);
+        other cases go through it. Call with autograd off."""
+        bounds = tensor_bounds(y)
+        n = self.observe_bounds(bounds, cap)
+        if n < 0 or y.dtype not in (torch.float32, torch.float64):
+            return fake_quant_parts(y, n, self.bits, bounds)
+        q = y.mul_(2.0**n).add_(0.5).floor_()
+        if cannot_saturate(bounds, n, self.bits):
+            return q.mul_(2.0**-n), None, None
+        lo, hi = qrange(self.bits)
+        return q.clamp(lo, hi).mul_(2.0**-n), (lo - 1.0, hi + 1.0), q
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, cap: int | None = None) -> int:
