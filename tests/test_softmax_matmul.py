@@ -298,12 +298,13 @@ def test_the_fused_output_quantizer_node_equals_the_two_node_path(data):
     assert y.grad_fn is not None and type(y.grad_fn).__name__ == "_ChipSoftmaxQuantBackward"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_the_matmul_and_its_output_quantizer_in_one_node_equal_the_two_nodes(data):
     """Training's matmul with its observing output quantizer in one node (``_MatmulQuant``) gives the same values
     and observer state, step after step, as ``out_q(torch.matmul(x, y), cap)``, and the same gradients to both
-    operands: ranks 2, 3 (the right operand a transposed view, as attention's ``k^T``) and 4, EMA exponents and
+    operands bit for bit (torch sums a 2-D column-major operand's gradient in another order): ranks 2, 3 and 4,
+    either operand contiguous or a transposed view (as attention's ``k^T``), EMA exponents and
     fixed ones (saturating, and below 0, where the node takes the quantizer's own fake-quant), float32 and float64."""
     from lnn_ops_builtin.bmm import _MatmulQuant
 
@@ -312,17 +313,23 @@ def test_the_matmul_and_its_output_quantizer_in_one_node_equal_the_two_nodes(dat
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), label="dtype")
     lead = data.draw(st.sampled_from([(), (3,), (2, 2)]), label="batch dims")
     m, k, n = (data.draw(st.integers(1, 9), label=f"dim {c}") for c in "mkn")
+    x_view, y_view = (data.draw(st.booleans(), label=f"{c} a transposed view") for c in "xy")
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
     gen = torch.Generator().manual_seed(seed)
     fused, plain = _fixed_or_ema(recipe, n_o), _fixed_or_ema(recipe, n_o)
+
+    def operand(t: torch.Tensor, view: bool) -> torch.Tensor:
+        return t.transpose(-1, -2) if view else t
+
     for _ in range(3):
-        x = (torch.randint(-128, 128, (*lead, m, k), generator=gen).to(dtype) / 16).requires_grad_()
-        yt = (torch.randint(-128, 128, (*lead, n, k), generator=gen).to(dtype) / 8).requires_grad_()
+        xs, ys = ((k, m) if x_view else (m, k)), ((n, k) if y_view else (k, n))
+        x = (torch.randint(-128, 128, (*lead, *xs), generator=gen).to(dtype) / 16).requires_grad_()
+        yt = (torch.randint(-128, 128, (*lead, *ys), generator=gen).to(dtype) / 8).requires_grad_()
         g = torch.randn(*lead, m, n, generator=gen, dtype=dtype)
-        z = _MatmulQuant.apply(x, yt.transpose(-1, -2), fused, 7)
+        z = _MatmulQuant.apply(operand(x, x_view), operand(yt, y_view), fused, 7)
         z.backward(g)
         x2, yt2 = x.detach().clone().requires_grad_(), yt.detach().clone().requires_grad_()
-        z2 = plain(torch.matmul(x2, yt2.transpose(-1, -2)), 7)
+        z2 = plain(torch.matmul(operand(x2, x_view), operand(yt2, y_view)), 7)
         z2.backward(g)
         assert z.dtype == dtype and torch.equal(z, z2)
         for got, want in ((x.grad, x2.grad), (yt.grad, yt2.grad)):

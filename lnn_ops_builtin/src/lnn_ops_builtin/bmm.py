@@ -82,9 +82,28 @@ class _MatmulQuant(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         x, y = ctx.saved_tensors
         g = ste_gradient(grad, ctx.clip, ctx.saved)
-        gx = torch.matmul(g, y.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
-        gy = torch.matmul(x.transpose(-1, -2), g) if ctx.needs_input_grad[1] else None
+        gx = _matmul_grad(g, y, x, left=True) if ctx.needs_input_grad[0] else None
+        gy = _matmul_grad(g, x, y, left=False) if ctx.needs_input_grad[1] else None
         return gx, gy, None, None
+
+
+def _column_major(t: torch.Tensor) -> bool:
+    """A 2-D tensor laid out column by column (a transposed contiguous matrix, as attention's ``k^T``)."""
+    return t.dim() == 2 and t.stride(0) == 1 and t.stride(1) == t.shape[0]
+
+
+def _matmul_grad(g: torch.Tensor, other: torch.Tensor, this: torch.Tensor, *, left: bool) -> torch.Tensor:
+    """The gradient of one operand of ``torch.matmul(x, y)`` summed in the order torch's own backward sums it, so
+    that the one-node training step gives the same bits as the two nodes: for 2-D operands torch's ``mm`` backward
+    returns a column-major operand's gradient column-major (``(other @ g^T)^T`` for x, ``(g^T @ x)^T`` for y);
+    batched operands take ``bmm``'s ``g @ y^T`` / ``x^T @ g``. ``this`` is the operand whose gradient is computed."""
+    if _column_major(this):
+        if left:
+            return torch.matmul(other, g.transpose(-1, -2)).transpose(-1, -2)
+        return torch.matmul(g.transpose(-1, -2), other).transpose(-1, -2)
+    if left:
+        return torch.matmul(g, other.transpose(-1, -2))
+    return torch.matmul(other.transpose(-1, -2), g)
 
 
 class QBmm(QModule):
