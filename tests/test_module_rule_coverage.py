@@ -172,8 +172,8 @@ CASES: list[Case] = [
     Case("csk60xx.linear.bits", "fc",
          lambda over: (seq(fc=nn.Linear(8, 4)), by_path(fc=lnn.LayerConfig(weight_bits=4 if over else 8))),
          "weight bits in (8,)", "4-bit weight", "weight_bits=8"),
-    Case("csk60xx.linear.in_features", "fc", _m(lambda over: seq(fc=nn.Linear(16385 if over else 16384, 2))),
-         "<= 16384", "16385 input features", "reduce the features"),
+    Case("csk60xx.linear.in_features", "fc", _m(lambda over: seq(fc=nn.Linear(8193 if over else 8192, 2))),
+         "<= 8192", "8193 input features", "reduce the features"),
     # -- pooling --------------------------------------------------------------------------------------------
     Case("csk60xx.pool.bits", "pool",  # the conv writes 16 bits, which the pool cannot read
          lambda over: (seq(conv=nn.Conv2d(4, 4, 3), pool=nn.MaxPool2d(2)),

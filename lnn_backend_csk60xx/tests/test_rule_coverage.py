@@ -240,10 +240,11 @@ CASES: list[Case] = [
     Case("csk60xx.deconv.input_bytes", "deconv",  # A8(16) x 64 x A8(W), not split
          _g(lambda g, over: deconv(g, g.quant((1, 16, 64, 65 if over else 64)), w8(16, 8, 1, 1), stride=1)),
          "65536 bytes", "73728 bytes = A8(16) x 64 x A8(65)", "input size"),
-    Case("csk60xx.linear.weight_bytes", "fc",  # even N = 1 column needs A8(K) x A4(1) bytes
+    Case("csk60xx.linear.weight_bytes", "fc",  # even N = 1 column needs A8(K) x A4(1) bytes: the in_features
+         # rule has the same bound (every weight that K <= 8192 allows splits into single columns that fit)
          _g(lambda g, over: linear(g, g.quant((1, 8193 if over else 8192)), w8(2, 8193 if over else 8192))),
          "32768 bytes (A8(K) * A4(N))", "32800 bytes = A8(8193) x A4(2); no equal split of N=2 fits",
-         "in_features"),
+         "in_features", also=frozenset({"csk60xx.linear.in_features"})),
     Case("csk60xx.linear.input_bytes", "fc",  # rows 2 x 16 cannot be sliced as one axis: A4(32) x A8(K)
          _g(lambda g, over: linear(g, g.quant((2, 16, 2049 if over else 2048)), w8(4, 2049 if over else 2048))),
          "65536 bytes (A4(M) * A8(K))", "65792 bytes = A4(32) x A8(2049), input (2, 16, 2049) cannot be cut by rows",
@@ -523,11 +524,10 @@ MODULE_CASES_ON_IR: list[Case] = [
     Case("csk60xx.linear.bits", "fc",  # shape inference refuses a 16-bit linear input as well
          _g(lambda g, over: linear(g, g.requant16(g.quant((1, 16))) if over else g.quant((1, 16)), w8(4, 16))),
          "input bits in (8,)", "16-bit input", "act_bits=8", also=frozenset({SHAPE})),
-    Case("csk60xx.linear.in_features", "fc",  # at pack time the engine buffers are the binding limits; see below
-         _g(lambda g, over: linear(g, g.quant((1, 16385 if over else 16384)), w8(2, 16385 if over else 16384))),
-         "<= 16384", "16385 input features", "reduce the features",
-         also=frozenset({"csk60xx.linear.weight_bytes", "csk60xx.linear.input_bytes"}),
-         quiet_also=frozenset({"csk60xx.linear.weight_bytes"})),
+    Case("csk60xx.linear.in_features", "fc",  # the same bound as the weight's buffer: one column, A8(K) x A4(1)
+         _g(lambda g, over: linear(g, g.quant((1, 8193 if over else 8192)), w8(2, 8193 if over else 8192))),
+         "<= 8192", "8193 input features", "reduce the features",
+         also=frozenset({"csk60xx.linear.weight_bytes"})),
     Case("csk60xx.pool.bits", "pool",  # MaxPool runs int16 data through shape inference; the engine does not
          _g(lambda g, over: g.op("pool", "MaxPool",
                                  [g.requant16(g.quant((1, 4, 8, 8))) if over else g.quant((1, 4, 8, 8))],
@@ -648,13 +648,11 @@ def test_every_module_rule_judges_ir_nodes_or_says_why_not():
         assert set(r.ops) & ir_types, r.id
 
 
-@pytest.mark.xfail(strict=True, reason="linear.in_features_max = 16384 comes from the left matrix (A4(1) * A8(K) "
-                   "<= 64 KB), but the right matrix needs A8(K) * A4(1) <= 32 KB, i.e. K <= 8192: a Linear that "
-                   "passes lnn.init with 8192 < in_features <= 16384 cannot be packed. Drop this marker when the "
-                   "limits agree.")
 def test_a_linear_within_the_init_limit_packs():
+    """The init-time limit on in_features is the pack-time one: a Linear at the limit packs, with one column per
+    part of its weight."""
     g = G()
-    linear(g, g.quant((1, 16384)), w8(2, 16384))
+    linear(g, g.quant((1, 8192)), w8(2, 8192))
     assert check_graph(g.graph).ok
 
 

@@ -105,7 +105,8 @@ def _view(graph: Graph, node: Node, attrs: dict[str, Any]) -> None:
 
 @rule("csk60xx.linear.in_features", ops=(), kmax="linear.in_features_max")
 def check_linear_in_features(op: OpView, limits: Mapping[str, Any]) -> Finding | None:
-    """Linear layers may have at most {kmax} input features (4 x ALIGN8(K) bytes <= 64 KB)."""
+    """Linear layers may have at most {kmax} input features: even one output column of the weight takes
+    ALIGN8(K) x ALIGN4(1) bytes of the 32 KB right-matrix buffer (linger allows 16384, which cannot be packed)."""
     k = op.attrs.get("in_features")
     if k is not None and k > limits["linear.in_features_max"]:
         return Finding(actual=f"{k} input features", limit=f"<= {limits['linear.in_features_max']}",
