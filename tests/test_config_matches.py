@@ -42,7 +42,8 @@ def test_a_misspelled_path_is_an_error_naming_it_and_the_closest_layer(host):
         _init(host, by_path={"stme": {"act_bits": 16}})
     err = exc.value
     assert err.headline == "QuantConfig: by_path pattern 'stme' matches no quantized layer of model 'Net'"
-    assert (err.option, err.value) == ("by_path", "stme") and set(err.valid) == {"stem", "head.1"}
+    # the graph input's quantizer (q_input_x) is configurable too, so it is among the valid paths
+    assert (err.option, err.value) == ("by_path", "stme") and set(err.valid) == {"q_input_x", "stem", "head.1"}
     assert err.details["layers"].startswith("stem")
     assert err.hint.startswith("did you mean 'stem'?")
 

@@ -260,14 +260,14 @@ def _export_step_model(name: str, qmodel: Any, clip: Any, out: Path, host: Any, 
     from ..simulator import Simulator
     from .stream import int8_torch_step
 
-    step = lnn.init(STEP_MODELS[name](), host=host)
+    gru = qmodel.get_submodule("gru")
+    # the quantizer of the state input h (graph input "h") at the GRU state's own exponent
+    pin = lnn.LayerConfig(act_observer=FixedExponent.with_args(n=gru.state_exponent))
+    step = lnn.init(STEP_MODELS[name](), config=lnn.QuantConfig(by_path={"q_input_h": pin}), host=host)
     missing, unexpected = step.load_state_dict(qmodel.state_dict(), strict=False)
-    state_q = step.get_submodule("q_input_h").out_q  # the quantizer of the state input h (graph input "h")
     if unexpected or any(not k.startswith("q_input_h.") for k in missing):
         raise RuntimeError(f"lnn demo kws: the step model of {name} does not match its whole model: missing "
                            f"{missing}, unexpected {unexpected}")
-    gru = qmodel.get_submodule("gru")
-    state_q.observer = FixedExponent(gru.state_exponent)
     step.eval()
     _, h = int8_torch_step(qmodel)(clip[:, :, frames:(clip.shape[2] // frames) * frames].numpy(), None)
     example = (clip[:, :, :frames], h)

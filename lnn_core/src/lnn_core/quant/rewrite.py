@@ -557,6 +557,22 @@ class _Rewriter:
             self.bn_of[node] = user
             self.info.folded[path] = str(node.target) if node.op == "call_module" else node.name
 
+    def quant_stub(self, path: str) -> QuantStub:
+        """The QuantStub at ``path`` (``q_input_<name>`` for a graph input), configured as a layer: a ``by_path``
+        pattern or a ``by_type`` key (``core.Quant``, ``Quant``) sets its ``act_bits`` and ``act_observer``, e.g.
+        ``FixedExponent.with_args(n=8)`` to pin a streaming model's state input to the exponent of the state
+        output it is fed from. ``float`` does not apply: data enters the quantized graph here."""
+        self.configured.append((path, QuantStub.op_id, None))
+        layer = self.config.for_layer(path, QuantStub.op_id, None)
+        if layer.act_bits not in self.recipe.act_bits_allowed:
+            raise ConfigError(
+                f"input quantizer {path!r} ({QuantStub.op_id}): act_bits={layer.act_bits} is not supported by recipe "
+                f"{self.recipe.name!r}", {"valid": ", ".join(map(str, self.recipe.act_bits_allowed)),
+                                          "actual": layer.act_bits},
+                f"set act_bits to one of {', '.join(map(str, self.recipe.act_bits_allowed))} for this input",
+                option="act_bits", value=layer.act_bits, valid=self.recipe.act_bits_allowed)
+        return QuantStub(layer.apply_to(self.recipe), act_bits=layer.act_bits, stage=self.stage)
+
     def quant_node_for(self, src: fx.Node) -> fx.Node:
         """A QuantStub after float value ``src`` (one per source, shared by all consumers)."""
         if src in self.quant_of:
@@ -569,7 +585,7 @@ class _Rewriter:
             k = self.names.get(stem, 0)
             self.names[stem] = k + 1
             path = stem if k == 0 else f"{stem}_{k}"
-        quant = QuantStub(self.recipe, act_bits=self.config.act_bits, stage=self.stage)
+        quant = self.quant_stub(path)
         self.gm.add_submodule(path, quant)
         with self.graph.inserting_after(src):
             new = self.graph.call_module(path, (src,))
