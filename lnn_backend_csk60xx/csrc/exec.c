@@ -5,10 +5,11 @@
  * (op->kernel->run, see registry.c and ops/), so nothing here knows op types. A batch runs on one thread when
  * the host attached a callback for external ops (it may not be reentrant, and the Python one is not).
  *
- * Batches (lnn_sim_run_batch) split their rows into contiguous shares, one per thread: the calling thread runs
- * the first share on the model itself, POSIX threads run the others on the model's workers (copies with their
- * own tensors, arenas and scratch, sharing the image and the packed weights, which nothing writes while rows
- * run). A row therefore computes exactly what a single run computes, whichever thread runs it.
+ * Batches (lnn_sim_run_batch) run their rows in chunks that the threads take in row order from a shared counter
+ * (an atomic fetch-and-add): the calling thread on the model itself, POSIX threads on the model's workers (copies
+ * with their own tensors, arenas and scratch, sharing the image and the packed weights, which nothing writes while
+ * rows run). A row therefore computes exactly what a single run computes, whichever thread runs it; a thread that
+ * starts late, or runs on a busier core, simply takes fewer chunks.
  */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
@@ -54,10 +55,33 @@ lnn_sim_status lnn_sim_invoke(lnn_sim_model *m, char *msg, size_t n) {
 
 /* ---- batches: rows over threads ------------------------------------------------------------- */
 
-/* one thread's share of a batch: rows lo..hi-1 on model m (the caller's model or one of its workers) */
+/* the rows of a batch, handed out in chunks: next is the first row no thread has taken; stop is set by a thread
+ * whose row failed, after which no thread takes another chunk (each finishes the one it holds, so every row below
+ * the first failing one has run and the smallest failing row is the first one) */
+typedef struct {
+    int64_t next, rows, chunk;
+    int32_t stop;
+} batch_queue;
+
+#if defined(LNN_SIM_THREADS)
+#define QUEUE_TAKE(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+#define QUEUE_STOPPED(q) __atomic_load_n(&(q)->stop, __ATOMIC_RELAXED)
+#define QUEUE_STOP(q) __atomic_store_n(&(q)->stop, 1, __ATOMIC_RELAXED)
+#else
+static int64_t queue_take(int64_t *p, int64_t v) {
+    const int64_t old = *p;
+    *p += v;
+    return old;
+}
+#define QUEUE_TAKE(p, v) queue_take((p), (v))
+#define QUEUE_STOPPED(q) ((q)->stop)
+#define QUEUE_STOP(q) ((q)->stop = 1)
+#endif
+
+/* one thread's part of a batch: the chunks it takes from q, run on model m (the caller's model or a worker) */
 typedef struct {
     lnn_sim_model *m;
-    int64_t lo, hi;
+    batch_queue *q;
     int32_t n_in, n_out;
     const lnn_sim_binding *in, *out;
     const uint8_t *skip;
@@ -86,27 +110,32 @@ static void bind_out(lnn_sim_model *m, const batch_job *j, int32_t op, int64_t r
 
 static void run_job(batch_job *j) {
     lnn_sim_model *m = j->m;
-    int64_t r;
+    batch_queue *q = j->q;
+    int64_t r, lo, hi;
     int32_t i;
     j->status = LNN_SIM_OK;
     j->failed_row = -1;
     j->msg[0] = '\0';
-    for (r = j->lo; r < j->hi; ++r) {
-        m->col_op = -1; /* a new row: the inputs differ */
-        bind_in(m, j, -1, r);
-        for (i = 0; i < m->n_ops; ++i) {
-            bind_in(m, j, i, r);
-            if (j->skip == NULL || !j->skip[i]) {
-                const lnn_sim_status st = lnn_sim_invoke_op(m, i, j->msg, sizeof j->msg);
-                if (st != LNN_SIM_OK) {
-                    j->status = st;
-                    j->failed_row = r;
-                    return;
+    while (!QUEUE_STOPPED(q) && (lo = QUEUE_TAKE(&q->next, q->chunk)) < q->rows) {
+        hi = lo + q->chunk < q->rows ? lo + q->chunk : q->rows;
+        for (r = lo; r < hi; ++r) {
+            m->col_op = -1; /* a new row: the inputs differ */
+            bind_in(m, j, -1, r);
+            for (i = 0; i < m->n_ops; ++i) {
+                bind_in(m, j, i, r);
+                if (j->skip == NULL || !j->skip[i]) {
+                    const lnn_sim_status st = lnn_sim_invoke_op(m, i, j->msg, sizeof j->msg);
+                    if (st != LNN_SIM_OK) {
+                        j->status = st;
+                        j->failed_row = r;
+                        QUEUE_STOP(q);
+                        return;
+                    }
                 }
+                bind_out(m, j, i, r);
             }
-            bind_out(m, j, i, r);
+            bind_out(m, j, -1, r);
         }
-        bind_out(m, j, -1, r);
     }
 }
 
@@ -138,7 +167,8 @@ lnn_sim_status lnn_sim_run_batch(lnn_sim_model *m, int64_t rows, int32_t threads
                                  const lnn_sim_binding *in, int32_t n_out, const lnn_sim_binding *out,
                                  const uint8_t *skip, int64_t *failed_row, char *msg, size_t n) {
     batch_job *jobs;
-    int32_t t, n_threads = threads;
+    batch_queue queue;
+    int32_t t, n_threads = threads, failed = -1;
     lnn_sim_status st;
 #if defined(LNN_SIM_THREADS)
     pthread_t *tids;
@@ -168,10 +198,14 @@ lnn_sim_status lnn_sim_run_batch(lnn_sim_model *m, int64_t rows, int32_t threads
     if (n_threads - 1 > m->n_workers) n_threads = m->n_workers + 1;
     jobs = (batch_job *)calloc((size_t)n_threads, sizeof *jobs);
     if (jobs == NULL) return LNN_FAIL(LNN_SIM_E_NOMEM, "out of memory for %d batch jobs", n_threads);
-    for (t = 0; t < n_threads; ++t) { /* contiguous shares of (nearly) equal size, in row order */
+    queue.next = 0;
+    queue.rows = rows;
+    queue.stop = 0;
+    /* about 16 chunks per thread: small enough to even out a late start, large enough that taking one is rare */
+    queue.chunk = rows / (16 * (int64_t)n_threads) > 0 ? rows / (16 * (int64_t)n_threads) : 1;
+    for (t = 0; t < n_threads; ++t) {
         jobs[t].m = t == 0 ? m : m->workers[t - 1];
-        jobs[t].lo = rows * t / n_threads;
-        jobs[t].hi = rows * (t + 1) / n_threads;
+        jobs[t].q = &queue;
         jobs[t].n_in = n_in;
         jobs[t].in = in;
         jobs[t].n_out = n_out;
@@ -183,26 +217,22 @@ lnn_sim_status lnn_sim_run_batch(lnn_sim_model *m, int64_t rows, int32_t threads
     started = (uint8_t *)calloc((size_t)n_threads, 1);
     if (tids != NULL && started != NULL)
         for (t = 1; t < n_threads; ++t) started[t] = pthread_create(&tids[t], NULL, run_job_thread, &jobs[t]) == 0;
-    run_job(&jobs[0]);
-    for (t = 1; t < n_threads; ++t) {
-        if (started != NULL && started[t])
-            pthread_join(tids[t], NULL);
-        else
-            run_job(&jobs[t]); /* the thread could not start: its rows run here */
-    }
+    run_job(&jobs[0]); /* a thread that could not start takes no chunk: the others run its rows */
+    for (t = 1; t < n_threads; ++t)
+        if (started != NULL && started[t]) pthread_join(tids[t], NULL);
     free(tids);
     free(started);
 #else
-    for (t = 0; t < n_threads; ++t) run_job(&jobs[t]);
+    run_job(&jobs[0]);
 #endif
     st = LNN_SIM_OK;
-    for (t = 0; t < n_threads; ++t) /* the first failing share holds the first failing row */
-        if (jobs[t].status != LNN_SIM_OK) {
-            st = jobs[t].status;
-            if (failed_row != NULL) *failed_row = jobs[t].failed_row;
-            if (msg != NULL && n > 0) lnn_fail(msg, n, st, "%s", jobs[t].msg);
-            break;
-        }
+    for (t = 0; t < n_threads; ++t) /* the smallest failing row is the first one (see batch_queue) */
+        if (jobs[t].status != LNN_SIM_OK && (failed < 0 || jobs[t].failed_row < jobs[failed].failed_row)) failed = t;
+    if (failed >= 0) {
+        st = jobs[failed].status;
+        if (failed_row != NULL) *failed_row = jobs[failed].failed_row;
+        if (msg != NULL && n > 0) lnn_fail(msg, n, st, "%s", jobs[failed].msg);
+    }
     free(jobs);
     return st;
 }

@@ -95,13 +95,15 @@ def test_more_threads_than_rows(rows, threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
-@pytest.mark.parametrize("bad_rows", [[0], [5], [7], [2, 6], [6, 1]])
-def test_a_failing_row_is_named_the_first_in_row_order(threads, bad_rows):
-    """an index outside the embedding table fails its row in C; whichever thread runs it, the error names the
-    first failing row, the op and the C reason"""
+@pytest.mark.parametrize("rows, bad_rows", [(8, [0]), (8, [5]), (8, [7]), (8, [2, 6]), (8, [6, 1]),
+                                            (300, [299]), (300, [250, 17]), (300, [120, 121, 3])])
+def test_a_failing_row_is_named_the_first_in_row_order(threads, rows, bad_rows):
+    """an index outside the embedding table fails its row in C; whichever thread runs it (the threads take chunks of
+    rows in turn: 300 rows make several chunks per thread), the error names the first failing row, the op and the
+    C reason"""
     table = np.arange(40, dtype=np.int8).reshape(10, 4)
     sim = Simulator(pack_onnx(gather_model(table, (1, 3))), path="m.bin")
-    tokens = RNG.integers(0, 10, (8, 3))
+    tokens = RNG.integers(0, 10, (rows, 3))
     for r in bad_rows:
         tokens[r, 1] = 10 + r
     with pytest.raises(SimulatorError) as info:

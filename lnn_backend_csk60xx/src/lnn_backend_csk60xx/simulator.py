@@ -513,8 +513,9 @@ class Simulator:
         shape ``(N * b, *rest)`` (``N`` rows; every graph input the same ``N``). The outputs come back the same
         way, ``(N * b_out, *rest_out)``, row ``i`` of each at ``[i * b_out:(i + 1) * b_out]``. Each row's result
         is bit-identical to :meth:`run` on that row alone. The whole batch goes to C in one call (the GIL is
-        released), which splits the rows into ``threads`` contiguous shares run by POSIX threads, each on its
-        own copy of the arenas and scratch (made on first use and kept with the model; the weights are shared).
+        released), where ``threads`` POSIX threads take the rows in chunks from a shared counter (a thread that
+        starts late or shares its core takes fewer), each on its own copy of the arenas and scratch (made on first
+        use and kept with the model; the weights are shared).
         A model with plugin ops runs on one thread (their kernels are Python), as does a build without threads.
 
         :param threads: threads to use (at most one per row); 1 runs in the calling thread.
