@@ -5,7 +5,9 @@ step of each in turn (float, QAT, float, QAT, ...), so both see the same machine
 forward + cross-entropy loss + backward + SGD step (momentum 0.9) on a fixed random batch. After a
 warm-up the median of ``--steps`` timed steps per model is reported, as ms per step and as the
 ratio QAT / float of the medians (``ratio``); ``pairs`` is the median of the per-pair ratios, which
-a loaded machine disturbs less. The exit code is 1 when a ratio misses its target.
+a loaded machine disturbs less; ``page faults/step`` is the mean of each side's minor page faults per step (glibc's
+heap handing memory back to the system and taking it again: see benchmarks/README.md, "Page faults"). The exit
+code is 1 when a ratio misses its target.
 
 Models:
 
@@ -176,17 +178,33 @@ def sim_ms(qat_model: nn.Module, shape: tuple[int, ...], host: object, runs: int
     return statistics.median(times) * 1e3
 
 
-def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
+def _faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing: not on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+#: glibc's malloc settings that the environment can give (read once at process start; see benchmarks/README.md)
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
+
+
+def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], tuple[float, int]]:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
 
-    def step() -> float:
+    def step() -> tuple[float, int]:
+        """(seconds, minor page faults) of one step."""
+        f0 = _faults()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        return time.perf_counter() - t0
+        t1 = time.perf_counter()
+        return t1 - t0, _faults() - f0
 
     return step
 
@@ -203,15 +221,18 @@ def bench(name: str, *, steps: int, warmup: int, seed: int = 0, sim_runs: int = 
     for _ in range(warmup):
         step_f()
         step_q()
-    tf, tq = [], []
+    tf, tq, ff, fq = [], [], [], []
     for _ in range(steps):
-        tf.append(step_f())
-        tq.append(step_q())
+        for times, faults, step in ((tf, ff, step_f), (tq, fq, step_q)):
+            t, n = step()
+            times.append(t)
+            faults.append(n)
     mf, mq = statistics.median(tf), statistics.median(tq)
     out = {"model": name, "batch": batch, "params": sum(p.numel() for p in float_model.parameters()),
            "float_ms": mf * 1e3, "qat_ms": mq * 1e3, "ratio": mq / mf,
            "pair_ratio": statistics.median(q / f for f, q in zip(tf, tq)), "target": TARGETS[name],
-           "steps": steps, "threads": torch.get_num_threads()}
+           "steps": steps, "threads": torch.get_num_threads(),
+           "float_faults": statistics.mean(ff), "qat_faults": statistics.mean(fq)}
     if name == "encoder":  # the simulator is single-threaded C: torch's thread count does not reach it
         out["sim_ms"] = sim_ms(qat_model, shape, host, sim_runs)
         out["sim_target_ms"] = SIM_TARGET_MS
@@ -244,16 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     results = [bench(n, steps=a.steps, warmup=a.warmup, sim_runs=a.sim_runs) for n in names]
     ok = all(r["ratio"] <= r["target"] and r.get("sim_ms", 0.0) <= r.get("sim_target_ms", 0.0) for r in results)
+    malloc = " ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if os.environ.get(k))
     if a.json:
-        print(json.dumps({"torch": torch.__version__, "threads": a.threads, "results": results, "ok": ok}, indent=2))
+        print(json.dumps({"torch": torch.__version__, "threads": a.threads, "allocator": malloc, "results": results,
+                          "ok": ok}, indent=2))
     else:
         print(f"torch {torch.__version__}, {a.threads} thread(s), median of {a.steps} steps after {a.warmup} warm-up")
+        print(f"allocator: {malloc or 'the C library defaults'}")
         print(f"{'model':8} {'batch':>5} {'params':>8} {'float ms':>9} {'QAT ms':>9} {'ratio':>6} {'pairs':>6} "
-              f"{'target':>6}")
+              f"{'target':>6} {'page faults/step':>17}")
         for r in results:
             mark = "ok" if r["ratio"] <= r["target"] else "OVER"
+            faults = f"{r['float_faults']:.0f} / {r['qat_faults']:.0f}"
             print(f"{r['model']:8} {r['batch']:5d} {r['params']:8d} {r['float_ms']:9.2f} {r['qat_ms']:9.2f} "
-                  f"{r['ratio']:6.2f} {r['pair_ratio']:6.2f} {r['target']:6.2f} {mark}")
+                  f"{r['ratio']:6.2f} {r['pair_ratio']:6.2f} {r['target']:6.2f} {faults:>17} {mark}")
             if "sim_ms" in r:
                 sim_mark = "ok" if r["sim_ms"] <= r["sim_target_ms"] else "OVER"
                 print(f"{'':8} C simulator, one 1x49x40 forward, 1 thread: {r['sim_ms']:.2f} ms "
