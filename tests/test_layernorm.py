@@ -344,6 +344,32 @@ def test_an_input_finer_than_2_15_is_requantized_for_the_kernel(host):
     np.testing.assert_array_equal(y.double().numpy() * 2.0 ** p["n_o"], want)
 
 
+@pytest.mark.parametrize("make, producer, d_in", [(lambda: seq(fc=nn.Linear(8, 8), ln=nn.LayerNorm(8)), "fc", 8),
+                                                  (lambda: FunctionalLN(8), "a", 16)])
+def test_an_input_exponent_below_0_is_refused_at_the_first_quantized_forward(make, producer, d_in, host):
+    """The default recipe keeps activation exponents >= 0 (it saturates instead); a configuration that puts a
+    LayerNorm's input below (here a fixed exponent -2 on its producer) has no kernel form (it forms 1 << 2 n_x):
+    the first training forward says so, naming the module, in eval too, not the export after the training."""
+    from lnn_core.errors import LnnError
+
+    below = lnn.LayerConfig(act_observer=lnn.FixedExponent.with_args(n=-2))
+    m = lnn.init(make(), config=lnn.QuantConfig(by_path={producer: below}), host=host)
+    x = torch.randn(4, 5, d_in)
+    with pytest.raises(LnnError) as err:
+        m(x)
+    e = err.value
+    ((path, _),) = _lns(m)
+    assert (e.rule, e.node, e.limit, e.actual) == ("csk60xx.layernorm.in_exponent", path, 0, -2)
+    assert str(e).splitlines()[0] == f"LayerNorm {path!r}: input exponent -2" and "hint:" in str(e)
+    m.eval()
+    with pytest.raises(LnnError, match="input exponent -2"):
+        m(x)
+    fine = lnn.init(make(), host=host)  # the default recipe: no exponent below 0 however large the input
+    for _ in range(3):
+        fine(x * 1000.0)
+    assert dict(_lns(fine))[path].in_exponent(0) == 0
+
+
 # -- rules at lnn.init ---------------------------------------------------------------------------------------------
 
 def test_every_layernorm_limit_is_reported_at_init_at_once(host):

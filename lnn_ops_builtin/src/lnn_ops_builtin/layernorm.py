@@ -202,7 +202,8 @@ class QLayerNorm(QModule):
 
     def __init__(self, normalized_shape: tuple[int, ...], eps: float, *, weight: nn.Parameter | None,
                  bias: nn.Parameter | None, has_weight: bool, has_bias: bool, recipe: Any, act_bits: int,
-                 stage: str, refs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> None:
+                 stage: str, refs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+                 path: str = "") -> None:
         super().__init__(recipe, act_bits=act_bits, weight_bits=GAMMA_BITS, stage=stage, clamps=("act",))
         self.normalized_shape = tuple(int(d) for d in normalized_shape)
         self.eps = float(eps)
@@ -214,6 +215,7 @@ class QLayerNorm(QModule):
         if self.own_params:
             self.weight = weight
             self.bias = bias
+        self.path = path
         self.has_weight = True  # op_attrs: parameter_bits (gamma exists on the chip even without affine)
         self.out_q = ActQuantizer(act_bits, recipe, cap=self.output_cap)
 
@@ -260,6 +262,21 @@ class QLayerNorm(QModule):
             q = torch.rsub(q, 0.5, alpha=-(2.0**-s)).floor_().clamp_(-128, 127)
         return q, min(n_x, KERNEL_IN_EXPONENT_MAX)
 
+    def _checked_in_exponent(self) -> int:
+        """The input's exponent, refused below 0: the kernel scales by ``1 << 2 n_x`` (a C int), so an input of
+        ``|x| >= 128`` has no integer form (an exponent above 15 is requantized instead, see :meth:`_int_input`).
+        Found at the first quantized forward, in training too, rather than at export after the training."""
+        n_x = self.in_exponent(0)
+        if n_x < 0:
+            raise LnnError(
+                f"LayerNorm {self.path!r}: input exponent {n_x}",
+                {"rule": "csk60xx.layernorm.in_exponent: the kernel forms 1 << 2 n_x as a C int (n_x >= 0)",
+                 "limit": "n_x >= 0", "actual": f"n_x {n_x}"},
+                "keep the LayerNorm's input within |x| < 128 (exponent >= 0): e.g. the stage-1 activation clamp "
+                "(lnn.constrain), or scale the producer's output down",
+                rule="csk60xx.layernorm.in_exponent", limit=0, actual=n_x, node=self.path)
+        return n_x
+
     def forward(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         g, b = self._params(params)
         if not self.quantizing:
@@ -267,7 +284,7 @@ class QLayerNorm(QModule):
                              b.reshape(self.normalized_shape), self.eps)
             return self.out_q(self.constrain_act(y))
         t = self.row
-        q, n_k = self._int_input(x, self.in_exponent(0))
+        q, n_k = self._int_input(x, self._checked_in_exponent())
         u = normalize_f64(q, n_k, t)
         if self.training:
             g_q, b_q, n_g = fake_quant_weight_bias(g, b, NORM_Q, GAMMA_BITS, self.recipe)
@@ -319,7 +336,7 @@ def _check_dims(path: str, shape: tuple[int, ...]) -> None:
 
 
 def _build(ctx: BuildContext) -> Built | None:
-    common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, stage=ctx.stage)
+    common = dict(recipe=ctx.recipe, act_bits=ctx.layer.act_bits, stage=ctx.stage, path=ctx.path)
     m = ctx.module
     if m is not None:
         shape = _shape(m.normalized_shape)
