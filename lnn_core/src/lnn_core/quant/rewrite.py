@@ -517,16 +517,23 @@ class _Rewriter:
         float_type = type(self.module_of(node)).__name__ if node.op == "call_module" else None
         # every call of a shared module is configured as the module (its path), not as the call site
         layer_path = str(node.target) if node.op == "call_module" else path
-        self.configured.append((layer_path, family.id, float_type))
-        layer = self.config.for_layer(layer_path, family.id, float_type)
-        for bits, allowed, what in ((layer.act_bits, self.recipe.act_bits_allowed, "act_bits"),
-                                    (layer.weight_bits, self.recipe.weight_bits_allowed, "weight_bits")):
-            if bits not in allowed:
+        return self.checked_layer(layer_path, family.id, float_type, path, ("act_bits", "weight_bits"))
+
+    def checked_layer(self, config_path: str, op_id: str, float_type: str | None, path: str,
+                      bits: tuple[str, ...]) -> LayerConfig:
+        """The config of the layer at ``config_path`` (recorded for :meth:`QuantConfig.check_matches`), its
+        ``bits`` fields (``act_bits``, ``weight_bits``) checked against the recipe; errors name ``path``."""
+        self.configured.append((config_path, op_id, float_type))
+        layer = self.config.for_layer(config_path, op_id, float_type)
+        allowed_by = {"act_bits": self.recipe.act_bits_allowed, "weight_bits": self.recipe.weight_bits_allowed}
+        for what in bits:
+            value, allowed = getattr(layer, what), allowed_by[what]
+            if value not in allowed:
                 raise ConfigError(
-                    f"layer {path!r} ({family.id}): {what}={bits} is not supported by recipe "
-                    f"{self.recipe.name!r}", {"valid": ", ".join(map(str, allowed)), "actual": bits},
+                    f"layer {path!r} ({op_id}): {what}={value} is not supported by recipe {self.recipe.name!r}",
+                    {"valid": ", ".join(map(str, allowed)), "actual": value},
                     f"set {what} to one of {', '.join(map(str, allowed))} for this layer",
-                    option=what, value=bits, valid=allowed)
+                    option=what, value=value, valid=allowed)
         return layer
 
     # -- passes ------------------------------------------------------------------------------------
@@ -557,20 +564,12 @@ class _Rewriter:
             self.bn_of[node] = user
             self.info.folded[path] = str(node.target) if node.op == "call_module" else node.name
 
-    def quant_stub(self, path: str) -> QuantStub:
-        """The QuantStub at ``path`` (``q_input_<name>`` for a graph input), configured as a layer: a ``by_path``
+    def new_quant(self, path: str) -> QuantStub:
+        """The Quant module at ``path`` (``q_input_<name>`` for a graph input), configured as a layer: a ``by_path``
         pattern or a ``by_type`` key (``core.Quant``, ``Quant``) sets its ``act_bits`` and ``act_observer``, e.g.
         ``FixedExponent.with_args(n=8)`` to pin a streaming model's state input to the exponent of the state
         output it is fed from. ``float`` does not apply: data enters the quantized graph here."""
-        self.configured.append((path, QuantStub.op_id, None))
-        layer = self.config.for_layer(path, QuantStub.op_id, None)
-        if layer.act_bits not in self.recipe.act_bits_allowed:
-            raise ConfigError(
-                f"input quantizer {path!r} ({QuantStub.op_id}): act_bits={layer.act_bits} is not supported by recipe "
-                f"{self.recipe.name!r}", {"valid": ", ".join(map(str, self.recipe.act_bits_allowed)),
-                                          "actual": layer.act_bits},
-                f"set act_bits to one of {', '.join(map(str, self.recipe.act_bits_allowed))} for this input",
-                option="act_bits", value=layer.act_bits, valid=self.recipe.act_bits_allowed)
+        layer = self.checked_layer(path, QuantStub.op_id, None, path, ("act_bits",))
         return QuantStub(layer.apply_to(self.recipe), act_bits=layer.act_bits, stage=self.stage)
 
     def quant_node_for(self, src: fx.Node) -> fx.Node:
@@ -585,7 +584,7 @@ class _Rewriter:
             k = self.names.get(stem, 0)
             self.names[stem] = k + 1
             path = stem if k == 0 else f"{stem}_{k}"
-        quant = self.quant_stub(path)
+        quant = self.new_quant(path)
         self.gm.add_submodule(path, quant)
         with self.graph.inserting_after(src):
             new = self.graph.call_module(path, (src,))
