@@ -370,6 +370,23 @@ def test_an_input_exponent_below_0_is_refused_at_the_first_quantized_forward(mak
     assert dict(_lns(fine))[path].in_exponent(0) == 0
 
 
+def test_a_hooked_output_quantizer_sees_its_call_in_training(host):
+    """The training step takes its output quantizer into its own node only when nothing waits to see the
+    quantizer's call: with a forward hook on it, the hook runs and the values are the same."""
+    torch.manual_seed(0)
+    model = lnn.init(seq(fc=nn.Linear(8, 8), ln=nn.LayerNorm(8)), host=host)
+    x = torch.randn(4, 5, 8)
+    model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = model(x)
+    model.load_state_dict(state)
+    (_, ln), = _lns(model)
+    seen = []
+    ln.out_q.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    hooked = model(x)
+    assert seen == [hooked.shape] and torch.equal(plain, hooked)
+
+
 # -- rules at lnn.init ---------------------------------------------------------------------------------------------
 
 def test_every_layernorm_limit_is_reported_at_init_at_once(host):

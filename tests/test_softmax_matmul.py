@@ -338,6 +338,28 @@ def test_the_matmul_and_its_output_quantizer_in_one_node_equal_the_two_nodes(dat
             assert torch.equal(getattr(fused, name), getattr(plain, name)), name
 
 
+def test_a_hooked_output_quantizer_sees_its_call_in_training(host):
+    """The matmul and softmax training steps take their output quantizer into their own node only when nothing
+    waits to see the quantizer's call: with a forward hook on it, the hook runs and the values are the same."""
+    torch.manual_seed(0)
+    model = lnn.init(Attention(d=8), host=host)
+    x = torch.randn(2, 5, 8)
+    model(x)  # the first step: every input exponent is known afterwards
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = model(x)
+    model.load_state_dict(state)
+    ops = [m for m in model.modules() if isinstance(m, (QBmm, QSoftmax))]
+    assert len(ops) == 3
+    seen = []
+    owner = {id(m.out_q): type(m).__name__ for m in ops}
+    for m in ops:
+        m.out_q.register_forward_hook(lambda mod, args, out: seen.append(owner[id(mod)]))
+    hooked = model(x)
+    assert sorted(seen) == ["QBmm", "QBmm", "QSoftmax"]
+    assert torch.equal(plain, hooked)
+    hooked.sum().backward()
+
+
 def test_training_computes_the_chip_probabilities_with_float_gradients(host):
     """Before the output quantizer, training's value is the chip's Q15 probability (so the output is on its grid
     and eval's integers when the observers are frozen); the gradient is the float softmax's."""

@@ -149,10 +149,8 @@ class QBmm(QModule):
         self._check(x, y)
         n_x, n_y = self.in_exponent(0), self.in_exponent(1)
         if self.training:
-            q_out = self.out_q
-            if (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad) and q_out.training and q_out.quant
-                    and q_out.observe and float(self.clamp_act) <= 0.0):
-                return _MatmulQuant.apply(x, y, q_out, n_x + n_y)
+            if self.fuses_output(x, y):
+                return _MatmulQuant.apply(x, y, self.out_q, n_x + n_y)
             return self.finish_train(torch.matmul(x, y), n_x + n_y)
         with torch.no_grad():
             qx = torch.floor(x.double() * 2.0**n_x + 0.5)

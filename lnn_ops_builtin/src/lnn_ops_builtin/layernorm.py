@@ -288,12 +288,10 @@ class QLayerNorm(QModule):
         u = normalize_f64(q, n_k, t)
         if self.training:
             g_q, b_q, n_g = fake_quant_weight_bias(g, b, NORM_Q, GAMMA_BITS, self.recipe)
-            grad = torch.is_grad_enabled() and (x.requires_grad or g_q.requires_grad or b_q.requires_grad)
-            q_out = self.out_q
-            if grad and q_out.training and q_out.quant and q_out.observe and float(self.clamp_act) <= 0.0:
-                return _ChipLayerNormQuant.apply(x, g_q, b_q, u, q, self.normalized_shape, self.eps, q_out,
+            if self.fuses_output(x, g_q, b_q):
+                return _ChipLayerNormQuant.apply(x, g_q, b_q, u, q, self.normalized_shape, self.eps, self.out_q,
                                                  NORM_Q + n_g)
-            if grad:
+            if torch.is_grad_enabled() and (x.requires_grad or g_q.requires_grad or b_q.requires_grad):
                 y = _ChipLayerNorm.apply(x, g_q, b_q, u, self.normalized_shape, self.eps)
             else:
                 y = _chip_value(u, g_q, b_q, x)

@@ -321,8 +321,7 @@ def softmax_int(x: torch.Tensor, n_x: int, out_q: ActQuantizer, *, log: bool = F
     integers times ``2**-n_o``. An attention module calls this with its own output quantizer."""
     cap = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
     acc_q = LOG_OUT_MAX if log else SOFTMAX_OUT_MAX
-    if (training and not log and observe and x.requires_grad and torch.is_grad_enabled() and out_q.training
-            and out_q.quant and out_q.observe):
+    if training and not log and observe and x.requires_grad and torch.is_grad_enabled() and out_q.fusable:
         q = _train_int8(x, n_x)
         y15 = softmax_q15_f64(q, n_x, inplace=True)
         return _ChipSoftmaxQuant.apply(x, y15, q, out_q, cap)

@@ -152,6 +152,13 @@ class QModule(nn.Module):
         return {}
 
     # -- shared numerics ------------------------------------------------------------------------
+    def fuses_output(self, *inputs: torch.Tensor) -> bool:
+        """Whether this training forward may run as one autograd node together with its output quantizer: a
+        gradient to carry from ``inputs``, the quantizer :attr:`~.quantizers.ActQuantizer.fusable`, and no stage-1
+        activation clamp between the op and the quantizer."""
+        return (torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and self.out_quantizer(0).fusable
+                and ("act" not in self.clamps or float(self.clamp_act) <= 0.0))
+
     def constrain_weight(self, w: torch.Tensor) -> torch.Tensor:
         f = float(self.clamp_weight) if "weight" in self.clamps else 0.0
         if f > 0.0:

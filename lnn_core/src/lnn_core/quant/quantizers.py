@@ -130,6 +130,14 @@ class ActQuantizer(nn.Module):
         self.exponent.fill_(n)
         return n
 
+    @property
+    def fusable(self) -> bool:
+        """Whether an op may take this quantizer's training work into its own autograd node
+        (:meth:`observe_fake_quant_`): a training forward that observes and fake-quantizes, and no forward hook or
+        pre-hook on the quantizer waiting to see its own call."""
+        return (self.training and self.quant and self.observe and not self._forward_hooks
+                and not self._forward_pre_hooks)
+
     def observe_fake_quant_(self, y: torch.Tensor, cap: int | None = None) -> tuple[torch.Tensor, Any,
                                                                                       torch.Tensor | None]:
         """Observe ``y`` and fake-quantize it **in place** where it can: ``(out, clip, saved)`` as
