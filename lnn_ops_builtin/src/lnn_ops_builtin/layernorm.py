@@ -57,6 +57,7 @@ def _rsqrt_table() -> np.ndarray:
     return np.array([min(32767, math.isqrt((1 << 38) // t)) for t in range(256, 1024)], dtype=np.int64)
 
 
+_RSQRT = _rsqrt_table()
 
 
 def _q_eps(n_x: int, t: int) -> int:
@@ -69,9 +70,6 @@ def _q_eps(n_x: int, t: int) -> int:
 
 def _wrap32(v: np.ndarray) -> np.ndarray:
     return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-
-
-_RSQRT = _rsqrt_table()
 
 
 def row_factors(s1: np.ndarray, s2: np.ndarray, n_x: int, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,15 +132,21 @@ class _ChipLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, u: torch.Tensor,  # type: ignore[override]
                 shape: tuple[int, ...], eps: float) -> torch.Tensor:
-        g, b = g_q.reshape(shape), b_q.reshape(shape)
-        _, mean, rstd = torch.native_layer_norm(x, shape, g, b, eps)
-        ctx.shape = shape
-        ctx.save_for_backward(x, mean, rstd, g, b)
+        _save_layer_norm(ctx, x, g_q, b_q, shape, eps)
         return _chip_value(u, g_q, b_q, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         return _layer_norm_backward(ctx, grad) + (None, None, None)
+
+
+def _save_layer_norm(ctx: Any, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, shape: tuple[int, ...],
+                     eps: float) -> None:
+    """What the float LayerNorm's backward needs (its statistics from ``native_layer_norm``), kept on ``ctx``."""
+    g, b = g_q.reshape(shape), b_q.reshape(shape)
+    _, mean, rstd = torch.native_layer_norm(x, shape, g, b, eps)
+    ctx.shape = shape
+    ctx.save_for_backward(x, mean, rstd, g, b)
 
 
 def _layer_norm_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -171,10 +175,7 @@ class _ChipLayerNormQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, u: torch.Tensor,  # type: ignore[override]
                 spent: torch.Tensor, shape: tuple[int, ...], eps: float, out_q: ActQuantizer, cap: int) -> torch.Tensor:
-        g, b = g_q.reshape(shape), b_q.reshape(shape)
-        _, mean, rstd = torch.native_layer_norm(x, shape, g, b, eps)
-        ctx.shape = shape
-        ctx.save_for_backward(x, mean, rstd, g, b)
+        _save_layer_norm(ctx, x, g_q, b_q, shape, eps)
         acc = u.view(-1, g_q.numel()).mul_(g_q.detach().double() * 2.0**-NORM_Q).add_(b_q.detach().double())
         acc = acc.view(x.shape)
         y = spent.copy_(acc) if spent.dtype == x.dtype and spent.shape == x.shape else acc.to(x.dtype)
