@@ -54,7 +54,7 @@ from torch import nn
 from lnn_core.errors import ExportError, LnnError
 from lnn_core.ops import OpFamily
 from lnn_core.quant.observers import FixedExponent
-from lnn_core.quant.packed import pack_padded, pad_packed
+from lnn_core.quant.packed import call_arguments, pack_padded, pad_packed
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
 from lnn_core.quant.rewrite import BuildContext, Built
@@ -430,7 +430,7 @@ def _build(ctx: BuildContext) -> Built | None:
     q.has_state_input = bool(state)
     x, params = ctx.node.args[0], []
     if isinstance(x, fx.Node) and x.op == "call_function" and x.target is pack_padded:  # a packed sequence
-        kw = dict(zip(("input", "lengths", "batch_first", "enforce_sorted"), x.args)) | dict(x.kwargs)
+        kw = call_arguments(x)
         q.packed = {"batch_first": bool(kw.get("batch_first", False)),
                     "enforce_sorted": bool(kw.get("enforce_sorted", True))}
         x, params = kw["input"], [_lengths_source(kw["lengths"])]
@@ -540,7 +540,7 @@ class QPadPacked(QModule):
 
 def _build_pad(ctx: BuildContext) -> Built | None:
     """``pad_packed_sequence(rnn_out, ...)``: the output ``y`` of a packed quantized RNN, padded as asked."""
-    kw = dict(zip(("sequence", "batch_first", "padding_value", "total_length"), ctx.node.args)) | ctx.kwargs
+    kw = call_arguments(ctx.node)
     src = kw["sequence"]
     rnn_node = src.args[0] if (isinstance(src, fx.Node) and src.op == "call_function" and len(src.args) == 2
                                and src.args[1] == 0 and isinstance(src.args[0], fx.Node)) else None

@@ -27,7 +27,8 @@ import torch
 import torch.fx as fx
 from torch.nn.utils import rnn as _rnn_utils
 
-__all__ = ["pack_padded", "pad_packed", "PACK_FUNCTIONS", "helper_frame", "PackedCalls", "HelperProxy"]
+__all__ = ["pack_padded", "pad_packed", "PACK_FUNCTIONS", "ARGUMENTS", "call_arguments", "helper_frame",
+           "PackedCalls", "HelperProxy"]
 
 
 def pack_padded(x: torch.Tensor, lengths: Any, batch_first: bool = False,
@@ -48,12 +49,20 @@ def pad_packed(sequence: _rnn_utils.PackedSequence, batch_first: bool = False, p
 #: the graph functions standing for the helpers
 PACK_FUNCTIONS = (pack_padded, pad_packed)
 
+#: the helpers' arguments in order (the graph functions take the same)
+ARGUMENTS = {pack_padded: ("input", "lengths", "batch_first", "enforce_sorted"),
+             pad_packed: ("sequence", "batch_first", "padding_value", "total_length")}
+
 # the helpers' code objects -> (graph function, the helper's arguments in order)
 _HELPERS = {
-    _rnn_utils.pack_padded_sequence.__code__: (pack_padded, ("input", "lengths", "batch_first", "enforce_sorted")),
-    _rnn_utils.pad_packed_sequence.__code__: (pad_packed, ("sequence", "batch_first", "padding_value",
-                                                           "total_length")),
+    _rnn_utils.pack_padded_sequence.__code__: (pack_padded, ARGUMENTS[pack_padded]),
+    _rnn_utils.pad_packed_sequence.__code__: (pad_packed, ARGUMENTS[pad_packed]),
 }
+
+
+def call_arguments(node: fx.Node) -> dict[str, Any]:
+    """The arguments of a :func:`pack_padded` / :func:`pad_packed` graph node by name."""
+    return dict(zip(ARGUMENTS[node.target], node.args)) | dict(node.kwargs)
 
 
 def helper_frame() -> FrameType | None:
