@@ -237,8 +237,7 @@ def _flow(name: str, build: Any, xtr: Any, ytr: Any, xte: Any, yte: Any, cfg: di
     })
     if step is not None:
         row["step_model"] = step.pop("row")
-    return row, {"float": float_model, "int8": qmodel, "sim": sim, **step} if step else {
-        "float": float_model, "int8": qmodel, "sim": sim}
+    return row, {"float": float_model, "int8": qmodel, "sim": sim, **(step or {})}
 
 
 def _export_step_model(name: str, qmodel: Any, clip: Any, out: Path, host: Any, frames: int) -> dict[str, Any]:
@@ -279,7 +278,7 @@ def _export_step_model(name: str, qmodel: Any, clip: Any, out: Path, host: Any, 
     report = lnn.verify(step, example, host=host)
     warnings = sorted({v.rule_id for v in (packed.rules.violations if packed.rules else ())})
     return {"row": {"file": str(out / f"kws_{name}_step.bin"), "frames_per_call": frames,
-                    "state": {i: o for i, o in sim.state_pairs.items()}, "state_exponent": gru.state_exponent,
+                    "state": dict(sim.state_pairs), "state_exponent": gru.state_exponent,
                     "bit_exact": bool(report.ok), "flash_bytes": len(packed.blob),
                     "share_mem_bytes": packed.plan.regions[REGION_SHARE].size,
                     "warnings": warnings},
