@@ -28,7 +28,7 @@ from torch import nn
 
 from lnn_core.ops import OpFamily
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, param_exponent
+from lnn_core.quant.quantizers import ActQuantizer, fold_batch_norm, fold_fake_quant_weight_bias, param_exponent
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QConv", "FAMILIES"]
@@ -125,17 +125,7 @@ class QConv(QModule):
         w = self.constrain_weight(w)
         b = self.constrain_bias(b)
         bn = self.bn
-        if bn is not None:
-            inv = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                inv = inv * bn.weight
-            shape = (-1,) + (1,) * (w.dim() - 1)
-            w = w * inv.reshape(shape)
-            base = -bn.running_mean * inv
-            if bn.bias is not None:
-                base = base + bn.bias
-            b = base + b * inv if b is not None else base
-        return w, b
+        return fold_batch_norm(w, b, bn) if bn is not None else (w, b)
 
     @torch.no_grad()
     def output_cap(self, exponent_of: Any) -> int:
@@ -170,8 +160,12 @@ class QConv(QModule):
 
     def _forward_train(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         n_x = self.in_exponent(0)
-        w, b = self.folded_weight_bias(w, b)
-        ((w_q, b_q, n_w),) = self.fake_quant_pairs([(w, b)], [n_x])
+        bn = self.bn
+        w_c, b_c = self.constrain_weight(w), self.constrain_bias(b)
+        if bn is not None and w_c is w and b_c is b:  # no stage-1 clamp
+            w_q, b_q, n_w = fold_fake_quant_weight_bias(w, b, bn, n_x, self.weight_bits, self.recipe)
+        else:
+            ((w_q, b_q, n_w),) = self.fake_quant_pairs([self.folded_weight_bias(w, b)], [n_x])
         y = self._run_op(x, w_q, b_q)
         return self.finish_train(y, cap=n_x + n_w)
 

@@ -28,6 +28,7 @@ from torch import fx, nn
 
 from lnn_core.errors import LnnError
 from lnn_core.ops import OpFamily
+from lnn_core.quant import kernels
 from lnn_core.quant.functional import ste_gradient
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import (
@@ -39,7 +40,7 @@ from lnn_core.quant.quantizers import (
 )
 from lnn_core.quant.rewrite import BuildContext, Built
 
-__all__ = ["QLayerNorm", "FAMILIES", "WRITERS", "normalize_int", "normalize_f64", "NORM_Q", "GAMMA_BITS"]
+__all__ = ["QLayerNorm", "FAMILIES", "WRITERS", "normalize_int", "normalize_f64", "int_input", "NORM_Q", "GAMMA_BITS"]
 
 #: the normalized value's format (Q10); beta sits at exponent ``NORM_Q + n_g``
 NORM_Q = 10
@@ -58,6 +59,13 @@ def _rsqrt_table() -> np.ndarray:
 
 
 _RSQRT = _rsqrt_table()
+
+try:  # the training kernel (csrc/layernorm.c), built with the package where a C compiler is found
+    from ._kernels import ffi as _ffi
+    from ._kernels import lib as _lib
+except ImportError:
+    _ffi = _lib = None
+_RSQRT_I32 = np.ascontiguousarray(_RSQRT, dtype=np.int32)
 
 
 def _q_eps(n_x: int, t: int) -> int:
@@ -188,6 +196,72 @@ class _ChipLayerNormQuant(torch.autograd.Function):
         return _layer_norm_backward(ctx, grad) + (None, None, None, None, None, None)
 
 
+def int_input(x: torch.Tensor, n_x: int, training: bool) -> tuple[torch.Tensor, int]:
+    """The kernel's int8 input (float integers) and its exponent: ``x`` at ``n_x``, requantized to 15 when ``n_x`` is
+    above. Eval rounds in float64; training as training's fake-quant does, in ``x``'s width (float32 for narrower
+    floats): ``x`` lies on the grid (its producer's output), where both give the same integers, and the float32
+    tensor is half the size."""
+    if training:
+        xd = x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float()
+    else:
+        xd = x.detach().double()
+    q = torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
+    s = n_x - KERNEL_IN_EXPONENT_MAX
+    if s > 0:  # SAT_8(SHR(q, s)): floor(q 2^-s + 0.5), exact in float32 (at most 17 significant bits)
+        q = torch.rsub(q, 0.5, alpha=-(2.0**-s)).floor_().clamp_(-128, 127)
+    return q, min(n_x, KERNEL_IN_EXPONENT_MAX)
+
+
+def kernel_takes(x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor) -> bool:
+    """Whether the C kernel (``lnn_ln_chip_f32``) computes this training forward: built, the fake-quant kernels not
+    switched off (``LNN_QAT_KERNELS``, :mod:`lnn_core.quant.kernels`), float32 CPU contiguous tensors, a row of at
+    most 1024 values."""
+    return (_lib is not None and kernels.usable(x) and kernels.usable(g_q) and kernels.usable(b_q)
+            and g_q.numel() <= _lib.LNN_LN_MAX_ROW and x.numel() % g_q.numel() == 0)
+
+
+class _ChipLayerNormKernel(torch.autograd.Function):
+    """:class:`_ChipLayerNormQuant` with the chip's value computed by the C kernel from ``x`` in one pass per row (the
+    int8 input, the row sums and factors, ``u`` and ``u * gamma_q * 2^-10 + beta_q``): the same values, observer
+    updates and gradients, without the torch/numpy steps of :meth:`QLayerNorm._int_input` and
+    :func:`normalize_f64` (tests/test_layernorm_kernel.py compares every bit)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, n_x: int,  # type: ignore[override]
+                shape: tuple[int, ...], eps: float, out_q: ActQuantizer, cap: int) -> torch.Tensor:
+        _save_layer_norm(ctx, x, g_q, b_q, shape, eps)
+        y, bounds = chip_layer_norm_kernel(x, g_q, b_q, n_x)
+        if y is None:  # an infinity or NaN in x: the torch/numpy path (the same code the kernel replaces)
+            q, n_k = int_input(x, n_x, True)
+            return _ChipLayerNormQuant.forward(ctx, x, g_q, b_q, normalize_f64(q, n_k, g_q.numel()), q, shape, eps,
+                                               out_q, cap)
+        out, ctx.clip, ctx.saved = out_q.observe_fake_quant_(y, cap, bounds)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        grad = ste_gradient(grad, ctx.clip, ctx.saved)
+        return _layer_norm_backward(ctx, grad) + (None, None, None, None, None)
+
+
+def chip_layer_norm_kernel(x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, n_x: int,
+                           isa: str | None = None) -> tuple[torch.Tensor | None, tuple[float, float]]:
+    """``(y, (min, max) of y)``: the chip's LayerNorm value of ``x`` (rows of ``g_q.numel()`` last, input exponent
+    ``n_x >= 0``) as training computes it, by the C kernel (:func:`kernel_takes` must hold); ``(None, ...)`` when
+    ``x`` holds an infinity or NaN. ``isa``: ``"portable"`` or ``"avx2"`` to force one (tests); by default
+    :data:`lnn_core.quant.kernels.ISA`'s."""
+    t = g_q.numel()
+    n_k = min(n_x, KERNEL_IN_EXPONENT_MAX)
+    y = torch.empty_like(x)
+    out = _ffi.new("float[2]")
+    ptr = kernels.pointer
+    code = 1 if (isa or kernels.ISA) == "avx2" else 0
+    status = _lib.lnn_ln_chip_f32(ptr(x), x.numel() // t, t, 2.0**n_x, 2.0 ** (n_k - n_x), n_x > n_k,
+                                  _q_eps(n_k, t), _ffi.cast("int32_t *", _RSQRT_I32.ctypes.data), ptr(g_q.detach()),
+                                  ptr(b_q.detach()), ptr(y), out, code)
+    return (y if status == 0 else None), (out[0], out[1])
+
+
 def _chip_value(u: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``u * 2^-10 * gamma_q + beta_q`` in float64 (the product exact, one rounding in the sum), then ``x.dtype``."""
     t = g_q.numel()
@@ -249,19 +323,8 @@ class QLayerNorm(QModule):
         return NORM_Q + param_exponent(g.detach(), GAMMA_BITS, self.recipe)
 
     def _int_input(self, x: torch.Tensor, n_x: int) -> tuple[torch.Tensor, int]:
-        """The kernel's int8 input (float integers) and its exponent: ``x`` at ``n_x``, requantized to 15 when
-        ``n_x`` is above. Eval rounds in float64; training as training's fake-quant does, in ``x``'s width (float32
-        for narrower floats): ``x`` lies on the grid (its producer's output), where both give the same integers,
-        and the float32 tensor is half the size."""
-        if self.training:
-            xd = x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float()
-        else:
-            xd = x.detach().double()
-        q = torch.rsub(xd, 0.5, alpha=-(2.0**n_x)).floor_().clamp_(-128, 127)
-        s = n_x - KERNEL_IN_EXPONENT_MAX
-        if s > 0:  # SAT_8(SHR(q, s)): floor(q 2^-s + 0.5), exact in float32 (at most 17 significant bits)
-            q = torch.rsub(q, 0.5, alpha=-(2.0**-s)).floor_().clamp_(-128, 127)
-        return q, min(n_x, KERNEL_IN_EXPONENT_MAX)
+        """The kernel's int8 input and its exponent (:func:`int_input`, in training's or eval's arithmetic)."""
+        return int_input(x, n_x, self.training)
 
     def _checked_in_exponent(self) -> int:
         """The input's exponent, refused below 0: the kernel scales by ``1 << 2 n_x`` (a C int), so an input of
@@ -285,11 +348,16 @@ class QLayerNorm(QModule):
                              b.reshape(self.normalized_shape), self.eps)
             return self.out_q(self.constrain_act(y))
         t = self.row
-        q, n_k = self._int_input(x, self._checked_in_exponent())
-        u = normalize_f64(q, n_k, t)
+        n_x = self._checked_in_exponent()
         if self.training:
             g_q, b_q, n_g = fake_quant_weight_bias(g, b, NORM_Q, GAMMA_BITS, self.recipe)
-            if self.fuses_output(x, g_q, b_q):
+            fused = self.fuses_output(x, g_q, b_q)
+            if fused and kernel_takes(x, g_q, b_q):
+                return _ChipLayerNormKernel.apply(x, g_q, b_q, n_x, self.normalized_shape, self.eps, self.out_q,
+                                                  NORM_Q + n_g)
+            q, n_k = self._int_input(x, n_x)
+            u = normalize_f64(q, n_k, t)
+            if fused:
                 return _ChipLayerNormQuant.apply(x, g_q, b_q, u, q, self.normalized_shape, self.eps, self.out_q,
                                                  NORM_Q + n_g)
             if torch.is_grad_enabled() and (x.requires_grad or g_q.requires_grad or b_q.requires_grad):
@@ -297,6 +365,8 @@ class QLayerNorm(QModule):
             else:
                 y = _chip_value(u, g_q, b_q, x)
             return self.finish_train(y, cap=NORM_Q + n_g)
+        q, n_k = self._int_input(x, n_x)
+        u = normalize_f64(q, n_k, t)
         with torch.no_grad():
             g_i, n_g = quantize_weight(g, GAMMA_BITS, self.recipe)
             b_i = quantize_bias(b, NORM_Q + n_g, self.recipe.bias_bits)

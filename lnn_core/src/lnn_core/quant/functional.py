@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import kernels
 from .observers import floor_exponent
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "exact_grid",
     "cannot_saturate",
     "fake_quant_parts",
+    "fake_quant_parts_torch",
+    "tensor_bounds_torch",
     "ste_gradient",
     "fake_quant_sum",
 ]
@@ -135,6 +138,23 @@ def fake_quant_parts(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, fl
     """
     if bounds is None and x.device.type == "cpu":  # on CPU the mask kernels cost more than finding the bounds
         bounds = tensor_bounds(x)
+    if kernels.usable(x):  # the same values in one C pass (lnn_core.quant.kernels)
+        free = cannot_saturate(bounds, n, bits)
+        if free or exact_grid(x.dtype, bits):
+            lo, hi = qrange(bits)
+            out = torch.empty_like(x)
+            q = None if free else torch.empty_like(x)
+            kernels.round_into(x, out, q, n, lo, hi, not free, exact)
+            return (out, None, None) if free else (out, (lo - 1.0, hi + 1.0), q)
+    return fake_quant_parts_torch(x, n, bits, bounds, exact)
+
+
+def fake_quant_parts_torch(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, float] | None,
+                           exact: bool = False) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+    """:func:`fake_quant_parts` in torch operations only: the reference the C kernels equal, and the path of every
+    tensor they do not take (GPU, other dtypes, large tensors, no compiled kernels)."""
+    if bounds is None and x.device.type == "cpu":
+        bounds = tensor_bounds_torch(x)
     scale = 2.0**n
     if exact:  # float64 holds every float32 x * 2**n + 0.5 exactly: the exact R, back in x's dtype below
         q = torch.rsub(x.double(), 0.5, alpha=-scale).floor_().to(x.dtype)
@@ -252,6 +272,13 @@ def ste_round(v: torch.Tensor) -> torch.Tensor:
 
 def tensor_bounds(x: torch.Tensor) -> tuple[float, float] | None:
     """``(min, max)`` of ``x`` as python floats (one pass, no autograd); None for an empty tensor."""
+    if kernels.usable(x):
+        return kernels.bounds(x)
+    return tensor_bounds_torch(x)
+
+
+def tensor_bounds_torch(x: torch.Tensor) -> tuple[float, float] | None:
+    """:func:`tensor_bounds` in torch operations only (the reference of the C kernel)."""
     if x.numel() == 0:
         return None
     mn, mx = torch.aminmax(x.detach())

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError, LnnError
+from . import kernels
 from .functional import (
     absmax,
     cannot_saturate,
@@ -43,7 +44,7 @@ from .recipes import Recipe
 
 __all__ = ["ActQuantizer", "WeightQuantizer", "CapSource", "share_exponents", "unshare_exponents",
            "param_exponent", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias",
-           "fake_quant_weight_bias"]
+           "fake_quant_weight_bias", "fold_batch_norm", "fold_fake_quant_weight_bias"]
 
 ExponentOf = Callable[["ActQuantizer | None"], int]
 CapSource = Callable[[ExponentOf], "int | None"]
@@ -138,17 +139,27 @@ class ActQuantizer(nn.Module):
         return (self.training and self.quant and self.observe and not self._forward_hooks
                 and not self._forward_pre_hooks)
 
-    def observe_fake_quant_(self, y: torch.Tensor, cap: int | None = None) -> tuple[torch.Tensor, Any,
-                                                                                      torch.Tensor | None]:
+    def observe_fake_quant_(self, y: torch.Tensor, cap: int | None = None, bounds: tuple[float, float] | None = _AUTO
+                            ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         """Observe ``y`` and fake-quantize it **in place** where it can: ``(out, clip, saved)`` as
         :func:`~.functional.fake_quant_parts` returns them, for an autograd node that owns ``y`` (a fresh buffer
         of its own forward) and fuses its output quantizer. Same values as :func:`fake_quant_parts` (for float32
         and float64 at ``n >= 0``, where both dtypes hold the integers and the interval form of the mask applies);
-        other cases go through it. Call with autograd off."""
-        bounds = tensor_bounds(y)
+        other cases go through it. ``bounds``: ``(min, max)`` of ``y`` when the caller's kernel found them. Call with
+        autograd off."""
+        if bounds is _AUTO:
+            bounds = tensor_bounds(y)
         n = self.observe_bounds(bounds, cap)
         if n < 0 or y.dtype not in (torch.float32, torch.float64):
             return fake_quant_parts(y, n, self.bits, bounds)
+        if kernels.usable(y):  # the same values in one C pass (lnn_core.quant.kernels)
+            lo, hi = qrange(self.bits)
+            if cannot_saturate(bounds, n, self.bits):
+                kernels.round_into(y, y, None, n, lo, hi, False, False)
+                return y, None, None
+            q = torch.empty_like(y)
+            kernels.round_into(y, y, q, n, lo, hi, True, False)
+            return y, (lo - 1.0, hi + 1.0), q
         q = y.mul_(2.0**n).add_(0.5).floor_()
         if cannot_saturate(bounds, n, self.bits):
             return q.mul_(2.0**-n), None, None
@@ -426,3 +437,76 @@ def fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, n_x: int, bi
 def fake_quant_bias(b: torch.Tensor, n: int, bits: int) -> torch.Tensor:
     """Training form of :func:`quantize_bias` (STE), the same integers as :func:`quantize_bias`."""
     return fake_quant(b, n, bits, exact=True)
+
+
+def fold_batch_norm(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BatchNorm with frozen statistics folded into the op before it: ``(w * inv, beta - mean * inv + b * inv)``,
+    ``inv = gamma / sqrt(var + eps)`` per output channel (dim 0 of ``w``). Differentiable in ``w``, ``b`` and the
+    BatchNorm's affine parameters; ``bn`` has ``running_mean``, ``running_var``, ``eps`` and ``weight``/``bias``
+    (None when not affine). The one expression of the fold: eval, export and (through the C kernel, equal bit for bit)
+    training all compute these values."""
+    inv = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        inv = inv * bn.weight
+    w = w * inv.reshape((-1,) + (1,) * (w.dim() - 1))
+    base = -bn.running_mean * inv
+    if bn.bias is not None:
+        base = base + bn.bias
+    return w, (base + b * inv if b is not None else base)
+
+
+class _FoldFakeQuant(torch.autograd.Function):
+    """:func:`fold_batch_norm`, then :func:`fake_quant_weight_bias`, as one autograd node whose fold runs in C
+    (``lnn_q_fold_f32`` and its backward): the training form of a conv or linear layer's parameters with its
+    BatchNorm folded. Same values as the torch chain; gradients equal up to float rounding (the per-channel sums of
+    the BatchNorm scale's gradient run in float64)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None,  # type: ignore[override]
+                beta: torch.Tensor | None, bn: nn.Module, n_x: int, bits: int,
+                recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor, int]:
+        ffi, lib = kernels.ffi, kernels.lib
+        C = w.shape[0]
+        K = w.numel() // C
+        mean = bn.running_mean.clone()  # saved: an in-place update of the statistics must not move the gradient
+        wf, bf, rstd, inv = torch.empty_like(w), w.new_empty(C), w.new_empty(C), w.new_empty(C)
+        out = ffi.new("float[2]")
+        ptr = kernels.pointer
+        lib.lnn_q_fold_f32(ptr(w), ptr(b), ptr(mean), ptr(bn.running_var), bn.eps, ptr(gamma), ptr(beta), C, K,
+                           ptr(wf), ptr(bf), ptr(rstd), ptr(inv), out)
+        bounds = (out[0], out[1])
+        n_w = _stateless_exponent(wf, bits, recipe, bounds)
+        w_q, w_clip, w_saved = fake_quant_parts(wf, n_w, bits, bounds, exact=True)
+        b_q, b_clip, b_saved = fake_quant_parts(bf, n_x + n_w, recipe.bias_bits, None, exact=True)
+        ctx.clips = (w_clip, b_clip)
+        ctx.save_for_backward(w, b, mean, rstd, inv, w_saved, b_saved)
+        return w_q, b_q, n_w
+
+    @staticmethod
+    def backward(ctx, grad_w: torch.Tensor, grad_b: torch.Tensor | None, _grad_n: None):  # type: ignore[override]
+        w, b, mean, rstd, inv, w_saved, b_saved = ctx.saved_tensors
+        w_clip, b_clip = ctx.clips
+        g_wf = ste_gradient(grad_w, w_clip, w_saved).float().contiguous()
+        g_bf = (torch.zeros_like(inv) if grad_b is None else ste_gradient(grad_b, b_clip, b_saved)).float().contiguous()
+        need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:4]
+        g_w = torch.empty_like(w) if need_w else None
+        g_b = torch.empty_like(inv) if need_b else None
+        g_gamma = torch.empty_like(inv) if need_gamma else None
+        g_beta = torch.empty_like(inv) if need_beta else None
+        ptr = kernels.pointer
+        kernels.lib.lnn_q_fold_backward_f32(ptr(g_wf), ptr(g_bf), ptr(w), ptr(b), ptr(mean), ptr(rstd), ptr(inv),
+                                            inv.numel(), w.numel() // max(inv.numel(), 1), ptr(g_w), ptr(g_b),
+                                            ptr(g_gamma), ptr(g_beta))
+        return g_w, g_b, g_gamma, g_beta, None, None, None, None
+
+
+def fold_fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module, n_x: int, bits: int,
+                                recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``fake_quant_weight_bias(*fold_batch_norm(w, b, bn), n_x, bits, recipe)``: the training form of a layer's
+    parameters with a BatchNorm folded in; one autograd node with the fold in C where the kernels take every tensor
+    (:mod:`~lnn_core.quant.kernels`), the torch chain otherwise. The same values either way."""
+    tensors = [t for t in (w, b, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+    if w.dim() >= 1 and w.shape[0] == bn.running_var.numel() and all(kernels.usable(t) for t in tensors):
+        return _FoldFakeQuant.apply(w, b, bn.weight, bn.bias, bn, n_x, bits, recipe)
+    w_f, b_f = fold_batch_norm(w, b, bn)
+    return fake_quant_weight_bias(w_f, b_f, n_x, bits, recipe)

@@ -1,0 +1,236 @@
+/* Fake-quantization kernels of lnn_core's training step (float32, CPU): the per-tensor (min, max) an observer
+ * reads, and the chip's rounding SAT(R(x * 2^n)) / 2^n, in one pass each.
+ *
+ * They compute exactly what lnn_core/quant/functional.py computes with torch operations (its torch path is the
+ * reference, and tests/test_kernels.py checks every bit of both): the rounding is floor(x * s + 0.5) with
+ * s = 2^n, either in float32 (activations, the chip's Quant op) or in float64 (weights and biases: exact
+ * half-up for every float32 input), then a clamp to [lo, hi] in float32 when the caller asks for it, then the
+ * product with 1 / s in float32. Built with -ffp-contract=off: x * s + 0.5 is never fused (it would not change
+ * the result while s is a power of two, but nothing here should depend on that argument).
+ *
+ * The caller chooses the instruction set per call (isa: LNN_Q_ISA_PORTABLE or LNN_Q_ISA_AVX2, the latter only where
+ * lnn_q_isa_available() says so); nothing here keeps state.
+ *
+ * NaN: the bounds of a tensor holding a NaN are (NaN, NaN), as torch.aminmax gives; the rounding passes a NaN
+ * through the clamp, as torch.clamp does. On x86 with GCC or Clang each kernel also has an AVX2 version; the
+ * integers are the same on both paths. */
+#include "fakequant.h"
+
+#include <math.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define LNN_Q_X86 1
+#include <immintrin.h>
+#endif
+
+int32_t lnn_q_isa_available(void) {
+#ifdef LNN_Q_X86
+    return __builtin_cpu_supports("avx2") ? LNN_Q_ISA_AVX2 : LNN_Q_ISA_PORTABLE;
+#else
+    return LNN_Q_ISA_PORTABLE;
+#endif
+}
+
+static void bounds_portable(const float *x, int64_t n, float *out) {
+    float lo = INFINITY, hi = -INFINITY;
+    int nan = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+        nan |= v != v;
+    }
+    out[0] = nan ? NAN : lo;
+    out[1] = nan ? NAN : hi;
+}
+
+static inline float sat(float v, float lo, float hi) { /* a NaN stays NaN (both comparisons are false) */
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+static void round_portable(const float *x, float *out, float *q, int64_t n, float scale, float inv, float lo,
+                           float hi, int32_t clamp) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = floorf(x[i] * scale + 0.5f);
+        if (clamp) {
+            if (q) q[i] = v;
+            v = sat(v, lo, hi);
+        }
+        out[i] = v * inv;
+    }
+}
+
+static void round_exact_portable(const float *x, float *out, float *q, int64_t n, double scale, float inv,
+                                 float lo, float hi, int32_t clamp) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = (float)floor((double)x[i] * scale + 0.5);
+        if (clamp) {
+            if (q) q[i] = v;
+            v = sat(v, lo, hi);
+        }
+        out[i] = v * inv;
+    }
+}
+
+#ifdef LNN_Q_X86
+__attribute__((target("avx2"))) static void bounds_avx2(const float *x, int64_t n, float *out) {
+    __m256 lo0 = _mm256_set1_ps(INFINITY), hi0 = _mm256_set1_ps(-INFINITY), lo1 = lo0, hi1 = hi0;
+    __m256 unordered = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+        lo0 = _mm256_min_ps(lo0, a); /* a NaN in a is dropped here; `unordered` records it */
+        hi0 = _mm256_max_ps(hi0, a);
+        lo1 = _mm256_min_ps(lo1, b);
+        hi1 = _mm256_max_ps(hi1, b);
+        unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+    }
+    float l[8], h[8];
+    _mm256_storeu_ps(l, _mm256_min_ps(lo0, lo1));
+    _mm256_storeu_ps(h, _mm256_max_ps(hi0, hi1));
+    float lo = l[0], hi = h[0];
+    int nan = _mm256_movemask_ps(unordered) != 0;
+    for (int k = 1; k < 8; k++) {
+        lo = l[k] < lo ? l[k] : lo;
+        hi = h[k] > hi ? h[k] : hi;
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+        nan |= v != v;
+    }
+    out[0] = nan ? NAN : lo;
+    out[1] = nan ? NAN : hi;
+}
+
+/* _mm256_max_ps(a, b) is a > b ? a : b: with the bound first, a NaN in b comes out, as in sat() */
+#define LNN_Q_SAT8(v, vlo, vhi) _mm256_min_ps(vhi, _mm256_max_ps(vlo, v))
+
+__attribute__((target("avx2"))) static void round_avx2(const float *x, float *out, float *q, int64_t n, float scale,
+                                                       float inv, float lo, float hi, int32_t clamp) {
+    const __m256 s = _mm256_set1_ps(scale), half = _mm256_set1_ps(0.5f), vinv = _mm256_set1_ps(inv);
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), s), half));
+        if (clamp) {
+            if (q) _mm256_storeu_ps(q + i, v);
+            v = LNN_Q_SAT8(v, vlo, vhi);
+        }
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(v, vinv));
+    }
+    round_portable(x + i, out + i, q ? q + i : q, n - i, scale, inv, lo, hi, clamp);
+}
+
+__attribute__((target("avx2"))) static void round_exact_avx2(const float *x, float *out, float *q, int64_t n,
+                                                             double scale, float inv, float lo, float hi,
+                                                             int32_t clamp) {
+    const __m256d s = _mm256_set1_pd(scale), half = _mm256_set1_pd(0.5);
+    const __m256 vinv = _mm256_set1_ps(inv), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(xv)), b = _mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1));
+        a = _mm256_floor_pd(_mm256_add_pd(_mm256_mul_pd(a, s), half));
+        b = _mm256_floor_pd(_mm256_add_pd(_mm256_mul_pd(b, s), half));
+        __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(b), _mm256_cvtpd_ps(a));
+        if (clamp) {
+            if (q) _mm256_storeu_ps(q + i, v);
+            v = LNN_Q_SAT8(v, vlo, vhi);
+        }
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(v, vinv));
+    }
+    round_exact_portable(x + i, out + i, q ? q + i : q, n - i, scale, inv, lo, hi, clamp);
+}
+#endif
+
+void lnn_q_bounds_f32(const float *x, int64_t n, float *out, int32_t isa) {
+    (void)isa;
+#ifdef LNN_Q_X86
+    if (isa == LNN_Q_ISA_AVX2) {
+        bounds_avx2(x, n, out);
+        return;
+    }
+#endif
+    bounds_portable(x, n, out);
+}
+
+void lnn_q_round_f32(const float *x, float *out, float *q, int64_t n, float scale, float inv, float lo, float hi,
+                     int32_t clamp, int32_t isa) {
+    (void)isa;
+#ifdef LNN_Q_X86
+    if (isa == LNN_Q_ISA_AVX2) {
+        round_avx2(x, out, q, n, scale, inv, lo, hi, clamp);
+        return;
+    }
+#endif
+    round_portable(x, out, q, n, scale, inv, lo, hi, clamp);
+}
+
+void lnn_q_round_exact_f32(const float *x, float *out, float *q, int64_t n, double scale, float inv, float lo,
+                           float hi, int32_t clamp, int32_t isa) {
+    (void)isa;
+#ifdef LNN_Q_X86
+    if (isa == LNN_Q_ISA_AVX2) {
+        round_exact_avx2(x, out, q, n, scale, inv, lo, hi, clamp);
+        return;
+    }
+#endif
+    round_exact_portable(x, out, q, n, scale, inv, lo, hi, clamp);
+}
+
+/* BatchNorm folded into the weights and bias of the op before it, per output channel c of C (K weights each),
+ * in float32 and in the order of the torch expression it replaces (lnn_ops_builtin's folded_weight_bias):
+ *   rstd = 1 / sqrt(var + eps); inv = rstd * gamma; wf = w * inv; bf = ((-mean) * inv + beta) + b * inv.
+ * gamma, beta and b may be NULL (affine=False, no bias). bounds receives (min, max) of wf. */
+void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const float *var, float eps,
+                    const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *rstd,
+                    float *inv, float *bounds) {
+    float lo = INFINITY, hi = -INFINITY;
+    int nan = 0;
+    for (int64_t c = 0; c < C; c++) {
+        float r = 1.0f / sqrtf(var[c] + eps);
+        float s = gamma ? r * gamma[c] : r;
+        float base = -mean[c] * s;
+        if (beta) base = base + beta[c];
+        rstd[c] = r;
+        inv[c] = s;
+        bf[c] = b ? base + b[c] * s : base;
+        const float *wc = w + c * K;
+        float *oc = wf + c * K;
+        for (int64_t k = 0; k < K; k++) {
+            float v = wc[k] * s;
+            oc[k] = v;
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+            nan |= v != v;
+        }
+    }
+    bounds[0] = nan ? NAN : lo;
+    bounds[1] = nan ? NAN : hi;
+}
+
+/* The gradients of lnn_q_fold_f32 from those of wf (gwf) and bf (gbf): gw = gwf * inv, gb = gbf * inv,
+ * ggamma = (sum_k gwf * w + gbf * (b - mean)) * rstd, gbeta = gbf (any output may be NULL: not wanted).
+ * The per-channel sums run in float64. */
+void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w, const float *b, const float *mean,
+                             const float *rstd, const float *inv, int64_t C, int64_t K, float *gw, float *gb,
+                             float *ggamma, float *gbeta) {
+    for (int64_t c = 0; c < C; c++) {
+        const float *gc = gwf + c * K, *wc = w + c * K;
+        const float s = inv[c];
+        double acc = 0.0;
+        for (int64_t k = 0; k < K; k++) acc += (double)gc[k] * (double)wc[k];
+        if (gw) {
+            float *oc = gw + c * K;
+            for (int64_t k = 0; k < K; k++) oc[k] = gc[k] * s;
+        }
+        const float g = gbf[c];
+        acc += (double)g * ((b ? (double)b[c] : 0.0) - (double)mean[c]);
+        if (gb) gb[c] = g * s;
+        if (ggamma) ggamma[c] = (float)(acc * (double)rstd[c]);
+        if (gbeta) gbeta[c] = g;
+    }
+}

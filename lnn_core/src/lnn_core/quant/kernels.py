@@ -1,0 +1,101 @@
+"""The compiled fake-quantization kernels of the training step, and when they are used.
+
+A QAT step runs a few dozen small tensor operations per quantized layer: the observer's ``(min, max)`` pass, the
+rounding, the clamp, the rescale. On the small tensors of speech and keyword models each costs more in dispatch
+than in arithmetic, so lnn_core ships them as C kernels (``csrc/fakequant.c``, built with cffi when the package is
+installed) that do each job in one pass. They compute exactly what the torch operations of
+:mod:`lnn_core.quant.functional` compute, bit for bit (tests/test_kernels.py checks both paths against each other);
+the torch path is the reference and the fallback.
+
+The kernels run on CPU float32 contiguous tensors of at most :data:`MAX_NUMEL` elements (beyond that torch's
+multi-threaded operations are as fast, and the one-pass kernels are single-threaded); anything else takes the
+torch path. The environment variable ``LNN_QAT_KERNELS`` chooses, read once when this module is imported:
+
+- ``auto`` (default): the C kernels where they apply, with AVX2 where the CPU has it;
+- ``portable``: the C kernels, their portable C loops only;
+- ``torch``: no C kernels (the reference path; also what an install without a C compiler gets).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["ISA", "MAX_NUMEL", "MODE", "bounds", "pointer", "round_into", "usable"]
+
+#: largest tensor the kernels take (elements); larger ones go to torch's threaded operations
+MAX_NUMEL = 1 << 18
+_MODES = ("auto", "portable", "torch")
+
+MODE = os.environ.get("LNN_QAT_KERNELS", "auto").strip().lower() or "auto"
+if MODE not in _MODES:
+    raise ConfigError(
+        f"environment variable LNN_QAT_KERNELS: {MODE!r} is not a kernel choice",
+        {"rule": "LNN_QAT_KERNELS chooses the fake-quantization kernels of the training step",
+         "actual": MODE, "limit": ", ".join(_MODES)},
+        "unset it (auto), or set it to auto, portable or torch",
+        option="LNN_QAT_KERNELS", value=MODE, valid=_MODES)
+
+try:
+    from ._kernels import ffi, lib
+except ImportError:  # built without a C compiler, or a source checkout without the development build
+    ffi = lib = None
+
+#: the instruction set the kernels run with (``"avx2"`` or ``"portable"``), or None when they are not used
+ISA: str | None = None
+_isa = 0
+if lib is not None and MODE != "torch":
+    _isa = lib.lnn_q_isa_available() if MODE == "auto" else lib.LNN_Q_ISA_PORTABLE
+    ISA = "avx2" if _isa == lib.LNN_Q_ISA_AVX2 else "portable"
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the kernels take ``x``: compiled and enabled, a plain (not subclassed) CPU float32 tensor, contiguous,
+    1 to :data:`MAX_NUMEL` elements."""
+    return (ISA is not None and type(x) in _PLAIN and x.dtype is torch.float32 and x.device.type == "cpu"
+            and 0 < x.numel() <= MAX_NUMEL and x.is_contiguous())
+
+
+def pointer(x: torch.Tensor | None):
+    """The ``float *`` of a :func:`usable` tensor for a kernel call (NULL for None)."""
+    return ffi.NULL if x is None else ffi.cast("float *", x.data_ptr())
+
+
+_ptr = pointer
+
+
+def _isa_code(isa: str | None) -> int:
+    if isa is None:
+        return _isa
+    if isa not in ("portable", "avx2") or (isa == "avx2" and lib.lnn_q_isa_available() != lib.LNN_Q_ISA_AVX2):
+        raise ValueError(f"instruction set {isa!r} is not available here")
+    return lib.LNN_Q_ISA_AVX2 if isa == "avx2" else lib.LNN_Q_ISA_PORTABLE
+
+
+def bounds(x: torch.Tensor, isa: str | None = None) -> tuple[float, float]:
+    """``(min, max)`` of a :func:`usable` tensor as python floats (both NaN when it holds a NaN). ``isa``: force
+    ``"portable"`` or ``"avx2"`` (tests); by default :data:`ISA`."""
+    out = ffi.new("float[2]")
+    lib.lnn_q_bounds_f32(_ptr(x), x.numel(), out, _isa if isa is None else _isa_code(isa))
+    return out[0], out[1]
+
+
+def round_into(x: torch.Tensor, out: torch.Tensor, q: torch.Tensor | None, n: int, lo: int, hi: int,
+               clamp: bool, exact: bool, isa: str | None = None) -> None:
+    """``out = SAT(R(x * 2**n)) / 2**n`` for :func:`usable` ``x`` and ``out`` of its shape (``out`` may be ``x``).
+
+    ``R`` is ``floor(v + 0.5)`` in float32, or in float64 when ``exact``; ``SAT`` to ``[lo, hi]`` only when
+    ``clamp``, and then ``q`` (if given, float32 of ``x``'s shape) receives the unclamped integers. The same
+    values as :func:`~lnn_core.quant.functional.fake_quant_parts`' torch path."""
+    scale = 2.0**n
+    code = _isa if isa is None else _isa_code(isa)
+    qp = _ptr(q) if q is not None else ffi.NULL
+    if exact:
+        lib.lnn_q_round_exact_f32(_ptr(x), _ptr(out), qp, x.numel(), scale, 1.0 / scale, lo, hi, clamp, code)
+    else:
+        lib.lnn_q_round_f32(_ptr(x), _ptr(out), qp, x.numel(), scale, 1.0 / scale, lo, hi, clamp, code)
