@@ -182,14 +182,16 @@ void lnn_q_round_exact_f32(const float *x, float *out, float *q, int64_t n, doub
 }
 
 /* BatchNorm folded into the weights and bias of the op before it, per output channel c of C (K weights each),
- * in float32 and in the order of the torch expression it replaces (lnn_ops_builtin's folded_weight_bias):
+ * in float32 and in the order of the torch expression it replaces (lnn_core.quant.quantizers.fold_batch_norm):
  *   rstd = 1 / sqrt(var + eps); inv = rstd * gamma; wf = w * inv; bf = ((-mean) * inv + beta) + b * inv.
- * gamma, beta and b may be NULL (affine=False, no bias). bounds receives (min, max) of wf. */
+ * gamma, beta and b may be NULL (affine=False, no bias). aux receives 3 C values for the backward: rstd, inv and
+ * b - mean (-mean without b); bounds receives (min, max) of wf, then of bf. */
 void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const float *var, float eps,
-                    const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *rstd,
-                    float *inv, float *bounds) {
-    float lo = INFINITY, hi = -INFINITY;
-    int nan = 0;
+                    const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *aux,
+                    float *bounds) {
+    float *rstd = aux, *inv = aux + C, *bm = aux + 2 * C;
+    float lo = INFINITY, hi = -INFINITY, blo = INFINITY, bhi = -INFINITY;
+    int nan = 0, bnan = 0;
     for (int64_t c = 0; c < C; c++) {
         float r = 1.0f / sqrtf(var[c] + eps);
         float s = gamma ? r * gamma[c] : r;
@@ -197,11 +199,16 @@ void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const flo
         if (beta) base = base + beta[c];
         rstd[c] = r;
         inv[c] = s;
-        bf[c] = b ? base + b[c] * s : base;
+        bm[c] = b ? b[c] - mean[c] : -mean[c];
+        float v = b ? base + b[c] * s : base;
+        bf[c] = v;
+        blo = v < blo ? v : blo;
+        bhi = v > bhi ? v : bhi;
+        bnan |= v != v;
         const float *wc = w + c * K;
         float *oc = wf + c * K;
         for (int64_t k = 0; k < K; k++) {
-            float v = wc[k] * s;
+            v = wc[k] * s;
             oc[k] = v;
             lo = v < lo ? v : lo;
             hi = v > hi ? v : hi;
@@ -210,27 +217,30 @@ void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const flo
     }
     bounds[0] = nan ? NAN : lo;
     bounds[1] = nan ? NAN : hi;
+    bounds[2] = bnan ? NAN : blo;
+    bounds[3] = bnan ? NAN : bhi;
 }
 
-/* The gradients of lnn_q_fold_f32 from those of wf (gwf) and bf (gbf): gw = gwf * inv, gb = gbf * inv,
- * ggamma = (sum_k gwf * w + gbf * (b - mean)) * rstd, gbeta = gbf (any output may be NULL: not wanted).
- * The per-channel sums run in float64. */
-void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w, const float *b, const float *mean,
-                             const float *rstd, const float *inv, int64_t C, int64_t K, float *gw, float *gb,
-                             float *ggamma, float *gbeta) {
+/* The gradients of lnn_q_fold_f32 from those of wf (gwf) and bf (gbf), with its aux: gw = gwf * inv,
+ * gb = gbf * inv, ggamma = (sum_k gwf * w + gbf * (b - mean)) * rstd, gbeta = gbf (any output may be NULL: not
+ * wanted). The per-channel sums run in float64. */
+void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w, const float *aux, int64_t C,
+                             int64_t K, float *gw, float *gb, float *ggamma, float *gbeta) {
+    const float *rstd = aux, *inv = aux + C, *bm = aux + 2 * C;
     for (int64_t c = 0; c < C; c++) {
         const float *gc = gwf + c * K, *wc = w + c * K;
         const float s = inv[c];
-        double acc = 0.0;
-        for (int64_t k = 0; k < K; k++) acc += (double)gc[k] * (double)wc[k];
+        const float g = gbf ? gbf[c] : 0.0f;
         if (gw) {
             float *oc = gw + c * K;
             for (int64_t k = 0; k < K; k++) oc[k] = gc[k] * s;
         }
-        const float g = gbf[c];
-        acc += (double)g * ((b ? (double)b[c] : 0.0) - (double)mean[c]);
         if (gb) gb[c] = g * s;
-        if (ggamma) ggamma[c] = (float)(acc * (double)rstd[c]);
         if (gbeta) gbeta[c] = g;
+        if (ggamma) {
+            double acc = (double)g * (double)bm[c];
+            for (int64_t k = 0; k < K; k++) acc += (double)gc[k] * (double)wc[k];
+            ggamma[c] = (float)(acc * (double)rstd[c]);
+        }
     }
 }

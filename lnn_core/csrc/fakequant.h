@@ -21,11 +21,10 @@ void lnn_q_round_exact_f32(const float *x, float *out, float *q, int64_t n, doub
                            float hi, int32_t clamp, int32_t isa);
 /* BatchNorm folded into the op's weights (C output channels of K weights) and bias, as the torch expression does */
 void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const float *var, float eps,
-                    const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *rstd,
-                    float *inv, float *bounds);
-/* its gradients (any output may be NULL) */
-void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w, const float *b, const float *mean,
-                             const float *rstd, const float *inv, int64_t C, int64_t K, float *gw, float *gb,
-                             float *ggamma, float *gbeta);
+                    const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *aux,
+                    float *bounds);
+/* its gradients (any output may be NULL; gbf NULL: no gradient reached the bias) */
+void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w, const float *aux, int64_t C,
+                             int64_t K, float *gw, float *gb, float *ggamma, float *gbeta);
 
 #endif

@@ -170,6 +170,29 @@ def test_act_quantizer_ema_and_frozen_eval_exponent():
     assert int(q.exponent) == n and math.isclose(float(q.running), 2.8, rel_tol=1e-6)
 
 
+def test_observer_state_is_written_where_the_buffers_are_after_copies_and_moves():
+    """The training step writes the quantizer's state through numpy views of its CPU buffers; a copy of the module,
+    a dtype move and a load_state_dict must each see (and only see) their own buffers' values."""
+    import copy
+
+    q = ActQuantizer(8, Recipe("r"))
+    q.train()
+    q(torch.tensor([3.0]))
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    assert float(state["running"]) == 3.0 and int(state["num_batches"]) == 1
+    twin = copy.deepcopy(q)
+    twin(torch.tensor([13.0]))  # the copy's buffers move, the original's do not
+    assert int(twin.num_batches) == 2 and math.isclose(float(twin.running), 0.9 * 3 + 0.1 * 13, rel_tol=1e-6)
+    assert int(q.num_batches) == 1 and float(q.running) == 3.0
+    q.double()  # new buffer tensors: the next step writes into them
+    q(torch.tensor([1.0], dtype=torch.float64))
+    assert q.running.dtype == torch.float64 and math.isclose(float(q.running), 2.8) and int(q.num_batches) == 2
+    q.load_state_dict(state)  # in place: the views stay valid and see the loaded values
+    q(torch.tensor([13.0], dtype=torch.float64))
+    assert int(q.num_batches) == 2 and math.isclose(float(q.running), 0.9 * 3 + 0.1 * 13)
+    assert int(q.exponent) == math.floor(math.log2(128 / float(q.running)) + 0.5)
+
+
 def test_act_quantizer_l1_rule_uses_batch_exponent_in_training():
     q = ActQuantizer(8, Recipe("r", act_rule="ema_threshold"))
     q.train()

@@ -124,12 +124,38 @@ class ActQuantizer(nn.Module):
     def observe_bounds(self, bounds: tuple[float, float] | None, cap: int | None = None) -> int:
         """Observe one training batch given its ``(min, max)`` (None when empty); return the exponent it uses."""
         m = self._batch_stat(bounds)
-        seen = int(self.num_batches)
-        r, n = self.observer.step(float(self.running), seen, m, self.bits, self._bounds(cap))
-        self.running.fill_(r)
-        self.num_batches.fill_(seen + 1)
-        self.exponent.fill_(n)
+        views = self._state_views()
+        if views is None:
+            seen = int(self.num_batches)
+            r, n = self.observer.step(float(self.running), seen, m, self.bits, self._bounds(cap))
+            self.running.fill_(r)
+            self.num_batches.fill_(seen + 1)
+            self.exponent.fill_(n)
+            return n
+        running, num_batches, exponent = views
+        seen = int(num_batches)
+        r, n = self.observer.step(float(running), seen, m, self.bits, self._bounds(cap))
+        running[()] = r  # rounded to float32 as fill_ rounds it
+        num_batches[()] = seen + 1
+        exponent[()] = n
         return n
+
+    def _state_views(self) -> tuple[Any, Any, Any] | None:
+        """numpy views of the three state buffers when they live on the CPU (None otherwise), so that a training step
+        reads and writes them without three tensor operations. Kept in the instance's ``__dict__`` (never state)
+        with the buffers' data pointers: a buffer replaced (``.to()``, a copy of the module, ``load_state_dict(...,
+        assign=True)``) has another address and the views are made again; an in-place load keeps them valid."""
+        b = self._buffers
+        r, nb, e = b["running"], b["num_batches"], b["exponent"]
+        key = (r.data_ptr(), nb.data_ptr(), e.data_ptr())
+        cached = self.__dict__.get("_lnn_views")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        views = None
+        if all(t.device.type == "cpu" and type(t) is torch.Tensor and not t.requires_grad for t in (r, nb, e)):
+            views = (r.numpy(), nb.numpy(), e.numpy())
+        self.__dict__["_lnn_views"] = (key, views)
+        return views
 
     @property
     def fusable(self) -> bool:
@@ -459,45 +485,58 @@ class _FoldFakeQuant(torch.autograd.Function):
     """:func:`fold_batch_norm`, then :func:`fake_quant_weight_bias`, as one autograd node whose fold runs in C
     (``lnn_q_fold_f32`` and its backward): the training form of a conv or linear layer's parameters with its
     BatchNorm folded. Same values as the torch chain; gradients equal up to float rounding (the per-channel sums of
-    the BatchNorm scale's gradient run in float64)."""
+    the BatchNorm scale's gradient run in float64). The per-channel values the backward needs (``rstd``, ``inv``,
+    ``b - mean``) are copied out at the forward, so a later in-place update of the statistics moves nothing."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None,  # type: ignore[override]
                 beta: torch.Tensor | None, bn: nn.Module, n_x: int, bits: int,
                 recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor, int]:
-        ffi, lib = kernels.ffi, kernels.lib
+        lib, ptr = kernels.lib, kernels.pointer
         C = w.shape[0]
-        K = w.numel() // C
-        mean = bn.running_mean.clone()  # saved: an in-place update of the statistics must not move the gradient
-        wf, bf, rstd, inv = torch.empty_like(w), w.new_empty(C), w.new_empty(C), w.new_empty(C)
-        out = ffi.new("float[2]")
-        ptr = kernels.pointer
-        lib.lnn_q_fold_f32(ptr(w), ptr(b), ptr(mean), ptr(bn.running_var), bn.eps, ptr(gamma), ptr(beta), C, K,
-                           ptr(wf), ptr(bf), ptr(rstd), ptr(inv), out)
-        bounds = (out[0], out[1])
-        n_w = _stateless_exponent(wf, bits, recipe, bounds)
-        w_q, w_clip, w_saved = fake_quant_parts(wf, n_w, bits, bounds, exact=True)
-        b_q, b_clip, b_saved = fake_quant_parts(bf, n_x + n_w, recipe.bias_bits, None, exact=True)
+        wf, bf, aux = torch.empty_like(w), w.new_empty(C), w.new_empty(3 * C)
+        out = kernels.ffi.new("float[4]")
+        lib.lnn_q_fold_f32(ptr(w), ptr(b), ptr(bn.running_mean), ptr(bn.running_var), bn.eps, ptr(gamma), ptr(beta),
+                           C, w.numel() // C, ptr(wf), ptr(bf), ptr(aux), out)
+        w_bounds, b_bounds = (out[0], out[1]), (out[2], out[3])
+        n_w = _stateless_exponent(wf, bits, recipe, w_bounds)
+        n_b = n_x + n_w
+        if cannot_saturate(w_bounds, n_w, bits) and cannot_saturate(b_bounds, n_b, recipe.bias_bits):
+            # the common case: no clamp, no mask; both rounded in place (the same values as fake_quant_parts)
+            kernels.round_into(wf, wf, None, n_w, 0, 0, False, True)
+            kernels.round_into(bf, bf, None, n_b, 0, 0, False, True)
+            ctx.clips = (None, None)
+            ctx.save_for_backward(w, aux, None, None)
+            return wf, bf, n_w
+        w_q, w_clip, w_saved = fake_quant_parts(wf, n_w, bits, w_bounds, exact=True)
+        b_q, b_clip, b_saved = fake_quant_parts(bf, n_b, recipe.bias_bits, b_bounds, exact=True)
         ctx.clips = (w_clip, b_clip)
-        ctx.save_for_backward(w, b, mean, rstd, inv, w_saved, b_saved)
+        ctx.save_for_backward(w, aux, w_saved, b_saved)
         return w_q, b_q, n_w
 
     @staticmethod
     def backward(ctx, grad_w: torch.Tensor, grad_b: torch.Tensor | None, _grad_n: None):  # type: ignore[override]
-        w, b, mean, rstd, inv, w_saved, b_saved = ctx.saved_tensors
+        w, aux, w_saved, b_saved = ctx.saved_tensors
         w_clip, b_clip = ctx.clips
-        g_wf = ste_gradient(grad_w, w_clip, w_saved).float().contiguous()
-        g_bf = (torch.zeros_like(inv) if grad_b is None else ste_gradient(grad_b, b_clip, b_saved)).float().contiguous()
+        g_wf = ste_gradient(grad_w, w_clip, w_saved)
+        g_bf = None if grad_b is None else ste_gradient(grad_b, b_clip, b_saved)
+        if not kernels.usable(g_wf):  # a gradient of another dtype or layout than the forward's tensors
+            g_wf = g_wf.float().contiguous()
+        if g_bf is not None and not kernels.usable(g_bf):
+            g_bf = g_bf.float().contiguous()
         need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:4]
+        C = aux.numel() // 3
         g_w = torch.empty_like(w) if need_w else None
-        g_b = torch.empty_like(inv) if need_b else None
-        g_gamma = torch.empty_like(inv) if need_gamma else None
-        g_beta = torch.empty_like(inv) if need_beta else None
+        g_c = aux.new_empty(3 * C)  # the three per-channel gradients, written side by side
         ptr = kernels.pointer
-        kernels.lib.lnn_q_fold_backward_f32(ptr(g_wf), ptr(g_bf), ptr(w), ptr(b), ptr(mean), ptr(rstd), ptr(inv),
-                                            inv.numel(), w.numel() // max(inv.numel(), 1), ptr(g_w), ptr(g_b),
-                                            ptr(g_gamma), ptr(g_beta))
-        return g_w, g_b, g_gamma, g_beta, None, None, None, None
+        gc = ptr(g_c)
+        kernels.lib.lnn_q_fold_backward_f32(ptr(g_wf), ptr(g_bf), ptr(w), ptr(aux), C, w.numel() // C, ptr(g_w),
+                                            gc if need_b else kernels.ffi.NULL,
+                                            gc + C if need_gamma else kernels.ffi.NULL,
+                                            gc + 2 * C if need_beta else kernels.ffi.NULL)
+        g_b, g_gamma, g_beta = g_c.split(C)
+        return (g_w, g_b if need_b else None, g_gamma if need_gamma else None, g_beta if need_beta else None,
+                None, None, None, None)
 
 
 def fold_fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module, n_x: int, bits: int,
