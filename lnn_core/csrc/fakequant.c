@@ -244,3 +244,91 @@ void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w,
         }
     }
 }
+
+/* The straight-through gradient of a fake-quant, with the per-channel sums a bias gradient needs, in one pass:
+ * out = g where lo < q < hi (strictly; lo, hi are the integer bounds widened by one, as torch's hardtanh_backward
+ * takes them; a NaN in q lets its gradient through, as torch's scalar loop does), else 0; without q (nothing saturated) out = g (out
+ * may be g). g is [outer, C, inner] (NCHW: inner = H W; rows of a linear layer: inner = 1); when sums is not NULL
+ * it receives sum over outer and inner of out per channel (float32 partial sums of at most one inner block, added
+ * in float64, then float32). */
+static double ste_block_portable(const float *g, const float *q, float *out, int64_t inner, float lo, float hi) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < inner; k++) {
+        float v = g[k];
+        if (q) {
+            float t = q[k];
+            v = (t <= lo || t >= hi) ? 0.0f : v;
+        }
+        out[k] = v;
+        s += v;
+    }
+    return (double)s;
+}
+
+#ifdef LNN_Q_X86
+__attribute__((target("avx2"))) static double ste_block_avx2(const float *g, const float *q, float *out,
+                                                             int64_t inner, float lo, float hi) {
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= inner; k += 8) {
+        __m256 v = _mm256_loadu_ps(g + k);
+        if (q) {
+            __m256 t = _mm256_loadu_ps(q + k);
+            __m256 cut = _mm256_or_ps(_mm256_cmp_ps(t, vlo, _CMP_LE_OQ), _mm256_cmp_ps(t, vhi, _CMP_GE_OQ));
+            v = _mm256_andnot_ps(cut, v);
+        }
+        _mm256_storeu_ps(out + k, v);
+        acc = _mm256_add_ps(acc, v);
+    }
+    float a[8];
+    _mm256_storeu_ps(a, acc);
+    double s = ste_block_portable(g + k, q ? q + k : q, out + k, inner - k, lo, hi);
+    for (int i = 0; i < 8; i++) s += (double)a[i];
+    return s;
+}
+#endif
+
+void lnn_q_ste_f32(const float *g, const float *q, float *out, int64_t outer, int64_t C, int64_t inner, float lo,
+                   float hi, float *sums, int32_t isa) {
+    double acc[LNN_Q_MAX_CHANNELS];
+    const int with_sums = sums != 0 && C <= LNN_Q_MAX_CHANNELS;
+    (void)isa;
+    if (with_sums)
+        for (int64_t c = 0; c < C; c++) acc[c] = 0.0;
+    if (inner == 1) { /* rows of a linear layer: the channels run along the row */
+        for (int64_t o = 0; o < outer; o++) {
+            const float *gr = g + o * C, *qr = q ? q + o * C : q;
+            float *outr = out + o * C;
+            for (int64_t c = 0; c < C; c++) {
+                float v = gr[c];
+                if (qr) {
+                    float t = qr[c];
+                    v = (t <= lo || t >= hi) ? 0.0f : v;
+                }
+                outr[c] = v;
+            }
+            if (with_sums)
+                for (int64_t c = 0; c < C; c++) acc[c] += (double)outr[c];
+        }
+        if (with_sums)
+            for (int64_t c = 0; c < C; c++) sums[c] = (float)acc[c];
+        return;
+    }
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t base = (o * C + c) * inner;
+            const float *qb = q ? q + base : q;
+            double s;
+#ifdef LNN_Q_X86
+            if (isa == LNN_Q_ISA_AVX2 && inner >= 8)
+                s = ste_block_avx2(g + base, qb, out + base, inner, lo, hi);
+            else
+#endif
+                s = ste_block_portable(g + base, qb, out + base, inner, lo, hi);
+            if (with_sums) acc[c] += s;
+        }
+    }
+    if (with_sums)
+        for (int64_t c = 0; c < C; c++) sums[c] = (float)acc[c];
+}

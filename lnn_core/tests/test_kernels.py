@@ -229,3 +229,24 @@ def test_a_bad_kernel_choice_is_a_config_error():
     assert first == "LNN_QAT_KERNELS fast ['auto', 'portable', 'torch']"
     assert "LNN_QAT_KERNELS" in line and "'fast'" in line
     assert isinstance(ConfigError("x", {}, "y"), ValueError)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 20), st.sampled_from([1, 3, 8, 19, 64]), st.booleans(), st.booleans(),
+       st.integers(0, 2**31 - 1), st.sampled_from(ISAS))
+def test_straight_through_gradient_and_channel_sums(outer, channels, inner, clipped, nan, seed, isa):
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(outer, channels, inner, generator=g)
+    q = torch.randint(-131, 131, (outer, channels, inner), generator=g).float()
+    if nan:
+        q.view(-1)[0] = float("nan")  # hardtanh's backward lets a NaN's gradient through; so does the kernel
+    clip, saved = ((-129.0, 128.0), q) if clipped else (None, None)
+    sums = torch.empty(channels)
+    got = kernels.ste_into(grad, clip, saved, channels, inner, sums, isa=isa)
+    want = fq.ste_gradient(grad, clip, saved)
+    if nan and clipped:  # torch's hardtanh_backward zeroes a NaN's gradient in its vector loop and passes it in its
+        assert got.view(-1)[0] == grad.view(-1)[0]  # scalar tail; the kernel passes it everywhere
+        want.view(-1)[0] = grad.view(-1)[0]
+    _same(got, want)
+    torch.testing.assert_close(sums, want.sum((0, 2)), rtol=1e-5, atol=1e-5)
+    assert kernels.ste_into(grad, "mask", q > 0, channels, inner, None) is None  # a boolean mask: the torch path

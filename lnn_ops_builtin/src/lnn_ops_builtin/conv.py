@@ -27,8 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnn_core.ops import OpFamily
+from lnn_core.quant import kernels
+from lnn_core.quant.functional import ste_gradient
 from lnn_core.quant.qmodule import QModule
-from lnn_core.quant.quantizers import ActQuantizer, fold_batch_norm, fold_fake_quant_weight_bias, param_exponent
+from lnn_core.quant.quantizers import (
+    ActQuantizer,
+    ParamParts,
+    fold_batch_norm,
+    fold_fake_quant_weight_bias,
+    fold_kernel_takes,
+    param_exponent,
+)
 from lnn_core.quant.rewrite import BuildContext, Built
 
 __all__ = ["QConv", "FAMILIES"]
@@ -162,12 +171,25 @@ class QConv(QModule):
         n_x = self.in_exponent(0)
         bn = self.bn
         w_c, b_c = self.constrain_weight(w), self.constrain_bias(b)
-        if bn is not None and w_c is w and b_c is b:  # no stage-1 clamp
+        clamped = w_c is not w or b_c is not b  # stage-1 clamps: the torch chain below applies them
+        if not clamped and self._one_node(x, w, b, bn):
+            gamma, beta = (bn.weight, bn.bias) if bn is not None else (None, None)
+            return _LayerTrain.apply(x, w, b, gamma, beta, self, n_x)
+        if bn is not None and not clamped:
             w_q, b_q, n_w = fold_fake_quant_weight_bias(w, b, bn, n_x, self.weight_bits, self.recipe)
         else:
             ((w_q, b_q, n_w),) = self.fake_quant_pairs([self.folded_weight_bias(w, b)], [n_x])
         y = self._run_op(x, w_q, b_q)
         return self.finish_train(y, cap=n_x + n_w)
+
+    def _one_node(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module | None) -> bool:
+        """Whether this training forward runs as :class:`_LayerTrain`: a conv (zero padding) or linear layer, the
+        C kernels take the input and the parameters, and the output quantizer may fuse (no hook, no clamp)."""
+        return (self.kind in ("conv", "linear") and self.padding_mode == "zeros" and kernels.usable(x)
+                and (fold_kernel_takes(w, b, bn) if bn is not None else
+                     kernels.usable(w) and (b is None or kernels.usable(b)))
+                and self.fuses_output(x, w, *(t for t in (b,) + ((bn.weight, bn.bias) if bn is not None else ())
+                                               if t is not None)))
 
     @torch.no_grad()
     def _forward_exact(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -204,6 +226,55 @@ class QConv(QModule):
                 attrs.update(in_channels=ws[0], out_channels=ws[1] * self.groups,
                              output_padding=list(self.output_padding))
         return attrs
+
+
+class _LayerTrain(torch.autograd.Function):
+    """A conv or linear layer's whole training forward as one autograd node: the parameters' fake-quant (a BatchNorm
+    folded in C, :class:`~lnn_core.quant.quantizers.ParamParts`), the op on the fake-quantized parameters, and the
+    output quantizer's observe + fake-quant in place (C kernels); one backward: the output's clipping mask, torch's
+    own kernels of the op's gradient (``convolution_backward``; the linear layer's two products and its bias sum),
+    then the parameters'. The same values and observer state as the chain of nodes it replaces (conv, weight/bias or
+    fold node, quantizer node), gradients equal up to the float rounding of the products' summation order."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None,  # type: ignore[override]
+                beta: torch.Tensor | None, layer: QConv, n_x: int) -> torch.Tensor:
+        parts = ParamParts()
+        w_q, b_q, n_w = parts.forward(w, b, layer.bn, n_x, layer.weight_bits, layer.recipe)
+        y = layer._run_op(x, w_q, b_q)
+        out, ctx.clip, saved = layer.out_q.observe_fake_quant_(y, n_x + n_w)
+        ctx.parts, ctx.layer, ctx.has_bias = parts, layer, b_q is not None
+        ctx.save_for_backward(x, w_q, saved, *parts.tensors)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, w_q, saved, *param_saved = ctx.saved_tensors
+        layer: QConv = ctx.layer
+        need_x, need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:5]
+        want_w = need_w or need_gamma or need_beta or (need_b and layer.bn is not None)
+        want_b = ctx.has_bias and (need_b or need_beta)
+        linear = layer.kind == "linear"
+        channels = w_q.shape[0]
+        # the output's clipping mask and the bias gradient (its per-channel sum) in one C pass where it applies
+        g_bq = grad.new_empty(channels) if want_b else None
+        g = kernels.ste_into(grad, ctx.clip, saved, channels, 1 if linear else grad[0, 0].numel(),
+                             g_bq) if kernels.usable(grad) else None
+        if g is None:
+            g = ste_gradient(grad, ctx.clip, saved)
+            if want_b:
+                g_bq = g.reshape(-1, channels).sum(0) if linear else g.sum([0, *range(2, g.dim())])
+        if linear:
+            g2, x2 = g.reshape(-1, channels), x.reshape(-1, x.shape[-1])
+            g_x = g.matmul(w_q) if need_x else None
+            g_wq = g2.t().mm(x2) if want_w else None
+        else:
+            g_x, g_wq, _ = torch.ops.aten.convolution_backward(
+                g, x, w_q, None, list(layer.stride), list(layer.padding), list(layer.dilation), False,
+                [0] * layer.dims, layer.groups, [need_x, want_w, False])
+        g_w, g_b, g_gamma, g_beta = ctx.parts.backward(tuple(param_saved), g_wq, g_bq,
+                                                       (need_w, need_b, need_gamma, need_beta))
+        return g_x, g_w, g_b, g_gamma, g_beta, None, None
 
 
 # -- building -----------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const flo
                     float *bounds);
 void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w, const float *aux, int64_t C,
                              int64_t K, float *gw, float *gb, float *ggamma, float *gbeta);
+#define LNN_Q_MAX_CHANNELS ...
+void lnn_q_ste_f32(const float *g, const float *q, float *out, int64_t outer, int64_t C, int64_t inner, float lo,
+                   float hi, float *sums, int32_t isa);
 """
 
 

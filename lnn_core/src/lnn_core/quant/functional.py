@@ -174,7 +174,8 @@ def ste_gradient(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None) -> t
 
     ``clip`` is None (nothing saturated: the gradient passes), ``"mask"`` (``saved`` is the boolean mask)
     or the open interval ``(lo - 1, hi + 1)`` that the integers ``saved`` must lie in. One difference from
-    a boolean mask, on inputs that are NaN only: hardtanh's backward passes their gradient on.
+    a boolean mask, on inputs that are NaN only: hardtanh's backward passes their gradient on in its scalar loop (and
+    zeroes it in its vector loop; the C kernel of :func:`~lnn_core.quant.kernels.ste_into` passes it everywhere).
     """
     if clip is None:
         return grad

@@ -19,12 +19,13 @@ torch path. The environment variable ``LNN_QAT_KERNELS`` chooses, read once when
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["ISA", "MAX_NUMEL", "MODE", "bounds", "pointer", "round_into", "usable"]
+__all__ = ["ISA", "MAX_NUMEL", "MODE", "bounds", "pointer", "round_into", "ste_into", "usable"]
 
 #: largest tensor the kernels take (elements); larger ones go to torch's threaded operations
 MAX_NUMEL = 1 << 18
@@ -99,3 +100,21 @@ def round_into(x: torch.Tensor, out: torch.Tensor, q: torch.Tensor | None, n: in
         lib.lnn_q_round_exact_f32(_ptr(x), _ptr(out), qp, x.numel(), scale, 1.0 / scale, lo, hi, clamp, code)
     else:
         lib.lnn_q_round_f32(_ptr(x), _ptr(out), qp, x.numel(), scale, 1.0 / scale, lo, hi, clamp, code)
+
+
+def ste_into(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None, channels: int, inner: int,
+             sums: torch.Tensor | None, isa: str | None = None) -> torch.Tensor | None:
+    """The straight-through gradient of :func:`~lnn_core.quant.functional.ste_gradient` (same values) for a
+    :func:`usable` ``grad`` laid out ``[outer, channels, inner]``, with the per-channel sums of the result written to
+    ``sums`` (float32, ``channels`` values; None: not wanted) in the same pass: a conv or linear layer's bias
+    gradient. None when the kernel does not take the case (a boolean mask, too many channels): use the torch path.
+    The sums add float32 partial sums of ``inner`` values in float64: equal to torch's ``sum`` up to rounding."""
+    if (clip is not None and not isinstance(clip, tuple)) or channels > lib.LNN_Q_MAX_CHANNELS:
+        return None
+    if clip is None:
+        out, q, lo, hi = grad, ffi.NULL, 0.0, 0.0  # nothing saturated: the gradient passes (written onto itself)
+    else:
+        out, q, (lo, hi) = torch.empty_like(grad), _ptr(saved), clip
+    lib.lnn_q_ste_f32(_ptr(grad), q, _ptr(out), grad.numel() // (channels * inner), channels, inner, lo, hi,
+                      _ptr(sums) if sums is not None else ffi.NULL, _isa if isa is None else _isa_code(isa))
+    return out

@@ -44,7 +44,8 @@ from .recipes import Recipe
 
 __all__ = ["ActQuantizer", "WeightQuantizer", "CapSource", "share_exponents", "unshare_exponents",
            "param_exponent", "quantize_weight", "quantize_bias", "fake_quant_weight", "fake_quant_bias",
-           "fake_quant_weight_bias", "fold_batch_norm", "fold_fake_quant_weight_bias"]
+           "fake_quant_weight_bias", "fold_batch_norm", "fold_fake_quant_weight_bias", "fold_kernel_takes",
+           "ParamParts"]
 
 ExponentOf = Callable[["ActQuantizer | None"], int]
 CapSource = Callable[[ExponentOf], "int | None"]
@@ -481,23 +482,39 @@ def fold_batch_norm(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module) -> t
     return w, (base + b * inv if b is not None else base)
 
 
-class _FoldFakeQuant(torch.autograd.Function):
-    """:func:`fold_batch_norm`, then :func:`fake_quant_weight_bias`, as one autograd node whose fold runs in C
-    (``lnn_q_fold_f32`` and its backward): the training form of a conv or linear layer's parameters with its
-    BatchNorm folded. Same values as the torch chain; gradients equal up to float rounding (the per-channel sums of
-    the BatchNorm scale's gradient run in float64). The per-channel values the backward needs (``rstd``, ``inv``,
-    ``b - mean``) are copied out at the forward, so a later in-place update of the statistics moves nothing."""
+class ParamParts:
+    """The training forward of a layer's weight and bias (optionally with a BatchNorm folded in) split from its
+    autograd node, for nodes that own more than the parameters (a conv layer with its output quantizer):
+    :meth:`forward` gives ``(w_q, b_q, n_w)`` and keeps what :meth:`backward` needs; ``tensors`` must go through the
+    node's ``save_for_backward`` and come back to :meth:`backward` as ``saved``.
 
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None,  # type: ignore[override]
-                beta: torch.Tensor | None, bn: nn.Module, n_x: int, bits: int,
-                recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor, int]:
+    With ``bn``: :func:`fold_batch_norm` in C (``lnn_q_fold_f32``; every tensor :func:`kernels.usable`), then the
+    weight/bias fake-quant; gradients to ``w``, ``b`` and the BatchNorm's ``weight`` and ``bias``, equal to the torch
+    chain's up to float rounding (the BatchNorm scale's per-channel sums run in float64). Without: the weight/bias
+    fake-quant of :func:`fake_quant_weight_bias`, straight-through gradients. The per-channel values the fold's
+    backward needs are copied out at the forward: a later in-place update of the statistics moves nothing."""
+
+    __slots__ = ("folded", "clips", "tensors")
+
+    def forward(self, w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module | None, n_x: int, bits: int,
+                recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        self.folded = bn is not None
+        if bn is None:
+            bounds = tensor_bounds(w)
+            n_w = _stateless_exponent(w, bits, recipe, bounds)
+            w_q, w_clip, w_saved = fake_quant_parts(w, n_w, bits, bounds, exact=True)
+            b_q, b_clip, b_saved = None, None, None
+            if b is not None:
+                b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, recipe.bias_bits, None, exact=True)
+            self.clips = (w_clip, b_clip)
+            self.tensors = (w_saved, b_saved)
+            return w_q, b_q, n_w
         lib, ptr = kernels.lib, kernels.pointer
         C = w.shape[0]
         wf, bf, aux = torch.empty_like(w), w.new_empty(C), w.new_empty(3 * C)
         out = kernels.ffi.new("float[4]")
-        lib.lnn_q_fold_f32(ptr(w), ptr(b), ptr(bn.running_mean), ptr(bn.running_var), bn.eps, ptr(gamma), ptr(beta),
-                           C, w.numel() // C, ptr(wf), ptr(bf), ptr(aux), out)
+        lib.lnn_q_fold_f32(ptr(w), ptr(b), ptr(bn.running_mean), ptr(bn.running_var), bn.eps, ptr(bn.weight),
+                           ptr(bn.bias), C, w.numel() // C, ptr(wf), ptr(bf), ptr(aux), out)
         w_bounds, b_bounds = (out[0], out[1]), (out[2], out[3])
         n_w = _stateless_exponent(wf, bits, recipe, w_bounds)
         n_b = n_x + n_w
@@ -505,38 +522,69 @@ class _FoldFakeQuant(torch.autograd.Function):
             # the common case: no clamp, no mask; both rounded in place (the same values as fake_quant_parts)
             kernels.round_into(wf, wf, None, n_w, 0, 0, False, True)
             kernels.round_into(bf, bf, None, n_b, 0, 0, False, True)
-            ctx.clips = (None, None)
-            ctx.save_for_backward(w, aux, None, None)
+            self.clips = (None, None)
+            self.tensors = (w.detach(), aux, None, None)
             return wf, bf, n_w
         w_q, w_clip, w_saved = fake_quant_parts(wf, n_w, bits, w_bounds, exact=True)
         b_q, b_clip, b_saved = fake_quant_parts(bf, n_b, recipe.bias_bits, b_bounds, exact=True)
-        ctx.clips = (w_clip, b_clip)
-        ctx.save_for_backward(w, aux, w_saved, b_saved)
+        self.clips = (w_clip, b_clip)
+        self.tensors = (w.detach(), aux, w_saved, b_saved)
         return w_q, b_q, n_w
 
-    @staticmethod
-    def backward(ctx, grad_w: torch.Tensor, grad_b: torch.Tensor | None, _grad_n: None):  # type: ignore[override]
-        w, aux, w_saved, b_saved = ctx.saved_tensors
-        w_clip, b_clip = ctx.clips
-        g_wf = ste_gradient(grad_w, w_clip, w_saved)
+    def backward(self, saved: tuple[torch.Tensor | None, ...], grad_w: torch.Tensor | None,
+                 grad_b: torch.Tensor | None, need: tuple[bool, bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+        """``(g_w, g_b, g_gamma, g_beta)`` from the gradients of ``w_q`` and ``b_q``; ``need`` says which are wanted
+        (the last two only with a BatchNorm)."""
+        w_clip, b_clip = self.clips
+        if not self.folded:
+            w_saved, b_saved = saved
+            g_w = None if grad_w is None or not need[0] else ste_gradient(grad_w, w_clip, w_saved)
+            g_b = None if grad_b is None or not need[1] else ste_gradient(grad_b, b_clip, b_saved)
+            return g_w, g_b, None, None
+        w, aux, w_saved, b_saved = saved
+        g_wf = torch.zeros_like(w) if grad_w is None else ste_gradient(grad_w, w_clip, w_saved)
         g_bf = None if grad_b is None else ste_gradient(grad_b, b_clip, b_saved)
         if not kernels.usable(g_wf):  # a gradient of another dtype or layout than the forward's tensors
             g_wf = g_wf.float().contiguous()
         if g_bf is not None and not kernels.usable(g_bf):
             g_bf = g_bf.float().contiguous()
-        need_w, need_b, need_gamma, need_beta = ctx.needs_input_grad[:4]
         C = aux.numel() // 3
-        g_w = torch.empty_like(w) if need_w else None
+        g_w = torch.empty_like(w) if need[0] else None
         g_c = aux.new_empty(3 * C)  # the three per-channel gradients, written side by side
-        ptr = kernels.pointer
+        ptr, null = kernels.pointer, kernels.ffi.NULL
         gc = ptr(g_c)
         kernels.lib.lnn_q_fold_backward_f32(ptr(g_wf), ptr(g_bf), ptr(w), ptr(aux), C, w.numel() // C, ptr(g_w),
-                                            gc if need_b else kernels.ffi.NULL,
-                                            gc + C if need_gamma else kernels.ffi.NULL,
-                                            gc + 2 * C if need_beta else kernels.ffi.NULL)
+                                            gc if need[1] else null, gc + C if need[2] else null,
+                                            gc + 2 * C if need[3] else null)
         g_b, g_gamma, g_beta = g_c.split(C)
-        return (g_w, g_b if need_b else None, g_gamma if need_gamma else None, g_beta if need_beta else None,
-                None, None, None, None)
+        return g_w, g_b if need[1] else None, g_gamma if need[2] else None, g_beta if need[3] else None
+
+
+def fold_kernel_takes(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module) -> bool:
+    """Whether :class:`ParamParts` folds ``bn`` in C: every tensor :func:`kernels.usable`, one statistic per output
+    channel (dim 0 of ``w``)."""
+    return (w.dim() >= 1 and w.shape[0] == bn.running_var.numel()
+            and all(kernels.usable(t) for t in (w, b, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+                    if t is not None))
+
+
+class _FoldFakeQuant(torch.autograd.Function):
+    """:func:`fold_batch_norm`, then :func:`fake_quant_weight_bias`, as one autograd node whose fold runs in C
+    (:class:`ParamParts`): the training form of a conv or linear layer's parameters with its BatchNorm folded."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None,  # type: ignore[override]
+                beta: torch.Tensor | None, bn: nn.Module, n_x: int, bits: int,
+                recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor, int]:
+        ctx.parts = ParamParts()
+        w_q, b_q, n_w = ctx.parts.forward(w, b, bn, n_x, bits, recipe)
+        ctx.save_for_backward(*ctx.parts.tensors)
+        return w_q, b_q, n_w
+
+    @staticmethod
+    def backward(ctx, grad_w: torch.Tensor, grad_b: torch.Tensor | None, _grad_n: None):  # type: ignore[override]
+        grads = ctx.parts.backward(ctx.saved_tensors, grad_w, grad_b, ctx.needs_input_grad[:4])
+        return (*grads, None, None, None, None)
 
 
 def fold_fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module, n_x: int, bits: int,
@@ -544,8 +592,7 @@ def fold_fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, bn: nn.
     """``fake_quant_weight_bias(*fold_batch_norm(w, b, bn), n_x, bits, recipe)``: the training form of a layer's
     parameters with a BatchNorm folded in; one autograd node with the fold in C where the kernels take every tensor
     (:mod:`~lnn_core.quant.kernels`), the torch chain otherwise. The same values either way."""
-    tensors = [t for t in (w, b, bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-    if w.dim() >= 1 and w.shape[0] == bn.running_var.numel() and all(kernels.usable(t) for t in tensors):
+    if fold_kernel_takes(w, b, bn):
         return _FoldFakeQuant.apply(w, b, bn.weight, bn.bias, bn, n_x, bits, recipe)
     w_f, b_f = fold_batch_norm(w, b, bn)
     return fake_quant_weight_bias(w_f, b_f, n_x, bits, recipe)
