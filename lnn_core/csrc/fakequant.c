@@ -332,3 +332,95 @@ void lnn_q_ste_f32(const float *g, const float *q, float *out, int64_t outer, in
     if (with_sums)
         for (int64_t c = 0; c < C; c++) sums[c] = (float)acc[c];
 }
+
+/* iqAdd / iqSub in training: the (min, max) of the float32 sum x + sign y without forming it (the observer's
+ * statistic), and the chip's sum t = R(x s) + sign R(y s) (each operand rounded in float32 as the fake-quant rounds
+ * it), out = SAT(t) * inv, in one pass; t (when not NULL) receives the unclamped sums for the gradient's mask. */
+static void sum_bounds_portable(const float *x, const float *y, int64_t n, int32_t sign, float *bounds) {
+    float lo = INFINITY, hi = -INFINITY;
+    int nan = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = sign > 0 ? x[i] + y[i] : x[i] - y[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+        nan |= v != v;
+    }
+    bounds[0] = nan ? NAN : lo;
+    bounds[1] = nan ? NAN : hi;
+}
+
+static void sum_round_portable(const float *x, const float *y, float *out, float *t, int64_t n, float scale,
+                               float inv, int32_t sign, float lo, float hi) {
+    for (int64_t i = 0; i < n; i++) {
+        float a = floorf(x[i] * scale + 0.5f), b = floorf(y[i] * scale + 0.5f);
+        float v = sign > 0 ? a + b : a - b;
+        if (t) t[i] = v;
+        out[i] = sat(v, lo, hi) * inv;
+    }
+}
+
+#ifdef LNN_Q_X86
+__attribute__((target("avx2"))) static void sum_bounds_avx2(const float *x, const float *y, int64_t n,
+                                                            int32_t sign, float *bounds) {
+    __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY), un = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(y + i);
+        __m256 v = sign > 0 ? _mm256_add_ps(a, b) : _mm256_sub_ps(a, b);
+        lo = _mm256_min_ps(lo, v);
+        hi = _mm256_max_ps(hi, v);
+        un = _mm256_or_ps(un, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    float l[8], h[8], tail[2];
+    _mm256_storeu_ps(l, lo);
+    _mm256_storeu_ps(h, hi);
+    sum_bounds_portable(x + i, y + i, n - i, sign, tail);
+    int nan = _mm256_movemask_ps(un) != 0 || tail[0] != tail[0];
+    float rl = tail[0], rh = tail[1];
+    for (int k = 0; k < 8; k++) {
+        rl = l[k] < rl ? l[k] : rl;
+        rh = h[k] > rh ? h[k] : rh;
+    }
+    bounds[0] = nan ? NAN : rl;
+    bounds[1] = nan ? NAN : rh;
+}
+
+__attribute__((target("avx2"))) static void sum_round_avx2(const float *x, const float *y, float *out, float *t,
+                                                           int64_t n, float scale, float inv, int32_t sign, float lo,
+                                                           float hi) {
+    const __m256 s = _mm256_set1_ps(scale), half = _mm256_set1_ps(0.5f), vinv = _mm256_set1_ps(inv);
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), s), half));
+        __m256 b = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(y + i), s), half));
+        __m256 v = sign > 0 ? _mm256_add_ps(a, b) : _mm256_sub_ps(a, b);
+        if (t) _mm256_storeu_ps(t + i, v);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(LNN_Q_SAT8(v, vlo, vhi), vinv));
+    }
+    sum_round_portable(x + i, y + i, out + i, t ? t + i : t, n - i, scale, inv, sign, lo, hi);
+}
+#endif
+
+void lnn_q_sum_bounds_f32(const float *x, const float *y, int64_t n, int32_t sign, float *bounds, int32_t isa) {
+    (void)isa;
+#ifdef LNN_Q_X86
+    if (isa == LNN_Q_ISA_AVX2) {
+        sum_bounds_avx2(x, y, n, sign, bounds);
+        return;
+    }
+#endif
+    sum_bounds_portable(x, y, n, sign, bounds);
+}
+
+void lnn_q_sum_round_f32(const float *x, const float *y, float *out, float *t, int64_t n, float scale, float inv,
+                         int32_t sign, float lo, float hi, int32_t isa) {
+    (void)isa;
+#ifdef LNN_Q_X86
+    if (isa == LNN_Q_ISA_AVX2) {
+        sum_round_avx2(x, y, out, t, n, scale, inv, sign, lo, hi);
+        return;
+    }
+#endif
+    sum_round_portable(x, y, out, t, n, scale, inv, sign, lo, hi);
+}

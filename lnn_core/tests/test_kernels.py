@@ -250,3 +250,31 @@ def test_straight_through_gradient_and_channel_sums(outer, channels, inner, clip
     _same(got, want)
     torch.testing.assert_close(sums, want.sum((0, 2)), rtol=1e-5, atol=1e-5)
     assert kernels.ste_into(grad, "mask", q > 0, channels, inner, None) is None  # a boolean mask: the torch path
+
+
+@settings(max_examples=300, deadline=None)
+@given(tensors(), st.integers(0, 2**31 - 1), st.integers(-2, 12), st.sampled_from([1, -1]), st.sampled_from([8, 16]),
+       st.booleans(), st.sampled_from(ISAS))
+def test_iq_add_and_sub_equal_the_torch_operations(x, seed, n, sign, bits, give_bounds, isa):
+    y = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * float(x.abs().nan_to_num().max() + 1)
+    s = kernels.sum_bounds(x, y, sign)
+    ref = fq.tensor_bounds_torch(x + y if sign > 0 else x - y)
+    assert s == ref or (np.isnan(ref[0]) and np.isnan(s[0]) and np.isnan(s[1]))
+    lo, hi = fq.qrange(bits)
+    out, t = torch.empty_like(x), torch.empty_like(x)
+    kernels.sum_round_into(x, y, out, t, n, sign, lo, hi, isa=isa)
+    sc = 2.0**n
+    r = torch.rsub(x, 0.5, alpha=-sc).floor_()
+    r = r.add_(torch.rsub(y, 0.5, alpha=-sc).floor_()) if sign > 0 else r.sub_(torch.rsub(y, 0.5, alpha=-sc).floor_())
+    _same(t, r)
+    _same(out, r.clamp(lo, hi).mul_(1.0 / sc))
+    # the autograd node (with or without the bounds): the value, and the gradient masked where the sum saturated
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    z = fq.fake_quant_sum(xr, yr, n, sign, lo, hi, bits, s if give_bounds else None)
+    _same(z.detach(), out)
+    g = torch.randn_like(z)
+    z.backward(g)
+    ok = ~torch.isnan(r)  # torch's mask of a NaN sum differs between its loops (see ste_gradient)
+    want = torch.where((r >= lo) & (r <= hi), g, torch.zeros_like(g))
+    _same(xr.grad[ok], want[ok])
+    _same(yr.grad[ok], (want if sign > 0 else -want)[ok])

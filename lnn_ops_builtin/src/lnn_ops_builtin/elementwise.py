@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 
 from lnn_core.ops import OpFamily
+from lnn_core.quant import kernels
 from lnn_core.quant.functional import fake_quant, fake_quant_sum
 from lnn_core.quant.qmodule import QModule
 from lnn_core.quant.quantizers import ActQuantizer
@@ -52,15 +53,20 @@ class QAdd(_Binary):
         if not self.quantizing:
             return self.out_q(self.constrain_act(x + y if self.sign > 0 else x - y))
         cap = min(self.in_exponent(0), self.in_exponent(1))
+        bounds = None
         if self.training and self.out_q.observe:  # the float sum only feeds the observer: no autograd node
-            with torch.no_grad():
-                n = self.out_q.update(x + y if self.sign > 0 else x - y, cap)
+            if kernels.usable(x) and kernels.usable(y) and x.shape == y.shape:  # its bounds without forming it
+                bounds = kernels.sum_bounds(x, y, self.sign)
+                n = self.out_q.observe_bounds(bounds, cap)
+            else:
+                with torch.no_grad():
+                    n = self.out_q.update(x + y if self.sign > 0 else x - y, cap)
         else:
             n = self.out_q.eval_exponent(cap)
         lo, hi = self.out_bounds(n)
         s = 2.0**n
         if self.training:  # R(x * s) +- R(y * s), clamped, in one autograd node (same values and gradients)
-            return fake_quant_sum(x, y, n, self.sign, lo, hi, self.act_bits)
+            return fake_quant_sum(x, y, n, self.sign, lo, hi, self.act_bits, bounds)
         with torch.no_grad():
             qx = torch.floor(x.double() * s + 0.5)
             qy = torch.floor(y.double() * s + 0.5)

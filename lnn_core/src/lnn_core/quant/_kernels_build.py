@@ -38,6 +38,9 @@ void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w,
 #define LNN_Q_MAX_CHANNELS ...
 void lnn_q_ste_f32(const float *g, const float *q, float *out, int64_t outer, int64_t C, int64_t inner, float lo,
                    float hi, float *sums, int32_t isa);
+void lnn_q_sum_bounds_f32(const float *x, const float *y, int64_t n, int32_t sign, float *bounds, int32_t isa);
+void lnn_q_sum_round_f32(const float *x, const float *y, float *out, float *t, int64_t n, float scale, float inv,
+                         int32_t sign, float lo, float hi, int32_t isa);
 """
 
 

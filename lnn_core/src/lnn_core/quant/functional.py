@@ -221,13 +221,23 @@ class _FakeQuantSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, n: int, sign: int, lo: int, hi: int,  # type: ignore[override]
-                bits: int) -> torch.Tensor:
+                bits: int, bounds: tuple[float, float] | None) -> torch.Tensor:
+        ctx.sign = sign
         scale = 2.0**n
+        if kernels.usable(x) and kernels.usable(y) and x.shape == y.shape and exact_grid(x.dtype, bits):
+            # one C pass; each rounded operand is within 0.5 of its value, so the sum of the two within 1 of the float
+            # sum's (whose own rounding is far below 0.5 at these magnitudes): no saturation possible, no mask kept
+            free = bounds is not None and lo <= bounds[0] * scale - 1.5 and bounds[1] * scale + 1.5 <= hi
+            out = torch.empty_like(x)
+            t = None if free else torch.empty_like(x)
+            kernels.sum_round_into(x, y, out, t, n, sign, lo, hi)
+            ctx.clip = None if free else (lo - 1.0, hi + 1.0)
+            ctx.save_for_backward(t)
+            return out
         t = torch.rsub(x, 0.5, alpha=-scale).floor_()  # R(x * 2**n), as in fake_quant_parts
         qy = torch.rsub(y, 0.5, alpha=-scale).floor_()
         t = t.add_(qy) if sign > 0 else t.sub_(qy)
         out = t.clamp(lo, hi).mul_(1.0 / scale)
-        ctx.sign = sign
         if exact_grid(x.dtype, bits):
             ctx.clip = (lo - 1.0, hi + 1.0)
             ctx.save_for_backward(t)
@@ -240,10 +250,11 @@ class _FakeQuantSum(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (saved,) = ctx.saved_tensors
         g = ste_gradient(grad, ctx.clip, saved)
-        return g, (g if ctx.sign > 0 else -g), None, None, None, None, None
+        return g, (g if ctx.sign > 0 else -g), None, None, None, None, None, None
 
 
-def fake_quant_sum(x: torch.Tensor, y: torch.Tensor, n: int, sign: int, lo: int, hi: int, bits: int) -> torch.Tensor:
+def fake_quant_sum(x: torch.Tensor, y: torch.Tensor, n: int, sign: int, lo: int, hi: int, bits: int,
+                   bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Training form of iqAdd (``sign`` 1) and iqSub (``sign`` -1): ``clamp(R(x*2**n) +- R(y*2**n), lo, hi) / 2**n``.
 
     Each operand is rounded on its own, then summed exactly and saturated once, as the chip does.
@@ -251,9 +262,12 @@ def fake_quant_sum(x: torch.Tensor, y: torch.Tensor, n: int, sign: int, lo: int,
     gradient is the clipping mask of the integer sum, to ``x`` and (with the sign) to ``y``.
 
     Same values and gradients as ``(ste_round(x * s) + ste_round(y * s)).clamp(lo, hi) / s``, with seven
-    elementwise passes instead of nine and one fused backward kernel instead of seven (four boolean).
+    elementwise passes instead of nine and one fused backward kernel instead of seven (four boolean); one C pass
+    where the kernels take the tensors (:mod:`~lnn_core.quant.kernels`). ``bounds``: ``(min, max)`` of the float
+    ``x + sign y`` when the caller has them (its observer did): where they prove that nothing saturates, the node
+    keeps no mask and its gradient passes unchanged (the same gradient).
     """
-    return _FakeQuantSum.apply(x, y, n, sign, lo, hi, bits)
+    return _FakeQuantSum.apply(x, y, n, sign, lo, hi, bits, bounds)
 
 
 class _SteRound(torch.autograd.Function):

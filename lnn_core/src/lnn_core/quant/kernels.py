@@ -25,7 +25,8 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["ISA", "MAX_NUMEL", "MODE", "bounds", "pointer", "round_into", "ste_into", "usable"]
+__all__ = ["ISA", "MAX_NUMEL", "MODE", "bounds", "pointer", "round_into", "ste_into", "sum_bounds", "sum_round_into",
+           "usable"]
 
 #: largest tensor the kernels take (elements); larger ones go to torch's threaded operations
 MAX_NUMEL = 1 << 18
@@ -118,3 +119,21 @@ def ste_into(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None, channels
     lib.lnn_q_ste_f32(_ptr(grad), q, _ptr(out), grad.numel() // (channels * inner), channels, inner, lo, hi,
                       _ptr(sums) if sums is not None else ffi.NULL, _isa if isa is None else _isa_code(isa))
     return out
+
+
+def sum_bounds(x: torch.Tensor, y: torch.Tensor, sign: int) -> tuple[float, float]:
+    """``(min, max)`` of the float32 ``x + y`` (``sign`` 1) or ``x - y`` (-1) for :func:`usable` tensors of one shape,
+    without forming it: what an observer of iqAdd/iqSub's float sum reads."""
+    out = ffi.new("float[2]")
+    lib.lnn_q_sum_bounds_f32(_ptr(x), _ptr(y), x.numel(), sign, out, _isa)
+    return out[0], out[1]
+
+
+def sum_round_into(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, t: torch.Tensor | None, n: int, sign: int,
+                   lo: int, hi: int, isa: str | None = None) -> None:
+    """iqAdd/iqSub's training value: ``out = SAT(R(x 2^n) + sign R(y 2^n)) 2^-n`` (each operand rounded in float32),
+    ``t`` (if given) the unclamped sums; :func:`usable` tensors of one shape. The values of
+    :func:`~lnn_core.quant.functional.fake_quant_sum`'s torch operations."""
+    scale = 2.0**n
+    lib.lnn_q_sum_round_f32(_ptr(x), _ptr(y), _ptr(out), _ptr(t) if t is not None else ffi.NULL, x.numel(), scale,
+                            1.0 / scale, sign, lo, hi, _isa if isa is None else _isa_code(isa))
