@@ -56,16 +56,23 @@ if lib is not None and MODE != "torch":
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+_F32 = torch.float32
+_ON = ISA is not None
+
+
 def usable(x: torch.Tensor) -> bool:
     """Whether the kernels take ``x``: compiled and enabled, a plain (not subclassed) CPU float32 tensor, contiguous,
     1 to :data:`MAX_NUMEL` elements."""
-    return (ISA is not None and type(x) in _PLAIN and x.dtype is torch.float32 and x.device.type == "cpu"
-            and 0 < x.numel() <= MAX_NUMEL and x.is_contiguous())
+    return (_ON and type(x) in _PLAIN and x.dtype is _F32 and x.is_cpu and 0 < x.numel() <= MAX_NUMEL
+            and x.is_contiguous())
+
+
+_FLOAT_P = ffi.typeof("float *") if ffi is not None else None
 
 
 def pointer(x: torch.Tensor | None):
     """The ``float *`` of a :func:`usable` tensor for a kernel call (NULL for None)."""
-    return ffi.NULL if x is None else ffi.cast("float *", x.data_ptr())
+    return ffi.NULL if x is None else ffi.cast(_FLOAT_P, x.data_ptr())
 
 
 _ptr = pointer

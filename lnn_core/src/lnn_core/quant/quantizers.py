@@ -550,13 +550,13 @@ class ParamParts:
             g_bf = g_bf.float().contiguous()
         C = aux.numel() // 3
         g_w = torch.empty_like(w) if need[0] else None
-        g_c = aux.new_empty(3 * C)  # the three per-channel gradients, written side by side
+        g_c = aux.new_empty(3, C)  # the three per-channel gradients, written side by side
         ptr, null = kernels.pointer, kernels.ffi.NULL
         gc = ptr(g_c)
         kernels.lib.lnn_q_fold_backward_f32(ptr(g_wf), ptr(g_bf), ptr(w), ptr(aux), C, w.numel() // C, ptr(g_w),
                                             gc if need[1] else null, gc + C if need[2] else null,
                                             gc + 2 * C if need[3] else null)
-        g_b, g_gamma, g_beta = g_c.split(C)
+        g_b, g_gamma, g_beta = g_c.unbind(0)
         return g_w, g_b if need[1] else None, g_gamma if need[2] else None, g_beta if need[3] else None
 
 
