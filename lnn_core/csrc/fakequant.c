@@ -31,17 +31,29 @@ int32_t lnn_q_isa_available(void) {
 #endif
 }
 
+/* (min, max) of values seen one at a time; both NaN once a NaN was seen (torch.aminmax's answer) */
+typedef struct {
+    float lo, hi;
+    int nan;
+} range_f32;
+
+static inline range_f32 range_empty(void) { return (range_f32){INFINITY, -INFINITY, 0}; }
+
+static inline void range_add(range_f32 *r, float v) {
+    r->lo = v < r->lo ? v : r->lo;
+    r->hi = v > r->hi ? v : r->hi;
+    r->nan |= v != v;
+}
+
+static inline void range_store(const range_f32 *r, float *out) {
+    out[0] = r->nan ? NAN : r->lo;
+    out[1] = r->nan ? NAN : r->hi;
+}
+
 static void bounds_portable(const float *x, int64_t n, float *out) {
-    float lo = INFINITY, hi = -INFINITY;
-    int nan = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        lo = v < lo ? v : lo;
-        hi = v > hi ? v : hi;
-        nan |= v != v;
-    }
-    out[0] = nan ? NAN : lo;
-    out[1] = nan ? NAN : hi;
+    range_f32 r = range_empty();
+    for (int64_t i = 0; i < n; i++) range_add(&r, x[i]);
+    range_store(&r, out);
 }
 
 static inline float sat(float v, float lo, float hi) { /* a NaN stays NaN (both comparisons are false) */
@@ -157,28 +169,22 @@ void lnn_q_bounds_f32(const float *x, int64_t n, float *out, int32_t isa) {
     bounds_portable(x, n, out);
 }
 
-void lnn_q_round_f32(const float *x, float *out, float *q, int64_t n, float scale, float inv, float lo, float hi,
-                     int32_t clamp, int32_t isa) {
+void lnn_q_round_f32(const float *x, float *out, float *q, int64_t n, double scale, float inv, float lo, float hi,
+                     int32_t clamp, int32_t exact, int32_t isa) {
     (void)isa;
 #ifdef LNN_Q_X86
     if (isa == LNN_Q_ISA_AVX2) {
-        round_avx2(x, out, q, n, scale, inv, lo, hi, clamp);
+        if (exact)
+            round_exact_avx2(x, out, q, n, scale, inv, lo, hi, clamp);
+        else
+            round_avx2(x, out, q, n, (float)scale, inv, lo, hi, clamp);
         return;
     }
 #endif
-    round_portable(x, out, q, n, scale, inv, lo, hi, clamp);
-}
-
-void lnn_q_round_exact_f32(const float *x, float *out, float *q, int64_t n, double scale, float inv, float lo,
-                           float hi, int32_t clamp, int32_t isa) {
-    (void)isa;
-#ifdef LNN_Q_X86
-    if (isa == LNN_Q_ISA_AVX2) {
-        round_exact_avx2(x, out, q, n, scale, inv, lo, hi, clamp);
-        return;
-    }
-#endif
-    round_exact_portable(x, out, q, n, scale, inv, lo, hi, clamp);
+    if (exact)
+        round_exact_portable(x, out, q, n, scale, inv, lo, hi, clamp);
+    else
+        round_portable(x, out, q, n, (float)scale, inv, lo, hi, clamp);
 }
 
 /* BatchNorm folded into the weights and bias of the op before it, per output channel c of C (K weights each),
@@ -190,8 +196,7 @@ void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const flo
                     const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *aux,
                     float *bounds) {
     float *rstd = aux, *inv = aux + C, *bm = aux + 2 * C;
-    float lo = INFINITY, hi = -INFINITY, blo = INFINITY, bhi = -INFINITY;
-    int nan = 0, bnan = 0;
+    range_f32 wr = range_empty(), br = range_empty();
     for (int64_t c = 0; c < C; c++) {
         float r = 1.0f / sqrtf(var[c] + eps);
         float s = gamma ? r * gamma[c] : r;
@@ -200,25 +205,17 @@ void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const flo
         rstd[c] = r;
         inv[c] = s;
         bm[c] = b ? b[c] - mean[c] : -mean[c];
-        float v = b ? base + b[c] * s : base;
-        bf[c] = v;
-        blo = v < blo ? v : blo;
-        bhi = v > bhi ? v : bhi;
-        bnan |= v != v;
+        bf[c] = b ? base + b[c] * s : base;
+        range_add(&br, bf[c]);
         const float *wc = w + c * K;
         float *oc = wf + c * K;
         for (int64_t k = 0; k < K; k++) {
-            v = wc[k] * s;
-            oc[k] = v;
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-            nan |= v != v;
+            oc[k] = wc[k] * s;
+            range_add(&wr, oc[k]);
         }
     }
-    bounds[0] = nan ? NAN : lo;
-    bounds[1] = nan ? NAN : hi;
-    bounds[2] = bnan ? NAN : blo;
-    bounds[3] = bnan ? NAN : bhi;
+    range_store(&wr, bounds);
+    range_store(&br, bounds + 2);
 }
 
 /* The gradients of lnn_q_fold_f32 from those of wf (gwf) and bf (gbf), with its aux: gw = gwf * inv,
@@ -247,8 +244,8 @@ void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w,
 
 /* The straight-through gradient of a fake-quant, with the per-channel sums a bias gradient needs, in one pass:
  * out = g where lo < q < hi (strictly; lo, hi are the integer bounds widened by one, as torch's hardtanh_backward
- * takes them; a NaN in q lets its gradient through, as torch's scalar loop does), else 0; without q (nothing saturated) out = g (out
- * may be g). g is [outer, C, inner] (NCHW: inner = H W; rows of a linear layer: inner = 1); when sums is not NULL
+ * takes them; a NaN in q lets its gradient through, as torch's scalar loop does), else 0; without q (nothing
+ * saturated) out = g (out may be g). g is [outer, C, inner] (NCHW: inner = H W; rows of a linear layer: inner = 1); when sums is not NULL
  * it receives sum over outer and inner of out per channel (float32 partial sums of at most one inner block, added
  * in float64, then float32). */
 static double ste_block_portable(const float *g, const float *q, float *out, int64_t inner, float lo, float hi) {
@@ -337,16 +334,9 @@ void lnn_q_ste_f32(const float *g, const float *q, float *out, int64_t outer, in
  * statistic), and the chip's sum t = R(x s) + sign R(y s) (each operand rounded in float32 as the fake-quant rounds
  * it), out = SAT(t) * inv, in one pass; t (when not NULL) receives the unclamped sums for the gradient's mask. */
 static void sum_bounds_portable(const float *x, const float *y, int64_t n, int32_t sign, float *bounds) {
-    float lo = INFINITY, hi = -INFINITY;
-    int nan = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float v = sign > 0 ? x[i] + y[i] : x[i] - y[i];
-        lo = v < lo ? v : lo;
-        hi = v > hi ? v : hi;
-        nan |= v != v;
-    }
-    bounds[0] = nan ? NAN : lo;
-    bounds[1] = nan ? NAN : hi;
+    range_f32 r = range_empty();
+    for (int64_t i = 0; i < n; i++) range_add(&r, sign > 0 ? x[i] + y[i] : x[i] - y[i]);
+    range_store(&r, bounds);
 }
 
 static void sum_round_portable(const float *x, const float *y, float *out, float *t, int64_t n, float scale,

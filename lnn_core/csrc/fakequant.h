@@ -1,5 +1,5 @@
-/* lnn_core's fake-quantization kernels (fakequant.c); the cffi declarations in
- * src/lnn_core/quant/_kernels_build.py repeat these prototypes. */
+/* lnn_core's fake-quantization kernels (fakequant.c); src/lnn_core/quant/_kernels_build.py hands these
+ * declarations to cffi as they are. */
 #ifndef LNN_FAKEQUANT_H
 #define LNN_FAKEQUANT_H
 
@@ -12,13 +12,11 @@
 int32_t lnn_q_isa_available(void);
 /* out[0], out[1] = min, max of x[0..n) (n >= 1); both NaN when any element is NaN */
 void lnn_q_bounds_f32(const float *x, int64_t n, float *out, int32_t isa);
-/* out = SAT(floor(x * scale + 0.5f)) * inv in float32; SAT (to [lo, hi]) only when clamp is set, and then q (when
- * not NULL) receives the unclamped integers. out may be x. */
-void lnn_q_round_f32(const float *x, float *out, float *q, int64_t n, float scale, float inv, float lo, float hi,
-                     int32_t clamp, int32_t isa);
-/* the same with floor((double)x * scale + 0.5) computed in float64 (exact half-up), then rounded to float32 */
-void lnn_q_round_exact_f32(const float *x, float *out, float *q, int64_t n, double scale, float inv, float lo,
-                           float hi, int32_t clamp, int32_t isa);
+/* out = SAT(floor(x * scale + 0.5f)) * inv in float32 (scale a power of two, taken as float), or with exact set
+ * floor((double)x * scale + 0.5) in float64 (exact half-up) rounded to float32; SAT (to [lo, hi]) only when clamp is
+ * set, and then q (when not NULL) receives the unclamped integers. out may be x. */
+void lnn_q_round_f32(const float *x, float *out, float *q, int64_t n, double scale, float inv, float lo, float hi,
+                     int32_t clamp, int32_t exact, int32_t isa);
 /* BatchNorm folded into the op's weights (C output channels of K weights) and bias, as the torch expression does */
 void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const float *var, float eps,
                     const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *aux,

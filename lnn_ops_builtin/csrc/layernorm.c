@@ -59,6 +59,17 @@ static void row_factors(int64_t s1, int64_t s2, int64_t t, int64_t q_eps, const 
 
 static inline double sat16(double u) { return u < -32768.0 ? -32768.0 : (u > 32767.0 ? 32767.0 : u); }
 
+/* one element of the int8 input (a finite x) */
+static inline float int_input(float x, float scale_x, float scale_s, int32_t requant) {
+    float v = sat8(floorf(x * scale_x + 0.5f));
+    return requant ? sat8(floorf(v * scale_s + 0.5f)) : v;
+}
+
+/* one element of the output from its int8 input and the row's factors */
+static inline float chip_value(float q, double a, double c, double gs, double bs) {
+    return (float)(sat16(floor((double)q * a + c)) * gs + bs);
+}
+
 static int32_t ln_portable(const float *x, int64_t rows, int64_t t, float scale_x, float scale_s, int32_t requant,
                            int64_t q_eps, const int32_t *table, const double *gs, const double *bs, float *y,
                            float *bounds) {
@@ -70,8 +81,7 @@ static int32_t ln_portable(const float *x, int64_t rows, int64_t t, float scale_
         int64_t s1 = 0, s2 = 0;
         for (int64_t j = 0; j < t; j++) {
             if (!isfinite(xr[j])) return 1;
-            float v = sat8(floorf(xr[j] * scale_x + 0.5f));
-            if (requant) v = sat8(floorf(v * scale_s + 0.5f));
+            float v = int_input(xr[j], scale_x, scale_s, requant);
             q[j] = v;
             int64_t iv = (int64_t)v;
             s1 += iv;
@@ -81,8 +91,7 @@ static int32_t ln_portable(const float *x, int64_t rows, int64_t t, float scale_
         row_factors(s1, s2, t, q_eps, table, &a, &c);
         float *yr = y + r * t;
         for (int64_t j = 0; j < t; j++) {
-            double u = sat16(floor((double)q[j] * a + c));
-            float o = (float)(u * gs[j] + bs[j]);
+            float o = chip_value(q[j], a, c, gs[j], bs[j]);
             yr[j] = o;
             lo = o < lo ? o : lo;
             hi = o > hi ? o : hi;
@@ -137,8 +146,7 @@ __attribute__((target("avx2"))) static int32_t ln_avx2(const float *x, int64_t r
         }
         for (; j < t; j++) {
             if (!isfinite(xr[j])) return 1;
-            float v = sat8(floorf(xr[j] * scale_x + 0.5f));
-            if (requant) v = sat8(floorf(v * scale_s + 0.5f));
+            float v = int_input(xr[j], scale_x, scale_s, requant);
             q[j] = v;
             int64_t iv = (int64_t)v;
             s1 += iv;
@@ -158,8 +166,7 @@ __attribute__((target("avx2"))) static int32_t ln_avx2(const float *x, int64_t r
             vun = _mm_or_ps(vun, _mm_cmpunord_ps(o, o));
         }
         for (; j < t; j++) {
-            double u = sat16(floor((double)q[j] * a + c));
-            float o = (float)(u * gs[j] + bs[j]);
+            float o = chip_value(q[j], a, c, gs[j], bs[j]);
             yr[j] = o;
             lo = o < lo ? o : lo;
             hi = o > hi ? o : hi;

@@ -1,4 +1,5 @@
-/* Training kernel of the chip's LayerNormInt (layernorm.c); src/lnn_ops_builtin/_kernels_build.py repeats it. */
+/* Training kernel of the chip's LayerNormInt (layernorm.c); src/lnn_ops_builtin/_kernels_build.py hands these
+ * declarations to cffi as they are. */
 #ifndef LNN_OPS_LAYERNORM_H
 #define LNN_OPS_LAYERNORM_H
 

@@ -20,12 +20,19 @@ from cffi import FFI
 _HERE = Path(__file__).resolve().parent
 _CSRC = _HERE.parent.parent / "csrc"
 
-CDEF = """
-#define LNN_LN_MAX_ROW ...
-int32_t lnn_ln_chip_f32(const float *x, int64_t rows, int64_t t, float scale_x, float scale_s, int32_t requant,
-                        int64_t q_eps, const int32_t *table, const float *gamma, const float *beta, float *y,
-                        float *bounds, int32_t isa);
-"""
+def _cdef(header: Path) -> str:
+    """The header's declarations as cffi reads them: the include guard and includes dropped, each ``#define NAME
+    value`` as ``#define NAME ...`` (the compiler supplies the value). One source for the prototypes: the header."""
+    lines = []
+    for line in header.read_text().splitlines():
+        words = line.split()
+        if line.startswith(("#ifndef", "#endif", "#include")) or (line.startswith("#define") and len(words) < 3):
+            continue
+        lines.append(f"#define {words[1]} ..." if line.startswith("#define") else line)
+    return "\n".join(lines)
+
+
+CDEF = _cdef(_CSRC / "layernorm.h")
 
 
 def _builder(build_dir: Path) -> FFI:

@@ -21,27 +21,19 @@ from cffi import FFI
 _HERE = Path(__file__).resolve().parent
 _CSRC = _HERE.parent.parent.parent / "csrc"
 
-CDEF = """
-#define LNN_Q_ISA_PORTABLE ...
-#define LNN_Q_ISA_AVX2 ...
-int32_t lnn_q_isa_available(void);
-void lnn_q_bounds_f32(const float *x, int64_t n, float *out, int32_t isa);
-void lnn_q_round_f32(const float *x, float *out, float *q, int64_t n, float scale, float inv, float lo, float hi,
-                     int32_t clamp, int32_t isa);
-void lnn_q_round_exact_f32(const float *x, float *out, float *q, int64_t n, double scale, float inv, float lo,
-                           float hi, int32_t clamp, int32_t isa);
-void lnn_q_fold_f32(const float *w, const float *b, const float *mean, const float *var, float eps,
-                    const float *gamma, const float *beta, int64_t C, int64_t K, float *wf, float *bf, float *aux,
-                    float *bounds);
-void lnn_q_fold_backward_f32(const float *gwf, const float *gbf, const float *w, const float *aux, int64_t C,
-                             int64_t K, float *gw, float *gb, float *ggamma, float *gbeta);
-#define LNN_Q_MAX_CHANNELS ...
-void lnn_q_ste_f32(const float *g, const float *q, float *out, int64_t outer, int64_t C, int64_t inner, float lo,
-                   float hi, float *sums, int32_t isa);
-void lnn_q_sum_bounds_f32(const float *x, const float *y, int64_t n, int32_t sign, float *bounds, int32_t isa);
-void lnn_q_sum_round_f32(const float *x, const float *y, float *out, float *t, int64_t n, float scale, float inv,
-                         int32_t sign, float lo, float hi, int32_t isa);
-"""
+def _cdef(header: Path) -> str:
+    """The header's declarations as cffi reads them: the include guard and includes dropped, each ``#define NAME
+    value`` as ``#define NAME ...`` (the compiler supplies the value). One source for the prototypes: the header."""
+    lines = []
+    for line in header.read_text().splitlines():
+        words = line.split()
+        if line.startswith(("#ifndef", "#endif", "#include")) or (line.startswith("#define") and len(words) < 3):
+            continue
+        lines.append(f"#define {words[1]} ..." if line.startswith("#define") else line)
+    return "\n".join(lines)
+
+
+CDEF = _cdef(_CSRC / "fakequant.h")
 
 
 def _builder(build_dir: Path) -> FFI:

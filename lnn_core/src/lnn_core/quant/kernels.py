@@ -103,11 +103,8 @@ def round_into(x: torch.Tensor, out: torch.Tensor, q: torch.Tensor | None, n: in
     values as :func:`~lnn_core.quant.functional.fake_quant_parts`' torch path."""
     scale = 2.0**n
     code = _isa if isa is None else _isa_code(isa)
-    qp = _ptr(q) if q is not None else ffi.NULL
-    if exact:
-        lib.lnn_q_round_exact_f32(_ptr(x), _ptr(out), qp, x.numel(), scale, 1.0 / scale, lo, hi, clamp, code)
-    else:
-        lib.lnn_q_round_f32(_ptr(x), _ptr(out), qp, x.numel(), scale, 1.0 / scale, lo, hi, clamp, code)
+    lib.lnn_q_round_f32(_ptr(x), _ptr(out), _ptr(q) if q is not None else ffi.NULL, x.numel(), scale, 1.0 / scale, lo,
+                        hi, clamp, exact, code)
 
 
 def ste_into(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None, channels: int, inner: int,
