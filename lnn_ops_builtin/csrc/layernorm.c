@@ -65,6 +65,19 @@ static inline float int_input(float x, float scale_x, float scale_s, int32_t req
     return requant ? sat8(floorf(v * scale_s + 0.5f)) : v;
 }
 
+/* the int8 inputs q[j0..t) of one row and their sums added to s1, s2; 1 when an input is not finite */
+static int int_inputs(const float *xr, int64_t j0, int64_t t, float scale_x, float scale_s, int32_t requant, float *q,
+                      int64_t *s1, int64_t *s2) {
+    for (int64_t j = j0; j < t; j++) {
+        if (!isfinite(xr[j])) return 1;
+        q[j] = int_input(xr[j], scale_x, scale_s, requant);
+        int64_t iv = (int64_t)q[j];
+        *s1 += iv;
+        *s2 += iv * iv;
+    }
+    return 0;
+}
+
 /* one element of the output from its int8 input and the row's factors */
 static inline float chip_value(float q, double a, double c, double gs, double bs) {
     return (float)(sat16(floor((double)q * a + c)) * gs + bs);
@@ -79,14 +92,7 @@ static int32_t ln_portable(const float *x, int64_t rows, int64_t t, float scale_
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * t;
         int64_t s1 = 0, s2 = 0;
-        for (int64_t j = 0; j < t; j++) {
-            if (!isfinite(xr[j])) return 1;
-            float v = int_input(xr[j], scale_x, scale_s, requant);
-            q[j] = v;
-            int64_t iv = (int64_t)v;
-            s1 += iv;
-            s2 += iv * iv;
-        }
+        if (int_inputs(xr, 0, t, scale_x, scale_s, requant, q, &s1, &s2)) return 1;
         double a, c;
         row_factors(s1, s2, t, q_eps, table, &a, &c);
         float *yr = y + r * t;
@@ -144,14 +150,7 @@ __attribute__((target("avx2"))) static int32_t ln_avx2(const float *x, int64_t r
             s1 += l1[k];
             s2 += l2[k];
         }
-        for (; j < t; j++) {
-            if (!isfinite(xr[j])) return 1;
-            float v = int_input(xr[j], scale_x, scale_s, requant);
-            q[j] = v;
-            int64_t iv = (int64_t)v;
-            s1 += iv;
-            s2 += iv * iv;
-        }
+        if (int_inputs(xr, j, t, scale_x, scale_s, requant, q, &s1, &s2)) return 1;
         double a, c;
         row_factors(s1, s2, t, q_eps, table, &a, &c);
         const __m256d va = _mm256_set1_pd(a), vc = _mm256_set1_pd(c);
