@@ -7,9 +7,12 @@ installed) that do each job in one pass. They compute exactly what the torch ope
 :mod:`lnn_core.quant.functional` compute, bit for bit (tests/test_kernels.py checks both paths against each other);
 the torch path is the reference and the fallback.
 
-The kernels run on CPU float32 contiguous tensors of at most :data:`MAX_NUMEL` elements (beyond that torch's
-multi-threaded operations are as fast, and the one-pass kernels are single-threaded); anything else takes the
-torch path. The environment variable ``LNN_QAT_KERNELS`` chooses, read once when this module is imported:
+The kernels run on CPU float32 contiguous tensors of at most :data:`MAX_NUMEL` elements; anything else takes the
+torch path. The kernels are single-threaded: on the ResNet-ish benchmark (4 MB activations in its first stage) a
+limit of 2^22 elements made the QAT step 1.09-1.10 times the float step instead of 0.99-1.03 (2 threads, heap kept),
+so the large tensors stay with torch's multi-threaded operations.
+
+The environment variable ``LNN_QAT_KERNELS`` chooses, read once when this module is imported:
 
 - ``auto`` (default): the C kernels where they apply, with AVX2 where the CPU has it;
 - ``portable``: the C kernels, their portable C loops only;
