@@ -128,3 +128,16 @@ def test_the_chain_runs_where_the_one_node_cannot(host):
     assert kind(conv.double(), x.double()) != "_LayerTrainBackward"
     deconv = lnn.init(Net(nn.ConvTranspose2d(2, 4, 3), None, False), host=host)
     assert kind(deconv, x) != "_LayerTrainBackward"
+
+
+def test_a_diverged_training_step_names_the_quantizer(host):
+    """An overflow in training reaches an observer: the error names the quantizer's path in the prepared model."""
+    from lnn_core.errors import LnnError
+
+    model = lnn.init(Net(nn.Conv2d(2, 4, 3, padding=1), None, True), host=host)
+    x = torch.randn(2, 2, 6, 6)
+    model(x)
+    x[1, 0, 2, 3] = float("inf")
+    with pytest.raises(LnnError) as e:
+        model(x)
+    assert e.value.node == "q_input_x.out_q" and "'q_input_x.out_q'" in str(e.value).splitlines()[0]

@@ -193,6 +193,23 @@ def test_observer_state_is_written_where_the_buffers_are_after_copies_and_moves(
     assert int(q.exponent) == math.floor(math.log2(128 / float(q.running)) + 0.5)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_a_non_finite_training_batch_is_refused_with_the_quantizer_named(bad):
+    from lnn_core.errors import LnnError
+
+    q = ActQuantizer(8, Recipe("r"))
+    q.path = "block.conv.out_q"
+    q.train()
+    q(torch.tensor([3.0]))
+    with pytest.raises(LnnError) as e:
+        q(torch.tensor([1.0, bad], requires_grad=True))
+    assert e.value.node == "block.conv.out_q" and not math.isfinite(e.value.actual)
+    first = str(e.value).splitlines()[0]
+    assert "'block.conv.out_q'" in first and ("NaN" in first if math.isnan(bad) else "infinity" in first)
+    assert "hint" in str(e.value)
+    assert float(q.running) == 3.0 and int(q.num_batches) == 1  # the state is untouched
+
+
 def test_act_quantizer_l1_rule_uses_batch_exponent_in_training():
     q = ActQuantizer(8, Recipe("r", act_rule="ema_threshold"))
     q.train()

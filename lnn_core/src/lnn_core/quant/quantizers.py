@@ -21,6 +21,7 @@ the op and its weights the same pure way. Reading an exponent never writes anyth
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,8 @@ class ActQuantizer(nn.Module):
         self.cap_source = cap
         self.observe = True
         self.quant = True
+        #: the quantizer's path in the prepared model (``lnn.init`` sets it; errors name it)
+        self.path = ""
         self.register_buffer("running", torch.zeros((), dtype=torch.float32))
         self.register_buffer("exponent", torch.tensor(self.exp_hi, dtype=torch.int64))
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
@@ -123,8 +126,21 @@ class ActQuantizer(nn.Module):
 
     # -- training -----------------------------------------------------------------------------------
     def observe_bounds(self, bounds: tuple[float, float] | None, cap: int | None = None) -> int:
-        """Observe one training batch given its ``(min, max)`` (None when empty); return the exponent it uses."""
+        """Observe one training batch given its ``(min, max)`` (None when empty); return the exponent it uses.
+
+        A batch holding an infinity or NaN is refused (:class:`~lnn_core.errors.LnnError` naming the quantizer): its
+        statistic would make the running value (and every later exponent) meaningless for the rest of the training.
+        """
         m = self._batch_stat(bounds)
+        if not math.isfinite(m):
+            where = f" {self.path!r}" if self.path else ""
+            raise LnnError(
+                f"activation quantizer{where}: a training batch holds {'NaN' if math.isnan(m) else 'an infinity'}",
+                {"rule": "the observer's statistic max|x| must be finite (the running value would keep it for good)",
+                 "actual": f"max|x| = {m}"},
+                "find where the training diverged (torch.autograd.set_detect_anomaly(True) names the first op that "
+                "makes a NaN); a lower learning rate, gradient clipping or normalized inputs usually cure it",
+                node=self.path, actual=m)
         views = self._state_views()
         if views is None:
             seen = int(self.num_batches)

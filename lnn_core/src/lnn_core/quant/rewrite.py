@@ -1161,6 +1161,9 @@ def prepare(model: nn.Module, *, stage: str, host: Any, target: str, config: Qua
     info = LnnInfo(stage, tgt.id, recipe, config, constrain, lowered=lowered_paths)
     rewriter = _Rewriter(gm, host, recipe, config, stage, info)
     rewriter.run()
+    for name, m in gm.named_modules():  # the quantizers' paths, for their errors
+        if isinstance(m, ActQuantizer):
+            m.path = name
     config.check_matches(rewriter.configured, type(model).__name__)  # a by_path/by_type typo is an error
     set_stage(gm, stage)
     if stage == "constrain":
