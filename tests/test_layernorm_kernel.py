@@ -56,7 +56,7 @@ def cases(draw):
     return x, g_q, b_q, n_x
 
 
-ISAS = ["portable"] + (["avx2"] if kernels.lib is not None and kernels.lib.lnn_q_isa_available() else [])
+ISAS = kernels.available_isas()
 
 
 @settings(max_examples=300, deadline=None)

@@ -32,7 +32,7 @@ from lnn_core.quant.recipes import Recipe  # noqa: E402
 
 pytestmark = pytest.mark.skipif(kernels.ISA is None, reason="the C kernels are not built here (or switched off)")
 
-ISAS = ["portable"] + (["avx2"] if kernels.lib is not None and kernels.lib.lnn_q_isa_available() else [])
+ISAS = kernels.available_isas()
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:

@@ -55,7 +55,7 @@ class QAdd(_Binary):
         cap = min(self.in_exponent(0), self.in_exponent(1))
         bounds = None
         if self.training and self.out_q.observe:  # the float sum only feeds the observer: no autograd node
-            if kernels.usable(x) and kernels.usable(y) and x.shape == y.shape:  # its bounds without forming it
+            if kernels.usable_pair(x, y):  # its bounds without forming it
                 bounds = kernels.sum_bounds(x, y, self.sign)
                 n = self.out_q.observe_bounds(bounds, cap)
             else:

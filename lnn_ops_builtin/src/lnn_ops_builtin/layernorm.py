@@ -229,12 +229,12 @@ class _ChipLayerNormKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, g_q: torch.Tensor, b_q: torch.Tensor, n_x: int,  # type: ignore[override]
                 shape: tuple[int, ...], eps: float, out_q: ActQuantizer, cap: int) -> torch.Tensor:
-        _save_layer_norm(ctx, x, g_q, b_q, shape, eps)
         y, bounds = chip_layer_norm_kernel(x, g_q, b_q, n_x)
         if y is None:  # an infinity or NaN in x: the torch/numpy path (the same code the kernel replaces)
             q, n_k = int_input(x, n_x, True)
             return _ChipLayerNormQuant.forward(ctx, x, g_q, b_q, normalize_f64(q, n_k, g_q.numel()), q, shape, eps,
                                                out_q, cap)
+        _save_layer_norm(ctx, x, g_q, b_q, shape, eps)
         out, ctx.clip, ctx.saved = out_q.observe_fake_quant_(y, cap, bounds)
         return out
 

@@ -41,6 +41,7 @@ __all__ = [
     "cannot_saturate",
     "fake_quant_parts",
     "fake_quant_parts_torch",
+    "fake_quant_parts_into",
     "tensor_bounds_torch",
     "ste_gradient",
     "fake_quant_sum",
@@ -138,15 +139,27 @@ def fake_quant_parts(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, fl
     """
     if bounds is None and x.device.type == "cpu":  # on CPU the mask kernels cost more than finding the bounds
         bounds = tensor_bounds(x)
-    if kernels.usable(x):  # the same values in one C pass (lnn_core.quant.kernels)
-        free = cannot_saturate(bounds, n, bits)
-        if free or exact_grid(x.dtype, bits):
-            lo, hi = qrange(bits)
-            out = torch.empty_like(x)
-            q = None if free else torch.empty_like(x)
-            kernels.round_into(x, out, q, n, lo, hi, not free, exact)
-            return (out, None, None) if free else (out, (lo - 1.0, hi + 1.0), q)
-    return fake_quant_parts_torch(x, n, bits, bounds, exact)
+    parts = fake_quant_parts_into(x, None, n, bits, bounds, exact)  # the same values in one C pass, where it can
+    return parts if parts is not None else fake_quant_parts_torch(x, n, bits, bounds, exact)
+
+
+def fake_quant_parts_into(x: torch.Tensor, out: torch.Tensor | None, n: int, bits: int,
+                          bounds: tuple[float, float] | None,
+                          exact: bool = False) -> tuple[torch.Tensor, Any, torch.Tensor | None] | None:
+    """:func:`fake_quant_parts` by the C kernel (:mod:`~lnn_core.quant.kernels`), the result written into ``out``
+    (``x`` itself for an in-place fake-quant; None: a fresh tensor); None where the kernel does not take the case (a
+    tensor it does not take, or a boolean mask needed), which the caller then computes otherwise. ``bounds`` are
+    ``x``'s ``(min, max)``."""
+    if not kernels.usable(x):
+        return None
+    free = cannot_saturate(bounds, n, bits)
+    if not (free or exact_grid(x.dtype, bits)):
+        return None
+    lo, hi = qrange(bits)
+    out = torch.empty_like(x) if out is None else out
+    q = None if free else torch.empty_like(x)
+    kernels.round_into(x, out, q, n, lo, hi, not free, exact)
+    return (out, None, None) if free else (out, (lo - 1.0, hi + 1.0), q)
 
 
 def fake_quant_parts_torch(x: torch.Tensor, n: int, bits: int, bounds: tuple[float, float] | None,
@@ -224,7 +237,7 @@ class _FakeQuantSum(torch.autograd.Function):
                 bits: int, bounds: tuple[float, float] | None) -> torch.Tensor:
         ctx.sign = sign
         scale = 2.0**n
-        if kernels.usable(x) and kernels.usable(y) and x.shape == y.shape and exact_grid(x.dtype, bits):
+        if kernels.usable_pair(x, y) and exact_grid(x.dtype, bits):
             # one C pass; each rounded operand is within 0.5 of its value, so the sum of the two within 1 of the float
             # sum's (whose own rounding is far below 0.5 at these magnitudes): no saturation possible, no mask kept
             free = bounds is not None and lo <= bounds[0] * scale - 1.5 and bounds[1] * scale + 1.5 <= hi

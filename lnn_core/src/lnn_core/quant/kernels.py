@@ -29,7 +29,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["ISA", "MAX_NUMEL", "MODE", "bounds", "pointer", "round_into", "ste_into", "sum_bounds", "sum_round_into",
-           "usable"]
+           "usable", "usable_pair", "available_isas"]
 
 #: largest tensor the kernels take (elements); larger ones go to torch's threaded operations
 MAX_NUMEL = 1 << 18
@@ -70,6 +70,12 @@ def usable(x: torch.Tensor) -> bool:
             and x.is_contiguous())
 
 
+def usable_pair(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the two-operand kernels (:func:`sum_bounds`, :func:`sum_round_into`) take ``x`` and ``y``: both
+    :func:`usable`, one shape."""
+    return usable(x) and usable(y) and x.shape == y.shape
+
+
 _FLOAT_P = ffi.typeof("float *") if ffi is not None else None
 
 
@@ -78,13 +84,19 @@ def pointer(x: torch.Tensor | None):
     return ffi.NULL if x is None else ffi.cast(_FLOAT_P, x.data_ptr())
 
 
-_ptr = pointer
+def available_isas() -> tuple[str, ...]:
+    """The instruction sets the compiled kernels can run here (``"portable"``, and ``"avx2"`` where the CPU has it),
+    whatever :data:`MODE` chose; empty when they are not built."""
+    if lib is None:
+        return ()
+    return ("portable", "avx2") if lib.lnn_q_isa_available() == lib.LNN_Q_ISA_AVX2 else ("portable",)
 
 
 def _isa_code(isa: str | None) -> int:
+    """The kernels' code of ``isa`` (None: :data:`ISA`'s)."""
     if isa is None:
         return _isa
-    if isa not in ("portable", "avx2") or (isa == "avx2" and lib.lnn_q_isa_available() != lib.LNN_Q_ISA_AVX2):
+    if isa not in available_isas():
         raise ValueError(f"instruction set {isa!r} is not available here")
     return lib.LNN_Q_ISA_AVX2 if isa == "avx2" else lib.LNN_Q_ISA_PORTABLE
 
@@ -93,7 +105,7 @@ def bounds(x: torch.Tensor, isa: str | None = None) -> tuple[float, float]:
     """``(min, max)`` of a :func:`usable` tensor as python floats (both NaN when it holds a NaN). ``isa``: force
     ``"portable"`` or ``"avx2"`` (tests); by default :data:`ISA`."""
     out = ffi.new("float[2]")
-    lib.lnn_q_bounds_f32(_ptr(x), x.numel(), out, _isa if isa is None else _isa_code(isa))
+    lib.lnn_q_bounds_f32(pointer(x), x.numel(), out, _isa_code(isa))
     return out[0], out[1]
 
 
@@ -105,9 +117,8 @@ def round_into(x: torch.Tensor, out: torch.Tensor, q: torch.Tensor | None, n: in
     ``clamp``, and then ``q`` (if given, float32 of ``x``'s shape) receives the unclamped integers. The same
     values as :func:`~lnn_core.quant.functional.fake_quant_parts`' torch path."""
     scale = 2.0**n
-    code = _isa if isa is None else _isa_code(isa)
-    lib.lnn_q_round_f32(_ptr(x), _ptr(out), _ptr(q) if q is not None else ffi.NULL, x.numel(), scale, 1.0 / scale, lo,
-                        hi, clamp, exact, code)
+    lib.lnn_q_round_f32(pointer(x), pointer(out), pointer(q), x.numel(), scale, 1.0 / scale, lo, hi, clamp, exact,
+                        _isa_code(isa))
 
 
 def ste_into(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None, channels: int, inner: int,
@@ -122,9 +133,9 @@ def ste_into(grad: torch.Tensor, clip: Any, saved: torch.Tensor | None, channels
     if clip is None:
         out, q, lo, hi = grad, ffi.NULL, 0.0, 0.0  # nothing saturated: the gradient passes (written onto itself)
     else:
-        out, q, (lo, hi) = torch.empty_like(grad), _ptr(saved), clip
-    lib.lnn_q_ste_f32(_ptr(grad), q, _ptr(out), grad.numel() // (channels * inner), channels, inner, lo, hi,
-                      _ptr(sums) if sums is not None else ffi.NULL, _isa if isa is None else _isa_code(isa))
+        out, q, (lo, hi) = torch.empty_like(grad), pointer(saved), clip
+    lib.lnn_q_ste_f32(pointer(grad), q, pointer(out), grad.numel() // (channels * inner), channels, inner, lo, hi,
+                      pointer(sums), _isa_code(isa))
     return out
 
 
@@ -132,7 +143,7 @@ def sum_bounds(x: torch.Tensor, y: torch.Tensor, sign: int) -> tuple[float, floa
     """``(min, max)`` of the float32 ``x + y`` (``sign`` 1) or ``x - y`` (-1) for :func:`usable` tensors of one shape,
     without forming it: what an observer of iqAdd/iqSub's float sum reads."""
     out = ffi.new("float[2]")
-    lib.lnn_q_sum_bounds_f32(_ptr(x), _ptr(y), x.numel(), sign, out, _isa)
+    lib.lnn_q_sum_bounds_f32(pointer(x), pointer(y), x.numel(), sign, out, _isa)
     return out[0], out[1]
 
 
@@ -142,5 +153,5 @@ def sum_round_into(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, t: torch
     ``t`` (if given) the unclamped sums; :func:`usable` tensors of one shape. The values of
     :func:`~lnn_core.quant.functional.fake_quant_sum`'s torch operations."""
     scale = 2.0**n
-    lib.lnn_q_sum_round_f32(_ptr(x), _ptr(y), _ptr(out), _ptr(t) if t is not None else ffi.NULL, x.numel(), scale,
-                            1.0 / scale, sign, lo, hi, _isa if isa is None else _isa_code(isa))
+    lib.lnn_q_sum_round_f32(pointer(x), pointer(y), pointer(out), pointer(t), x.numel(), scale,
+                            1.0 / scale, sign, lo, hi, _isa_code(isa))

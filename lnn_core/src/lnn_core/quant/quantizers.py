@@ -36,6 +36,7 @@ from .functional import (
     cannot_saturate,
     fake_quant,
     fake_quant_parts,
+    fake_quant_parts_into,
     qrange,
     ste_gradient,
     tensor_bounds,
@@ -195,14 +196,9 @@ class ActQuantizer(nn.Module):
         n = self.observe_bounds(bounds, cap)
         if n < 0 or y.dtype not in (torch.float32, torch.float64):
             return fake_quant_parts(y, n, self.bits, bounds)
-        if kernels.usable(y):  # the same values in one C pass (lnn_core.quant.kernels)
-            lo, hi = qrange(self.bits)
-            if cannot_saturate(bounds, n, self.bits):
-                kernels.round_into(y, y, None, n, lo, hi, False, False)
-                return y, None, None
-            q = torch.empty_like(y)
-            kernels.round_into(y, y, q, n, lo, hi, True, False)
-            return y, (lo - 1.0, hi + 1.0), q
+        parts = fake_quant_parts_into(y, y, n, self.bits, bounds)  # the same values in one C pass, in place
+        if parts is not None:
+            return parts
         q = y.mul_(2.0**n).add_(0.5).floor_()
         if cannot_saturate(bounds, n, self.bits):
             return q.mul_(2.0**-n), None, None
@@ -441,7 +437,8 @@ def fake_quant_weight(w: torch.Tensor, bits: int, recipe: Recipe) -> tuple[torch
 
 
 class _FakeQuantWeightBias(torch.autograd.Function):
-    """An op's weight and bias fake-quantized in one autograd node (one python round trip, not two).
+    """An op's weight and bias fake-quantized in one autograd node (one python round trip, not two):
+    :meth:`ParamParts.weight_bias` in a node.
 
     The exponent ``n_w`` and the weight's ``(min, max)`` come in from the caller (found with autograd off);
     the exponent leaves as a plain ``int`` output (no gradient).
@@ -450,20 +447,15 @@ class _FakeQuantWeightBias(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, b: torch.Tensor | None, n_x: int, n_w: int, bits: int,  # type: ignore[override]
                 bias_bits: int, bounds: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        w_q, w_clip, w_saved = fake_quant_parts(w, n_w, bits, bounds, exact=True)
-        b_q, b_clip, b_saved = None, None, None
-        if b is not None:
-            b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, bias_bits, None, exact=True)
-        ctx.clips = (w_clip, b_clip)
-        ctx.save_for_backward(w_saved, b_saved)
+        ctx.parts = ParamParts()
+        w_q, b_q = ctx.parts.weight_bias(w, b, n_x, n_w, bits, bias_bits, bounds)
+        ctx.save_for_backward(*ctx.parts.tensors)
         return w_q, b_q, n_w
 
     @staticmethod
     def backward(ctx, grad_w: torch.Tensor, grad_b: torch.Tensor | None, _grad_n: None):  # type: ignore[override]
-        w_saved, b_saved = ctx.saved_tensors
-        w_clip, b_clip = ctx.clips
-        grad_b = None if grad_b is None else ste_gradient(grad_b, b_clip, b_saved)
-        return ste_gradient(grad_w, w_clip, w_saved), grad_b, None, None, None, None, None
+        g_w, g_b, _, _ = ctx.parts.backward(ctx.saved_tensors, grad_w, grad_b, (True, True, False, False))
+        return g_w, g_b, None, None, None, None, None
 
 
 def fake_quant_weight_bias(w: torch.Tensor, b: torch.Tensor | None, n_x: int, bits: int,
@@ -514,17 +506,11 @@ class ParamParts:
 
     def forward(self, w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module | None, n_x: int, bits: int,
                 recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        self.folded = bn is not None
         if bn is None:
             bounds = tensor_bounds(w)
             n_w = _stateless_exponent(w, bits, recipe, bounds)
-            w_q, w_clip, w_saved = fake_quant_parts(w, n_w, bits, bounds, exact=True)
-            b_q, b_clip, b_saved = None, None, None
-            if b is not None:
-                b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, recipe.bias_bits, None, exact=True)
-            self.clips = (w_clip, b_clip)
-            self.tensors = (w_saved, b_saved)
-            return w_q, b_q, n_w
+            return (*self.weight_bias(w, b, n_x, n_w, bits, recipe.bias_bits, bounds), n_w)
+        self.folded = True
         lib, ptr = kernels.lib, kernels.pointer
         C = w.shape[0]
         wf, bf, aux = torch.empty_like(w), w.new_empty(C), w.new_empty(3 * C)
@@ -533,19 +519,28 @@ class ParamParts:
                            ptr(bn.bias), C, w.numel() // C, ptr(wf), ptr(bf), ptr(aux), out)
         w_bounds, b_bounds = (out[0], out[1]), (out[2], out[3])
         n_w = _stateless_exponent(wf, bits, recipe, w_bounds)
-        n_b = n_x + n_w
-        if cannot_saturate(w_bounds, n_w, bits) and cannot_saturate(b_bounds, n_b, recipe.bias_bits):
-            # the common case: no clamp, no mask; both rounded in place (the same values as fake_quant_parts)
-            kernels.round_into(wf, wf, None, n_w, 0, 0, False, True)
-            kernels.round_into(bf, bf, None, n_b, 0, 0, False, True)
-            self.clips = (None, None)
-            self.tensors = (w.detach(), aux, None, None)
-            return wf, bf, n_w
-        w_q, w_clip, w_saved = fake_quant_parts(wf, n_w, bits, w_bounds, exact=True)
-        b_q, b_clip, b_saved = fake_quant_parts(bf, n_b, recipe.bias_bits, b_bounds, exact=True)
+        # rounded in place where the kernel takes it (the common case: no clamp, no mask), fresh tensors otherwise
+        w_q, w_clip, w_saved = (fake_quant_parts_into(wf, wf, n_w, bits, w_bounds, exact=True)
+                                or fake_quant_parts(wf, n_w, bits, w_bounds, exact=True))
+        b_q, b_clip, b_saved = (fake_quant_parts_into(bf, bf, n_x + n_w, recipe.bias_bits, b_bounds, exact=True)
+                                or fake_quant_parts(bf, n_x + n_w, recipe.bias_bits, b_bounds, exact=True))
         self.clips = (w_clip, b_clip)
         self.tensors = (w.detach(), aux, w_saved, b_saved)
         return w_q, b_q, n_w
+
+    def weight_bias(self, w: torch.Tensor, b: torch.Tensor | None, n_x: int, n_w: int, bits: int, bias_bits: int,
+                    bounds: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(w_q, b_q)`` without a BatchNorm, at a given weight exponent ``n_w`` (a stateful rule's, or the recipe's
+        found by :meth:`forward`): the weight at ``n_w`` and ``bits``, the bias at ``n_x + n_w`` and ``bias_bits``,
+        both rounded exactly; ``bounds`` are ``w``'s ``(min, max)``."""
+        self.folded = False
+        w_q, w_clip, w_saved = fake_quant_parts(w, n_w, bits, bounds, exact=True)
+        b_q, b_clip, b_saved = None, None, None
+        if b is not None:
+            b_q, b_clip, b_saved = fake_quant_parts(b, n_x + n_w, bias_bits, None, exact=True)
+        self.clips = (w_clip, b_clip)
+        self.tensors = (w_saved, b_saved)
+        return w_q, b_q
 
     def backward(self, saved: tuple[torch.Tensor | None, ...], grad_w: torch.Tensor | None,
                  grad_b: torch.Tensor | None, need: tuple[bool, bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
